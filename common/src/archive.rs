@@ -1,0 +1,709 @@
+//! The release archive: tar + zstd with a manifest (path, type, mode, size, sha256) and a digest
+//! of the compressed bytes. [`Packer`] writes it on the controller; [`extract`] unpacks it on the
+//! agent and trusts nothing: every rule of DESIGN.md "Archive rules" is enforced here, and any
+//! violation rejects the whole archive.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The largest zstd window the agent accepts (16 MiB): bounds decoder memory.
+pub const MAX_WINDOW_LOG: u32 = 24;
+const MAX_PATH_LEN: usize = 4096;
+const MAX_COMPONENT_LEN: usize = 255;
+const MAX_SYMLINK_HOPS: u32 = 40;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl EntryKind {
+    fn word(self) -> &'static str {
+        match self {
+            EntryKind::File => "file",
+            EntryKind::Dir => "directory",
+            EntryKind::Symlink => "symlink",
+        }
+    }
+}
+
+/// One entry of the release tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    /// Relative, `/`-separated, no `.`/`..`, no trailing slash.
+    pub path: String,
+    pub kind: EntryKind,
+    /// Permission bits, normalised (see [`normalise_mode`]).
+    pub mode: u32,
+    /// File size in bytes (0 for directories and symlinks).
+    pub size: u64,
+    /// Lowercase hex sha256 of a file's content; empty otherwise.
+    pub sha256: String,
+    /// A symlink's target; empty otherwise.
+    pub link_target: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub entries: Vec<ManifestEntry>,
+}
+
+/// What the extractor accepts at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_entries: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_entries: 1_000_000, max_bytes: 64 << 30 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("unsafe path '{path}': {why}")]
+    UnsafePath { path: String, why: &'static str },
+    #[error("duplicate path '{0}'")]
+    Duplicate(String),
+    #[error("'{path}' is a {what}; only regular files, directories and symlinks are allowed")]
+    Forbidden { path: String, what: &'static str },
+    #[error("symlink '{path}' -> '{target}' points outside the release")]
+    SymlinkEscape { path: String, target: String },
+    #[error("'{0}' is not in the manifest")]
+    NotInManifest(String),
+    #[error("'{path}': the archive has a {archive}, the manifest a {manifest}")]
+    KindMismatch { path: String, archive: &'static str, manifest: &'static str },
+    #[error("'{path}': {what} differs from the manifest (archive {archive}, manifest {manifest})")]
+    Mismatch { path: String, what: &'static str, archive: String, manifest: String },
+    #[error("'{0}': sha256 of the content differs from the manifest")]
+    ContentDigest(String),
+    #[error("artifact digest mismatch: received sha256 {actual}, expected {expected}")]
+    ArtifactDigest { actual: String, expected: String },
+    #[error("'{0}' is in the manifest but missing from the archive")]
+    Missing(String),
+    #[error("limit exceeded: {0}")]
+    Limit(String),
+    #[error("'{0}': its parent directory is not an earlier directory entry")]
+    Parent(String),
+    #[error("invalid manifest: {0}")]
+    Manifest(String),
+    #[error("malformed or truncated archive: {0}")]
+    Malformed(io::Error),
+    #[error("cannot write '{path}': {source}")]
+    Write { path: String, source: io::Error },
+}
+
+impl ArchiveError {
+    /// True when the failure is the host's (disk, permissions), not the archive's.
+    pub fn is_local_io(&self) -> bool {
+        matches!(self, ArchiveError::Write { .. })
+    }
+}
+
+type Result<T, E = ArchiveError> = std::result::Result<T, E>;
+
+/// Modes kept: permission bits without setuid/setgid/sticky and without group/world write.
+/// Directories are always traversable by their owner.
+pub fn normalise_mode(kind: EntryKind, mode: u32) -> u32 {
+    match kind {
+        EntryKind::File => mode & 0o755,
+        EntryKind::Dir => (mode & 0o755) | 0o700,
+        EntryKind::Symlink => 0o777,
+    }
+}
+
+/// Check a path from an archive or manifest and return it without a trailing slash.
+pub fn check_path(raw: &[u8]) -> Result<String> {
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| ArchiveError::UnsafePath { path: String::from_utf8_lossy(raw).into(), why: "not UTF-8" })?;
+    let unsafe_path = |why| Err(ArchiveError::UnsafePath { path: text.to_owned(), why });
+    let path = text.strip_suffix('/').unwrap_or(text);
+    if path.is_empty() {
+        return unsafe_path("empty");
+    }
+    if path.starts_with('/') {
+        return unsafe_path("absolute");
+    }
+    if path.len() > MAX_PATH_LEN {
+        return unsafe_path("too long");
+    }
+    if path.contains('\0') {
+        return unsafe_path("contains NUL");
+    }
+    for component in path.split('/') {
+        match component {
+            "" => return unsafe_path("empty component"),
+            "." => return unsafe_path("'.' component"),
+            ".." => return unsafe_path("'..' component"),
+            c if c.len() > MAX_COMPONENT_LEN => return unsafe_path("component too long"),
+            _ => {}
+        }
+    }
+    Ok(path.to_owned())
+}
+
+fn parent_of(path: &str) -> Option<&str> {
+    path.rsplit_once('/').map(|(p, _)| p)
+}
+
+fn file_name_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or(path, |(_, n)| n)
+}
+
+/// Resolve `target` from directory `start` the way the kernel would inside the release,
+/// following the release's own symlinks. `Err` when any step leaves the release.
+fn resolve_inside(
+    start: Vec<String>,
+    target: &str,
+    links: &HashMap<&str, &str>,
+    hops: &mut u32,
+) -> std::result::Result<Vec<String>, ()> {
+    if target.is_empty() || target.starts_with('/') || target.contains('\0') {
+        return Err(());
+    }
+    let mut stack = start;
+    for component in target.split('/') {
+        match component {
+            "" | "." => {}
+            ".." => {
+                stack.pop().ok_or(())?;
+            }
+            name => {
+                stack.push(name.to_owned());
+                if let Some(next) = links.get(stack.join("/").as_str()) {
+                    *hops += 1;
+                    if *hops > MAX_SYMLINK_HOPS {
+                        return Err(());
+                    }
+                    stack.pop();
+                    stack = resolve_inside(stack, next, links, hops)?;
+                }
+            }
+        }
+    }
+    Ok(stack)
+}
+
+impl Manifest {
+    pub fn file_bytes(&self) -> u64 {
+        self.entries.iter().map(|e| e.size).sum()
+    }
+
+    /// Check the manifest on its own: paths, uniqueness, parents, symlink targets, limits.
+    pub fn validate(&self, limits: &Limits) -> Result<()> {
+        if self.entries.len() as u64 > limits.max_entries {
+            return Err(ArchiveError::Limit(format!(
+                "{} entries, at most {} allowed",
+                self.entries.len(),
+                limits.max_entries
+            )));
+        }
+        let total = self.file_bytes();
+        if total > limits.max_bytes {
+            return Err(ArchiveError::Limit(format!("{total} bytes, at most {} allowed", limits.max_bytes)));
+        }
+        let mut kinds: HashMap<&str, EntryKind> = HashMap::with_capacity(self.entries.len());
+        let mut links = HashMap::new();
+        for e in &self.entries {
+            let path = check_path(e.path.as_bytes())?;
+            if path != e.path {
+                return Err(ArchiveError::Manifest(format!("path '{}' has a trailing slash", e.path)));
+            }
+            if kinds.insert(&e.path, e.kind).is_some() {
+                return Err(ArchiveError::Duplicate(e.path.clone()));
+            }
+            if let Some(parent) = parent_of(&e.path) {
+                if kinds.get(parent) != Some(&EntryKind::Dir) {
+                    return Err(ArchiveError::Parent(e.path.clone()));
+                }
+            }
+            match e.kind {
+                EntryKind::File => {
+                    if e.sha256.len() != 64 || !e.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(ArchiveError::Manifest(format!("'{}' has no valid sha256", e.path)));
+                    }
+                }
+                EntryKind::Dir => {}
+                EntryKind::Symlink => {
+                    links.insert(e.path.as_str(), e.link_target.as_str());
+                }
+            }
+        }
+        for (path, target) in &links {
+            let start: Vec<String> = parent_of(path).map(|p| p.split('/').map(str::to_owned).collect()).unwrap_or_default();
+            let mut hops = 0;
+            if resolve_inside(start, target, &links, &mut hops).is_err() {
+                return Err(ArchiveError::SymlinkEscape { path: (*path).to_owned(), target: (*target).to_owned() });
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packing
+
+/// Counts and hashes what passes through.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// What [`Packer::finish`] returns.
+pub struct Packed<W> {
+    pub manifest: Manifest,
+    /// Hex sha256 of the compressed bytes.
+    pub sha256: String,
+    pub compressed_size: u64,
+    pub out: W,
+}
+
+/// Writes a release archive and its manifest in one pass. Entries must come parents first.
+///
+/// Levels up to 19 keep the zstd window within [`MAX_WINDOW_LOG`], which the agent enforces.
+pub struct Packer<W: Write> {
+    builder: tar::Builder<zstd::stream::write::Encoder<'static, HashingWriter<W>>>,
+    entries: Vec<ManifestEntry>,
+    mtime: u64,
+}
+
+impl<W: Write> Packer<W> {
+    /// `threads` > 1 compresses on that many worker threads.
+    pub fn new(out: W, level: i32, threads: u32, mtime: u64) -> io::Result<Self> {
+        let hashing = HashingWriter { inner: out, hasher: Sha256::new(), bytes: 0 };
+        let mut encoder = zstd::stream::write::Encoder::new(hashing, level)?;
+        if threads > 1 {
+            encoder.multithread(threads)?;
+        }
+        let mut builder = tar::Builder::new(encoder);
+        builder.mode(tar::HeaderMode::Deterministic);
+        Ok(Packer { builder, entries: Vec::new(), mtime })
+    }
+
+    fn header(&self, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_mtime(self.mtime);
+        h.set_uid(0);
+        h.set_gid(0);
+        h
+    }
+
+    pub fn add_dir(&mut self, path: &str) -> io::Result<()> {
+        let mode = normalise_mode(EntryKind::Dir, 0o755);
+        let mut h = self.header(tar::EntryType::Directory, mode, 0);
+        self.builder.append_data(&mut h, path, io::empty())?;
+        self.entries.push(ManifestEntry {
+            path: path.to_owned(),
+            kind: EntryKind::Dir,
+            mode,
+            size: 0,
+            sha256: String::new(),
+            link_target: String::new(),
+        });
+        Ok(())
+    }
+
+    pub fn add_file(&mut self, path: &str, mode: u32, content: &[u8]) -> io::Result<()> {
+        let mode = normalise_mode(EntryKind::File, mode);
+        let mut h = self.header(tar::EntryType::Regular, mode, content.len() as u64);
+        self.builder.append_data(&mut h, path, content)?;
+        self.entries.push(ManifestEntry {
+            path: path.to_owned(),
+            kind: EntryKind::File,
+            mode,
+            size: content.len() as u64,
+            sha256: hex::encode(Sha256::digest(content)),
+            link_target: String::new(),
+        });
+        Ok(())
+    }
+
+    pub fn add_symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
+        let mut h = self.header(tar::EntryType::Symlink, 0o777, 0);
+        self.builder.append_link(&mut h, path, target)?;
+        self.entries.push(ManifestEntry {
+            path: path.to_owned(),
+            kind: EntryKind::Symlink,
+            mode: 0o777,
+            size: 0,
+            sha256: String::new(),
+            link_target: target.to_owned(),
+        });
+        Ok(())
+    }
+
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn finish(self) -> io::Result<Packed<W>> {
+        let encoder = self.builder.into_inner()?;
+        let hashing = encoder.finish()?;
+        Ok(Packed {
+            manifest: Manifest { entries: self.entries },
+            sha256: hex::encode(hashing.hasher.finalize()),
+            compressed_size: hashing.bytes,
+            out: hashing.inner,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extraction
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// How to extract.
+#[derive(Debug, Clone)]
+pub struct ExtractOptions {
+    pub limits: Limits,
+    /// Hex sha256 the compressed stream must have.
+    pub expected_sha256: String,
+    /// Owner for every entry (the project's target user), when the agent may chown.
+    pub owner: Option<(u32, u32)>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExtractStats {
+    pub entries: u64,
+    pub file_bytes: u64,
+    pub compressed_bytes: u64,
+}
+
+fn write_err(path: &str) -> impl Fn(rustix::io::Errno) -> ArchiveError + '_ {
+    move |e| ArchiveError::Write { path: path.to_owned(), source: e.into() }
+}
+
+/// Opens directories beneath the staging root, never following a symlink, caching the last one.
+struct DirCache {
+    root: OwnedFd,
+    last: Option<(String, OwnedFd)>,
+}
+
+impl DirCache {
+    fn open(&mut self, dir: Option<&str>, for_path: &str) -> Result<&OwnedFd> {
+        let Some(dir) = dir else { return Ok(&self.root) };
+        if self.last.as_ref().is_none_or(|(p, _)| p != dir) {
+            let fd = rustix::fs::openat2(
+                &self.root,
+                dir,
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            )
+            .map_err(|e| match e {
+                rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP => {
+                    ArchiveError::Parent(for_path.to_owned())
+                }
+                e => ArchiveError::Write { path: dir.to_owned(), source: e.into() },
+            })?;
+            self.last = Some((dir.to_owned(), fd));
+        }
+        Ok(&self.last.as_ref().expect("just set").1)
+    }
+}
+
+fn chown_at(dir: &OwnedFd, name: &str, owner: Option<(u32, u32)>, path: &str) -> Result<()> {
+    if let Some((uid, gid)) = owner {
+        rustix::fs::chownat(
+            dir,
+            name,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(write_err(path))?;
+    }
+    Ok(())
+}
+
+/// Unpack a compressed archive into `dest` (an empty directory the caller created), checking
+/// every entry against `manifest`. On error the caller removes `dest`; nothing is written
+/// outside it. Files and directories are flushed to disk (one `syncfs`) before returning.
+pub fn extract(
+    compressed: impl Read,
+    manifest: &Manifest,
+    dest: &Path,
+    options: &ExtractOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ExtractStats> {
+    manifest.validate(&options.limits)?;
+    let index: HashMap<&str, &ManifestEntry> = manifest.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    let root = rustix::fs::open(dest, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| ArchiveError::Write { path: dest.display().to_string(), source: e.into() })?;
+    let mut dirs = DirCache { root, last: None };
+
+    let mut hashing = HashingReader { inner: compressed, hasher: Sha256::new(), bytes: 0 };
+    let mut stats = ExtractStats::default();
+    let mut seen: HashSet<String> = HashSet::with_capacity(manifest.entries.len());
+    let mut symlinks: Vec<(String, String)> = Vec::new();
+    {
+        let mut decoder = zstd::stream::read::Decoder::new(&mut hashing).map_err(ArchiveError::Malformed)?;
+        decoder.window_log_max(MAX_WINDOW_LOG).map_err(ArchiveError::Malformed)?;
+        let mut archive = tar::Archive::new(&mut decoder);
+        let mut buf = vec![0u8; 256 * 1024];
+        for entry in archive.entries().map_err(ArchiveError::Malformed)? {
+            let mut entry = entry.map_err(ArchiveError::Malformed)?;
+            let path = check_path(&entry.path_bytes())?;
+            let kind = match entry.header().entry_type() {
+                tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
+                tar::EntryType::Directory => EntryKind::Dir,
+                tar::EntryType::Symlink => EntryKind::Symlink,
+                tar::EntryType::Link => return Err(ArchiveError::Forbidden { path, what: "hard link" }),
+                tar::EntryType::Char => return Err(ArchiveError::Forbidden { path, what: "character device" }),
+                tar::EntryType::Block => return Err(ArchiveError::Forbidden { path, what: "block device" }),
+                tar::EntryType::Fifo => return Err(ArchiveError::Forbidden { path, what: "fifo" }),
+                tar::EntryType::GNUSparse => return Err(ArchiveError::Forbidden { path, what: "sparse file" }),
+                _ => return Err(ArchiveError::Forbidden { path, what: "special entry" }),
+            };
+            if !seen.insert(path.clone()) {
+                return Err(ArchiveError::Duplicate(path));
+            }
+            stats.entries += 1;
+            if stats.entries > options.limits.max_entries {
+                return Err(ArchiveError::Limit(format!("more than {} entries", options.limits.max_entries)));
+            }
+            let expected = *index.get(path.as_str()).ok_or_else(|| ArchiveError::NotInManifest(path.clone()))?;
+            if expected.kind != kind {
+                return Err(ArchiveError::KindMismatch { path, archive: kind.word(), manifest: expected.kind.word() });
+            }
+            let raw_mode = entry.header().mode().map_err(ArchiveError::Malformed)?;
+            let mode = normalise_mode(kind, raw_mode);
+            if mode != normalise_mode(kind, expected.mode) {
+                return Err(ArchiveError::Mismatch {
+                    path,
+                    what: "mode",
+                    archive: format!("{raw_mode:o}"),
+                    manifest: format!("{:o}", expected.mode),
+                });
+            }
+            let name = file_name_of(&path).to_owned();
+            match kind {
+                EntryKind::Dir => {
+                    let parent = dirs.open(parent_of(&path), &path)?;
+                    rustix::fs::mkdirat(parent, name.as_str(), Mode::from_raw_mode(0o700)).map_err(write_err(&path))?;
+                    rustix::fs::chmodat(parent, name.as_str(), Mode::from_raw_mode(mode), AtFlags::empty())
+                        .map_err(write_err(&path))?;
+                    chown_at(parent, &name, options.owner, &path)?;
+                }
+                EntryKind::Symlink => {
+                    let target = entry
+                        .link_name_bytes()
+                        .map(|t| String::from_utf8_lossy(&t).into_owned())
+                        .unwrap_or_default();
+                    if target != expected.link_target {
+                        return Err(ArchiveError::Mismatch {
+                            path,
+                            what: "symlink target",
+                            archive: target,
+                            manifest: expected.link_target.clone(),
+                        });
+                    }
+                    // Created last, so no entry can be written through a link.
+                    symlinks.push((path, target));
+                }
+                EntryKind::File => {
+                    let size = entry.size();
+                    if size != expected.size {
+                        return Err(ArchiveError::Mismatch {
+                            path,
+                            what: "size",
+                            archive: size.to_string(),
+                            manifest: expected.size.to_string(),
+                        });
+                    }
+                    stats.file_bytes += size;
+                    if stats.file_bytes > options.limits.max_bytes {
+                        return Err(ArchiveError::Limit(format!("more than {} bytes", options.limits.max_bytes)));
+                    }
+                    let parent = dirs.open(parent_of(&path), &path)?;
+                    let fd = rustix::fs::openat(
+                        parent,
+                        name.as_str(),
+                        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )
+                    .map_err(write_err(&path))?;
+                    let mut file = std::fs::File::from(fd);
+                    let mut hasher = Sha256::new();
+                    let mut written = 0u64;
+                    loop {
+                        let n = entry.read(&mut buf).map_err(ArchiveError::Malformed)?;
+                        if n == 0 {
+                            break;
+                        }
+                        hasher.update(&buf[..n]);
+                        file.write_all(&buf[..n])
+                            .map_err(|source| ArchiveError::Write { path: path.clone(), source })?;
+                        written += n as u64;
+                    }
+                    if written != size {
+                        return Err(ArchiveError::Malformed(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("'{path}' ends after {written} of {size} bytes"),
+                        )));
+                    }
+                    if hex::encode(hasher.finalize()) != expected.sha256 {
+                        return Err(ArchiveError::ContentDigest(path));
+                    }
+                    rustix::fs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(write_err(&path))?;
+                    if let Some((uid, gid)) = options.owner {
+                        rustix::fs::fchown(
+                            &file,
+                            Some(rustix::fs::Uid::from_raw(uid)),
+                            Some(rustix::fs::Gid::from_raw(gid)),
+                        )
+                        .map_err(write_err(&path))?;
+                    }
+                }
+            }
+            progress(stats.entries, stats.file_bytes);
+        }
+        // Read to the very end, so the digest covers every byte and trailing garbage is caught.
+        io::copy(&mut decoder, &mut io::sink()).map_err(ArchiveError::Malformed)?;
+    }
+    io::copy(&mut hashing, &mut io::sink()).map_err(ArchiveError::Malformed)?;
+    stats.compressed_bytes = hashing.bytes;
+    let actual = hex::encode(hashing.hasher.finalize());
+    if actual != options.expected_sha256 {
+        return Err(ArchiveError::ArtifactDigest { actual, expected: options.expected_sha256.clone() });
+    }
+    if let Some(missing) = manifest.entries.iter().find(|e| !seen.contains(&e.path)) {
+        return Err(ArchiveError::Missing(missing.path.clone()));
+    }
+    for (path, target) in &symlinks {
+        let name = file_name_of(path);
+        let parent = dirs.open(parent_of(path), path)?;
+        rustix::fs::symlinkat(target.as_str(), parent, name).map_err(write_err(path))?;
+        chown_at(parent, name, options.owner, path)?;
+    }
+    rustix::fs::syncfs(&dirs.root).map_err(|e| ArchiveError::Write { path: dest.display().to_string(), source: e.into() })?;
+    Ok(stats)
+}
+
+/// Builders for archives that break the rules, for the extractor's tests here and end to end.
+pub mod testing {
+    use super::*;
+
+    /// One raw tar entry, written exactly as given (no path checks).
+    #[derive(Debug, Clone)]
+    pub struct RawEntry {
+        pub path: Vec<u8>,
+        pub kind: tar::EntryType,
+        pub mode: u32,
+        pub data: Vec<u8>,
+        pub link: Vec<u8>,
+    }
+
+    impl RawEntry {
+        pub fn file(path: &str, mode: u32, data: &[u8]) -> Self {
+            RawEntry { path: path.into(), kind: tar::EntryType::Regular, mode, data: data.to_vec(), link: vec![] }
+        }
+        pub fn dir(path: &str) -> Self {
+            RawEntry { path: path.into(), kind: tar::EntryType::Directory, mode: 0o755, data: vec![], link: vec![] }
+        }
+        pub fn symlink(path: &str, target: &str) -> Self {
+            RawEntry { path: path.into(), kind: tar::EntryType::Symlink, mode: 0o777, data: vec![], link: target.into() }
+        }
+        pub fn other(path: &str, kind: tar::EntryType, link: &str) -> Self {
+            RawEntry { path: path.into(), kind, mode: 0o644, data: vec![], link: link.into() }
+        }
+    }
+
+    /// An uncompressed tar of `entries`, names written byte for byte (so at most 100 bytes).
+    pub fn raw_tar(entries: &[RawEntry]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for e in entries {
+            let mut h = tar::Header::new_gnu();
+            h.as_old_mut().name[..e.path.len()].copy_from_slice(&e.path);
+            h.as_old_mut().linkname[..e.link.len()].copy_from_slice(&e.link);
+            h.set_entry_type(e.kind);
+            h.set_mode(e.mode);
+            h.set_size(e.data.len() as u64);
+            if let Some(gnu) = h.as_gnu_mut() {
+                gnu.set_real_size(e.data.len() as u64);
+            }
+            h.set_cksum();
+            builder.append(&h, e.data.as_slice()).expect("append to Vec");
+        }
+        builder.into_inner().expect("finish tar")
+    }
+
+    pub fn compress(tar: &[u8]) -> Vec<u8> {
+        zstd::stream::encode_all(tar, 3).expect("zstd")
+    }
+
+    pub fn sha256_hex(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    /// The manifest an honest packer would have written for these entries (lossy paths,
+    /// modes as given).
+    pub fn manifest_for(entries: &[RawEntry]) -> Manifest {
+        let entries = entries
+            .iter()
+            .map(|e| {
+                let kind = match e.kind {
+                    tar::EntryType::Directory => EntryKind::Dir,
+                    tar::EntryType::Symlink => EntryKind::Symlink,
+                    _ => EntryKind::File,
+                };
+                let path = String::from_utf8_lossy(&e.path);
+                ManifestEntry {
+                    path: path.strip_suffix('/').unwrap_or(&path).to_owned(),
+                    kind,
+                    mode: e.mode,
+                    size: e.data.len() as u64,
+                    sha256: if kind == EntryKind::File { sha256_hex(&e.data) } else { String::new() },
+                    link_target: String::from_utf8_lossy(&e.link).into_owned(),
+                }
+            })
+            .collect();
+        Manifest { entries }
+    }
+}
+
+#[cfg(test)]
+#[path = "archive_tests.rs"]
+mod tests;

@@ -1,0 +1,222 @@
+//! Extractor tests: a round trip, and every hostile shape from DESIGN.md's archive rules.
+
+use std::os::unix::fs::PermissionsExt;
+
+use super::testing::*;
+use super::*;
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("staging")).unwrap();
+        Sandbox { dir }
+    }
+
+    fn staging(&self) -> std::path::PathBuf {
+        self.dir.path().join("staging")
+    }
+
+    /// Everything in the sandbox outside `staging`: must stay empty whatever the archive says.
+    fn outside(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "staging")
+            .collect()
+    }
+}
+
+fn run(compressed: &[u8], manifest: &Manifest, sandbox: &Sandbox) -> Result<ExtractStats> {
+    let options =
+        ExtractOptions { limits: Limits::default(), expected_sha256: sha256_hex(compressed), owner: None };
+    extract(compressed, manifest, &sandbox.staging(), &options, &mut |_, _| {})
+}
+
+/// Extract `entries` with `manifest` (the honest one when `None`) and expect a rejection.
+fn check_rejected(entries: &[RawEntry], manifest: Option<Manifest>, expected: fn(&ArchiveError) -> bool) {
+    let sandbox = Sandbox::new();
+    let manifest = manifest.unwrap_or_else(|| manifest_for(entries));
+    let compressed = compress(&raw_tar(entries));
+    let err = run(&compressed, &manifest, &sandbox).expect_err("hostile archive must be rejected");
+    assert!(expected(&err), "unexpected error: {err}");
+    assert!(sandbox.outside().is_empty(), "wrote outside staging: {:?}", sandbox.outside());
+}
+
+#[test]
+fn round_trip_keeps_content_modes_and_links() {
+    let mut packer = Packer::new(Vec::new(), 3, 2, 0).unwrap();
+    packer.add_dir("bin").unwrap();
+    packer.add_file("bin/run", 0o755, b"#!/bin/sh\necho hi\n").unwrap();
+    packer.add_file("index.html", 0o644, b"<h1>v1</h1>").unwrap();
+    packer.add_symlink("latest", "bin/run").unwrap();
+    let long = format!("{}/{}", "d".repeat(120), "f".repeat(120));
+    packer.add_dir(&"d".repeat(120)).unwrap();
+    packer.add_file(&long, 0o644, b"long").unwrap();
+    let packed = packer.finish().unwrap();
+    assert_eq!(packed.compressed_size as usize, packed.out.len());
+    assert_eq!(packed.sha256, sha256_hex(&packed.out));
+
+    let sandbox = Sandbox::new();
+    let stats = run(&packed.out, &packed.manifest, &sandbox).unwrap();
+    assert_eq!(stats.entries, 6);
+    let s = sandbox.staging();
+    assert_eq!(std::fs::read(s.join("index.html")).unwrap(), b"<h1>v1</h1>");
+    assert_eq!(std::fs::metadata(s.join("bin/run")).unwrap().permissions().mode() & 0o7777, 0o755);
+    assert_eq!(std::fs::metadata(s.join("index.html")).unwrap().permissions().mode() & 0o7777, 0o644);
+    assert_eq!(std::fs::read_link(s.join("latest")).unwrap(), std::path::Path::new("bin/run"));
+    assert_eq!(std::fs::read(s.join(&long)).unwrap(), b"long");
+}
+
+#[test]
+fn dot_dot_and_absolute_paths() {
+    let manifest = manifest_for(&[RawEntry::file("ok", 0o644, b"x")]);
+    check_rejected(&[RawEntry::file("../evil", 0o644, b"x")], Some(manifest.clone()), |e| {
+        matches!(e, ArchiveError::UnsafePath { .. })
+    });
+    check_rejected(&[RawEntry::file("a/../../evil", 0o644, b"x")], Some(manifest.clone()), |e| {
+        matches!(e, ArchiveError::UnsafePath { .. })
+    });
+    check_rejected(&[RawEntry::file("/tmp/evil", 0o644, b"x")], Some(manifest), |e| {
+        matches!(e, ArchiveError::UnsafePath { .. })
+    });
+    // A manifest that itself lists a `..` path is refused before anything is read.
+    check_rejected(&[RawEntry::file("../evil", 0o644, b"x")], None, |e| matches!(e, ArchiveError::UnsafePath { .. }));
+}
+
+#[test]
+fn symlinks_that_leave_the_release() {
+    let escape = |e: &ArchiveError| matches!(e, ArchiveError::SymlinkEscape { .. });
+    check_rejected(&[RawEntry::symlink("l", "../../etc")], None, escape);
+    check_rejected(&[RawEntry::symlink("l", "/etc/passwd")], None, escape);
+    check_rejected(&[RawEntry::dir("d"), RawEntry::symlink("d/l", "../..")], None, escape);
+    // Each link alone stays inside, together they climb out: b -> ".", a -> "b/..".
+    check_rejected(&[RawEntry::symlink("b", "."), RawEntry::symlink("a", "b/..")], None, escape);
+    // A loop never resolves.
+    check_rejected(&[RawEntry::symlink("x", "y"), RawEntry::symlink("y", "x")], None, escape);
+}
+
+#[test]
+fn symlink_then_a_file_through_it() {
+    let entries = [RawEntry::dir("d"), RawEntry::symlink("l", "d"), RawEntry::file("l/x", 0o644, b"x")];
+    check_rejected(&entries, None, |e| matches!(e, ArchiveError::Parent(_)));
+    // The manifest lies that `l` is a directory: the archive's symlink does not match it.
+    let mut manifest = manifest_for(&entries);
+    manifest.entries[1] =
+        ManifestEntry { kind: EntryKind::Dir, mode: 0o755, link_target: String::new(), ..manifest.entries[1].clone() };
+    check_rejected(&entries, Some(manifest), |e| matches!(e, ArchiveError::KindMismatch { .. }));
+    // An escaping link to an outside directory, then a file through it.
+    let entries = [RawEntry::symlink("l", "/tmp"), RawEntry::file("l/x", 0o644, b"x")];
+    let mut manifest = manifest_for(&entries);
+    manifest.entries.truncate(1);
+    manifest.entries[0] = ManifestEntry {
+        path: "l".into(),
+        kind: EntryKind::Dir,
+        mode: 0o755,
+        size: 0,
+        sha256: String::new(),
+        link_target: String::new(),
+    };
+    check_rejected(&entries, Some(manifest), |e| matches!(e, ArchiveError::KindMismatch { .. }));
+}
+
+#[test]
+fn special_entries() {
+    let forbidden = |e: &ArchiveError| matches!(e, ArchiveError::Forbidden { .. });
+    let file = RawEntry::file("a", 0o644, b"x");
+    let manifest = manifest_for(std::slice::from_ref(&file));
+    check_rejected(
+        &[file.clone(), RawEntry::other("b", tar::EntryType::Link, "a")],
+        Some(manifest.clone()),
+        forbidden,
+    );
+    check_rejected(&[RawEntry::other("dev", tar::EntryType::Char, "")], Some(manifest.clone()), forbidden);
+    check_rejected(&[RawEntry::other("dev", tar::EntryType::Block, "")], Some(manifest.clone()), forbidden);
+    check_rejected(&[RawEntry::other("p", tar::EntryType::Fifo, "")], Some(manifest.clone()), forbidden);
+    check_rejected(&[RawEntry::other("s", tar::EntryType::GNUSparse, "")], Some(manifest), forbidden);
+}
+
+#[test]
+fn duplicates_and_manifest_mismatches() {
+    let a = RawEntry::file("a", 0o644, b"one");
+    let manifest = manifest_for(std::slice::from_ref(&a));
+    check_rejected(&[a.clone(), RawEntry::file("a", 0o644, b"one")], Some(manifest.clone()), |e| {
+        matches!(e, ArchiveError::Duplicate(_))
+    });
+    check_rejected(&[a.clone(), a.clone()], None, |e| matches!(e, ArchiveError::Duplicate(_)));
+    check_rejected(&[a.clone(), RawEntry::file("extra", 0o644, b"")], Some(manifest.clone()), |e| {
+        matches!(e, ArchiveError::NotInManifest(_))
+    });
+    check_rejected(&[RawEntry::file("a", 0o644, b"two!")], Some(manifest.clone()), |e| {
+        matches!(e, ArchiveError::Mismatch { what: "size", .. })
+    });
+    check_rejected(&[RawEntry::file("a", 0o644, b"two")], Some(manifest.clone()), |e| {
+        matches!(e, ArchiveError::ContentDigest(_))
+    });
+    check_rejected(&[RawEntry::file("a", 0o755, b"one")], Some(manifest.clone()), |e| {
+        matches!(e, ArchiveError::Mismatch { what: "mode", .. })
+    });
+    let two = manifest_for(&[a.clone(), RawEntry::file("b", 0o644, b"")]);
+    check_rejected(std::slice::from_ref(&a), Some(two), |e| matches!(e, ArchiveError::Missing(_)));
+}
+
+#[test]
+fn setuid_and_world_writable_modes_are_normalised() {
+    let entries = [
+        RawEntry::file("suid", 0o4755, b"x"),
+        RawEntry::file("open", 0o777, b"y"),
+        RawEntry { mode: 0o1777, ..RawEntry::dir("tmp") },
+    ];
+    let sandbox = Sandbox::new();
+    let compressed = compress(&raw_tar(&entries));
+    run(&compressed, &manifest_for(&entries), &sandbox).unwrap();
+    let mode = |p: &str| std::fs::metadata(sandbox.staging().join(p)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode("suid"), 0o755);
+    assert_eq!(mode("open"), 0o755);
+    assert_eq!(mode("tmp"), 0o755);
+}
+
+#[test]
+fn truncated_stream_and_wrong_digest() {
+    let entries = [RawEntry::file("big", 0o644, &vec![7u8; 300_000])];
+    let manifest = manifest_for(&entries);
+    let compressed = compress(&raw_tar(&entries));
+    let sandbox = Sandbox::new();
+    let cut = &compressed[..compressed.len() / 2];
+    let options = ExtractOptions { limits: Limits::default(), expected_sha256: sha256_hex(cut), owner: None };
+    let err = extract(cut, &manifest, &sandbox.staging(), &options, &mut |_, _| {}).unwrap_err();
+    assert!(matches!(err, ArchiveError::Malformed(_)), "{err}");
+
+    let sandbox = Sandbox::new();
+    let options = ExtractOptions { limits: Limits::default(), expected_sha256: "00".repeat(32), owner: None };
+    let err = extract(compressed.as_slice(), &manifest, &sandbox.staging(), &options, &mut |_, _| {}).unwrap_err();
+    assert!(matches!(err, ArchiveError::ArtifactDigest { .. }), "{err}");
+
+    let mut with_garbage = compressed.clone();
+    with_garbage.extend_from_slice(b"trailing garbage");
+    let sandbox = Sandbox::new();
+    let err = run(&with_garbage, &manifest, &sandbox).unwrap_err();
+    assert!(matches!(err, ArchiveError::Malformed(_)), "{err}");
+}
+
+#[test]
+fn limits_are_enforced() {
+    let entries = [RawEntry::file("a", 0o644, b"12345"), RawEntry::file("b", 0o644, b"12345")];
+    let compressed = compress(&raw_tar(&entries));
+    let sandbox = Sandbox::new();
+    let options = ExtractOptions {
+        limits: Limits { max_entries: 1, max_bytes: 1 << 20 },
+        expected_sha256: sha256_hex(&compressed),
+        owner: None,
+    };
+    let err = extract(compressed.as_slice(), &manifest_for(&entries), &sandbox.staging(), &options, &mut |_, _| {})
+        .unwrap_err();
+    assert!(matches!(err, ArchiveError::Limit(_)), "{err}");
+    let options = ExtractOptions { limits: Limits { max_entries: 10, max_bytes: 9 }, ..options };
+    let err = extract(compressed.as_slice(), &manifest_for(&entries), &sandbox.staging(), &options, &mut |_, _| {})
+        .unwrap_err();
+    assert!(matches!(err, ArchiveError::Limit(_)), "{err}");
+}

@@ -1,0 +1,649 @@
+//! Config files: the agent's `agent.toml` and the project file. Both are parsed with
+//! `deny_unknown_fields` and validated into typed values before any I/O happens.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::archive::Limits;
+use crate::names::{validate_agent_name, validate_name};
+use crate::{Error, Result};
+
+// ---------------------------------------------------------------------------------------------
+// Agent config
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentFile {
+    name: String,
+    listen: String,
+    state_dir: PathBuf,
+    allowed_roots: Vec<PathBuf>,
+    tls: TlsFile,
+    #[serde(default)]
+    allow_root_hooks: bool,
+    #[serde(default)]
+    limits: LimitsFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    max_entries: Option<u64>,
+    max_bytes: Option<u64>,
+}
+
+/// Paths of the PEM files a peer needs for mTLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A validated `agent.toml`. Relative paths are resolved against the file's directory, so a
+/// bundle written by `slipctl agent add` runs wherever it is copied.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub allowed_roots: Vec<PathBuf>,
+    pub tls: TlsPaths,
+    pub allow_root_hooks: bool,
+    pub limits: Limits,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read agent config", path, e))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &path.display().to_string(), base)
+    }
+
+    pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Self> {
+        let raw: AgentFile = toml::from_str(text).map_err(|e| Error::config(file, toml_message(&e)))?;
+        validate_agent_name(&raw.name).map_err(|e| Error::config(file, format!("name: {e}")))?;
+        let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+            Error::config(file, format!("listen: '{}' is not an address; use IP:PORT like \"0.0.0.0:7443\"", raw.listen))
+        })?;
+        if raw.allowed_roots.is_empty() {
+            return Err(Error::config(
+                file,
+                "allowed_roots is empty: list the directories releases may be written under, e.g. [\"/data\"]",
+            ));
+        }
+        let mut allowed_roots = Vec::new();
+        for root in &raw.allowed_roots {
+            let root = resolve(base_dir, root);
+            check_clean_absolute(&root).map_err(|why| Error::config(file, format!("allowed_roots: {why}")))?;
+            if root == Path::new("/") {
+                return Err(Error::config(file, "allowed_roots: '/' would allow writing anywhere; name a directory"));
+            }
+            allowed_roots.push(root);
+        }
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_entries: raw.limits.max_entries.unwrap_or(defaults.max_entries),
+            max_bytes: raw.limits.max_bytes.unwrap_or(defaults.max_bytes),
+            ..defaults
+        };
+        Ok(AgentConfig {
+            name: raw.name,
+            listen,
+            state_dir: resolve(base_dir, &raw.state_dir),
+            allowed_roots,
+            tls: TlsPaths {
+                ca: resolve(base_dir, &raw.tls.ca),
+                cert: resolve(base_dir, &raw.tls.cert),
+                key: resolve(base_dir, &raw.tls.key),
+            },
+            allow_root_hooks: raw.allow_root_hooks,
+            limits,
+        })
+    }
+
+    /// Whether `path` (clean and absolute) lies under one of `allowed_roots`.
+    pub fn is_allowed(&self, path: &Path) -> bool {
+        self.allowed_roots.iter().any(|root| path.starts_with(root) && path != root)
+    }
+}
+
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() { path.to_path_buf() } else { base.join(path) }
+}
+
+/// An absolute path with no `.`/`..` components: what every on-host path must be.
+pub fn check_clean_absolute(path: &Path) -> std::result::Result<(), String> {
+    if !path.is_absolute() {
+        return Err(format!("'{}' must be an absolute path", path.display()));
+    }
+    if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+        return Err(format!("'{}' must not contain '.' or '..'", path.display()));
+    }
+    Ok(())
+}
+
+fn toml_message(e: &toml::de::Error) -> String {
+    // toml's Display spans several lines with a caret excerpt; keep it, indented for readability.
+    e.to_string().trim_end().replace('\n', "\n  ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Project file
+
+/// Fields that both the project's top level and every `[env.X]` table may set.
+macro_rules! settings_struct {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($extra:tt)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        $vis struct $name {
+            $($extra)*
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub repo: Option<String>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub default_ref: Option<String>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub keep_releases: Option<u32>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub exclude: Option<Vec<String>>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub vars: Option<BTreeMap<String, String>>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub build: Option<BuildFile>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub target: Option<TargetFile>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub rollout: Option<RolloutFile>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub hosts: Option<Vec<String>>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub canary: Option<Vec<String>>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub config_dir: Option<String>,
+        }
+    };
+}
+
+settings_struct! {
+    /// The project file as written (`slipctl project apply -f FILE`).
+    pub struct ProjectFile {
+        pub name: String,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        pub env: BTreeMap<String, EnvFile>,
+    }
+}
+
+settings_struct! {
+    /// One `[env.X]` table: overrides any key of the project.
+    pub struct EnvFile {}
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildFile {
+    pub pre_deploy: Option<Vec<String>>,
+    pub post_deploy: Option<Vec<String>>,
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetFile {
+    pub user: Option<String>,
+    pub deploy_to: Option<String>,
+    pub current: Option<String>,
+    pub shared: Option<Vec<String>>,
+    pub pre_release: Option<Vec<String>>,
+    pub post_release: Option<Vec<String>>,
+    pub hook_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutFile {
+    pub strategy: Option<Strategy>,
+    pub batch: Option<BatchSize>,
+    pub delay_secs: Option<u64>,
+    pub max_failures: Option<u32>,
+    pub auto_rollback: Option<bool>,
+    pub health: Option<HealthFile>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    pub http: Option<String>,
+    pub command: Option<String>,
+    pub expect_status: Option<u16>,
+    pub timeout_secs: Option<u64>,
+    pub retries: Option<u32>,
+    pub interval_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    Parallel,
+    Serial,
+    Batch,
+}
+
+/// `batch = 2` (hosts) or `batch = "25%"` (of the selected hosts, rounded up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "BatchRepr", into = "BatchRepr")]
+pub enum BatchSize {
+    Hosts(u32),
+    Percent(u32),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum BatchRepr {
+    Int(i64),
+    Text(String),
+}
+
+impl TryFrom<BatchRepr> for BatchSize {
+    type Error = String;
+    fn try_from(value: BatchRepr) -> std::result::Result<Self, String> {
+        let bad = || "batch must be a host count like 2 or a percentage like \"25%\"".to_string();
+        match value {
+            BatchRepr::Int(n) if n >= 1 => u32::try_from(n).map(BatchSize::Hosts).map_err(|_| bad()),
+            BatchRepr::Int(_) => Err(bad()),
+            BatchRepr::Text(s) => {
+                let (digits, percent) = match s.strip_suffix('%') {
+                    Some(d) => (d, true),
+                    None => (s.as_str(), false),
+                };
+                let n: u32 = digits.trim().parse().map_err(|_| bad())?;
+                match (percent, n) {
+                    (true, 1..=100) => Ok(BatchSize::Percent(n)),
+                    (false, 1..) => Ok(BatchSize::Hosts(n)),
+                    _ => Err(bad()),
+                }
+            }
+        }
+    }
+}
+
+impl From<BatchSize> for BatchRepr {
+    fn from(value: BatchSize) -> Self {
+        match value {
+            BatchSize::Hosts(n) => BatchRepr::Int(i64::from(n)),
+            BatchSize::Percent(p) => BatchRepr::Text(format!("{p}%")),
+        }
+    }
+}
+
+/// How to pick hosts: a registered name, or every agent with a label `key=value`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum HostSelector {
+    Name(String),
+    Label { key: String, value: String },
+}
+
+impl HostSelector {
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        match text.split_once('=') {
+            Some((k, v)) if !k.is_empty() && !v.is_empty() => {
+                Ok(HostSelector::Label { key: k.trim().to_owned(), value: v.trim().to_owned() })
+            }
+            Some(_) => Err(format!("'{text}' is not a label selector; write key=value")),
+            None => validate_agent_name(text).map(|()| HostSelector::Name(text.to_owned())).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildSettings {
+    pub pre_deploy: Vec<String>,
+    pub post_deploy: Vec<String>,
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetSettings {
+    pub user: Option<String>,
+    /// May contain `{host}`; see [`TargetSettings::deploy_to_for`].
+    pub deploy_to: String,
+    pub current: Option<String>,
+    pub shared: Vec<String>,
+    pub pre_release: Vec<String>,
+    pub post_release: Vec<String>,
+    pub hook_timeout_secs: u64,
+}
+
+impl TargetSettings {
+    pub fn deploy_to_for(&self, host: &str) -> PathBuf {
+        PathBuf::from(self.deploy_to.replace("{host}", host))
+    }
+
+    /// The `current` symlink; `<deploy_to>/current` unless set.
+    pub fn current_for(&self, host: &str) -> PathBuf {
+        match &self.current {
+            Some(c) => PathBuf::from(c.replace("{host}", host)),
+            None => self.deploy_to_for(host).join("current"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum HealthCheck {
+    Http { url: String, expect_status: u16, timeout_secs: u64, retries: u32, interval_secs: u64 },
+    Command { command: String, timeout_secs: u64, retries: u32, interval_secs: u64 },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutSettings {
+    pub strategy: Strategy,
+    pub batch: BatchSize,
+    pub delay_secs: u64,
+    pub max_failures: u32,
+    pub auto_rollback: bool,
+    pub health: Option<HealthCheck>,
+}
+
+/// Everything one environment of a project resolves to, validated.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvSettings {
+    pub project: String,
+    pub env: String,
+    pub repo: String,
+    pub default_ref: String,
+    pub keep_releases: u32,
+    pub exclude: Vec<String>,
+    pub vars: BTreeMap<String, String>,
+    pub build: BuildSettings,
+    pub target: TargetSettings,
+    pub rollout: RolloutSettings,
+    pub hosts: Vec<HostSelector>,
+    pub canary: Vec<String>,
+    pub config_dir: Option<String>,
+}
+
+/// A parsed, validated project file. Every env is resolved at parse time so that a bad value
+/// anywhere is reported by `project apply`, not at deploy time.
+#[derive(Debug, Clone)]
+pub struct ProjectConfig {
+    pub file: ProjectFile,
+    pub envs: BTreeMap<String, EnvSettings>,
+}
+
+impl ProjectConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read project file", path, e))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Self> {
+        let parsed: ProjectFile = toml::from_str(text).map_err(|e| Error::config(file, toml_message(&e)))?;
+        validate_name("project name", &parsed.name).map_err(|e| Error::config(file, format!("name: {e}")))?;
+        if parsed.env.is_empty() {
+            return Err(Error::config(file, "no environments: add at least one table like [env.prod] with hosts = [...]"));
+        }
+        let mut envs = BTreeMap::new();
+        for (env_name, env) in &parsed.env {
+            validate_name("env name", env_name).map_err(|e| Error::config(file, format!("env.{env_name}: {e}")))?;
+            let settings = resolve_env(&parsed, env_name, env)
+                .map_err(|why| Error::config(file, format!("env '{env_name}': {why}")))?;
+            envs.insert(env_name.clone(), settings);
+        }
+        Ok(ProjectConfig { file: parsed, envs })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.file.name
+    }
+
+    /// The env's settings, or `None` when the project has no such env.
+    pub fn env(&self, name: &str) -> Option<&EnvSettings> {
+        self.envs.get(name)
+    }
+}
+
+fn merge_opt<T>(over: &Option<T>, base: &Option<T>) -> Option<T>
+where
+    T: Clone,
+{
+    over.clone().or_else(|| base.clone())
+}
+
+fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Result<EnvSettings, String> {
+    let repo = merge_opt(&e.repo, &p.repo).ok_or("repo is missing: set repo = \"<git url or path>\"")?;
+    if repo.trim().is_empty() {
+        return Err("repo is empty".into());
+    }
+    let default_ref = merge_opt(&e.default_ref, &p.default_ref).unwrap_or_else(|| "main".into());
+    let keep_releases = merge_opt(&e.keep_releases, &p.keep_releases).unwrap_or(5);
+    if !(1..=1000).contains(&keep_releases) {
+        return Err(format!("keep_releases must be between 1 and 1000, got {keep_releases}"));
+    }
+    let exclude = merge_opt(&e.exclude, &p.exclude).unwrap_or_default();
+    let mut vars = p.vars.clone().unwrap_or_default();
+    vars.extend(e.vars.clone().unwrap_or_default());
+    for key in vars.keys() {
+        let ok = !key.is_empty()
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !key.starts_with(|c: char| c.is_ascii_digit());
+        if !ok || key.starts_with("SLIPWAY_") {
+            return Err(format!("vars.{key}: use letters, digits and '_' (not starting with a digit or SLIPWAY_)"));
+        }
+    }
+
+    let (pb, eb) = (p.build.clone().unwrap_or_default(), e.build.clone().unwrap_or_default());
+    let build = BuildSettings {
+        pre_deploy: merge_opt(&eb.pre_deploy, &pb.pre_deploy).unwrap_or_default(),
+        post_deploy: merge_opt(&eb.post_deploy, &pb.post_deploy).unwrap_or_default(),
+        timeout_secs: positive("build.timeout_secs", merge_opt(&eb.timeout_secs, &pb.timeout_secs).unwrap_or(600))?,
+    };
+
+    let (pt, et) = (p.target.clone().unwrap_or_default(), e.target.clone().unwrap_or_default());
+    let deploy_to = merge_opt(&et.deploy_to, &pt.deploy_to)
+        .ok_or("target.deploy_to is missing: set it to the directory that holds releases/ on each host")?;
+    check_host_path("target.deploy_to", &deploy_to)?;
+    let current = merge_opt(&et.current, &pt.current);
+    if let Some(c) = &current {
+        check_host_path("target.current", c)?;
+        let (c_path, d_path) = (PathBuf::from(c), PathBuf::from(&deploy_to));
+        if c_path.starts_with(d_path.join("releases")) {
+            return Err("target.current must not be inside <deploy_to>/releases".into());
+        }
+    }
+    let shared = merge_opt(&et.shared, &pt.shared).unwrap_or_default();
+    for s in &shared {
+        let path = Path::new(s);
+        if s.is_empty() || path.is_absolute() || path.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(format!("target.shared: '{s}' must be a relative path inside the release, without '..'"));
+        }
+    }
+    let user = merge_opt(&et.user, &pt.user);
+    if let Some(u) = &user {
+        if u.is_empty() || u.contains(|c: char| c.is_whitespace() || c == ':' || c == '/') {
+            return Err(format!("target.user: '{u}' is not a user name"));
+        }
+    }
+    let target = TargetSettings {
+        user,
+        deploy_to,
+        current,
+        shared,
+        pre_release: merge_opt(&et.pre_release, &pt.pre_release).unwrap_or_default(),
+        post_release: merge_opt(&et.post_release, &pt.post_release).unwrap_or_default(),
+        hook_timeout_secs: positive(
+            "target.hook_timeout_secs",
+            merge_opt(&et.hook_timeout_secs, &pt.hook_timeout_secs).unwrap_or(300),
+        )?,
+    };
+
+    let (pr, er) = (p.rollout.clone().unwrap_or_default(), e.rollout.clone().unwrap_or_default());
+    let health = match merge_opt(&er.health, &pr.health) {
+        None => None,
+        Some(h) => Some(resolve_health(&h)?),
+    };
+    let rollout = RolloutSettings {
+        strategy: merge_opt(&er.strategy, &pr.strategy).unwrap_or(Strategy::Parallel),
+        batch: merge_opt(&er.batch, &pr.batch).unwrap_or(BatchSize::Percent(25)),
+        delay_secs: merge_opt(&er.delay_secs, &pr.delay_secs).unwrap_or(0),
+        max_failures: merge_opt(&er.max_failures, &pr.max_failures).unwrap_or(0),
+        auto_rollback: merge_opt(&er.auto_rollback, &pr.auto_rollback).unwrap_or(true),
+        health,
+    };
+
+    let host_texts = merge_opt(&e.hosts, &p.hosts).unwrap_or_default();
+    let mut hosts = Vec::new();
+    for h in &host_texts {
+        hosts.push(HostSelector::parse(h).map_err(|why| format!("hosts: {why}"))?);
+    }
+    let canary = merge_opt(&e.canary, &p.canary).unwrap_or_default();
+    for c in &canary {
+        validate_agent_name(c).map_err(|why| format!("canary: {why}"))?;
+    }
+    let config_dir = merge_opt(&e.config_dir, &p.config_dir);
+    Ok(EnvSettings {
+        project: p.name.clone(),
+        env: env_name.to_owned(),
+        repo,
+        default_ref,
+        keep_releases,
+        exclude,
+        vars,
+        build,
+        target,
+        rollout,
+        hosts,
+        canary,
+        config_dir,
+    })
+}
+
+fn positive(key: &str, value: u64) -> std::result::Result<u64, String> {
+    if value == 0 { Err(format!("{key} must be at least 1")) } else { Ok(value) }
+}
+
+fn check_host_path(key: &str, value: &str) -> std::result::Result<(), String> {
+    let without_host = value.replace("{host}", "h");
+    if without_host.contains(['{', '}']) {
+        return Err(format!("{key}: '{value}' has a placeholder other than {{host}}"));
+    }
+    check_clean_absolute(Path::new(&without_host)).map_err(|why| format!("{key}: {why}"))?;
+    if Path::new(&without_host) == Path::new("/") {
+        return Err(format!("{key}: '/' is not a deploy directory"));
+    }
+    Ok(())
+}
+
+fn resolve_health(h: &HealthFile) -> std::result::Result<HealthCheck, String> {
+    let timeout_secs = positive("rollout.health.timeout_secs", h.timeout_secs.unwrap_or(5))?;
+    let retries = h.retries.unwrap_or(3);
+    let interval_secs = h.interval_secs.unwrap_or(1);
+    match (&h.http, &h.command) {
+        (Some(url), None) => {
+            if !url.starts_with("http://") {
+                return Err(format!("rollout.health.http: '{url}' must start with http://"));
+            }
+            Ok(HealthCheck::Http {
+                url: url.clone(),
+                expect_status: h.expect_status.unwrap_or(200),
+                timeout_secs,
+                retries,
+                interval_secs,
+            })
+        }
+        (None, Some(command)) => Ok(HealthCheck::Command { command: command.clone(), timeout_secs, retries, interval_secs }),
+        _ => Err("rollout.health: set exactly one of http or command".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEMO: &str = r#"
+name = "web-demo"
+repo = "/srv/git/web-demo.git"
+keep_releases = 3
+vars = { APP_ENV = "production" }
+
+[target]
+deploy_to = "/data/release/{host}/web-demo"
+
+[rollout]
+batch = "50%"
+
+[env.prod]
+hosts = ["web-1", "role=web"]
+keep_releases = 7
+target = { current = "/data/nginx/{host}/website" }
+
+[env.test]
+hosts = ["web-1"]
+"#;
+
+    #[test]
+    fn env_overrides_and_defaults() {
+        let p = ProjectConfig::parse(DEMO, "demo.toml").unwrap();
+        let prod = p.env("prod").unwrap();
+        assert_eq!(prod.keep_releases, 7);
+        assert_eq!(prod.default_ref, "main");
+        assert_eq!(prod.target.deploy_to_for("web-1"), PathBuf::from("/data/release/web-1/web-demo"));
+        assert_eq!(prod.target.current_for("web-1"), PathBuf::from("/data/nginx/web-1/website"));
+        assert_eq!(prod.hosts[1], HostSelector::Label { key: "role".into(), value: "web".into() });
+        assert_eq!(prod.rollout.batch, BatchSize::Percent(50));
+        let test = p.env("test").unwrap();
+        assert_eq!(test.keep_releases, 3);
+        assert_eq!(test.target.current_for("web-1"), PathBuf::from("/data/release/web-1/web-demo/current"));
+    }
+
+    fn check_err(text: &str, expected: &[&str]) {
+        let err = ProjectConfig::parse(text, "p.toml").unwrap_err().to_string();
+        for e in expected {
+            assert!(err.contains(e), "error {err:?} should contain {e:?}");
+        }
+    }
+
+    #[test]
+    fn bad_project_files_name_file_and_key() {
+        let base = "name = \"x\"\nrepo = \"/r\"\n[target]\ndeploy_to = \"/d\"\n";
+        check_err(&format!("{base}colour = 1\n[env.a]\nhosts=[\"h\"]\n"), &["p.toml", "colour"]);
+        check_err(&format!("{base}[env.a]\nhosts=[\"h\"]\nbogus = 2\n"), &["p.toml", "bogus"]);
+        check_err(&format!("{base}keep_releases = 0\n[env.a]\nhosts=[\"h\"]\n"), &["p.toml", "keep_releases"]);
+        check_err("name = \"x\"\nrepo = \"/r\"\n[target]\ndeploy_to = \"rel\"\n[env.a]\n", &["target.deploy_to", "absolute"]);
+        check_err("name = \"x\"\nrepo = \"/r\"\n[target]\ndeploy_to = \"/a/../b\"\n[env.a]\n", &["target.deploy_to"]);
+        check_err(&format!("{base}[rollout]\nstrategy = \"yolo\"\n[env.a]\n"), &["p.toml", "yolo"]);
+        check_err(&format!("{base}[rollout]\nbatch = \"0%\"\n[env.a]\n"), &["batch"]);
+        check_err(&format!("{base}[env.a]\nhosts = [\"Bad_Name\"]\n"), &["hosts", "Bad_Name"]);
+        check_err(base, &["no environments"]);
+        check_err("name = \"Web Demo\"\nrepo=\"/r\"\n[env.a]\n", &["name", "Web Demo"]);
+        check_err(&format!("{base}[target2]\n[env.a]\n"), &["target2"]);
+        check_err("name = \"x\"\n[target]\ndeploy_to = \"/d\"\n[env.a]\n", &["repo is missing"]);
+    }
+
+    #[test]
+    fn agent_config_resolves_relative_paths() {
+        let text = "name = \"web-1\"\nlisten = \"127.0.0.1:7443\"\nstate_dir = \"state\"\nallowed_roots = [\"/data\"]\n[tls]\nca = \"ca.pem\"\ncert = \"/etc/a.pem\"\nkey = \"a.key\"\n";
+        let c = AgentConfig::parse(text, "agent.toml", Path::new("/etc/slipway")).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/etc/slipway/state"));
+        assert_eq!(c.tls.ca, PathBuf::from("/etc/slipway/ca.pem"));
+        assert_eq!(c.tls.cert, PathBuf::from("/etc/a.pem"));
+        assert!(c.is_allowed(Path::new("/data/x")));
+        assert!(!c.is_allowed(Path::new("/data")));
+        assert!(!c.is_allowed(Path::new("/database/x")));
+        let bad = text.replace("127.0.0.1:7443", "localhost");
+        let err = AgentConfig::parse(&bad, "agent.toml", Path::new("/")).unwrap_err().to_string();
+        assert!(err.contains("listen"), "{err}");
+        let bad = text.replace("[\"/data\"]", "[\"/\"]");
+        assert!(AgentConfig::parse(&bad, "agent.toml", Path::new("/")).is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! Slipway's shared core: domain types, config parsing and validation, PKI and TLS, the archive
+//! format (packer and the hostile-input extractor) and telemetry. Used by `slipd` and `slipctl`.
+
+pub mod archive;
+pub mod config;
+pub mod error;
+pub mod names;
+pub mod pki;
+pub mod telemetry;
+pub mod time;
+pub mod tls;
+
+pub use error::{Error, Result};
+pub use names::ReleaseId;
+
+/// The version every binary reports (agent `Info`, `slipctl --version`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,208 @@
+//! The controller's CA and the certificates it issues. Every certificate carries its role and
+//! name as a SPIFFE-style SAN URI (`spiffe://slipway/controller`, `spiffe://slipway/agent/<name>`)
+//! and its extended key usage (controller: client only; agent: server only).
+
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use x509_parser::extensions::GeneralName;
+
+use crate::names::validate_agent_name;
+use crate::{Error, Result};
+
+const URI_PREFIX: &str = "spiffe://slipway/";
+const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
+const LEAF_VALIDITY: Duration = Duration::from_secs(3 * 365 * 86_400);
+
+/// Who a certificate speaks for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    Controller,
+    Agent(String),
+}
+
+impl Identity {
+    pub fn uri(&self) -> String {
+        match self {
+            Identity::Controller => format!("{URI_PREFIX}controller"),
+            Identity::Agent(name) => format!("{URI_PREFIX}agent/{name}"),
+        }
+    }
+
+    pub fn from_uri(uri: &str) -> Option<Identity> {
+        let rest = uri.strip_prefix(URI_PREFIX)?;
+        if rest == "controller" {
+            return Some(Identity::Controller);
+        }
+        let name = rest.strip_prefix("agent/")?;
+        validate_agent_name(name).ok()?;
+        Some(Identity::Agent(name.to_owned()))
+    }
+
+    /// The DNS name in the certificate and the TLS server name the controller dials.
+    pub fn dns_name(&self) -> String {
+        match self {
+            Identity::Controller => "controller.slipway".to_owned(),
+            Identity::Agent(name) => format!("{name}.agent.slipway"),
+        }
+    }
+
+    pub fn from_dns_name(dns: &str) -> Option<Identity> {
+        if dns == "controller.slipway" {
+            return Some(Identity::Controller);
+        }
+        let name = dns.strip_suffix(".agent.slipway")?;
+        validate_agent_name(name).ok()?;
+        Some(Identity::Agent(name.to_owned()))
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Controller => f.write_str("controller"),
+            Identity::Agent(n) => write!(f, "agent '{n}'"),
+        }
+    }
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The controller's certificate authority.
+pub struct Ca {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn pki_err(what: &str) -> impl Fn(rcgen::Error) -> Error + '_ {
+    move |e| Error::Pki(format!("{what}: {e}"))
+}
+
+fn validity(params: &mut CertificateParams, lifetime: Duration) {
+    let now = crate::time::unix_now().max(0) as u64;
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    params.not_before = epoch + Duration::from_secs(now.saturating_sub(3600));
+    params.not_after = epoch + Duration::from_secs(now) + lifetime;
+}
+
+impl Ca {
+    pub fn generate() -> Result<(Ca, String)> {
+        let key = KeyPair::generate().map_err(pki_err("generate CA key"))?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err("CA parameters"))?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "Slipway CA");
+        dn.push(DnType::OrganizationName, "Slipway");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        validity(&mut params, CA_VALIDITY);
+        let cert = params.self_signed(&key).map_err(pki_err("self-sign CA"))?;
+        let key_pem = key.serialize_pem();
+        let cert_pem = cert.pem();
+        Ok((Ca { cert_pem, issuer: Issuer::new(params, key) }, key_pem))
+    }
+
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca> {
+        let key = KeyPair::from_pem(key_pem).map_err(pki_err("read CA key"))?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(pki_err("read CA certificate"))?;
+        Ok(Ca { cert_pem: cert_pem.to_owned(), issuer })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Issue a leaf certificate for `identity`, with a fresh key.
+    pub fn issue(&self, identity: &Identity) -> Result<IssuedCert> {
+        let key = KeyPair::generate().map_err(pki_err("generate key"))?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err("parameters"))?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, identity.dns_name());
+        dn.push(DnType::OrganizationName, "Slipway");
+        params.distinguished_name = dn;
+        let uri = identity.uri().try_into().map_err(pki_err("SAN URI"))?;
+        let dns = identity.dns_name().try_into().map_err(pki_err("SAN DNS name"))?;
+        params.subject_alt_names = vec![SanType::URI(uri), SanType::DnsName(dns)];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = match identity {
+            Identity::Controller => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Identity::Agent(_) => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        };
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, LEAF_VALIDITY);
+        let cert = params.signed_by(&key, &self.issuer).map_err(pki_err("sign certificate"))?;
+        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
+/// What a certificate says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub identities: Vec<Identity>,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// Read identities and expiry from a DER certificate.
+pub fn cert_info(der: &[u8]) -> Result<CertInfo> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| Error::Pki(format!("parse: {e}")))?;
+    let mut identities = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::URI(uri) = name {
+                if let Some(id) = Identity::from_uri(uri) {
+                    identities.push(id);
+                }
+            }
+        }
+    }
+    Ok(CertInfo { identities, not_after: cert.validity().not_after.timestamp() })
+}
+
+/// The first certificate of a PEM bundle, as DER.
+pub fn first_cert_der(pem: &str) -> Result<Vec<u8>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .ok_or_else(|| Error::Pki("no certificate in PEM".into()))?
+        .map(|c| c.to_vec())
+        .map_err(|e| Error::Pki(format!("PEM: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certs_carry_role_and_name() {
+        let (ca, ca_key) = Ca::generate().unwrap();
+        let ca = Ca::from_pem(ca.cert_pem(), &ca_key).unwrap();
+        let agent = ca.issue(&Identity::Agent("web-1".into())).unwrap();
+        let info = cert_info(&first_cert_der(&agent.cert_pem).unwrap()).unwrap();
+        assert_eq!(info.identities, vec![Identity::Agent("web-1".into())]);
+        let days = (info.not_after - crate::time::unix_now()) / 86_400;
+        assert!((1000..1100).contains(&days), "{days}");
+        let ctl = ca.issue(&Identity::Controller).unwrap();
+        let info = cert_info(&first_cert_der(&ctl.cert_pem).unwrap()).unwrap();
+        assert_eq!(info.identities, vec![Identity::Controller]);
+    }
+
+    #[test]
+    fn identity_round_trips() {
+        for id in [Identity::Controller, Identity::Agent("web-1.prod".into())] {
+            assert_eq!(Identity::from_uri(&id.uri()), Some(id.clone()));
+            assert_eq!(Identity::from_dns_name(&id.dns_name()), Some(id));
+        }
+        assert_eq!(Identity::from_uri("spiffe://slipway/agent/../x"), None);
+        assert_eq!(Identity::from_uri("spiffe://other/controller"), None);
+    }
+}

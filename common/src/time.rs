@@ -1,0 +1,55 @@
+//! UTC calendar arithmetic for release ids and human output, without a date-time dependency.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// (year, month, day, hour, minute, second) in UTC for a Unix timestamp.
+pub fn civil_from_unix(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's days_from_civil inverse.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day, (rem / 3600) as u32, (rem % 3600 / 60) as u32, (rem % 60) as u32)
+}
+
+/// `2026-11-22 03:25:06Z`, for people.
+pub fn format_utc(secs: i64) -> String {
+    let (y, mo, d, h, mi, s) = civil_from_unix(secs);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}Z")
+}
+
+/// `20261122-032506`, the time part of a release id.
+pub fn compact_utc(secs: i64) -> String {
+    let (y, mo, d, h, mi, s) = civil_from_unix(secs);
+    format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(secs: i64, expected: &str) {
+        assert_eq!(format_utc(secs), expected);
+    }
+
+    #[test]
+    fn known_dates() {
+        check(0, "1970-01-01 00:00:00Z");
+        check(951_782_400, "2000-02-29 00:00:00Z");
+        check(1_795_317_906, "2026-11-22 03:25:06Z");
+        check(4_107_542_399, "2100-02-28 23:59:59Z");
+        assert_eq!(compact_utc(1_795_317_906), "20261122-032506");
+    }
+}

@@ -1,0 +1,228 @@
+//! The one place that builds rustls configs. One crypto provider (ring), passed explicitly to every
+//! config, so a second provider in the graph can never make a server panic at start.
+//!
+//! Both sides check the peer's **role and name**, not only "signed by our CA": the agent accepts
+//! only the controller's certificate; the controller accepts, at an agent's address, only that
+//! agent's certificate (its name travels as the TLS server name `<name>.agent.slipway`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+
+use crate::config::TlsPaths;
+use crate::pki::{Identity, cert_info};
+use crate::{Error, Result};
+
+/// The crypto provider every config uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Install ring as the process default (idempotent). Configs here do not need it, but any
+/// library that asks for the default then gets the same provider.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// PEM material for one peer: the CA to trust, its own certificate chain and key.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TlsMaterial {
+    pub fn load(paths: &TlsPaths) -> Result<Self> {
+        let read = |p: &Path, what: &'static str| std::fs::read_to_string(p).map_err(|e| Error::io(what, p, e));
+        Ok(TlsMaterial {
+            ca_pem: read(&paths.ca, "cannot read CA certificate")?,
+            cert_pem: read(&paths.cert, "cannot read certificate")?,
+            key_pem: read(&paths.key, "cannot read private key")?,
+        })
+    }
+
+    fn roots(&self) -> Result<Arc<RootCertStore>> {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            let cert = cert.map_err(|e| Error::Tls(format!("CA PEM: {e}")))?;
+            roots.add(cert).map_err(|e| Error::Tls(format!("CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(Error::Tls("the CA file holds no certificate".into()));
+        }
+        Ok(Arc::new(roots))
+    }
+
+    fn chain(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Tls(format!("certificate PEM: {e}")))?;
+        if chain.is_empty() {
+            return Err(Error::Tls("the certificate file holds no certificate".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| Error::Tls(format!("private key PEM: {e}")))?;
+        Ok((chain, key))
+    }
+}
+
+fn has_identity(der: &CertificateDer<'_>, expected: &Identity) -> std::result::Result<(), rustls::Error> {
+    let info = cert_info(der).map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    if info.identities.iter().any(|id| id == expected) {
+        Ok(())
+    } else {
+        Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
+    }
+}
+
+/// Server side (agent): chain to our CA, client-auth EKU, and the controller's identity.
+#[derive(Debug)]
+struct ExpectClient {
+    inner: Arc<dyn ClientCertVerifier>,
+    expected: Identity,
+}
+
+impl ClientCertVerifier for ExpectClient {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        has_identity(end_entity, &self.expected)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Client side (controller): chain to our CA, server-auth EKU, the DNS name dialled, and the
+/// agent identity that DNS name stands for.
+#[derive(Debug)]
+struct ExpectAgent {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for ExpectAgent {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        let expected = match server_name {
+            ServerName::DnsName(dns) => Identity::from_dns_name(dns.as_ref()),
+            _ => None,
+        };
+        match expected {
+            Some(id @ Identity::Agent(_)) => has_identity(end_entity, &id)?,
+            _ => return Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)),
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The agent's server config: requires a client certificate that is the controller's.
+pub fn agent_server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>> {
+    let provider = provider();
+    let inner = WebPkiClientVerifier::builder_with_provider(material.roots()?, provider.clone())
+        .build()
+        .map_err(|e| Error::Tls(format!("client verifier: {e}")))?;
+    let verifier = Arc::new(ExpectClient { inner, expected: Identity::Controller });
+    let (chain, key) = material.chain()?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| Error::Tls(format!("agent certificate or key: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The controller's client config: presents the controller certificate; accepts an agent only
+/// when its certificate names the agent dialled (see [`agent_server_name`]).
+pub fn controller_client_config(material: &TlsMaterial) -> Result<Arc<ClientConfig>> {
+    let provider = provider();
+    let inner = WebPkiServerVerifier::builder_with_provider(material.roots()?, provider.clone())
+        .build()
+        .map_err(|e| Error::Tls(format!("server verifier: {e}")))?;
+    let (chain, key) = material.chain()?;
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ExpectAgent { inner }))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| Error::Tls(format!("controller certificate or key: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The TLS server name to dial agent `name` with.
+pub fn agent_server_name(name: &str) -> Result<ServerName<'static>> {
+    ServerName::try_from(Identity::Agent(name.to_owned()).dns_name())
+        .map_err(|e| Error::Tls(format!("agent name '{name}' is not usable as a TLS name: {e}")))
+}
