@@ -1,0 +1,85 @@
+//! The agent's own state in sled (`state_dir/agent.sled`): per project+env, where it lives, the
+//! highest generation seen, and what is known about each release. The filesystem stays the
+//! truth for which releases exist and which is current; see `reconcile`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::AgentError;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseMeta {
+    pub commit: String,
+    pub git_ref: String,
+    pub deploy_id: u64,
+    pub staged_at: i64,
+    /// Set the first time the release is made current.
+    pub activated_at: Option<i64>,
+    /// What was current when a deploy activated this release: where rollback goes from here.
+    pub previous: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TargetRecord {
+    pub project: String,
+    pub env: String,
+    pub deploy_to: PathBuf,
+    pub current: PathBuf,
+    pub generation: u64,
+    pub current_release: Option<String>,
+    pub releases: BTreeMap<String, ReleaseMeta>,
+}
+
+impl TargetRecord {
+    pub fn key(project: &str, env: &str) -> String {
+        format!("{project}/{env}")
+    }
+}
+
+/// sled behind a small interface, so the store can be swapped.
+pub struct AgentState {
+    db: sled::Db,
+    targets: sled::Tree,
+}
+
+fn state_err(e: impl std::fmt::Display) -> AgentError {
+    AgentError::State(e.to_string())
+}
+
+impl AgentState {
+    pub fn open(state_dir: &Path) -> Result<Self, AgentError> {
+        std::fs::create_dir_all(state_dir).map_err(|e| AgentError::io("cannot create state dir", state_dir, e))?;
+        let path = state_dir.join("agent.sled");
+        let db = sled::open(&path).map_err(|e| {
+            AgentError::State(format!("cannot open {}: {e} (is another slipd using this state_dir?)", path.display()))
+        })?;
+        let targets = db.open_tree("targets").map_err(state_err)?;
+        Ok(AgentState { db, targets })
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<TargetRecord>, AgentError> {
+        match self.targets.get(key).map_err(state_err)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(state_err),
+        }
+    }
+
+    /// Write a record and flush it to disk before returning.
+    pub fn put(&self, record: &TargetRecord) -> Result<(), AgentError> {
+        let key = TargetRecord::key(&record.project, &record.env);
+        let bytes = serde_json::to_vec(record).map_err(state_err)?;
+        self.targets.insert(key, bytes).map_err(state_err)?;
+        self.db.flush().map_err(state_err)?;
+        Ok(())
+    }
+
+    pub fn all(&self) -> Result<Vec<TargetRecord>, AgentError> {
+        self.targets
+            .iter()
+            .values()
+            .map(|v| v.map_err(state_err).and_then(|b| serde_json::from_slice(&b).map_err(state_err)))
+            .collect()
+    }
+}
