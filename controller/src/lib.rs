@@ -1,1 +1,17 @@
-//! placeholder
+//! `slipctl`, the Slipway controller: git, packaging, rollout and state. The binary is a thin
+//! `main`; everything here is a library so tests and the quickstart call the same code.
+
+pub mod artifact;
+pub mod cli;
+pub mod client;
+pub mod deploy;
+pub mod error;
+pub mod git;
+pub mod home;
+pub mod output;
+pub mod plan;
+pub mod quickstart;
+pub mod store;
+
+pub use cli::{Cli, run};
+pub use error::CtlError;

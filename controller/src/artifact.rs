@@ -1,0 +1,101 @@
+//! Packaged releases in `<home>/cache/artifacts/<commit>-<settings digest>/`: the tar.zst, its
+//! manifest and digest. A deploy packages **once** whatever the host count, and a second deploy
+//! of the same commit with the same settings reuses the package.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use slipway_common::archive::{Manifest, Packer};
+
+use crate::error::{Context, Result};
+use crate::git;
+
+/// Bump when the package layout changes, so old cache entries are not reused.
+const FORMAT: u32 = 1;
+const ZSTD_LEVEL: i32 = 3;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Artifact {
+    #[serde(skip)]
+    pub path: PathBuf,
+    #[serde(skip)]
+    pub manifest: Manifest,
+    pub sha256: String,
+    pub compressed_bytes: u64,
+    pub file_bytes: u64,
+    pub entries: u64,
+    pub submodules_skipped: usize,
+    #[serde(skip)]
+    pub cached: bool,
+    #[serde(skip)]
+    pub package_ms: u64,
+}
+
+fn cache_key(commit: &str) -> String {
+    let settings = format!("format={FORMAT};level={ZSTD_LEVEL}");
+    format!("{commit}-{}", &hex::encode(Sha256::digest(settings.as_bytes()))[..16])
+}
+
+fn load(dir: &Path) -> Option<Artifact> {
+    let meta: Artifact = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).ok()?).ok()?;
+    let manifest: Manifest = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
+    let path = dir.join("artifact.tar.zst");
+    let size = std::fs::metadata(&path).ok()?.len();
+    (size == meta.compressed_bytes).then_some(Artifact { path, manifest, cached: true, ..meta })
+}
+
+/// The package of `commit`, built from the git object database unless already cached.
+pub async fn ensure(cache: &Path, mirror: &Path, commit: &str, commit_time: i64) -> Result<Artifact> {
+    let dir = cache.join("artifacts").join(cache_key(commit));
+    if let Some(found) = load(&dir) {
+        return Ok(found);
+    }
+    let (mirror, commit, dir) = (mirror.to_path_buf(), commit.to_owned(), dir.clone());
+    tokio::task::spawn_blocking(move || build(&mirror, &commit, commit_time, &dir)).await.context("packaging task")?
+}
+
+fn build(mirror: &Path, commit: &str, commit_time: i64, dir: &Path) -> Result<Artifact> {
+    let started = Instant::now();
+    let parent = dir.parent().expect("artifact dir has a parent");
+    std::fs::create_dir_all(parent).context(format_args!("cannot create {}", parent.display()))?;
+    let tmp = parent.join(format!(".tmp-{}-{}", std::process::id(), dir.file_name().unwrap_or_default().to_string_lossy()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).context(format_args!("cannot create {}", tmp.display()))?;
+    let file = std::fs::File::create(tmp.join("artifact.tar.zst")).context("cannot create artifact file")?;
+    let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).min(4);
+    let mut packer = Packer::new(BufWriter::with_capacity(1 << 20, file), ZSTD_LEVEL, threads, commit_time.max(0) as u64)
+        .context("cannot start the compressor")?;
+    let submodules_skipped = git::pack_commit(mirror, commit, &mut packer)?;
+    let packed = packer.finish().context("cannot finish the artifact")?;
+    let file = packed.out.into_inner().map_err(|e| e.into_error()).context("cannot flush the artifact")?;
+    file.sync_all().context("cannot sync the artifact")?;
+    let artifact = Artifact {
+        path: dir.join("artifact.tar.zst"),
+        sha256: packed.sha256,
+        compressed_bytes: packed.compressed_size,
+        file_bytes: packed.manifest.file_bytes(),
+        entries: packed.manifest.entries.len() as u64,
+        manifest: packed.manifest,
+        submodules_skipped,
+        cached: false,
+        package_ms: started.elapsed().as_millis() as u64,
+    };
+    let write_json = |name: &str, bytes: Vec<u8>| -> Result<()> {
+        let mut f = std::fs::File::create(tmp.join(name)).context(format_args!("cannot write {name}"))?;
+        f.write_all(&bytes).and_then(|()| f.sync_all()).context(format_args!("cannot write {name}"))
+    };
+    write_json("manifest.json", serde_json::to_vec(&artifact.manifest).context("manifest")?)?;
+    write_json("meta.json", serde_json::to_vec(&artifact).context("meta")?)?;
+    match std::fs::rename(&tmp, dir) {
+        Ok(()) => Ok(artifact),
+        // Another slipctl packaged the same commit meanwhile: use theirs.
+        Err(_) if load(dir).is_some() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(Artifact { cached: false, package_ms: artifact.package_ms, ..load(dir).expect("checked") })
+        }
+        Err(e) => Err(e).context(format_args!("cannot move artifact to {}", dir.display())),
+    }
+}

@@ -1,0 +1,565 @@
+//! The `slipctl` command line (DESIGN.md "Command line") and the commands that are not a
+//! rollout: init, agents, projects, releases, history, show.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use slipway_common::config::ProjectConfig;
+use slipway_common::names::validate_agent_name;
+use slipway_common::pki::Identity;
+use slipway_common::time::{format_utc, unix_now};
+
+use crate::client::{self, Timeouts, status_text};
+use crate::deploy::{self, DeployArgs, RollbackArgs};
+use crate::error::{Context, CtlError, Result};
+use crate::home::{Home, write_new};
+use crate::output::{OutputFormat, Reporter, bytes, millis, table};
+use crate::store::{AgentRecord, DeployRecord, DeployStatus, ProjectRecord, Store};
+
+#[derive(Parser)]
+#[command(name = "slipctl", version, about = "Slipway: deploy a git repository to a fleet of web hosts, and take it back")]
+pub struct Cli {
+    /// Controller home: pki/, state/, cache/ [default: ~/.local/share/slipway]
+    #[arg(long, global = true, env = "SLIPWAY_HOME")]
+    pub home: Option<PathBuf>,
+    /// Output for people (text) or scripts (json)
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create the CA and the controller identity in the home
+    Init,
+    /// Register, list and remove agents
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Apply, list, show and remove projects
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Deploy a ref of a project to an environment
+    Deploy {
+        project: String,
+        env: String,
+        /// Branch, tag or commit [default: the project's default_ref]
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        /// Only these hosts of the environment (comma-separated)
+        #[arg(long, value_delimiter = ',')]
+        hosts: Option<Vec<String>>,
+        /// Resolve and package, print the plan, send nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Relink every host to its previous release (or --to RELEASE)
+    Rollback {
+        project: String,
+        env: String,
+        /// A release id as shown by `slipctl releases`
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        hosts: Option<Vec<String>>,
+    },
+    /// Per host: retained releases and which is current
+    Releases { project: String, env: String },
+    /// Past deploys and rollbacks, newest first
+    History {
+        project: Option<String>,
+        env: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Steps, timings and errors of one deploy, per host
+    Show { deploy_id: u64 },
+    /// A real demo on loopback: a CA, three agents, a git repo, two deploys and a rollback
+    Quickstart {
+        /// Where to put the demo [default: a new temporary directory]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AgentCommand {
+    /// Register an agent and write its ready-to-run bundle (ca.pem, agent.pem, agent.key, agent.toml)
+    Add {
+        name: String,
+        /// Where the controller reaches the agent
+        #[arg(long)]
+        addr: String,
+        /// Labels for host selectors, key=value
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Directory for the bundle
+        #[arg(long)]
+        out: PathBuf,
+        /// `listen` in agent.toml [default: 0.0.0.0:<port of --addr>]
+        #[arg(long)]
+        listen: Option<String>,
+        /// `state_dir` in agent.toml
+        #[arg(long, default_value = "/var/lib/slipway")]
+        state_dir: PathBuf,
+        /// `allowed_roots` in agent.toml (repeatable)
+        #[arg(long = "allowed-root", default_value = "/data")]
+        allowed_roots: Vec<PathBuf>,
+    },
+    /// Registered agents: reachable or why not, version, uptime
+    List,
+    /// Forget an agent
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum ProjectCommand {
+    /// Validate and store a project file
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    List,
+    /// The project's settings as each environment resolves them
+    Show { name: String },
+    Rm { name: String },
+}
+
+/// Run a command; the returned code is the process exit status.
+pub async fn run(cli: Cli) -> Result<u8> {
+    let home = Home::resolve(cli.home.clone())?;
+    let out = cli.output;
+    let timeouts = Timeouts::default();
+    match cli.command {
+        Command::Init => {
+            home.init()?;
+            print(out, json!({"home": home.root, "ca": home.pki().join("ca.pem")}), || {
+                format!(
+                    "initialised {}: CA and controller identity in {}\nnext: slipctl agent add NAME --addr HOST:PORT --out DIR",
+                    home.root.display(),
+                    home.pki().display()
+                )
+            });
+            Ok(0)
+        }
+        Command::Agent(cmd) => agent_command(&home, out, cmd, timeouts).await,
+        Command::Project(cmd) => project_command(&home, out, cmd),
+        Command::Deploy { project, env, git_ref, hosts, dry_run } => {
+            let mut reporter = Reporter::new(out);
+            let record = deploy::deploy(&home, DeployArgs { project, env, git_ref, hosts, dry_run }, &mut reporter, timeouts).await?;
+            Ok(finish_operation(out, &record, dry_run))
+        }
+        Command::Rollback { project, env, to, hosts } => {
+            let mut reporter = Reporter::new(out);
+            let record = deploy::rollback(&home, RollbackArgs { project, env, to, hosts }, &mut reporter, timeouts).await?;
+            Ok(finish_operation(out, &record, false))
+        }
+        Command::Releases { project, env } => releases(&home, out, &project, &env, timeouts).await,
+        Command::History { project, env, limit } => {
+            let store = Store::open(&home.state())?;
+            let deploys = store.deploys(project.as_deref(), env.as_deref(), limit)?;
+            drop(store);
+            let rows: Vec<Vec<String>> = deploys.iter().map(history_row).collect();
+            let docs: Vec<_> = deploys.iter().map(deploy_json).collect();
+            print(out, json!(docs), || {
+                if rows.is_empty() {
+                    "no deploys yet".to_owned()
+                } else {
+                    table(&["ID", "KIND", "PROJECT", "ENV", "REF", "COMMIT", "RELEASE", "STATUS", "STARTED", "TOOK", "HOSTS"], &rows)
+                        .trim_end()
+                        .to_owned()
+                }
+            });
+            Ok(0)
+        }
+        Command::Show { deploy_id } => {
+            let store = Store::open(&home.state())?;
+            let record = store
+                .deploy(deploy_id)?
+                .ok_or_else(|| CtlError::bad(format!("unknown deploy #{deploy_id}; `slipctl history` lists them")))?;
+            drop(store);
+            print(out, deploy_json(&record), || show_text(&record));
+            Ok(0)
+        }
+        Command::Quickstart { dir } => crate::quickstart::run(dir, out).await,
+    }
+}
+
+fn print(out: OutputFormat, doc: serde_json::Value, text: impl FnOnce() -> String) {
+    match out {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&doc).expect("json")),
+        OutputFormat::Text => println!("{}", text()),
+    }
+}
+
+fn deploy_json(d: &DeployRecord) -> serde_json::Value {
+    let mut doc = serde_json::to_value(d).expect("record serialises");
+    doc["status"] = json!(d.effective_status().word());
+    doc
+}
+
+fn took(d: &DeployRecord) -> String {
+    if d.finished_at.is_some() { millis(d.duration_ms) } else { "-".into() }
+}
+
+fn history_row(d: &DeployRecord) -> Vec<String> {
+    let ok = d.hosts.iter().filter(|h| h.ok).count();
+    vec![
+        d.id.to_string(),
+        format!("{:?}", d.kind).to_lowercase(),
+        d.project.clone(),
+        d.env.clone(),
+        if d.git_ref.is_empty() { "-".into() } else { d.git_ref.clone() },
+        d.commit.get(..7).unwrap_or("-").to_owned(),
+        if d.release.is_empty() { "-".into() } else { d.release.clone() },
+        d.effective_status().word().to_owned(),
+        format_utc(d.started_at),
+        took(d),
+        format!("{ok}/{}", d.hosts.len()),
+    ]
+}
+
+fn show_text(d: &DeployRecord) -> String {
+    let mut s = format!(
+        "{} #{}  {}/{}  {}\n",
+        format!("{:?}", d.kind).to_lowercase(),
+        d.id,
+        d.project,
+        d.env,
+        d.effective_status().word()
+    );
+    if !d.commit.is_empty() {
+        s.push_str(&format!("  ref {}  commit {}\n", d.git_ref, d.commit));
+    }
+    s.push_str(&format!("  release {}\n", if d.release.is_empty() { "-" } else { &d.release }));
+    s.push_str(&format!("  by {} (pid {})  started {}  took {}\n", d.user, d.pid, format_utc(d.started_at), took(d)));
+    if let Some(a) = &d.artifact {
+        s.push_str(&format!(
+            "  artifact {} entries, {} -> {} tar.zst, sha256 {}{}\n",
+            a.entries,
+            bytes(a.file_bytes),
+            bytes(a.compressed_bytes),
+            a.sha256,
+            if a.cached { " (cached)".to_owned() } else { format!(" (packaged in {})", millis(a.package_ms)) }
+        ));
+    }
+    if let Some(e) = &d.error {
+        s.push_str(&format!("  error: {e}\n"));
+    }
+    for h in &d.hosts {
+        s.push_str(&format!("  {} ({})  {}\n", h.host, h.addr, if h.ok { "ok" } else { "FAILED" }));
+        for step in &h.steps {
+            s.push_str(&format!(
+                "    {:<9} +{:<9} {:<9} {} {}\n",
+                step.name,
+                millis(step.started_ms),
+                millis(step.elapsed_ms),
+                if step.ok { "ok  " } else { "FAIL" },
+                step.detail
+            ));
+        }
+    }
+    s.trim_end().to_owned()
+}
+
+/// Print a deploy/rollback result; the exit status is 0 only when every host succeeded.
+fn finish_operation(out: OutputFormat, record: &DeployRecord, dry_run: bool) -> u8 {
+    if out == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&deploy_json(record)).expect("json"));
+    } else if !dry_run {
+        let ok = record.hosts.iter().filter(|h| h.ok).count();
+        let kind = format!("{:?}", record.kind).to_lowercase();
+        println!(
+            "{kind} #{} {}/{} {}: {ok}/{} host(s) on {} in {}; details: slipctl show {}",
+            record.id,
+            record.project,
+            record.env,
+            record.status.word(),
+            record.hosts.len(),
+            if record.release.is_empty() { "their previous release" } else { &record.release },
+            took(record),
+            record.id
+        );
+    }
+    if record.status == DeployStatus::Succeeded {
+        0
+    } else {
+        eprintln!("error: {}", record.error.clone().unwrap_or_else(|| "the operation failed".into()));
+        1
+    }
+}
+
+fn parse_addr(addr: &str) -> Result<u16> {
+    let bad = || CtlError::bad(format!("--addr '{addr}' is not HOST:PORT (e.g. 10.0.0.5:7443)"));
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok(port)
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// Register an agent and write its bundle: `slipctl agent add` and the quickstart.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn register_agent(
+    home: &Home,
+    name: &str,
+    addr: &str,
+    labels: &[String],
+    dir: &Path,
+    listen: Option<String>,
+    state_dir: &Path,
+    allowed_roots: &[PathBuf],
+) -> Result<AgentRecord> {
+    validate_agent_name(name)?;
+    let port = parse_addr(addr)?;
+    let mut label_map = BTreeMap::new();
+    for l in labels {
+        let (k, v) = l
+            .split_once('=')
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+            .ok_or_else(|| CtlError::bad(format!("--label '{l}' is not key=value")))?;
+        label_map.insert(k.to_owned(), v.to_owned());
+    }
+    let listen = listen.unwrap_or_else(|| format!("0.0.0.0:{port}"));
+    let ca = home.load_ca()?;
+    {
+        let store = Store::open(&home.state())?;
+        if store.agent(name)?.is_some() {
+            return Err(CtlError::bad(format!(
+                "agent '{name}' is already registered; `slipctl agent rm {name}` first to replace it"
+            )));
+        }
+    }
+    if dir.join("agent.key").exists() {
+        return Err(CtlError::bad(format!("{} already holds an agent.key; choose an empty --out directory", dir.display())));
+    }
+    std::fs::create_dir_all(dir).context(format_args!("cannot create {}", dir.display()))?;
+    let issued = ca.issue(&Identity::Agent(name.to_owned()))?;
+    let roots: Vec<String> = allowed_roots.iter().map(|r| toml_str(&r.display().to_string())).collect();
+    let config = format!(
+        "# slipd config for agent '{name}', written by `slipctl agent add`\n\
+         name = {}\nlisten = {}\nstate_dir = {}\nallowed_roots = [{}]\n\n\
+         [tls]\nca = \"ca.pem\"\ncert = \"agent.pem\"\nkey = \"agent.key\"\n",
+        toml_str(name),
+        toml_str(&listen),
+        toml_str(&state_dir.display().to_string()),
+        roots.join(", ")
+    );
+    // Check what we wrote with the agent's own loader before anyone copies it.
+    slipway_common::config::AgentConfig::parse(&config, "agent.toml", dir)?;
+    write_new(&dir.join("agent.key"), issued.key_pem.as_bytes(), 0o600)?;
+    write_new(&dir.join("agent.pem"), issued.cert_pem.as_bytes(), 0o644)?;
+    write_new(&dir.join("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
+    write_new(&dir.join("agent.toml"), config.as_bytes(), 0o644)?;
+    let record = AgentRecord { name: name.to_owned(), addr: addr.to_owned(), labels: label_map, added_at: unix_now() };
+    Store::open(&home.state())?.put_agent(&record)?;
+    Ok(record)
+}
+
+async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand, timeouts: Timeouts) -> Result<u8> {
+    match cmd {
+        AgentCommand::Add { name, addr, labels, out: dir, listen, state_dir, allowed_roots } => {
+            let record = register_agent(home, &name, &addr, &labels, &dir, listen, &state_dir, &allowed_roots)?;
+            print(out, json!({"agent": record, "bundle": dir}), || {
+                format!(
+                    "registered agent {name} at {addr}; bundle in {}\n\
+                     on the host: copy it to /etc/slipway/ and run `slipd --config /etc/slipway/agent.toml`",
+                    dir.display()
+                )
+            });
+            Ok(0)
+        }
+        AgentCommand::List => {
+            let agents = Store::open(&home.state())?.agents()?;
+            let tls = home.client_tls()?;
+            let quick = Timeouts { connect: Duration::from_secs(3), call: Duration::from_secs(5) };
+            let mut tasks = tokio::task::JoinSet::new();
+            for (i, agent) in agents.iter().cloned().enumerate() {
+                let tls = tls.clone();
+                tasks.spawn(async move {
+                    let info = async {
+                        let mut c = client::connect(tls, &agent, quick).await?;
+                        tokio::time::timeout(quick.call, c.info(slipway_proto::pb::InfoRequest {}))
+                            .await
+                            .map_err(|_| "no answer".to_owned())?
+                            .map(|r| r.into_inner())
+                            .map_err(|s| status_text(&s))
+                    }
+                    .await;
+                    (i, agent, info)
+                });
+            }
+            let _ = timeouts;
+            let mut results = tasks.join_all().await;
+            results.sort_by_key(|(i, _, _)| *i);
+            let rows: Vec<Vec<String>> = results
+                .iter()
+                .map(|(_, a, info)| {
+                    let labels = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+                    match info {
+                        Ok(i) => vec![
+                            a.name.clone(),
+                            a.addr.clone(),
+                            labels,
+                            "ok".into(),
+                            i.version.clone(),
+                            millis(i.uptime_secs * 1000),
+                        ],
+                        Err(e) => vec![a.name.clone(), a.addr.clone(), labels, format!("unreachable: {e}"), "-".into(), "-".into()],
+                    }
+                })
+                .collect();
+            let docs: Vec<_> = results
+                .iter()
+                .map(|(_, a, info)| match info {
+                    Ok(i) => json!({"name": a.name, "addr": a.addr, "labels": a.labels, "reachable": true,
+                                    "version": i.version, "uptime_secs": i.uptime_secs, "hostname": i.hostname}),
+                    Err(e) => json!({"name": a.name, "addr": a.addr, "labels": a.labels, "reachable": false, "error": e}),
+                })
+                .collect();
+            print(out, json!(docs), || {
+                if rows.is_empty() {
+                    "no agents; register one with `slipctl agent add NAME --addr HOST:PORT --out DIR`".into()
+                } else {
+                    table(&["NAME", "ADDR", "LABELS", "STATUS", "VERSION", "UPTIME"], &rows).trim_end().to_owned()
+                }
+            });
+            Ok(if results.iter().all(|(_, _, i)| i.is_ok()) { 0 } else { 1 })
+        }
+        AgentCommand::Rm { name } => {
+            if !Store::open(&home.state())?.remove_agent(&name)? {
+                return Err(CtlError::bad(format!("unknown agent '{name}'; `slipctl agent list` shows them")));
+            }
+            print(out, json!({"removed": name}), || format!("removed agent {name}"));
+            Ok(0)
+        }
+    }
+}
+
+fn project_command(home: &Home, out: OutputFormat, cmd: ProjectCommand) -> Result<u8> {
+    match cmd {
+        ProjectCommand::Apply { file } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| CtlError::bad(format!("cannot read project file {}: {e}", file.display())))?;
+            let config = ProjectConfig::parse(&text, &file.display().to_string())?;
+            let file = std::path::absolute(&file).context("project file path")?;
+            let record = ProjectRecord {
+                name: config.name().to_owned(),
+                source_dir: file.parent().unwrap_or(Path::new("/")).to_path_buf(),
+                source_file: file,
+                text,
+                applied_at: unix_now(),
+            };
+            Store::open(&home.state())?.put_project(&record)?;
+            let envs: Vec<_> = config.envs.keys().cloned().collect();
+            print(out, json!({"project": record.name, "envs": envs}), || {
+                format!("project {} applied (envs: {})", record.name, envs.join(", "))
+            });
+            Ok(0)
+        }
+        ProjectCommand::List => {
+            let projects = Store::open(&home.state())?.projects()?;
+            let mut rows = Vec::new();
+            let mut docs = Vec::new();
+            for p in &projects {
+                let parsed = ProjectConfig::parse(&p.text, &p.source_file.display().to_string());
+                let (repo, envs) = match &parsed {
+                    Ok(c) => (
+                        c.envs.values().next().map(|e| e.repo.clone()).unwrap_or_default(),
+                        c.envs.keys().cloned().collect::<Vec<_>>(),
+                    ),
+                    Err(e) => (format!("invalid: {e}"), vec![]),
+                };
+                rows.push(vec![p.name.clone(), repo.clone(), envs.join(","), format_utc(p.applied_at)]);
+                docs.push(json!({"name": p.name, "repo": repo, "envs": envs, "source_file": p.source_file}));
+            }
+            print(out, json!(docs), || {
+                if rows.is_empty() {
+                    "no projects; add one with `slipctl project apply -f FILE`".into()
+                } else {
+                    table(&["NAME", "REPO", "ENVS", "APPLIED"], &rows).trim_end().to_owned()
+                }
+            });
+            Ok(0)
+        }
+        ProjectCommand::Show { name } => {
+            let p = Store::open(&home.state())?
+                .project(&name)?
+                .ok_or_else(|| CtlError::bad(format!("unknown project '{name}'; `slipctl project list` shows them")))?;
+            let config = ProjectConfig::parse(&p.text, &p.source_file.display().to_string())?;
+            let doc = json!({"name": p.name, "source_file": p.source_file, "envs": config.envs});
+            print(out, doc.clone(), || {
+                format!("# {} (from {})\n{}", p.name, p.source_file.display(), toml_of(&doc["envs"]))
+            });
+            Ok(0)
+        }
+        ProjectCommand::Rm { name } => {
+            if !Store::open(&home.state())?.remove_project(&name)? {
+                return Err(CtlError::bad(format!("unknown project '{name}'; `slipctl project list` shows them")));
+            }
+            print(out, json!({"removed": name}), || format!("removed project {name}"));
+            Ok(0)
+        }
+    }
+}
+
+fn toml_of(value: &serde_json::Value) -> String {
+    let wrapped = json!({ "env": value });
+    toml::to_string(&wrapped).unwrap_or_else(|_| serde_json::to_string_pretty(value).unwrap_or_default())
+}
+
+async fn releases(home: &Home, out: OutputFormat, project: &str, env: &str, timeouts: Timeouts) -> Result<u8> {
+    let scope = deploy::load_scope(home, project, env, None)?;
+    let tls = home.client_tls()?;
+    let answers = deploy::query_releases(&scope, tls, timeouts).await;
+    let mut rows = Vec::new();
+    let mut docs = Vec::new();
+    let mut all_ok = true;
+    for (agent, answer) in &answers {
+        match answer {
+            Ok((_, reply)) => {
+                let current = reply.releases.iter().find(|r| r.current);
+                let target = current.map(|c| c.previous.clone()).unwrap_or_default();
+                for r in reply.releases.iter().rev() {
+                    let state = if r.current {
+                        "current"
+                    } else if r.id == target {
+                        "rollback target"
+                    } else {
+                        ""
+                    };
+                    rows.push(vec![
+                        agent.name.clone(),
+                        r.id.clone(),
+                        r.commit.get(..7).unwrap_or(r.id.get(16..).unwrap_or("")).to_owned(),
+                        if r.deploy_id == 0 { "-".into() } else { format!("#{}", r.deploy_id) },
+                        if r.activated_at == 0 { "never".into() } else { format_utc(r.activated_at) },
+                        state.into(),
+                    ]);
+                }
+                if reply.releases.is_empty() {
+                    rows.push(vec![agent.name.clone(), "(none)".into(), "".into(), "".into(), "".into(), "".into()]);
+                }
+                docs.push(json!({"host": agent.name, "current": reply.current, "releases": reply.releases.iter().map(|r| json!({
+                    "id": r.id, "commit": r.commit, "deploy_id": r.deploy_id, "git_ref": r.git_ref,
+                    "activated_at": r.activated_at, "previous": r.previous, "current": r.current,
+                })).collect::<Vec<_>>()}));
+            }
+            Err(e) => {
+                all_ok = false;
+                rows.push(vec![agent.name.clone(), format!("unreachable: {e}"), "".into(), "".into(), "".into(), "".into()]);
+                docs.push(json!({"host": agent.name, "error": e}));
+            }
+        }
+    }
+    print(out, json!(docs), || table(&["HOST", "RELEASE", "COMMIT", "DEPLOY", "ACTIVATED", ""], &rows).trim_end().to_owned());
+    Ok(if all_ok { 0 } else { 1 })
+}

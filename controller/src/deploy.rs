@@ -1,0 +1,670 @@
+//! Deploy and rollback: resolve, package once, stage every host in parallel, activate only when
+//! every host has staged, record the truth. Rollback checks every host holds its target before
+//! touching any.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use slipway_common::ReleaseId;
+use slipway_common::config::{EnvSettings, ProjectConfig};
+use slipway_common::time::unix_now;
+use slipway_proto::pb;
+use slipway_proto::pb::stage_event::Kind as EventKind;
+use slipway_proto::pb::stage_request::Kind as RequestKind;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::artifact::{self, Artifact};
+use crate::client::{self, AgentClient, Timeouts, status_text};
+use crate::error::{CtlError, Result};
+use crate::home::Home;
+use crate::output::{HostEvent, Reporter, bytes, millis};
+use crate::plan::{rollback_targets, select_hosts};
+use crate::store::{
+    AgentRecord, ArtifactSummary, DeployKind, DeployRecord, DeployStatus, HostResult, ProjectRecord, Step, Store,
+};
+use crate::git;
+
+pub struct DeployArgs {
+    pub project: String,
+    pub env: String,
+    pub git_ref: Option<String>,
+    pub hosts: Option<Vec<String>>,
+    pub dry_run: bool,
+}
+
+pub struct RollbackArgs {
+    pub project: String,
+    pub env: String,
+    pub to: Option<String>,
+    pub hosts: Option<Vec<String>>,
+}
+
+/// What a deploy or rollback operates on, loaded from state in one short transaction.
+pub struct Scope {
+    pub project: ProjectRecord,
+    pub settings: EnvSettings,
+    pub hosts: Vec<AgentRecord>,
+}
+
+/// Load project, env and hosts; every unknown name is bad input naming the fix.
+pub fn load_scope(home: &Home, project: &str, env: &str, only: Option<&[String]>) -> Result<Scope> {
+    let store = Store::open(&home.state())?;
+    let record = store.project(project)?.ok_or_else(|| {
+        let known: Vec<String> = store.projects().unwrap_or_default().into_iter().map(|p| p.name).collect();
+        CtlError::bad(format!(
+            "unknown project '{project}' (projects: {}); add it with `slipctl project apply -f FILE`",
+            if known.is_empty() { "none".into() } else { known.join(", ") }
+        ))
+    })?;
+    let config = ProjectConfig::parse(&record.text, &record.source_file.display().to_string())?;
+    let settings = config.env(env).cloned().ok_or_else(|| {
+        CtlError::bad(format!(
+            "project '{project}' has no env '{env}' (envs: {})",
+            config.envs.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })?;
+    let agents = store.agents()?;
+    let hosts = select_hosts(project, env, &settings.hosts, &agents, only)?;
+    Ok(Scope { project: record, settings, hosts })
+}
+
+pub fn pb_target(settings: &EnvSettings, host: &str) -> pb::Target {
+    pb::Target {
+        project: settings.project.clone(),
+        env: settings.env.clone(),
+        deploy_to: settings.target.deploy_to_for(host).display().to_string(),
+        current: settings.target.current_for(host).display().to_string(),
+    }
+}
+
+fn current_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw()))
+}
+
+/// A step recorder relative to the operation's start.
+struct Clock(Instant);
+
+impl Clock {
+    fn step(&self, result: &mut HostResult, name: &str, started: Instant, outcome: std::result::Result<String, String>) {
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let started_ms = started.duration_since(self.0).as_millis() as u64;
+        let (ok, detail) = match outcome {
+            Ok(d) => (true, d),
+            Err(e) => {
+                result.error = Some(format!("{name}: {e}"));
+                (false, e)
+            }
+        };
+        result.steps.push(Step { name: name.into(), started_ms, elapsed_ms, ok, detail });
+    }
+}
+
+fn new_host_result(agent: &AgentRecord, release: &str) -> HostResult {
+    HostResult {
+        host: agent.name.clone(),
+        addr: agent.addr.clone(),
+        ok: false,
+        activated: false,
+        previous_release: String::new(),
+        release: release.into(),
+        steps: Vec::new(),
+        error: None,
+    }
+}
+
+type Events = mpsc::UnboundedSender<(String, HostEvent)>;
+
+/// Connect, upload the artifact and wait for the agent to verify and stage it.
+async fn stage_host(
+    tls: Arc<rustls::ClientConfig>,
+    agent: AgentRecord,
+    header: pb::StageHeader,
+    artifact: PathBuf,
+    total_entries: u64,
+    events: Events,
+    clock: Arc<Clock>,
+    timeouts: Timeouts,
+) -> (HostResult, Option<AgentClient>) {
+    let mut result = new_host_result(&agent, &header.release_id);
+    let name = agent.name.clone();
+    let send = |e: HostEvent| {
+        let _ = events.send((name.clone(), e));
+    };
+    send(HostEvent::Connecting);
+    let t = Instant::now();
+    let mut client = match client::connect(tls, &agent, timeouts).await {
+        Ok(c) => {
+            clock.step(&mut result, "connect", t, Ok(agent.addr.clone()));
+            c
+        }
+        Err(e) => {
+            clock.step(&mut result, "connect", t, Err(e.clone()));
+            send(HostEvent::Failed(e));
+            return (result, None);
+        }
+    };
+
+    let t = Instant::now();
+    let total = header.artifact_size;
+    let (req_tx, req_rx) = mpsc::channel::<pb::StageRequest>(4);
+    let _ = req_tx.send(pb::StageRequest { kind: Some(RequestKind::Header(header)) }).await;
+    let upload_events = events.clone();
+    let upload_name = agent.name.clone();
+    let uploader = tokio::spawn(async move {
+        let mut file = tokio::fs::File::open(&artifact).await.map_err(|e| format!("cannot read artifact: {e}"))?;
+        let mut sent = 0u64;
+        let mut last = Instant::now();
+        let _ = upload_events.send((upload_name.clone(), HostEvent::Uploading { sent: 0, total }));
+        loop {
+            let mut chunk = Vec::with_capacity(slipway_proto::CHUNK_BYTES);
+            while chunk.len() < slipway_proto::CHUNK_BYTES {
+                let n = (&mut file)
+                    .take((slipway_proto::CHUNK_BYTES - chunk.len()) as u64)
+                    .read_to_end(&mut chunk)
+                    .await
+                    .map_err(|e| format!("cannot read artifact: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            sent += chunk.len() as u64;
+            if req_tx.send(pb::StageRequest { kind: Some(RequestKind::Chunk(chunk)) }).await.is_err() {
+                break; // The call ended; its status says why.
+            }
+            if last.elapsed().as_millis() >= 200 || sent == total {
+                last = Instant::now();
+                let _ = upload_events.send((upload_name.clone(), HostEvent::Uploading { sent, total }));
+            }
+        }
+        Ok::<u64, String>(sent)
+    });
+
+    let outcome = async {
+        let mut stream = client.stage(ReceiverStream::new(req_rx)).await.map_err(|s| status_text(&s))?.into_inner();
+        loop {
+            match stream.message().await {
+                Ok(Some(pb::StageEvent { kind: Some(EventKind::Progress(p)) })) => {
+                    send(HostEvent::Unpacking { entries: p.entries_written, total: total_entries });
+                }
+                Ok(Some(pb::StageEvent { kind: Some(EventKind::Staged(s)) })) => return Ok(s),
+                Ok(Some(_)) => {}
+                Ok(None) => return Err("the agent ended the upload without a result".to_owned()),
+                Err(status) => return Err(status_text(&status)),
+            }
+        }
+    }
+    .await;
+    let upload = uploader.await.unwrap_or_else(|e| Err(format!("upload task failed: {e}")));
+    match (outcome, upload) {
+        (Ok(staged), Ok(sent)) => {
+            let detail = format!("{} sent, {} entries verified in {}", bytes(sent), staged.entries, staged.release_path);
+            clock.step(&mut result, "stage", t, Ok(detail));
+            send(HostEvent::Staged { elapsed_ms: t.elapsed().as_millis() as u64 });
+            result.ok = true;
+            (result, Some(client))
+        }
+        (Err(e), _) | (Ok(_), Err(e)) => {
+            clock.step(&mut result, "stage", t, Err(e.clone()));
+            send(HostEvent::Failed(e));
+            (result, None)
+        }
+    }
+}
+
+fn activate_request(settings: &EnvSettings, host: &str, release: &str, deploy_id: u64, kind: DeployKind) -> pb::ActivateRequest {
+    pb::ActivateRequest {
+        target: Some(pb_target(settings, host)),
+        release_id: release.to_owned(),
+        generation: deploy_id,
+        deploy_id,
+        deploy_type: match kind {
+            DeployKind::Deploy => pb::DeployType::Deploy as i32,
+            DeployKind::Rollback => pb::DeployType::Rollback as i32,
+        },
+        keep_releases: settings.keep_releases,
+    }
+}
+
+async fn activate_host(
+    mut client: AgentClient,
+    request: pb::ActivateRequest,
+    mut result: HostResult,
+    events: Events,
+    clock: Arc<Clock>,
+    timeouts: Timeouts,
+) -> HostResult {
+    let _ = events.send((result.host.clone(), HostEvent::Activating));
+    let t = Instant::now();
+    let call = tokio::time::timeout(timeouts.call, client.activate(request)).await;
+    let outcome = match call {
+        Err(_) => Err(format!("no answer within {}s", timeouts.call.as_secs())),
+        Ok(Err(status)) => Err(status_text(&status)),
+        Ok(Ok(reply)) => Ok(reply.into_inner()),
+    };
+    match outcome {
+        Ok(reply) => {
+            let mut detail = format!("current -> {} (was {})", result.release, or_none(&reply.previous_release));
+            if !reply.pruned.is_empty() {
+                detail.push_str(&format!("; pruned {}", reply.pruned.join(", ")));
+            }
+            clock.step(&mut result, "activate", t, Ok(detail));
+            result.activated = true;
+            result.ok = true;
+            result.previous_release = reply.previous_release.clone();
+            let _ = events.send((
+                result.host.clone(),
+                HostEvent::Activated { previous: reply.previous_release, elapsed_ms: reply.elapsed_ms },
+            ));
+        }
+        Err(e) => {
+            result.ok = false;
+            clock.step(&mut result, "activate", t, Err(e.clone()));
+            let _ = events.send((result.host.clone(), HostEvent::Failed(e)));
+        }
+    }
+    result
+}
+
+fn or_none(s: &str) -> &str {
+    if s.is_empty() { "none" } else { s }
+}
+
+/// Drain host events into the reporter until every sender is gone.
+async fn pump(mut rx: mpsc::UnboundedReceiver<(String, HostEvent)>, reporter: &mut Reporter) {
+    while let Some((host, event)) = rx.recv().await {
+        reporter.host(&host, event);
+    }
+}
+
+/// A release id newer than any this project+env has used, so ids stay unique and sortable.
+async fn next_release_id(home: &Home, project: &str, env: &str, commit: &str) -> Result<ReleaseId> {
+    let last = {
+        let store = Store::open(&home.state())?;
+        store.deploys(Some(project), Some(env), 50)?.into_iter().filter(|d| d.kind == DeployKind::Deploy).map(|d| d.release).max()
+    };
+    loop {
+        let id = ReleaseId::new(unix_now(), commit)?;
+        if last.as_deref().is_none_or(|l| id.as_str()[..15] > l[..15.min(l.len())]) {
+            return Ok(id);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+fn repo_url(project: &ProjectRecord, settings: &EnvSettings) -> String {
+    let repo = &settings.repo;
+    let looks_local = !repo.contains("://") && !repo.contains(':');
+    if looks_local && !Path::new(repo).is_absolute() {
+        project.source_dir.join(repo).display().to_string()
+    } else {
+        repo.clone()
+    }
+}
+
+/// `slipctl deploy`.
+pub async fn deploy(home: &Home, args: DeployArgs, reporter: &mut Reporter, timeouts: Timeouts) -> Result<DeployRecord> {
+    let started = Instant::now();
+    let scope = load_scope(home, &args.project, &args.env, args.hosts.as_deref())?;
+    let settings = &scope.settings;
+    let tls = home.client_tls()?;
+    let git_ref = args.git_ref.clone().unwrap_or_else(|| settings.default_ref.clone());
+    let url = repo_url(&scope.project, settings);
+
+    let mirror = git::mirror_path(&home.cache(), &settings.project);
+    let t = Instant::now();
+    reporter.say(format!("fetching {url}"));
+    git::fetch(&url, &mirror).await?;
+    let resolved = git::resolve(&mirror, &git_ref, &url)?;
+    reporter.say(format!(
+        "{git_ref} is {} \"{}\" (fetched in {})",
+        &resolved.commit[..12],
+        resolved.summary,
+        millis(t.elapsed().as_millis() as u64)
+    ));
+    let artifact = artifact::ensure(&home.cache(), &mirror, &resolved.commit, resolved.commit_time).await?;
+    reporter.say(format!(
+        "{} {} entries, {} -> {} tar.zst (sha256 {}){}",
+        if artifact.cached { "reusing package:" } else { "packaged" },
+        artifact.entries,
+        bytes(artifact.file_bytes),
+        bytes(artifact.compressed_bytes),
+        &artifact.sha256[..12],
+        if artifact.cached { String::new() } else { format!(" in {}", millis(artifact.package_ms)) }
+    ));
+    let release = next_release_id(home, &settings.project, &settings.env, &resolved.commit).await?;
+
+    let mut record = DeployRecord {
+        id: 0,
+        kind: DeployKind::Deploy,
+        project: settings.project.clone(),
+        env: settings.env.clone(),
+        git_ref: git_ref.clone(),
+        commit: resolved.commit.clone(),
+        release: release.to_string(),
+        status: DeployStatus::Running,
+        started_at: unix_now(),
+        finished_at: None,
+        duration_ms: 0,
+        user: current_user(),
+        pid: std::process::id(),
+        artifact: Some(ArtifactSummary {
+            sha256: artifact.sha256.clone(),
+            compressed_bytes: artifact.compressed_bytes,
+            file_bytes: artifact.file_bytes,
+            entries: artifact.entries,
+            cached: artifact.cached,
+            package_ms: artifact.package_ms,
+        }),
+        hosts: Vec::new(),
+        error: None,
+    };
+    if args.dry_run {
+        reporter.say(format!("dry run: would deploy release {release} to {}:", scope.hosts.len()));
+        for h in &scope.hosts {
+            reporter.say(format!(
+                "  {:<16} {} -> {}",
+                h.name,
+                settings.target.current_for(&h.name).display(),
+                settings.target.deploy_to_for(&h.name).join("releases").join(release.as_str()).display()
+            ));
+        }
+        record.status = DeployStatus::Succeeded;
+        record.pid = 0;
+        return Ok(record);
+    }
+    {
+        let store = Store::open(&home.state())?;
+        record.id = store.next_deploy_id()?;
+        store.put_deploy(&record)?;
+    }
+    reporter.say(format!(
+        "deploy #{} {}/{}: release {release} to {} host(s)",
+        record.id,
+        settings.project,
+        settings.env,
+        scope.hosts.len()
+    ));
+    let result = run_deploy(&scope, &artifact, &mut record, tls, reporter, timeouts).await;
+    record.finished_at = Some(unix_now());
+    record.duration_ms = started.elapsed().as_millis() as u64;
+    if let Err(e) = &result {
+        record.status = DeployStatus::Failed;
+        record.error = Some(e.to_string());
+    }
+    let store = Store::open(&home.state())?;
+    store.put_deploy(&record)?;
+    Ok(record)
+}
+
+async fn run_deploy(
+    scope: &Scope,
+    artifact: &Artifact,
+    record: &mut DeployRecord,
+    tls: Arc<rustls::ClientConfig>,
+    reporter: &mut Reporter,
+    timeouts: Timeouts,
+) -> Result<()> {
+    let settings = &scope.settings;
+    let clock = Arc::new(Clock(Instant::now()));
+    let manifest = pb::Manifest::from(&artifact.manifest);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut tasks = tokio::task::JoinSet::new();
+    for agent in &scope.hosts {
+        let header = pb::StageHeader {
+            target: Some(pb_target(settings, &agent.name)),
+            deploy_id: record.id,
+            release_id: record.release.clone(),
+            commit: record.commit.clone(),
+            git_ref: record.git_ref.clone(),
+            generation: record.id,
+            manifest: Some(manifest.clone()),
+            artifact_sha256: slipway_proto::hex_to_bytes(&artifact.sha256),
+            artifact_size: artifact.compressed_bytes,
+        };
+        tasks.spawn(stage_host(
+            tls.clone(),
+            agent.clone(),
+            header,
+            artifact.path.clone(),
+            artifact.entries,
+            tx.clone(),
+            clock.clone(),
+            timeouts,
+        ));
+    }
+    drop(tx);
+    let collect = async {
+        let mut staged = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            staged.push(joined.map_err(|e| CtlError::failed(format!("host task failed: {e}")))?);
+        }
+        Ok::<_, CtlError>(staged)
+    };
+    let (staged, ()) = tokio::join!(collect, pump(rx, reporter));
+    let mut staged = staged?;
+    staged.sort_by(|a, b| a.0.host.cmp(&b.0.host));
+
+    let failed: Vec<String> =
+        staged.iter().filter(|(r, _)| !r.ok).map(|(r, _)| format!("{}: {}", r.host, r.error.clone().unwrap_or_default())).collect();
+    if !failed.is_empty() {
+        // Never activate a partial fleet: remove what was staged, leave `current` alone everywhere.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut aborts = tokio::task::JoinSet::new();
+        for (mut result, client) in staged {
+            let Some(mut client) = client else {
+                record.hosts.push(result);
+                continue;
+            };
+            let request = pb::AbortRequest {
+                target: Some(pb_target(settings, &result.host)),
+                release_id: record.release.clone(),
+                generation: record.id,
+            };
+            let (clock, tx) = (clock.clone(), tx.clone());
+            aborts.spawn(async move {
+                let t = Instant::now();
+                let outcome = match tokio::time::timeout(timeouts.call, client.abort(request)).await {
+                    Ok(Ok(_)) => Ok("staged release removed".to_owned()),
+                    Ok(Err(s)) => Err(status_text(&s)),
+                    Err(_) => Err("no answer".to_owned()),
+                };
+                let ok = outcome.is_ok();
+                let error_before = result.error.clone();
+                clock.step(&mut result, "abort", t, outcome);
+                result.error = error_before.or(result.error.take());
+                result.ok = false;
+                if ok {
+                    let _ = tx.send((result.host.clone(), HostEvent::Aborted));
+                }
+                result
+            });
+        }
+        drop(tx);
+        let collect = async {
+            let mut out = Vec::new();
+            while let Some(r) = aborts.join_next().await {
+                if let Ok(r) = r {
+                    out.push(r);
+                }
+            }
+            out
+        };
+        let (aborted, ()) = tokio::join!(collect, pump(rx, reporter));
+        record.hosts.extend(aborted);
+        record.hosts.sort_by(|a, b| a.host.cmp(&b.host));
+        reporter.finish();
+        return Err(CtlError::failed(format!(
+            "staging failed on {} of {} host(s), so no host was activated: {}",
+            failed.len(),
+            scope.hosts.len(),
+            failed.join("; ")
+        )));
+    }
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut activations = tokio::task::JoinSet::new();
+    for (result, client) in staged {
+        let client = client.expect("staged hosts have a client");
+        let request = activate_request(settings, &result.host, &record.release, record.id, DeployKind::Deploy);
+        activations.spawn(activate_host(client, request, result, tx.clone(), clock.clone(), timeouts));
+    }
+    drop(tx);
+    let collect = async {
+        let mut out = Vec::new();
+        while let Some(r) = activations.join_next().await {
+            out.push(r.map_err(|e| CtlError::failed(format!("host task failed: {e}")))?);
+        }
+        Ok::<_, CtlError>(out)
+    };
+    let (activated, ()) = tokio::join!(collect, pump(rx, reporter));
+    record.hosts = activated?;
+    record.hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    reporter.finish();
+    let failed: Vec<String> =
+        record.hosts.iter().filter(|h| !h.ok).map(|h| format!("{}: {}", h.host, h.error.clone().unwrap_or_default())).collect();
+    if failed.is_empty() {
+        record.status = DeployStatus::Succeeded;
+        Ok(())
+    } else {
+        Err(CtlError::failed(format!(
+            "activation failed on {} of {} host(s) (the others now serve {}): {}",
+            failed.len(),
+            record.hosts.len(),
+            record.release,
+            failed.join("; ")
+        )))
+    }
+}
+
+/// Ask every host what it holds; any unreachable host is an error naming it.
+pub async fn query_releases(
+    scope: &Scope,
+    tls: Arc<rustls::ClientConfig>,
+    timeouts: Timeouts,
+) -> Vec<(AgentRecord, std::result::Result<(AgentClient, pb::ReleasesReply), String>)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, agent) in scope.hosts.iter().enumerate() {
+        let (tls, agent, target) = (tls.clone(), agent.clone(), pb_target(&scope.settings, &agent.name));
+        tasks.spawn(async move {
+            let result = async {
+                let mut client = client::connect(tls, &agent, timeouts).await?;
+                let reply = tokio::time::timeout(timeouts.call, client.releases(pb::ReleasesRequest { target: Some(target) }))
+                    .await
+                    .map_err(|_| format!("{}: no answer within {}s", agent.name, timeouts.call.as_secs()))?
+                    .map_err(|s| format!("{}: {}", agent.name, status_text(&s)))?
+                    .into_inner();
+                Ok((client, reply))
+            }
+            .await;
+            (i, agent, result)
+        });
+    }
+    let mut out: Vec<_> = tasks.join_all().await;
+    out.sort_by_key(|(i, _, _)| *i);
+    out.into_iter().map(|(_, a, r)| (a, r)).collect()
+}
+
+/// `slipctl rollback`.
+pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &mut Reporter, timeouts: Timeouts) -> Result<DeployRecord> {
+    let started = Instant::now();
+    let scope = load_scope(home, &args.project, &args.env, args.hosts.as_deref())?;
+    if let Some(to) = &args.to {
+        ReleaseId::parse(to)?;
+    }
+    let tls = home.client_tls()?;
+    let answers = query_releases(&scope, tls.clone(), timeouts).await;
+    let unreachable: Vec<String> = answers.iter().filter_map(|(_, r)| r.as_ref().err().cloned()).collect();
+    if !unreachable.is_empty() {
+        return Err(CtlError::failed(format!("rollback not started, no host touched: {}", unreachable.join("; "))));
+    }
+    let mut clients = Vec::new();
+    let mut replies = Vec::new();
+    for (agent, answer) in answers {
+        let (client, reply) = answer.expect("checked above");
+        replies.push((agent.name.clone(), reply));
+        clients.push((agent, client));
+    }
+    let targets = rollback_targets(&replies, args.to.as_deref()).map_err(|problems| {
+        CtlError::bad(format!("rollback refused, no host touched: {}", problems.join("; ")))
+    })?;
+    let settings = &scope.settings;
+    let mut record = DeployRecord {
+        id: 0,
+        kind: DeployKind::Rollback,
+        project: settings.project.clone(),
+        env: settings.env.clone(),
+        git_ref: String::new(),
+        commit: String::new(),
+        release: args.to.clone().unwrap_or_default(),
+        status: DeployStatus::Running,
+        started_at: unix_now(),
+        finished_at: None,
+        duration_ms: 0,
+        user: current_user(),
+        pid: std::process::id(),
+        artifact: None,
+        hosts: Vec::new(),
+        error: None,
+    };
+    {
+        let store = Store::open(&home.state())?;
+        record.id = store.next_deploy_id()?;
+        store.put_deploy(&record)?;
+    }
+    let mut distinct: Vec<&str> = targets.iter().map(|(_, t)| t.as_str()).collect();
+    distinct.dedup();
+    if distinct.len() == 1 {
+        record.release = distinct[0].to_owned();
+    }
+    reporter.say(format!(
+        "rollback #{} {}/{}: {} host(s) to {}",
+        record.id,
+        settings.project,
+        settings.env,
+        targets.len(),
+        if distinct.len() == 1 { distinct[0].to_owned() } else { "their previous releases".to_owned() }
+    ));
+    let clock = Arc::new(Clock(Instant::now()));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut tasks = tokio::task::JoinSet::new();
+    for ((agent, client), (_, target)) in clients.into_iter().zip(&targets) {
+        let result = new_host_result(&agent, target);
+        let request = activate_request(settings, &agent.name, target, record.id, DeployKind::Rollback);
+        tasks.spawn(activate_host(client, request, result, tx.clone(), clock.clone(), timeouts));
+    }
+    drop(tx);
+    let collect = async {
+        let mut out = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(r) = r {
+                out.push(r);
+            }
+        }
+        out
+    };
+    let (hosts, ()) = tokio::join!(collect, pump(rx, reporter));
+    reporter.finish();
+    record.hosts = hosts;
+    record.hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    record.finished_at = Some(unix_now());
+    record.duration_ms = started.elapsed().as_millis() as u64;
+    let failed: Vec<String> =
+        record.hosts.iter().filter(|h| !h.ok).map(|h| format!("{}: {}", h.host, h.error.clone().unwrap_or_default())).collect();
+    if failed.is_empty() {
+        record.status = DeployStatus::Succeeded;
+    } else {
+        record.status = DeployStatus::Failed;
+        record.error = Some(format!("rollback failed on {}", failed.join("; ")));
+    }
+    let store = Store::open(&home.state())?;
+    store.put_deploy(&record)?;
+    Ok(record)
+}

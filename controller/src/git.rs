@@ -1,0 +1,170 @@
+//! Git: a bare mirror per project in `<home>/cache/git/` fetched with the `git` command (so every
+//! URL and credential helper ops use works), refs resolved and trees read with git2.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use git2::{ObjectType, Oid, Repository};
+use slipway_common::archive::Packer;
+
+use crate::error::{Context, CtlError, Result};
+
+const FETCH_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// A resolved ref.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub commit: String,
+    pub commit_time: i64,
+    pub summary: String,
+}
+
+/// Where the mirror of `project` lives.
+pub fn mirror_path(cache: &Path, project: &str) -> PathBuf {
+    cache.join("git").join(format!("{project}.git"))
+}
+
+async fn run_git(args: &[&str], cwd: Option<&Path>) -> Result<()> {
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let child = cmd.spawn().map_err(|e| {
+        CtlError::failed(format!("cannot run git: {e}; install git (e.g. apt-get install git)"))
+    })?;
+    let output = tokio::time::timeout(FETCH_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| CtlError::failed(format!("git {} timed out after {}s", args.join(" "), FETCH_TIMEOUT.as_secs())))?
+        .context("git")?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        Err(CtlError::failed(format!("git {} failed: {}", args.join(" "), stderr.trim())))
+    }
+}
+
+/// Clone the mirror on first use, fetch incrementally afterwards. Serialised per mirror by a
+/// lock file, so concurrent deploys of one project share it safely.
+pub async fn fetch(repo_url: &str, mirror: &Path) -> Result<()> {
+    let parent = mirror.parent().expect("mirror has a parent");
+    std::fs::create_dir_all(parent).context(format_args!("cannot create {}", parent.display()))?;
+    let lock_path = mirror.with_extension("lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .context(format_args!("cannot open {}", lock_path.display()))?;
+    let lock_file = tokio::task::spawn_blocking(move || {
+        rustix::fs::flock(&lock_file, rustix::fs::FlockOperation::LockExclusive).map(|()| lock_file)
+    })
+    .await
+    .context("lock task")?
+    .context("cannot lock the git mirror")?;
+
+    let result = if mirror.join("HEAD").exists() {
+        let mirror_str = mirror.to_string_lossy().into_owned();
+        run_git(&["-C", &mirror_str, "remote", "set-url", "origin", repo_url], None).await?;
+        run_git(&["-C", &mirror_str, "fetch", "--prune", "--quiet", "origin"], None).await
+    } else {
+        let tmp = mirror.with_extension("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        let tmp_str = tmp.to_string_lossy().into_owned();
+        run_git(&["clone", "--mirror", "--quiet", repo_url, &tmp_str], None).await?;
+        std::fs::rename(&tmp, mirror).context("cannot move the new mirror in place")
+    };
+    drop(lock_file);
+    result.map_err(|e| CtlError::failed(format!("cannot fetch {repo_url}: {e}")))
+}
+
+/// Resolve a branch, tag or commit (full or abbreviated) in the mirror.
+pub fn resolve(mirror: &Path, reference: &str, repo_url: &str) -> Result<Resolved> {
+    let repo = Repository::open_bare(mirror).context(format_args!("cannot open mirror {}", mirror.display()))?;
+    let candidates = [format!("refs/heads/{reference}"), format!("refs/tags/{reference}"), reference.to_owned()];
+    let object = candidates.iter().find_map(|c| repo.revparse_single(c).ok());
+    let commit = object.and_then(|o| o.peel_to_commit().ok()).ok_or_else(|| {
+        let names = |prefix: &str| -> Vec<String> {
+            repo.references_glob(&format!("{prefix}*"))
+                .map(|mut refs| refs.names().flatten().map(|n| n.trim_start_matches(prefix).to_owned()).take(10).collect())
+                .unwrap_or_default()
+        };
+        CtlError::bad(format!(
+            "ref '{reference}' not found in {repo_url}: no such branch, tag or commit (branches: {}; tags: {}); \
+             pass --ref with one of them",
+            join_or_none(&names("refs/heads/")),
+            join_or_none(&names("refs/tags/"))
+        ))
+    })?;
+    Ok(Resolved {
+        commit: commit.id().to_string(),
+        commit_time: commit.time().seconds(),
+        summary: commit.summary().ok().flatten().unwrap_or("").to_owned(),
+    })
+}
+
+fn join_or_none(items: &[String]) -> String {
+    if items.is_empty() { "none".into() } else { items.join(", ") }
+}
+
+/// Stream the commit's tree straight from the object database into `packer` (no checkout).
+/// Returns the number of submodules skipped.
+pub fn pack_commit<W: std::io::Write>(mirror: &Path, commit: &str, packer: &mut Packer<W>) -> Result<usize> {
+    let repo = Repository::open_bare(mirror).context(format_args!("cannot open mirror {}", mirror.display()))?;
+    let oid = Oid::from_str(commit).context("commit id")?;
+    let tree = repo.find_commit(oid).and_then(|c| c.tree()).context(format_args!("cannot read commit {commit}"))?;
+    let mut skipped = 0;
+    pack_tree(&repo, &tree, "", packer, &mut skipped)?;
+    Ok(skipped)
+}
+
+fn pack_tree<W: std::io::Write>(
+    repo: &Repository,
+    tree: &git2::Tree<'_>,
+    prefix: &str,
+    packer: &mut Packer<W>,
+    skipped: &mut usize,
+) -> Result<()> {
+    for entry in tree.iter() {
+        let name = entry
+            .name()
+            .map_err(|_| CtlError::failed(format!("a path under '{prefix}' is not UTF-8; rename it in the repository")))?;
+        if name == ".git" {
+            continue;
+        }
+        let path = format!("{prefix}{name}");
+        let pack_err = |e: std::io::Error| CtlError::failed(format!("cannot package '{path}': {e}"));
+        match entry.kind() {
+            Some(ObjectType::Tree) => {
+                packer.add_dir(&path).map_err(pack_err)?;
+                let sub = repo.find_tree(entry.id()).context(format_args!("tree {path}"))?;
+                pack_tree(repo, &sub, &format!("{path}/"), packer, skipped)?;
+            }
+            Some(ObjectType::Blob) => {
+                let blob = repo.find_blob(entry.id()).context(format_args!("blob {path}"))?;
+                match entry.filemode() {
+                    0o120000 => {
+                        let target = std::str::from_utf8(blob.content())
+                            .map_err(|_| CtlError::failed(format!("symlink '{path}' has a non-UTF-8 target")))?;
+                        packer.add_symlink(&path, target).map_err(pack_err)?;
+                    }
+                    0o100755 => packer.add_file(&path, 0o755, blob.content()).map_err(pack_err)?,
+                    _ => packer.add_file(&path, 0o644, blob.content()).map_err(pack_err)?,
+                }
+            }
+            Some(ObjectType::Commit) => {
+                tracing::warn!(%path, "submodule skipped: Slipway ships the repository's own tree");
+                *skipped += 1;
+            }
+            _ => return Err(CtlError::failed(format!("'{path}' has an unexpected git object type"))),
+        }
+    }
+    Ok(())
+}

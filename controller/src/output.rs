@@ -1,0 +1,189 @@
+//! Operator output. Text for people (a live per-host view on a TTY, plain lines otherwise) or
+//! JSON for scripts (`--output json`: one document on stdout at the end). Logs go to stderr.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+/// What happened to one host, as the deploy goes.
+#[derive(Debug, Clone)]
+pub enum HostEvent {
+    Connecting,
+    Uploading { sent: u64, total: u64 },
+    Unpacking { entries: u64, total: u64 },
+    Staged { elapsed_ms: u64 },
+    Activating,
+    Activated { previous: String, elapsed_ms: u64 },
+    Aborted,
+    Failed(String),
+}
+
+enum Mode {
+    Live { multi: MultiProgress, bars: HashMap<String, ProgressBar> },
+    Plain,
+    Quiet,
+}
+
+pub struct Reporter {
+    mode: Mode,
+}
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+pub fn millis(ms: u64) -> String {
+    if ms < 1000 { format!("{ms} ms") } else { format!("{:.2} s", ms as f64 / 1000.0) }
+}
+
+impl Reporter {
+    pub fn new(format: OutputFormat) -> Self {
+        let mode = match format {
+            OutputFormat::Json => Mode::Quiet,
+            OutputFormat::Text if std::io::stdout().is_terminal() => Mode::Live {
+                multi: MultiProgress::with_draw_target(ProgressDrawTarget::stdout()),
+                bars: HashMap::new(),
+            },
+            OutputFormat::Text => Mode::Plain,
+        };
+        Reporter { mode }
+    }
+
+    /// A controller-level line ("fetching", "packaged …").
+    pub fn say(&mut self, line: impl std::fmt::Display) {
+        match &self.mode {
+            Mode::Live { multi, .. } => {
+                let _ = multi.println(line.to_string());
+            }
+            Mode::Plain => println!("{line}"),
+            Mode::Quiet => {}
+        }
+    }
+
+    pub fn host(&mut self, host: &str, event: HostEvent) {
+        match &mut self.mode {
+            Mode::Quiet => {}
+            Mode::Plain => {
+                let text = match &event {
+                    HostEvent::Connecting => return,
+                    HostEvent::Uploading { sent: 0, total } => format!("uploading {}", bytes(*total)),
+                    HostEvent::Uploading { .. } | HostEvent::Unpacking { .. } => return,
+                    HostEvent::Staged { elapsed_ms } => format!("staged in {}", millis(*elapsed_ms)),
+                    HostEvent::Activating => return,
+                    HostEvent::Activated { previous, elapsed_ms } => {
+                        format!("activated (was {}) in {}", if previous.is_empty() { "none" } else { previous }, millis(*elapsed_ms))
+                    }
+                    HostEvent::Aborted => "staged release removed".to_owned(),
+                    HostEvent::Failed(why) => format!("FAILED: {why}"),
+                };
+                println!("  {host:<16} {text}");
+            }
+            Mode::Live { multi, bars } => {
+                let bar = bars.entry(host.to_owned()).or_insert_with(|| {
+                    let bar = multi.add(ProgressBar::new(0));
+                    bar.set_style(
+                        ProgressStyle::with_template("  {prefix:<16} {bar:24.cyan/blue} {msg}")
+                            .expect("static template")
+                            .progress_chars("=> "),
+                    );
+                    bar.set_prefix(host.to_owned());
+                    bar.enable_steady_tick(Duration::from_millis(200));
+                    bar
+                });
+                match event {
+                    HostEvent::Connecting => bar.set_message("connecting"),
+                    HostEvent::Uploading { sent, total } => {
+                        bar.set_length(total.max(1));
+                        bar.set_position(sent);
+                        bar.set_message(format!("uploading {} / {}", bytes(sent), bytes(total)));
+                    }
+                    HostEvent::Unpacking { entries, total } => {
+                        bar.set_message(format!("unpacking {entries} / {total} entries"));
+                    }
+                    HostEvent::Staged { elapsed_ms } => {
+                        bar.set_position(bar.length().unwrap_or(0));
+                        bar.set_message(format!("staged in {}", millis(elapsed_ms)));
+                    }
+                    HostEvent::Activating => bar.set_message("activating"),
+                    HostEvent::Activated { elapsed_ms, .. } => {
+                        bar.finish_with_message(format!("\x1b[32mactive\x1b[0m (flip {})", millis(elapsed_ms)));
+                    }
+                    HostEvent::Aborted => bar.finish_with_message("staged release removed"),
+                    HostEvent::Failed(why) => bar.abandon_with_message(format!("\x1b[31mFAILED\x1b[0m {why}")),
+                }
+            }
+        }
+    }
+
+    /// Stop live bars so the summary prints below them.
+    pub fn finish(&mut self) {
+        if let Mode::Live { bars, .. } = &mut self.mode {
+            for bar in bars.values() {
+                if !bar.is_finished() {
+                    bar.finish();
+                }
+            }
+            bars.clear();
+        }
+    }
+}
+
+/// Columns aligned to their widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        out.trim_end().to_owned()
+    };
+    let mut out = line(headers.to_vec());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formatting() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(millis(950), "950 ms");
+        assert_eq!(millis(1500), "1.50 s");
+        let t = table(&["A", "BB"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    BB\nxyz  1\n");
+    }
+}

@@ -1,0 +1,275 @@
+//! Controller state in sled (`<home>/state`): agents, projects, deploys and the deploy counter.
+//! sled allows one process at a time, so the store is opened for short transactions only (never
+//! across network work) and a second `slipctl` waits briefly, then gets a clear message.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+
+use crate::error::{CtlError, Result};
+
+const OPEN_WAIT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub name: String,
+    pub addr: String,
+    pub labels: BTreeMap<String, String>,
+    pub added_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProjectRecord {
+    pub name: String,
+    /// The project file's directory: `config_dir` and relative repo paths resolve against it.
+    pub source_dir: PathBuf,
+    pub source_file: PathBuf,
+    pub text: String,
+    pub applied_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployKind {
+    Deploy,
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployStatus {
+    Running,
+    Succeeded,
+    Failed,
+    /// The controller died while it ran (decided when read: the recorded pid is gone).
+    Interrupted,
+}
+
+impl DeployStatus {
+    pub fn word(self) -> &'static str {
+        match self {
+            DeployStatus::Running => "running",
+            DeployStatus::Succeeded => "succeeded",
+            DeployStatus::Failed => "failed",
+            DeployStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    /// Milliseconds since the deploy started.
+    pub started_ms: u64,
+    pub elapsed_ms: u64,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostResult {
+    pub host: String,
+    pub addr: String,
+    pub ok: bool,
+    pub activated: bool,
+    pub previous_release: String,
+    pub release: String,
+    pub steps: Vec<Step>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactSummary {
+    pub sha256: String,
+    pub compressed_bytes: u64,
+    pub file_bytes: u64,
+    pub entries: u64,
+    pub cached: bool,
+    pub package_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployRecord {
+    pub id: u64,
+    pub kind: DeployKind,
+    pub project: String,
+    pub env: String,
+    pub git_ref: String,
+    pub commit: String,
+    pub release: String,
+    pub status: DeployStatus,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    /// Wall time from the start of the operation (fetch and packaging included) to its end.
+    #[serde(default)]
+    pub duration_ms: u64,
+    pub user: String,
+    pub pid: u32,
+    pub artifact: Option<ArtifactSummary>,
+    pub hosts: Vec<HostResult>,
+    pub error: Option<String>,
+}
+
+impl DeployRecord {
+    /// `Running` with a dead controller process reads as `Interrupted`.
+    pub fn effective_status(&self) -> DeployStatus {
+        if self.status == DeployStatus::Running && !process_alive(self.pid) {
+            DeployStatus::Interrupted
+        } else {
+            self.status
+        }
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub struct Store {
+    db: sled::Db,
+}
+
+fn store_err(e: impl std::fmt::Display) -> CtlError {
+    CtlError::failed(format!("controller state: {e}"))
+}
+
+impl Store {
+    /// Open the state, waiting up to 15 s while another `slipctl` holds it.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(store_err)?;
+        let started = Instant::now();
+        loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => return Ok(Store { db }),
+                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") => {
+                    if started.elapsed() > OPEN_WAIT {
+                        return Err(CtlError::failed(format!(
+                            "controller state {} is held by another slipctl process (waited {}s); \
+                             let it finish, then run the command again",
+                            dir.display(),
+                            OPEN_WAIT.as_secs()
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(store_err(format!("cannot open {}: {e}", dir.display()))),
+            }
+        }
+    }
+
+    fn tree(&self, name: &str) -> Result<sled::Tree> {
+        self.db.open_tree(name).map_err(store_err)
+    }
+
+    fn get<T: DeserializeOwned>(&self, tree: &str, key: &[u8]) -> Result<Option<T>> {
+        match self.tree(tree)?.get(key).map_err(store_err)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(store_err),
+        }
+    }
+
+    fn put<T: Serialize>(&self, tree: &str, key: &[u8], value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value).map_err(store_err)?;
+        self.tree(tree)?.insert(key, bytes).map_err(store_err)?;
+        self.db.flush().map_err(store_err)?;
+        Ok(())
+    }
+
+    fn remove(&self, tree: &str, key: &[u8]) -> Result<bool> {
+        let existed = self.tree(tree)?.remove(key).map_err(store_err)?.is_some();
+        self.db.flush().map_err(store_err)?;
+        Ok(existed)
+    }
+
+    fn all<T: DeserializeOwned>(&self, tree: &str) -> Result<Vec<T>> {
+        self.tree(tree)?
+            .iter()
+            .values()
+            .map(|v| v.map_err(store_err).and_then(|b| serde_json::from_slice(&b).map_err(store_err)))
+            .collect()
+    }
+
+    pub fn agent(&self, name: &str) -> Result<Option<AgentRecord>> {
+        self.get("agents", name.as_bytes())
+    }
+    pub fn put_agent(&self, agent: &AgentRecord) -> Result<()> {
+        self.put("agents", agent.name.as_bytes(), agent)
+    }
+    pub fn remove_agent(&self, name: &str) -> Result<bool> {
+        self.remove("agents", name.as_bytes())
+    }
+    pub fn agents(&self) -> Result<Vec<AgentRecord>> {
+        self.all("agents")
+    }
+
+    pub fn project(&self, name: &str) -> Result<Option<ProjectRecord>> {
+        self.get("projects", name.as_bytes())
+    }
+    pub fn put_project(&self, project: &ProjectRecord) -> Result<()> {
+        self.put("projects", project.name.as_bytes(), project)
+    }
+    pub fn remove_project(&self, name: &str) -> Result<bool> {
+        self.remove("projects", name.as_bytes())
+    }
+    pub fn projects(&self) -> Result<Vec<ProjectRecord>> {
+        self.all("projects")
+    }
+
+    /// The next deploy number: 1, 2, 3…
+    pub fn next_deploy_id(&self) -> Result<u64> {
+        let meta = self.tree("meta")?;
+        let next = meta
+            .update_and_fetch("next_deploy_id", |old| {
+                let n = old.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0) + 1;
+                Some(n.to_be_bytes().to_vec())
+            })
+            .map_err(store_err)?
+            .and_then(|b| b.as_ref().try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| store_err("deploy counter"))?;
+        self.db.flush().map_err(store_err)?;
+        Ok(next)
+    }
+
+    pub fn put_deploy(&self, deploy: &DeployRecord) -> Result<()> {
+        self.put("deploys", &deploy.id.to_be_bytes(), deploy)
+    }
+    pub fn deploy(&self, id: u64) -> Result<Option<DeployRecord>> {
+        self.get("deploys", &id.to_be_bytes())
+    }
+    /// Deploys newest first, filtered, at most `limit`.
+    pub fn deploys(&self, project: Option<&str>, env: Option<&str>, limit: usize) -> Result<Vec<DeployRecord>> {
+        let mut out = Vec::new();
+        for v in self.tree("deploys")?.iter().values().rev() {
+            let d: DeployRecord = serde_json::from_slice(&v.map_err(store_err)?).map_err(store_err)?;
+            if project.is_some_and(|p| p != d.project) || env.is_some_and(|e| e != d.env) {
+                continue;
+            }
+            out.push(d);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_is_dense_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            assert_eq!(s.next_deploy_id().unwrap(), 1);
+            assert_eq!(s.next_deploy_id().unwrap(), 2);
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.next_deploy_id().unwrap(), 3);
+    }
+}
