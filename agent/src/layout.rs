@@ -39,7 +39,8 @@ pub struct Layout {
 
 fn nonce() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{}-{nanos}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
@@ -73,10 +74,10 @@ impl Layout {
         for entry in entries {
             let entry = entry.map_err(|e| AgentError::io("cannot list releases in", &dir, e))?;
             let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if let (true, Some(name)) = (is_dir, entry.file_name().to_str()) {
-                if let Ok(id) = ReleaseId::parse(name) {
-                    ids.push(id);
-                }
+            if let (true, Some(name)) = (is_dir, entry.file_name().to_str())
+                && let Ok(id) = ReleaseId::parse(name)
+            {
+                ids.push(id);
             }
         }
         ids.sort();
@@ -95,7 +96,8 @@ impl Layout {
             }
             Ok(_) => {}
         }
-        let target = std::fs::read_link(&self.current).map_err(|e| AgentError::io("cannot read link", &self.current, e))?;
+        let target =
+            std::fs::read_link(&self.current).map_err(|e| AgentError::io("cannot read link", &self.current, e))?;
         let releases = self.releases_dir();
         let id = target
             .strip_prefix(&releases)
@@ -227,7 +229,8 @@ mod tests {
         layout.flip(&id(2)).unwrap();
         assert_eq!(layout.read_current().unwrap(), Current::Release(id(2)));
         assert_eq!(std::fs::read_link(&layout.current).unwrap(), layout.release_path(&id(2)));
-        let names: Vec<_> = std::fs::read_dir(dir.path().join("www")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path().join("www")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "no temporary link left: {names:?}");
         assert_eq!(layout.list().unwrap(), vec![id(1), id(2)]);
         layout.remove(id(1).as_str()).unwrap();

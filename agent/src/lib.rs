@@ -29,7 +29,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn check_config(config: &AgentConfig) -> anyhow::Result<()> {
     let material = TlsMaterial::load(&config.tls)?;
     agent_server_config(&material).context("tls")?;
-    AgentState::open(&config.state_dir).context("state_dir")?;
+    // Check the state dir is writable without opening the store a running agent holds.
+    let dir = &config.state_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("state_dir {}", dir.display()))?;
+    let probe = dir.join(format!(".check-config-{}", std::process::id()));
+    std::fs::write(&probe, b"ok").with_context(|| format!("state_dir {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
     for root in &config.allowed_roots {
         if !root.is_dir() {
             warn!(root = %root.display(), "allowed root does not exist yet; deploys will create it");
@@ -39,7 +44,11 @@ pub fn check_config(config: &AgentConfig) -> anyhow::Result<()> {
 }
 
 /// Serve until `shutdown` resolves.
-pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn run(
+    config: AgentConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let material = TlsMaterial::load(&config.tls)?;
     let acceptor = TlsAcceptor::from(agent_server_config(&material)?);
     let state = AgentState::open(&config.state_dir)?;

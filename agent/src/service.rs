@@ -175,6 +175,8 @@ impl Inner {
         let mut record = self.record(&target)?;
         self.check_generation(&mut record, header.generation)?;
         let layout = &target.layout;
+        // Refuse early when `current` could never be flipped (a directory or file is there).
+        layout.read_current()?;
         let releases_dir = layout.releases_dir();
         std::fs::create_dir_all(&releases_dir).map_err(|e| AgentError::io("cannot create", &releases_dir, e))?;
         check_free_space(&releases_dir, &manifest)?;
@@ -203,7 +205,8 @@ impl Inner {
             }
         };
         let final_path = layout.release_path(&id);
-        std::fs::rename(&staging, &final_path).map_err(|e| AgentError::io("cannot rename staging to", &final_path, e))?;
+        std::fs::rename(&staging, &final_path)
+            .map_err(|e| AgentError::io("cannot rename staging to", &final_path, e))?;
         fsync_dir(&releases_dir).map_err(|e| AgentError::io("cannot fsync", &releases_dir, e))?;
         record.releases.insert(
             id.to_string(),
@@ -275,7 +278,11 @@ impl Inner {
             Current::Elsewhere(path) => path.display().to_string(),
             Current::Absent => String::new(),
         };
-        Ok(pb::ActivateReply { previous_release: previous, pruned: pruned_names, elapsed_ms: started.elapsed().as_millis() as u64 })
+        Ok(pb::ActivateReply {
+            previous_release: previous,
+            pruned: pruned_names,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
     }
 
     async fn abort(&self, req: pb::AbortRequest) -> Result<pb::AbortReply, AgentError> {
@@ -443,10 +450,7 @@ impl pb::agent_server::Agent for AgentService {
 
     type StageStream = StageStream;
 
-    async fn stage(
-        &self,
-        req: Request<Streaming<pb::StageRequest>>,
-    ) -> Result<Response<Self::StageStream>, Status> {
+    async fn stage(&self, req: Request<Streaming<pb::StageRequest>>) -> Result<Response<Self::StageStream>, Status> {
         let mut stream = req.into_inner();
         let header = match stream.message().await? {
             Some(pb::StageRequest { kind: Some(RequestKind::Header(h)) }) => h,

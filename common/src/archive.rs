@@ -223,10 +223,10 @@ impl Manifest {
             if kinds.insert(&e.path, e.kind).is_some() {
                 return Err(ArchiveError::Duplicate(e.path.clone()));
             }
-            if let Some(parent) = parent_of(&e.path) {
-                if kinds.get(parent) != Some(&EntryKind::Dir) {
-                    return Err(ArchiveError::Parent(e.path.clone()));
-                }
+            if let Some(parent) = parent_of(&e.path)
+                && kinds.get(parent) != Some(&EntryKind::Dir)
+            {
+                return Err(ArchiveError::Parent(e.path.clone()));
             }
             match e.kind {
                 EntryKind::File => {
@@ -241,7 +241,8 @@ impl Manifest {
             }
         }
         for (path, target) in &links {
-            let start: Vec<String> = parent_of(path).map(|p| p.split('/').map(str::to_owned).collect()).unwrap_or_default();
+            let start: Vec<String> =
+                parent_of(path).map(|p| p.split('/').map(str::to_owned).collect()).unwrap_or_default();
             let mut hops = 0;
             if resolve_inside(start, target, &links, &mut hops).is_err() {
                 return Err(ArchiveError::SymlinkEscape { path: (*path).to_owned(), target: (*target).to_owned() });
@@ -470,8 +471,9 @@ pub fn extract(
 ) -> Result<ExtractStats> {
     manifest.validate(&options.limits)?;
     let index: HashMap<&str, &ManifestEntry> = manifest.entries.iter().map(|e| (e.path.as_str(), e)).collect();
-    let root = rustix::fs::open(dest, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| ArchiveError::Write { path: dest.display().to_string(), source: e.into() })?;
+    let root =
+        rustix::fs::open(dest, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| ArchiveError::Write { path: dest.display().to_string(), source: e.into() })?;
     let mut dirs = DirCache { root, last: None };
 
     let mut hashing = HashingReader { inner: compressed, hasher: Sha256::new(), bytes: 0 };
@@ -528,10 +530,8 @@ pub fn extract(
                     chown_at(parent, &name, options.owner, &path)?;
                 }
                 EntryKind::Symlink => {
-                    let target = entry
-                        .link_name_bytes()
-                        .map(|t| String::from_utf8_lossy(&t).into_owned())
-                        .unwrap_or_default();
+                    let target =
+                        entry.link_name_bytes().map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default();
                     if target != expected.link_target {
                         return Err(ArchiveError::Mismatch {
                             path,
@@ -618,7 +618,8 @@ pub fn extract(
         rustix::fs::symlinkat(target.as_str(), parent, name).map_err(write_err(path))?;
         chown_at(parent, name, options.owner, path)?;
     }
-    rustix::fs::syncfs(&dirs.root).map_err(|e| ArchiveError::Write { path: dest.display().to_string(), source: e.into() })?;
+    rustix::fs::syncfs(&dirs.root)
+        .map_err(|e| ArchiveError::Write { path: dest.display().to_string(), source: e.into() })?;
     Ok(stats)
 }
 
@@ -644,7 +645,13 @@ pub mod testing {
             RawEntry { path: path.into(), kind: tar::EntryType::Directory, mode: 0o755, data: vec![], link: vec![] }
         }
         pub fn symlink(path: &str, target: &str) -> Self {
-            RawEntry { path: path.into(), kind: tar::EntryType::Symlink, mode: 0o777, data: vec![], link: target.into() }
+            RawEntry {
+                path: path.into(),
+                kind: tar::EntryType::Symlink,
+                mode: 0o777,
+                data: vec![],
+                link: target.into(),
+            }
         }
         pub fn other(path: &str, kind: tar::EntryType, link: &str) -> Self {
             RawEntry { path: path.into(), kind, mode: 0o644, data: vec![], link: link.into() }

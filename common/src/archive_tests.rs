@@ -31,8 +31,7 @@ impl Sandbox {
 }
 
 fn run(compressed: &[u8], manifest: &Manifest, sandbox: &Sandbox) -> Result<ExtractStats> {
-    let options =
-        ExtractOptions { limits: Limits::default(), expected_sha256: sha256_hex(compressed), owner: None };
+    let options = ExtractOptions { limits: Limits::default(), expected_sha256: sha256_hex(compressed), owner: None };
     extract(compressed, manifest, &sandbox.staging(), &options, &mut |_, _| {})
 }
 
@@ -128,11 +127,7 @@ fn special_entries() {
     let forbidden = |e: &ArchiveError| matches!(e, ArchiveError::Forbidden { .. });
     let file = RawEntry::file("a", 0o644, b"x");
     let manifest = manifest_for(std::slice::from_ref(&file));
-    check_rejected(
-        &[file.clone(), RawEntry::other("b", tar::EntryType::Link, "a")],
-        Some(manifest.clone()),
-        forbidden,
-    );
+    check_rejected(&[file.clone(), RawEntry::other("b", tar::EntryType::Link, "a")], Some(manifest.clone()), forbidden);
     check_rejected(&[RawEntry::other("dev", tar::EntryType::Char, "")], Some(manifest.clone()), forbidden);
     check_rejected(&[RawEntry::other("dev", tar::EntryType::Block, "")], Some(manifest.clone()), forbidden);
     check_rejected(&[RawEntry::other("p", tar::EntryType::Fifo, "")], Some(manifest.clone()), forbidden);

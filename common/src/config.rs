@@ -75,7 +75,10 @@ impl AgentConfig {
         let raw: AgentFile = toml::from_str(text).map_err(|e| Error::config(file, toml_message(&e)))?;
         validate_agent_name(&raw.name).map_err(|e| Error::config(file, format!("name: {e}")))?;
         let listen: SocketAddr = raw.listen.parse().map_err(|_| {
-            Error::config(file, format!("listen: '{}' is not an address; use IP:PORT like \"0.0.0.0:7443\"", raw.listen))
+            Error::config(
+                file,
+                format!("listen: '{}' is not an address; use IP:PORT like \"0.0.0.0:7443\"", raw.listen),
+            )
         })?;
         if raw.allowed_roots.is_empty() {
             return Err(Error::config(
@@ -96,7 +99,6 @@ impl AgentConfig {
         let limits = Limits {
             max_entries: raw.limits.max_entries.unwrap_or(defaults.max_entries),
             max_bytes: raw.limits.max_bytes.unwrap_or(defaults.max_bytes),
-            ..defaults
         };
         Ok(AgentConfig {
             name: raw.name,
@@ -391,7 +393,10 @@ impl ProjectConfig {
         let parsed: ProjectFile = toml::from_str(text).map_err(|e| Error::config(file, toml_message(&e)))?;
         validate_name("project name", &parsed.name).map_err(|e| Error::config(file, format!("name: {e}")))?;
         if parsed.env.is_empty() {
-            return Err(Error::config(file, "no environments: add at least one table like [env.prod] with hosts = [...]"));
+            return Err(Error::config(
+                file,
+                "no environments: add at least one table like [env.prod] with hosts = [...]",
+            ));
         }
         let mut envs = BTreeMap::new();
         for (env_name, env) in &parsed.env {
@@ -469,10 +474,10 @@ fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Res
         }
     }
     let user = merge_opt(&et.user, &pt.user);
-    if let Some(u) = &user {
-        if u.is_empty() || u.contains(|c: char| c.is_whitespace() || c == ':' || c == '/') {
-            return Err(format!("target.user: '{u}' is not a user name"));
-        }
+    if let Some(u) = &user
+        && (u.is_empty() || u.contains(|c: char| c.is_whitespace() || c == ':' || c == '/'))
+    {
+        return Err(format!("target.user: '{u}' is not a user name"));
     }
     let target = TargetSettings {
         user,
@@ -561,7 +566,9 @@ fn resolve_health(h: &HealthFile) -> std::result::Result<HealthCheck, String> {
                 interval_secs,
             })
         }
-        (None, Some(command)) => Ok(HealthCheck::Command { command: command.clone(), timeout_secs, retries, interval_secs }),
+        (None, Some(command)) => {
+            Ok(HealthCheck::Command { command: command.clone(), timeout_secs, retries, interval_secs })
+        }
         _ => Err("rollout.health: set exactly one of http or command".into()),
     }
 }
@@ -619,7 +626,10 @@ hosts = ["web-1"]
         check_err(&format!("{base}colour = 1\n[env.a]\nhosts=[\"h\"]\n"), &["p.toml", "colour"]);
         check_err(&format!("{base}[env.a]\nhosts=[\"h\"]\nbogus = 2\n"), &["p.toml", "bogus"]);
         check_err(&format!("{base}keep_releases = 0\n[env.a]\nhosts=[\"h\"]\n"), &["p.toml", "keep_releases"]);
-        check_err("name = \"x\"\nrepo = \"/r\"\n[target]\ndeploy_to = \"rel\"\n[env.a]\n", &["target.deploy_to", "absolute"]);
+        check_err(
+            "name = \"x\"\nrepo = \"/r\"\n[target]\ndeploy_to = \"rel\"\n[env.a]\n",
+            &["target.deploy_to", "absolute"],
+        );
         check_err("name = \"x\"\nrepo = \"/r\"\n[target]\ndeploy_to = \"/a/../b\"\n[env.a]\n", &["target.deploy_to"]);
         check_err(&format!("{base}[rollout]\nstrategy = \"yolo\"\n[env.a]\n"), &["p.toml", "yolo"]);
         check_err(&format!("{base}[rollout]\nbatch = \"0%\"\n[env.a]\n"), &["batch"]);

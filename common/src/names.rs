@@ -7,8 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 const NAME_RULE: &str = "use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit";
-const HOST_RULE: &str =
-    "use 1-63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit";
+const HOST_RULE: &str = "use 1-63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit";
 
 fn check_label(value: &str, allow_dot: bool) -> bool {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (allow_dot && c == '.');

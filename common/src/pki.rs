@@ -102,7 +102,8 @@ impl Ca {
         dn.push(DnType::OrganizationName, "Slipway");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         validity(&mut params, CA_VALIDITY);
         let cert = params.self_signed(&key).map_err(pki_err("self-sign CA"))?;
         let key_pem = key.serialize_pem();
@@ -157,10 +158,10 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo> {
     let mut identities = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
-            if let GeneralName::URI(uri) = name {
-                if let Some(id) = Identity::from_uri(uri) {
-                    identities.push(id);
-                }
+            if let GeneralName::URI(uri) = name
+                && let Some(id) = Identity::from_uri(uri)
+            {
+                identities.push(id);
             }
         }
     }

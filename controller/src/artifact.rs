@@ -61,13 +61,15 @@ fn build(mirror: &Path, commit: &str, commit_time: i64, dir: &Path) -> Result<Ar
     let started = Instant::now();
     let parent = dir.parent().expect("artifact dir has a parent");
     std::fs::create_dir_all(parent).context(format_args!("cannot create {}", parent.display()))?;
-    let tmp = parent.join(format!(".tmp-{}-{}", std::process::id(), dir.file_name().unwrap_or_default().to_string_lossy()));
+    let tmp =
+        parent.join(format!(".tmp-{}-{}", std::process::id(), dir.file_name().unwrap_or_default().to_string_lossy()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).context(format_args!("cannot create {}", tmp.display()))?;
     let file = std::fs::File::create(tmp.join("artifact.tar.zst")).context("cannot create artifact file")?;
     let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).min(4);
-    let mut packer = Packer::new(BufWriter::with_capacity(1 << 20, file), ZSTD_LEVEL, threads, commit_time.max(0) as u64)
-        .context("cannot start the compressor")?;
+    let mut packer =
+        Packer::new(BufWriter::with_capacity(1 << 20, file), ZSTD_LEVEL, threads, commit_time.max(0) as u64)
+            .context("cannot start the compressor")?;
     let submodules_skipped = git::pack_commit(mirror, commit, &mut packer)?;
     let packed = packer.finish().context("cannot finish the artifact")?;
     let file = packed.out.into_inner().map_err(|e| e.into_error()).context("cannot flush the artifact")?;

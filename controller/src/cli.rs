@@ -20,7 +20,11 @@ use crate::output::{OutputFormat, Reporter, bytes, millis, table};
 use crate::store::{AgentRecord, DeployRecord, DeployStatus, ProjectRecord, Store};
 
 #[derive(Parser)]
-#[command(name = "slipctl", version, about = "Slipway: deploy a git repository to a fleet of web hosts, and take it back")]
+#[command(
+    name = "slipctl",
+    version,
+    about = "Slipway: deploy a git repository to a fleet of web hosts, and take it back"
+)]
 pub struct Cli {
     /// Controller home: pki/, state/, cache/ [default: ~/.local/share/slipway]
     #[arg(long, global = true, env = "SLIPWAY_HOME")]
@@ -124,8 +128,12 @@ pub enum ProjectCommand {
     },
     List,
     /// The project's settings as each environment resolves them
-    Show { name: String },
-    Rm { name: String },
+    Show {
+        name: String,
+    },
+    Rm {
+        name: String,
+    },
 }
 
 /// Run a command; the returned code is the process exit status.
@@ -149,12 +157,15 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Project(cmd) => project_command(&home, out, cmd),
         Command::Deploy { project, env, git_ref, hosts, dry_run } => {
             let mut reporter = Reporter::new(out);
-            let record = deploy::deploy(&home, DeployArgs { project, env, git_ref, hosts, dry_run }, &mut reporter, timeouts).await?;
+            let record =
+                deploy::deploy(&home, DeployArgs { project, env, git_ref, hosts, dry_run }, &mut reporter, timeouts)
+                    .await?;
             Ok(finish_operation(out, &record, dry_run))
         }
         Command::Rollback { project, env, to, hosts } => {
             let mut reporter = Reporter::new(out);
-            let record = deploy::rollback(&home, RollbackArgs { project, env, to, hosts }, &mut reporter, timeouts).await?;
+            let record =
+                deploy::rollback(&home, RollbackArgs { project, env, to, hosts }, &mut reporter, timeouts).await?;
             Ok(finish_operation(out, &record, false))
         }
         Command::Releases { project, env } => releases(&home, out, &project, &env, timeouts).await,
@@ -168,9 +179,15 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 if rows.is_empty() {
                     "no deploys yet".to_owned()
                 } else {
-                    table(&["ID", "KIND", "PROJECT", "ENV", "REF", "COMMIT", "RELEASE", "STATUS", "STARTED", "TOOK", "HOSTS"], &rows)
-                        .trim_end()
-                        .to_owned()
+                    table(
+                        &[
+                            "ID", "KIND", "PROJECT", "ENV", "REF", "COMMIT", "RELEASE", "STATUS", "STARTED", "TOOK",
+                            "HOSTS",
+                        ],
+                        &rows,
+                    )
+                    .trim_end()
+                    .to_owned()
                 }
             });
             Ok(0)
@@ -339,7 +356,10 @@ pub(crate) fn register_agent(
         }
     }
     if dir.join("agent.key").exists() {
-        return Err(CtlError::bad(format!("{} already holds an agent.key; choose an empty --out directory", dir.display())));
+        return Err(CtlError::bad(format!(
+            "{} already holds an agent.key; choose an empty --out directory",
+            dir.display()
+        )));
     }
     std::fs::create_dir_all(dir).context(format_args!("cannot create {}", dir.display()))?;
     let issued = ca.issue(&Identity::Agent(name.to_owned()))?;
@@ -413,7 +433,14 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand, timeou
                             i.version.clone(),
                             millis(i.uptime_secs * 1000),
                         ],
-                        Err(e) => vec![a.name.clone(), a.addr.clone(), labels, format!("unreachable: {e}"), "-".into(), "-".into()],
+                        Err(e) => vec![
+                            a.name.clone(),
+                            a.addr.clone(),
+                            labels,
+                            format!("unreachable: {e}"),
+                            "-".into(),
+                            "-".into(),
+                        ],
                     }
                 })
                 .collect();
@@ -422,7 +449,9 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand, timeou
                 .map(|(_, a, info)| match info {
                     Ok(i) => json!({"name": a.name, "addr": a.addr, "labels": a.labels, "reachable": true,
                                     "version": i.version, "uptime_secs": i.uptime_secs, "hostname": i.hostname}),
-                    Err(e) => json!({"name": a.name, "addr": a.addr, "labels": a.labels, "reachable": false, "error": e}),
+                    Err(e) => {
+                        json!({"name": a.name, "addr": a.addr, "labels": a.labels, "reachable": false, "error": e})
+                    }
                 })
                 .collect();
             print(out, json!(docs), || {
@@ -555,11 +584,20 @@ async fn releases(home: &Home, out: OutputFormat, project: &str, env: &str, time
             }
             Err(e) => {
                 all_ok = false;
-                rows.push(vec![agent.name.clone(), format!("unreachable: {e}"), "".into(), "".into(), "".into(), "".into()]);
+                rows.push(vec![
+                    agent.name.clone(),
+                    format!("unreachable: {e}"),
+                    "".into(),
+                    "".into(),
+                    "".into(),
+                    "".into(),
+                ]);
                 docs.push(json!({"host": agent.name, "error": e}));
             }
         }
     }
-    print(out, json!(docs), || table(&["HOST", "RELEASE", "COMMIT", "DEPLOY", "ACTIVATED", ""], &rows).trim_end().to_owned());
+    print(out, json!(docs), || {
+        table(&["HOST", "RELEASE", "COMMIT", "DEPLOY", "ACTIVATED", ""], &rows).trim_end().to_owned()
+    });
     Ok(if all_ok { 0 } else { 1 })
 }

@@ -30,7 +30,11 @@ impl Default for Timeouts {
 }
 
 /// Connect to one agent; the error is a sentence for people.
-pub async fn connect(tls: Arc<rustls::ClientConfig>, agent: &AgentRecord, timeouts: Timeouts) -> Result<AgentClient, String> {
+pub async fn connect(
+    tls: Arc<rustls::ClientConfig>,
+    agent: &AgentRecord,
+    timeouts: Timeouts,
+) -> Result<AgentClient, String> {
     let server_name = agent_server_name(&agent.name).map_err(|e| e.to_string())?;
     let addr = agent.addr.clone();
     let connector = tower::service_fn(move |_: Uri| {
@@ -50,9 +54,10 @@ pub async fn connect(tls: Arc<rustls::ClientConfig>, agent: &AgentRecord, timeou
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true);
-    let channel = endpoint.connect_with_connector(connector).await.map_err(|e| {
-        format!("cannot connect to {} at {}: {}", agent.name, agent.addr, error_chain(&e))
-    })?;
+    let channel = endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| format!("cannot connect to {} at {}: {}", agent.name, agent.addr, error_chain(&e)))?;
     Ok(pb::agent_client::AgentClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
@@ -75,9 +80,5 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// A gRPC status as a sentence.
 pub fn status_text(status: &tonic::Status) -> String {
-    if status.message().is_empty() {
-        format!("{:?}", status.code())
-    } else {
-        status.message().to_owned()
-    }
+    if status.message().is_empty() { format!("{:?}", status.code()) } else { status.message().to_owned() }
 }

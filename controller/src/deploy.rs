@@ -19,13 +19,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::artifact::{self, Artifact};
 use crate::client::{self, AgentClient, Timeouts, status_text};
 use crate::error::{CtlError, Result};
+use crate::git;
 use crate::home::Home;
 use crate::output::{HostEvent, Reporter, bytes, millis};
 use crate::plan::{rollback_targets, select_hosts};
 use crate::store::{
     AgentRecord, ArtifactSummary, DeployKind, DeployRecord, DeployStatus, HostResult, ProjectRecord, Step, Store,
 };
-use crate::git;
 
 pub struct DeployArgs {
     pub project: String,
@@ -90,7 +90,13 @@ fn current_user() -> String {
 struct Clock(Instant);
 
 impl Clock {
-    fn step(&self, result: &mut HostResult, name: &str, started: Instant, outcome: std::result::Result<String, String>) {
+    fn step(
+        &self,
+        result: &mut HostResult,
+        name: &str,
+        started: Instant,
+        outcome: std::result::Result<String, String>,
+    ) {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let started_ms = started.duration_since(self.0).as_millis() as u64;
         let (ok, detail) = match outcome {
@@ -119,17 +125,24 @@ fn new_host_result(agent: &AgentRecord, release: &str) -> HostResult {
 
 type Events = mpsc::UnboundedSender<(String, HostEvent)>;
 
+/// What every per-host task of one phase shares.
+#[derive(Clone)]
+struct Fanout {
+    tls: Arc<rustls::ClientConfig>,
+    events: Events,
+    clock: Arc<Clock>,
+    timeouts: Timeouts,
+}
+
 /// Connect, upload the artifact and wait for the agent to verify and stage it.
 async fn stage_host(
-    tls: Arc<rustls::ClientConfig>,
+    fan: Fanout,
     agent: AgentRecord,
     header: pb::StageHeader,
     artifact: PathBuf,
     total_entries: u64,
-    events: Events,
-    clock: Arc<Clock>,
-    timeouts: Timeouts,
 ) -> (HostResult, Option<AgentClient>) {
+    let Fanout { tls, events, clock, timeouts } = fan;
     let mut result = new_host_result(&agent, &header.release_id);
     let name = agent.name.clone();
     let send = |e: HostEvent| {
@@ -205,7 +218,8 @@ async fn stage_host(
     let upload = uploader.await.unwrap_or_else(|e| Err(format!("upload task failed: {e}")));
     match (outcome, upload) {
         (Ok(staged), Ok(sent)) => {
-            let detail = format!("{} sent, {} entries verified in {}", bytes(sent), staged.entries, staged.release_path);
+            let detail =
+                format!("{} sent, {} entries verified in {}", bytes(sent), staged.entries, staged.release_path);
             clock.step(&mut result, "stage", t, Ok(detail));
             send(HostEvent::Staged { elapsed_ms: t.elapsed().as_millis() as u64 });
             result.ok = true;
@@ -219,7 +233,13 @@ async fn stage_host(
     }
 }
 
-fn activate_request(settings: &EnvSettings, host: &str, release: &str, deploy_id: u64, kind: DeployKind) -> pb::ActivateRequest {
+fn activate_request(
+    settings: &EnvSettings,
+    host: &str,
+    release: &str,
+    deploy_id: u64,
+    kind: DeployKind,
+) -> pb::ActivateRequest {
     pb::ActivateRequest {
         target: Some(pb_target(settings, host)),
         release_id: release.to_owned(),
@@ -234,13 +254,12 @@ fn activate_request(settings: &EnvSettings, host: &str, release: &str, deploy_id
 }
 
 async fn activate_host(
+    fan: Fanout,
     mut client: AgentClient,
     request: pb::ActivateRequest,
     mut result: HostResult,
-    events: Events,
-    clock: Arc<Clock>,
-    timeouts: Timeouts,
 ) -> HostResult {
+    let Fanout { events, clock, timeouts, .. } = fan;
     let _ = events.send((result.host.clone(), HostEvent::Activating));
     let t = Instant::now();
     let call = tokio::time::timeout(timeouts.call, client.activate(request)).await;
@@ -288,7 +307,12 @@ async fn pump(mut rx: mpsc::UnboundedReceiver<(String, HostEvent)>, reporter: &m
 async fn next_release_id(home: &Home, project: &str, env: &str, commit: &str) -> Result<ReleaseId> {
     let last = {
         let store = Store::open(&home.state())?;
-        store.deploys(Some(project), Some(env), 50)?.into_iter().filter(|d| d.kind == DeployKind::Deploy).map(|d| d.release).max()
+        store
+            .deploys(Some(project), Some(env), 50)?
+            .into_iter()
+            .filter(|d| d.kind == DeployKind::Deploy)
+            .map(|d| d.release)
+            .max()
     };
     loop {
         let id = ReleaseId::new(unix_now(), commit)?;
@@ -310,7 +334,12 @@ fn repo_url(project: &ProjectRecord, settings: &EnvSettings) -> String {
 }
 
 /// `slipctl deploy`.
-pub async fn deploy(home: &Home, args: DeployArgs, reporter: &mut Reporter, timeouts: Timeouts) -> Result<DeployRecord> {
+pub async fn deploy(
+    home: &Home,
+    args: DeployArgs,
+    reporter: &mut Reporter,
+    timeouts: Timeouts,
+) -> Result<DeployRecord> {
     let started = Instant::now();
     let scope = load_scope(home, &args.project, &args.env, args.hosts.as_deref())?;
     let settings = &scope.settings;
@@ -429,16 +458,8 @@ async fn run_deploy(
             artifact_sha256: slipway_proto::hex_to_bytes(&artifact.sha256),
             artifact_size: artifact.compressed_bytes,
         };
-        tasks.spawn(stage_host(
-            tls.clone(),
-            agent.clone(),
-            header,
-            artifact.path.clone(),
-            artifact.entries,
-            tx.clone(),
-            clock.clone(),
-            timeouts,
-        ));
+        let fan = Fanout { tls: tls.clone(), events: tx.clone(), clock: clock.clone(), timeouts };
+        tasks.spawn(stage_host(fan, agent.clone(), header, artifact.path.clone(), artifact.entries));
     }
     drop(tx);
     let collect = async {
@@ -452,8 +473,11 @@ async fn run_deploy(
     let mut staged = staged?;
     staged.sort_by(|a, b| a.0.host.cmp(&b.0.host));
 
-    let failed: Vec<String> =
-        staged.iter().filter(|(r, _)| !r.ok).map(|(r, _)| format!("{}: {}", r.host, r.error.clone().unwrap_or_default())).collect();
+    let failed: Vec<String> = staged
+        .iter()
+        .filter(|(r, _)| !r.ok)
+        .map(|(r, _)| format!("{}: {}", r.host, r.error.clone().unwrap_or_default()))
+        .collect();
     if !failed.is_empty() {
         // Never activate a partial fleet: remove what was staged, leave `current` alone everywhere.
         let (tx, rx) = mpsc::unbounded_channel();
@@ -514,7 +538,8 @@ async fn run_deploy(
     for (result, client) in staged {
         let client = client.expect("staged hosts have a client");
         let request = activate_request(settings, &result.host, &record.release, record.id, DeployKind::Deploy);
-        activations.spawn(activate_host(client, request, result, tx.clone(), clock.clone(), timeouts));
+        let fan = Fanout { tls: tls.clone(), events: tx.clone(), clock: clock.clone(), timeouts };
+        activations.spawn(activate_host(fan, client, request, result));
     }
     drop(tx);
     let collect = async {
@@ -528,8 +553,12 @@ async fn run_deploy(
     record.hosts = activated?;
     record.hosts.sort_by(|a, b| a.host.cmp(&b.host));
     reporter.finish();
-    let failed: Vec<String> =
-        record.hosts.iter().filter(|h| !h.ok).map(|h| format!("{}: {}", h.host, h.error.clone().unwrap_or_default())).collect();
+    let failed: Vec<String> = record
+        .hosts
+        .iter()
+        .filter(|h| !h.ok)
+        .map(|h| format!("{}: {}", h.host, h.error.clone().unwrap_or_default()))
+        .collect();
     if failed.is_empty() {
         record.status = DeployStatus::Succeeded;
         Ok(())
@@ -556,11 +585,12 @@ pub async fn query_releases(
         tasks.spawn(async move {
             let result = async {
                 let mut client = client::connect(tls, &agent, timeouts).await?;
-                let reply = tokio::time::timeout(timeouts.call, client.releases(pb::ReleasesRequest { target: Some(target) }))
-                    .await
-                    .map_err(|_| format!("{}: no answer within {}s", agent.name, timeouts.call.as_secs()))?
-                    .map_err(|s| format!("{}: {}", agent.name, status_text(&s)))?
-                    .into_inner();
+                let reply =
+                    tokio::time::timeout(timeouts.call, client.releases(pb::ReleasesRequest { target: Some(target) }))
+                        .await
+                        .map_err(|_| format!("{}: no answer within {}s", agent.name, timeouts.call.as_secs()))?
+                        .map_err(|s| format!("{}: {}", agent.name, status_text(&s)))?
+                        .into_inner();
                 Ok((client, reply))
             }
             .await;
@@ -573,7 +603,12 @@ pub async fn query_releases(
 }
 
 /// `slipctl rollback`.
-pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &mut Reporter, timeouts: Timeouts) -> Result<DeployRecord> {
+pub async fn rollback(
+    home: &Home,
+    args: RollbackArgs,
+    reporter: &mut Reporter,
+    timeouts: Timeouts,
+) -> Result<DeployRecord> {
     let started = Instant::now();
     let scope = load_scope(home, &args.project, &args.env, args.hosts.as_deref())?;
     if let Some(to) = &args.to {
@@ -592,9 +627,8 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &mut Reporter, 
         replies.push((agent.name.clone(), reply));
         clients.push((agent, client));
     }
-    let targets = rollback_targets(&replies, args.to.as_deref()).map_err(|problems| {
-        CtlError::bad(format!("rollback refused, no host touched: {}", problems.join("; ")))
-    })?;
+    let targets = rollback_targets(&replies, args.to.as_deref())
+        .map_err(|problems| CtlError::bad(format!("rollback refused, no host touched: {}", problems.join("; "))))?;
     let settings = &scope.settings;
     let mut record = DeployRecord {
         id: 0,
@@ -638,7 +672,8 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &mut Reporter, 
     for ((agent, client), (_, target)) in clients.into_iter().zip(&targets) {
         let result = new_host_result(&agent, target);
         let request = activate_request(settings, &agent.name, target, record.id, DeployKind::Rollback);
-        tasks.spawn(activate_host(client, request, result, tx.clone(), clock.clone(), timeouts));
+        let fan = Fanout { tls: tls.clone(), events: tx.clone(), clock: clock.clone(), timeouts };
+        tasks.spawn(activate_host(fan, client, request, result));
     }
     drop(tx);
     let collect = async {
@@ -656,8 +691,12 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &mut Reporter, 
     record.hosts.sort_by(|a, b| a.host.cmp(&b.host));
     record.finished_at = Some(unix_now());
     record.duration_ms = started.elapsed().as_millis() as u64;
-    let failed: Vec<String> =
-        record.hosts.iter().filter(|h| !h.ok).map(|h| format!("{}: {}", h.host, h.error.clone().unwrap_or_default())).collect();
+    let failed: Vec<String> = record
+        .hosts
+        .iter()
+        .filter(|h| !h.ok)
+        .map(|h| format!("{}: {}", h.host, h.error.clone().unwrap_or_default()))
+        .collect();
     if failed.is_empty() {
         record.status = DeployStatus::Succeeded;
     } else {

@@ -36,9 +36,9 @@ async fn run_git(args: &[&str], cwd: Option<&Path>) -> Result<()> {
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
-    let child = cmd.spawn().map_err(|e| {
-        CtlError::failed(format!("cannot run git: {e}; install git (e.g. apt-get install git)"))
-    })?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| CtlError::failed(format!("cannot run git: {e}; install git (e.g. apt-get install git)")))?;
     let output = tokio::time::timeout(FETCH_TIMEOUT, child.wait_with_output())
         .await
         .map_err(|_| CtlError::failed(format!("git {} timed out after {}s", args.join(" "), FETCH_TIMEOUT.as_secs())))?
@@ -93,7 +93,9 @@ pub fn resolve(mirror: &Path, reference: &str, repo_url: &str) -> Result<Resolve
     let commit = object.and_then(|o| o.peel_to_commit().ok()).ok_or_else(|| {
         let names = |prefix: &str| -> Vec<String> {
             repo.references_glob(&format!("{prefix}*"))
-                .map(|mut refs| refs.names().flatten().map(|n| n.trim_start_matches(prefix).to_owned()).take(10).collect())
+                .map(|mut refs| {
+                    refs.names().flatten().map(|n| n.trim_start_matches(prefix).to_owned()).take(10).collect()
+                })
                 .unwrap_or_default()
         };
         CtlError::bad(format!(
@@ -133,9 +135,9 @@ fn pack_tree<W: std::io::Write>(
     skipped: &mut usize,
 ) -> Result<()> {
     for entry in tree.iter() {
-        let name = entry
-            .name()
-            .map_err(|_| CtlError::failed(format!("a path under '{prefix}' is not UTF-8; rename it in the repository")))?;
+        let name = entry.name().map_err(|_| {
+            CtlError::failed(format!("a path under '{prefix}' is not UTF-8; rename it in the repository"))
+        })?;
         if name == ".git" {
             continue;
         }

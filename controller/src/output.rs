@@ -86,7 +86,11 @@ impl Reporter {
                     HostEvent::Staged { elapsed_ms } => format!("staged in {}", millis(*elapsed_ms)),
                     HostEvent::Activating => return,
                     HostEvent::Activated { previous, elapsed_ms } => {
-                        format!("activated (was {}) in {}", if previous.is_empty() { "none" } else { previous }, millis(*elapsed_ms))
+                        format!(
+                            "activated (was {}) in {}",
+                            if previous.is_empty() { "none" } else { previous },
+                            millis(*elapsed_ms)
+                        )
                     }
                     HostEvent::Aborted => "staged release removed".to_owned(),
                     HostEvent::Failed(why) => format!("FAILED: {why}"),

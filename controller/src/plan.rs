@@ -61,7 +61,10 @@ pub fn select_hosts(
 /// Where rollback takes each host: release `to` when named, otherwise the release that was
 /// current before the current one (or, when unknown, the newest older retained release).
 /// Any host that lacks its target makes the whole rollback refused (`Err` lists every one).
-pub fn rollback_targets(hosts: &[(String, pb::ReleasesReply)], to: Option<&str>) -> Result<Vec<(String, String)>, Vec<String>> {
+pub fn rollback_targets(
+    hosts: &[(String, pb::ReleasesReply)],
+    to: Option<&str>,
+) -> Result<Vec<(String, String)>, Vec<String>> {
     let mut targets = Vec::new();
     let mut problems = Vec::new();
     for (host, reply) in hosts {

@@ -220,26 +220,33 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat) -> Result<u8> {
     drop(agents);
 
     let total_ms = started.elapsed().as_millis() as u64;
-    let deploy_ms: Vec<String> = records
-        .iter()
-        .map(|r| format!("#{} {}", r.id, crate::output::millis(r.duration_ms)))
-        .collect();
+    let deploy_ms: Vec<String> =
+        records.iter().map(|r| format!("#{} {}", r.id, crate::output::millis(r.duration_ms))).collect();
     match out {
         OutputFormat::Json => {
             let doc = serde_json::json!({"dir": dir, "home": home.root, "deploys": records, "total_ms": total_ms});
             println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
         }
         OutputFormat::Text => {
-            let artifact = records[1].artifact.as_ref().map(|a| crate::output::bytes(a.compressed_bytes)).unwrap_or_default();
+            let artifact =
+                records[1].artifact.as_ref().map(|a| crate::output::bytes(a.compressed_bytes)).unwrap_or_default();
             println!(
                 "\n== done in {}: deployed v1, deployed v2 ({artifact} artifact), rolled back to v1 ({})",
                 crate::output::millis(total_ms),
                 deploy_ms.join(", ")
             );
             println!("where to look:");
-            println!("  releases on a host:   ls -l {}/web-1/app/releases {}/web-1/www", hosts_root.display(), hosts_root.display());
+            println!(
+                "  releases on a host:   ls -l {}/web-1/app/releases {}/web-1/www",
+                hosts_root.display(),
+                hosts_root.display()
+            );
             println!("  agent logs:           {}/agents/*/slipd.log", dir.display());
-            println!("  history and details:  slipctl --home {} history; slipctl --home {} show 3", home.root.display(), home.root.display());
+            println!(
+                "  history and details:  slipctl --home {} history; slipctl --home {} show 3",
+                home.root.display(),
+                home.root.display()
+            );
             println!("  remove the demo:      rm -rf {}", dir.display());
         }
     }

@@ -6,12 +6,21 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{CtlError, Result};
 
 const OPEN_WAIT: Duration = Duration::from_secs(15);
+
+/// How long to wait for another `slipctl` to release the state (`SLIPWAY_STATE_WAIT_SECS`).
+fn open_wait() -> Duration {
+    std::env::var("SLIPWAY_STATE_WAIT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(OPEN_WAIT)
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentRecord {
@@ -137,20 +146,23 @@ fn store_err(e: impl std::fmt::Display) -> CtlError {
 }
 
 impl Store {
-    /// Open the state, waiting up to 15 s while another `slipctl` holds it.
+    /// Open the state, waiting (15 s by default) while another `slipctl` holds it.
     pub fn open(dir: &Path) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(store_err)?;
         let started = Instant::now();
+        let wait = open_wait();
         loop {
             match sled::Config::new().path(dir).open() {
                 Ok(db) => return Ok(Store { db }),
-                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") => {
-                    if started.elapsed() > OPEN_WAIT {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
+                {
+                    if started.elapsed() > wait {
                         return Err(CtlError::failed(format!(
                             "controller state {} is held by another slipctl process (waited {}s); \
                              let it finish, then run the command again",
                             dir.display(),
-                            OPEN_WAIT.as_secs()
+                            wait.as_secs()
                         )));
                     }
                     std::thread::sleep(Duration::from_millis(50));

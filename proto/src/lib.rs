@@ -57,10 +57,15 @@ impl TryFrom<pb::ManifestEntry> for ManifestEntry {
             Ok(pb::EntryKind::File) => EntryKind::File,
             Ok(pb::EntryKind::Dir) => EntryKind::Dir,
             Ok(pb::EntryKind::Symlink) => EntryKind::Symlink,
-            _ => return Err(ConvertError { field: "manifest entry kind", why: format!("{} for '{}'", e.kind, e.path) }),
+            _ => {
+                return Err(ConvertError { field: "manifest entry kind", why: format!("{} for '{}'", e.kind, e.path) });
+            }
         };
         if kind == EntryKind::File && e.sha256.len() != 32 {
-            return Err(ConvertError { field: "manifest sha256", why: format!("'{}' has {} bytes", e.path, e.sha256.len()) });
+            return Err(ConvertError {
+                field: "manifest sha256",
+                why: format!("'{}' has {} bytes", e.path, e.sha256.len()),
+            });
         }
         Ok(ManifestEntry {
             path: e.path,
@@ -82,23 +87,12 @@ impl TryFrom<pb::Manifest> for Manifest {
 
 /// Lowercase hex of bytes (digests travel as bytes, live as hex).
 pub fn bytes_to_hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)] as char);
-        out.push(HEX[usize::from(b & 15)] as char);
-    }
-    out
+    hex::encode(bytes)
 }
 
-/// Bytes of a hex string; empty for anything that is not even-length hex.
-pub fn hex_to_bytes(hex: &str) -> Vec<u8> {
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let b = hex.as_bytes();
-    if b.len() % 2 != 0 {
-        return Vec::new();
-    }
-    b.chunks(2).map_while(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?)).collect()
+/// Bytes of a hex string; empty for anything that is not hex.
+pub fn hex_to_bytes(text: &str) -> Vec<u8> {
+    hex::decode(text).unwrap_or_default()
 }
 
 #[cfg(test)]

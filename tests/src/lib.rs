@@ -1,1 +1,304 @@
-//! placeholder
+//! Harness for end-to-end tests: a temp dir with a controller home, real `slipd` processes on
+//! loopback (killed on drop), real git repositories, and `slipctl` run as a process.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A built binary of this workspace (`cargo test --workspace` builds them before tests run).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// Result of one `slipctl` run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    #[track_caller]
+    pub fn code(self, expected: i32) -> Run {
+        assert_eq!(self.code, expected, "unexpected exit status\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One `slipd`.
+pub struct Agent {
+    pub name: String,
+    pub port: u16,
+    pub bundle: PathBuf,
+    pub root: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "agent {} already running", self.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.bundle.join("slipd.log")).unwrap();
+        let mut child = Command::new(bin("slipd"))
+            .arg("--config")
+            .arg(self.bundle.join("agent.toml"))
+            .env("SLIPWAY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("slipd {} exited with {status}:\n{}", self.name, self.log());
+            }
+            assert!(Instant::now() < deadline, "slipd {} did not listen in time", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.bundle.join("slipd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A controller home and N agents, each with its own root under the temp dir.
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub home: PathBuf,
+    pub agents: Vec<Agent>,
+}
+
+impl Fleet {
+    /// `slipctl init`, then `n` agents web-1..web-n, labelled role=web, registered and running.
+    pub fn new(n: usize) -> Fleet {
+        let dir = tempfile::Builder::new().prefix("slipway-e2e-").tempdir().unwrap();
+        let home = dir.path().join("home");
+        let mut fleet = Fleet { home, dir, agents: Vec::new() };
+        fleet.slipctl(&["init"]).ok();
+        for i in 1..=n {
+            fleet.add_agent(&format!("web-{i}"), true);
+        }
+        fleet
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Register an agent (and start it when `start`).
+    pub fn add_agent(&mut self, name: &str, start: bool) -> usize {
+        let port = free_port();
+        let bundle = self.path().join("agents").join(name);
+        let root = self.path().join("hosts").join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let state = bundle.join("state");
+        self.slipctl(&[
+            "agent",
+            "add",
+            name,
+            "--addr",
+            &addr,
+            "--label",
+            "role=web",
+            "--out",
+            bundle.to_str().unwrap(),
+            "--listen",
+            &addr,
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--allowed-root",
+            root.to_str().unwrap(),
+        ])
+        .ok();
+        let mut agent = Agent { name: name.into(), port, bundle, root, child: None };
+        if start {
+            agent.start();
+        }
+        self.agents.push(agent);
+        self.agents.len() - 1
+    }
+
+    pub fn slipctl(&self, args: &[&str]) -> Run {
+        self.slipctl_env(args, &[])
+    }
+
+    pub fn slipctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = Command::new(bin("slipctl"));
+        cmd.arg("--home").arg(&self.home).args(args).stdin(Stdio::null()).env("SLIPWAY_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Run::from(cmd.output().unwrap())
+    }
+
+    /// Write and apply a project whose env `test` targets `hosts` (default role=web).
+    pub fn apply_project(&self, name: &str, repo: &Path, extra: &str) -> PathBuf {
+        let hosts_root = self.path().join("hosts");
+        let file = self.path().join(format!("{name}.toml"));
+        let text = format!(
+            "name = \"{name}\"\nrepo = \"{}\"\nkeep_releases = 3\n{extra}\n\
+             [target]\ndeploy_to = \"{root}/{{host}}/{name}\"\ncurrent = \"{root}/{{host}}/www/{name}\"\n\n\
+             [env.test]\nhosts = [\"role=web\"]\n",
+            repo.display(),
+            root = hosts_root.display()
+        );
+        std::fs::write(&file, text).unwrap();
+        self.slipctl(&["project", "apply", "-f", file.to_str().unwrap()]).ok();
+        file
+    }
+
+    pub fn deploy_to(&self, host: &str, project: &str) -> PathBuf {
+        self.path().join("hosts").join(host).join(project)
+    }
+
+    pub fn current(&self, host: &str, project: &str) -> PathBuf {
+        self.path().join("hosts").join(host).join("www").join(project)
+    }
+
+    /// The release id `current` points at, if any.
+    pub fn current_release(&self, host: &str, project: &str) -> Option<String> {
+        std::fs::read_link(self.current(host, project))
+            .ok()
+            .map(|t| t.file_name().unwrap().to_string_lossy().into_owned())
+    }
+
+    /// Release directories on a host, sorted (staging and trash, which start with '.', left out).
+    pub fn releases(&self, host: &str, project: &str) -> Vec<String> {
+        self.releases_dir_entries(host, project).into_iter().filter(|n| !n.starts_with('.')).collect()
+    }
+
+    /// Everything in a host's releases dir, hidden entries included, sorted.
+    pub fn releases_dir_entries(&self, host: &str, project: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.deploy_to(host, project).join("releases"))
+            .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+/// A real git repository driven by the `git` command.
+pub struct Repo {
+    pub path: PathBuf,
+}
+
+impl Repo {
+    pub fn new(path: PathBuf) -> Repo {
+        std::fs::create_dir_all(&path).unwrap();
+        let repo = Repo { path };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(&self.path)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        let p = self.path.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    /// Commit everything; returns the commit id.
+    pub fn commit(&self, message: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+}
+
+/// Compare two trees: same paths, kinds, file bytes, exec bits and symlink targets.
+pub fn assert_same_tree(expected: &Path, actual: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let path = e.path();
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let desc = if meta.file_type().is_symlink() {
+                format!("link -> {}", std::fs::read_link(&path).unwrap().display())
+            } else if meta.is_dir() {
+                walk(root, &path, out);
+                "dir".to_owned()
+            } else {
+                let exec = meta.permissions().mode() & 0o111 != 0;
+                format!(
+                    "file exec={exec} {}",
+                    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&path).unwrap()))
+                )
+            };
+            out.push((rel, desc));
+        }
+    }
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    walk(expected, expected, &mut a);
+    walk(actual, actual, &mut b);
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "trees differ: {} vs {}", expected.display(), actual.display());
+}

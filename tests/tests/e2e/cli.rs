@@ -1,0 +1,179 @@
+//! Bad input, state handling, the shipped example configs and the quickstart.
+
+use std::os::unix::fs::PermissionsExt;
+
+use slipway_tests::{Fleet, Repo, bin};
+
+#[test]
+fn unknown_names_are_bad_input_naming_the_thing() {
+    let fleet = Fleet::new(1);
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "x");
+    repo.commit("c1");
+    fleet.apply_project("site", &repo.path, "");
+    let check = |args: &[&str], needle: &str| {
+        let run = fleet.slipctl(args).code(2);
+        assert!(run.stderr.contains(needle), "{args:?}: stderr lacks {needle:?}:\n{}", run.stderr);
+    };
+    check(&["deploy", "nosuch", "test"], "nosuch");
+    check(&["deploy", "site", "prod"], "prod");
+    check(&["deploy", "site", "test", "--hosts", "web-9"], "web-9");
+    check(&["deploy", "site", "test", "--ref", "no-such-branch"], "no-such-branch");
+    check(&["rollback", "site", "test", "--to", "20200101-000000-abcdef0"], "20200101-000000-abcdef0");
+    check(&["rollback", "site", "test", "--to", "garbage"], "garbage");
+    check(&["show", "99"], "99");
+    check(&["agent", "rm", "nobody"], "nobody");
+    check(&["project", "show", "nosuch"], "nosuch");
+    check(&["agent", "add", "Bad_Name", "--addr", "127.0.0.1:1", "--out", "/tmp/x"], "Bad_Name");
+    check(&["agent", "add", "web-7", "--addr", "nohostport", "--out", "/tmp/x"], "nohostport");
+    check(
+        &["agent", "add", "web-1", "--addr", "127.0.0.1:1", "--out", fleet.path().join("dup").to_str().unwrap()],
+        "already registered",
+    );
+    check(&["frobnicate"], "frobnicate");
+    // An env that selects a host that is not registered.
+    let file = fleet.path().join("bad-hosts.toml");
+    std::fs::write(
+        &file,
+        "name = \"bh\"\nrepo = \"/r\"\n[target]\ndeploy_to = \"/data/x\"\n[env.test]\nhosts = [\"ghost\"]\n",
+    )
+    .unwrap();
+    fleet.slipctl(&["project", "apply", "-f", file.to_str().unwrap()]).ok();
+    check(&["deploy", "bh", "test"], "ghost");
+    // Nothing was deployed by any of that.
+    assert!(fleet.current_release("web-1", "site").is_none());
+    assert!(fleet.slipctl(&["history"]).ok().stdout.contains("no deploys yet"));
+}
+
+#[test]
+fn project_files_are_validated_with_file_and_key_named() {
+    let fleet = Fleet::new(0);
+    let cases = [
+        (
+            "unknown-key.toml",
+            "name = \"p\"\nrepo = \"/r\"\ncolour = \"blue\"\n[target]\ndeploy_to = \"/d\"\n[env.a]\n",
+            "colour",
+        ),
+        (
+            "bad-keep.toml",
+            "name = \"p\"\nrepo = \"/r\"\nkeep_releases = 0\n[target]\ndeploy_to = \"/d\"\n[env.a]\n",
+            "keep_releases",
+        ),
+        ("rel-path.toml", "name = \"p\"\nrepo = \"/r\"\n[target]\ndeploy_to = \"data\"\n[env.a]\n", "deploy_to"),
+        ("env-key.toml", "name = \"p\"\nrepo = \"/r\"\n[target]\ndeploy_to = \"/d\"\n[env.a]\nhostz = []\n", "hostz"),
+        ("syntax.toml", "name = \"p\nrepo", "syntax.toml"),
+    ];
+    for (name, text, key) in cases {
+        let file = fleet.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let run = fleet.slipctl(&["project", "apply", "-f", file.to_str().unwrap()]).code(2);
+        assert!(run.stderr.contains(name) && run.stderr.contains(key), "{name}: {}", run.stderr);
+    }
+    fleet.slipctl(&["project", "apply", "-f", "/nonexistent.toml"]).code(2);
+    assert!(fleet.slipctl(&["project", "list"]).ok().stdout.contains("no projects"));
+}
+
+#[test]
+fn init_keeps_keys_private_and_refuses_to_overwrite() {
+    let fleet = Fleet::new(1);
+    let pki = fleet.home.join("pki");
+    for key in ["ca.key", "controller.key"] {
+        let mode = std::fs::metadata(pki.join(key)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    let agent_key = fleet.agents[0].bundle.join("agent.key");
+    assert_eq!(std::fs::metadata(agent_key).unwrap().permissions().mode() & 0o777, 0o600);
+    let before = std::fs::read(pki.join("ca.pem")).unwrap();
+    let run = fleet.slipctl(&["init"]).code(2);
+    assert!(run.stderr.contains("refusing to overwrite"), "{}", run.stderr);
+    assert_eq!(std::fs::read(pki.join("ca.pem")).unwrap(), before);
+    // The bundle `agent add` wrote is what slipd runs with; check-config agrees.
+    let out = std::process::Command::new(bin("slipd"))
+        .args(["check-config", "--config"])
+        .arg(fleet.agents[0].bundle.join("agent.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // agent list: reachable, with version and uptime.
+    let doc = fleet.slipctl(&["--output", "json", "agent", "list"]).ok().json();
+    assert_eq!(doc[0]["reachable"], true);
+    assert_eq!(doc[0]["version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn a_second_slipctl_waits_then_gets_a_clear_message() {
+    let fleet = Fleet::new(0);
+    fleet.slipctl(&["history"]).ok();
+    // Hold the state's lock as a long-running slipctl would.
+    let db = std::fs::OpenOptions::new().read(true).write(true).open(fleet.home.join("state/db")).unwrap();
+    rustix::fs::flock(&db, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    let run = fleet.slipctl_env(&["history"], &[("SLIPWAY_STATE_WAIT_SECS", "1")]).code(1);
+    assert!(run.stderr.contains("held by another slipctl"), "{}", run.stderr);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    drop(db);
+    fleet.slipctl(&["history"]).ok();
+}
+
+#[test]
+fn concurrent_slipctl_processes_share_the_state() {
+    let fleet = Fleet::new(2);
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "x");
+    repo.commit("c1");
+    fleet.apply_project("one", &repo.path, "");
+    fleet.apply_project("two", &repo.path, "");
+    let spawn = |project: &str| {
+        std::process::Command::new(bin("slipctl"))
+            .arg("--home")
+            .arg(&fleet.home)
+            .args(["deploy", project, "test"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("one"), spawn("two"));
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let doc = fleet.slipctl(&["--output", "json", "history"]).ok().json();
+    let mut ids: Vec<u64> = doc.as_array().unwrap().iter().map(|d| d["id"].as_u64().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, [1, 2]);
+    assert!(fleet.current_release("web-2", "one").is_some() && fleet.current_release("web-2", "two").is_some());
+}
+
+#[test]
+fn shipped_example_configs_load_with_the_real_loaders() {
+    let deploy_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let agent = slipway_common::config::AgentConfig::load(&deploy_dir.join("agent.toml")).unwrap();
+    assert_eq!(agent.name, "web-1");
+    assert!(agent.tls.key.is_absolute());
+    let project = slipway_common::config::ProjectConfig::load(&deploy_dir.join("web-demo.toml")).unwrap();
+    let prod = project.env("prod").unwrap();
+    assert_eq!(prod.target.deploy_to_for("web-1"), std::path::PathBuf::from("/data/release/web-demo"));
+    assert!(!prod.hosts.is_empty());
+    let unit = std::fs::read_to_string(deploy_dir.join("slipd.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/slipd --config /etc/slipway/agent.toml"));
+}
+
+#[test]
+fn quickstart_runs_a_real_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let out = std::process::Command::new(bin("slipctl"))
+        .args(["quickstart", "--dir"])
+        .arg(&demo)
+        .env_remove("SLIPWAY_HOME")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("rolled back"), "{stdout}");
+    for host in ["web-1", "web-2", "web-3"] {
+        let page = std::fs::read_to_string(demo.join("hosts").join(host).join("www/current/index.html")).unwrap();
+        assert_eq!(page, "<h1>web-demo v1</h1>\n", "{host} serves v1 after the rollback");
+        assert_eq!(std::fs::read_dir(demo.join("hosts").join(host).join("app/releases")).unwrap().count(), 2);
+    }
+}

@@ -1,0 +1,140 @@
+//! Deploy, redeploy, rollback and pruning on three agents.
+
+use std::process::Command;
+
+use slipway_tests::{Fleet, Repo, assert_same_tree};
+
+/// A repository with nested dirs, an executable, in-tree symlinks and an excluded `.gitignore`d
+/// build output, so the tree exercises every entry kind.
+fn sample_repo(fleet: &Fleet) -> Repo {
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "<h1>v1</h1>\n");
+    repo.write("assets/css/site.css", "body{}\n");
+    repo.write("bin/run.sh", "#!/bin/sh\necho run\n");
+    std::fs::set_permissions(repo.path.join("bin/run.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    std::os::unix::fs::symlink("index.html", repo.path.join("home.html")).unwrap();
+    std::os::unix::fs::symlink("../assets", repo.path.join("bin/assets")).unwrap();
+    repo.write("deep/a/b/c/d/file.txt", &"x".repeat(200_000));
+    repo.commit("v1");
+    repo
+}
+
+fn git_archive(repo: &Repo, commit: &str, dest: &std::path::Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    let archive =
+        Command::new("git").args(["archive", "--format=tar", commit]).current_dir(&repo.path).output().unwrap();
+    assert!(archive.status.success());
+    let tar = dest.with_extension("tar");
+    std::fs::write(&tar, &archive.stdout).unwrap();
+    let status = Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(dest).status().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn deploy_matches_git_archive_on_every_host() {
+    let fleet = Fleet::new(3);
+    let repo = sample_repo(&fleet);
+    let commit = repo.git(&["rev-parse", "HEAD"]);
+    fleet.apply_project("site", &repo.path, "");
+    let run = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok();
+    let doc = run.json();
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(doc["commit"], commit.as_str());
+    assert_eq!(doc["hosts"].as_array().unwrap().len(), 3);
+    let release = doc["release"].as_str().unwrap().to_owned();
+    assert!(release.ends_with(&commit[..7]), "{release}");
+
+    let expected = fleet.path().join("expected");
+    git_archive(&repo, &commit, &expected);
+    for host in ["web-1", "web-2", "web-3"] {
+        assert_eq!(fleet.current_release(host, "site").as_deref(), Some(release.as_str()));
+        assert_same_tree(&expected, &fleet.current(host, "site"));
+        assert_eq!(fleet.releases_dir_entries(host, "site"), vec![release.clone()], "no staging left on {host}");
+    }
+    // The symlink is an absolute path to the release directory.
+    let target = std::fs::read_link(fleet.current("web-1", "site")).unwrap();
+    assert_eq!(target, fleet.deploy_to("web-1", "site").join("releases").join(&release));
+}
+
+#[test]
+fn redeploy_rollback_and_pruning() {
+    let fleet = Fleet::new(3);
+    let repo = sample_repo(&fleet);
+    fleet.apply_project("site", &repo.path, "");
+    let mut releases = Vec::new();
+    for v in 1..=4 {
+        if v > 1 {
+            repo.write("index.html", &format!("<h1>v{v}</h1>\n"));
+            repo.commit(&format!("v{v}"));
+        }
+        let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+        releases.push(doc["release"].as_str().unwrap().to_owned());
+        let page = std::fs::read_to_string(fleet.current("web-2", "site").join("index.html")).unwrap();
+        assert_eq!(page, format!("<h1>v{v}</h1>\n"));
+    }
+    // keep_releases = 3: exactly the newest three remain on every host.
+    for host in ["web-1", "web-2", "web-3"] {
+        assert_eq!(fleet.releases(host, "site"), releases[1..].to_vec(), "{host}");
+    }
+
+    // Redeploying the same commit makes a new release from the cached package.
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+    assert_eq!(doc["artifact"]["cached"], true);
+    let r5 = doc["release"].as_str().unwrap().to_owned();
+    assert_ne!(r5, releases[3]);
+    assert_eq!(fleet.releases("web-1", "site").len(), 3);
+
+    // Rollback goes to the release that was current before.
+    let doc = fleet.slipctl(&["--output", "json", "rollback", "site", "test"]).ok().json();
+    assert_eq!(doc["kind"], "rollback");
+    for host in ["web-1", "web-2", "web-3"] {
+        assert_eq!(fleet.current_release(host, "site").as_deref(), Some(releases[3].as_str()));
+    }
+    // --to a retained older release.
+    fleet.slipctl(&["rollback", "site", "test", "--to", &releases[2]]).ok();
+    for host in ["web-1", "web-2", "web-3"] {
+        assert_eq!(fleet.current_release(host, "site").as_deref(), Some(releases[2].as_str()));
+        let page = std::fs::read_to_string(fleet.current(host, "site").join("index.html")).unwrap();
+        assert_eq!(page, "<h1>v3</h1>\n");
+    }
+    // A pruned release cannot be rolled back to: exit 2 naming the host and the release, nothing touched.
+    let run = fleet.slipctl(&["rollback", "site", "test", "--to", &releases[0]]).code(2);
+    assert!(run.stderr.contains(&releases[0]) && run.stderr.contains("web-1"), "{}", run.stderr);
+    assert_eq!(fleet.current_release("web-3", "site").as_deref(), Some(releases[2].as_str()));
+
+    // `releases` shows each host's releases and which is current.
+    let doc = fleet.slipctl(&["--output", "json", "releases", "site", "test"]).ok().json();
+    let hosts = doc.as_array().unwrap();
+    assert_eq!(hosts.len(), 3);
+    assert_eq!(hosts[0]["current"], releases[2].as_str());
+    assert_eq!(hosts[0]["releases"].as_array().unwrap().len(), 3);
+
+    // History tells the truth: 5 deploys, 2 rollbacks, newest first.
+    let doc = fleet.slipctl(&["--output", "json", "history", "site"]).ok().json();
+    let kinds: Vec<_> = doc.as_array().unwrap().iter().map(|d| d["kind"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(kinds, ["rollback", "rollback", "deploy", "deploy", "deploy", "deploy", "deploy"]);
+    let show = fleet.slipctl(&["show", "1"]).ok();
+    for step in ["connect", "stage", "activate", "web-1", "web-3"] {
+        assert!(show.stdout.contains(step), "show lacks {step}:\n{}", show.stdout);
+    }
+}
+
+#[test]
+fn deploy_to_some_hosts_and_by_tag() {
+    let fleet = Fleet::new(3);
+    let repo = sample_repo(&fleet);
+    repo.git(&["tag", "v1"]);
+    repo.write("index.html", "<h1>v2</h1>\n");
+    repo.commit("v2");
+    fleet.apply_project("site", &repo.path, "");
+    fleet.slipctl(&["deploy", "site", "test", "--ref", "v1", "--hosts", "web-1,web-3"]).ok();
+    assert!(fleet.current_release("web-2", "site").is_none());
+    let page = std::fs::read_to_string(fleet.current("web-1", "site").join("index.html")).unwrap();
+    assert_eq!(page, "<h1>v1</h1>\n");
+    // Text output names every host.
+    let run = fleet.slipctl(&["deploy", "site", "test"]).ok();
+    for host in ["web-1", "web-2", "web-3"] {
+        assert!(run.stdout.contains(host), "{}", run.stdout);
+    }
+}

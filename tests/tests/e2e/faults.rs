@@ -1,0 +1,106 @@
+//! Faults: an agent down, leftovers after a crash, a non-symlink at `current`.
+
+use slipway_tests::{Fleet, Repo};
+
+fn repo_with(fleet: &Fleet, page: &str) -> Repo {
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", page);
+    repo.commit("c1");
+    repo
+}
+
+#[test]
+fn one_agent_down_fails_the_deploy_and_activates_no_host() {
+    let mut fleet = Fleet::new(3);
+    let repo = repo_with(&fleet, "v1");
+    fleet.apply_project("site", &repo.path, "");
+    let first = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+    let r1 = first["release"].as_str().unwrap().to_owned();
+
+    repo.write("index.html", "v2");
+    repo.commit("c2");
+    fleet.agents[1].kill();
+    let run = fleet.slipctl(&["deploy", "site", "test"]).code(1);
+    assert!(run.stderr.contains("web-2"), "the error names the host: {}", run.stderr);
+    assert!(run.stderr.contains("no host was activated"), "{}", run.stderr);
+    for host in ["web-1", "web-3"] {
+        assert_eq!(fleet.current_release(host, "site").as_deref(), Some(r1.as_str()), "{host} untouched");
+        assert_eq!(fleet.releases_dir_entries(host, "site"), vec![r1.clone()], "{host}: staged release removed");
+    }
+    let history = fleet.slipctl(&["--output", "json", "history"]).ok().json();
+    assert_eq!(history[0]["status"], "failed");
+    assert!(history[0]["error"].as_str().unwrap().contains("web-2"));
+
+    // Rollback with a host down is refused before touching any host.
+    let run = fleet.slipctl(&["rollback", "site", "test"]).code(1);
+    assert!(run.stderr.contains("web-2"), "{}", run.stderr);
+
+    // With the agent back the same deploy goes through.
+    fleet.agents[1].start();
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    assert_eq!(std::fs::read_to_string(fleet.current("web-2", "site").join("index.html")).unwrap(), "v2");
+}
+
+#[test]
+fn agent_start_removes_staging_leftovers_and_trusts_the_symlink() {
+    let mut fleet = Fleet::new(1);
+    let repo = repo_with(&fleet, "v1");
+    fleet.apply_project("site", &repo.path, "");
+    let r1 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json()["release"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    repo.write("index.html", "v2");
+    repo.commit("c2");
+    let r2 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json()["release"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A crash mid-upload leaves a staging dir; someone relinks `current` by hand meanwhile.
+    fleet.agents[0].kill();
+    let releases = fleet.deploy_to("web-1", "site").join("releases");
+    std::fs::create_dir_all(releases.join(".staging-20300101-000000-abcdef0/half")).unwrap();
+    let current = fleet.current("web-1", "site");
+    std::fs::remove_file(&current).unwrap();
+    std::os::unix::fs::symlink(releases.join(&r1), &current).unwrap();
+    fleet.agents[0].start();
+
+    assert_eq!(fleet.releases_dir_entries("web-1", "site"), vec![r1.clone(), r2.clone()]);
+    let doc = fleet.slipctl(&["--output", "json", "releases", "site", "test"]).ok().json();
+    assert_eq!(doc[0]["current"], r1.as_str(), "the symlink is the truth");
+    assert!(fleet.agents[0].log().contains("leftover"), "{}", fleet.agents[0].log());
+}
+
+#[test]
+fn a_directory_at_current_is_never_replaced() {
+    let fleet = Fleet::new(1);
+    let repo = repo_with(&fleet, "v1");
+    fleet.apply_project("site", &repo.path, "");
+    let current = fleet.current("web-1", "site");
+    std::fs::create_dir_all(&current).unwrap();
+    std::fs::write(current.join("index.html"), "hand-made").unwrap();
+    let run = fleet.slipctl(&["deploy", "site", "test"]).code(1);
+    assert!(run.stderr.contains("not a symlink"), "{}", run.stderr);
+    assert_eq!(std::fs::read_to_string(current.join("index.html")).unwrap(), "hand-made");
+}
+
+#[test]
+fn paths_outside_allowed_roots_are_refused() {
+    let fleet = Fleet::new(1);
+    let repo = repo_with(&fleet, "v1");
+    let file = fleet.path().join("escape.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"escape\"\nrepo = \"{}\"\n[target]\ndeploy_to = \"{}/elsewhere/app\"\n[env.test]\nhosts = [\"web-1\"]\n",
+            repo.path.display(),
+            fleet.path().display()
+        ),
+    )
+    .unwrap();
+    fleet.slipctl(&["project", "apply", "-f", file.to_str().unwrap()]).ok();
+    let run = fleet.slipctl(&["deploy", "escape", "test"]).code(1);
+    assert!(run.stderr.contains("allowed_roots"), "{}", run.stderr);
+    assert!(!fleet.path().join("elsewhere").exists());
+}

@@ -1,0 +1,175 @@
+//! Hostile archives sent through the real RPC: each is rejected whole, nothing is written
+//! outside staging, and staging is removed.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use slipway_common::archive::Manifest;
+use slipway_common::archive::testing::{RawEntry, compress, manifest_for, raw_tar, sha256_hex};
+use slipway_common::tls::{TlsMaterial, controller_client_config};
+use slipway_controller::client::{self, AgentClient, Timeouts};
+use slipway_controller::store::AgentRecord;
+use slipway_proto::pb;
+use slipway_proto::pb::stage_request::Kind;
+use slipway_tests::Fleet;
+
+const RELEASE: &str = "20300101-000000-abcdef0";
+
+/// Every path under `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(root).unwrap().display().to_string());
+            if e.file_type().unwrap().is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+struct Uploader {
+    client: AgentClient,
+    target: pb::Target,
+}
+
+impl Uploader {
+    /// Stage `compressed` (sending only `send` bytes of it) with `manifest` and digest `sha`.
+    async fn stage(
+        &mut self,
+        release: &str,
+        manifest: &Manifest,
+        compressed: &[u8],
+        send: usize,
+        sha: &str,
+    ) -> Result<pb::Staged, String> {
+        let header = pb::StageHeader {
+            target: Some(self.target.clone()),
+            deploy_id: 1,
+            release_id: release.into(),
+            commit: "abcdef0".repeat(5) + "abcde",
+            git_ref: "hostile".into(),
+            generation: 1,
+            manifest: Some(pb::Manifest::from(manifest)),
+            artifact_sha256: slipway_proto::hex_to_bytes(sha),
+            artifact_size: compressed.len() as u64,
+        };
+        let mut messages = vec![pb::StageRequest { kind: Some(Kind::Header(header)) }];
+        for chunk in compressed[..send].chunks(64 * 1024) {
+            messages.push(pb::StageRequest { kind: Some(Kind::Chunk(chunk.to_vec())) });
+        }
+        let mut events = self.client.stage(tokio_stream::iter(messages)).await.map_err(|s| s.to_string())?.into_inner();
+        loop {
+            match events.message().await {
+                Ok(Some(pb::StageEvent { kind: Some(pb::stage_event::Kind::Staged(s)) })) => return Ok(s),
+                Ok(Some(_)) => {}
+                Ok(None) => return Err("no result".into()),
+                Err(s) => return Err(s.message().to_owned()),
+            }
+        }
+    }
+}
+
+#[test]
+fn hostile_archives_are_rejected_whole_through_the_rpc() {
+    let fleet = Fleet::new(1);
+    let pki = fleet.home.join("pki");
+    let read = |p: &str| std::fs::read_to_string(pki.join(p)).unwrap();
+    let tls = controller_client_config(&TlsMaterial {
+        ca_pem: read("ca.pem"),
+        cert_pem: read("controller.pem"),
+        key_pem: read("controller.key"),
+    })
+    .unwrap();
+    let hosts = fleet.path().join("hosts");
+    let root = &fleet.agents[0].root;
+    let target = pb::Target {
+        project: "hostile".into(),
+        env: "test".into(),
+        deploy_to: root.join("hostile").display().to_string(),
+        current: root.join("www/hostile").display().to_string(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let agent =
+        AgentRecord { name: "web-1".into(), addr: fleet.agents[0].addr(), labels: Default::default(), added_at: 0 };
+    let client = rt.block_on(client::connect(tls, &agent, Timeouts::default())).unwrap();
+    let mut up = Uploader { client, target };
+
+    let ok = RawEntry::file("ok", 0o644, b"fine");
+    let only_ok = manifest_for(std::slice::from_ref(&ok));
+    let big = RawEntry::file("big", 0o644, &vec![42u8; 2 << 20]);
+    let a = RawEntry::file("a", 0o644, b"one");
+    let only_a = manifest_for(std::slice::from_ref(&a));
+    let cases: Vec<(&str, Vec<RawEntry>, Option<Manifest>, &str)> = vec![
+        ("dot-dot path", vec![RawEntry::file("../../../evil", 0o644, b"x")], Some(only_ok.clone()), "'..'"),
+        (
+            "absolute path",
+            vec![RawEntry::file("/tmp/slipway-hostile-evil", 0o644, b"x")],
+            Some(only_ok.clone()),
+            "absolute",
+        ),
+        ("symlink outside", vec![RawEntry::symlink("l", "../../../../etc")], None, "outside"),
+        (
+            "symlink then a file through it",
+            vec![RawEntry::dir("d"), RawEntry::symlink("l", "d"), RawEntry::file("l/x", 0o644, b"x")],
+            None,
+            "parent",
+        ),
+        (
+            "hardlink",
+            vec![a.clone(), RawEntry::other("b", tar::EntryType::Link, "a")],
+            Some(only_a.clone()),
+            "hard link",
+        ),
+        ("device", vec![RawEntry::other("dev", tar::EntryType::Char, "")], Some(only_ok.clone()), "device"),
+        ("fifo", vec![RawEntry::other("p", tar::EntryType::Fifo, "")], Some(only_ok.clone()), "fifo"),
+        ("duplicate path", vec![a.clone(), a.clone()], Some(only_a.clone()), "duplicate"),
+        (
+            "entry not in manifest",
+            vec![a.clone(), RawEntry::file("extra", 0o644, b"")],
+            Some(only_a.clone()),
+            "not in the manifest",
+        ),
+        ("size mismatch", vec![RawEntry::file("a", 0o644, b"four")], Some(only_a.clone()), "size"),
+        ("content digest mismatch", vec![RawEntry::file("a", 0o644, b"two")], Some(only_a.clone()), "sha256"),
+    ];
+    for (what, entries, manifest, needle) in cases {
+        let manifest = manifest.unwrap_or_else(|| manifest_for(&entries));
+        let compressed = compress(&raw_tar(&entries));
+        let err = rt.block_on(up.stage(RELEASE, &manifest, &compressed, compressed.len(), &sha256_hex(&compressed)));
+        let err = err.expect_err(what);
+        assert!(err.contains(needle), "{what}: {err}");
+        assert_eq!(tree(&hosts), ["web-1", "web-1/hostile", "web-1/hostile/releases"], "{what}: nothing left behind");
+    }
+    assert!(!Path::new("/tmp/slipway-hostile-evil").exists());
+
+    // The artifact digest must match, and a truncated stream is refused.
+    let compressed = compress(&raw_tar(std::slice::from_ref(&big)));
+    let manifest = manifest_for(std::slice::from_ref(&big));
+    let err = rt.block_on(up.stage(RELEASE, &manifest, &compressed, compressed.len(), &"00".repeat(32))).unwrap_err();
+    assert!(err.contains("artifact digest"), "{err}");
+    let incompressible: Vec<u8> = (0..(2u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let noisy = RawEntry::file("noise", 0o644, &incompressible);
+    let compressed = compress(&raw_tar(std::slice::from_ref(&noisy)));
+    let manifest = manifest_for(std::slice::from_ref(&noisy));
+    let err = rt
+        .block_on(up.stage(RELEASE, &manifest, &compressed, compressed.len() / 2, &sha256_hex(&compressed)))
+        .unwrap_err();
+    assert!(err.contains("truncated") || err.contains("malformed"), "{err}");
+    assert_eq!(tree(&hosts), ["web-1", "web-1/hostile", "web-1/hostile/releases"]);
+
+    // setuid and world-writable modes are accepted but normalised.
+    let entries = [RawEntry::file("suid", 0o4755, b"x"), RawEntry::file("open", 0o777, b"y")];
+    let compressed = compress(&raw_tar(&entries));
+    let staged = rt
+        .block_on(up.stage(RELEASE, &manifest_for(&entries), &compressed, compressed.len(), &sha256_hex(&compressed)))
+        .unwrap();
+    let release = Path::new(&staged.release_path);
+    for f in ["suid", "open"] {
+        assert_eq!(std::fs::metadata(release.join(f)).unwrap().permissions().mode() & 0o7777, 0o755, "{f}");
+    }
+}

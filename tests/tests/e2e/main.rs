@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `slipctl` and `slipd` binaries, real certificates, real git
+//! repositories, real files and symlinks, agents on loopback.
+
+mod cli;
+mod deploy;
+mod faults;
+mod hostile;
+mod mtls;
