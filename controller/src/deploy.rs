@@ -443,6 +443,7 @@ async fn run_deploy(
 ) -> Result<()> {
     let settings = &scope.settings;
     let clock = Arc::new(Clock(Instant::now()));
+    reporter.hosts(scope.hosts.iter().map(|h| h.name.as_str()));
     let manifest = pb::Manifest::from(&artifact.manifest);
     let (tx, rx) = mpsc::unbounded_channel();
     let mut tasks = tokio::task::JoinSet::new();
@@ -667,6 +668,7 @@ pub async fn rollback(
         if distinct.len() == 1 { distinct[0].to_owned() } else { "their previous releases".to_owned() }
     ));
     let clock = Arc::new(Clock(Instant::now()));
+    reporter.hosts(targets.iter().map(|(h, _)| h.as_str()));
     let (tx, rx) = mpsc::unbounded_channel();
     let mut tasks = tokio::task::JoinSet::new();
     for ((agent, client), (_, target)) in clients.into_iter().zip(&targets) {

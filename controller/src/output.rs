@@ -75,6 +75,15 @@ impl Reporter {
         }
     }
 
+    /// Show one line per host, in this order, before any of them reports.
+    pub fn hosts<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        if let Mode::Live { .. } = self.mode {
+            for name in names {
+                self.host(name, HostEvent::Connecting);
+            }
+        }
+    }
+
     pub fn host(&mut self, host: &str, event: HostEvent) {
         match &mut self.mode {
             Mode::Quiet => {}
@@ -136,13 +145,15 @@ impl Reporter {
 
     /// Stop live bars so the summary prints below them.
     pub fn finish(&mut self) {
-        if let Mode::Live { bars, .. } = &mut self.mode {
+        if let Mode::Live { multi, bars } = &mut self.mode {
             for bar in bars.values() {
                 if !bar.is_finished() {
                     bar.finish();
                 }
             }
             bars.clear();
+            // Retire this set of lines: a reused MultiProgress would redraw over later output.
+            *multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
         }
     }
 }
