@@ -306,8 +306,8 @@ impl Inner {
     }
 
     async fn releases(&self, req: pb::ReleasesRequest) -> Result<pb::ReleasesReply, AgentError> {
+        // Read-only: no target lock, so `slipctl releases` answers during a long upload.
         let target = self.target(req.target)?;
-        let _guard = self.lock(&target.key).await;
         let record = self.record(&target)?;
         let layout = &target.layout;
         let current = layout.read_current()?;
