@@ -23,6 +23,9 @@ pub enum AgentError {
     Archive(#[from] ArchiveError),
     #[error("upload interrupted: {0}")]
     Upload(String),
+    /// A release hook failed or timed out; the message names stage, line and exit status.
+    #[error("{0}")]
+    Hook(String),
     #[error("{context} {path}: {source}")]
     Io { context: &'static str, path: PathBuf, source: std::io::Error },
     #[error("agent state: {0}")]
@@ -47,6 +50,7 @@ impl From<AgentError> for Status {
             AgentError::Archive(a) if a.is_local_io() => Code::Internal,
             AgentError::Archive(_) => Code::InvalidArgument,
             AgentError::Upload(_) => Code::Aborted,
+            AgentError::Hook(_) => Code::FailedPrecondition,
             AgentError::Io { .. } | AgentError::State(_) => Code::Internal,
         };
         match code {

@@ -4,8 +4,11 @@
 //! [`run`] takes a bound listener and a shutdown future, so tests and `main` start it alike.
 
 pub mod error;
+pub mod hooks;
 pub mod layout;
+mod privdrop;
 pub mod service;
+pub mod shared;
 pub mod state;
 
 use std::future::Future;

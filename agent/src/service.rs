@@ -24,7 +24,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::error::AgentError;
+use crate::hooks::{HookEnv, LiveOutput, RunAs, decide_user, failure, run_hook};
 use crate::layout::{Current, Layout, fsync_dir, prune_plan};
+use crate::shared::link_shared;
 use crate::state::{AgentState, ReleaseMeta, TargetRecord};
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -42,7 +44,37 @@ pub struct Inner {
     config: AgentConfig,
     state: AgentState,
     started: Instant,
+    cert_not_after: i64,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// What a hook's environment is built from.
+struct HookSite<'a> {
+    target: &'a Target,
+    ctx: &'a pb::HookContext,
+    run_as: &'a RunAs,
+    release: &'a ReleaseId,
+    release_path: &'a Path,
+    previous: String,
+    deploy_type: &'static str,
+    deploy_id: u64,
+    commit: String,
+}
+
+/// Forward live hook output into an RPC's event stream.
+fn live_forwarder<E: Send + 'static>(
+    events: mpsc::Sender<Result<E, Status>>,
+    wrap: fn(pb::HookOutput) -> E,
+) -> LiveOutput {
+    let (tx, mut rx) = mpsc::channel::<pb::HookOutput>(64);
+    tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            if events.send(Ok(wrap(out))).await.is_err() {
+                break;
+            }
+        }
+    });
+    tx
 }
 
 #[derive(Clone)]
@@ -56,8 +88,19 @@ fn bad(msg: impl std::fmt::Display) -> AgentError {
 
 impl AgentService {
     pub fn new(config: AgentConfig, state: AgentState) -> Self {
+        let cert_not_after = std::fs::read_to_string(&config.tls.cert)
+            .ok()
+            .and_then(|pem| slipway_common::pki::first_cert_der(&pem).ok())
+            .and_then(|der| slipway_common::pki::cert_info(&der).ok())
+            .map_or(0, |info| info.not_after);
         AgentService {
-            inner: Arc::new(Inner { config, state, started: Instant::now(), locks: Mutex::new(HashMap::new()) }),
+            inner: Arc::new(Inner {
+                config,
+                state,
+                started: Instant::now(),
+                cert_not_after,
+                locks: Mutex::new(HashMap::new()),
+            }),
         }
     }
 
@@ -156,6 +199,61 @@ impl Inner {
         Ok(())
     }
 
+    fn hook_env(&self, site: &HookSite<'_>) -> HookEnv {
+        let vars: std::collections::BTreeMap<String, String> =
+            site.ctx.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let layout = &site.target.layout;
+        HookEnv::new(
+            site.run_as,
+            &vars,
+            &[
+                ("PROJECT", site.target.project.clone()),
+                ("ENV", site.target.env.clone()),
+                ("HOST", self.config.name.clone()),
+                ("DEPLOY_ID", site.deploy_id.to_string()),
+                ("RELEASE", site.release.to_string()),
+                ("RELEASE_PATH", site.release_path.display().to_string()),
+                ("PREVIOUS_RELEASE", site.previous.clone()),
+                ("COMMIT", site.commit.clone()),
+                ("REF", site.ctx.git_ref.clone()),
+                ("DEPLOY_TO", layout.deploy_to.display().to_string()),
+                ("CURRENT", layout.current.display().to_string()),
+                ("DEPLOY_TYPE", site.deploy_type.to_owned()),
+            ],
+        )
+    }
+
+    /// Run a stage's hook lines in order; stop at the first failure.
+    async fn run_hooks(
+        &self,
+        stage: &str,
+        spec: &pb::HookSpec,
+        site: &HookSite<'_>,
+        live: &LiveOutput,
+        on_result: &mut (dyn FnMut(pb::HookResult) + Send),
+    ) -> Result<(), AgentError> {
+        let env = self.hook_env(site);
+        let timeout = Duration::from_secs(spec.timeout_secs.max(1));
+        for command in &spec.commands {
+            let result =
+                run_hook(stage, command, site.release_path, &env, site.run_as, timeout, Some(live.clone())).await;
+            let failed = failure(&result, timeout);
+            on_result(result);
+            if let Some(why) = failed {
+                return Err(AgentError::Hook(why));
+            }
+        }
+        Ok(())
+    }
+
+    /// Who runs hooks and owns files, when the request needs either.
+    async fn run_as(&self, user: &str, has_hooks: bool) -> Result<Option<RunAs>, AgentError> {
+        if user.is_empty() && !has_hooks {
+            return Ok(None);
+        }
+        decide_user(user, self.config.allow_root_hooks).await.map(Some)
+    }
+
     async fn stage(
         self: Arc<Self>,
         header: pb::StageHeader,
@@ -171,12 +269,16 @@ impl Inner {
         if header.artifact_sha256.len() != 32 {
             return Err(bad("stage header has no artifact sha256"));
         }
+        let ctx = header.hook_context.clone().unwrap_or_default();
+        let pre_release = header.pre_release.clone().unwrap_or_default();
+        let run_as = self.run_as(&ctx.user, !pre_release.commands.is_empty()).await?;
+        let owner = run_as.as_ref().filter(|r| r.uid != rustix::process::geteuid().as_raw()).map(|r| (r.uid, r.gid));
         let _guard = self.lock(&target.key).await;
         let mut record = self.record(&target)?;
         self.check_generation(&mut record, header.generation)?;
         let layout = &target.layout;
         // Refuse early when `current` could never be flipped (a directory or file is there).
-        layout.read_current()?;
+        let previous = layout.read_current()?.release().map(ToString::to_string).unwrap_or_default();
         let releases_dir = layout.releases_dir();
         std::fs::create_dir_all(&releases_dir).map_err(|e| AgentError::io("cannot create", &releases_dir, e))?;
         check_free_space(&releases_dir, &manifest)?;
@@ -192,9 +294,11 @@ impl Inner {
         let options = ExtractOptions {
             limits: self.config.limits,
             expected_sha256: slipway_proto::bytes_to_hex(&header.artifact_sha256),
-            owner: None,
+            owner,
         };
-        let outcome = receive_and_extract(stream, manifest, staging.clone(), options, events).await;
+        let outcome = receive_and_extract(stream, manifest, staging.clone(), options, events.clone())
+            .await
+            .and_then(|stats| link_shared(&layout.deploy_to, &staging, &header.shared, owner).map(|()| stats));
         let stats = match outcome {
             Ok(stats) => stats,
             Err(e) => {
@@ -211,7 +315,7 @@ impl Inner {
         record.releases.insert(
             id.to_string(),
             ReleaseMeta {
-                commit: header.commit,
+                commit: header.commit.clone(),
                 git_ref: header.git_ref,
                 deploy_id: header.deploy_id,
                 staged_at: unix_now(),
@@ -220,6 +324,40 @@ impl Inner {
             },
         );
         self.state.put(&record)?;
+
+        if let (Some(run_as), false) = (&run_as, pre_release.commands.is_empty()) {
+            let site = HookSite {
+                target: &target,
+                ctx: &ctx,
+                run_as,
+                release: &id,
+                release_path: &final_path,
+                previous,
+                deploy_type: "deploy",
+                deploy_id: header.deploy_id,
+                commit: header.commit.clone(),
+            };
+            let live = live_forwarder(events.clone(), |o| pb::StageEvent { kind: Some(EventKind::Output(o)) });
+            let hook_events = events.clone();
+            let mut on_result = move |r: pb::HookResult| {
+                let _ = hook_events.try_send(Ok(pb::StageEvent { kind: Some(EventKind::Hook(r)) }));
+            };
+            if let Err(e) = self.run_hooks("pre_release", &pre_release, &site, &live, &mut on_result).await {
+                // The release never becomes current: remove it.
+                layout.remove(id.as_str())?;
+                record.releases.remove(id.as_str());
+                self.state.put(&record)?;
+                return Err(e);
+            }
+            // Whatever the hooks wrote is durable before anything can activate it.
+            let dir = rustix::fs::open(
+                &final_path,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| AgentError::io("cannot open", &final_path, e.into()))?;
+            rustix::fs::syncfs(&dir).map_err(|e| AgentError::io("cannot sync", &final_path, e.into()))?;
+        }
         let elapsed_ms = started.elapsed().as_millis() as u64;
         info!(release = %id, entries = stats.entries, bytes = stats.file_bytes, elapsed_ms, "staged");
         Ok(pb::Staged {
@@ -230,10 +368,22 @@ impl Inner {
         })
     }
 
-    async fn activate(&self, req: pb::ActivateRequest) -> Result<pb::ActivateReply, AgentError> {
+    async fn activate(
+        self: Arc<Self>,
+        req: pb::ActivateRequest,
+        events: mpsc::Sender<Result<pb::ActivateEvent, Status>>,
+    ) -> Result<pb::ActivateReply, AgentError> {
+        use pb::activate_event::Kind as ActKind;
         let started = Instant::now();
         let target = self.target(req.target)?;
         let id = ReleaseId::parse(&req.release_id).map_err(bad)?;
+        let is_rollback = req.deploy_type == pb::DeployType::Rollback as i32;
+        let ctx = req.hook_context.clone().unwrap_or_default();
+        let pre_release =
+            if is_rollback { req.pre_release.clone().unwrap_or_default() } else { pb::HookSpec::default() };
+        let post_release = req.post_release.clone().unwrap_or_default();
+        let has_hooks = !pre_release.commands.is_empty() || !post_release.commands.is_empty();
+        let run_as = if has_hooks { self.run_as(&ctx.user, true).await? } else { None };
         let _guard = self.lock(&target.key).await;
         let mut record = self.record(&target)?;
         self.check_generation(&mut record, req.generation)?;
@@ -246,10 +396,33 @@ impl Inner {
             )));
         }
         let before = layout.read_current()?;
-        let is_rollback = req.deploy_type == pb::DeployType::Rollback as i32;
+        let previous = before.release().map(ToString::to_string).unwrap_or_default();
+        let release_path = layout.release_path(&id);
+        let commit = record.releases.get(id.as_str()).map(|m| m.commit.clone()).filter(|c| !c.is_empty());
+        let live = live_forwarder(events.clone(), |o| pb::ActivateEvent { kind: Some(ActKind::Output(o)) });
+        let hook_events = events.clone();
+        let mut on_result = move |r: pb::HookResult| {
+            let _ = hook_events.try_send(Ok(pb::ActivateEvent { kind: Some(ActKind::Hook(r)) }));
+        };
+        let site = run_as.as_ref().map(|run_as| HookSite {
+            target: &target,
+            ctx: &ctx,
+            run_as,
+            release: &id,
+            release_path: &release_path,
+            previous: previous.clone(),
+            deploy_type: if is_rollback { "rollback" } else { "deploy" },
+            deploy_id: req.deploy_id,
+            commit: commit.clone().unwrap_or_else(|| ctx.commit.clone()),
+        });
+        if let (Some(site), false) = (&site, pre_release.commands.is_empty()) {
+            self.run_hooks("pre_release", &pre_release, site, &live, &mut on_result).await?;
+        }
+
         if before.release() != Some(&id) {
             layout.flip(&id)?;
         }
+        let flip_ms = started.elapsed().as_millis() as u64;
         let meta = record.releases.entry(id.to_string()).or_default();
         if !is_rollback && before.release() != Some(&id) {
             meta.previous = before.release().map(ToString::to_string);
@@ -257,11 +430,20 @@ impl Inner {
         meta.activated_at = Some(unix_now());
         let rollback_target = meta.previous.as_deref().and_then(|p| ReleaseId::parse(p).ok());
         record.current_release = Some(id.to_string());
+        self.state.put(&record)?;
         info!(project = %target.project, env = %target.env, release = %id, rollback = is_rollback, "activated");
+
+        let mut post_release_error = String::new();
+        if let (Some(site), false) = (&site, post_release.commands.is_empty())
+            && let Err(e) = self.run_hooks("post_release", &post_release, site, &live, &mut on_result).await
+        {
+            warn!(release = %id, error = %e, "post_release failed");
+            post_release_error = e.to_string();
+        }
 
         let keep = if req.keep_releases == 0 { DEFAULT_KEEP } else { req.keep_releases as usize };
         let was_activated = |r: &ReleaseId| record.releases.get(r.as_str()).is_none_or(|m| m.activated_at.is_some());
-        let pruned = prune_plan(&on_disk, Some(&id), rollback_target.as_ref(), &was_activated, keep);
+        let pruned = prune_plan(&layout.list()?, Some(&id), rollback_target.as_ref(), &was_activated, keep);
         let mut pruned_names = Vec::new();
         for old in &pruned {
             match layout.remove(old.as_str()) {
@@ -281,8 +463,78 @@ impl Inner {
         Ok(pb::ActivateReply {
             previous_release: previous,
             pruned: pruned_names,
-            elapsed_ms: started.elapsed().as_millis() as u64,
+            elapsed_ms: flip_ms,
+            post_release_error,
         })
+    }
+
+    async fn check(&self, req: pb::CheckRequest) -> pb::CheckReply {
+        let mut items = Vec::new();
+        let mut item = |name: &str, result: Result<String, (String, String)>| {
+            let (ok, detail, fix) = match result {
+                Ok(detail) => (true, detail, String::new()),
+                Err((detail, fix)) => (false, detail, fix),
+            };
+            items.push(pb::CheckItem { name: name.into(), ok, detail, fix });
+        };
+        let target = match self.target(req.target) {
+            Ok(t) => {
+                item("allowed_roots", Ok(format!("{} is allowed", t.layout.deploy_to.display())));
+                t
+            }
+            Err(e) => {
+                item(
+                    "allowed_roots",
+                    Err((
+                        e.to_string(),
+                        "add the directory to allowed_roots in agent.toml, or change target.deploy_to".into(),
+                    )),
+                );
+                return pb::CheckReply { items };
+            }
+        };
+        match decide_user(&req.user, self.config.allow_root_hooks).await {
+            Ok(r) => item("user", Ok(format!("hooks run as {} (uid {}, gid {})", r.name, r.uid, r.gid))),
+            Err(e) => item("user", Err((e.to_string(), "create the user or set target.user".into()))),
+        }
+        let mut existing = target.layout.deploy_to.as_path();
+        while !existing.exists() {
+            existing = existing.parent().unwrap_or(Path::new("/"));
+        }
+        let writable = rustix::fs::access(existing, rustix::fs::Access::WRITE_OK).is_ok()
+            && rustix::fs::statvfs(existing).is_ok_and(|s| !s.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY));
+        if writable {
+            item(
+                "deploy_to",
+                Ok(format!("{} writable (via {})", target.layout.deploy_to.display(), existing.display())),
+            );
+        } else {
+            item(
+                "deploy_to",
+                Err((format!("{} is not writable", existing.display()), "fix permissions or the mount".into())),
+            );
+        }
+        match target.layout.read_current() {
+            Ok(Current::Absent) => item("current", Ok("absent; the first deploy creates it".into())),
+            Ok(Current::Release(r)) => item("current", Ok(format!("-> release {r}"))),
+            Ok(Current::Elsewhere(p)) => {
+                item("current", Ok(format!("symlink to {} (a deploy replaces it)", p.display())))
+            }
+            Err(e) => item("current", Err((e.to_string(), "move it away so slipway can manage the symlink".into()))),
+        }
+        match rustix::fs::statvfs(existing) {
+            Ok(s) => {
+                let free = s.f_bavail.saturating_mul(s.f_frsize);
+                let text = format!("{} MiB free under {}", free >> 20, existing.display());
+                if free < 256 << 20 {
+                    item("disk", Err((text, "free some space (old releases, logs) before deploying".into())));
+                } else {
+                    item("disk", Ok(text));
+                }
+            }
+            Err(e) => item("disk", Err((format!("cannot stat: {e}"), String::new()))),
+        }
+        pb::CheckReply { items }
     }
 
     async fn abort(&self, req: pb::AbortRequest) -> Result<pb::AbortReply, AgentError> {
@@ -445,6 +697,7 @@ impl pb::agent_server::Agent for AgentService {
             version: VERSION.to_owned(),
             uptime_secs: self.inner.started.elapsed().as_secs(),
             hostname,
+            cert_not_after: self.inner.cert_not_after,
         }))
     }
 
@@ -466,8 +719,24 @@ impl pb::agent_server::Agent for AgentService {
         Ok(Response::new(Box::pin(ReceiverStream::new(events_rx))))
     }
 
-    async fn activate(&self, req: Request<pb::ActivateRequest>) -> Result<Response<pb::ActivateReply>, Status> {
-        Ok(Response::new(self.inner.activate(req.into_inner()).await?))
+    type ActivateStream = Pin<Box<dyn Stream<Item = Result<pb::ActivateEvent, Status>> + Send>>;
+
+    async fn activate(&self, req: Request<pb::ActivateRequest>) -> Result<Response<Self::ActivateStream>, Status> {
+        let (events_tx, events_rx) = mpsc::channel(64);
+        let inner = self.inner.clone();
+        let req = req.into_inner();
+        tokio::spawn(async move {
+            let result = inner.activate(req, events_tx.clone()).await;
+            let last = result
+                .map(|r| pb::ActivateEvent { kind: Some(pb::activate_event::Kind::Done(r)) })
+                .map_err(Status::from);
+            let _ = events_tx.send(last).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(events_rx))))
+    }
+
+    async fn check(&self, req: Request<pb::CheckRequest>) -> Result<Response<pb::CheckReply>, Status> {
+        Ok(Response::new(self.inner.check(req.into_inner()).await))
     }
 
     async fn abort(&self, req: Request<pb::AbortRequest>) -> Result<Response<pb::AbortReply>, Status> {

@@ -1,6 +1,8 @@
 //! Slipway's shared core: domain types, config parsing and validation, PKI and TLS, the archive
 //! format (packer and the hostile-input extractor) and telemetry. Used by `slipd` and `slipctl`.
 
+#![forbid(unsafe_code)]
+
 pub mod archive;
 pub mod config;
 pub mod error;

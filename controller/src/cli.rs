@@ -266,6 +266,12 @@ fn show_text(d: &DeployRecord) -> String {
     if let Some(e) = &d.error {
         s.push_str(&format!("  error: {e}\n"));
     }
+    if let Some(o) = &d.overlay_sha256 {
+        s.push_str(&format!("  overlay sha256 {o}\n"));
+    }
+    for hook in &d.build {
+        s.push_str(&hook_text("  ", hook));
+    }
     for h in &d.hosts {
         s.push_str(&format!("  {} ({})  {}\n", h.host, h.addr, if h.ok { "ok" } else { "FAILED" }));
         for step in &h.steps {
@@ -278,8 +284,26 @@ fn show_text(d: &DeployRecord) -> String {
                 step.detail
             ));
         }
+        for hook in &h.hooks {
+            s.push_str(&hook_text("    ", hook));
+        }
     }
     s.trim_end().to_owned()
+}
+
+/// A hook run and its kept output, indented.
+fn hook_text(indent: &str, h: &crate::store::HookRecord) -> String {
+    let how = if h.timed_out { "timed out, killed".to_owned() } else { format!("exit {}", h.exit_code) };
+    let mut s = format!("{indent}{} `{}`: {how} in {}\n", h.stage, h.command, millis(h.elapsed_ms));
+    let mut out = h.output_head.clone();
+    if h.output_dropped > 0 {
+        out.push_str(&format!("\n[... {} dropped ...]\n", bytes(h.output_dropped)));
+    }
+    out.push_str(&h.output_tail);
+    for line in out.lines() {
+        s.push_str(&format!("{indent}  | {line}\n"));
+    }
+    s
 }
 
 /// Print a deploy/rollback result; the exit status is 0 only when every host succeeded.

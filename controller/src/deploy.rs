@@ -24,7 +24,8 @@ use crate::home::Home;
 use crate::output::{HostEvent, Reporter, bytes, millis};
 use crate::plan::{rollback_targets, select_hosts};
 use crate::store::{
-    AgentRecord, ArtifactSummary, DeployKind, DeployRecord, DeployStatus, HostResult, ProjectRecord, Step, Store,
+    AgentRecord, ArtifactSummary, DeployKind, DeployRecord, DeployStatus, HookRecord, HostResult, ProjectRecord, Step,
+    Store,
 };
 
 pub struct DeployArgs {
@@ -69,6 +70,45 @@ pub fn load_scope(home: &Home, project: &str, env: &str, only: Option<&[String]>
     let agents = store.agents()?;
     let hosts = select_hosts(project, env, &settings.hosts, &agents, only)?;
     Ok(Scope { project: record, settings, hosts })
+}
+
+pub fn hook_context(settings: &EnvSettings, host: &str, commit: &str, git_ref: &str) -> pb::HookContext {
+    pb::HookContext {
+        user: settings.target.user.clone().unwrap_or_default(),
+        vars: settings.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        commit: commit.to_owned(),
+        git_ref: git_ref.to_owned(),
+        host: host.to_owned(),
+    }
+}
+
+fn hook_spec(commands: &[String], settings: &EnvSettings) -> pb::HookSpec {
+    pb::HookSpec { commands: commands.to_vec(), timeout_secs: settings.target.hook_timeout_secs }
+}
+
+/// Report a hook's live output or result, and keep the result.
+fn on_hook_event(
+    output: Option<pb::HookOutput>,
+    hook: Option<pb::HookResult>,
+    result: &mut HostResult,
+    events: &Events,
+) {
+    if let Some(o) = output {
+        let _ = events.send((result.host.clone(), HostEvent::Output { stage: o.stage, data: o.data }));
+    }
+    if let Some(h) = hook {
+        let _ = events.send((
+            result.host.clone(),
+            HostEvent::Hook {
+                stage: h.stage.clone(),
+                command: h.command.clone(),
+                exit_code: h.exit_code,
+                timed_out: h.timed_out,
+                elapsed_ms: h.elapsed_ms,
+            },
+        ));
+        result.hooks.push(HookRecord::from(h));
+    }
 }
 
 pub fn pb_target(settings: &EnvSettings, host: &str) -> pb::Target {
@@ -119,6 +159,7 @@ fn new_host_result(agent: &AgentRecord, release: &str) -> HostResult {
         previous_release: String::new(),
         release: release.into(),
         steps: Vec::new(),
+        hooks: Vec::new(),
         error: None,
     }
 }
@@ -208,6 +249,12 @@ async fn stage_host(
                     send(HostEvent::Unpacking { entries: p.entries_written, total: total_entries });
                 }
                 Ok(Some(pb::StageEvent { kind: Some(EventKind::Staged(s)) })) => return Ok(s),
+                Ok(Some(pb::StageEvent { kind: Some(EventKind::Output(o)) })) => {
+                    on_hook_event(Some(o), None, &mut result, &events);
+                }
+                Ok(Some(pb::StageEvent { kind: Some(EventKind::Hook(h)) })) => {
+                    on_hook_event(None, Some(h), &mut result, &events);
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => return Err("the agent ended the upload without a result".to_owned()),
                 Err(status) => return Err(status_text(&status)),
@@ -233,23 +280,18 @@ async fn stage_host(
     }
 }
 
-fn activate_request(
-    settings: &EnvSettings,
-    host: &str,
-    release: &str,
-    deploy_id: u64,
-    kind: DeployKind,
-) -> pb::ActivateRequest {
+fn activate_request(settings: &EnvSettings, host: &str, record: &DeployRecord, release: &str) -> pb::ActivateRequest {
+    let rollback = record.kind == DeployKind::Rollback;
     pb::ActivateRequest {
         target: Some(pb_target(settings, host)),
         release_id: release.to_owned(),
-        generation: deploy_id,
-        deploy_id,
-        deploy_type: match kind {
-            DeployKind::Deploy => pb::DeployType::Deploy as i32,
-            DeployKind::Rollback => pb::DeployType::Rollback as i32,
-        },
+        generation: record.id,
+        deploy_id: record.id,
+        deploy_type: if rollback { pb::DeployType::Rollback as i32 } else { pb::DeployType::Deploy as i32 },
         keep_releases: settings.keep_releases,
+        hook_context: Some(hook_context(settings, host, &record.commit, &record.git_ref)),
+        pre_release: rollback.then(|| hook_spec(&settings.target.pre_release, settings)),
+        post_release: Some(hook_spec(&settings.target.post_release, settings)),
     }
 }
 
@@ -260,15 +302,48 @@ async fn activate_host(
     mut result: HostResult,
 ) -> HostResult {
     let Fanout { events, clock, timeouts, .. } = fan;
+    use pb::activate_event::Kind;
     let _ = events.send((result.host.clone(), HostEvent::Activating));
     let t = Instant::now();
-    let call = tokio::time::timeout(timeouts.call, client.activate(request)).await;
-    let outcome = match call {
-        Err(_) => Err(format!("no answer within {}s", timeouts.call.as_secs())),
-        Ok(Err(status)) => Err(status_text(&status)),
-        Ok(Ok(reply)) => Ok(reply.into_inner()),
+    // Hooks have their own timeouts on the agent; the call's limit leaves room for them.
+    let hook_secs: u64 = [&request.pre_release, &request.post_release]
+        .iter()
+        .filter_map(|h| h.as_ref())
+        .map(|h| h.timeout_secs * h.commands.len() as u64)
+        .sum();
+    let limit = timeouts.call + std::time::Duration::from_secs(hook_secs);
+    let call = async {
+        let mut stream = client.activate(request).await.map_err(|s| status_text(&s))?.into_inner();
+        loop {
+            match stream.message().await {
+                Ok(Some(pb::ActivateEvent { kind: Some(Kind::Done(reply)) })) => return Ok(reply),
+                Ok(Some(pb::ActivateEvent { kind: Some(Kind::Output(o)) })) => {
+                    on_hook_event(Some(o), None, &mut result, &events)
+                }
+                Ok(Some(pb::ActivateEvent { kind: Some(Kind::Hook(h)) })) => {
+                    on_hook_event(None, Some(h), &mut result, &events)
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Err("the agent ended the activation without a result".to_owned()),
+                Err(status) => return Err(status_text(&status)),
+            }
+        }
+    };
+    let outcome = match tokio::time::timeout(limit, call).await {
+        Err(_) => Err(format!("no answer within {}s", limit.as_secs())),
+        Ok(outcome) => outcome,
     };
     match outcome {
+        Ok(reply) if !reply.post_release_error.is_empty() => {
+            let detail = format!("current -> {} (was {})", result.release, or_none(&reply.previous_release));
+            clock.step(&mut result, "activate", t, Ok(detail));
+            result.activated = true;
+            result.previous_release = reply.previous_release.clone();
+            let e = reply.post_release_error;
+            clock.step(&mut result, "post_release", t, Err(e.clone()));
+            result.ok = false;
+            let _ = events.send((result.host.clone(), HostEvent::Failed(e)));
+        }
         Ok(reply) => {
             let mut detail = format!("current -> {} (was {})", result.release, or_none(&reply.previous_release));
             if !reply.pruned.is_empty() {
@@ -392,6 +467,8 @@ pub async fn deploy(
             cached: artifact.cached,
             package_ms: artifact.package_ms,
         }),
+        build: Vec::new(),
+        overlay_sha256: None,
         hosts: Vec::new(),
         error: None,
     };
@@ -458,6 +535,9 @@ async fn run_deploy(
             manifest: Some(manifest.clone()),
             artifact_sha256: slipway_proto::hex_to_bytes(&artifact.sha256),
             artifact_size: artifact.compressed_bytes,
+            hook_context: Some(hook_context(settings, &agent.name, &record.commit, &record.git_ref)),
+            pre_release: Some(hook_spec(&settings.target.pre_release, settings)),
+            shared: settings.target.shared.clone(),
         };
         let fan = Fanout { tls: tls.clone(), events: tx.clone(), clock: clock.clone(), timeouts };
         tasks.spawn(stage_host(fan, agent.clone(), header, artifact.path.clone(), artifact.entries));
@@ -538,7 +618,7 @@ async fn run_deploy(
     let mut activations = tokio::task::JoinSet::new();
     for (result, client) in staged {
         let client = client.expect("staged hosts have a client");
-        let request = activate_request(settings, &result.host, &record.release, record.id, DeployKind::Deploy);
+        let request = activate_request(settings, &result.host, record, &record.release);
         let fan = Fanout { tls: tls.clone(), events: tx.clone(), clock: clock.clone(), timeouts };
         activations.spawn(activate_host(fan, client, request, result));
     }
@@ -646,6 +726,8 @@ pub async fn rollback(
         user: current_user(),
         pid: std::process::id(),
         artifact: None,
+        build: Vec::new(),
+        overlay_sha256: None,
         hosts: Vec::new(),
         error: None,
     };
@@ -673,7 +755,7 @@ pub async fn rollback(
     let mut tasks = tokio::task::JoinSet::new();
     for ((agent, client), (_, target)) in clients.into_iter().zip(&targets) {
         let result = new_host_result(&agent, target);
-        let request = activate_request(settings, &agent.name, target, record.id, DeployKind::Rollback);
+        let request = activate_request(settings, &agent.name, &record, target);
         let fan = Fanout { tls: tls.clone(), events: tx.clone(), clock: clock.clone(), timeouts };
         tasks.spawn(activate_host(fan, client, request, result));
     }

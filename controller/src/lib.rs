@@ -1,6 +1,8 @@
 //! `slipctl`, the Slipway controller: git, packaging, rollout and state. The binary is a thin
 //! `main`; everything here is a library so tests and the quickstart call the same code.
 
+#![forbid(unsafe_code)]
+
 pub mod artifact;
 pub mod cli;
 pub mod client;

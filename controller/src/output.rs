@@ -17,13 +17,52 @@ pub enum OutputFormat {
 #[derive(Debug, Clone)]
 pub enum HostEvent {
     Connecting,
-    Uploading { sent: u64, total: u64 },
-    Unpacking { entries: u64, total: u64 },
-    Staged { elapsed_ms: u64 },
+    Uploading {
+        sent: u64,
+        total: u64,
+    },
+    Unpacking {
+        entries: u64,
+        total: u64,
+    },
+    Staged {
+        elapsed_ms: u64,
+    },
     Activating,
-    Activated { previous: String, elapsed_ms: u64 },
+    Activated {
+        previous: String,
+        elapsed_ms: u64,
+    },
     Aborted,
     Failed(String),
+    /// Live output of a hook.
+    Output {
+        stage: String,
+        data: Vec<u8>,
+    },
+    /// A hook finished.
+    Hook {
+        stage: String,
+        command: String,
+        exit_code: i32,
+        timed_out: bool,
+        elapsed_ms: u64,
+    },
+}
+
+fn hook_line(stage: &str, command: &str, exit_code: i32, timed_out: bool, elapsed_ms: u64) -> String {
+    let how = if timed_out {
+        "timed out".to_owned()
+    } else if exit_code == 0 {
+        "ok".to_owned()
+    } else {
+        format!("exit {exit_code}")
+    };
+    format!("{stage} `{command}`: {how} in {}", millis(elapsed_ms))
+}
+
+fn output_lines(host: &str, stage: &str, data: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(data).lines().map(|l| format!("  {host:<16} {stage}| {l}")).collect()
 }
 
 enum Mode {
@@ -103,6 +142,15 @@ impl Reporter {
                     }
                     HostEvent::Aborted => "staged release removed".to_owned(),
                     HostEvent::Failed(why) => format!("FAILED: {why}"),
+                    HostEvent::Output { stage, data } => {
+                        for line in output_lines(host, stage, data) {
+                            println!("{line}");
+                        }
+                        return;
+                    }
+                    HostEvent::Hook { stage, command, exit_code, timed_out, elapsed_ms } => {
+                        hook_line(stage, command, *exit_code, *timed_out, *elapsed_ms)
+                    }
                 };
                 println!("  {host:<16} {text}");
             }
@@ -138,6 +186,14 @@ impl Reporter {
                     }
                     HostEvent::Aborted => bar.finish_with_message("staged release removed"),
                     HostEvent::Failed(why) => bar.abandon_with_message(format!("\x1b[31mFAILED\x1b[0m {why}")),
+                    HostEvent::Output { stage, data } => {
+                        for line in output_lines(host, &stage, &data) {
+                            let _ = multi.println(line);
+                        }
+                    }
+                    HostEvent::Hook { stage, command, exit_code, timed_out, elapsed_ms } => {
+                        bar.set_message(hook_line(&stage, &command, exit_code, timed_out, elapsed_ms));
+                    }
                 }
             }
         }

@@ -78,6 +78,36 @@ pub struct Step {
     pub detail: String,
 }
 
+/// One hook run, on the controller (build) or a host (release), as history keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HookRecord {
+    pub stage: String,
+    pub command: String,
+    /// Exit status; -1 when killed (timeout or signal).
+    pub exit_code: i32,
+    pub timed_out: bool,
+    pub elapsed_ms: u64,
+    /// The first and last bytes of stdout+stderr, and how many bytes between them were dropped.
+    pub output_head: String,
+    pub output_tail: String,
+    pub output_dropped: u64,
+}
+
+impl From<slipway_proto::pb::HookResult> for HookRecord {
+    fn from(r: slipway_proto::pb::HookResult) -> Self {
+        HookRecord {
+            stage: r.stage,
+            command: r.command,
+            exit_code: r.exit_code,
+            timed_out: r.timed_out,
+            elapsed_ms: r.elapsed_ms,
+            output_head: String::from_utf8_lossy(&r.output_head).into_owned(),
+            output_tail: String::from_utf8_lossy(&r.output_tail).into_owned(),
+            output_dropped: r.output_dropped,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostResult {
     pub host: String,
@@ -87,6 +117,8 @@ pub struct HostResult {
     pub previous_release: String,
     pub release: String,
     pub steps: Vec<Step>,
+    #[serde(default)]
+    pub hooks: Vec<HookRecord>,
     pub error: Option<String>,
 }
 
@@ -118,6 +150,12 @@ pub struct DeployRecord {
     pub user: String,
     pub pid: u32,
     pub artifact: Option<ArtifactSummary>,
+    /// Build hooks run on the controller.
+    #[serde(default)]
+    pub build: Vec<HookRecord>,
+    /// Digest of the env's config_dir overlay, when it has one.
+    #[serde(default)]
+    pub overlay_sha256: Option<String>,
     pub hosts: Vec<HostResult>,
     pub error: Option<String>,
 }

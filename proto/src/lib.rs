@@ -1,6 +1,8 @@
 //! Slipway's gRPC protocol (`proto/slipway.proto`, compiled without a system `protoc`) and the
 //! conversions between its messages and `slipway-common`'s domain types.
 
+#![forbid(unsafe_code)]
+
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod pb {
     tonic::include_proto!("slipway.v1");

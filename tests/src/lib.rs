@@ -1,6 +1,8 @@
 //! Harness for end-to-end tests: a temp dir with a controller home, real `slipd` processes on
 //! loopback (killed on drop), real git repositories, and `slipctl` run as a process.
 
+#![forbid(unsafe_code)]
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -57,6 +57,7 @@ impl Uploader {
             manifest: Some(pb::Manifest::from(manifest)),
             artifact_sha256: slipway_proto::hex_to_bytes(sha),
             artifact_size: compressed.len() as u64,
+            ..Default::default()
         };
         let mut messages = vec![pb::StageRequest { kind: Some(Kind::Header(header)) }];
         for chunk in compressed[..send].chunks(64 * 1024) {
