@@ -1,29 +1,18 @@
-//! Release hooks: each line runs by `sh -c` in the release directory, as the project's target
-//! user, with the SLIPWAY_* environment and the project's vars, in its own process group. At the
-//! timeout the whole group is killed (children that went to the background too); when the shell
-//! exits, whatever it left in its group is killed as well, so no hook leaks processes. stdout and
-//! stderr are read concurrently, streamed live (bounded) and kept as a bounded head and tail.
+//! Release hooks on the host: who they run as (the project's target user, resolved through NSS;
+//! never root unless allowed), the SLIPWAY_* environment, and the bridge from
+//! `slipway_common::process` (process groups, timeouts, bounded capture) to the RPC's events.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use slipway_common::process::{Shell, run_shell};
 use slipway_proto::pb;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::error::AgentError;
 
-/// Bytes kept from the start and from the end of a hook's output.
-pub const KEEP_HEAD: usize = 64 * 1024;
-pub const KEEP_TAIL: usize = 64 * 1024;
-/// Bytes of a hook's output streamed live to the controller; the rest is only kept head/tail.
-const LIVE_BUDGET: u64 = 1 << 20;
-/// How long to wait for output pipes after the process group is gone.
-const DRAIN_GRACE: Duration = Duration::from_secs(5);
 const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Who hooks run as.
@@ -118,76 +107,10 @@ impl HookEnv {
     }
 }
 
-/// Output kept: the first KEEP_HEAD bytes, the last KEEP_TAIL, and how many fell in between.
-#[derive(Debug, Default)]
-pub struct Capture {
-    head: Vec<u8>,
-    tail: VecDeque<u8>,
-    dropped: u64,
-    live_sent: u64,
-}
-
-impl Capture {
-    pub fn push(&mut self, mut data: &[u8]) {
-        if self.head.len() < KEEP_HEAD {
-            let n = data.len().min(KEEP_HEAD - self.head.len());
-            self.head.extend_from_slice(&data[..n]);
-            data = &data[n..];
-        }
-        if data.len() >= KEEP_TAIL {
-            self.dropped += (self.tail.len() + data.len() - KEEP_TAIL) as u64;
-            self.tail.clear();
-            self.tail.extend(&data[data.len() - KEEP_TAIL..]);
-            return;
-        }
-        let overflow = (self.tail.len() + data.len()).saturating_sub(KEEP_TAIL);
-        self.tail.drain(..overflow);
-        self.dropped += overflow as u64;
-        self.tail.extend(data);
-    }
-
-    pub fn into_parts(self) -> (Vec<u8>, Vec<u8>, u64) {
-        (self.head, self.tail.into(), self.dropped)
-    }
-}
-
 /// Where live output goes (the RPC's event stream).
 pub type LiveOutput = mpsc::Sender<pb::HookOutput>;
 
-async fn pump(
-    mut pipe: impl tokio::io::AsyncRead + Unpin,
-    capture: Arc<Mutex<Capture>>,
-    live: Option<LiveOutput>,
-    stage: String,
-    command: String,
-) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let send_live = {
-            let mut c = capture.lock().expect("capture lock");
-            c.push(&buf[..n]);
-            let before = c.live_sent;
-            c.live_sent += n as u64;
-            match before {
-                b if b + n as u64 <= LIVE_BUDGET => Some(buf[..n].to_vec()),
-                b if b <= LIVE_BUDGET => {
-                    Some(b"\n[slipway: live output stops here; head and tail are kept]\n".to_vec())
-                }
-                _ => None,
-            }
-        };
-        if let (Some(data), Some(live)) = (send_live, &live) {
-            // Never block the hook on a slow controller: drop live output when the stream is full.
-            let _ = live.try_send(pb::HookOutput { stage: stage.clone(), command: command.clone(), data });
-        }
-    }
-}
-
-/// Run one hook line. Never fails: the result says how it ended.
+/// Run one hook line as `run_as`. Never fails: the result says how it ended.
 pub async fn run_hook(
     stage: &str,
     command: &str,
@@ -197,68 +120,41 @@ pub async fn run_hook(
     timeout: Duration,
     live: Option<LiveOutput>,
 ) -> pb::HookResult {
-    let started = Instant::now();
-    let mut result =
-        pb::HookResult { stage: stage.into(), command: command.into(), exit_code: -1, ..Default::default() };
-    let mut cmd = std::process::Command::new("/bin/sh");
-    cmd.arg("-c").arg(command).current_dir(cwd).env_clear().envs(&env.vars);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.process_group(0);
-    if run_as.uid != rustix::process::geteuid().as_raw() {
-        crate::privdrop::run_as(&mut cmd, run_as.uid, run_as.gid, &run_as.groups);
+    let live_bytes = live.map(|live| {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+        let (stage, command) = (stage.to_owned(), command.to_owned());
+        tokio::spawn(async move {
+            while let Some(data) = rx.recv().await {
+                let out = pb::HookOutput { stage: stage.clone(), command: command.clone(), data };
+                if live.try_send(out).is_err() && live.is_closed() {
+                    break;
+                }
+            }
+        });
+        tx
+    });
+    let switch = run_as.uid != rustix::process::geteuid().as_raw();
+    let shell = Shell { command, cwd, env: &env.vars, clear_env: true, timeout };
+    let r = run_shell(
+        shell,
+        |cmd| {
+            if switch {
+                crate::privdrop::run_as(cmd, run_as.uid, run_as.gid, &run_as.groups);
+            }
+        },
+        live_bytes,
+    )
+    .await;
+    pb::HookResult {
+        stage: stage.into(),
+        command: command.into(),
+        exit_code: r.exit_code,
+        timed_out: r.timed_out,
+        elapsed_ms: r.elapsed_ms,
+        output_head: r.head,
+        output_tail: r.tail,
+        output_dropped: r.dropped,
     }
-    let mut tokio_cmd = tokio::process::Command::from(cmd);
-    tokio_cmd.kill_on_drop(true);
-    let mut child = match tokio_cmd.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            result.output_head = format!("cannot start the hook: {e}\n").into_bytes();
-            result.elapsed_ms = started.elapsed().as_millis() as u64;
-            return result;
-        }
-    };
-    let pgid = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32));
-    let capture = Arc::new(Mutex::new(Capture::default()));
-    let readers = [
-        tokio::spawn(pump(
-            child.stdout.take().expect("piped"),
-            capture.clone(),
-            live.clone(),
-            stage.into(),
-            command.into(),
-        )),
-        tokio::spawn(pump(child.stderr.take().expect("piped"), capture.clone(), live, stage.into(), command.into())),
-    ];
-    let status = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(status) => status.ok(),
-        Err(_) => {
-            result.timed_out = true;
-            None
-        }
-    };
-    // Kill the whole group: on timeout, and after a normal exit whatever it left in the background.
-    if let Some(pgid) = pgid {
-        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
-    }
-    if result.timed_out {
-        let _ = child.wait().await;
-    }
-    for reader in readers {
-        let abort = reader.abort_handle();
-        if tokio::time::timeout(DRAIN_GRACE, reader).await.is_err() {
-            abort.abort(); // A process that left the group still holds the pipe.
-        }
-    }
-    if let Some(status) = status {
-        result.exit_code = status.code().unwrap_or_else(|| -status.signal().unwrap_or(1));
-    }
-    let capture = std::mem::take(&mut *capture.lock().expect("capture lock"));
-    let (head, tail, dropped) = capture.into_parts();
-    result.output_head = head;
-    result.output_tail = tail;
-    result.output_dropped = dropped;
-    result.elapsed_ms = started.elapsed().as_millis() as u64;
-    result
 }
 
 /// Why a hook failed, in one line for people.
@@ -281,57 +177,15 @@ pub fn failure(result: &pb::HookResult, timeout: Duration) -> Option<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn capture_keeps_head_and_tail() {
-        let mut c = Capture::default();
-        c.push(&vec![b'h'; KEEP_HEAD]);
-        for _ in 0..10 {
-            c.push(&vec![b'm'; 50_000]);
-        }
-        c.push(&vec![b't'; 1000]);
-        let (head, tail, dropped) = c.into_parts();
-        assert_eq!(head.len(), KEEP_HEAD);
-        assert!(head.iter().all(|b| *b == b'h'));
-        assert_eq!(tail.len(), KEEP_TAIL);
-        assert!(tail.ends_with(&[b't'; 1000]));
-        assert_eq!(dropped, 500_000 + 1000 - KEEP_TAIL as u64);
-    }
-
-    #[test]
-    fn small_output_is_kept_whole() {
-        let mut c = Capture::default();
-        c.push(b"hello\n");
-        let (head, tail, dropped) = c.into_parts();
-        assert_eq!((head.as_slice(), tail.len(), dropped), (&b"hello\n"[..], 0, 0));
-    }
-
     #[tokio::test]
-    async fn timeout_kills_the_whole_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let me = current_user();
-        let env = HookEnv::new(&me, &BTreeMap::new(), &[]);
-        let marker = format!("{}.{}", 1000, std::process::id());
-        let hook = format!("sleep {marker} & echo started; sleep 30");
-        let r = run_hook("pre_release", &hook, dir.path(), &env, &me, Duration::from_millis(500), None).await;
-        assert!(r.timed_out);
-        assert_eq!(r.output_head, b"started\n");
-        assert!(r.elapsed_ms < 10_000, "{}", r.elapsed_ms);
-        std::thread::sleep(Duration::from_millis(100));
-        let alive = std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
-            std::fs::read(p.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker))
-        });
-        assert!(!alive, "the background sleep survived");
-    }
-
-    #[tokio::test]
-    async fn exit_status_env_and_cwd() {
+    async fn hooks_see_the_slipway_environment() {
         let dir = tempfile::tempdir().unwrap();
         let me = current_user();
         let vars = BTreeMap::from([("APP_ENV".to_owned(), "production".to_owned())]);
         let env = HookEnv::new(&me, &vars, &[("PROJECT", "web".into())]);
         let r = run_hook(
             "post_release",
-            "echo $SLIPWAY_PROJECT $APP_ENV $(pwd); exit 3",
+            "echo $SLIPWAY_PROJECT $APP_ENV $USER; exit 3",
             dir.path(),
             &env,
             &me,
@@ -340,12 +194,15 @@ mod tests {
         )
         .await;
         assert_eq!(r.exit_code, 3);
-        let out = String::from_utf8(r.output_head).unwrap();
-        assert!(out.starts_with("web production /"), "{out}");
-        assert!(failure(&r_ok(), Duration::from_secs(1)).is_none());
+        let out = String::from_utf8(r.output_head.clone()).unwrap();
+        assert_eq!(out, format!("web production {}\n", me.name));
+        let why = failure(&r, Duration::from_secs(10)).unwrap();
+        assert!(why.contains("post_release") && why.contains("exit status 3"), "{why}");
     }
 
-    fn r_ok() -> pb::HookResult {
-        pb::HookResult { exit_code: 0, ..Default::default() }
+    #[tokio::test]
+    async fn unknown_users_are_named() {
+        let err = resolve_user("no-such-user-slipway").await.unwrap_err().to_string();
+        assert!(err.contains("no-such-user-slipway"), "{err}");
     }
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod names;
 pub mod pki;
+pub mod process;
 pub mod telemetry;
 pub mod time;
 pub mod tls;

@@ -1,6 +1,7 @@
 //! Packaged releases in `<home>/cache/artifacts/<commit>-<settings digest>/`: the tar.zst, its
-//! manifest and digest. A deploy packages **once** whatever the host count, and a second deploy
-//! of the same commit with the same settings reuses the package.
+//! manifest and digest. A deploy packages **once** whatever the host count, and a deploy of the
+//! same commit with the same recipe (excludes, build hooks, overlay digest) reuses the package
+//! without building again.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -10,8 +11,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use slipway_common::archive::{Manifest, Packer};
 
-use crate::error::{Context, Result};
+use crate::build::Recipe;
+use crate::error::{Context, CtlError, Result};
+use crate::exclude::Excludes;
 use crate::git;
+use crate::tree::walk_dir;
 
 /// Bump when the package layout changes, so old cache entries are not reused.
 const FORMAT: u32 = 1;
@@ -34,9 +38,10 @@ pub struct Artifact {
     pub package_ms: u64,
 }
 
-fn cache_key(commit: &str) -> String {
-    let settings = format!("format={FORMAT};level={ZSTD_LEVEL}");
-    format!("{commit}-{}", &hex::encode(Sha256::digest(settings.as_bytes()))[..16])
+fn cache_dir(cache: &Path, recipe: &Recipe) -> PathBuf {
+    let settings = format!("format={FORMAT};level={ZSTD_LEVEL};{}", recipe.settings_digest());
+    let digest = hex::encode(Sha256::digest(settings.as_bytes()));
+    cache.join("artifacts").join(format!("{}-{}", recipe.commit, &digest[..16]))
 }
 
 fn load(dir: &Path) -> Option<Artifact> {
@@ -47,17 +52,38 @@ fn load(dir: &Path) -> Option<Artifact> {
     (size == meta.compressed_bytes).then_some(Artifact { path, manifest, cached: true, ..meta })
 }
 
-/// The package of `commit`, built from the git object database unless already cached.
-pub async fn ensure(cache: &Path, mirror: &Path, commit: &str, commit_time: i64) -> Result<Artifact> {
-    let dir = cache.join("artifacts").join(cache_key(commit));
-    if let Some(found) = load(&dir) {
-        return Ok(found);
-    }
-    let (mirror, commit, dir) = (mirror.to_path_buf(), commit.to_owned(), dir.clone());
-    tokio::task::spawn_blocking(move || build(&mirror, &commit, commit_time, &dir)).await.context("packaging task")?
+/// The cached package for this recipe, if one was built before.
+pub fn lookup(cache: &Path, recipe: &Recipe) -> Option<Artifact> {
+    load(&cache_dir(cache, recipe))
 }
 
-fn build(mirror: &Path, commit: &str, commit_time: i64, dir: &Path) -> Result<Artifact> {
+/// Package the commit straight from the git object database (no checkout).
+pub async fn pack_git(cache: &Path, mirror: &Path, recipe: &Recipe) -> Result<Artifact> {
+    let dir = cache_dir(cache, recipe);
+    let (mirror, recipe) = (mirror.to_path_buf(), recipe.clone());
+    tokio::task::spawn_blocking(move || {
+        let excludes = Excludes::new(&recipe.excludes)?;
+        build(&dir, recipe.commit_time, |packer| git::walk_commit(&mirror, &recipe.commit, &excludes, packer))
+    })
+    .await
+    .context("packaging task")?
+}
+
+/// Package a built tree on disk.
+pub async fn pack_dir(cache: &Path, tree: &Path, recipe: &Recipe) -> Result<Artifact> {
+    let dir = cache_dir(cache, recipe);
+    let (tree, recipe) = (tree.to_path_buf(), recipe.clone());
+    tokio::task::spawn_blocking(move || {
+        let excludes = Excludes::new(&recipe.excludes)?;
+        build(&dir, recipe.commit_time, |packer| walk_dir(&tree, &excludes, packer).map(|()| 0))
+    })
+    .await
+    .context("packaging task")?
+}
+
+type FilePacker = Packer<BufWriter<std::fs::File>>;
+
+fn build(dir: &Path, mtime: i64, source: impl FnOnce(&mut FilePacker) -> Result<usize>) -> Result<Artifact> {
     let started = Instant::now();
     let parent = dir.parent().expect("artifact dir has a parent");
     std::fs::create_dir_all(parent).context(format_args!("cannot create {}", parent.display()))?;
@@ -65,13 +91,31 @@ fn build(mirror: &Path, commit: &str, commit_time: i64, dir: &Path) -> Result<Ar
         parent.join(format!(".tmp-{}-{}", std::process::id(), dir.file_name().unwrap_or_default().to_string_lossy()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).context(format_args!("cannot create {}", tmp.display()))?;
+    let result = build_in(&tmp, dir, mtime, started, source);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn build_in(
+    tmp: &Path,
+    dir: &Path,
+    mtime: i64,
+    started: Instant,
+    source: impl FnOnce(&mut FilePacker) -> Result<usize>,
+) -> Result<Artifact> {
     let file = std::fs::File::create(tmp.join("artifact.tar.zst")).context("cannot create artifact file")?;
     let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).min(4);
-    let mut packer =
-        Packer::new(BufWriter::with_capacity(1 << 20, file), ZSTD_LEVEL, threads, commit_time.max(0) as u64)
-            .context("cannot start the compressor")?;
-    let submodules_skipped = git::pack_commit(mirror, commit, &mut packer)?;
+    let mut packer = Packer::new(BufWriter::with_capacity(1 << 20, file), ZSTD_LEVEL, threads, mtime.max(0) as u64)
+        .context("cannot start the compressor")?;
+    let submodules_skipped = source(&mut packer)?;
     let packed = packer.finish().context("cannot finish the artifact")?;
+    // The same rules the agent enforces, checked here so a bad tree fails before anything is sent.
+    packed
+        .manifest
+        .validate(&slipway_common::archive::Limits::default())
+        .map_err(|e| CtlError::failed(format!("the tree cannot be shipped: {e}")))?;
     let file = packed.out.into_inner().map_err(|e| e.into_error()).context("cannot flush the artifact")?;
     file.sync_all().context("cannot sync the artifact")?;
     let artifact = Artifact {
@@ -91,11 +135,11 @@ fn build(mirror: &Path, commit: &str, commit_time: i64, dir: &Path) -> Result<Ar
     };
     write_json("manifest.json", serde_json::to_vec(&artifact.manifest).context("manifest")?)?;
     write_json("meta.json", serde_json::to_vec(&artifact).context("meta")?)?;
-    match std::fs::rename(&tmp, dir) {
+    match std::fs::rename(tmp, dir) {
         Ok(()) => Ok(artifact),
-        // Another slipctl packaged the same commit meanwhile: use theirs.
+        // Another slipctl packaged the same recipe meanwhile: use theirs.
         Err(_) if load(dir).is_some() => {
-            let _ = std::fs::remove_dir_all(&tmp);
+            let _ = std::fs::remove_dir_all(tmp);
             Ok(Artifact { cached: false, package_ms: artifact.package_ms, ..load(dir).expect("checked") })
         }
         Err(e) => Err(e).context(format_args!("cannot move artifact to {}", dir.display())),

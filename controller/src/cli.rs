@@ -72,6 +72,8 @@ pub enum Command {
     },
     /// Per host: retained releases and which is current
     Releases { project: String, env: String },
+    /// Before deploying: hosts reachable, certificates, user, paths, disk, and the ref
+    Check { project: String, env: String },
     /// Past deploys and rollbacks, newest first
     History {
         project: Option<String>,
@@ -169,6 +171,29 @@ pub async fn run(cli: Cli) -> Result<u8> {
             Ok(finish_operation(out, &record, false))
         }
         Command::Releases { project, env } => releases(&home, out, &project, &env, timeouts).await,
+        Command::Check { project, env } => {
+            let rows = crate::check::run(&home, &project, &env, timeouts).await?;
+            let failed = rows.iter().filter(|r| !r.ok).count();
+            let table_rows: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    let status = if r.ok { "ok".to_owned() } else { "FAIL".to_owned() };
+                    let detail =
+                        if r.fix.is_empty() { r.detail.clone() } else { format!("{}; fix: {}", r.detail, r.fix) };
+                    vec![r.host.clone(), r.check.clone(), status, detail]
+                })
+                .collect();
+            print(out, json!({"ok": failed == 0, "checks": rows}), || {
+                let mut text = table(&["HOST", "CHECK", "STATUS", "DETAIL"], &table_rows);
+                text.push_str(&if failed == 0 {
+                    "all checks passed".to_owned()
+                } else {
+                    format!("{failed} check(s) failed")
+                });
+                text
+            });
+            Ok(if failed == 0 { 0 } else { 1 })
+        }
         Command::History { project, env, limit } => {
             let store = Store::open(&home.state())?;
             let deploys = store.deploys(project.as_deref(), env.as_deref(), limit)?;

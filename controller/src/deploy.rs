@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::artifact::{self, Artifact};
+use crate::build::{self, Recipe};
 use crate::client::{self, AgentClient, Timeouts, status_text};
 use crate::error::{CtlError, Result};
 use crate::git;
@@ -398,7 +399,7 @@ async fn next_release_id(home: &Home, project: &str, env: &str, commit: &str) ->
     }
 }
 
-fn repo_url(project: &ProjectRecord, settings: &EnvSettings) -> String {
+pub fn repo_url(project: &ProjectRecord, settings: &EnvSettings) -> String {
     let repo = &settings.repo;
     let looks_local = !repo.contains("://") && !repo.contains(':');
     if looks_local && !Path::new(repo).is_absolute() {
@@ -406,6 +407,98 @@ fn repo_url(project: &ProjectRecord, settings: &EnvSettings) -> String {
     } else {
         repo.clone()
     }
+}
+
+fn artifact_summary(artifact: &Artifact) -> ArtifactSummary {
+    ArtifactSummary {
+        sha256: artifact.sha256.clone(),
+        compressed_bytes: artifact.compressed_bytes,
+        file_bytes: artifact.file_bytes,
+        entries: artifact.entries,
+        cached: artifact.cached,
+        package_ms: artifact.package_ms,
+    }
+}
+
+/// The recipe of this deploy's package: commit, excludes, build hooks, overlay.
+fn recipe(scope: &Scope, resolved: &git::Resolved) -> Result<Recipe> {
+    let settings = &scope.settings;
+    let overlay = match &settings.config_dir {
+        None => None,
+        Some(dir) => {
+            let path = scope.project.source_dir.join(dir);
+            if !path.is_dir() {
+                return Err(CtlError::bad(format!(
+                    "config_dir '{dir}' of env '{}' is not a directory on the controller (looked in {}); \
+                     create it or fix config_dir in {}",
+                    settings.env,
+                    path.display(),
+                    scope.project.source_file.display()
+                )));
+            }
+            let digest = build::overlay_digest(&path)?;
+            Some((path, digest))
+        }
+    };
+    crate::exclude::Excludes::new(&settings.exclude)?;
+    Ok(Recipe {
+        commit: resolved.commit.clone(),
+        commit_time: resolved.commit_time,
+        excludes: settings.exclude.clone(),
+        pre_deploy: settings.build.pre_deploy.clone(),
+        post_deploy: settings.build.post_deploy.clone(),
+        build_timeout_secs: settings.build.timeout_secs,
+        overlay,
+    })
+}
+
+/// The package for this deploy: cached, streamed from git, or built in a fresh checkout.
+async fn package(
+    home: &Home,
+    mirror: &Path,
+    recipe: &Recipe,
+    record: &mut DeployRecord,
+    settings: &EnvSettings,
+    reporter: &mut Reporter,
+) -> Result<Artifact> {
+    if let Some(found) = artifact::lookup(&home.cache(), recipe) {
+        return Ok(found);
+    }
+    if !recipe.needs_checkout() {
+        return artifact::pack_git(&home.cache(), mirror, recipe).await;
+    }
+    let work = home.cache().join("work").join(format!(
+        "{}-{}-{}",
+        settings.project,
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    ));
+    let mut env: std::collections::BTreeMap<String, String> = settings.vars.clone();
+    for (k, v) in [
+        ("PROJECT", settings.project.clone()),
+        ("ENV", settings.env.clone()),
+        ("DEPLOY_ID", record.id.to_string()),
+        ("RELEASE", record.release.clone()),
+        ("COMMIT", record.commit.clone()),
+        ("REF", record.git_ref.clone()),
+        ("DEPLOY_TYPE", "deploy".to_owned()),
+        ("BUILD_DIR", work.display().to_string()),
+    ] {
+        env.insert(format!("SLIPWAY_{k}"), v);
+    }
+    let built = build::build(mirror, recipe, &work, &env, reporter).await;
+    let result = match built {
+        Ok(hooks) => {
+            record.build = hooks;
+            artifact::pack_dir(&home.cache(), &work, recipe).await
+        }
+        Err(failure) => {
+            record.build = failure.hooks;
+            Err(failure.error)
+        }
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    result
 }
 
 /// `slipctl deploy`.
@@ -433,18 +526,8 @@ pub async fn deploy(
         resolved.summary,
         millis(t.elapsed().as_millis() as u64)
     ));
-    let artifact = artifact::ensure(&home.cache(), &mirror, &resolved.commit, resolved.commit_time).await?;
-    reporter.say(format!(
-        "{} {} entries, {} -> {} tar.zst (sha256 {}){}",
-        if artifact.cached { "reusing package:" } else { "packaged" },
-        artifact.entries,
-        bytes(artifact.file_bytes),
-        bytes(artifact.compressed_bytes),
-        &artifact.sha256[..12],
-        if artifact.cached { String::new() } else { format!(" in {}", millis(artifact.package_ms)) }
-    ));
+    let recipe = recipe(&scope, &resolved)?;
     let release = next_release_id(home, &settings.project, &settings.env, &resolved.commit).await?;
-
     let mut record = DeployRecord {
         id: 0,
         kind: DeployKind::Deploy,
@@ -459,46 +542,48 @@ pub async fn deploy(
         duration_ms: 0,
         user: current_user(),
         pid: std::process::id(),
-        artifact: Some(ArtifactSummary {
-            sha256: artifact.sha256.clone(),
-            compressed_bytes: artifact.compressed_bytes,
-            file_bytes: artifact.file_bytes,
-            entries: artifact.entries,
-            cached: artifact.cached,
-            package_ms: artifact.package_ms,
-        }),
+        artifact: None,
         build: Vec::new(),
-        overlay_sha256: None,
+        overlay_sha256: recipe.overlay.as_ref().map(|(_, d)| d.clone()),
         hosts: Vec::new(),
         error: None,
     };
-    if args.dry_run {
-        reporter.say(format!("dry run: would deploy release {release} to {}:", scope.hosts.len()));
-        for h in &scope.hosts {
-            reporter.say(format!(
-                "  {:<16} {} -> {}",
-                h.name,
-                settings.target.current_for(&h.name).display(),
-                settings.target.deploy_to_for(&h.name).join("releases").join(release.as_str()).display()
-            ));
-        }
-        record.status = DeployStatus::Succeeded;
-        record.pid = 0;
-        return Ok(record);
-    }
-    {
+    if !args.dry_run {
         let store = Store::open(&home.state())?;
         record.id = store.next_deploy_id()?;
         store.put_deploy(&record)?;
     }
-    reporter.say(format!(
-        "deploy #{} {}/{}: release {release} to {} host(s)",
-        record.id,
-        settings.project,
-        settings.env,
-        scope.hosts.len()
-    ));
-    let result = run_deploy(&scope, &artifact, &mut record, tls, reporter, timeouts).await;
+    let packaged = package(home, &mirror, &recipe, &mut record, settings, reporter).await;
+    let result = match packaged {
+        Ok(artifact) => {
+            reporter.say(format!(
+                "{} {} entries, {} -> {} tar.zst (sha256 {}){}",
+                if artifact.cached { "reusing package:" } else { "packaged" },
+                artifact.entries,
+                bytes(artifact.file_bytes),
+                bytes(artifact.compressed_bytes),
+                &artifact.sha256[..12],
+                if artifact.cached { String::new() } else { format!(" in {}", millis(artifact.package_ms)) }
+            ));
+            record.artifact = Some(artifact_summary(&artifact));
+            if args.dry_run {
+                print_plan(&scope, &record, &artifact, reporter);
+                record.status = DeployStatus::Succeeded;
+                record.pid = 0;
+                return Ok(record);
+            }
+            reporter.say(format!(
+                "deploy #{} {}/{}: release {release} to {} host(s)",
+                record.id,
+                settings.project,
+                settings.env,
+                scope.hosts.len()
+            ));
+            run_deploy(&scope, &artifact, &mut record, tls, reporter, timeouts).await
+        }
+        Err(e) if args.dry_run => return Err(e),
+        Err(e) => Err(e),
+    };
     record.finished_at = Some(unix_now());
     record.duration_ms = started.elapsed().as_millis() as u64;
     if let Err(e) = &result {
@@ -508,6 +593,41 @@ pub async fn deploy(
     let store = Store::open(&home.state())?;
     store.put_deploy(&record)?;
     Ok(record)
+}
+
+/// `--dry-run`: what would happen, per host, and nothing else.
+fn print_plan(scope: &Scope, record: &DeployRecord, artifact: &Artifact, reporter: &mut Reporter) {
+    let settings = &scope.settings;
+    let t = &settings.target;
+    reporter.say(format!(
+        "dry run: release {} ({} files, {} -> {}) would go to {} host(s); nothing was sent",
+        record.release,
+        artifact.manifest.entries.iter().filter(|e| e.kind == slipway_common::archive::EntryKind::File).count(),
+        bytes(artifact.file_bytes),
+        bytes(artifact.compressed_bytes),
+        scope.hosts.len()
+    ));
+    for h in &scope.hosts {
+        reporter.say(format!(
+            "  {:<16} {} -> {}",
+            h.name,
+            t.current_for(&h.name).display(),
+            t.deploy_to_for(&h.name).join("releases").join(&record.release).display()
+        ));
+    }
+    let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(" && ") };
+    reporter.say(format!(
+        "  hooks as {}: pre_release: {}; post_release: {}",
+        t.user.as_deref().unwrap_or("(agent user)"),
+        list(&t.pre_release),
+        list(&t.post_release)
+    ));
+    if !t.shared.is_empty() {
+        reporter.say(format!("  shared: {}", t.shared.join(", ")));
+    }
+    reporter.say(
+        format!("  strategy {:?}, keep {} releases", settings.rollout.strategy, settings.keep_releases).to_lowercase(),
+    );
 }
 
 async fn run_deploy(

@@ -6,9 +6,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use git2::{ObjectType, Oid, Repository};
-use slipway_common::archive::Packer;
 
 use crate::error::{Context, CtlError, Result};
+use crate::exclude::Excludes;
+use crate::tree::Sink;
 
 const FETCH_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -116,38 +117,40 @@ fn join_or_none(items: &[String]) -> String {
     if items.is_empty() { "none".into() } else { items.join(", ") }
 }
 
-/// Stream the commit's tree straight from the object database into `packer` (no checkout).
-/// Returns the number of submodules skipped.
-pub fn pack_commit<W: std::io::Write>(mirror: &Path, commit: &str, packer: &mut Packer<W>) -> Result<usize> {
+/// Stream the commit's tree straight from the object database into `sink` (no checkout),
+/// leaving out what `excludes` says. Returns the number of submodules skipped.
+pub fn walk_commit(mirror: &Path, commit: &str, excludes: &Excludes, sink: &mut dyn Sink) -> Result<usize> {
     let repo = Repository::open_bare(mirror).context(format_args!("cannot open mirror {}", mirror.display()))?;
     let oid = Oid::from_str(commit).context("commit id")?;
     let tree = repo.find_commit(oid).and_then(|c| c.tree()).context(format_args!("cannot read commit {commit}"))?;
     let mut skipped = 0;
-    pack_tree(&repo, &tree, "", packer, &mut skipped)?;
+    walk_tree(&repo, &tree, "", excludes, sink, &mut skipped)?;
     Ok(skipped)
 }
 
-fn pack_tree<W: std::io::Write>(
+fn walk_tree(
     repo: &Repository,
     tree: &git2::Tree<'_>,
     prefix: &str,
-    packer: &mut Packer<W>,
+    excludes: &Excludes,
+    sink: &mut dyn Sink,
     skipped: &mut usize,
 ) -> Result<()> {
     for entry in tree.iter() {
         let name = entry.name().map_err(|_| {
             CtlError::failed(format!("a path under '{prefix}' is not UTF-8; rename it in the repository"))
         })?;
-        if name == ".git" {
+        let path = format!("{prefix}{name}");
+        let is_dir = entry.kind() == Some(ObjectType::Tree);
+        if excludes.excluded(&path, is_dir) {
             continue;
         }
-        let path = format!("{prefix}{name}");
-        let pack_err = |e: std::io::Error| CtlError::failed(format!("cannot package '{path}': {e}"));
+        let pack_err = |e: std::io::Error| CtlError::failed(format!("cannot write '{path}': {e}"));
         match entry.kind() {
             Some(ObjectType::Tree) => {
-                packer.add_dir(&path).map_err(pack_err)?;
+                sink.dir(&path).map_err(pack_err)?;
                 let sub = repo.find_tree(entry.id()).context(format_args!("tree {path}"))?;
-                pack_tree(repo, &sub, &format!("{path}/"), packer, skipped)?;
+                walk_tree(repo, &sub, &format!("{path}/"), excludes, sink, skipped)?;
             }
             Some(ObjectType::Blob) => {
                 let blob = repo.find_blob(entry.id()).context(format_args!("blob {path}"))?;
@@ -155,10 +158,10 @@ fn pack_tree<W: std::io::Write>(
                     0o120000 => {
                         let target = std::str::from_utf8(blob.content())
                             .map_err(|_| CtlError::failed(format!("symlink '{path}' has a non-UTF-8 target")))?;
-                        packer.add_symlink(&path, target).map_err(pack_err)?;
+                        sink.symlink(&path, target).map_err(pack_err)?;
                     }
-                    0o100755 => packer.add_file(&path, 0o755, blob.content()).map_err(pack_err)?,
-                    _ => packer.add_file(&path, 0o644, blob.content()).map_err(pack_err)?,
+                    0o100755 => sink.file(&path, 0o755, blob.content()).map_err(pack_err)?,
+                    _ => sink.file(&path, 0o644, blob.content()).map_err(pack_err)?,
                 }
             }
             Some(ObjectType::Commit) => {

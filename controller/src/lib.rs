@@ -4,16 +4,20 @@
 #![forbid(unsafe_code)]
 
 pub mod artifact;
+pub mod build;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod deploy;
 pub mod error;
+pub mod exclude;
 pub mod git;
 pub mod home;
 pub mod output;
 pub mod plan;
 pub mod quickstart;
 pub mod store;
+pub mod tree;
 
 pub use cli::{Cli, run};
 pub use error::CtlError;

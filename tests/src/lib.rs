@@ -65,6 +65,7 @@ pub struct Agent {
     pub bundle: PathBuf,
     pub root: PathBuf,
     child: Option<Child>,
+    starts: usize,
 }
 
 impl Agent {
@@ -84,14 +85,16 @@ impl Agent {
             .stderr(log)
             .spawn()
             .unwrap();
+        // Ready means reconciled and serving: slipd logs "slipd listening" after reconciling.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while self.log().matches("slipd listening").count() < self.starts + 1 {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("slipd {} exited with {status}:\n{}", self.name, self.log());
             }
             assert!(Instant::now() < deadline, "slipd {} did not listen in time", self.name);
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.starts += 1;
         self.child = Some(child);
     }
 
@@ -164,7 +167,7 @@ impl Fleet {
             root.to_str().unwrap(),
         ])
         .ok();
-        let mut agent = Agent { name: name.into(), port, bundle, root, child: None };
+        let mut agent = Agent { name: name.into(), port, bundle, root, child: None, starts: 0 };
         if start {
             agent.start();
         }
