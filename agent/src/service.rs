@@ -271,7 +271,9 @@ impl Inner {
         }
         let ctx = header.hook_context.clone().unwrap_or_default();
         let pre_release = header.pre_release.clone().unwrap_or_default();
-        let run_as = self.run_as(&ctx.user, !pre_release.commands.is_empty()).await?;
+        let has_hooks =
+            !pre_release.commands.is_empty() || header.post_release.as_ref().is_some_and(|h| !h.commands.is_empty());
+        let run_as = self.run_as(&ctx.user, has_hooks).await?;
         let owner = run_as.as_ref().filter(|r| r.uid != rustix::process::geteuid().as_raw()).map(|r| (r.uid, r.gid));
         let _guard = self.lock(&target.key).await;
         let mut record = self.record(&target)?;

@@ -657,6 +657,7 @@ async fn run_deploy(
             artifact_size: artifact.compressed_bytes,
             hook_context: Some(hook_context(settings, &agent.name, &record.commit, &record.git_ref)),
             pre_release: Some(hook_spec(&settings.target.pre_release, settings)),
+            post_release: Some(hook_spec(&settings.target.post_release, settings)),
             shared: settings.target.shared.clone(),
         };
         let fan = Fanout { tls: tls.clone(), events: tx.clone(), clock: clock.clone(), timeouts };

@@ -188,14 +188,19 @@ impl Fleet {
         Run::from(cmd.output().unwrap())
     }
 
-    /// Write and apply a project whose env `test` targets `hosts` (default role=web).
+    /// Write and apply a project whose env `test` targets every role=web agent.
     pub fn apply_project(&self, name: &str, repo: &Path, extra: &str) -> PathBuf {
+        self.apply_project_full(name, repo, extra, "", "")
+    }
+
+    /// Same, with extra keys at the top level, in `[target]` and in `[env.test]`.
+    pub fn apply_project_full(&self, name: &str, repo: &Path, top: &str, target: &str, env: &str) -> PathBuf {
         let hosts_root = self.path().join("hosts");
         let file = self.path().join(format!("{name}.toml"));
         let text = format!(
-            "name = \"{name}\"\nrepo = \"{}\"\nkeep_releases = 3\n{extra}\n\
-             [target]\ndeploy_to = \"{root}/{{host}}/{name}\"\ncurrent = \"{root}/{{host}}/www/{name}\"\n\n\
-             [env.test]\nhosts = [\"role=web\"]\n",
+            "name = \"{name}\"\nrepo = \"{}\"\nkeep_releases = 3\n{top}\n\
+             [target]\ndeploy_to = \"{root}/{{host}}/{name}\"\ncurrent = \"{root}/{{host}}/www/{name}\"\n{target}\n\
+             [env.test]\nhosts = [\"role=web\"]\n{env}\n",
             repo.display(),
             root = hosts_root.display()
         );
@@ -306,4 +311,59 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
     a.sort();
     b.sort();
     assert_eq!(a, b, "trees differ: {} vs {}", expected.display(), actual.display());
+}
+
+/// Whether this process is root (CI is; tests that switch users or own files need it).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// For a test that needs something only CI guarantees (root, nginx): under CI (`CI` set) a
+/// missing requirement fails the test; elsewhere it says so on stderr and the test returns.
+#[must_use]
+pub fn require(what: &str, available: bool) -> bool {
+    if !available {
+        assert!(std::env::var_os("CI").is_none(), "{what} is required under CI");
+        eprintln!("SKIPPED (needs {what}; CI runs it)");
+    }
+    available
+}
+
+/// The `www` user, created when missing (root only). Returns its uid.
+pub fn ensure_www() -> u32 {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let uid = |out: Output| String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().ok();
+    if let Some(u) = Command::new("id").args(["-u", "www"]).output().ok().filter(|o| o.status.success()).and_then(uid) {
+        return u;
+    }
+    let status = Command::new("useradd")
+        .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", "www"])
+        .status()
+        .expect("useradd");
+    assert!(status.success() || Command::new("id").arg("www").status().unwrap().success(), "cannot create user www");
+    uid(Command::new("id").args(["-u", "www"]).output().unwrap()).expect("uid of www")
+}
+
+/// `target.user` for tests: `www` when root (hooks must not run as root), else the agent's own user.
+pub fn hook_user_line() -> String {
+    if is_root() {
+        ensure_www();
+        "user = \"www\"\n".to_owned()
+    } else {
+        String::new()
+    }
+}
+
+/// One plain HTTP/1.0 GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
 }

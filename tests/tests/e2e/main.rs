@@ -4,5 +4,6 @@
 mod cli;
 mod deploy;
 mod faults;
+mod hooks;
 mod hostile;
 mod mtls;

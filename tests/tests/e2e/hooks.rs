@@ -1,0 +1,207 @@
+//! Release hooks on the hosts: user, environment, timeouts, big output, failure semantics,
+//! shared paths and ownership.
+
+use std::os::unix::fs::MetadataExt;
+
+use slipway_tests::{Fleet, Repo, ensure_www, hook_user_line, is_root, require};
+
+fn repo(fleet: &Fleet) -> Repo {
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "v1\n");
+    repo.write(".env", "APP_KEY=from-git\n");
+    repo.write("storage/logs/.gitkeep", "");
+    repo.commit("v1");
+    repo
+}
+
+fn hook_outputs(fleet: &Fleet, deploy: u64, host: &str) -> Vec<serde_json::Value> {
+    let doc = fleet.slipctl(&["--output", "json", "show", &deploy.to_string()]).ok().json();
+    let h = doc["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host).unwrap().clone();
+    h["hooks"].as_array().unwrap().clone()
+}
+
+#[test]
+fn hooks_run_as_the_target_user_with_the_slipway_environment() {
+    let fleet = Fleet::new(2);
+    let repo = repo(&fleet);
+    let commit = repo.git(&["rev-parse", "HEAD"]);
+    let env_dump = "echo user=$(id -un) home=$HOME; env | grep -E '^(SLIPWAY_|APP_ENV=)' | sort";
+    let target =
+        format!("{}pre_release = [\"{env_dump}\"]\npost_release = [\"{env_dump}\", \"pwd\"]\n", hook_user_line());
+    fleet.apply_project_full("site", &repo.path, "vars = { APP_ENV = \"production\" }\n", &target, "");
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+    let (id, release) = (doc["id"].as_u64().unwrap(), doc["release"].as_str().unwrap().to_owned());
+    let hooks = hook_outputs(&fleet, id, "web-2");
+    let stages: Vec<_> = hooks.iter().map(|h| h["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["pre_release", "post_release", "post_release"]);
+    let pre = hooks[0]["output_head"].as_str().unwrap();
+    let user = if is_root() { "www".to_owned() } else { std::env::var("USER").unwrap_or_else(|_| "root".into()) };
+    let deploy_to = fleet.deploy_to("web-2", "site");
+    let expected = [
+        format!("user={user}"),
+        "APP_ENV=production".to_owned(),
+        format!("SLIPWAY_COMMIT={commit}"),
+        format!("SLIPWAY_CURRENT={}", fleet.current("web-2", "site").display()),
+        format!("SLIPWAY_DEPLOY_ID={id}"),
+        format!("SLIPWAY_DEPLOY_TO={}", deploy_to.display()),
+        "SLIPWAY_DEPLOY_TYPE=deploy".to_owned(),
+        "SLIPWAY_ENV=test".to_owned(),
+        "SLIPWAY_HOST=web-2".to_owned(),
+        "SLIPWAY_PREVIOUS_RELEASE=".to_owned(),
+        "SLIPWAY_PROJECT=site".to_owned(),
+        "SLIPWAY_REF=main".to_owned(),
+        format!("SLIPWAY_RELEASE={release}"),
+        format!("SLIPWAY_RELEASE_PATH={}", deploy_to.join("releases").join(&release).display()),
+    ];
+    for line in &expected {
+        assert!(pre.lines().any(|l| l.starts_with(line.as_str())), "pre_release output lacks {line}:\n{pre}");
+    }
+    assert!(hooks[2]["output_head"].as_str().unwrap().contains(&release), "post_release runs in the release");
+
+    // A rollback tells hooks it is one.
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    let doc = fleet.slipctl(&["--output", "json", "rollback", "site", "test"]).ok().json();
+    let hooks = hook_outputs(&fleet, doc["id"].as_u64().unwrap(), "web-1");
+    assert_eq!(hooks.len(), 3, "rollback runs pre_release and post_release: {hooks:?}");
+    assert!(hooks[0]["output_head"].as_str().unwrap().contains("SLIPWAY_DEPLOY_TYPE=rollback"));
+    assert!(hooks[0]["output_head"].as_str().unwrap().contains(&format!("SLIPWAY_RELEASE={release}")));
+
+    if is_root() {
+        // Release files belong to the target user.
+        let www = ensure_www();
+        let current = fleet.current("web-1", "site");
+        for f in ["index.html", "storage/logs"] {
+            assert_eq!(std::fs::metadata(current.join(f)).unwrap().uid(), www, "{f}");
+        }
+    }
+}
+
+#[test]
+fn hooks_never_run_as_root_unless_allowed() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let fleet = Fleet::new(1);
+    let repo = repo(&fleet);
+    fleet.apply_project_full("site", &repo.path, "", "post_release = [\"true\"]\n", "");
+    let run = fleet.slipctl(&["deploy", "site", "test"]).code(1);
+    assert!(run.stderr.contains("refusing to run hooks as root"), "{}", run.stderr);
+    assert!(fleet.current_release("web-1", "site").is_none());
+    assert_eq!(fleet.releases_dir_entries("web-1", "site"), Vec::<String>::new());
+}
+
+#[test]
+fn a_hook_that_hangs_is_killed_with_its_children() {
+    let fleet = Fleet::new(1);
+    let repo = repo(&fleet);
+    let marker = format!("1000.{}", std::process::id());
+    let target = format!("{}pre_release = [\"sleep {marker} & sleep 600\"]\nhook_timeout_secs = 1\n", hook_user_line());
+    fleet.apply_project_full("site", &repo.path, "", &target, "");
+    let started = std::time::Instant::now();
+    let run = fleet.slipctl(&["deploy", "site", "test"]).code(1);
+    assert!(started.elapsed().as_secs() < 30, "took {:?}", started.elapsed());
+    assert!(run.stderr.contains("timed out"), "{}", run.stderr);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let alive = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker)));
+    assert!(!alive, "the hook's background child survived the timeout");
+    assert!(fleet.current_release("web-1", "site").is_none());
+}
+
+#[test]
+fn a_hook_printing_100_mb_completes_and_keeps_head_and_tail() {
+    let fleet = Fleet::new(1);
+    let repo = repo(&fleet);
+    let target = format!(
+        "{}post_release = [\"echo BEGIN; yes xxxxxxxxxxxxxxx | head -c 100000000; echo; echo END >&2\"]\n",
+        hook_user_line()
+    );
+    fleet.apply_project_full("site", &repo.path, "", &target, "");
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+    let hooks = hook_outputs(&fleet, doc["id"].as_u64().unwrap(), "web-1");
+    let h = &hooks[0];
+    assert_eq!(h["exit_code"], 0);
+    let head = h["output_head"].as_str().unwrap();
+    let tail = h["output_tail"].as_str().unwrap();
+    assert!(head.starts_with("BEGIN\nxxxx"), "{}", &head[..20]);
+    assert_eq!(head.len(), 64 * 1024);
+    // stdout and stderr are separate pipes: END (stderr) is in the tail, not necessarily last.
+    assert!(tail.contains("END\n"), "{}", &tail[tail.len() - 40..]);
+    let dropped = h["output_dropped"].as_u64().unwrap();
+    assert!(dropped > 99_000_000 && dropped < 100_000_000, "{dropped}");
+    // `show` prints the kept output with the gap marked.
+    let show = fleet.slipctl(&["show", &doc["id"].to_string()]).ok();
+    assert!(show.stdout.contains("dropped") && show.stdout.contains("END"), "{}", &show.stdout[..200]);
+}
+
+#[test]
+fn a_failing_pre_release_on_one_host_activates_none() {
+    let fleet = Fleet::new(3);
+    let repo = repo(&fleet);
+    fleet.apply_project("site", &repo.path, "");
+    let first = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+    let r1 = first["release"].as_str().unwrap().to_owned();
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
+    let target = format!("{}pre_release = [\"test \\\"$SLIPWAY_HOST\\\" != web-2\"]\n", hook_user_line());
+    fleet.apply_project_full("site", &repo.path, "", &target, "");
+    let run = fleet.slipctl(&["deploy", "site", "test"]).code(1);
+    for needle in ["web-2", "pre_release", "test \"$SLIPWAY_HOST\" != web-2", "exit status 1", "no host was activated"]
+    {
+        assert!(run.stderr.contains(needle), "stderr lacks {needle:?}: {}", run.stderr);
+    }
+    for host in ["web-1", "web-2", "web-3"] {
+        assert_eq!(fleet.current_release(host, "site").as_deref(), Some(r1.as_str()), "{host}");
+        assert_eq!(fleet.releases_dir_entries(host, "site"), vec![r1.clone()], "{host}: staged release removed");
+        assert_eq!(std::fs::read_to_string(fleet.current(host, "site").join("index.html")).unwrap(), "v1\n");
+    }
+}
+
+#[test]
+fn a_failing_post_release_is_reported_per_host() {
+    let fleet = Fleet::new(2);
+    let repo = repo(&fleet);
+    let target = format!("{}post_release = [\"test \\\"$SLIPWAY_HOST\\\" != web-1\"]\n", hook_user_line());
+    fleet.apply_project_full("site", &repo.path, "", &target, "");
+    let run = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(1);
+    let doc = run.json();
+    assert_eq!(doc["status"], "failed");
+    let hosts = doc["hosts"].as_array().unwrap();
+    assert_eq!(hosts[0]["host"], "web-1");
+    assert_eq!(hosts[0]["ok"], false);
+    assert_eq!(hosts[0]["activated"], true, "the flip happened before post_release");
+    assert_eq!(hosts[1]["ok"], true);
+    assert!(run.stderr.contains("web-1") && run.stderr.contains("post_release"), "{}", run.stderr);
+}
+
+#[test]
+fn shared_paths_survive_deploys_pruning_and_rollback() {
+    let fleet = Fleet::new(2);
+    let repo = repo(&fleet);
+    let target = format!("{}shared = [\"storage/logs\", \".env\"]\n", hook_user_line());
+    fleet.apply_project_full("site", &repo.path, "", &target, "keep_releases = 2\n");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    let shared = fleet.deploy_to("web-1", "site").join("shared");
+    assert_eq!(std::fs::read_to_string(shared.join(".env")).unwrap(), "APP_KEY=from-git\n", "seeded from the release");
+    std::fs::write(shared.join(".env"), "APP_KEY=live\n").unwrap();
+    std::fs::write(shared.join("storage/logs/app.log"), "line 1\n").unwrap();
+    for v in 2..=4 {
+        repo.write("index.html", &format!("v{v}\n"));
+        repo.commit(&format!("v{v}"));
+        fleet.slipctl(&["deploy", "site", "test"]).ok();
+        let current = fleet.current("web-1", "site");
+        assert_eq!(std::fs::read_to_string(current.join(".env")).unwrap(), "APP_KEY=live\n");
+        assert_eq!(std::fs::read_to_string(current.join("storage/logs/app.log")).unwrap(), "line 1\n");
+        assert!(std::fs::symlink_metadata(current.join(".env")).unwrap().file_type().is_symlink());
+    }
+    assert_eq!(fleet.releases("web-1", "site").len(), 2, "pruned to keep_releases");
+    fleet.slipctl(&["rollback", "site", "test"]).ok();
+    let current = fleet.current("web-1", "site");
+    assert_eq!(std::fs::read_to_string(current.join("index.html")).unwrap(), "v3\n");
+    assert_eq!(std::fs::read_to_string(current.join(".env")).unwrap(), "APP_KEY=live\n");
+    assert_eq!(std::fs::read_to_string(shared.join("storage/logs/app.log")).unwrap(), "line 1\n");
+}
