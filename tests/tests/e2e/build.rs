@@ -1,0 +1,229 @@
+//! Building on the controller, excludes and overlays, dry runs, `check`, concurrent projects,
+//! and nginx serving `current` across deploys and a rollback.
+
+use std::process::{Child, Command, Stdio};
+
+use slipway_tests::{Fleet, Repo, free_port, hook_user_line, http_get, is_root, require};
+
+fn repo(fleet: &Fleet, name: &str) -> Repo {
+    let repo = Repo::new(fleet.path().join(name));
+    repo.write("index.html", &format!("{name} v1\n"));
+    repo.write("app.log", "noise\n");
+    repo.write("logs/old.log", "noise\n");
+    repo.write("tests/test_app.py", "assert True\n");
+    repo.write("src/tests/keep-me-not.txt", "x\n");
+    repo.write("secret.txt", "top secret\n");
+    repo.write("docs/secret.txt", "not anchored, kept\n");
+    repo.write("config/app.ini", "env=dev\n");
+    repo.write("config/db.ini", "host=localhost\n");
+    repo.commit("v1");
+    repo
+}
+
+#[test]
+fn build_hooks_excludes_and_overlay_shape_the_release() {
+    let fleet = Fleet::new(2);
+    let repo = repo(&fleet, "site");
+    let commit = repo.git(&["rev-parse", "HEAD"]);
+    let overlay = fleet.path().join("config/test");
+    std::fs::create_dir_all(overlay.join("config")).unwrap();
+    std::fs::write(overlay.join("config/app.ini"), "env=test\n").unwrap();
+    std::fs::write(overlay.join(".env"), "APP_ENV=test\n").unwrap();
+    let top = "exclude = [\"*.log\", \"tests/\", \"/secret.txt\"]\n\
+               [build]\n\
+               pre_deploy = [\"test -f index.html\", \"echo checking $SLIPWAY_PROJECT\"]\n\
+               post_deploy = [\"mkdir -p dist && echo built-$SLIPWAY_COMMIT > dist/version.txt\", \"cat config/app.ini > dist/env.txt\"]\n";
+    fleet.apply_project_full("site", &repo.path, top, "", "config_dir = \"config/test\"\n");
+    let run = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok();
+    let doc = run.json();
+    let current = fleet.current("web-2", "site");
+    let read = |p: &str| std::fs::read_to_string(current.join(p)).unwrap();
+    assert_eq!(read("dist/version.txt"), format!("built-{commit}\n"), "post_deploy output is what ships");
+    assert_eq!(read("dist/env.txt"), "env=test\n", "the overlay is in place before the build");
+    assert_eq!(read("config/app.ini"), "env=test\n", "overlay replaces");
+    assert_eq!(read("config/db.ini"), "host=localhost\n", "overlay leaves other files");
+    assert_eq!(read(".env"), "APP_ENV=test\n", "overlay adds");
+    assert_eq!(read("docs/secret.txt"), "not anchored, kept\n");
+    for gone in ["app.log", "logs/old.log", "tests", "src/tests", "secret.txt", ".git"] {
+        assert!(!current.join(gone).exists(), "{gone} should be excluded");
+    }
+    assert!(current.join("logs").is_dir(), "a directory whose files are all excluded stays");
+    // History records the build hooks' output and the overlay digest.
+    assert_eq!(doc["build"].as_array().unwrap().len(), 4);
+    assert_eq!(doc["build"][1]["output_head"], "checking site\n");
+    assert_eq!(doc["overlay_sha256"].as_str().unwrap().len(), 64);
+    // The same recipe again: no rebuild, the package is reused.
+    let again = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+    assert_eq!(again["artifact"]["cached"], true);
+    assert_eq!(again["build"].as_array().unwrap().len(), 0);
+    // A changed overlay is a new recipe.
+    std::fs::write(overlay.join(".env"), "APP_ENV=test2\n").unwrap();
+    let changed = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+    assert_eq!(changed["artifact"]["cached"], false);
+    assert_ne!(changed["overlay_sha256"], doc["overlay_sha256"]);
+    assert_eq!(std::fs::read_to_string(fleet.current("web-1", "site").join(".env")).unwrap(), "APP_ENV=test2\n");
+}
+
+#[test]
+fn a_failing_build_stops_before_anything_is_sent() {
+    let fleet = Fleet::new(1);
+    let repo = repo(&fleet, "site");
+    let top = "[build]\npost_deploy = [\"echo compiling; echo 'syntax error' >&2; exit 7\"]\n";
+    fleet.apply_project_full("site", &repo.path, top, "", "");
+    let run = fleet.slipctl(&["deploy", "site", "test"]).code(1);
+    assert!(run.stderr.contains("post_deploy") && run.stderr.contains("exit status 7"), "{}", run.stderr);
+    assert!(run.stdout.contains("syntax error"), "build output is shown live: {}", run.stdout);
+    assert!(fleet.current_release("web-1", "site").is_none());
+    assert!(!fleet.deploy_to("web-1", "site").exists(), "nothing reached the host");
+    let show = fleet.slipctl(&["show", "1"]).ok();
+    assert!(show.stdout.contains("syntax error") && show.stdout.contains("exit 7"), "{}", show.stdout);
+    // The per-deploy checkout is gone.
+    let work = fleet.home.join("cache/work");
+    assert_eq!(std::fs::read_dir(&work).map(|d| d.count()).unwrap_or(0), 0);
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let fleet = Fleet::new(2);
+    let repo = repo(&fleet, "site");
+    let target = format!("{}post_release = [\"echo reload\"]\nshared = [\"storage\"]\n", hook_user_line());
+    fleet.apply_project_full("site", &repo.path, "[build]\npost_deploy = [\"echo built\"]\n", &target, "");
+    let run = fleet.slipctl(&["deploy", "site", "test", "--dry-run"]).ok();
+    for needle in ["dry run", "web-1", "web-2", "post_release: echo reload", "shared: storage", "nothing was sent"] {
+        assert!(run.stdout.contains(needle), "plan lacks {needle:?}:\n{}", run.stdout);
+    }
+    assert!(!fleet.deploy_to("web-1", "site").exists());
+    assert!(fleet.slipctl(&["history"]).ok().stdout.contains("no deploys yet"));
+}
+
+#[test]
+fn check_reports_each_host_and_the_fix() {
+    let mut fleet = Fleet::new(2);
+    let repo = repo(&fleet, "site");
+    fleet.apply_project_full("site", &repo.path, "", &hook_user_line(), "");
+    let run = fleet.slipctl(&["check", "site", "test"]).ok();
+    for needle in
+        ["reachable", "certificate", "version", "user", "deploy_to", "current", "disk", "ref", "all checks passed"]
+    {
+        assert!(run.stdout.contains(needle), "check lacks {needle:?}:\n{}", run.stdout);
+    }
+    fleet.agents[1].kill();
+    let run = fleet.slipctl(&["--output", "json", "check", "site", "test"]).code(1);
+    let doc = run.json();
+    assert_eq!(doc["ok"], false);
+    let failed: Vec<_> = doc["checks"].as_array().unwrap().iter().filter(|c| c["ok"] == false).collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["host"], "web-2");
+    assert!(failed[0]["fix"].as_str().unwrap().contains("start slipd"));
+    // A user that does not exist is named, with the fix.
+    fleet.agents[1].start();
+    fleet.apply_project_full("site", &repo.path, "", "user = \"no-such-user\"\n", "");
+    let run = fleet.slipctl(&["check", "site", "test"]).code(1);
+    assert!(run.stdout.contains("no-such-user"), "{}", run.stdout);
+}
+
+#[test]
+fn two_projects_deploy_at_once_without_interfering() {
+    let fleet = Fleet::new(2);
+    let (a, b) = (repo(&fleet, "alpha"), repo(&fleet, "beta"));
+    for (name, repo) in [("alpha", &a), ("beta", &b)] {
+        let top = format!("[build]\npost_deploy = [\"sleep 1; echo {name} > built.txt\"]\n");
+        fleet.apply_project_full(name, &repo.path, &top, "shared = [\"data\"]\n", "");
+    }
+    let spawn = |project: &str| {
+        Command::new(slipway_tests::bin("slipctl"))
+            .arg("--home")
+            .arg(&fleet.home)
+            .args(["deploy", project, "test"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children: Vec<Child> = vec![spawn("alpha"), spawn("beta")];
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for host in ["web-1", "web-2"] {
+        for name in ["alpha", "beta"] {
+            let current = fleet.current(host, name);
+            assert_eq!(std::fs::read_to_string(current.join("built.txt")).unwrap(), format!("{name}\n"));
+            assert_eq!(std::fs::read_to_string(current.join("index.html")).unwrap(), format!("{name} v1\n"));
+        }
+    }
+}
+
+/// nginx serving `current` of web-1 on a loopback port; stopped on drop.
+struct Nginx {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_nginx(fleet: &Fleet, root: &std::path::Path) -> Nginx {
+    let port = free_port();
+    let dir = fleet.path().join("nginx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let user = if is_root() { "user root;\n" } else { "" };
+    let conf = format!(
+        "{user}daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+         server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    location / {{ try_files $uri =404; }}\n  }}\n}}\n",
+        d = dir.display(),
+        root = root.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let child = Command::new("nginx")
+        .args(["-p", dir.to_str().unwrap(), "-c", dir.join("nginx.conf").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while http_get(port, "/").is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nginx did not start: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Nginx { child, port }
+}
+
+fn nginx_available() -> bool {
+    Command::new("nginx").arg("-v").stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+#[test]
+fn nginx_serves_the_new_page_after_deploy_and_the_old_after_rollback() {
+    if !require("nginx (apt-get install nginx)", nginx_available()) {
+        return;
+    }
+    let fleet = Fleet::new(1);
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "<h1>v1</h1>\n");
+    repo.commit("v1");
+    fleet.apply_project("site", &repo.path, "");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    let nginx = start_nginx(&fleet, &fleet.current("web-1", "site"));
+    assert_eq!(http_get(nginx.port, "/index.html").unwrap(), (200, "<h1>v1</h1>\n".to_owned()));
+
+    repo.write("index.html", "<h1>v2</h1>\n");
+    repo.commit("v2");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    assert_eq!(http_get(nginx.port, "/index.html").unwrap(), (200, "<h1>v2</h1>\n".to_owned()));
+
+    fleet.slipctl(&["rollback", "site", "test"]).ok();
+    assert_eq!(http_get(nginx.port, "/index.html").unwrap(), (200, "<h1>v1</h1>\n".to_owned()));
+    assert_eq!(http_get(nginx.port, "/missing.html").unwrap().0, 404);
+}
