@@ -4,6 +4,7 @@
 //! [`run`] takes a bound listener and a shutdown future, so tests and `main` start it alike.
 
 pub mod error;
+pub mod health;
 pub mod hooks;
 pub mod layout;
 mod privdrop;

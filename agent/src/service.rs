@@ -470,6 +470,79 @@ impl Inner {
         })
     }
 
+    async fn health(&self, req: pb::HealthRequest) -> Result<pb::HealthReply, AgentError> {
+        let target = self.target(req.target)?;
+        let spec = req.spec.unwrap_or_default();
+        let ctx = req.hook_context.unwrap_or_default();
+        self.check_generation(&mut self.record(&target)?, req.generation)?;
+        let timeout = Duration::from_secs(spec.timeout_secs.max(1));
+        let release = target
+            .layout
+            .read_current()?
+            .release()
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound("no current release to health-check".into()))?;
+        let release_path = target.layout.release_path(&release);
+        let run_as = if spec.command.is_empty() {
+            None
+        } else {
+            Some(decide_user(&ctx.user, self.config.allow_root_hooks).await?)
+        };
+        let mut last = String::new();
+        let attempts = spec.retries + 1;
+        for attempt in 1..=attempts {
+            let outcome = match &run_as {
+                None => match crate::health::http_status(&spec.http_url, timeout).await {
+                    Ok(code) if u32::from(code) == spec.expect_status => {
+                        Ok(format!("HTTP {code} from {}", spec.http_url))
+                    }
+                    Ok(code) => Err(format!("HTTP {code} from {}, expected {}", spec.http_url, spec.expect_status)),
+                    Err(e) => Err(format!("{}: {e}", spec.http_url)),
+                },
+                Some(run_as) => {
+                    let site = HookSite {
+                        target: &target,
+                        ctx: &ctx,
+                        run_as,
+                        release: &release,
+                        release_path: &release_path,
+                        previous: String::new(),
+                        deploy_type: "deploy",
+                        deploy_id: req.deploy_id,
+                        commit: ctx.commit.clone(),
+                    };
+                    let env = self.hook_env(&site);
+                    let r = run_hook("health", &spec.command, &release_path, &env, run_as, timeout, None).await;
+                    match failure(&r, timeout) {
+                        None => Ok(format!("`{}` exited 0", spec.command)),
+                        Some(why) => {
+                            let out = String::from_utf8_lossy(&r.output_tail).trim().to_owned();
+                            let out = if out.is_empty() {
+                                String::from_utf8_lossy(&r.output_head).trim().to_owned()
+                            } else {
+                                out
+                            };
+                            Err(if out.is_empty() {
+                                why
+                            } else {
+                                format!("{why}: {}", out.lines().last().unwrap_or(""))
+                            })
+                        }
+                    }
+                }
+            };
+            match outcome {
+                Ok(detail) => return Ok(pb::HealthReply { healthy: true, detail, attempts: attempt }),
+                Err(e) => last = e,
+            }
+            if attempt < attempts {
+                tokio::time::sleep(Duration::from_secs(spec.interval_secs)).await;
+            }
+        }
+        info!(project = %target.project, env = %target.env, release = %release, detail = %last, "unhealthy");
+        Ok(pb::HealthReply { healthy: false, detail: last, attempts })
+    }
+
     async fn check(&self, req: pb::CheckRequest) -> pb::CheckReply {
         let mut items = Vec::new();
         let mut item = |name: &str, result: Result<String, (String, String)>| {
@@ -735,6 +808,10 @@ impl pb::agent_server::Agent for AgentService {
             let _ = events_tx.send(last).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(events_rx))))
+    }
+
+    async fn health(&self, req: Request<pb::HealthRequest>) -> Result<Response<pb::HealthReply>, Status> {
+        Ok(Response::new(self.inner.health(req.into_inner()).await?))
     }
 
     async fn check(&self, req: Request<pb::CheckRequest>) -> Result<Response<pb::CheckReply>, Status> {

@@ -221,6 +221,8 @@ pub struct RolloutFile {
     pub max_failures: Option<u32>,
     pub auto_rollback: Option<bool>,
     pub health: Option<HealthFile>,
+    /// How long a host may stay silent (connect, calls, HTTP/2 keepalive) before it counts as failed.
+    pub host_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -355,6 +357,7 @@ pub struct RolloutSettings {
     pub max_failures: u32,
     pub auto_rollback: bool,
     pub health: Option<HealthCheck>,
+    pub host_timeout_secs: u64,
 }
 
 /// Everything one environment of a project resolves to, validated.
@@ -504,6 +507,10 @@ fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Res
         max_failures: merge_opt(&er.max_failures, &pr.max_failures).unwrap_or(0),
         auto_rollback: merge_opt(&er.auto_rollback, &pr.auto_rollback).unwrap_or(true),
         health,
+        host_timeout_secs: positive(
+            "rollout.host_timeout_secs",
+            merge_opt(&er.host_timeout_secs, &pr.host_timeout_secs).unwrap_or(30),
+        )?,
     };
 
     let host_texts = merge_opt(&e.hosts, &p.hosts).unwrap_or_default();

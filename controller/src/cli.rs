@@ -74,6 +74,8 @@ pub enum Command {
     Releases { project: String, env: String },
     /// Before deploying: hosts reachable, certificates, user, paths, disk, and the ref
     Check { project: String, env: String },
+    /// Remove the deploy lock of a project+env whose holder is gone
+    Unlock { project: String, env: String },
     /// Past deploys and rollbacks, newest first
     History {
         project: Option<String>,
@@ -159,18 +161,28 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Project(cmd) => project_command(&home, out, cmd),
         Command::Deploy { project, env, git_ref, hosts, dry_run } => {
             let mut reporter = Reporter::new(out);
-            let record =
-                deploy::deploy(&home, DeployArgs { project, env, git_ref, hosts, dry_run }, &mut reporter, timeouts)
-                    .await?;
+            let record = deploy::deploy(
+                &home,
+                DeployArgs { project, env, git_ref, hosts, dry_run, cancel: Some(cancel_on_signals()) },
+                &mut reporter,
+            )
+            .await?;
             Ok(finish_operation(out, &record, dry_run))
         }
         Command::Rollback { project, env, to, hosts } => {
             let mut reporter = Reporter::new(out);
-            let record =
-                deploy::rollback(&home, RollbackArgs { project, env, to, hosts }, &mut reporter, timeouts).await?;
+            let record = deploy::rollback(&home, RollbackArgs { project, env, to, hosts }, &mut reporter).await?;
             Ok(finish_operation(out, &record, false))
         }
         Command::Releases { project, env } => releases(&home, out, &project, &env, timeouts).await,
+        Command::Unlock { project, env } => {
+            let removed = Store::open(&home.state())?.remove_lock(&project, &env)?;
+            print(out, json!({"project": project, "env": env, "removed": removed}), || match &removed {
+                Some(lock) => format!("unlocked {project}/{env} (was held by {})", lock.describe()),
+                None => format!("{project}/{env} was not locked"),
+            });
+            Ok(0)
+        }
         Command::Check { project, env } => {
             let rows = crate::check::run(&home, &project, &env, timeouts).await?;
             let failed = rows.iter().filter(|r| !r.ok).count();
@@ -228,6 +240,27 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Quickstart { dir } => crate::quickstart::run(dir, out).await,
     }
+}
+
+/// Ctrl-C or SIGTERM asks the running deploy to stop cleanly; a second one exits at once.
+fn cancel_on_signals() -> tokio::sync::watch::Receiver<bool> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("cancelling: removing staged releases and rolling back activated hosts (again to quit at once)");
+        let _ = tx.send(true);
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        std::process::exit(130);
+    });
+    rx
 }
 
 fn print(out: OutputFormat, doc: serde_json::Value, text: impl FnOnce() -> String) {

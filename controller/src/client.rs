@@ -25,7 +25,20 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { connect: Duration::from_secs(10), call: Duration::from_secs(60) }
+        Timeouts::host(30)
+    }
+}
+
+impl Timeouts {
+    /// A host silent for `secs` counts as failed: connect, short calls and HTTP/2 keepalive
+    /// (pings every secs/3, dead after 2·secs/3 without an answer) all fit within it.
+    pub fn host(secs: u64) -> Self {
+        Timeouts { connect: Duration::from_secs(secs.max(1)), call: Duration::from_secs(secs.max(1)) }
+    }
+
+    fn keepalive(&self) -> (Duration, Duration) {
+        let total = self.call.max(Duration::from_secs(3));
+        (total / 3, total * 2 / 3)
     }
 }
 
@@ -46,13 +59,14 @@ pub async fn connect(
             Ok::<_, std::io::Error>(TokioIo::new(stream))
         }
     });
+    let (ping_every, ping_timeout) = timeouts.keepalive();
     let endpoint = Endpoint::from_shared(format!("http://{}", agent.addr))
         .map_err(|e| format!("bad address '{}': {e}", agent.addr))?
         .connect_timeout(timeouts.connect)
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(16 << 20)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20))
+        .http2_keep_alive_interval(ping_every)
+        .keep_alive_timeout(ping_timeout)
         .keep_alive_while_idle(true);
     let channel = endpoint
         .connect_with_connector(connector)

@@ -2,6 +2,7 @@
 //! every host has staged, record the truth. Rollback checks every host holds its target before
 //! touching any.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,7 +14,7 @@ use slipway_proto::pb;
 use slipway_proto::pb::stage_event::Kind as EventKind;
 use slipway_proto::pb::stage_request::Kind as RequestKind;
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::artifact::{self, Artifact};
@@ -24,9 +25,10 @@ use crate::git;
 use crate::home::Home;
 use crate::output::{HostEvent, Reporter, bytes, millis};
 use crate::plan::{rollback_targets, select_hosts};
+use crate::rollout::{Action, HostState, Outcome, Plan, batches, next, set};
 use crate::store::{
-    AgentRecord, ArtifactSummary, DeployKind, DeployRecord, DeployStatus, HookRecord, HostResult, ProjectRecord, Step,
-    Store,
+    AgentRecord, ArtifactSummary, DeployKind, DeployRecord, DeployStatus, HookRecord, HostResult, LockRecord,
+    ProjectRecord, Step, Store, hostname,
 };
 
 pub struct DeployArgs {
@@ -35,6 +37,57 @@ pub struct DeployArgs {
     pub git_ref: Option<String>,
     pub hosts: Option<Vec<String>>,
     pub dry_run: bool,
+    /// Becomes true when the operator cancels (Ctrl-C, SIGTERM).
+    pub cancel: Option<watch::Receiver<bool>>,
+}
+
+/// Holds the project+env lock; released when dropped (the deploy ended, however it ended).
+pub struct LockGuard {
+    state: PathBuf,
+    project: String,
+    env: String,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Ok(store) = Store::open(&self.state) {
+            let _ = store.release_lock(&self.project, &self.env, std::process::id());
+        }
+    }
+}
+
+/// Take the one-operation-at-a-time lock of project+env and number the operation.
+fn lock_and_number(home: &Home, record: &mut DeployRecord, reporter: &mut Reporter) -> Result<LockGuard> {
+    let store = Store::open(&home.state())?;
+    let mut lock = LockRecord {
+        project: record.project.clone(),
+        env: record.env.clone(),
+        deploy_id: 0,
+        user: record.user.clone(),
+        host: hostname(),
+        pid: std::process::id(),
+        since: unix_now(),
+    };
+    match store.acquire_lock(&lock)? {
+        Err(holder) => {
+            return Err(CtlError::bad(format!(
+                "{}/{} is locked by {}; wait for it to finish, or if that process is gone run `slipctl unlock {} {}`",
+                record.project,
+                record.env,
+                holder.describe(),
+                record.project,
+                record.env
+            )));
+        }
+        Ok(Some(dead)) => reporter.say(format!("took over the lock of {}, whose process is gone", dead.describe())),
+        Ok(None) => {}
+    }
+    let guard = LockGuard { state: home.state(), project: record.project.clone(), env: record.env.clone() };
+    record.id = store.next_deploy_id()?;
+    lock.deploy_id = record.id;
+    store.acquire_lock(&lock)?.map_err(|holder| CtlError::failed(format!("lost the lock to {}", holder.describe())))?;
+    store.put_deploy(record)?;
+    Ok(guard)
 }
 
 pub struct RollbackArgs {
@@ -296,16 +349,15 @@ fn activate_request(settings: &EnvSettings, host: &str, record: &DeployRecord, r
     }
 }
 
-async fn activate_host(
-    fan: Fanout,
-    mut client: AgentClient,
+/// One Activate call: hook output and results go to `result` and the events; the reply or why not.
+async fn call_activate(
+    client: &mut AgentClient,
     request: pb::ActivateRequest,
-    mut result: HostResult,
-) -> HostResult {
-    let Fanout { events, clock, timeouts, .. } = fan;
+    result: &mut HostResult,
+    events: &Events,
+    timeouts: Timeouts,
+) -> std::result::Result<pb::ActivateReply, String> {
     use pb::activate_event::Kind;
-    let _ = events.send((result.host.clone(), HostEvent::Activating));
-    let t = Instant::now();
     // Hooks have their own timeouts on the agent; the call's limit leaves room for them.
     let hook_secs: u64 = [&request.pre_release, &request.post_release]
         .iter()
@@ -319,10 +371,10 @@ async fn activate_host(
             match stream.message().await {
                 Ok(Some(pb::ActivateEvent { kind: Some(Kind::Done(reply)) })) => return Ok(reply),
                 Ok(Some(pb::ActivateEvent { kind: Some(Kind::Output(o)) })) => {
-                    on_hook_event(Some(o), None, &mut result, &events)
+                    on_hook_event(Some(o), None, result, events)
                 }
                 Ok(Some(pb::ActivateEvent { kind: Some(Kind::Hook(h)) })) => {
-                    on_hook_event(None, Some(h), &mut result, &events)
+                    on_hook_event(None, Some(h), result, events)
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => return Err("the agent ended the activation without a result".to_owned()),
@@ -330,34 +382,43 @@ async fn activate_host(
             }
         }
     };
-    let outcome = match tokio::time::timeout(limit, call).await {
+    match tokio::time::timeout(limit, call).await {
         Err(_) => Err(format!("no answer within {}s", limit.as_secs())),
         Ok(outcome) => outcome,
-    };
-    match outcome {
-        Ok(reply) if !reply.post_release_error.is_empty() => {
-            let detail = format!("current -> {} (was {})", result.release, or_none(&reply.previous_release));
-            clock.step(&mut result, "activate", t, Ok(detail));
-            result.activated = true;
-            result.previous_release = reply.previous_release.clone();
-            let e = reply.post_release_error;
-            clock.step(&mut result, "post_release", t, Err(e.clone()));
-            result.ok = false;
-            let _ = events.send((result.host.clone(), HostEvent::Failed(e)));
-        }
+    }
+}
+
+async fn activate_host(
+    fan: Fanout,
+    mut client: AgentClient,
+    request: pb::ActivateRequest,
+    mut result: HostResult,
+) -> HostResult {
+    let Fanout { events, clock, timeouts, .. } = fan;
+    let _ = events.send((result.host.clone(), HostEvent::Activating));
+    let t = Instant::now();
+    let target = request.release_id.clone();
+    match call_activate(&mut client, request, &mut result, &events, timeouts).await {
         Ok(reply) => {
-            let mut detail = format!("current -> {} (was {})", result.release, or_none(&reply.previous_release));
+            let mut detail = format!("current -> {target} (was {})", or_none(&reply.previous_release));
             if !reply.pruned.is_empty() {
                 detail.push_str(&format!("; pruned {}", reply.pruned.join(", ")));
             }
             clock.step(&mut result, "activate", t, Ok(detail));
             result.activated = true;
-            result.ok = true;
             result.previous_release = reply.previous_release.clone();
-            let _ = events.send((
-                result.host.clone(),
-                HostEvent::Activated { previous: reply.previous_release, elapsed_ms: reply.elapsed_ms },
-            ));
+            if reply.post_release_error.is_empty() {
+                result.ok = true;
+                let _ = events.send((
+                    result.host.clone(),
+                    HostEvent::Activated { previous: reply.previous_release, elapsed_ms: reply.elapsed_ms },
+                ));
+            } else {
+                let e = reply.post_release_error;
+                clock.step(&mut result, "post_release", t, Err(e.clone()));
+                result.ok = false;
+                let _ = events.send((result.host.clone(), HostEvent::Failed(e)));
+            }
         }
         Err(e) => {
             result.ok = false;
@@ -502,15 +563,11 @@ async fn package(
 }
 
 /// `slipctl deploy`.
-pub async fn deploy(
-    home: &Home,
-    args: DeployArgs,
-    reporter: &mut Reporter,
-    timeouts: Timeouts,
-) -> Result<DeployRecord> {
+pub async fn deploy(home: &Home, args: DeployArgs, reporter: &mut Reporter) -> Result<DeployRecord> {
     let started = Instant::now();
     let scope = load_scope(home, &args.project, &args.env, args.hosts.as_deref())?;
     let settings = &scope.settings;
+    let timeouts = Timeouts::host(settings.rollout.host_timeout_secs);
     let tls = home.client_tls()?;
     let git_ref = args.git_ref.clone().unwrap_or_else(|| settings.default_ref.clone());
     let url = repo_url(&scope.project, settings);
@@ -548,11 +605,7 @@ pub async fn deploy(
         hosts: Vec::new(),
         error: None,
     };
-    if !args.dry_run {
-        let store = Store::open(&home.state())?;
-        record.id = store.next_deploy_id()?;
-        store.put_deploy(&record)?;
-    }
+    let _lock = if args.dry_run { None } else { Some(lock_and_number(home, &mut record, reporter)?) };
     let packaged = package(home, &mirror, &recipe, &mut record, settings, reporter).await;
     let result = match packaged {
         Ok(artifact) => {
@@ -579,7 +632,7 @@ pub async fn deploy(
                 settings.env,
                 scope.hosts.len()
             ));
-            run_deploy(&scope, &artifact, &mut record, tls, reporter, timeouts).await
+            run_deploy(&scope, &artifact, &mut record, tls, reporter, timeouts, args.cancel.clone()).await
         }
         Err(e) if args.dry_run => return Err(e),
         Err(e) => Err(e),
@@ -587,7 +640,9 @@ pub async fn deploy(
     record.finished_at = Some(unix_now());
     record.duration_ms = started.elapsed().as_millis() as u64;
     if let Err(e) = &result {
-        record.status = DeployStatus::Failed;
+        if record.status == DeployStatus::Running {
+            record.status = DeployStatus::Failed;
+        }
         record.error = Some(e.to_string());
     }
     let store = Store::open(&home.state())?;
@@ -630,6 +685,123 @@ fn print_plan(scope: &Scope, record: &DeployRecord, artifact: &Artifact, reporte
     );
 }
 
+/// Resolves when the operator cancels (never when there is no cancel channel).
+async fn cancelled(cancel: &mut Option<watch::Receiver<bool>>) {
+    match cancel {
+        Some(rx) => {
+            while !*rx.borrow() {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn is_cancelled(cancel: &Option<watch::Receiver<bool>>) -> bool {
+    cancel.as_ref().is_some_and(|rx| *rx.borrow())
+}
+
+/// Run `op` on every host in parallel, pumping their events into the reporter. With a cancel
+/// channel, a cancel aborts what is still running (those hosts are missing from the result).
+async fn fan_out<T, F, Fut>(
+    hosts: &[String],
+    reporter: &mut Reporter,
+    cancel: &mut Option<watch::Receiver<bool>>,
+    op: F,
+) -> BTreeMap<String, T>
+where
+    T: Send + 'static,
+    F: Fn(String, Events) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut tasks = tokio::task::JoinSet::new();
+    for host in hosts {
+        let fut = op(host.clone(), tx.clone());
+        let host = host.clone();
+        tasks.spawn(async move { (host, fut.await) });
+    }
+    drop(tx);
+    let collect = async {
+        let mut out = BTreeMap::new();
+        let mut aborted = false;
+        loop {
+            tokio::select! {
+                joined = tasks.join_next() => match joined {
+                    Some(Ok((host, value))) => { out.insert(host, value); }
+                    Some(Err(_)) => {}
+                    None => break,
+                },
+                () = cancelled(cancel), if !aborted => {
+                    aborted = true;
+                    tasks.abort_all();
+                }
+            }
+        }
+        out
+    };
+    let (out, ()) = tokio::join!(collect, pump(rx, reporter));
+    out
+}
+
+async fn health_host(
+    fan: Fanout,
+    mut client: AgentClient,
+    request: pb::HealthRequest,
+    result: &mut HostResult,
+) -> bool {
+    let t = Instant::now();
+    let spec = request.spec.clone().unwrap_or_default();
+    let limit = fan.timeouts.call
+        + std::time::Duration::from_secs((spec.timeout_secs + spec.interval_secs) * (u64::from(spec.retries) + 1));
+    let outcome = match tokio::time::timeout(limit, client.health(request)).await {
+        Err(_) => Err(format!("no answer within {}s", limit.as_secs())),
+        Ok(Err(s)) => Err(status_text(&s)),
+        Ok(Ok(r)) => {
+            let r = r.into_inner();
+            if r.healthy {
+                Ok(format!("{} (attempt {})", r.detail, r.attempts))
+            } else {
+                Err(format!("unhealthy after {} attempt(s): {}", r.attempts, r.detail))
+            }
+        }
+    };
+    let healthy = outcome.is_ok();
+    if let Err(e) = &outcome {
+        let _ = fan.events.send((result.host.clone(), HostEvent::Failed(e.clone())));
+    }
+    fan.clock.step(result, "health", t, outcome);
+    if !healthy {
+        result.ok = false;
+    }
+    healthy
+}
+
+fn health_spec(settings: &EnvSettings) -> Option<pb::HealthSpec> {
+    use slipway_common::config::HealthCheck;
+    settings.rollout.health.as_ref().map(|h| match h {
+        HealthCheck::Http { url, expect_status, timeout_secs, retries, interval_secs } => pb::HealthSpec {
+            http_url: url.clone(),
+            expect_status: u32::from(*expect_status),
+            command: String::new(),
+            timeout_secs: *timeout_secs,
+            retries: *retries,
+            interval_secs: *interval_secs,
+        },
+        HealthCheck::Command { command, timeout_secs, retries, interval_secs } => pb::HealthSpec {
+            http_url: String::new(),
+            expect_status: 0,
+            command: command.clone(),
+            timeout_secs: *timeout_secs,
+            retries: *retries,
+            interval_secs: *interval_secs,
+        },
+    })
+}
+
+/// The rollout: the planner decides, this loop carries out its actions and records every step.
 async fn run_deploy(
     scope: &Scope,
     artifact: &Artifact,
@@ -637,141 +809,243 @@ async fn run_deploy(
     tls: Arc<rustls::ClientConfig>,
     reporter: &mut Reporter,
     timeouts: Timeouts,
+    mut cancel: Option<watch::Receiver<bool>>,
 ) -> Result<()> {
     let settings = &scope.settings;
+    let rollout = &settings.rollout;
     let clock = Arc::new(Clock(Instant::now()));
-    reporter.hosts(scope.hosts.iter().map(|h| h.name.as_str()));
-    let manifest = pb::Manifest::from(&artifact.manifest);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut tasks = tokio::task::JoinSet::new();
-    for agent in &scope.hosts {
-        let header = pb::StageHeader {
-            target: Some(pb_target(settings, &agent.name)),
-            deploy_id: record.id,
-            release_id: record.release.clone(),
-            commit: record.commit.clone(),
-            git_ref: record.git_ref.clone(),
-            generation: record.id,
-            manifest: Some(manifest.clone()),
-            artifact_sha256: slipway_proto::hex_to_bytes(&artifact.sha256),
-            artifact_size: artifact.compressed_bytes,
-            hook_context: Some(hook_context(settings, &agent.name, &record.commit, &record.git_ref)),
-            pre_release: Some(hook_spec(&settings.target.pre_release, settings)),
-            post_release: Some(hook_spec(&settings.target.post_release, settings)),
-            shared: settings.target.shared.clone(),
-        };
-        let fan = Fanout { tls: tls.clone(), events: tx.clone(), clock: clock.clone(), timeouts };
-        tasks.spawn(stage_host(fan, agent.clone(), header, artifact.path.clone(), artifact.entries));
-    }
-    drop(tx);
-    let collect = async {
-        let mut staged = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            staged.push(joined.map_err(|e| CtlError::failed(format!("host task failed: {e}")))?);
-        }
-        Ok::<_, CtlError>(staged)
+    let names: Vec<String> = scope.hosts.iter().map(|h| h.name.clone()).collect();
+    let plan = Plan {
+        batches: batches(&names, &settings.canary, rollout.strategy, rollout.batch),
+        max_failures: rollout.max_failures,
+        auto_rollback: rollout.auto_rollback,
+        health_check: rollout.health.is_some(),
     };
-    let (staged, ()) = tokio::join!(collect, pump(rx, reporter));
-    let mut staged = staged?;
-    staged.sort_by(|a, b| a.0.host.cmp(&b.0.host));
-
-    let failed: Vec<String> = staged
-        .iter()
-        .filter(|(r, _)| !r.ok)
-        .map(|(r, _)| format!("{}: {}", r.host, r.error.clone().unwrap_or_default()))
-        .collect();
-    if !failed.is_empty() {
-        // Never activate a partial fleet: remove what was staged, leave `current` alone everywhere.
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut aborts = tokio::task::JoinSet::new();
-        for (mut result, client) in staged {
-            let Some(mut client) = client else {
-                record.hosts.push(result);
-                continue;
-            };
-            let request = pb::AbortRequest {
-                target: Some(pb_target(settings, &result.host)),
-                release_id: record.release.clone(),
-                generation: record.id,
-            };
-            let (clock, tx) = (clock.clone(), tx.clone());
-            aborts.spawn(async move {
-                let t = Instant::now();
-                let outcome = match tokio::time::timeout(timeouts.call, client.abort(request)).await {
-                    Ok(Ok(_)) => Ok("staged release removed".to_owned()),
-                    Ok(Err(s)) => Err(status_text(&s)),
-                    Err(_) => Err("no answer".to_owned()),
-                };
-                let ok = outcome.is_ok();
-                let error_before = result.error.clone();
-                clock.step(&mut result, "abort", t, outcome);
-                result.error = error_before.or(result.error.take());
-                result.ok = false;
-                if ok {
-                    let _ = tx.send((result.host.clone(), HostEvent::Aborted));
+    if plan.batches.len() > 1 {
+        let sizes: Vec<String> = plan.batches.iter().map(|b| b.len().to_string()).collect();
+        reporter.say(format!("rollout in {} batches of {} host(s)", plan.batches.len(), sizes.join(", ")));
+    }
+    reporter.hosts(names.iter().map(String::as_str));
+    let agents: BTreeMap<String, AgentRecord> = scope.hosts.iter().map(|a| (a.name.clone(), a.clone())).collect();
+    let mut states: BTreeMap<String, HostState> = names.iter().map(|h| (h.clone(), HostState::Pending)).collect();
+    let mut results: BTreeMap<String, HostResult> =
+        scope.hosts.iter().map(|a| (a.name.clone(), new_host_result(a, &record.release))).collect();
+    let mut clients: BTreeMap<String, AgentClient> = BTreeMap::new();
+    let manifest = pb::Manifest::from(&artifact.manifest);
+    let fan = |events: Events| Fanout { tls: tls.clone(), events, clock: clock.clone(), timeouts };
+    let mut ever_activated = false;
+    let outcome = loop {
+        let stopping = is_cancelled(&cancel);
+        match next(&plan, &states, stopping) {
+            Action::Done(outcome) => break outcome,
+            Action::Stage { batch, hosts } => {
+                if batch > 0 && rollout.delay_secs > 0 {
+                    reporter.say(format!("waiting {}s before batch {}", rollout.delay_secs, batch + 1));
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_secs(rollout.delay_secs)) => {}
+                        () = cancelled(&mut cancel) => continue,
+                    }
                 }
-                result
-            });
-        }
-        drop(tx);
-        let collect = async {
-            let mut out = Vec::new();
-            while let Some(r) = aborts.join_next().await {
-                if let Ok(r) = r {
-                    out.push(r);
+                let staged = fan_out(&hosts, reporter, &mut cancel, |host, events| {
+                    let header = pb::StageHeader {
+                        target: Some(pb_target(settings, &host)),
+                        deploy_id: record.id,
+                        release_id: record.release.clone(),
+                        commit: record.commit.clone(),
+                        git_ref: record.git_ref.clone(),
+                        generation: record.id,
+                        manifest: Some(manifest.clone()),
+                        artifact_sha256: slipway_proto::hex_to_bytes(&artifact.sha256),
+                        artifact_size: artifact.compressed_bytes,
+                        hook_context: Some(hook_context(settings, &host, &record.commit, &record.git_ref)),
+                        pre_release: Some(hook_spec(&settings.target.pre_release, settings)),
+                        post_release: Some(hook_spec(&settings.target.post_release, settings)),
+                        shared: settings.target.shared.clone(),
+                    };
+                    stage_host(fan(events), agents[&host].clone(), header, artifact.path.clone(), artifact.entries)
+                })
+                .await;
+                for host in hosts {
+                    match staged.get(&host) {
+                        Some((result, Some(client))) => {
+                            results.insert(host.clone(), result.clone());
+                            clients.insert(host.clone(), client.clone());
+                            set(&mut states, &[host], HostState::Staged);
+                        }
+                        Some((result, None)) => {
+                            results.insert(host.clone(), result.clone());
+                            set(&mut states, &[host], HostState::Failed { activated: false });
+                        }
+                        // Cancelled mid-upload: the agent drops the staging dir when the stream
+                        // breaks; an Abort makes sure.
+                        None => set(&mut states, &[host], HostState::Staged),
+                    }
                 }
             }
-            out
-        };
-        let (aborted, ()) = tokio::join!(collect, pump(rx, reporter));
-        record.hosts.extend(aborted);
-        record.hosts.sort_by(|a, b| a.host.cmp(&b.host));
-        reporter.finish();
-        return Err(CtlError::failed(format!(
-            "staging failed on {} of {} host(s), so no host was activated: {}",
-            failed.len(),
-            scope.hosts.len(),
-            failed.join("; ")
-        )));
-    }
-
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut activations = tokio::task::JoinSet::new();
-    for (result, client) in staged {
-        let client = client.expect("staged hosts have a client");
-        let request = activate_request(settings, &result.host, record, &record.release);
-        let fan = Fanout { tls: tls.clone(), events: tx.clone(), clock: clock.clone(), timeouts };
-        activations.spawn(activate_host(fan, client, request, result));
-    }
-    drop(tx);
-    let collect = async {
-        let mut out = Vec::new();
-        while let Some(r) = activations.join_next().await {
-            out.push(r.map_err(|e| CtlError::failed(format!("host task failed: {e}")))?);
+            Action::Activate(hosts) => {
+                let activated = fan_out(&hosts, reporter, &mut None, |host, events| {
+                    let request = activate_request(settings, &host, record, &record.release);
+                    let client = clients[&host].clone();
+                    activate_host(fan(events), client, request, results[&host].clone())
+                })
+                .await;
+                for (host, result) in activated {
+                    let state = match (result.ok, result.activated) {
+                        (true, _) => HostState::Activated,
+                        (false, activated) => HostState::Failed { activated },
+                    };
+                    ever_activated |= result.activated;
+                    results.insert(host.clone(), result);
+                    set(&mut states, &[host], state);
+                }
+            }
+            Action::HealthCheck(hosts) => {
+                let spec = health_spec(settings);
+                let checked = fan_out(&hosts, reporter, &mut None, |host, events| {
+                    let request = pb::HealthRequest {
+                        target: Some(pb_target(settings, &host)),
+                        spec: spec.clone(),
+                        hook_context: Some(hook_context(settings, &host, &record.commit, &record.git_ref)),
+                        generation: record.id,
+                        deploy_id: record.id,
+                    };
+                    let (client, mut result) = (clients[&host].clone(), results[&host].clone());
+                    let fan = fan(events);
+                    async move {
+                        let healthy = health_host(fan, client, request, &mut result).await;
+                        (result, healthy)
+                    }
+                })
+                .await;
+                for (host, (result, healthy)) in checked {
+                    results.insert(host.clone(), result);
+                    let state = if healthy { HostState::Healthy } else { HostState::Failed { activated: true } };
+                    set(&mut states, &[host], state);
+                }
+            }
+            Action::Abort(hosts) => {
+                let aborted = fan_out(&hosts, reporter, &mut None, |host, events| {
+                    let request = pb::AbortRequest {
+                        target: Some(pb_target(settings, &host)),
+                        release_id: record.release.clone(),
+                        generation: record.id,
+                    };
+                    let (client, agent, mut result) =
+                        (clients.get(&host).cloned(), agents[&host].clone(), results[&host].clone());
+                    let fan = fan(events);
+                    async move {
+                        let t = Instant::now();
+                        let outcome = async {
+                            let mut client = match client {
+                                Some(c) => c,
+                                None => client::connect(fan.tls.clone(), &agent, fan.timeouts).await?,
+                            };
+                            match tokio::time::timeout(fan.timeouts.call, client.abort(request)).await {
+                                Ok(Ok(_)) => Ok("staged release removed".to_owned()),
+                                Ok(Err(s)) => Err(status_text(&s)),
+                                Err(_) => Err("no answer".to_owned()),
+                            }
+                        }
+                        .await;
+                        let keep = result.error.clone();
+                        if outcome.is_ok() {
+                            let _ = fan.events.send((result.host.clone(), HostEvent::Aborted));
+                        }
+                        fan.clock.step(&mut result, "abort", t, outcome);
+                        result.error = keep.or(result.error.take());
+                        result.ok = false;
+                        result
+                    }
+                })
+                .await;
+                for (host, result) in aborted {
+                    results.insert(host.clone(), result);
+                    set(&mut states, &[host], HostState::Aborted);
+                }
+            }
+            Action::RollBack(hosts) => {
+                reporter.say(format!("rolling back {} host(s) to their previous release", hosts.len()));
+                let rolled = fan_out(&hosts, reporter, &mut None, |host, events| {
+                    let mut result = results[&host].clone();
+                    let previous = result.previous_release.clone();
+                    let mut back = record.clone();
+                    back.kind = DeployKind::Rollback;
+                    let request = activate_request(settings, &host, &back, &previous);
+                    let client = clients[&host].clone();
+                    let fan = fan(events);
+                    async move {
+                        let t = Instant::now();
+                        let outcome = if ReleaseId::parse(&previous).is_err() {
+                            Err(format!(
+                                "no previous release to go back to (was {}); it stays on the new one",
+                                or_none(&previous)
+                            ))
+                        } else {
+                            let mut client = client;
+                            call_activate(&mut client, request, &mut result, &fan.events, fan.timeouts)
+                                .await
+                                .map(|_| format!("current -> {previous}"))
+                        };
+                        if outcome.is_ok() {
+                            result.activated = false;
+                            let _ = fan.events.send((
+                                result.host.clone(),
+                                HostEvent::Activated { previous: previous.clone(), elapsed_ms: 0 },
+                            ));
+                        }
+                        let keep = result.error.clone();
+                        fan.clock.step(&mut result, "rollback", t, outcome);
+                        result.error = keep.or(result.error.take());
+                        result.ok = false;
+                        result
+                    }
+                })
+                .await;
+                for (host, result) in rolled {
+                    results.insert(host.clone(), result);
+                    set(&mut states, &[host], HostState::RolledBack);
+                }
+            }
         }
-        Ok::<_, CtlError>(out)
     };
-    let (activated, ()) = tokio::join!(collect, pump(rx, reporter));
-    record.hosts = activated?;
-    record.hosts.sort_by(|a, b| a.host.cmp(&b.host));
     reporter.finish();
+    record.hosts = results.into_values().collect();
     let failed: Vec<String> = record
         .hosts
         .iter()
-        .filter(|h| !h.ok)
+        .filter(|h| h.error.is_some())
         .map(|h| format!("{}: {}", h.host, h.error.clone().unwrap_or_default()))
         .collect();
-    if failed.is_empty() {
-        record.status = DeployStatus::Succeeded;
-        Ok(())
-    } else {
-        Err(CtlError::failed(format!(
-            "activation failed on {} of {} host(s) (the others now serve {}): {}",
+    let cause = if failed.is_empty() { "cancelled by the operator".to_owned() } else { failed.join("; ") };
+    let cancelled = is_cancelled(&cancel);
+    match outcome {
+        Outcome::Succeeded => {
+            record.status = DeployStatus::Succeeded;
+            Ok(())
+        }
+        Outcome::Partial => {
+            record.status = DeployStatus::Partial;
+            Err(CtlError::failed(format!(
+                "finished with {} failed host(s), within max_failures: {cause}",
+                failed.len()
+            )))
+        }
+        Outcome::RolledBack => {
+            record.status = if cancelled { DeployStatus::Cancelled } else { DeployStatus::RolledBack };
+            Err(CtlError::failed(format!("rolled back every activated host to its previous release: {cause}")))
+        }
+        Outcome::Failed if cancelled => {
+            record.status = DeployStatus::Cancelled;
+            Err(CtlError::failed(format!("cancelled: {cause}")))
+        }
+        Outcome::Failed if !ever_activated => Err(CtlError::failed(format!(
+            "failed on {} of {} host(s), so no host was activated: {cause}",
             failed.len(),
-            record.hosts.len(),
-            record.release,
-            failed.join("; ")
-        )))
+            record.hosts.len()
+        ))),
+        Outcome::Failed => {
+            Err(CtlError::failed(format!("failed on {} of {} host(s): {cause}", failed.len(), record.hosts.len())))
+        }
     }
 }
 
@@ -805,14 +1079,10 @@ pub async fn query_releases(
 }
 
 /// `slipctl rollback`.
-pub async fn rollback(
-    home: &Home,
-    args: RollbackArgs,
-    reporter: &mut Reporter,
-    timeouts: Timeouts,
-) -> Result<DeployRecord> {
+pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &mut Reporter) -> Result<DeployRecord> {
     let started = Instant::now();
     let scope = load_scope(home, &args.project, &args.env, args.hosts.as_deref())?;
+    let timeouts = Timeouts::host(scope.settings.rollout.host_timeout_secs);
     if let Some(to) = &args.to {
         ReleaseId::parse(to)?;
     }
@@ -852,11 +1122,7 @@ pub async fn rollback(
         hosts: Vec::new(),
         error: None,
     };
-    {
-        let store = Store::open(&home.state())?;
-        record.id = store.next_deploy_id()?;
-        store.put_deploy(&record)?;
-    }
+    let _lock = lock_and_number(home, &mut record, reporter)?;
     let mut distinct: Vec<&str> = targets.iter().map(|(_, t)| t.as_str()).collect();
     distinct.dedup();
     if distinct.len() == 1 {

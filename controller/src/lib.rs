@@ -16,6 +16,7 @@ pub mod home;
 pub mod output;
 pub mod plan;
 pub mod quickstart;
+pub mod rollout;
 pub mod store;
 pub mod tree;
 

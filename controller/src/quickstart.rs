@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::client::Timeouts;
 use crate::deploy::{self, DeployArgs, RollbackArgs};
 use crate::error::{Context, CtlError, Result};
 use crate::home::Home;
@@ -194,7 +193,6 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat) -> Result<u8> {
     })?;
     say(format!("project web-demo, env demo: {}", project_file.display()));
 
-    let timeouts = Timeouts::default();
     let mut reporter = Reporter::new(out);
     let mut records = Vec::new();
     for (step, git_ref) in [("1/3 deploy v1", Some("v1")), ("2/3 deploy main (v2)", None)] {
@@ -205,15 +203,16 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat) -> Result<u8> {
             git_ref: git_ref.map(str::to_owned),
             hosts: None,
             dry_run: false,
+            cancel: None,
         };
-        let record = deploy::deploy(&home, args, &mut reporter, timeouts).await?;
+        let record = deploy::deploy(&home, args, &mut reporter).await?;
         check(&record, step)?;
         say(page_line(&hosts_root));
         records.push(record);
     }
     say("\n== 3/3 rollback".to_owned());
     let args = RollbackArgs { project: "web-demo".into(), env: "demo".into(), to: None, hosts: None };
-    let record = deploy::rollback(&home, args, &mut reporter, timeouts).await?;
+    let record = deploy::rollback(&home, args, &mut reporter).await?;
     check(&record, "rollback")?;
     say(page_line(&hosts_root));
     records.push(record);

@@ -53,6 +53,12 @@ pub enum DeployStatus {
     Running,
     Succeeded,
     Failed,
+    /// The rollout stopped and every activated host went back to its previous release.
+    RolledBack,
+    /// Stopped by the operator (Ctrl-C, SIGTERM).
+    Cancelled,
+    /// Finished, with failed hosts within `max_failures`.
+    Partial,
     /// The controller died while it ran (decided when read: the recorded pid is gone).
     Interrupted,
 }
@@ -63,6 +69,9 @@ impl DeployStatus {
             DeployStatus::Running => "running",
             DeployStatus::Succeeded => "succeeded",
             DeployStatus::Failed => "failed",
+            DeployStatus::RolledBack => "rolled_back",
+            DeployStatus::Cancelled => "cancelled",
+            DeployStatus::Partial => "partial",
             DeployStatus::Interrupted => "interrupted",
         }
     }
@@ -175,6 +184,41 @@ fn process_alive(pid: u32) -> bool {
     pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// This machine's name, for lock holders.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
+}
+
+/// Who holds the one-deploy-at-a-time lock of a project+env.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    pub project: String,
+    pub env: String,
+    pub deploy_id: u64,
+    pub user: String,
+    pub host: String,
+    pub pid: u32,
+    pub since: i64,
+}
+
+impl LockRecord {
+    /// A holder on this machine whose process is gone: its lock can be taken over.
+    pub fn holder_dead(&self) -> bool {
+        self.host == hostname() && !process_alive(self.pid)
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "deploy #{} by {}@{} (pid {}) since {}",
+            self.deploy_id,
+            self.user,
+            self.host,
+            self.pid,
+            slipway_common::time::format_utc(self.since)
+        )
+    }
+}
+
 pub struct Store {
     db: sled::Db,
 }
@@ -282,6 +326,53 @@ impl Store {
             .ok_or_else(|| store_err("deploy counter"))?;
         self.db.flush().map_err(store_err)?;
         Ok(next)
+    }
+
+    /// Take the lock of `lock.project`/`lock.env`, or say who holds it. A lock whose holder
+    /// died on this machine is taken over (returned as the second value).
+    pub fn acquire_lock(&self, lock: &LockRecord) -> Result<std::result::Result<Option<LockRecord>, LockRecord>> {
+        let tree = self.tree("locks")?;
+        let key = format!("{}/{}", lock.project, lock.env);
+        let new = serde_json::to_vec(lock).map_err(store_err)?;
+        loop {
+            let old = tree.get(&key).map_err(store_err)?;
+            let holder: Option<LockRecord> = match &old {
+                Some(bytes) => Some(serde_json::from_slice(bytes).map_err(store_err)?),
+                None => None,
+            };
+            let ours = holder.as_ref().is_some_and(|h| h.pid == lock.pid && h.host == lock.host);
+            if let Some(h) = &holder
+                && !ours
+                && !h.holder_dead()
+            {
+                return Ok(Err(h.clone()));
+            }
+            if tree.compare_and_swap(&key, old, Some(new.clone())).map_err(store_err)?.is_ok() {
+                self.db.flush().map_err(store_err)?;
+                return Ok(Ok(holder.filter(|_| !ours)));
+            }
+        }
+    }
+
+    /// Release the lock if `pid` still holds it.
+    pub fn release_lock(&self, project: &str, env: &str, pid: u32) -> Result<()> {
+        let tree = self.tree("locks")?;
+        let key = format!("{project}/{env}");
+        if let Some(bytes) = tree.get(&key).map_err(store_err)? {
+            let holder: LockRecord = serde_json::from_slice(&bytes).map_err(store_err)?;
+            if holder.pid == pid && holder.host == hostname() {
+                let _ = tree.compare_and_swap(&key, Some(bytes), None::<Vec<u8>>).map_err(store_err)?;
+                self.db.flush().map_err(store_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove a lock whoever holds it (`slipctl unlock`).
+    pub fn remove_lock(&self, project: &str, env: &str) -> Result<Option<LockRecord>> {
+        let old = self.tree("locks")?.remove(format!("{project}/{env}")).map_err(store_err)?;
+        self.db.flush().map_err(store_err)?;
+        old.map(|b| serde_json::from_slice(&b).map_err(store_err)).transpose()
     }
 
     pub fn put_deploy(&self, deploy: &DeployRecord) -> Result<()> {

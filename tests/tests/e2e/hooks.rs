@@ -162,20 +162,47 @@ fn a_failing_pre_release_on_one_host_activates_none() {
 }
 
 #[test]
-fn a_failing_post_release_is_reported_per_host() {
+fn a_failing_post_release_is_reported_per_host_or_rolled_back() {
     let fleet = Fleet::new(2);
     let repo = repo(&fleet);
+    fleet.apply_project("site", &repo.path, "");
+    let r1 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json()["release"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
     let target = format!("{}post_release = [\"test \\\"$SLIPWAY_HOST\\\" != web-1\"]\n", hook_user_line());
-    fleet.apply_project_full("site", &repo.path, "", &target, "");
+
+    // Without auto_rollback the flip stands and the failure is reported for that host.
+    fleet.apply_project_full("site", &repo.path, "[rollout]\nauto_rollback = false\n", &target, "");
     let run = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(1);
     let doc = run.json();
     assert_eq!(doc["status"], "failed");
     let hosts = doc["hosts"].as_array().unwrap();
-    assert_eq!(hosts[0]["host"], "web-1");
-    assert_eq!(hosts[0]["ok"], false);
-    assert_eq!(hosts[0]["activated"], true, "the flip happened before post_release");
+    assert_eq!(
+        (hosts[0]["host"].as_str(), hosts[0]["ok"].as_bool(), hosts[0]["activated"].as_bool()),
+        (Some("web-1"), Some(false), Some(true))
+    );
     assert_eq!(hosts[1]["ok"], true);
     assert!(run.stderr.contains("web-1") && run.stderr.contains("post_release"), "{}", run.stderr);
+    let r2 = doc["release"].as_str().unwrap().to_owned();
+    assert_eq!(fleet.current_release("web-1", "site").as_deref(), Some(r2.as_str()));
+
+    // With auto_rollback (the default) every activated host goes back and runs post_release there.
+    fleet.apply_project("site", &repo.path, "");
+    fleet.slipctl(&["rollback", "site", "test", "--to", &r1]).ok();
+    repo.write("index.html", "v3\n");
+    repo.commit("v3");
+    fleet.apply_project_full("site", &repo.path, "", &target, "");
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(1).json();
+    assert_eq!(doc["status"], "rolled_back");
+    for host in ["web-1", "web-2"] {
+        assert_eq!(fleet.current_release(host, "site").as_deref(), Some(r1.as_str()), "{host} is back");
+        assert_eq!(std::fs::read_to_string(fleet.current(host, "site").join("index.html")).unwrap(), "v1\n");
+    }
+    let web2 = &doc["hosts"][1];
+    assert!(web2["steps"].as_array().unwrap().iter().any(|s| s["name"] == "rollback" && s["ok"] == true), "{web2}");
 }
 
 #[test]

@@ -1,0 +1,271 @@
+//! The rollout planner: a pure function of the plan and the hosts' states that says what to do
+//! next. The deploy loop executes its actions and feeds back the new states; nothing here touches
+//! the network, so every strategy and failure path is unit-tested.
+//!
+//! * `parallel`: one batch; every host is staged before any is activated.
+//! * `serial`: one host per batch. `batch`: N hosts or N% per batch (rounded up).
+//! * `canary` hosts go first, as their own batch.
+//! * Each batch is staged, activated and health-checked before the next one starts; the loop
+//!   waits `delay_secs` between batches.
+//! * More than `max_failures` failed hosts (or a cancel) stops the rollout: staged releases are
+//!   aborted and, with `auto_rollback`, every activated host goes back to its previous release.
+
+use std::collections::BTreeMap;
+
+use slipway_common::config::{BatchSize, Strategy};
+
+/// Where one host is in the rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostState {
+    Pending,
+    Staged,
+    Activated,
+    Healthy,
+    Failed {
+        activated: bool,
+    },
+    /// Staged, then its release was removed because the rollout stopped.
+    Aborted,
+    RolledBack,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub batches: Vec<Vec<String>>,
+    pub max_failures: u32,
+    pub auto_rollback: bool,
+    pub health_check: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    /// Finished with failed hosts within `max_failures`.
+    Partial,
+    Failed,
+    RolledBack,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Stage { batch: usize, hosts: Vec<String> },
+    Activate(Vec<String>),
+    HealthCheck(Vec<String>),
+    Abort(Vec<String>),
+    RollBack(Vec<String>),
+    Done(Outcome),
+}
+
+/// Split the selected hosts into batches.
+pub fn batches(hosts: &[String], canary: &[String], strategy: Strategy, batch: BatchSize) -> Vec<Vec<String>> {
+    let (first, rest): (Vec<String>, Vec<String>) = hosts.iter().cloned().partition(|h| canary.contains(h));
+    let size = match strategy {
+        Strategy::Parallel => rest.len().max(1),
+        Strategy::Serial => 1,
+        Strategy::Batch => match batch {
+            BatchSize::Hosts(n) => n as usize,
+            BatchSize::Percent(p) => (hosts.len() * p as usize).div_ceil(100),
+        }
+        .max(1),
+    };
+    let mut out = Vec::new();
+    if !first.is_empty() {
+        out.push(first);
+    }
+    out.extend(rest.chunks(size).map(<[String]>::to_vec));
+    out
+}
+
+fn hosts_in(states: &BTreeMap<String, HostState>, names: &[String], want: impl Fn(&HostState) -> bool) -> Vec<String> {
+    names.iter().filter(|h| states.get(*h).is_some_and(&want)).cloned().collect()
+}
+
+/// What to do next. `stopping` is set when the operator cancelled.
+pub fn next(plan: &Plan, states: &BTreeMap<String, HostState>, stopping: bool) -> Action {
+    let all: Vec<String> = plan.batches.iter().flatten().cloned().collect();
+    let failed = states.values().filter(|s| matches!(s, HostState::Failed { .. })).count() as u32;
+    // Aborted and rolled-back hosts only exist once the rollout is stopping: it stays stopped.
+    let stopped = states.values().any(|s| matches!(s, HostState::Aborted | HostState::RolledBack));
+    if stopping || stopped || failed > plan.max_failures {
+        let staged = hosts_in(states, &all, |s| *s == HostState::Staged);
+        if !staged.is_empty() {
+            return Action::Abort(staged);
+        }
+        if plan.auto_rollback {
+            let live = hosts_in(states, &all, |s| {
+                matches!(s, HostState::Activated | HostState::Healthy | HostState::Failed { activated: true })
+            });
+            if !live.is_empty() {
+                return Action::RollBack(live);
+            }
+            if states.values().any(|s| *s == HostState::RolledBack) {
+                return Action::Done(Outcome::RolledBack);
+            }
+        }
+        return Action::Done(Outcome::Failed);
+    }
+    for (index, batch) in plan.batches.iter().enumerate() {
+        let pending = hosts_in(states, batch, |s| *s == HostState::Pending);
+        if !pending.is_empty() {
+            return Action::Stage { batch: index, hosts: pending };
+        }
+        let staged = hosts_in(states, batch, |s| *s == HostState::Staged);
+        if !staged.is_empty() {
+            return Action::Activate(staged);
+        }
+        let activated = hosts_in(states, batch, |s| *s == HostState::Activated);
+        if !activated.is_empty() {
+            if plan.health_check {
+                return Action::HealthCheck(activated);
+            }
+            continue;
+        }
+    }
+    Action::Done(if failed == 0 { Outcome::Succeeded } else { Outcome::Partial })
+}
+
+/// Apply "every host in `hosts` is now `state`" (the loop's bookkeeping, also used in tests).
+pub fn set(states: &mut BTreeMap<String, HostState>, hosts: &[String], state: HostState) {
+    for h in hosts {
+        states.insert(h.clone(), state.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("web-{i}")).collect()
+    }
+
+    #[test]
+    fn batching() {
+        let h = names(5);
+        assert_eq!(batches(&h, &[], Strategy::Parallel, BatchSize::Hosts(1)), vec![h.clone()]);
+        assert_eq!(batches(&h, &[], Strategy::Serial, BatchSize::Hosts(3)).len(), 5);
+        let b = batches(&h, &[], Strategy::Batch, BatchSize::Hosts(2));
+        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+        let b = batches(&h, &[], Strategy::Batch, BatchSize::Percent(25));
+        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1], "25% of 5 rounds up to 2");
+        let b = batches(&h, &["web-4".into()], Strategy::Parallel, BatchSize::Hosts(1));
+        assert_eq!(
+            b,
+            vec![vec!["web-4".to_owned()], vec!["web-1".into(), "web-2".into(), "web-3".into(), "web-5".into()]]
+        );
+    }
+
+    fn plan(batches: Vec<Vec<String>>, max_failures: u32) -> Plan {
+        Plan { batches, max_failures, auto_rollback: true, health_check: true }
+    }
+
+    fn fresh(p: &Plan) -> BTreeMap<String, HostState> {
+        p.batches.iter().flatten().map(|h| (h.clone(), HostState::Pending)).collect()
+    }
+
+    /// Run the planner, answering each action with `outcome(action, host) -> new state`.
+    fn simulate(p: &Plan, answer: impl Fn(&Action, &str) -> HostState) -> (Vec<Action>, Outcome) {
+        let mut states = fresh(p);
+        let mut log = Vec::new();
+        for _ in 0..100 {
+            let action = next(p, &states, false);
+            log.push(action.clone());
+            let hosts = match &action {
+                Action::Done(o) => return (log, o.clone()),
+                Action::Stage { hosts, .. } => hosts,
+                Action::Activate(h) | Action::HealthCheck(h) | Action::Abort(h) | Action::RollBack(h) => h,
+            };
+            for h in hosts.clone() {
+                let new = answer(&action, &h);
+                states.insert(h, new);
+            }
+        }
+        panic!("planner did not finish: {log:?}");
+    }
+
+    fn happy(action: &Action, _: &str) -> HostState {
+        match action {
+            Action::Stage { .. } => HostState::Staged,
+            Action::Activate(_) => HostState::Activated,
+            Action::HealthCheck(_) => HostState::Healthy,
+            Action::Abort(_) => HostState::Aborted,
+            Action::RollBack(_) => HostState::RolledBack,
+            Action::Done(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn parallel_stages_everything_before_activating_anything() {
+        let p = plan(vec![names(3)], 0);
+        let (log, outcome) = simulate(&p, happy);
+        assert_eq!(outcome, Outcome::Succeeded);
+        assert_eq!(
+            log,
+            vec![
+                Action::Stage { batch: 0, hosts: names(3) },
+                Action::Activate(names(3)),
+                Action::HealthCheck(names(3)),
+                Action::Done(Outcome::Succeeded)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stage_failure_aborts_the_others_and_activates_none() {
+        let p = plan(vec![names(3)], 0);
+        let (log, outcome) = simulate(&p, |a, h| match (a, h) {
+            (Action::Stage { .. }, "web-2") => HostState::Failed { activated: false },
+            _ => happy(a, h),
+        });
+        assert_eq!(outcome, Outcome::Failed);
+        assert_eq!(log[1], Action::Abort(vec!["web-1".into(), "web-3".into()]));
+        assert!(!log.iter().any(|a| matches!(a, Action::Activate(_))));
+    }
+
+    #[test]
+    fn health_failure_in_the_second_batch_rolls_back_and_never_touches_the_third() {
+        let p = plan(vec![names(2), vec!["web-3".into()], vec!["web-4".into()]], 0);
+        let (log, outcome) = simulate(&p, |a, h| match (a, h) {
+            (Action::HealthCheck(_), "web-3") => HostState::Failed { activated: true },
+            _ => happy(a, h),
+        });
+        assert_eq!(outcome, Outcome::RolledBack);
+        let rollback = log.iter().find_map(|a| if let Action::RollBack(h) = a { Some(h.clone()) } else { None });
+        assert_eq!(rollback.unwrap(), vec!["web-1".to_owned(), "web-2".into(), "web-3".into()]);
+        assert!(!log.iter().any(|a| matches!(a, Action::Stage { hosts, .. } if hosts.contains(&"web-4".to_owned()))));
+    }
+
+    #[test]
+    fn failures_within_max_failures_continue() {
+        let p = plan(vec![vec!["web-1".into()], vec!["web-2".into()], vec!["web-3".into()]], 1);
+        let (_, outcome) = simulate(&p, |a, h| match (a, h) {
+            (Action::Stage { .. }, "web-2") => HostState::Failed { activated: false },
+            _ => happy(a, h),
+        });
+        assert_eq!(outcome, Outcome::Partial);
+    }
+
+    #[test]
+    fn without_auto_rollback_activated_hosts_stay() {
+        let p = Plan { auto_rollback: false, ..plan(vec![vec!["web-1".into()], vec!["web-2".into()]], 0) };
+        let (log, outcome) = simulate(&p, |a, h| match (a, h) {
+            (Action::HealthCheck(_), "web-2") => HostState::Failed { activated: true },
+            _ => happy(a, h),
+        });
+        assert_eq!(outcome, Outcome::Failed);
+        assert!(!log.iter().any(|a| matches!(a, Action::RollBack(_))));
+    }
+
+    #[test]
+    fn cancel_aborts_staged_and_rolls_back_activated() {
+        let p = plan(vec![vec!["web-1".into()], names(3)[1..].to_vec()], 0);
+        let mut states = fresh(&p);
+        set(&mut states, &["web-1".into()], HostState::Healthy);
+        set(&mut states, &["web-2".into()], HostState::Staged);
+        assert_eq!(next(&p, &states, true), Action::Abort(vec!["web-2".into()]));
+        set(&mut states, &["web-2".into()], HostState::Aborted);
+        assert_eq!(next(&p, &states, true), Action::RollBack(vec!["web-1".into()]));
+        set(&mut states, &["web-1".into()], HostState::RolledBack);
+        assert_eq!(next(&p, &states, true), Action::Done(Outcome::RolledBack));
+    }
+}
