@@ -139,8 +139,9 @@ impl Inner {
         if !self.config.is_allowed(path) {
             return Err(refuse());
         }
-        // Symlinks in existing ancestors must not lead outside either.
-        let mut existing = path;
+        // Symlinks in existing ancestors must not lead outside either. The path itself is not
+        // followed: `current` is a symlink we replace, not a place we write through.
+        let mut existing = path.parent().unwrap_or(path);
         while !existing.exists() {
             existing = existing.parent().unwrap_or(Path::new("/"));
         }
@@ -266,6 +267,7 @@ impl Inner {
         let manifest: Manifest =
             header.manifest.ok_or_else(|| bad("stage header has no manifest"))?.try_into().map_err(bad)?;
         manifest.validate(&self.config.limits)?;
+        let manifest_bytes = manifest.file_bytes() + manifest.entries.len() as u64 * 4096;
         if header.artifact_sha256.len() != 32 {
             return Err(bad("stage header has no artifact sha256"));
         }
@@ -304,6 +306,7 @@ impl Inner {
         let stats = match outcome {
             Ok(stats) => stats,
             Err(e) => {
+                let e = disk_full(e, &releases_dir, &manifest_bytes);
                 if let Err(cleanup) = layout.remove(&staging.file_name().expect("staging name").to_string_lossy()) {
                     warn!(error = %cleanup, "cannot remove staging dir");
                 }
@@ -664,6 +667,20 @@ impl Inner {
 
 fn list_or_none(ids: &[ReleaseId]) -> String {
     if ids.is_empty() { "none".into() } else { ids.iter().map(ReleaseId::as_str).collect::<Vec<_>>().join(", ") }
+}
+
+/// A write that failed for lack of space becomes a message with the bytes needed and free.
+fn disk_full(e: AgentError, dir: &Path, needed: &u64) -> AgentError {
+    let enospc = match &e {
+        AgentError::Archive(slipway_common::archive::ArchiveError::Write { source, .. }) => source.raw_os_error(),
+        AgentError::Io { source, .. } => source.raw_os_error(),
+        _ => None,
+    } == Some(rustix::io::Errno::NOSPC.raw_os_error());
+    if !enospc {
+        return e;
+    }
+    let free = rustix::fs::statvfs(dir).map(|s| s.f_bavail.saturating_mul(s.f_frsize)).unwrap_or(0);
+    AgentError::DiskFull { path: dir.to_path_buf(), needed: *needed, free }
 }
 
 fn check_free_space(dir: &Path, manifest: &Manifest) -> Result<(), AgentError> {

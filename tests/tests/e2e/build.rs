@@ -162,8 +162,7 @@ struct Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        slipway_tests::terminate(&mut self.child);
     }
 }
 

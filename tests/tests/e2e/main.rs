@@ -8,3 +8,4 @@ mod faults;
 mod hooks;
 mod hostile;
 mod mtls;
+mod rollout;

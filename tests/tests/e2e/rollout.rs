@@ -1,0 +1,404 @@
+//! Rollout control and failure safety: batches with health gates, automatic rollback, the
+//! deploy lock, stale generations, crashes of either side, a full disk, cancel, and zero
+//! downtime under nginx.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use slipway_tests::{Fleet, Repo, bin, free_port, hook_user_line, http_get, is_root, require};
+
+fn repo(fleet: &Fleet) -> Repo {
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "v1\n");
+    repo.commit("v1");
+    repo
+}
+
+fn next_version(repo: &Repo, v: u32) {
+    repo.write("index.html", &format!("v{v}\n"));
+    repo.commit(&format!("v{v}"));
+}
+
+fn page(fleet: &Fleet, host: &str) -> String {
+    std::fs::read_to_string(fleet.current(host, "site").join("index.html")).unwrap_or_default()
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_health_check_failing_in_the_second_batch_rolls_back_the_first_and_spares_the_third() {
+    let fleet = Fleet::new(3);
+    let repo = repo(&fleet);
+    fleet.apply_project("site", &repo.path, "");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    next_version(&repo, 2);
+    let top = "[rollout]\nstrategy = \"serial\"\n\
+               health = { command = \"test \\\"$SLIPWAY_HOST\\\" != web-2\", timeout_secs = 5, retries = 1, interval_secs = 0 }\n";
+    fleet.apply_project_full("site", &repo.path, top, &hook_user_line(), "");
+    let run = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(1);
+    let doc = run.json();
+    assert_eq!(doc["status"], "rolled_back", "{}", run.stderr);
+    for host in ["web-1", "web-2", "web-3"] {
+        assert_eq!(page(&fleet, host), "v1\n", "{host} serves the previous release");
+    }
+    let steps = |host: &str| -> Vec<String> {
+        let h = doc["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host).unwrap();
+        h["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(steps("web-1"), ["connect", "stage", "activate", "health", "rollback"]);
+    assert_eq!(steps("web-2"), ["connect", "stage", "activate", "health", "rollback"]);
+    assert!(steps("web-3").is_empty(), "the third batch is never touched: {:?}", steps("web-3"));
+    assert_eq!(fleet.releases("web-3", "site").len(), 1);
+    assert!(run.stderr.contains("web-2") && run.stderr.contains("unhealthy"), "{}", run.stderr);
+}
+
+/// A tiny HTTP server answering every request with `status`; returns its port.
+fn http_server(status: u16) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(100) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    port
+}
+
+#[test]
+fn http_health_checks_gate_the_rollout() {
+    let fleet = Fleet::new(2);
+    let repo = repo(&fleet);
+    let ok = http_server(200);
+    let top = format!(
+        "[rollout]\nhealth = {{ http = \"http://127.0.0.1:{ok}/healthz\", expect_status = 200, retries = 0 }}\n"
+    );
+    fleet.apply_project_full("site", &repo.path, &top, "", "");
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+    assert!(doc["hosts"][0]["steps"].as_array().unwrap().iter().any(|s| s["name"] == "health" && s["ok"] == true));
+
+    next_version(&repo, 2);
+    let bad = http_server(503);
+    let top = format!(
+        "[rollout]\nhealth = {{ http = \"http://127.0.0.1:{bad}/healthz\", expect_status = 200, retries = 1, interval_secs = 0 }}\n"
+    );
+    fleet.apply_project_full("site", &repo.path, &top, "", "");
+    let run = fleet.slipctl(&["deploy", "site", "test"]).code(1);
+    assert!(run.stderr.contains("HTTP 503"), "{}", run.stderr);
+    assert_eq!(page(&fleet, "web-1"), "v1\n");
+    assert_eq!(page(&fleet, "web-2"), "v1\n");
+}
+
+#[test]
+fn canary_goes_first_and_batches_follow() {
+    let fleet = Fleet::new(4);
+    let repo = repo(&fleet);
+    let top = "[rollout]\nstrategy = \"batch\"\nbatch = 2\n";
+    fleet.apply_project_full("site", &repo.path, top, "", "canary = [\"web-3\"]\n");
+    let run = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok();
+    let doc = run.json();
+    let activated_at = |host: &str| -> u64 {
+        let h = doc["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host).unwrap();
+        h["steps"].as_array().unwrap().iter().find(|s| s["name"] == "activate").unwrap()["started_ms"].as_u64().unwrap()
+    };
+    let staged_at = |host: &str| -> u64 {
+        let h = doc["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host).unwrap();
+        h["steps"].as_array().unwrap().iter().find(|s| s["name"] == "connect").unwrap()["started_ms"].as_u64().unwrap()
+    };
+    // The canary is activated before anyone else is even contacted.
+    for host in ["web-1", "web-2", "web-4"] {
+        assert!(activated_at("web-3") <= staged_at(host), "canary first: {host}");
+    }
+    // Batch 2 (web-1, web-2) is activated before batch 3 (web-4) is contacted.
+    assert!(activated_at("web-2") <= staged_at("web-4"));
+    for host in ["web-1", "web-2", "web-3", "web-4"] {
+        assert_eq!(page(&fleet, host), "v1\n");
+    }
+}
+
+#[test]
+fn a_second_deploy_gets_the_lock_holder_and_a_dead_holder_is_taken_over() {
+    let fleet = Fleet::new(1);
+    let repo = repo(&fleet);
+    fleet.apply_project_full("site", &repo.path, "[build]\npost_deploy = [\"sleep 30\"]\n", "", "");
+    let mut first = Command::new(bin("slipctl"))
+        .arg("--home")
+        .arg(&fleet.home)
+        .args(["deploy", "site", "test"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the first deploy to be recorded", || {
+        fleet.slipctl(&["--output", "json", "history"]).json().as_array().is_some_and(|a| !a.is_empty())
+    });
+    let run = fleet.slipctl(&["deploy", "site", "test"]).code(2);
+    assert!(
+        run.stderr.contains("locked by deploy #1") && run.stderr.contains(&format!("pid {}", first.id())),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("slipctl unlock site test"), "{}", run.stderr);
+
+    // SIGKILL the controller mid-deploy: history says interrupted, never "running" forever.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let doc = fleet.slipctl(&["--output", "json", "history"]).ok().json();
+    assert_eq!(doc[0]["status"], "interrupted");
+    // The next deploy takes the dead holder's lock over and goes through.
+    fleet.apply_project("site", &repo.path, "");
+    let run = fleet.slipctl(&["deploy", "site", "test"]).ok();
+    assert!(run.stdout.contains("took over the lock"), "{}", run.stdout);
+    assert_eq!(page(&fleet, "web-1"), "v1\n");
+    assert_eq!(fleet.slipctl(&["--output", "json", "history"]).ok().json()[0]["status"], "succeeded");
+    // unlock on a free lock says so.
+    assert!(fleet.slipctl(&["unlock", "site", "test"]).ok().stdout.contains("was not locked"));
+}
+
+#[test]
+fn a_stale_generation_cannot_activate() {
+    use slipway_common::tls::{TlsMaterial, controller_client_config};
+    use slipway_controller::client::{self, Timeouts};
+    use slipway_controller::store::AgentRecord;
+    use slipway_proto::pb;
+
+    let fleet = Fleet::new(1);
+    let repo = repo(&fleet);
+    fleet.apply_project("site", &repo.path, "");
+    let r1 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json()["release"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    next_version(&repo, 2);
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    // A stale controller (generation 1) replays "activate release 1".
+    let pki = fleet.home.join("pki");
+    let read = |p: &str| std::fs::read_to_string(pki.join(p)).unwrap();
+    let tls = controller_client_config(&TlsMaterial {
+        ca_pem: read("ca.pem"),
+        cert_pem: read("controller.pem"),
+        key_pem: read("controller.key"),
+    })
+    .unwrap();
+    let agent =
+        AgentRecord { name: "web-1".into(), addr: fleet.agents[0].addr(), labels: Default::default(), added_at: 0 };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let err = rt.block_on(async {
+        let mut c = client::connect(tls, &agent, Timeouts::default()).await.unwrap();
+        let request = pb::ActivateRequest {
+            target: Some(pb::Target {
+                project: "site".into(),
+                env: "test".into(),
+                deploy_to: fleet.deploy_to("web-1", "site").display().to_string(),
+                current: fleet.current("web-1", "site").display().to_string(),
+            }),
+            release_id: r1.clone(),
+            generation: 1,
+            deploy_id: 1,
+            deploy_type: pb::DeployType::Deploy as i32,
+            ..Default::default()
+        };
+        let mut stream = c.activate(request).await.unwrap().into_inner();
+        loop {
+            match stream.message().await {
+                Ok(Some(pb::ActivateEvent { kind: Some(pb::activate_event::Kind::Done(_)) })) => {
+                    return String::from("activated");
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return String::from("ended"),
+                Err(s) => return s.message().to_owned(),
+            }
+        }
+    });
+    assert!(err.contains("stale generation 1"), "{err}");
+    assert_eq!(page(&fleet, "web-1"), "v2\n", "current untouched");
+}
+
+#[test]
+fn an_agent_killed_mid_upload_leaves_current_untouched_and_recovers() {
+    let mut fleet = Fleet::new(2);
+    let repo = repo(&fleet);
+    fleet.apply_project("site", &repo.path, "");
+    let r1 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json()["release"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A big incompressible tree takes a while to unpack.
+    let noise: Vec<u8> = (0..(96u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(repo.path.join("big.bin"), &noise).unwrap();
+    next_version(&repo, 2);
+    let deploy = Command::new(bin("slipctl"))
+        .arg("--home")
+        .arg(&fleet.home)
+        .args(["deploy", "site", "test"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let releases = fleet.deploy_to("web-2", "site").join("releases");
+    wait_until("web-2 to start unpacking", || {
+        std::fs::read_dir(&releases)
+            .is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(".staging-")))
+    });
+    fleet.agents[1].kill();
+    let out = deploy.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("web-2") && stderr.contains("no host was activated"), "{stderr}");
+    assert_eq!(fleet.current_release("web-1", "site").as_deref(), Some(r1.as_str()));
+    assert_eq!(fleet.releases_dir_entries("web-1", "site"), vec![r1.clone()], "web-1's staged release was removed");
+
+    fleet.agents[1].start();
+    assert_eq!(fleet.releases_dir_entries("web-2", "site"), vec![r1.clone()], "staging removed at start");
+    assert_eq!(fleet.current_release("web-2", "site").as_deref(), Some(r1.as_str()));
+    let history = fleet.slipctl(&["--output", "json", "history"]).ok().json();
+    assert_eq!(history[0]["status"], "failed");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    assert_eq!(page(&fleet, "web-2"), "v2\n");
+}
+
+#[test]
+fn a_full_disk_is_refused_with_bytes_needed_and_free() {
+    if !require("root (to mount a tiny tmpfs)", is_root()) {
+        return;
+    }
+    let fleet = Fleet::new(2);
+    let repo = repo(&fleet);
+    fleet.apply_project("site", &repo.path, "");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    std::fs::write(repo.path.join("big.bin"), vec![7u8; 4 << 20]).unwrap();
+    next_version(&repo, 2);
+    // web-2's releases live on a 2 MiB filesystem.
+    let releases = fleet.deploy_to("web-2", "site").join("releases");
+    let saved = fleet.path().join("saved-releases");
+    std::fs::rename(&releases, &saved).unwrap();
+    std::fs::create_dir(&releases).unwrap();
+    let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tiny"]).arg(&releases).status().unwrap();
+    assert!(status.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(releases.clone());
+    let old = std::fs::read_dir(&saved).unwrap().next().unwrap().unwrap().file_name();
+    let status = Command::new("cp").arg("-a").arg(saved.join(&old)).arg(&releases).status().unwrap();
+    assert!(status.success());
+
+    let run = fleet.slipctl(&["deploy", "site", "test"]).code(1);
+    assert!(
+        run.stderr.contains("not enough disk space") && run.stderr.contains("need") && run.stderr.contains("free"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(page(&fleet, "web-1"), "v1\n");
+    assert_eq!(page(&fleet, "web-2"), "v1\n");
+    assert_eq!(std::fs::read_dir(&releases).unwrap().count(), 1, "nothing left in the full filesystem");
+}
+
+#[test]
+fn cancel_removes_staged_releases_and_rolls_back() {
+    let fleet = Fleet::new(2);
+    let repo = repo(&fleet);
+    fleet.apply_project("site", &repo.path, "");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    next_version(&repo, 2);
+    // web-1 goes first (serial) and is activated; web-2's pre_release hangs until we cancel.
+    let target = format!("{}pre_release = [\"test \\\"$SLIPWAY_HOST\\\" != web-2 || sleep 8\"]\n", hook_user_line());
+    fleet.apply_project_full("site", &repo.path, "[rollout]\nstrategy = \"serial\"\n", &target, "");
+    let deploy = Command::new(bin("slipctl"))
+        .arg("--home")
+        .arg(&fleet.home)
+        .args(["deploy", "site", "test"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("web-1 to be activated", || page(&fleet, "web-1") == "v2\n");
+    std::thread::sleep(Duration::from_millis(300));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(deploy.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let out = deploy.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(page(&fleet, "web-1"), "v1\n", "activated host rolled back");
+    assert_eq!(page(&fleet, "web-2"), "v1\n");
+    assert_eq!(fleet.releases("web-2", "site").len(), 1, "web-2's staged release removed");
+    let history = fleet.slipctl(&["--output", "json", "history"]).ok().json();
+    assert_eq!(history[0]["status"], "cancelled");
+}
+
+#[test]
+fn zero_downtime_under_nginx_through_20_deploys_and_rollbacks() {
+    let nginx_ok = Command::new("nginx").arg("-v").stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !require("nginx (apt-get install nginx)", nginx_ok) {
+        return;
+    }
+    let fleet = Fleet::new(1);
+    let repo = repo(&fleet);
+    fleet.apply_project("site", &repo.path, "[rollout]\nauto_rollback = true\n");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    let port = free_port();
+    let dir = fleet.path().join("nginx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let user = if is_root() { "user root;\n" } else { "" };
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "{user}daemon off;\nworker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
+             http {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+             server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+            d = dir.display(),
+            root = fleet.current("web-1", "site").display()
+        ),
+    )
+    .unwrap();
+    let mut nginx = Command::new("nginx")
+        .args(["-p", dir.to_str().unwrap(), "-c", dir.join("nginx.conf").to_str().unwrap()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("nginx", || http_get(port, "/index.html").is_ok());
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(240);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline && seen.len() < 200_000
+            {
+                seen.push(http_get(port, "/index.html").map_err(|e| e.to_string()));
+            }
+            seen
+        })
+    };
+    for v in 2..=11 {
+        next_version(&repo, v);
+        fleet.slipctl(&["deploy", "site", "test"]).ok();
+        fleet.slipctl(&["rollback", "site", "test"]).ok();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = load.join().unwrap();
+    slipway_tests::terminate(&mut nginx);
+    assert!(seen.len() > 50, "only {} requests", seen.len());
+    let versions: Vec<String> = (1..=11).map(|v| format!("v{v}\n")).collect();
+    for response in &seen {
+        let (status, body) = response.as_ref().unwrap_or_else(|e| panic!("request failed: {e}"));
+        assert_eq!(*status, 200, "every response is 200");
+        assert!(versions.contains(body), "every body comes from exactly one release: {body:?}");
+    }
+}
