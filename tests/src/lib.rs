@@ -66,6 +66,8 @@ pub struct Agent {
     pub root: PathBuf,
     child: Option<Child>,
     starts: usize,
+    /// Network namespace the agent runs in, if any.
+    pub netns: Option<String>,
 }
 
 impl Agent {
@@ -76,7 +78,15 @@ impl Agent {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "agent {} already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.bundle.join("slipd.log")).unwrap();
-        let mut child = Command::new(bin("slipd"))
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("slipd"));
+                c
+            }
+            None => Command::new(bin("slipd")),
+        };
+        let mut child = command
             .arg("--config")
             .arg(self.bundle.join("agent.toml"))
             .env("SLIPWAY_LOG", "info")
@@ -96,6 +106,13 @@ impl Agent {
         }
         self.starts += 1;
         self.child = Some(child);
+    }
+
+    /// Send a signal to slipd (e.g. STOP to freeze it like a hung host, CONT to thaw it).
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let child = self.child.as_ref().expect("agent running");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
     }
 
     /// SIGKILL, as a crash would.
@@ -167,10 +184,43 @@ impl Fleet {
             root.to_str().unwrap(),
         ])
         .ok();
-        let mut agent = Agent { name: name.into(), port, bundle, root, child: None, starts: 0 };
+        let mut agent = Agent { name: name.into(), port, bundle, root, child: None, starts: 0, netns: None };
         if start {
             agent.start();
         }
+        self.agents.push(agent);
+        self.agents.len() - 1
+    }
+
+    /// Register an agent that runs inside network namespace `ns`, reached at `ns.ip_ns`.
+    pub fn add_agent_in(&mut self, name: &str, ns: &NetNs) -> usize {
+        let port = 7443;
+        let bundle = self.path().join("agents").join(name);
+        let root = self.path().join("hosts").join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        let addr = format!("{}:{port}", ns.ip_ns);
+        let state = bundle.join("state");
+        self.slipctl(&[
+            "agent",
+            "add",
+            name,
+            "--addr",
+            &addr,
+            "--label",
+            "role=web",
+            "--out",
+            bundle.to_str().unwrap(),
+            "--listen",
+            &addr,
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--allowed-root",
+            root.to_str().unwrap(),
+        ])
+        .ok();
+        let mut agent =
+            Agent { name: name.into(), port, bundle, root, child: None, starts: 0, netns: Some(ns.name.clone()) };
+        agent.start();
         self.agents.push(agent);
         self.agents.len() - 1
     }
@@ -383,4 +433,67 @@ pub fn terminate(child: &mut Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A network namespace joined to this one by a veth pair: a test host on its own network.
+/// Removed on drop. Needs root and `ip` (iproute2).
+pub struct NetNs {
+    pub name: String,
+    pub ip_ns: String,
+    veth_ns: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl NetNs {
+    pub fn new(tag: u8) -> NetNs {
+        let id = std::process::id() % 200;
+        let name = format!("sw{id}n{tag}");
+        let (veth_root, veth_ns) = (format!("sw{id}r{tag}"), format!("sw{id}h{tag}"));
+        let (ip_root, ip_ns) = (format!("10.231.{id}.{}", tag * 4 + 1), format!("10.231.{id}.{}", tag * 4 + 2));
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = NetNs { name: name.clone(), ip_ns: ip_ns.clone(), veth_ns: veth_ns.clone() };
+        ip(&["link", "add", &veth_root, "type", "veth", "peer", "name", &veth_ns]);
+        ip(&["link", "set", &veth_ns, "netns", &name]);
+        ip(&["addr", "add", &format!("{ip_root}/30"), "dev", &veth_root]);
+        ip(&["link", "set", &veth_root, "up"]);
+        ip(&["netns", "exec", &name, "ip", "addr", "add", &format!("{ip_ns}/30"), "dev", &veth_ns]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", &veth_ns, "up"]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Cut (or restore) the host's link: packets are dropped silently, like a real partition.
+    pub fn partition(&self, cut: bool) {
+        ip(&["netns", "exec", &self.name, "ip", "link", "set", &self.veth_ns, if cut { "down" } else { "up" }]);
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Whether network namespaces can be made here (root and iproute2).
+pub fn netns_available() -> bool {
+    is_root() && Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success())
+}
+
+/// `n` incompressible bytes (xorshift64*), so uploads take real time.
+pub fn noise(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(n);
+    out
 }

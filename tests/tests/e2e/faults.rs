@@ -104,3 +104,95 @@ fn paths_outside_allowed_roots_are_refused() {
     assert!(run.stderr.contains("allowed_roots"), "{}", run.stderr);
     assert!(!fleet.path().join("elsewhere").exists());
 }
+
+/// Wait for `ok`, up to `secs`.
+fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !ok() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn staging_present(fleet: &Fleet, host: &str) -> bool {
+    std::fs::read_dir(fleet.deploy_to(host, "site").join("releases"))
+        .is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(".staging-")))
+}
+
+#[test]
+fn a_frozen_agent_is_detected_within_the_host_timeout() {
+    let fleet = Fleet::new(2);
+    let repo = repo_with(&fleet, "v1");
+    fleet.apply_project("site", &repo.path, "[rollout]\nhost_timeout_secs = 3\n");
+    let r1 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json()["release"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    repo.write("index.html", "v2");
+    repo.commit("c2");
+    fleet.agents[1].signal(rustix::process::Signal::STOP);
+    let started = std::time::Instant::now();
+    let run = fleet.slipctl(&["deploy", "site", "test"]).code(1);
+    let took = started.elapsed();
+    fleet.agents[1].signal(rustix::process::Signal::CONT);
+    assert!(took.as_secs() < 15, "a hung host must be given up on within the host timeout, took {took:?}");
+    assert!(run.stderr.contains("web-2") && run.stderr.contains("no host was activated"), "{}", run.stderr);
+    assert_eq!(fleet.current_release("web-1", "site").as_deref(), Some(r1.as_str()));
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    assert_eq!(std::fs::read_to_string(fleet.current("web-2", "site").join("index.html")).unwrap(), "v2");
+}
+
+#[test]
+fn a_host_partitioned_mid_upload_fails_alone_and_recovers() {
+    if !slipway_tests::require("root and iproute2 (network namespaces)", slipway_tests::netns_available()) {
+        return;
+    }
+    let mut fleet = Fleet::new(1);
+    let ns = slipway_tests::NetNs::new(1);
+    fleet.add_agent_in("web-2", &ns);
+    let repo = repo_with(&fleet, "v1");
+    fleet.apply_project("site", &repo.path, "[rollout]\nhost_timeout_secs = 4\n");
+    let r1 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json()["release"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(fleet.current_release("web-2", "site").as_deref(), Some(r1.as_str()), "deployed across the veth");
+
+    let noise = slipway_tests::noise(64 << 20);
+    std::fs::write(repo.path.join("big.bin"), &noise).unwrap();
+    repo.write("index.html", "v2");
+    repo.commit("c2");
+    let deploy = std::process::Command::new(slipway_tests::bin("slipctl"))
+        .arg("--home")
+        .arg(&fleet.home)
+        .args(["deploy", "site", "test"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("web-2 to start receiving", 60, || staging_present(&fleet, "web-2"));
+    ns.partition(true);
+    let started = std::time::Instant::now();
+    let out = deploy.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(started.elapsed().as_secs() < 20, "partition detected in {:?}", started.elapsed());
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("web-2") && stderr.contains("no host was activated"), "{stderr}");
+    assert_eq!(fleet.current_release("web-1", "site").as_deref(), Some(r1.as_str()));
+    assert_eq!(fleet.releases_dir_entries("web-1", "site"), vec![r1.clone()]);
+
+    // Healed: the agent notices the dead upload and drops its staging; the next deploy goes through.
+    ns.partition(false);
+    wait_for("web-2 to drop the broken upload", 90, || !staging_present(&fleet, "web-2"));
+    let addr: std::net::SocketAddr = format!("{}:7443", ns.ip_ns).parse().unwrap();
+    wait_for("web-2 to be reachable again", 30, || {
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)).is_ok()
+    });
+    assert_eq!(fleet.current_release("web-2", "site").as_deref(), Some(r1.as_str()));
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    assert_eq!(std::fs::read_to_string(fleet.current("web-2", "site").join("index.html")).unwrap(), "v2");
+    let history = fleet.slipctl(&["--output", "json", "history"]).ok().json();
+    let statuses: Vec<_> =
+        history.as_array().unwrap().iter().map(|d| d["status"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(statuses, ["succeeded", "failed", "succeeded"]);
+}

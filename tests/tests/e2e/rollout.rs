@@ -233,7 +233,7 @@ fn an_agent_killed_mid_upload_leaves_current_untouched_and_recovers() {
         .unwrap()
         .to_owned();
     // A big incompressible tree takes a while to unpack.
-    let noise: Vec<u8> = (0..(96u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let noise = slipway_tests::noise(96 << 20);
     std::fs::write(repo.path.join("big.bin"), &noise).unwrap();
     next_version(&repo, 2);
     let deploy = Command::new(bin("slipctl"))
