@@ -196,3 +196,48 @@ fn a_host_partitioned_mid_upload_fails_alone_and_recovers() {
         history.as_array().unwrap().iter().map(|d| d["status"].as_str().unwrap().to_owned()).collect();
     assert_eq!(statuses, ["succeeded", "failed", "succeeded"]);
 }
+
+#[test]
+fn an_agent_killed_around_the_flip_leaves_old_or_new_never_nothing() {
+    let mut fleet = Fleet::new(1);
+    let repo = repo_with(&fleet, "v0");
+    fleet.apply_project("site", &repo.path, "");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    let mut served = "v0".to_owned();
+    for round in 1..=6u64 {
+        repo.write("index.html", &format!("v{round}"));
+        repo.commit(&format!("c{round}"));
+        let deploy = std::process::Command::new(slipway_tests::bin("slipctl"))
+            .arg("--home")
+            .arg(&fleet.home)
+            .args(["deploy", "site", "test"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill at a different moment each round: before, during and after staging and the flip.
+        std::thread::sleep(std::time::Duration::from_millis(round * 40));
+        fleet.agents[0].kill();
+        let _ = deploy.wait_with_output();
+        fleet.agents[0].start();
+        let current = fleet.current("web-1", "site");
+        let target = std::fs::read_link(&current).expect("current is always a symlink");
+        let page = std::fs::read_to_string(target.join("index.html")).expect("current is a complete release");
+        assert!(
+            page == format!("v{round}") || page == served,
+            "round {round}: {page} is neither new nor old ({served})"
+        );
+        served = page;
+        let leftovers: Vec<_> = std::fs::read_dir(current.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary links are cleaned at start");
+        assert!(!staging_present(&fleet, "web-1"), "staging is cleaned at start");
+        let history = fleet.slipctl(&["--output", "json", "history", "--limit", "1"]).ok().json();
+        assert_ne!(history[0]["status"], "running", "history never says running for a finished controller");
+    }
+    // And the fleet still deploys.
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+}
