@@ -184,16 +184,7 @@ pub async fn build(
         } else {
             format!("{stage} hook `{command}` failed with exit status {}", result.exit_code)
         };
-        hooks.push(HookRecord {
-            stage: stage.into(),
-            command: command.clone(),
-            exit_code: result.exit_code,
-            timed_out: result.timed_out,
-            elapsed_ms: result.elapsed_ms,
-            output_head: String::from_utf8_lossy(&result.head).into_owned(),
-            output_tail: String::from_utf8_lossy(&result.tail).into_owned(),
-            output_dropped: result.dropped,
-        });
+        hooks.push(HookRecord::from_shell(stage, command, &result));
         if !ok {
             return Err(BuildFailure {
                 error: CtlError::failed(format!("build failed, nothing was sent: {why}")),

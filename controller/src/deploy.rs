@@ -202,6 +202,21 @@ impl Clock {
         };
         result.steps.push(Step { name: name.into(), started_ms, elapsed_ms, ok, detail });
     }
+
+    /// A clean-up step after the host already failed (abort, rollback): the host's first error
+    /// stays its error, and it counts as failed whatever the clean-up did.
+    fn follow_up(
+        &self,
+        result: &mut HostResult,
+        name: &str,
+        started: Instant,
+        outcome: std::result::Result<String, String>,
+    ) {
+        let first = result.error.take();
+        self.step(result, name, started, outcome);
+        result.error = first.or(result.error.take());
+        result.ok = false;
+    }
 }
 
 fn new_host_result(agent: &AgentRecord, release: &str) -> HostResult {
@@ -947,13 +962,10 @@ async fn run_deploy(
                             }
                         }
                         .await;
-                        let keep = result.error.clone();
                         if outcome.is_ok() {
                             let _ = fan.events.send((result.host.clone(), HostEvent::Aborted));
                         }
-                        fan.clock.step(&mut result, "abort", t, outcome);
-                        result.error = keep.or(result.error.take());
-                        result.ok = false;
+                        fan.clock.follow_up(&mut result, "abort", t, outcome);
                         result
                     }
                 })
@@ -993,10 +1005,7 @@ async fn run_deploy(
                                 HostEvent::Activated { previous: previous.clone(), elapsed_ms: 0 },
                             ));
                         }
-                        let keep = result.error.clone();
-                        fan.clock.step(&mut result, "rollback", t, outcome);
-                        result.error = keep.or(result.error.take());
-                        result.ok = false;
+                        fan.clock.follow_up(&mut result, "rollback", t, outcome);
                         result
                     }
                 })

@@ -102,6 +102,22 @@ pub struct HookRecord {
     pub output_dropped: u64,
 }
 
+impl HookRecord {
+    /// A build hook's record from how its process ended.
+    pub fn from_shell(stage: &str, command: &str, r: &slipway_common::process::ShellResult) -> Self {
+        HookRecord {
+            stage: stage.into(),
+            command: command.into(),
+            exit_code: r.exit_code,
+            timed_out: r.timed_out,
+            elapsed_ms: r.elapsed_ms,
+            output_head: String::from_utf8_lossy(&r.head).into_owned(),
+            output_tail: String::from_utf8_lossy(&r.tail).into_owned(),
+            output_dropped: r.dropped,
+        }
+    }
+}
+
 impl From<slipway_proto::pb::HookResult> for HookRecord {
     fn from(r: slipway_proto::pb::HookResult) -> Self {
         HookRecord {

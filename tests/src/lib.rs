@@ -161,44 +161,19 @@ impl Fleet {
     /// Register an agent (and start it when `start`).
     pub fn add_agent(&mut self, name: &str, start: bool) -> usize {
         let port = free_port();
-        let bundle = self.path().join("agents").join(name);
-        let root = self.path().join("hosts").join(name);
-        std::fs::create_dir_all(&root).unwrap();
-        let addr = format!("127.0.0.1:{port}");
-        let state = bundle.join("state");
-        self.slipctl(&[
-            "agent",
-            "add",
-            name,
-            "--addr",
-            &addr,
-            "--label",
-            "role=web",
-            "--out",
-            bundle.to_str().unwrap(),
-            "--listen",
-            &addr,
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--allowed-root",
-            root.to_str().unwrap(),
-        ])
-        .ok();
-        let mut agent = Agent { name: name.into(), port, bundle, root, child: None, starts: 0, netns: None };
-        if start {
-            agent.start();
-        }
-        self.agents.push(agent);
-        self.agents.len() - 1
+        self.register(name, "127.0.0.1", port, None, start)
     }
 
     /// Register an agent that runs inside network namespace `ns`, reached at `ns.ip_ns`.
     pub fn add_agent_in(&mut self, name: &str, ns: &NetNs) -> usize {
-        let port = 7443;
+        self.register(name, &ns.ip_ns.clone(), 7443, Some(ns.name.clone()), true)
+    }
+
+    fn register(&mut self, name: &str, ip: &str, port: u16, netns: Option<String>, start: bool) -> usize {
         let bundle = self.path().join("agents").join(name);
         let root = self.path().join("hosts").join(name);
         std::fs::create_dir_all(&root).unwrap();
-        let addr = format!("{}:{port}", ns.ip_ns);
+        let addr = format!("{ip}:{port}");
         let state = bundle.join("state");
         self.slipctl(&[
             "agent",
@@ -218,9 +193,10 @@ impl Fleet {
             root.to_str().unwrap(),
         ])
         .ok();
-        let mut agent =
-            Agent { name: name.into(), port, bundle, root, child: None, starts: 0, netns: Some(ns.name.clone()) };
-        agent.start();
+        let mut agent = Agent { name: name.into(), port, bundle, root, child: None, starts: 0, netns };
+        if start {
+            agent.start();
+        }
         self.agents.push(agent);
         self.agents.len() - 1
     }
