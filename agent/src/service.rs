@@ -188,6 +188,62 @@ impl Inner {
         Ok(record)
     }
 
+    /// Where a release's manifest is kept (for delta uploads into later releases).
+    fn manifest_path(&self, target: &Target, release: &str) -> PathBuf {
+        self.config.state_dir.join("manifests").join(&target.project).join(&target.env).join(format!("{release}.json"))
+    }
+
+    /// Keep the release's manifest with a fingerprint (size, mtime) of every file as staged, so
+    /// a later delta reuses only files nothing has written since (hooks may write their release).
+    fn save_manifest(
+        &self,
+        target: &Target,
+        release: &ReleaseId,
+        root: &Path,
+        manifest: &Manifest,
+    ) -> Result<(), AgentError> {
+        let path = self.manifest_path(target, release.as_str());
+        let dir = path.parent().expect("manifest dir");
+        std::fs::create_dir_all(dir).map_err(|e| AgentError::io("cannot create", dir, e))?;
+        let stamps: HashMap<String, Stamp> = manifest
+            .entries
+            .iter()
+            .filter(|e| e.kind == slipway_common::archive::EntryKind::File)
+            .filter_map(|e| stamp(&root.join(&e.path)).map(|s| (e.path.clone(), s)))
+            .collect();
+        let kept = KeptRelease { manifest: manifest.clone(), stamps };
+        let bytes = serde_json::to_vec(&kept).map_err(|e| AgentError::State(e.to_string()))?;
+        std::fs::write(&path, bytes).map_err(|e| AgentError::io("cannot write", &path, e))
+    }
+
+    /// Remove a release and its kept manifest.
+    fn remove_release(&self, target: &Target, release: &str) -> Result<(), AgentError> {
+        target.layout.remove(release)?;
+        let _ = std::fs::remove_file(self.manifest_path(target, release));
+        Ok(())
+    }
+
+    /// Content sha256 -> a file holding it, over the retained releases (newest first). Only
+    /// regular files whose fingerprint is unchanged since staging are offered.
+    fn reuse_sources(&self, target: &Target) -> Result<HashMap<String, PathBuf>, AgentError> {
+        let mut sources = HashMap::new();
+        for id in target.layout.list()?.iter().rev() {
+            let Ok(bytes) = std::fs::read(self.manifest_path(target, id.as_str())) else { continue };
+            let Ok(kept) = serde_json::from_slice::<KeptRelease>(&bytes) else { continue };
+            let root = target.layout.release_path(id);
+            for e in kept.manifest.entries.into_iter().filter(|e| e.kind == slipway_common::archive::EntryKind::File) {
+                if sources.contains_key(&e.sha256) {
+                    continue;
+                }
+                let path = root.join(&e.path);
+                if kept.stamps.get(&e.path).is_some_and(|s| stamp(&path).as_ref() == Some(s)) {
+                    sources.insert(e.sha256, path);
+                }
+            }
+        }
+        Ok(sources)
+    }
+
     fn check_generation(&self, record: &mut TargetRecord, generation: u64) -> Result<(), AgentError> {
         if generation < record.generation {
             return Err(AgentError::Stale {
@@ -295,11 +351,22 @@ impl Inner {
         self.state.put(&record)?;
         info!(project = %target.project, env = %target.env, release = %id, entries = manifest.entries.len(), "staging");
 
+        // Hard links are only safe when no hook can write the shared files: they stay the agent's
+        // and read-only, which protects them from a hook user that is someone else.
+        let protect = header.reuse_hardlink && owner.is_some();
+        let reuse = if header.delta {
+            Some(slipway_common::archive::Reuse { sources: self.reuse_sources(&target)?, hardlink: protect })
+        } else {
+            None
+        };
         let options = ExtractOptions {
             limits: self.config.limits,
             expected_sha256: slipway_proto::bytes_to_hex(&header.artifact_sha256),
             owner,
+            reuse,
+            read_only_files: protect,
         };
+        let manifest_copy = manifest.clone();
         let outcome = receive_and_extract(stream, manifest, staging.clone(), options, events.clone())
             .await
             .and_then(|stats| link_shared(&layout.deploy_to, &staging, &header.shared, owner).map(|()| stats));
@@ -314,6 +381,7 @@ impl Inner {
             }
         };
         let final_path = layout.release_path(&id);
+        self.save_manifest(&target, &id, &staging, &manifest_copy)?;
         std::fs::rename(&staging, &final_path)
             .map_err(|e| AgentError::io("cannot rename staging to", &final_path, e))?;
         fsync_dir(&releases_dir).map_err(|e| AgentError::io("cannot fsync", &releases_dir, e))?;
@@ -349,7 +417,7 @@ impl Inner {
             };
             if let Err(e) = self.run_hooks("pre_release", &pre_release, &site, &live, &mut on_result).await {
                 // The release never becomes current: remove it.
-                layout.remove(id.as_str())?;
+                self.remove_release(&target, id.as_str())?;
                 record.releases.remove(id.as_str());
                 self.state.put(&record)?;
                 return Err(e);
@@ -370,6 +438,7 @@ impl Inner {
             entries: stats.entries,
             bytes: stats.file_bytes,
             elapsed_ms,
+            reused: stats.reused,
         })
     }
 
@@ -451,7 +520,7 @@ impl Inner {
         let pruned = prune_plan(&layout.list()?, Some(&id), rollback_target.as_ref(), &was_activated, keep);
         let mut pruned_names = Vec::new();
         for old in &pruned {
-            match layout.remove(old.as_str()) {
+            match self.remove_release(&target, old.as_str()) {
                 Ok(()) => {
                     record.releases.remove(old.as_str());
                     pruned_names.push(old.to_string());
@@ -628,7 +697,7 @@ impl Inner {
             return Ok(pb::AbortReply { removed: false });
         }
         let removed = layout.list()?.contains(&id);
-        layout.remove(id.as_str())?;
+        self.remove_release(&target, id.as_str())?;
         record.releases.remove(id.as_str());
         self.state.put(&record)?;
         info!(project = %target.project, env = %target.env, release = %id, removed, "aborted");
@@ -663,6 +732,23 @@ impl Inner {
             generation: record.generation,
         })
     }
+}
+
+/// A file as it was staged: a write changes its size or mtime. (Not ctime: adding or removing a
+/// hard link changes that.) Reused content is still verified by sha256 when it is copied.
+type Stamp = (u64, i64, i64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).ok().filter(|m| m.is_file())?;
+    Some((m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+/// What the agent keeps about a release for later deltas.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptRelease {
+    manifest: Manifest,
+    stamps: HashMap<String, Stamp>,
 }
 
 fn list_or_none(ids: &[ReleaseId]) -> String {
@@ -829,6 +915,14 @@ impl pb::agent_server::Agent for AgentService {
 
     async fn health(&self, req: Request<pb::HealthRequest>) -> Result<Response<pb::HealthReply>, Status> {
         Ok(Response::new(self.inner.health(req.into_inner()).await?))
+    }
+
+    async fn inventory(&self, req: Request<pb::InventoryRequest>) -> Result<Response<pb::InventoryReply>, Status> {
+        let target = self.inner.target(req.into_inner().target)?;
+        let sources = self.inner.reuse_sources(&target)?;
+        let releases = target.layout.list()?.into_iter().map(|r| r.to_string()).collect();
+        let digests = sources.into_keys().map(|k| slipway_proto::hex_to_bytes(&k)).collect();
+        Ok(Response::new(pb::InventoryReply { digests, releases }))
     }
 
     async fn check(&self, req: Request<pb::CheckRequest>) -> Result<Response<pb::CheckReply>, Status> {

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use serde::{Deserialize, Serialize};
@@ -395,6 +395,15 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Where the files a delta archive leaves out come from.
+#[derive(Debug, Clone, Default)]
+pub struct Reuse {
+    /// Content sha256 (hex) -> a file with that content in a retained release.
+    pub sources: HashMap<String, PathBuf>,
+    /// Hard-link instead of copying (the caller makes such files read-only for everyone).
+    pub hardlink: bool,
+}
+
 /// How to extract.
 #[derive(Debug, Clone)]
 pub struct ExtractOptions {
@@ -403,6 +412,19 @@ pub struct ExtractOptions {
     pub expected_sha256: String,
     /// Owner for every entry (the project's target user), when the agent may chown.
     pub owner: Option<(u32, u32)>,
+    /// A delta: files the archive leaves out are taken from retained releases and verified.
+    pub reuse: Option<Reuse>,
+    /// Files stay owned by the agent's user and lose every write bit (`reuse = "hardlink"`), so
+    /// no hook can write into a file that other releases share.
+    pub read_only_files: bool,
+}
+
+impl ExtractOptions {
+    /// The mode and owner a file of this release gets.
+    fn file_mode_owner(&self, mode: u32) -> (u32, Option<(u32, u32)>) {
+        let mode = normalise_mode(EntryKind::File, mode);
+        if self.read_only_files { (mode & !0o222, None) } else { (mode, self.owner) }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -410,6 +432,8 @@ pub struct ExtractStats {
     pub entries: u64,
     pub file_bytes: u64,
     pub compressed_bytes: u64,
+    /// Files taken from retained releases instead of the archive.
+    pub reused: u64,
 }
 
 fn write_err(path: &str) -> impl Fn(rustix::io::Errno) -> ArchiveError + '_ {
@@ -455,6 +479,72 @@ fn chown_at(dir: &OwnedFd, name: &str, owner: Option<(u32, u32)>, path: &str) ->
             AtFlags::SYMLINK_NOFOLLOW,
         )
         .map_err(write_err(path))?;
+    }
+    Ok(())
+}
+
+/// Put a file the delta left out in place from a retained release, and verify its content.
+fn reuse_file(
+    dirs: &mut DirCache,
+    e: &ManifestEntry,
+    source: &Path,
+    hardlink: bool,
+    options: &ExtractOptions,
+) -> Result<()> {
+    let path = e.path.as_str();
+    let name = file_name_of(path).to_owned();
+    let src = rustix::fs::open(source, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).map_err(
+        |err| ArchiveError::Write { path: format!("{path} (from {})", source.display()), source: err.into() },
+    )?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mode, owner) = options.file_mode_owner(e.mode);
+    // Link only a file that is exactly what this release wants: read-only, same mode, agent-owned.
+    let linkable = hardlink
+        && options.read_only_files
+        && rustix::fs::fstat(&src)
+            .is_ok_and(|st| st.st_mode & 0o7777 == mode && st.st_uid == rustix::process::geteuid().as_raw());
+    let mut src_file = std::fs::File::from(src);
+    let parent = dirs.open(parent_of(path), path)?;
+    if linkable {
+        rustix::fs::linkat(rustix::fs::CWD, source, parent, name.as_str(), AtFlags::empty())
+            .map_err(write_err(path))?;
+        loop {
+            let n = src_file.read(&mut buf).map_err(|err| ArchiveError::Write { path: path.into(), source: err })?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    } else {
+        let fd = rustix::fs::openat(
+            parent,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(write_err(path))?;
+        let mut dst = std::fs::File::from(fd);
+        // A reflink shares blocks until either side writes: as cheap as a link, as safe as a copy.
+        let cloned = rustix::fs::ioctl_ficlone(&dst, &src_file).is_ok();
+        loop {
+            let n = src_file.read(&mut buf).map_err(|err| ArchiveError::Write { path: path.into(), source: err })?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            if !cloned {
+                dst.write_all(&buf[..n]).map_err(|err| ArchiveError::Write { path: path.into(), source: err })?;
+            }
+        }
+        rustix::fs::fchmod(&dst, Mode::from_raw_mode(mode)).map_err(write_err(path))?;
+        if let Some((uid, gid)) = owner {
+            rustix::fs::fchown(&dst, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)))
+                .map_err(write_err(path))?;
+        }
+    }
+    if hex::encode(hasher.finalize()) != e.sha256 {
+        return Err(ArchiveError::ContentDigest(format!("{path} (reused from {})", source.display())));
     }
     Ok(())
 }
@@ -587,8 +677,9 @@ pub fn extract(
                     if hex::encode(hasher.finalize()) != expected.sha256 {
                         return Err(ArchiveError::ContentDigest(path));
                     }
+                    let (mode, owner) = options.file_mode_owner(mode);
                     rustix::fs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(write_err(&path))?;
-                    if let Some((uid, gid)) = options.owner {
+                    if let Some((uid, gid)) = owner {
                         rustix::fs::fchown(
                             &file,
                             Some(rustix::fs::Uid::from_raw(uid)),
@@ -609,8 +700,17 @@ pub fn extract(
     if actual != options.expected_sha256 {
         return Err(ArchiveError::ArtifactDigest { actual, expected: options.expected_sha256.clone() });
     }
-    if let Some(missing) = manifest.entries.iter().find(|e| !seen.contains(&e.path)) {
-        return Err(ArchiveError::Missing(missing.path.clone()));
+    for entry in manifest.entries.iter().filter(|e| !seen.contains(&e.path)) {
+        match (&options.reuse, entry.kind) {
+            (Some(reuse), EntryKind::File) => {
+                let source =
+                    reuse.sources.get(&entry.sha256).ok_or_else(|| ArchiveError::Missing(entry.path.clone()))?;
+                reuse_file(&mut dirs, entry, source, reuse.hardlink, options)?;
+                stats.reused += 1;
+                stats.file_bytes += entry.size;
+            }
+            _ => return Err(ArchiveError::Missing(entry.path.clone())),
+        }
     }
     for (path, target) in &symlinks {
         let name = file_name_of(path);

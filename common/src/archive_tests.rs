@@ -2,6 +2,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+
 use super::testing::*;
 use super::*;
 
@@ -31,7 +34,13 @@ impl Sandbox {
 }
 
 fn run(compressed: &[u8], manifest: &Manifest, sandbox: &Sandbox) -> Result<ExtractStats> {
-    let options = ExtractOptions { limits: Limits::default(), expected_sha256: sha256_hex(compressed), owner: None };
+    let options = ExtractOptions {
+        limits: Limits::default(),
+        expected_sha256: sha256_hex(compressed),
+        owner: None,
+        reuse: None,
+        read_only_files: false,
+    };
     extract(compressed, manifest, &sandbox.staging(), &options, &mut |_, _| {})
 }
 
@@ -181,12 +190,24 @@ fn truncated_stream_and_wrong_digest() {
     let compressed = compress(&raw_tar(&entries));
     let sandbox = Sandbox::new();
     let cut = &compressed[..compressed.len() / 2];
-    let options = ExtractOptions { limits: Limits::default(), expected_sha256: sha256_hex(cut), owner: None };
+    let options = ExtractOptions {
+        limits: Limits::default(),
+        expected_sha256: sha256_hex(cut),
+        owner: None,
+        reuse: None,
+        read_only_files: false,
+    };
     let err = extract(cut, &manifest, &sandbox.staging(), &options, &mut |_, _| {}).unwrap_err();
     assert!(matches!(err, ArchiveError::Malformed(_)), "{err}");
 
     let sandbox = Sandbox::new();
-    let options = ExtractOptions { limits: Limits::default(), expected_sha256: "00".repeat(32), owner: None };
+    let options = ExtractOptions {
+        limits: Limits::default(),
+        expected_sha256: "00".repeat(32),
+        owner: None,
+        reuse: None,
+        read_only_files: false,
+    };
     let err = extract(compressed.as_slice(), &manifest, &sandbox.staging(), &options, &mut |_, _| {}).unwrap_err();
     assert!(matches!(err, ArchiveError::ArtifactDigest { .. }), "{err}");
 
@@ -206,6 +227,8 @@ fn limits_are_enforced() {
         limits: Limits { max_entries: 1, max_bytes: 1 << 20 },
         expected_sha256: sha256_hex(&compressed),
         owner: None,
+        reuse: None,
+        read_only_files: false,
     };
     let err = extract(compressed.as_slice(), &manifest_for(&entries), &sandbox.staging(), &options, &mut |_, _| {})
         .unwrap_err();
@@ -214,4 +237,56 @@ fn limits_are_enforced() {
     let err = extract(compressed.as_slice(), &manifest_for(&entries), &sandbox.staging(), &options, &mut |_, _| {})
         .unwrap_err();
     assert!(matches!(err, ArchiveError::Limit(_)), "{err}");
+}
+
+#[test]
+fn a_delta_takes_left_out_files_from_retained_releases_and_verifies_them() {
+    use std::os::unix::fs::MetadataExt;
+    let sandbox = Sandbox::new();
+    let base = sandbox.dir.path().join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::write(base.join("a"), b"one").unwrap();
+    let full = [RawEntry::dir("d"), RawEntry::file("a", 0o644, b"one"), RawEntry::file("d/b", 0o644, b"two")];
+    let manifest = manifest_for(&full);
+    // The delta ships the directory and the changed file only.
+    let delta = compress(&raw_tar(&[full[0].clone(), full[2].clone()]));
+    let sources: HashMap<String, PathBuf> = [(sha256_hex(b"one"), base.join("a"))].into();
+    let mut options = ExtractOptions {
+        limits: Limits::default(),
+        expected_sha256: sha256_hex(&delta),
+        owner: None,
+        reuse: Some(Reuse { sources: sources.clone(), hardlink: false }),
+        read_only_files: false,
+    };
+    let stats = extract(delta.as_slice(), &manifest, &sandbox.staging(), &options, &mut |_, _| {}).unwrap();
+    assert_eq!(stats.reused, 1);
+    assert_eq!(std::fs::read(sandbox.staging().join("a")).unwrap(), b"one");
+    assert_eq!(std::fs::read(sandbox.staging().join("d/b")).unwrap(), b"two");
+    // Writing the new release's copy never changes the retained file.
+    std::fs::write(sandbox.staging().join("a"), b"changed").unwrap();
+    assert_eq!(std::fs::read(base.join("a")).unwrap(), b"one");
+
+    // A retained file that no longer has the content the inventory promised is refused.
+    let sandbox2 = Sandbox::new();
+    std::fs::write(base.join("a"), b"tampered").unwrap();
+    let err = extract(delta.as_slice(), &manifest, &sandbox2.staging(), &options, &mut |_, _| {}).unwrap_err();
+    assert!(matches!(err, ArchiveError::ContentDigest(_)), "{err}");
+
+    // No source at all: the entry is missing.
+    let sandbox3 = Sandbox::new();
+    options.reuse = Some(Reuse::default());
+    let err = extract(delta.as_slice(), &manifest, &sandbox3.staging(), &options, &mut |_, _| {}).unwrap_err();
+    assert!(matches!(err, ArchiveError::Missing(_)), "{err}");
+
+    // Hard links only to read-only files: the same inode, and nobody can write it.
+    std::fs::write(base.join("a"), b"one").unwrap();
+    std::fs::set_permissions(base.join("a"), std::fs::Permissions::from_mode(0o444)).unwrap();
+    let sandbox4 = Sandbox::new();
+    options.reuse = Some(Reuse { sources, hardlink: true });
+    options.read_only_files = true;
+    extract(delta.as_slice(), &manifest, &sandbox4.staging(), &options, &mut |_, _| {}).unwrap();
+    let (linked, original) =
+        (std::fs::metadata(sandbox4.staging().join("a")).unwrap(), std::fs::metadata(base.join("a")).unwrap());
+    assert_eq!(linked.ino(), original.ino());
+    assert_eq!(std::fs::metadata(sandbox4.staging().join("d/b")).unwrap().permissions().mode() & 0o777, 0o444);
 }

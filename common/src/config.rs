@@ -174,6 +174,8 @@ macro_rules! settings_struct {
             pub canary: Option<Vec<String>>,
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub config_dir: Option<String>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub reuse: Option<ReuseMode>,
         }
     };
 }
@@ -234,6 +236,17 @@ pub struct HealthFile {
     pub timeout_secs: Option<u64>,
     pub retries: Option<u32>,
     pub interval_secs: Option<u64>,
+}
+
+/// How a delta deploy puts unchanged files into the new release.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReuseMode {
+    /// Copy (a reflink where the filesystem can): releases never share a writable file.
+    #[default]
+    Copy,
+    /// Hard-link; every file of the project's releases is then read-only and agent-owned.
+    Hardlink,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -376,6 +389,7 @@ pub struct EnvSettings {
     pub hosts: Vec<HostSelector>,
     pub canary: Vec<String>,
     pub config_dir: Option<String>,
+    pub reuse: ReuseMode,
 }
 
 /// A parsed, validated project file. Every env is resolved at parse time so that a bad value
@@ -523,6 +537,7 @@ fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Res
         validate_agent_name(c).map_err(|why| format!("canary: {why}"))?;
     }
     let config_dir = merge_opt(&e.config_dir, &p.config_dir);
+    let reuse = merge_opt(&e.reuse, &p.reuse).unwrap_or_default();
     Ok(EnvSettings {
         project: p.name.clone(),
         env: env_name.to_owned(),
@@ -537,6 +552,7 @@ fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Res
         hosts,
         canary,
         config_dir,
+        reuse,
     })
 }
 

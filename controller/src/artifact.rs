@@ -145,3 +145,70 @@ fn build_in(
         Err(e) => Err(e).context(format_args!("cannot move artifact to {}", dir.display())),
     }
 }
+
+/// A delta of an artifact: every directory and symlink, and only the files a host lacks.
+#[derive(Debug, Clone)]
+pub struct Delta {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub compressed_bytes: u64,
+    pub files: u64,
+}
+
+/// Build (or reuse) the delta of `full` that ships only the files in `ship`.
+pub async fn delta(full: &Artifact, ship: std::collections::BTreeSet<String>) -> Result<Delta> {
+    let mut key = Sha256::new();
+    for path in &ship {
+        key.update(path.as_bytes());
+        key.update(b"\0");
+    }
+    let name = format!("delta-{}", &hex::encode(key.finalize())[..16]);
+    let dir = full.path.parent().expect("artifact dir").to_path_buf();
+    let (path, meta) = (dir.join(format!("{name}.tar.zst")), dir.join(format!("{name}.json")));
+    if let Ok(bytes) = std::fs::read(&meta)
+        && let Ok((sha256, compressed_bytes, files)) = serde_json::from_slice::<(String, u64, u64)>(&bytes)
+        && std::fs::metadata(&path).is_ok_and(|m| m.len() == compressed_bytes)
+    {
+        return Ok(Delta { path, sha256, compressed_bytes, files });
+    }
+    let source = full.path.clone();
+    tokio::task::spawn_blocking(move || -> Result<Delta> {
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let out = std::fs::File::create(&tmp).context("cannot create delta file")?;
+        let mut packer = Packer::new(BufWriter::with_capacity(1 << 20, out), ZSTD_LEVEL, 2, 0).context("compressor")?;
+        let input = std::fs::File::open(&source).context("cannot read artifact")?;
+        let decoder = zstd::stream::read::Decoder::new(input).context("artifact")?;
+        let mut archive = tar::Archive::new(decoder);
+        let mut files = 0;
+        for entry in archive.entries().context("artifact")? {
+            let mut entry = entry.context("artifact")?;
+            let path = String::from_utf8_lossy(&entry.path_bytes()).trim_end_matches('/').to_owned();
+            let mode = entry.header().mode().context("artifact")?;
+            match entry.header().entry_type() {
+                tar::EntryType::Directory => packer.add_dir(&path),
+                tar::EntryType::Symlink => {
+                    let target =
+                        entry.link_name_bytes().map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default();
+                    packer.add_symlink(&path, &target)
+                }
+                _ if ship.contains(&path) => {
+                    files += 1;
+                    let mut content = Vec::with_capacity(entry.size() as usize);
+                    std::io::Read::read_to_end(&mut entry, &mut content).context("artifact")?;
+                    packer.add_file(&path, mode, &content)
+                }
+                _ => Ok(()),
+            }
+            .context("cannot write delta")?;
+        }
+        let packed = packer.finish().context("cannot finish delta")?;
+        let file = packed.out.into_inner().map_err(|e| e.into_error()).context("flush delta")?;
+        file.sync_all().context("sync delta")?;
+        std::fs::rename(&tmp, &path).context("cannot move delta in place")?;
+        std::fs::write(&meta, serde_json::to_vec(&(&packed.sha256, packed.compressed_size, files)).context("json")?)
+            .context("cannot write delta meta")?;
+        Ok(Delta { path, sha256: packed.sha256, compressed_bytes: packed.compressed_size, files })
+    })
+    .await
+    .context("delta task")?
+}

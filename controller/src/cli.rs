@@ -59,6 +59,9 @@ pub enum Command {
         /// Resolve and package, print the plan, send nothing
         #[arg(long)]
         dry_run: bool,
+        /// Send the whole artifact, even to hosts that already hold most files
+        #[arg(long)]
+        full: bool,
     },
     /// Relink every host to its previous release (or --to RELEASE)
     Rollback {
@@ -159,11 +162,11 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Agent(cmd) => agent_command(&home, out, cmd, timeouts).await,
         Command::Project(cmd) => project_command(&home, out, cmd),
-        Command::Deploy { project, env, git_ref, hosts, dry_run } => {
+        Command::Deploy { project, env, git_ref, hosts, dry_run, full } => {
             let mut reporter = Reporter::new(out);
             let record = deploy::deploy(
                 &home,
-                DeployArgs { project, env, git_ref, hosts, dry_run, cancel: Some(cancel_on_signals()) },
+                DeployArgs { project, env, git_ref, hosts, dry_run, full, cancel: Some(cancel_on_signals()) },
                 &mut reporter,
             )
             .await?;

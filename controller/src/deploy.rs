@@ -37,8 +37,97 @@ pub struct DeployArgs {
     pub git_ref: Option<String>,
     pub hosts: Option<Vec<String>>,
     pub dry_run: bool,
+    /// Send the whole artifact even to hosts that hold most of it.
+    pub full: bool,
     /// Becomes true when the operator cancels (Ctrl-C, SIGTERM).
     pub cancel: Option<watch::Receiver<bool>>,
+}
+
+/// What one host is sent: the full artifact, or a delta of it.
+#[derive(Debug, Clone)]
+struct Upload {
+    path: PathBuf,
+    sha256: String,
+    size: u64,
+    delta: bool,
+}
+
+/// Ask each host what its retained releases hold and derive what it must be sent. Hosts with the
+/// same gaps share one delta package; a host that holds nothing useful gets the full artifact.
+async fn plan_uploads(
+    hosts: &[String],
+    agents: &BTreeMap<String, AgentRecord>,
+    settings: &EnvSettings,
+    artifact: &Artifact,
+    fan: &Fanout,
+    reporter: &mut Reporter,
+) -> BTreeMap<String, Upload> {
+    let full = Upload {
+        path: artifact.path.clone(),
+        sha256: artifact.sha256.clone(),
+        size: artifact.compressed_bytes,
+        delta: false,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for host in hosts {
+        let (agent, tls, timeouts, target) =
+            (agents[host].clone(), fan.tls.clone(), fan.timeouts, pb_target(settings, host));
+        tasks.spawn(async move {
+            let inventory = async {
+                let mut c = client::connect(tls, &agent, timeouts).await.ok()?;
+                let call = c.inventory(pb::InventoryRequest { target: Some(target) });
+                tokio::time::timeout(timeouts.call, call).await.ok()?.ok().map(|r| r.into_inner())
+            }
+            .await;
+            (agent.name, inventory)
+        });
+    }
+    let files: Vec<_> =
+        artifact.manifest.entries.iter().filter(|e| e.kind == slipway_common::archive::EntryKind::File).collect();
+    let mut groups: BTreeMap<std::collections::BTreeSet<String>, Vec<String>> = BTreeMap::new();
+    let mut uploads = BTreeMap::new();
+    for (host, inventory) in tasks.join_all().await {
+        let held: std::collections::HashSet<String> =
+            inventory.map(|i| i.digests.iter().map(|d| slipway_proto::bytes_to_hex(d)).collect()).unwrap_or_default();
+        let ship: std::collections::BTreeSet<String> =
+            files.iter().filter(|e| !held.contains(&e.sha256)).map(|e| e.path.clone()).collect();
+        if ship.len() == files.len() {
+            uploads.insert(host, full.clone());
+        } else {
+            groups.entry(ship).or_default().push(host);
+        }
+    }
+    for (ship, group) in groups {
+        let shipped = ship.len();
+        match artifact::delta(artifact, ship).await {
+            Ok(d) => {
+                reporter.say(format!(
+                    "delta for {}: {shipped} of {} files changed, {} to send",
+                    group.join(", "),
+                    files.len(),
+                    bytes(d.compressed_bytes)
+                ));
+                for host in group {
+                    uploads.insert(
+                        host,
+                        Upload {
+                            path: d.path.clone(),
+                            sha256: d.sha256.clone(),
+                            size: d.compressed_bytes,
+                            delta: true,
+                        },
+                    );
+                }
+            }
+            Err(e) => {
+                reporter.say(format!("cannot build a delta ({e}); sending the full artifact"));
+                for host in group {
+                    uploads.insert(host, full.clone());
+                }
+            }
+        }
+    }
+    uploads
 }
 
 /// Holds the project+env lock; released when dropped (the deploy ended, however it ended).
@@ -227,6 +316,7 @@ fn new_host_result(agent: &AgentRecord, release: &str) -> HostResult {
         activated: false,
         previous_release: String::new(),
         release: release.into(),
+        bytes_sent: 0,
         steps: Vec::new(),
         hooks: Vec::new(),
         error: None,
@@ -334,8 +424,10 @@ async fn stage_host(
     let upload = uploader.await.unwrap_or_else(|e| Err(format!("upload task failed: {e}")));
     match (outcome, upload) {
         (Ok(staged), Ok(sent)) => {
+            result.bytes_sent = sent;
+            let reused = if staged.reused > 0 { format!(" ({} files reused)", staged.reused) } else { String::new() };
             let detail =
-                format!("{} sent, {} entries verified in {}", bytes(sent), staged.entries, staged.release_path);
+                format!("{} sent, {} entries verified{reused} in {}", bytes(sent), staged.entries, staged.release_path);
             clock.step(&mut result, "stage", t, Ok(detail));
             send(HostEvent::Staged { elapsed_ms: t.elapsed().as_millis() as u64 });
             result.ok = true;
@@ -647,7 +739,7 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &mut Reporter) -> R
                 settings.env,
                 scope.hosts.len()
             ));
-            run_deploy(&scope, &artifact, &mut record, tls, reporter, timeouts, args.cancel.clone()).await
+            run_deploy(&scope, &artifact, &mut record, tls, reporter, timeouts, (args.cancel.clone(), args.full)).await
         }
         Err(e) if args.dry_run => return Err(e),
         Err(e) => Err(e),
@@ -824,7 +916,7 @@ async fn run_deploy(
     tls: Arc<rustls::ClientConfig>,
     reporter: &mut Reporter,
     timeouts: Timeouts,
-    mut cancel: Option<watch::Receiver<bool>>,
+    (mut cancel, full): (Option<watch::Receiver<bool>>, bool),
 ) -> Result<()> {
     let settings = &scope.settings;
     let rollout = &settings.rollout;
@@ -861,7 +953,20 @@ async fn run_deploy(
                         () = cancelled(&mut cancel) => continue,
                     }
                 }
+                let (planner_events, _) = mpsc::unbounded_channel();
+                let uploads = if full {
+                    BTreeMap::new()
+                } else {
+                    plan_uploads(&hosts, &agents, settings, artifact, &fan(planner_events), reporter).await
+                };
+                let full_upload = Upload {
+                    path: artifact.path.clone(),
+                    sha256: artifact.sha256.clone(),
+                    size: artifact.compressed_bytes,
+                    delta: false,
+                };
                 let staged = fan_out(&hosts, reporter, &mut cancel, |host, events| {
+                    let upload = uploads.get(&host).cloned().unwrap_or_else(|| full_upload.clone());
                     let header = pb::StageHeader {
                         target: Some(pb_target(settings, &host)),
                         deploy_id: record.id,
@@ -870,14 +975,16 @@ async fn run_deploy(
                         git_ref: record.git_ref.clone(),
                         generation: record.id,
                         manifest: Some(manifest.clone()),
-                        artifact_sha256: slipway_proto::hex_to_bytes(&artifact.sha256),
-                        artifact_size: artifact.compressed_bytes,
+                        artifact_sha256: slipway_proto::hex_to_bytes(&upload.sha256),
+                        artifact_size: upload.size,
                         hook_context: Some(hook_context(settings, &host, &record.commit, &record.git_ref)),
                         pre_release: Some(hook_spec(&settings.target.pre_release, settings)),
                         post_release: Some(hook_spec(&settings.target.post_release, settings)),
                         shared: settings.target.shared.clone(),
+                        delta: upload.delta,
+                        reuse_hardlink: settings.reuse == slipway_common::config::ReuseMode::Hardlink,
                     };
-                    stage_host(fan(events), agents[&host].clone(), header, artifact.path.clone(), artifact.entries)
+                    stage_host(fan(events), agents[&host].clone(), header, upload.path, artifact.entries)
                 })
                 .await;
                 for host in hosts {

@@ -203,6 +203,7 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat) -> Result<u8> {
             git_ref: git_ref.map(str::to_owned),
             hosts: None,
             dry_run: false,
+            full: false,
             cancel: None,
         };
         let record = deploy::deploy(&home, args, &mut reporter).await?;

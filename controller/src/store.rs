@@ -141,6 +141,9 @@ pub struct HostResult {
     pub activated: bool,
     pub previous_release: String,
     pub release: String,
+    /// Archive bytes uploaded to this host (a delta is much smaller than the full artifact).
+    #[serde(default)]
+    pub bytes_sent: u64,
     pub steps: Vec<Step>,
     #[serde(default)]
     pub hooks: Vec<HookRecord>,

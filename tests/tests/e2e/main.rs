@@ -3,6 +3,7 @@
 
 mod build;
 mod cli;
+mod delta;
 mod deploy;
 mod faults;
 mod hooks;

@@ -1,0 +1,111 @@
+//! Delta deploys: only what a host lacks crosses the network; the release is verified against the
+//! full manifest; a hook writing a reused file never changes a retained release.
+
+use std::os::unix::fs::MetadataExt;
+
+use slipway_tests::{Fleet, Repo, assert_same_tree, hook_user_line, is_root, require};
+
+fn big_repo(fleet: &Fleet) -> Repo {
+    let repo = Repo::new(fleet.path().join("repo"));
+    for i in 0..300 {
+        repo.write(
+            &format!("assets/{:02}/file{i}.txt", i % 17),
+            &format!("{i} {}\n", "lorem ipsum ".repeat(i % 50 + 20)),
+        );
+    }
+    std::fs::write(repo.path.join("blob.bin"), slipway_tests::noise(2 << 20)).unwrap();
+    repo.write("unchanged.txt", "original\n");
+    repo.write("index.html", "v1\n");
+    repo.commit("v1");
+    repo
+}
+
+fn sent(doc: &serde_json::Value) -> Vec<u64> {
+    doc["hosts"].as_array().unwrap().iter().map(|h| h["bytes_sent"].as_u64().unwrap()).collect()
+}
+
+fn git_archive_tree(repo: &Repo, dest: &std::path::Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    let tar = repo.path.with_extension("tar");
+    let out = std::process::Command::new("git")
+        .args(["archive", "--format=tar", "-o"])
+        .arg(&tar)
+        .arg("HEAD")
+        .current_dir(&repo.path)
+        .status()
+        .unwrap();
+    assert!(out.success());
+    assert!(std::process::Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(dest).status().unwrap().success());
+}
+
+#[test]
+fn a_one_file_change_sends_a_small_delta_and_verifies_the_whole_tree() {
+    let fleet = Fleet::new(2);
+    let repo = big_repo(&fleet);
+    let target = format!("{}post_release = [\"echo changed-by-hook >> unchanged.txt\"]\n", hook_user_line());
+    fleet.apply_project_full("site", &repo.path, "", &target, "");
+    let first = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+    let r1 = first["release"].as_str().unwrap().to_owned();
+    let full = sent(&first);
+
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
+    let second = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+    let delta = sent(&second);
+    for (f, d) in full.iter().zip(&delta) {
+        assert!(*d * 100 <= *f, "a one-file change sends at most 1% of the full deploy: {d} vs {f}");
+    }
+    let stage = &second["hosts"][0]["steps"][1]["detail"];
+    assert!(stage.as_str().unwrap().contains("files reused"), "{stage}");
+
+    // The delta release is exactly the commit (plus what the hook appended in the new release).
+    let expected = fleet.path().join("expected");
+    git_archive_tree(&repo, &expected);
+    std::fs::write(expected.join("unchanged.txt"), "original\nchanged-by-hook\n").unwrap();
+    for host in ["web-1", "web-2"] {
+        assert_same_tree(&expected, &fleet.current(host, "site"));
+        // The retained release was not touched by the hook writing the reused file.
+        let old = fleet.deploy_to(host, "site").join("releases").join(&r1).join("unchanged.txt");
+        assert_eq!(std::fs::read_to_string(old).unwrap(), "original\nchanged-by-hook\n", "r1's own hook run only");
+    }
+    // --full sends everything again.
+    repo.write("index.html", "v3\n");
+    repo.commit("v3");
+    let third = fleet.slipctl(&["--output", "json", "deploy", "site", "test", "--full"]).ok().json();
+    assert!(sent(&third)[0] >= full[0] / 2, "{:?} vs {:?}", sent(&third), full);
+    // Rollback is a relink: nothing is sent.
+    let back = fleet.slipctl(&["--output", "json", "rollback", "site", "test"]).ok().json();
+    assert_eq!(sent(&back), [0, 0]);
+}
+
+#[test]
+fn hardlinked_releases_share_read_only_files_that_hooks_cannot_change() {
+    if !require("root (hooks as www, files owned by root)", is_root()) {
+        return;
+    }
+    let fleet = Fleet::new(1);
+    let repo = big_repo(&fleet);
+    let target = format!("{}post_release = [\"echo hacked >> unchanged.txt || true\"]\n", hook_user_line());
+    fleet.apply_project_full("site", &repo.path, "reuse = \"hardlink\"\n", &target, "");
+    let r1 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json()["release"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+    let r2 = doc["release"].as_str().unwrap().to_owned();
+    let releases = fleet.deploy_to("web-1", "site").join("releases");
+    let (old, new) = (releases.join(&r1).join("unchanged.txt"), releases.join(&r2).join("unchanged.txt"));
+    assert_eq!(std::fs::metadata(&old).unwrap().ino(), std::fs::metadata(&new).unwrap().ino(), "hard-linked");
+    assert_eq!(std::fs::read_to_string(&old).unwrap(), "original\n", "no hook could write the shared file");
+    assert_eq!(std::fs::metadata(&new).unwrap().mode() & 0o222, 0, "read-only");
+    assert_eq!(std::fs::read_to_string(releases.join(&r2).join("index.html")).unwrap(), "v2\n");
+    // Links and prunes do not spoil later deltas.
+    for v in 3..=5 {
+        repo.write("index.html", &format!("v{v}\n"));
+        repo.commit(&format!("v{v}"));
+        let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+        assert!(sent(&doc)[0] < 64 * 1024, "deploy v{v} sent {:?}", sent(&doc));
+    }
+}
