@@ -52,9 +52,61 @@ fn load(dir: &Path) -> Option<Artifact> {
     (size == meta.compressed_bytes).then_some(Artifact { path, manifest, cached: true, ..meta })
 }
 
-/// The cached package for this recipe, if one was built before.
+/// The cached package for this recipe, if one was built before (and mark it used).
 pub fn lookup(cache: &Path, recipe: &Recipe) -> Option<Artifact> {
-    load(&cache_dir(cache, recipe))
+    let dir = cache_dir(cache, recipe);
+    let found = load(&dir)?;
+    touch(&dir);
+    Some(found)
+}
+
+/// Record a use (the LRU clock is the mtime of `used`).
+fn touch(dir: &Path) {
+    let _ = std::fs::File::create(dir.join("used"));
+}
+
+/// Default bound of `cache/artifacts` (`SLIPWAY_CACHE_MAX_BYTES` overrides).
+const CACHE_MAX_BYTES: u64 = 10 << 30;
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()
+}
+
+/// Keep `cache/artifacts` under its bound, least recently used first out; `keep` stays.
+pub fn evict(cache: &Path, keep: &Path) -> Vec<PathBuf> {
+    let max = std::env::var("SLIPWAY_CACHE_MAX_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(CACHE_MAX_BYTES);
+    evict_with(cache, keep, max)
+}
+
+fn evict_with(cache: &Path, keep: &Path, max: u64) -> Vec<PathBuf> {
+    let root = cache.join("artifacts");
+    let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = std::fs::read_dir(&root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()) && !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| {
+            let dir = e.path();
+            let used = std::fs::metadata(dir.join("used")).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+            (used, dir_bytes(&dir), dir)
+        })
+        .collect();
+    let mut total: u64 = entries.iter().map(|e| e.1).sum();
+    entries.sort();
+    let mut evicted = Vec::new();
+    for (_, bytes, dir) in entries {
+        if total <= max {
+            break;
+        }
+        if dir == keep {
+            continue;
+        }
+        if std::fs::remove_dir_all(&dir).is_ok() {
+            total = total.saturating_sub(bytes);
+            evicted.push(dir);
+        }
+    }
+    evicted
 }
 
 /// Package the commit straight from the git object database (no checkout).
@@ -136,7 +188,13 @@ fn build_in(
     write_json("manifest.json", serde_json::to_vec(&artifact.manifest).context("manifest")?)?;
     write_json("meta.json", serde_json::to_vec(&artifact).context("meta")?)?;
     match std::fs::rename(tmp, dir) {
-        Ok(()) => Ok(artifact),
+        Ok(()) => {
+            touch(dir);
+            for old in evict(dir.parent().and_then(Path::parent).expect("cache root"), dir) {
+                tracing::info!(dir = %old.display(), "evicted from the artifact cache");
+            }
+            Ok(artifact)
+        }
         // Another slipctl packaged the same recipe meanwhile: use theirs.
         Err(_) if load(dir).is_some() => {
             let _ = std::fs::remove_dir_all(tmp);
@@ -211,4 +269,27 @@ pub async fn delta(full: &Artifact, ship: std::collections::BTreeSet<String>) ->
     })
     .await
     .context("delta task")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eviction_drops_least_recently_used_first() {
+        let cache = tempfile::tempdir().unwrap();
+        let root = cache.path().join("artifacts");
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let dir = root.join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("artifact.tar.zst"), vec![0u8; 1000]).unwrap();
+            touch(&dir);
+            let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + i as u64);
+            std::fs::File::options().write(true).open(dir.join("used")).unwrap().set_modified(when).unwrap();
+        }
+        // Oldest use is "a", but "a" is the one in use now: "b" goes.
+        let evicted = evict_with(cache.path(), &root.join("a"), 2500);
+        assert_eq!(evicted, vec![root.join("b")]);
+        assert!(root.join("a").exists() && root.join("c").exists());
+    }
 }
