@@ -364,7 +364,7 @@ async fn stage_host(
 
     let t = Instant::now();
     let total = header.artifact_size;
-    let (req_tx, req_rx) = mpsc::channel::<pb::StageRequest>(4);
+    let (req_tx, req_rx) = mpsc::channel::<pb::StageRequest>(2);
     let _ = req_tx.send(pb::StageRequest { kind: Some(RequestKind::Header(header)) }).await;
     let upload_events = events.clone();
     let upload_name = agent.name.clone();

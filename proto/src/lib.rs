@@ -12,8 +12,9 @@ use slipway_common::archive::{EntryKind, Manifest, ManifestEntry};
 
 /// Largest message either side accepts (a manifest of many files travels in one message).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
-/// Archive bytes per `StageRequest` chunk.
-pub const CHUNK_BYTES: usize = 1 << 20;
+/// Archive bytes per `StageRequest` chunk: with two chunks queued per host, the controller holds
+/// well under a MiB of artifact per host, whatever the artifact size.
+pub const CHUNK_BYTES: usize = 256 << 10;
 
 /// A message that does not convert into a domain type.
 #[derive(Debug, thiserror::Error)]
