@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Slipway deploy benchmark, side by side with the Walle/rsync baseline (../shared/bench).
 #
-#   bench/run.sh [-n "1 4 16"] [-p "small large"] [--no-baseline]      (root; from the repo root)
+#   [REUSE=hardlink] bench/run.sh [-n "1 4 16"] [-p "small large"] [--no-baseline]   (root)
 #
 # For each host count and preset it
 #   1. builds the baseline's source repo (same trees, same commits: tags wb-c1 -> wb-c2),
@@ -19,6 +19,7 @@ export LC_ALL=C
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 BASELINE=${BASELINE:-$HERE/../shared/bench/walle_baseline.sh}
 NS="1 4 16"; PRESETS="small"; RUN_BASELINE=1
+REUSE=${REUSE:-copy}   # REUSE=hardlink: unchanged files hard-linked (then hooks run as www)
 while [ $# -gt 0 ]; do
   case $1 in
     -n) NS=$2; shift 2 ;; -p) PRESETS=$2; shift 2 ;; --no-baseline) RUN_BASELINE=0; shift ;;
@@ -26,6 +27,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench/run.sh needs root (the baseline builds network namespaces)" >&2; exit 2; }
+[ "$REUSE" != hardlink ] || id www >/dev/null 2>&1 || useradd --system --no-create-home --shell /bin/sh www
 command -v /usr/bin/time >/dev/null || apt-get install -y -qq time >/dev/null
 BENCH_DIR=${BENCH_DIR:-/tmp/slipway-bench}
 RESULTS=${RESULTS:-$BENCH_DIR/results.txt}
@@ -71,8 +73,10 @@ for preset in $PRESETS; do
 name = "bench"
 repo = "$REPO"
 keep_releases = 20
+reuse = "$REUSE"
 [target]
 deploy_to = "$run/hosts/{host}/srv"
+$( [ "$REUSE" = hardlink ] && echo 'user = "www"' )
 [env.bench]
 hosts = ["role=web"]
 TOML
@@ -92,6 +96,7 @@ TOML
     floor=$(echo "$(date +%s.%N) - $t0" | bc)
     rm -rf "$run/floor"
     {
+      echo "reuse=$REUSE"
       echo "slipway $preset n=$n full:     wall_s bytes cpu_s ctl_rss_kb skew_ms = $full"
       echo "slipway $preset n=$n incr:     wall_s bytes cpu_s ctl_rss_kb skew_ms = $incr"
       echo "slipway $preset n=$n rollback: wall_s bytes cpu_s ctl_rss_kb skew_ms = $back"

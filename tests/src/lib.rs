@@ -364,7 +364,7 @@ pub fn ensure_www() -> u32 {
         return u;
     }
     let status = Command::new("useradd")
-        .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", "www"])
+        .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/bin/sh", "www"])
         .status()
         .expect("useradd");
     assert!(status.success() || Command::new("id").arg("www").status().unwrap().success(), "cannot create user www");

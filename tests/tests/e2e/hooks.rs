@@ -96,6 +96,13 @@ fn hooks_never_run_as_root_unless_allowed() {
 fn a_hook_that_hangs_is_killed_with_its_children() {
     let fleet = Fleet::new(1);
     let repo = repo(&fleet);
+    fleet.apply_project("site", &repo.path, "");
+    let r1 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json()["release"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
     let marker = format!("1000.{}", std::process::id());
     let target = format!("{}pre_release = [\"sleep {marker} & sleep 600\"]\nhook_timeout_secs = 1\n", hook_user_line());
     fleet.apply_project_full("site", &repo.path, "", &target, "");
@@ -109,7 +116,12 @@ fn a_hook_that_hangs_is_killed_with_its_children() {
         .flatten()
         .any(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker)));
     assert!(!alive, "the hook's background child survived the timeout");
-    assert!(fleet.current_release("web-1", "site").is_none());
+    // The host still serves the complete previous release, and history says what happened.
+    assert_eq!(fleet.current_release("web-1", "site").as_deref(), Some(r1.as_str()));
+    assert_eq!(fleet.releases_dir_entries("web-1", "site"), vec![r1]);
+    let history = fleet.slipctl(&["--output", "json", "history"]).ok().json();
+    assert_eq!(history[0]["status"], "failed");
+    assert!(history[0]["error"].as_str().unwrap().contains("timed out"));
 }
 
 #[test]
