@@ -693,24 +693,11 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &mut Reporter) -> R
     let recipe = recipe(&scope, &resolved)?;
     let release = next_release_id(home, &settings.project, &settings.env, &resolved.commit).await?;
     let mut record = DeployRecord {
-        id: 0,
-        kind: DeployKind::Deploy,
-        project: settings.project.clone(),
-        env: settings.env.clone(),
         git_ref: git_ref.clone(),
         commit: resolved.commit.clone(),
         release: release.to_string(),
-        status: DeployStatus::Running,
-        started_at: unix_now(),
-        finished_at: None,
-        duration_ms: 0,
-        user: current_user(),
-        pid: std::process::id(),
-        artifact: None,
-        build: Vec::new(),
         overlay_sha256: recipe.overlay.as_ref().map(|(_, d)| d.clone()),
-        hosts: Vec::new(),
-        error: None,
+        ..DeployRecord::start(DeployKind::Deploy, &settings.project, &settings.env, current_user())
     };
     let _lock = if args.dry_run { None } else { Some(lock_and_number(home, &mut record, reporter)?) };
     let packaged = package(home, &mirror, &recipe, &mut record, settings, reporter).await;
@@ -1219,24 +1206,8 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &mut Reporter) 
         .map_err(|problems| CtlError::bad(format!("rollback refused, no host touched: {}", problems.join("; "))))?;
     let settings = &scope.settings;
     let mut record = DeployRecord {
-        id: 0,
-        kind: DeployKind::Rollback,
-        project: settings.project.clone(),
-        env: settings.env.clone(),
-        git_ref: String::new(),
-        commit: String::new(),
         release: args.to.clone().unwrap_or_default(),
-        status: DeployStatus::Running,
-        started_at: unix_now(),
-        finished_at: None,
-        duration_ms: 0,
-        user: current_user(),
-        pid: std::process::id(),
-        artifact: None,
-        build: Vec::new(),
-        overlay_sha256: None,
-        hosts: Vec::new(),
-        error: None,
+        ..DeployRecord::start(DeployKind::Rollback, &settings.project, &settings.env, current_user())
     };
     let _lock = lock_and_number(home, &mut record, reporter)?;
     let mut distinct: Vec<&str> = targets.iter().map(|(_, t)| t.as_str()).collect();

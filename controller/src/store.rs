@@ -189,6 +189,31 @@ pub struct DeployRecord {
 }
 
 impl DeployRecord {
+    /// A new operation, `running` from now, by this user and process; numbered when it takes
+    /// the lock.
+    pub fn start(kind: DeployKind, project: &str, env: &str, user: String) -> Self {
+        DeployRecord {
+            id: 0,
+            kind,
+            project: project.to_owned(),
+            env: env.to_owned(),
+            git_ref: String::new(),
+            commit: String::new(),
+            release: String::new(),
+            status: DeployStatus::Running,
+            started_at: slipway_common::time::unix_now(),
+            finished_at: None,
+            duration_ms: 0,
+            user,
+            pid: std::process::id(),
+            artifact: None,
+            build: Vec::new(),
+            overlay_sha256: None,
+            hosts: Vec::new(),
+            error: None,
+        }
+    }
+
     /// `Running` with a dead controller process reads as `Interrupted`.
     pub fn effective_status(&self) -> DeployStatus {
         if self.status == DeployStatus::Running && !process_alive(self.pid) {

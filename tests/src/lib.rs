@@ -205,6 +205,19 @@ impl Fleet {
         self.slipctl_env(args, &[])
     }
 
+    /// Start `slipctl` in the background (stdout discarded, stderr piped).
+    pub fn spawn_slipctl(&self, args: &[&str]) -> Child {
+        Command::new(bin("slipctl"))
+            .arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     pub fn slipctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(bin("slipctl"));
         cmd.arg("--home").arg(&self.home).args(args).stdin(Stdio::null()).env("SLIPWAY_LOG", "warn");

@@ -130,16 +130,7 @@ fn two_projects_deploy_at_once_without_interfering() {
         let top = format!("[build]\npost_deploy = [\"sleep 1; echo {name} > built.txt\"]\n");
         fleet.apply_project_full(name, &repo.path, &top, "shared = [\"data\"]\n", "");
     }
-    let spawn = |project: &str| {
-        Command::new(slipway_tests::bin("slipctl"))
-            .arg("--home")
-            .arg(&fleet.home)
-            .args(["deploy", project, "test"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |project: &str| fleet.spawn_slipctl(&["deploy", project, "test"]);
     let children: Vec<Child> = vec![spawn("alpha"), spawn("beta")];
     for child in children {
         let out = child.wait_with_output().unwrap();

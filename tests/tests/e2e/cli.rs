@@ -122,16 +122,7 @@ fn concurrent_slipctl_processes_share_the_state() {
     repo.commit("c1");
     fleet.apply_project("one", &repo.path, "");
     fleet.apply_project("two", &repo.path, "");
-    let spawn = |project: &str| {
-        std::process::Command::new(bin("slipctl"))
-            .arg("--home")
-            .arg(&fleet.home)
-            .args(["deploy", project, "test"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |project: &str| fleet.spawn_slipctl(&["deploy", project, "test"]);
     let (a, b) = (spawn("one"), spawn("two"));
     for child in [a, b] {
         let out = child.wait_with_output().unwrap();

@@ -162,14 +162,7 @@ fn a_host_partitioned_mid_upload_fails_alone_and_recovers() {
     std::fs::write(repo.path.join("big.bin"), &noise).unwrap();
     repo.write("index.html", "v2");
     repo.commit("c2");
-    let deploy = std::process::Command::new(slipway_tests::bin("slipctl"))
-        .arg("--home")
-        .arg(&fleet.home)
-        .args(["deploy", "site", "test"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let deploy = fleet.spawn_slipctl(&["deploy", "site", "test"]);
     wait_for("web-2 to start receiving", 60, || staging_present(&fleet, "web-2"));
     ns.partition(true);
     let started = std::time::Instant::now();
@@ -207,14 +200,7 @@ fn an_agent_killed_around_the_flip_leaves_old_or_new_never_nothing() {
     for round in 1..=6u64 {
         repo.write("index.html", &format!("v{round}"));
         repo.commit(&format!("c{round}"));
-        let deploy = std::process::Command::new(slipway_tests::bin("slipctl"))
-            .arg("--home")
-            .arg(&fleet.home)
-            .args(["deploy", "site", "test"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let deploy = fleet.spawn_slipctl(&["deploy", "site", "test"]);
         // Kill at a different moment each round: before, during and after staging and the flip.
         std::thread::sleep(std::time::Duration::from_millis(round * 40));
         fleet.agents[0].kill();

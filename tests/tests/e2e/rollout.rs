@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use slipway_tests::{Fleet, Repo, bin, free_port, hook_user_line, http_get, is_root, require};
+use slipway_tests::{Fleet, Repo, free_port, hook_user_line, http_get, is_root, require};
 
 fn repo(fleet: &Fleet) -> Repo {
     let repo = Repo::new(fleet.path().join("repo"));
@@ -130,14 +130,7 @@ fn a_second_deploy_gets_the_lock_holder_and_a_dead_holder_is_taken_over() {
     let fleet = Fleet::new(1);
     let repo = repo(&fleet);
     fleet.apply_project_full("site", &repo.path, "[build]\npost_deploy = [\"sleep 30\"]\n", "", "");
-    let mut first = Command::new(bin("slipctl"))
-        .arg("--home")
-        .arg(&fleet.home)
-        .args(["deploy", "site", "test"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = fleet.spawn_slipctl(&["deploy", "site", "test"]);
     wait_until("the first deploy to be recorded", || {
         fleet.slipctl(&["--output", "json", "history"]).json().as_array().is_some_and(|a| !a.is_empty())
     });
@@ -236,14 +229,7 @@ fn an_agent_killed_mid_upload_leaves_current_untouched_and_recovers() {
     let noise = slipway_tests::noise(96 << 20);
     std::fs::write(repo.path.join("big.bin"), &noise).unwrap();
     next_version(&repo, 2);
-    let deploy = Command::new(bin("slipctl"))
-        .arg("--home")
-        .arg(&fleet.home)
-        .args(["deploy", "site", "test"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let deploy = fleet.spawn_slipctl(&["deploy", "site", "test"]);
     let releases = fleet.deploy_to("web-2", "site").join("releases");
     wait_until("web-2 to start unpacking", || {
         std::fs::read_dir(&releases)
@@ -316,14 +302,7 @@ fn cancel_removes_staged_releases_and_rolls_back() {
     // web-1 goes first (serial) and is activated; web-2's pre_release hangs until we cancel.
     let target = format!("{}pre_release = [\"test \\\"$SLIPWAY_HOST\\\" != web-2 || sleep 8\"]\n", hook_user_line());
     fleet.apply_project_full("site", &repo.path, "[rollout]\nstrategy = \"serial\"\n", &target, "");
-    let deploy = Command::new(bin("slipctl"))
-        .arg("--home")
-        .arg(&fleet.home)
-        .args(["deploy", "site", "test"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let deploy = fleet.spawn_slipctl(&["deploy", "site", "test"]);
     wait_until("web-1 to be activated", || page(&fleet, "web-1") == "v2\n");
     std::thread::sleep(Duration::from_millis(300));
     rustix::process::kill_process(
