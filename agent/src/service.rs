@@ -201,6 +201,7 @@ impl Inner {
         release: &ReleaseId,
         root: &Path,
         manifest: &Manifest,
+        shared: &[String],
     ) -> Result<(), AgentError> {
         let path = self.manifest_path(target, release.as_str());
         let dir = path.parent().expect("manifest dir");
@@ -208,7 +209,7 @@ impl Inner {
         let stamps: HashMap<String, Stamp> = manifest
             .entries
             .iter()
-            .filter(|e| e.kind == slipway_common::archive::EntryKind::File)
+            .filter(|e| e.kind == slipway_common::archive::EntryKind::File && !under_shared(&e.path, shared))
             .filter_map(|e| stamp(&root.join(&e.path)).map(|s| (e.path.clone(), s)))
             .collect();
         let kept = KeptRelease { manifest: manifest.clone(), stamps };
@@ -381,7 +382,7 @@ impl Inner {
             }
         };
         let final_path = layout.release_path(&id);
-        self.save_manifest(&target, &id, &staging, &manifest_copy)?;
+        self.save_manifest(&target, &id, &staging, &manifest_copy, &header.shared)?;
         std::fs::rename(&staging, &final_path)
             .map_err(|e| AgentError::io("cannot rename staging to", &final_path, e))?;
         fsync_dir(&releases_dir).map_err(|e| AgentError::io("cannot fsync", &releases_dir, e))?;
@@ -744,6 +745,11 @@ fn stamp(path: &Path) -> Option<Stamp> {
     Some((m.size(), m.mtime(), m.mtime_nsec()))
 }
 
+/// Whether `path` is a shared path or lies under one: its content is live, never reused.
+fn under_shared(path: &str, shared: &[String]) -> bool {
+    shared.iter().any(|s| path == s || path.strip_prefix(s.as_str()).is_some_and(|rest| rest.starts_with('/')))
+}
+
 /// What the agent keeps about a release for later deltas.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct KeptRelease {
@@ -935,5 +941,17 @@ impl pb::agent_server::Agent for AgentService {
 
     async fn releases(&self, req: Request<pb::ReleasesRequest>) -> Result<Response<pb::ReleasesReply>, Status> {
         Ok(Response::new(self.inner.releases(req.into_inner()).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shared_prefixes() {
+        let shared = ["storage/logs".to_owned(), ".env".to_owned()];
+        assert!(super::under_shared("storage/logs/app.log", &shared));
+        assert!(super::under_shared(".env", &shared));
+        assert!(!super::under_shared("storage/logs2/x", &shared));
+        assert!(!super::under_shared(".envrc", &shared));
     }
 }
