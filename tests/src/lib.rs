@@ -205,6 +205,36 @@ impl Fleet {
         self.slipctl_env(args, &[])
     }
 
+    /// `slipctl deploy PROJECT test` must succeed; returns the release it deployed.
+    pub fn deploy_ok(&self, project: &str) -> String {
+        self.slipctl(&["--output", "json", "deploy", project, "test"]).ok().json()["release"]
+            .as_str()
+            .expect("deploy record has a release")
+            .to_owned()
+    }
+
+    /// The controller's own mTLS client config, as `slipctl` builds it from the home.
+    pub fn controller_tls(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        let read = |p: &str| std::fs::read_to_string(self.home.join("pki").join(p)).unwrap();
+        let material = slipway_common::tls::TlsMaterial {
+            ca_pem: read("ca.pem"),
+            cert_pem: read("controller.pem"),
+            key_pem: read("controller.key"),
+        };
+        slipway_common::tls::controller_client_config(&material).unwrap()
+    }
+
+    /// Agent `index` as the controller's registry knows it (name and address).
+    pub fn agent_record(&self, index: usize) -> slipway_controller::store::AgentRecord {
+        let a = &self.agents[index];
+        slipway_controller::store::AgentRecord {
+            name: a.name.clone(),
+            addr: a.addr(),
+            labels: Default::default(),
+            added_at: 0,
+        }
+    }
+
     /// Start `slipctl` in the background (stdout discarded, stderr piped).
     pub fn spawn_slipctl(&self, args: &[&str]) -> Child {
         Command::new(bin("slipctl"))

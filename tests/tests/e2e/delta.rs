@@ -87,10 +87,7 @@ fn hardlinked_releases_share_read_only_files_that_hooks_cannot_change() {
     let repo = big_repo(&fleet);
     let target = format!("{}post_release = [\"echo hacked >> unchanged.txt || true\"]\n", hook_user_line());
     fleet.apply_project_full("site", &repo.path, "reuse = \"hardlink\"\n", &target, "");
-    let r1 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json()["release"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let r1 = fleet.deploy_ok("site");
     repo.write("index.html", "v2\n");
     repo.commit("v2");
     let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();

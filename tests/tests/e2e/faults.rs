@@ -46,16 +46,10 @@ fn agent_start_removes_staging_leftovers_and_trusts_the_symlink() {
     let mut fleet = Fleet::new(1);
     let repo = repo_with(&fleet, "v1");
     fleet.apply_project("site", &repo.path, "");
-    let r1 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json()["release"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let r1 = fleet.deploy_ok("site");
     repo.write("index.html", "v2");
     repo.commit("c2");
-    let r2 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json()["release"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let r2 = fleet.deploy_ok("site");
 
     // A crash mid-upload leaves a staging dir; someone relinks `current` by hand meanwhile.
     fleet.agents[0].kill();
@@ -124,10 +118,7 @@ fn a_frozen_agent_is_detected_within_the_host_timeout() {
     let fleet = Fleet::new(2);
     let repo = repo_with(&fleet, "v1");
     fleet.apply_project("site", &repo.path, "[rollout]\nhost_timeout_secs = 3\n");
-    let r1 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json()["release"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let r1 = fleet.deploy_ok("site");
     repo.write("index.html", "v2");
     repo.commit("c2");
     fleet.agents[1].signal(rustix::process::Signal::STOP);
@@ -152,10 +143,7 @@ fn a_host_partitioned_mid_upload_fails_alone_and_recovers() {
     fleet.add_agent_in("web-2", &ns);
     let repo = repo_with(&fleet, "v1");
     fleet.apply_project("site", &repo.path, "[rollout]\nhost_timeout_secs = 4\n");
-    let r1 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json()["release"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let r1 = fleet.deploy_ok("site");
     assert_eq!(fleet.current_release("web-2", "site").as_deref(), Some(r1.as_str()), "deployed across the veth");
 
     let noise = slipway_tests::noise(64 << 20);

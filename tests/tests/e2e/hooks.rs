@@ -97,10 +97,7 @@ fn a_hook_that_hangs_is_killed_with_its_children() {
     let fleet = Fleet::new(1);
     let repo = repo(&fleet);
     fleet.apply_project("site", &repo.path, "");
-    let r1 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json()["release"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let r1 = fleet.deploy_ok("site");
     repo.write("index.html", "v2\n");
     repo.commit("v2");
     let marker = format!("1000.{}", std::process::id());
@@ -178,10 +175,7 @@ fn a_failing_post_release_is_reported_per_host_or_rolled_back() {
     let fleet = Fleet::new(2);
     let repo = repo(&fleet);
     fleet.apply_project("site", &repo.path, "");
-    let r1 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json()["release"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let r1 = fleet.deploy_ok("site");
     repo.write("index.html", "v2\n");
     repo.commit("v2");
     let target = format!("{}post_release = [\"test \\\"$SLIPWAY_HOST\\\" != web-1\"]\n", hook_user_line());

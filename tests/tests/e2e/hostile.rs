@@ -6,9 +6,7 @@ use std::path::Path;
 
 use slipway_common::archive::Manifest;
 use slipway_common::archive::testing::{RawEntry, compress, manifest_for, raw_tar, sha256_hex};
-use slipway_common::tls::{TlsMaterial, controller_client_config};
 use slipway_controller::client::{self, AgentClient, Timeouts};
-use slipway_controller::store::AgentRecord;
 use slipway_proto::pb;
 use slipway_proto::pb::stage_request::Kind;
 use slipway_tests::Fleet;
@@ -78,14 +76,7 @@ impl Uploader {
 #[test]
 fn hostile_archives_are_rejected_whole_through_the_rpc() {
     let fleet = Fleet::new(1);
-    let pki = fleet.home.join("pki");
-    let read = |p: &str| std::fs::read_to_string(pki.join(p)).unwrap();
-    let tls = controller_client_config(&TlsMaterial {
-        ca_pem: read("ca.pem"),
-        cert_pem: read("controller.pem"),
-        key_pem: read("controller.key"),
-    })
-    .unwrap();
+    let tls = fleet.controller_tls();
     let hosts = fleet.path().join("hosts");
     let root = &fleet.agents[0].root;
     let target = pb::Target {
@@ -95,8 +86,7 @@ fn hostile_archives_are_rejected_whole_through_the_rpc() {
         current: root.join("www/hostile").display().to_string(),
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let agent =
-        AgentRecord { name: "web-1".into(), addr: fleet.agents[0].addr(), labels: Default::default(), added_at: 0 };
+    let agent = fleet.agent_record(0);
     let client = rt.block_on(client::connect(tls, &agent, Timeouts::default())).unwrap();
     let mut up = Uploader { client, target };
 

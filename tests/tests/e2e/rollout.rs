@@ -159,31 +159,18 @@ fn a_second_deploy_gets_the_lock_holder_and_a_dead_holder_is_taken_over() {
 
 #[test]
 fn a_stale_generation_cannot_activate() {
-    use slipway_common::tls::{TlsMaterial, controller_client_config};
     use slipway_controller::client::{self, Timeouts};
-    use slipway_controller::store::AgentRecord;
     use slipway_proto::pb;
 
     let fleet = Fleet::new(1);
     let repo = repo(&fleet);
     fleet.apply_project("site", &repo.path, "");
-    let r1 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json()["release"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let r1 = fleet.deploy_ok("site");
     next_version(&repo, 2);
     fleet.slipctl(&["deploy", "site", "test"]).ok();
     // A stale controller (generation 1) replays "activate release 1".
-    let pki = fleet.home.join("pki");
-    let read = |p: &str| std::fs::read_to_string(pki.join(p)).unwrap();
-    let tls = controller_client_config(&TlsMaterial {
-        ca_pem: read("ca.pem"),
-        cert_pem: read("controller.pem"),
-        key_pem: read("controller.key"),
-    })
-    .unwrap();
-    let agent =
-        AgentRecord { name: "web-1".into(), addr: fleet.agents[0].addr(), labels: Default::default(), added_at: 0 };
+    let tls = fleet.controller_tls();
+    let agent = fleet.agent_record(0);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let err = rt.block_on(async {
         let mut c = client::connect(tls, &agent, Timeouts::default()).await.unwrap();
@@ -221,10 +208,7 @@ fn an_agent_killed_mid_upload_leaves_current_untouched_and_recovers() {
     let mut fleet = Fleet::new(2);
     let repo = repo(&fleet);
     fleet.apply_project("site", &repo.path, "");
-    let r1 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json()["release"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let r1 = fleet.deploy_ok("site");
     // A big incompressible tree takes a while to unpack.
     let noise = slipway_tests::noise(96 << 20);
     std::fs::write(repo.path.join("big.bin"), &noise).unwrap();
