@@ -160,7 +160,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             });
             Ok(0)
         }
-        Command::Agent(cmd) => agent_command(&home, out, cmd, timeouts).await,
+        Command::Agent(cmd) => agent_command(&home, out, cmd).await,
         Command::Project(cmd) => project_command(&home, out, cmd),
         Command::Deploy { project, env, git_ref, hosts, dry_run, full } => {
             let mut reporter = Reporter::new(out);
@@ -469,7 +469,7 @@ pub(crate) fn register_agent(
     Ok(record)
 }
 
-async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand, timeouts: Timeouts) -> Result<u8> {
+async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Result<u8> {
     match cmd {
         AgentCommand::Add { name, addr, labels, out: dir, listen, state_dir, allowed_roots } => {
             let record = register_agent(home, &name, &addr, &labels, &dir, listen, &state_dir, &allowed_roots)?;
@@ -502,7 +502,6 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand, timeou
                     (i, agent, info)
                 });
             }
-            let _ = timeouts;
             let mut results = tasks.join_all().await;
             results.sort_by_key(|(i, _, _)| *i);
             let rows: Vec<Vec<String>> = results

@@ -54,6 +54,7 @@ struct Upload {
 
 /// Ask each host what its retained releases hold and derive what it must be sent. Hosts with the
 /// same gaps share one delta package; a host that holds nothing useful gets the full artifact.
+/// The connections made here are returned so the uploads reuse them.
 async fn plan_uploads(
     hosts: &[String],
     agents: &BTreeMap<String, AgentRecord>,
@@ -61,7 +62,7 @@ async fn plan_uploads(
     artifact: &Artifact,
     fan: &Fanout,
     reporter: &mut Reporter,
-) -> BTreeMap<String, Upload> {
+) -> (BTreeMap<String, Upload>, BTreeMap<String, AgentClient>) {
     let full = Upload {
         path: artifact.path.clone(),
         sha256: artifact.sha256.clone(),
@@ -73,20 +74,26 @@ async fn plan_uploads(
         let (agent, tls, timeouts, target) =
             (agents[host].clone(), fan.tls.clone(), fan.timeouts, pb_target(settings, host));
         tasks.spawn(async move {
-            let inventory = async {
-                let mut c = client::connect(tls, &agent, timeouts).await.ok()?;
-                let call = c.inventory(pb::InventoryRequest { target: Some(target) });
-                tokio::time::timeout(timeouts.call, call).await.ok()?.ok().map(|r| r.into_inner())
-            }
-            .await;
-            (agent.name, inventory)
+            let connection = client::connect(tls, &agent, timeouts).await.ok();
+            let inventory = match connection.clone() {
+                Some(mut c) => {
+                    let call = c.inventory(pb::InventoryRequest { target: Some(target) });
+                    tokio::time::timeout(timeouts.call, call).await.ok().and_then(Result::ok).map(|r| r.into_inner())
+                }
+                None => None,
+            };
+            (agent.name, connection, inventory)
         });
     }
     let files: Vec<_> =
         artifact.manifest.entries.iter().filter(|e| e.kind == slipway_common::archive::EntryKind::File).collect();
     let mut groups: BTreeMap<std::collections::BTreeSet<String>, Vec<String>> = BTreeMap::new();
     let mut uploads = BTreeMap::new();
-    for (host, inventory) in tasks.join_all().await {
+    let mut connections = BTreeMap::new();
+    for (host, connection, inventory) in tasks.join_all().await {
+        if let Some(c) = connection {
+            connections.insert(host.clone(), c);
+        }
         let held: std::collections::HashSet<String> =
             inventory.map(|i| i.digests.iter().map(|d| slipway_proto::bytes_to_hex(d)).collect()).unwrap_or_default();
         let ship: std::collections::BTreeSet<String> =
@@ -127,7 +134,7 @@ async fn plan_uploads(
             }
         }
     }
-    uploads
+    (uploads, connections)
 }
 
 /// Holds the project+env lock; released when dropped (the deploy ended, however it ended).
@@ -341,6 +348,7 @@ async fn stage_host(
     header: pb::StageHeader,
     artifact: PathBuf,
     total_entries: u64,
+    connected: Option<AgentClient>,
 ) -> (HostResult, Option<AgentClient>) {
     let Fanout { tls, events, clock, timeouts } = fan;
     let mut result = new_host_result(&agent, &header.release_id);
@@ -350,7 +358,11 @@ async fn stage_host(
     };
     send(HostEvent::Connecting);
     let t = Instant::now();
-    let mut client = match client::connect(tls, &agent, timeouts).await {
+    let connection = match connected {
+        Some(c) => Ok(c),
+        None => client::connect(tls, &agent, timeouts).await,
+    };
+    let mut client = match connection {
         Ok(c) => {
             clock.step(&mut result, "connect", t, Ok(agent.addr.clone()));
             c
@@ -941,8 +953,8 @@ async fn run_deploy(
                     }
                 }
                 let (planner_events, _) = mpsc::unbounded_channel();
-                let uploads = if full {
-                    BTreeMap::new()
+                let (uploads, connected) = if full {
+                    (BTreeMap::new(), BTreeMap::new())
                 } else {
                     plan_uploads(&hosts, &agents, settings, artifact, &fan(planner_events), reporter).await
                 };
@@ -971,7 +983,8 @@ async fn run_deploy(
                         delta: upload.delta,
                         reuse_hardlink: settings.reuse == slipway_common::config::ReuseMode::Hardlink,
                     };
-                    stage_host(fan(events), agents[&host].clone(), header, upload.path, artifact.entries)
+                    let connection = connected.get(&host).cloned();
+                    stage_host(fan(events), agents[&host].clone(), header, upload.path, artifact.entries, connection)
                 })
                 .await;
                 for host in hosts {
