@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Slipway deploy benchmark, side by side with the Walle/rsync baseline (../shared/bench).
 #
-#   [REUSE=hardlink] bench/run.sh [-n "1 4 16"] [-p "small large"] [--no-baseline]   (root)
+#   [REUSE=hardlink] [PROFILE=1] bench/run.sh [-n "1 4 16"] [-p "small large"] [--no-baseline]   (root)
 #
 # For each host count and preset it
 #   1. builds the baseline's source repo (same trees, same commits: tags wb-c1 -> wb-c2),
@@ -13,7 +13,8 @@
 #   5. runs the baseline harness (walle + rsync variants, parallel) on its own netns fleet,
 # and prints one table per N/preset with Slipway / best-baseline ratios. Bounded: every step
 # has a timeout, agents are stopped on exit, nothing is written outside $BENCH_DIR and the
-# baseline's own temp dirs.
+# baseline's own temp dirs. PROFILE=1 records each Slipway phase system-wide with perf
+# (<run>/<phase>.json.perf; `perf report -i ... --sort comm,dso,sym`).
 set -euo pipefail
 export LC_ALL=C
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +24,7 @@ REUSE=${REUSE:-copy}   # REUSE=hardlink: unchanged files hard-linked (then hooks
 while [ $# -gt 0 ]; do
   case $1 in
     -n) NS=$2; shift 2 ;; -p) PRESETS=$2; shift 2 ;; --no-baseline) RUN_BASELINE=0; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;; *) echo "unknown option $1" >&2; exit 2 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;; *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench/run.sh needs root (the baseline builds network namespaces)" >&2; exit 2; }
@@ -36,7 +37,7 @@ mkdir -p "$BENCH_DIR"
 SLIPCTL=$HERE/target/release/slipctl SLIPD=$HERE/target/release/slipd
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+trap 'cleanup; unmount_fs' EXIT
 
 json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@"; }
 
@@ -44,8 +45,10 @@ json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval
 phase() {
   local home=$1 out=$2; shift 2
   local t0 t1
+  local prof=()
+  [ -z "${PROFILE:-}" ] || prof=(perf record -q -a -g -e cpu-clock -F 499 -o "$out.perf" --)
   t0=$(date +%s.%N)
-  timeout 900 /usr/bin/time -f "%U %S %M" -o "$out.time" "$SLIPCTL" --home "$home" --output json "$@" > "$out" 2> "$out.err"
+  timeout 900 "${prof[@]}" /usr/bin/time -f "%U %S %M" -o "$out.time" "$SLIPCTL" --home "$home" --output json "$@" > "$out" 2> "$out.err"
   t1=$(date +%s.%N)
   read -r u s rss < "$out.time"
   local bytes skew
@@ -54,16 +57,35 @@ phase() {
   printf '%.2f %s %.2f %s %s\n' "$(echo "$t1 - $t0" | bc)" "$bytes" "$(echo "$u + $s" | bc)" "$rss" "$skew"
 }
 
+# Every measurement (Slipway's phases, the floor, the baseline) gets a fresh ext4 on a loop device:
+# ext4 slows inode allocation for minutes after mass deletions (find_inode_bit/recently_deleted
+# showed ~30% of a profile after the previous run's rm -rf), and real hosts each have their own
+# disk. FRESH_FS=0 measures on the filesystem of $BENCH_DIR instead.
+FRESH_FS=${FRESH_FS:-1}
+FS=$BENCH_DIR/fs
+unmount_fs() { if mountpoint -q "$FS"; then umount "$FS"; fi; rm -f "$BENCH_DIR/fs.img"; }
+fresh_fs() {  # fresh_fs <inodes> <GiB>
+  if [ "$FRESH_FS" != 1 ]; then rm -rf "$FS"; mkdir -p "$FS"; return; fi
+  unmount_fs; mkdir -p "$FS"
+  truncate -s "$2G" "$BENCH_DIR/fs.img"
+  mkfs.ext4 -q -F -N "$1" -E lazy_itable_init=0,lazy_journal_init=0 "$BENCH_DIR/fs.img"
+  mount -o loop "$BENCH_DIR/fs.img" "$FS"
+  chmod 755 "$FS"
+}
+
 for preset in $PRESETS; do
+  case $preset in large) tree_inodes=30000 tree_gib=1 ;; *) tree_inodes=6000 tree_gib=1 ;; esac
   timeout 1800 "$BASELINE" build-src -p "$preset" > "$BENCH_DIR/build-src-$preset.log" 2>&1
   REPO=/tmp/wb-src/$preset/repo
   for n in $NS; do
     run=$BENCH_DIR/$preset-n$n; rm -rf "$run"; mkdir -p "$run"
     home=$run/home
+    inodes=$(( (n * 4 + 2) * tree_inodes + 100000 )) gib=$(( (n * 4 + 2) * tree_gib + 4 ))
+    fresh_fs "$inodes" "$gib"
     "$SLIPCTL" --home "$home" init > /dev/null
     PIDS=()
     for i in $(seq 1 "$n"); do
-      port=$((17000 + i)); bundle=$run/agents/h$i; root=$run/hosts/h$i; mkdir -p "$root"
+      port=$((17000 + i)); bundle=$FS/agents/h$i; root=$FS/hosts/h$i; mkdir -p "$root"
       "$SLIPCTL" --home "$home" agent add "h$i" --addr "127.0.0.1:$port" --listen "127.0.0.1:$port" \
         --label role=web --out "$bundle" --state-dir "$bundle/state" --allowed-root "$root" > /dev/null
       SLIPWAY_LOG=warn "$SLIPD" --config "$bundle/agent.toml" 2> "$bundle/slipd.log" & PIDS+=($!)
@@ -75,7 +97,7 @@ repo = "$REPO"
 keep_releases = 20
 reuse = "$REUSE"
 [target]
-deploy_to = "$run/hosts/{host}/srv"
+deploy_to = "$FS/hosts/{host}/srv"
 $( [ "$REUSE" = hardlink ] && echo 'user = "www"' )
 [env.bench]
 hosts = ["role=web"]
@@ -87,26 +109,27 @@ TOML
     back=$(phase "$home" "$run/rollback.json" rollback bench bench)
     agent_rss=$(awk '/VmHWM/ {print $2}' "/proc/${PIDS[0]}/status")
     cleanup; PIDS=()
+    cp "$FS"/agents/h1/slipd.log "$run/slipd-h1.log" 2>/dev/null || true
     # The floor: plain tar -x of the same tree into n directories, two at a time.
     git -C "$REPO" archive --format=tar wb-c1 > "$run/tree.tar"
+    fresh_fs "$inodes" "$gib"
     sync
     t0=$(date +%s.%N)
-    seq 1 "$n" | xargs -P 2 -I{} sh -c "mkdir -p '$run/floor/{}' && tar -xf '$run/tree.tar' -C '$run/floor/{}'"
+    seq 1 "$n" | xargs -P 2 -I{} sh -c "mkdir -p '$FS/floor/{}' && tar -xf '$run/tree.tar' -C '$FS/floor/{}'"
     sync
     floor=$(echo "$(date +%s.%N) - $t0" | bc)
-    rm -rf "$run/floor"
     {
-      echo "reuse=$REUSE"
-      echo "slipway $preset n=$n full:     wall_s bytes cpu_s ctl_rss_kb skew_ms = $full"
-      echo "slipway $preset n=$n incr:     wall_s bytes cpu_s ctl_rss_kb skew_ms = $incr"
-      echo "slipway $preset n=$n rollback: wall_s bytes cpu_s ctl_rss_kb skew_ms = $back"
-      echo "slipway $preset n=$n agent_peak_rss_kb = $agent_rss"
-      printf 'floor   %s n=%s tar -x x%s (2 at a time): %.2f s\n' "$preset" "$n" "$n" "$floor"
-    } | tee -a "$RESULTS"
+      echo "preset $preset"; echo "n $n"; echo "reuse $REUSE"; echo "fresh_fs $FRESH_FS"
+      echo "full $full"; echo "incr $incr"; echo "rollback $back"
+      echo "agent_rss_kb $agent_rss"; printf 'floor_s %.2f\n' "$floor"
+    } > "$run/slipway.txt"
     if [ "$RUN_BASELINE" = 1 ]; then
-      timeout 3000 "$BASELINE" run -n "$n" -p "$preset" -m parallel --out "$RESULTS.baseline" > "$run/baseline.log" 2>&1 || echo "baseline failed: see $run/baseline.log"
-      grep -E "^(walle|rsync) " "$run/baseline.log" | awk -v n="$n" -v p="$preset" '{print "baseline " p " n=" n ": " $0}' | tee -a "$RESULTS" || true
+      fresh_fs "$inodes" "$gib"
+      WB_ROOT=$FS/wb timeout 3000 "$BASELINE" run -n "$n" -p "$preset" -m parallel --out "$RESULTS.baseline" \
+        > "$run/baseline.log" 2>&1 || echo "baseline failed: see $run/baseline.log"
     fi
+    python3 "$HERE/bench/table.py" "$run" | tee -a "$RESULTS"
+    unmount_fs
   done
 done
 echo "results: $RESULTS"

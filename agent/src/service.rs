@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use slipway_common::archive::{ExtractOptions, Manifest, extract};
+use slipway_common::archive::{ExtractOptions, FileIdentity, Manifest, ReuseSource, extract};
 use slipway_common::config::{AgentConfig, check_clean_absolute};
 use slipway_common::names::validate_name;
 use slipway_common::time::unix_now;
@@ -193,7 +193,7 @@ impl Inner {
         self.config.state_dir.join("manifests").join(&target.project).join(&target.env).join(format!("{release}.json"))
     }
 
-    /// Keep the release's manifest with a fingerprint (size, mtime) of every file as staged, so
+    /// Keep the release's manifest with the identity (inode, size, mtime) of every file as staged, so
     /// a later delta reuses only files nothing has written since (hooks may write their release).
     fn save_manifest(
         &self,
@@ -206,7 +206,7 @@ impl Inner {
         let path = self.manifest_path(target, release.as_str());
         let dir = path.parent().expect("manifest dir");
         std::fs::create_dir_all(dir).map_err(|e| AgentError::io("cannot create", dir, e))?;
-        let stamps: HashMap<String, Stamp> = manifest
+        let stamps: HashMap<String, FileIdentity> = manifest
             .entries
             .iter()
             .filter(|e| e.kind == slipway_common::archive::EntryKind::File && !under_shared(&e.path, shared))
@@ -226,7 +226,7 @@ impl Inner {
 
     /// Content sha256 -> a file holding it, over the retained releases (newest first). Only
     /// regular files whose fingerprint is unchanged since staging are offered.
-    fn reuse_sources(&self, target: &Target) -> Result<HashMap<String, PathBuf>, AgentError> {
+    fn reuse_sources(&self, target: &Target) -> Result<HashMap<String, ReuseSource>, AgentError> {
         let mut sources = HashMap::new();
         for id in target.layout.list()?.iter().rev() {
             let Ok(bytes) = std::fs::read(self.manifest_path(target, id.as_str())) else { continue };
@@ -237,8 +237,8 @@ impl Inner {
                     continue;
                 }
                 let path = root.join(&e.path);
-                if kept.stamps.get(&e.path).is_some_and(|s| stamp(&path).as_ref() == Some(s)) {
-                    sources.insert(e.sha256, path);
+                if let Some(identity) = kept.stamps.get(&e.path).filter(|s| stamp(&path).as_ref() == Some(*s)) {
+                    sources.insert(e.sha256, ReuseSource { path, identity: Some(*identity) });
                 }
             }
         }
@@ -737,12 +737,9 @@ impl Inner {
 
 /// A file as it was staged: a write changes its size or mtime. (Not ctime: adding or removing a
 /// hard link changes that.) Reused content is still verified by sha256 when it is copied.
-type Stamp = (u64, i64, i64);
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::symlink_metadata(path).ok().filter(|m| m.is_file())?;
-    Some((m.size(), m.mtime(), m.mtime_nsec()))
+/// A regular file's identity (inode, size, mtime): a write or a replacement changes it.
+fn stamp(path: &Path) -> Option<FileIdentity> {
+    std::fs::symlink_metadata(path).ok().filter(|m| m.is_file()).map(|m| FileIdentity::of(&m))
 }
 
 /// Whether `path` is a shared path or lies under one: its content is live, never reused.
@@ -754,7 +751,7 @@ fn under_shared(path: &str, shared: &[String]) -> bool {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct KeptRelease {
     manifest: Manifest,
-    stamps: HashMap<String, Stamp>,
+    stamps: HashMap<String, FileIdentity>,
 }
 
 fn list_or_none(ids: &[ReleaseId]) -> String {

@@ -395,11 +395,44 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Which file a path is, as far as content goes: the inode and what a write changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: i64,
+}
+
+impl FileIdentity {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity { ino: meta.ino(), size: meta.size(), mtime: meta.mtime(), mtime_nsec: meta.mtime_nsec() }
+    }
+}
+
+/// A file in a retained release with content the new release wants.
+#[derive(Debug, Clone)]
+pub struct ReuseSource {
+    pub path: PathBuf,
+    /// The file's identity when its content was hashed (at staging). A hard link is made to the
+    /// opened file, and when that file is protected (owned by the agent, no write bit: no hook
+    /// user can write, chmod or replace it in place) and still has this identity, its content is
+    /// the hashed content and is not read again. Anything else is re-hashed.
+    pub identity: Option<FileIdentity>,
+}
+
+impl From<PathBuf> for ReuseSource {
+    fn from(path: PathBuf) -> Self {
+        ReuseSource { path, identity: None }
+    }
+}
+
 /// Where the files a delta archive leaves out come from.
 #[derive(Debug, Clone, Default)]
 pub struct Reuse {
     /// Content sha256 (hex) -> a file with that content in a retained release.
-    pub sources: HashMap<String, PathBuf>,
+    pub sources: HashMap<String, ReuseSource>,
     /// Hard-link instead of copying (the caller makes such files read-only for everyone).
     pub hardlink: bool,
 }
@@ -434,6 +467,24 @@ pub struct ExtractStats {
     pub compressed_bytes: u64,
     /// Files taken from retained releases instead of the archive.
     pub reused: u64,
+}
+
+/// The process umask, read once from `/proc/self/status` (reading it with `umask(2)` would set it
+/// for a moment under other threads). All bits when unknown, so every mode is set explicitly.
+fn process_umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_owned())))
+            .and_then(|v| u32::from_str_radix(&v, 8).ok())
+            .unwrap_or(0o7777)
+    })
+}
+
+/// Whether an entry created with `mode` needs a chmod: the umask strips some of its bits.
+fn needs_chmod(mode: u32) -> bool {
+    mode & process_umask() != 0 || mode & 0o7000 != 0
 }
 
 fn write_err(path: &str) -> impl Fn(rustix::io::Errno) -> ArchiveError + '_ {
@@ -483,34 +534,51 @@ fn chown_at(dir: &OwnedFd, name: &str, owner: Option<(u32, u32)>, path: &str) ->
     Ok(())
 }
 
+/// Hard-link the file behind an open descriptor (not a path, which could be swapped meanwhile).
+fn link_open_file(file: &std::fs::File, dir: &OwnedFd, name: &str) -> rustix::io::Result<()> {
+    match rustix::fs::linkat(file, "", dir, name, AtFlags::EMPTY_PATH) {
+        // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; /proc names the same open file without it.
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM) => {
+            use std::os::fd::AsRawFd;
+            let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+            rustix::fs::linkat(rustix::fs::CWD, proc_path.as_str(), dir, name, AtFlags::SYMLINK_FOLLOW)
+        }
+        other => other,
+    }
+}
+
 /// Put a file the delta left out in place from a retained release, and verify its content.
 fn reuse_file(
     dirs: &mut DirCache,
     e: &ManifestEntry,
-    source: &Path,
+    reused: &ReuseSource,
     hardlink: bool,
     options: &ExtractOptions,
+    buf: &mut [u8],
 ) -> Result<()> {
     let path = e.path.as_str();
+    let source = reused.path.as_path();
     let name = file_name_of(path).to_owned();
     let src = rustix::fs::open(source, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).map_err(
         |err| ArchiveError::Write { path: format!("{path} (from {})", source.display()), source: err.into() },
     )?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
     let (mode, owner) = options.file_mode_owner(e.mode);
-    // Link only a file that is exactly what this release wants: read-only, same mode, agent-owned.
-    let linkable = hardlink
-        && options.read_only_files
-        && rustix::fs::fstat(&src)
-            .is_ok_and(|st| st.st_mode & 0o7777 == mode && st.st_uid == rustix::process::geteuid().as_raw());
     let mut src_file = std::fs::File::from(src);
+    let meta = src_file.metadata().map_err(|err| ArchiveError::Write { path: path.into(), source: err })?;
+    // Link only a file that is exactly what this release wants: read-only, same mode, agent-owned.
+    let linkable = hardlink && options.read_only_files && {
+        use std::os::unix::fs::MetadataExt;
+        meta.mode() & 0o7777 == mode && meta.uid() == rustix::process::geteuid().as_raw()
+    };
     let parent = dirs.open(parent_of(path), path)?;
     if linkable {
-        rustix::fs::linkat(rustix::fs::CWD, source, parent, name.as_str(), AtFlags::empty())
-            .map_err(write_err(path))?;
+        link_open_file(&src_file, parent, &name).map_err(write_err(path))?;
+        if reused.identity == Some(FileIdentity::of(&meta)) && meta.len() == e.size {
+            return Ok(()); // The very inode hashed at staging, which nobody but root can have written.
+        }
         loop {
-            let n = src_file.read(&mut buf).map_err(|err| ArchiveError::Write { path: path.into(), source: err })?;
+            let n = src_file.read(buf).map_err(|err| ArchiveError::Write { path: path.into(), source: err })?;
             if n == 0 {
                 break;
             }
@@ -521,14 +589,14 @@ fn reuse_file(
             parent,
             name.as_str(),
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
+            Mode::from_raw_mode(mode),
         )
         .map_err(write_err(path))?;
         let mut dst = std::fs::File::from(fd);
         // A reflink shares blocks until either side writes: as cheap as a link, as safe as a copy.
         let cloned = rustix::fs::ioctl_ficlone(&dst, &src_file).is_ok();
         loop {
-            let n = src_file.read(&mut buf).map_err(|err| ArchiveError::Write { path: path.into(), source: err })?;
+            let n = src_file.read(buf).map_err(|err| ArchiveError::Write { path: path.into(), source: err })?;
             if n == 0 {
                 break;
             }
@@ -537,7 +605,9 @@ fn reuse_file(
                 dst.write_all(&buf[..n]).map_err(|err| ArchiveError::Write { path: path.into(), source: err })?;
             }
         }
-        rustix::fs::fchmod(&dst, Mode::from_raw_mode(mode)).map_err(write_err(path))?;
+        if needs_chmod(mode) {
+            rustix::fs::fchmod(&dst, Mode::from_raw_mode(mode)).map_err(write_err(path))?;
+        }
         if let Some((uid, gid)) = owner {
             rustix::fs::fchown(&dst, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)))
                 .map_err(write_err(path))?;
@@ -570,11 +640,11 @@ pub fn extract(
     let mut stats = ExtractStats::default();
     let mut seen: HashSet<String> = HashSet::with_capacity(manifest.entries.len());
     let mut symlinks: Vec<(String, String)> = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
     {
         let mut decoder = zstd::stream::read::Decoder::new(&mut hashing).map_err(ArchiveError::Malformed)?;
         decoder.window_log_max(MAX_WINDOW_LOG).map_err(ArchiveError::Malformed)?;
         let mut archive = tar::Archive::new(&mut decoder);
-        let mut buf = vec![0u8; 256 * 1024];
         for entry in archive.entries().map_err(ArchiveError::Malformed)? {
             let mut entry = entry.map_err(ArchiveError::Malformed)?;
             let path = check_path(&entry.path_bytes())?;
@@ -614,9 +684,11 @@ pub fn extract(
             match kind {
                 EntryKind::Dir => {
                     let parent = dirs.open(parent_of(&path), &path)?;
-                    rustix::fs::mkdirat(parent, name.as_str(), Mode::from_raw_mode(0o700)).map_err(write_err(&path))?;
-                    rustix::fs::chmodat(parent, name.as_str(), Mode::from_raw_mode(mode), AtFlags::empty())
-                        .map_err(write_err(&path))?;
+                    rustix::fs::mkdirat(parent, name.as_str(), Mode::from_raw_mode(mode)).map_err(write_err(&path))?;
+                    if needs_chmod(mode) {
+                        rustix::fs::chmodat(parent, name.as_str(), Mode::from_raw_mode(mode), AtFlags::empty())
+                            .map_err(write_err(&path))?;
+                    }
                     chown_at(parent, &name, options.owner, &path)?;
                 }
                 EntryKind::Symlink => {
@@ -648,11 +720,12 @@ pub fn extract(
                         return Err(ArchiveError::Limit(format!("more than {} bytes", options.limits.max_bytes)));
                     }
                     let parent = dirs.open(parent_of(&path), &path)?;
+                    let (mode, owner) = options.file_mode_owner(mode);
                     let fd = rustix::fs::openat(
                         parent,
                         name.as_str(),
                         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::from_raw_mode(0o600),
+                        Mode::from_raw_mode(mode),
                     )
                     .map_err(write_err(&path))?;
                     let mut file = std::fs::File::from(fd);
@@ -677,8 +750,9 @@ pub fn extract(
                     if hex::encode(hasher.finalize()) != expected.sha256 {
                         return Err(ArchiveError::ContentDigest(path));
                     }
-                    let (mode, owner) = options.file_mode_owner(mode);
-                    rustix::fs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(write_err(&path))?;
+                    if needs_chmod(mode) {
+                        rustix::fs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(write_err(&path))?;
+                    }
                     if let Some((uid, gid)) = owner {
                         rustix::fs::fchown(
                             &file,
@@ -705,7 +779,7 @@ pub fn extract(
             (Some(reuse), EntryKind::File) => {
                 let source =
                     reuse.sources.get(&entry.sha256).ok_or_else(|| ArchiveError::Missing(entry.path.clone()))?;
-                reuse_file(&mut dirs, entry, source, reuse.hardlink, options)?;
+                reuse_file(&mut dirs, entry, source, reuse.hardlink, options, &mut buf)?;
                 stats.reused += 1;
                 stats.file_bytes += entry.size;
             }

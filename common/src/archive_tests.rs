@@ -3,7 +3,6 @@
 use std::os::unix::fs::PermissionsExt;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use super::testing::*;
 use super::*;
@@ -250,7 +249,7 @@ fn a_delta_takes_left_out_files_from_retained_releases_and_verifies_them() {
     let manifest = manifest_for(&full);
     // The delta ships the directory and the changed file only.
     let delta = compress(&raw_tar(&[full[0].clone(), full[2].clone()]));
-    let sources: HashMap<String, PathBuf> = [(sha256_hex(b"one"), base.join("a"))].into();
+    let mut sources: HashMap<String, ReuseSource> = [(sha256_hex(b"one"), base.join("a").into())].into();
     let mut options = ExtractOptions {
         limits: Limits::default(),
         expected_sha256: sha256_hex(&delta),
@@ -282,11 +281,40 @@ fn a_delta_takes_left_out_files_from_retained_releases_and_verifies_them() {
     std::fs::write(base.join("a"), b"one").unwrap();
     std::fs::set_permissions(base.join("a"), std::fs::Permissions::from_mode(0o444)).unwrap();
     let sandbox4 = Sandbox::new();
-    options.reuse = Some(Reuse { sources, hardlink: true });
+    options.reuse = Some(Reuse { sources: sources.clone(), hardlink: true });
     options.read_only_files = true;
     extract(delta.as_slice(), &manifest, &sandbox4.staging(), &options, &mut |_, _| {}).unwrap();
     let (linked, original) =
         (std::fs::metadata(sandbox4.staging().join("a")).unwrap(), std::fs::metadata(base.join("a")).unwrap());
     assert_eq!(linked.ino(), original.ino());
     assert_eq!(std::fs::metadata(sandbox4.staging().join("d/b")).unwrap().permissions().mode() & 0o777, 0o444);
+
+    // The identity recorded at staging spares re-reading a protected file that still has it...
+    let identity = FileIdentity::of(&original);
+    sources.get_mut(&sha256_hex(b"one")).unwrap().identity = Some(identity);
+    options.reuse = Some(Reuse { sources: sources.clone(), hardlink: true });
+    let sandbox5 = Sandbox::new();
+    extract(delta.as_slice(), &manifest, &sandbox5.staging(), &options, &mut |_, _| {}).unwrap();
+    assert_eq!(std::fs::metadata(sandbox5.staging().join("a")).unwrap().ino(), original.ino());
+    // ...but a file written since (new mtime) is read again and its new content refused.
+    std::fs::set_permissions(base.join("a"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(base.join("a"), b"two").unwrap();
+    std::fs::set_permissions(base.join("a"), std::fs::Permissions::from_mode(0o444)).unwrap();
+    assert_ne!(FileIdentity::of(&std::fs::metadata(base.join("a")).unwrap()), identity);
+    let err = extract(delta.as_slice(), &manifest, &Sandbox::new().staging(), &options, &mut |_, _| {}).unwrap_err();
+    assert!(matches!(err, ArchiveError::ContentDigest(_)), "{err}");
+    // A writable file is never trusted by identity, even one forged to match it: it is copied and
+    // hashed (and here refused).
+    std::fs::set_permissions(base.join("a"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let file = std::fs::File::options().write(true).open(base.join("a")).unwrap();
+    file.set_modified(
+        std::time::UNIX_EPOCH + std::time::Duration::new(identity.mtime as u64, identity.mtime_nsec as u32),
+    )
+    .unwrap();
+    drop(file);
+    let forged = FileIdentity::of(&std::fs::metadata(base.join("a")).unwrap());
+    sources.get_mut(&sha256_hex(b"one")).unwrap().identity = Some(forged);
+    options.reuse = Some(Reuse { sources, hardlink: true });
+    let err = extract(delta.as_slice(), &manifest, &Sandbox::new().staging(), &options, &mut |_, _| {}).unwrap_err();
+    assert!(matches!(err, ArchiveError::ContentDigest(_)), "{err}");
 }

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     };
     slipway_common::telemetry::init("warn");
     slipway_common::tls::install_crypto_provider();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("slipctl").build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
