@@ -325,8 +325,10 @@ impl Inner {
             header.manifest.ok_or_else(|| bad("stage header has no manifest"))?.try_into().map_err(bad)?;
         manifest.validate(&self.config.limits)?;
         let manifest_bytes = manifest.file_bytes() + manifest.entries.len() as u64 * 4096;
-        if header.artifact_sha256.len() != 32 {
-            return Err(bad("stage header has no artifact sha256"));
+        // No digest in the header: the controller packages while it streams, and a trailer brings it.
+        let trailer_digest = header.artifact_sha256.is_empty();
+        if !trailer_digest && header.artifact_sha256.len() != 32 {
+            return Err(bad("stage header's artifact sha256 is not 32 bytes"));
         }
         let ctx = header.hook_context.clone().unwrap_or_default();
         let pre_release = header.pre_release.clone().unwrap_or_default();
@@ -362,13 +364,13 @@ impl Inner {
         };
         let options = ExtractOptions {
             limits: self.config.limits,
-            expected_sha256: slipway_proto::bytes_to_hex(&header.artifact_sha256),
+            expected_sha256: (!trailer_digest).then(|| slipway_proto::bytes_to_hex(&header.artifact_sha256)),
             owner,
             reuse,
             read_only_files: protect,
         };
         let manifest_copy = manifest.clone();
-        let outcome = receive_and_extract(stream, manifest, staging.clone(), options, events.clone())
+        let outcome = receive_and_extract(stream, manifest, staging.clone(), options, trailer_digest, events.clone())
             .await
             .and_then(|stats| link_shared(&layout.deploy_to, &staging, &header.shared, owner).map(|()| stats));
         let stats = match outcome {
@@ -813,6 +815,7 @@ async fn receive_and_extract(
     manifest: Manifest,
     staging: PathBuf,
     options: ExtractOptions,
+    trailer_digest: bool,
     events: mpsc::Sender<Result<pb::StageEvent, Status>>,
 ) -> Result<slipway_common::archive::ExtractStats, AgentError> {
     let (chunk_tx, chunk_rx) = mpsc::channel::<Result<Vec<u8>, String>>(8);
@@ -836,15 +839,23 @@ async fn receive_and_extract(
         extract(reader, &manifest, &staging, &options, &mut progress)
     });
     let mut upload_error = None;
+    let mut trailer: Option<pb::StageTrailer> = None;
     loop {
         match stream.message().await {
-            Ok(Some(pb::StageRequest { kind: Some(RequestKind::Chunk(chunk)) })) => {
+            Ok(Some(pb::StageRequest { kind: Some(RequestKind::Chunk(chunk)) })) if trailer.is_none() => {
                 if chunk_tx.send(Ok(chunk)).await.is_err() {
                     break; // The extractor stopped early; its result says why.
                 }
             }
+            Ok(Some(pb::StageRequest { kind: Some(RequestKind::Trailer(t)) }))
+                if trailer_digest && trailer.is_none() =>
+            {
+                trailer = Some(t);
+            }
             Ok(Some(_)) => {
-                let why = "unexpected message after the header: only archive chunks may follow".to_string();
+                let why = "unexpected message after the header: only archive chunks, then a trailer when the header \
+                           has no digest, may follow"
+                    .to_string();
                 let _ = chunk_tx.send(Err(why.clone())).await;
                 upload_error = Some(AgentError::BadRequest(why));
                 break;
@@ -861,6 +872,25 @@ async fn receive_and_extract(
     drop(chunk_tx);
     let result = extractor.await.map_err(|e| AgentError::State(format!("extractor task failed: {e}")))?;
     match (result, upload_error) {
+        (Ok(stats), None) if trailer_digest => match trailer {
+            None => Err(AgentError::Upload("the upload ended without the trailer carrying the artifact digest".into())),
+            Some(t) if t.artifact_sha256 != stats.sha256 || t.artifact_size != stats.compressed_bytes => {
+                Err(slipway_common::archive::ArchiveError::ArtifactDigest {
+                    actual: format!(
+                        "{} ({} bytes)",
+                        slipway_proto::bytes_to_hex(&stats.sha256),
+                        stats.compressed_bytes
+                    ),
+                    expected: format!(
+                        "{} ({} bytes)",
+                        slipway_proto::bytes_to_hex(&t.artifact_sha256),
+                        t.artifact_size
+                    ),
+                }
+                .into())
+            }
+            Some(_) => Ok(stats),
+        },
         (Ok(stats), None) => Ok(stats),
         (_, Some(upload)) => Err(upload),
         (Err(e), None) => Err(e.into()),

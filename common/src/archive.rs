@@ -52,6 +52,42 @@ pub struct ManifestEntry {
     pub link_target: String,
 }
 
+impl ManifestEntry {
+    pub fn dir(path: &str) -> Self {
+        ManifestEntry {
+            path: path.to_owned(),
+            kind: EntryKind::Dir,
+            mode: normalise_mode(EntryKind::Dir, 0o755),
+            size: 0,
+            sha256: String::new(),
+            link_target: String::new(),
+        }
+    }
+
+    /// `sha256`: lowercase hex of the content.
+    pub fn file(path: &str, mode: u32, size: u64, sha256: String) -> Self {
+        ManifestEntry {
+            path: path.to_owned(),
+            kind: EntryKind::File,
+            mode: normalise_mode(EntryKind::File, mode),
+            size,
+            sha256,
+            link_target: String::new(),
+        }
+    }
+
+    pub fn symlink(path: &str, target: &str) -> Self {
+        ManifestEntry {
+            path: path.to_owned(),
+            kind: EntryKind::Symlink,
+            mode: 0o777,
+            size: 0,
+            sha256: String::new(),
+            link_target: target.to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub entries: Vec<ManifestEntry>,
@@ -318,51 +354,36 @@ impl<W: Write> Packer<W> {
     }
 
     pub fn add_dir(&mut self, path: &str) -> io::Result<()> {
-        let mode = normalise_mode(EntryKind::Dir, 0o755);
-        let mut h = self.header(tar::EntryType::Directory, mode, 0);
+        let entry = ManifestEntry::dir(path);
+        let mut h = self.header(tar::EntryType::Directory, entry.mode, 0);
         self.builder.append_data(&mut h, path, io::empty())?;
-        self.entries.push(ManifestEntry {
-            path: path.to_owned(),
-            kind: EntryKind::Dir,
-            mode,
-            size: 0,
-            sha256: String::new(),
-            link_target: String::new(),
-        });
+        self.entries.push(entry);
         Ok(())
     }
 
     pub fn add_file(&mut self, path: &str, mode: u32, content: &[u8]) -> io::Result<()> {
-        let mode = normalise_mode(EntryKind::File, mode);
-        let mut h = self.header(tar::EntryType::Regular, mode, content.len() as u64);
+        let entry = ManifestEntry::file(path, mode, content.len() as u64, hex::encode(Sha256::digest(content)));
+        let mut h = self.header(tar::EntryType::Regular, entry.mode, entry.size);
         self.builder.append_data(&mut h, path, content)?;
-        self.entries.push(ManifestEntry {
-            path: path.to_owned(),
-            kind: EntryKind::File,
-            mode,
-            size: content.len() as u64,
-            sha256: hex::encode(Sha256::digest(content)),
-            link_target: String::new(),
-        });
+        self.entries.push(entry);
         Ok(())
     }
 
     pub fn add_symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
-        let mut h = self.header(tar::EntryType::Symlink, 0o777, 0);
+        let entry = ManifestEntry::symlink(path, target);
+        let mut h = self.header(tar::EntryType::Symlink, entry.mode, 0);
         self.builder.append_link(&mut h, path, target)?;
-        self.entries.push(ManifestEntry {
-            path: path.to_owned(),
-            kind: EntryKind::Symlink,
-            mode: 0o777,
-            size: 0,
-            sha256: String::new(),
-            link_target: target.to_owned(),
-        });
+        self.entries.push(entry);
         Ok(())
     }
 
     pub fn entry_count(&self) -> usize {
         self.entries.len()
+    }
+
+    /// The manifest entry of what was added last.
+    pub fn last_entry(&self) -> Option<&ManifestEntry> {
+        self.entries.last()
     }
 
     pub fn finish(self) -> io::Result<Packed<W>> {
@@ -442,7 +463,8 @@ pub struct Reuse {
 pub struct ExtractOptions {
     pub limits: Limits,
     /// Hex sha256 the compressed stream must have.
-    pub expected_sha256: String,
+    /// `None` when the digest arrives after the stream: the caller compares [`ExtractStats::sha256`].
+    pub expected_sha256: Option<String>,
     /// Owner for every entry (the project's target user), when the agent may chown.
     pub owner: Option<(u32, u32)>,
     /// A delta: files the archive leaves out are taken from retained releases and verified.
@@ -467,6 +489,8 @@ pub struct ExtractStats {
     pub compressed_bytes: u64,
     /// Files taken from retained releases instead of the archive.
     pub reused: u64,
+    /// sha256 of the compressed stream.
+    pub sha256: [u8; 32],
 }
 
 /// The process umask, read once from `/proc/self/status` (reading it with `umask(2)` would set it
@@ -770,9 +794,12 @@ pub fn extract(
     }
     io::copy(&mut hashing, &mut io::sink()).map_err(ArchiveError::Malformed)?;
     stats.compressed_bytes = hashing.bytes;
-    let actual = hex::encode(hashing.hasher.finalize());
-    if actual != options.expected_sha256 {
-        return Err(ArchiveError::ArtifactDigest { actual, expected: options.expected_sha256.clone() });
+    stats.sha256 = hashing.hasher.finalize().into();
+    if let Some(expected) = &options.expected_sha256 {
+        let actual = hex::encode(stats.sha256);
+        if &actual != expected {
+            return Err(ArchiveError::ArtifactDigest { actual, expected: expected.clone() });
+        }
     }
     for entry in manifest.entries.iter().filter(|e| !seen.contains(&e.path)) {
         match (&options.reuse, entry.kind) {

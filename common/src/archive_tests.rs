@@ -35,7 +35,7 @@ impl Sandbox {
 fn run(compressed: &[u8], manifest: &Manifest, sandbox: &Sandbox) -> Result<ExtractStats> {
     let options = ExtractOptions {
         limits: Limits::default(),
-        expected_sha256: sha256_hex(compressed),
+        expected_sha256: Some(sha256_hex(compressed)),
         owner: None,
         reuse: None,
         read_only_files: false,
@@ -191,7 +191,7 @@ fn truncated_stream_and_wrong_digest() {
     let cut = &compressed[..compressed.len() / 2];
     let options = ExtractOptions {
         limits: Limits::default(),
-        expected_sha256: sha256_hex(cut),
+        expected_sha256: Some(sha256_hex(cut)),
         owner: None,
         reuse: None,
         read_only_files: false,
@@ -202,7 +202,7 @@ fn truncated_stream_and_wrong_digest() {
     let sandbox = Sandbox::new();
     let options = ExtractOptions {
         limits: Limits::default(),
-        expected_sha256: "00".repeat(32),
+        expected_sha256: Some("00".repeat(32)),
         owner: None,
         reuse: None,
         read_only_files: false,
@@ -224,7 +224,7 @@ fn limits_are_enforced() {
     let sandbox = Sandbox::new();
     let options = ExtractOptions {
         limits: Limits { max_entries: 1, max_bytes: 1 << 20 },
-        expected_sha256: sha256_hex(&compressed),
+        expected_sha256: Some(sha256_hex(&compressed)),
         owner: None,
         reuse: None,
         read_only_files: false,
@@ -252,7 +252,7 @@ fn a_delta_takes_left_out_files_from_retained_releases_and_verifies_them() {
     let mut sources: HashMap<String, ReuseSource> = [(sha256_hex(b"one"), base.join("a").into())].into();
     let mut options = ExtractOptions {
         limits: Limits::default(),
-        expected_sha256: sha256_hex(&delta),
+        expected_sha256: Some(sha256_hex(&delta)),
         owner: None,
         reuse: Some(Reuse { sources: sources.clone(), hardlink: false }),
         read_only_files: false,

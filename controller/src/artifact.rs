@@ -3,19 +3,20 @@
 //! same commit with the same recipe (excludes, build hooks, overlay digest) reuses the package
 //! without building again.
 
+use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use slipway_common::archive::{Manifest, Packer};
+use slipway_common::archive::{Manifest, ManifestEntry, Packer};
 
 use crate::build::Recipe;
 use crate::error::{Context, CtlError, Result};
 use crate::exclude::Excludes;
 use crate::git;
-use crate::tree::walk_dir;
+use crate::tree::{Sink, walk_dir};
 
 /// Bump when the package layout changes, so old cache entries are not reused.
 const FORMAT: u32 = 1;
@@ -113,12 +114,9 @@ fn evict_with(cache: &Path, keep: &Path, max: u64) -> Vec<PathBuf> {
 pub async fn pack_git(cache: &Path, mirror: &Path, recipe: &Recipe) -> Result<Artifact> {
     let dir = cache_dir(cache, recipe);
     let (mirror, recipe) = (mirror.to_path_buf(), recipe.clone());
-    tokio::task::spawn_blocking(move || {
-        let excludes = Excludes::new(&recipe.excludes)?;
-        build(&dir, recipe.commit_time, |packer| git::walk_commit(&mirror, &recipe.commit, &excludes, packer))
-    })
-    .await
-    .context("packaging task")?
+    tokio::task::spawn_blocking(move || build(&dir, recipe.commit_time, |packer| pack_commit(&mirror, &recipe, packer)))
+        .await
+        .context("packaging task")?
 }
 
 /// Package a built tree on disk.
@@ -143,23 +141,42 @@ fn build(dir: &Path, mtime: i64, source: impl FnOnce(&mut FilePacker) -> Result<
         parent.join(format!(".tmp-{}-{}", std::process::id(), dir.file_name().unwrap_or_default().to_string_lossy()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).context(format_args!("cannot create {}", tmp.display()))?;
-    let result = build_in(&tmp, dir, mtime, started, source);
+    let result = std::fs::File::create(tmp.join("artifact.tar.zst"))
+        .context("cannot create artifact file")
+        .and_then(|file| build_into(&tmp, dir, mtime, started, file, source));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
 }
 
-fn build_in(
+/// Something the artifact is written to, and the file underneath (synced at the end).
+trait ArtifactOut: Write {
+    fn file(&self) -> &std::fs::File;
+}
+
+impl ArtifactOut for std::fs::File {
+    fn file(&self) -> &std::fs::File {
+        self
+    }
+}
+
+impl ArtifactOut for Announcing {
+    fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+}
+
+fn build_into<O: ArtifactOut>(
     tmp: &Path,
     dir: &Path,
     mtime: i64,
     started: Instant,
-    source: impl FnOnce(&mut FilePacker) -> Result<usize>,
+    out: O,
+    source: impl FnOnce(&mut Packer<BufWriter<O>>) -> Result<usize>,
 ) -> Result<Artifact> {
-    let file = std::fs::File::create(tmp.join("artifact.tar.zst")).context("cannot create artifact file")?;
     let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).min(4);
-    let mut packer = Packer::new(BufWriter::with_capacity(1 << 20, file), ZSTD_LEVEL, threads, mtime.max(0) as u64)
+    let mut packer = Packer::new(BufWriter::with_capacity(1 << 20, out), ZSTD_LEVEL, threads, mtime.max(0) as u64)
         .context("cannot start the compressor")?;
     let submodules_skipped = source(&mut packer)?;
     let packed = packer.finish().context("cannot finish the artifact")?;
@@ -168,8 +185,8 @@ fn build_in(
         .manifest
         .validate(&slipway_common::archive::Limits::default())
         .map_err(|e| CtlError::failed(format!("the tree cannot be shipped: {e}")))?;
-    let file = packed.out.into_inner().map_err(|e| e.into_error()).context("cannot flush the artifact")?;
-    file.sync_all().context("cannot sync the artifact")?;
+    let out = packed.out.into_inner().map_err(|e| e.into_error()).context("cannot flush the artifact")?;
+    out.file().sync_all().context("cannot sync the artifact")?;
     let artifact = Artifact {
         path: dir.join("artifact.tar.zst"),
         sha256: packed.sha256,
@@ -187,7 +204,18 @@ fn build_in(
     };
     write_json("manifest.json", serde_json::to_vec(&artifact.manifest).context("manifest")?)?;
     write_json("meta.json", serde_json::to_vec(&artifact).context("meta")?)?;
-    match std::fs::rename(tmp, dir) {
+    let placed = match std::fs::rename(tmp, dir) {
+        // The directory holds deltas of this recipe (packed from git before the full artifact was
+        // needed): move the package in, meta.json last, as `load` requires it.
+        Err(_) if dir.is_dir() && load(dir).is_none() => ["artifact.tar.zst", "manifest.json", "meta.json"]
+            .iter()
+            .try_for_each(|f| std::fs::rename(tmp.join(f), dir.join(f)))
+            .map(|()| {
+                let _ = std::fs::remove_dir_all(tmp);
+            }),
+        other => other,
+    };
+    match placed {
         Ok(()) => {
             touch(dir);
             for old in evict(dir.parent().and_then(Path::parent).expect("cache root"), dir) {
@@ -204,6 +232,340 @@ fn build_in(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Manifest first, package later: with no build step the manifest comes straight from the tree
+// (blob digests cached by object id), deltas are packed from git with only the files a host
+// lacks, and the full artifact is packaged only when some host needs it, streamed to those hosts
+// while it is written.
+
+/// sha256 and size of git blobs by object id, for the last tree walked in a mirror: the next
+/// commit's manifest hashes only the blobs that changed. Kept beside the mirror, 60 bytes a blob.
+pub struct BlobDigests {
+    path: PathBuf,
+    known: HashMap<[u8; 20], ([u8; 32], u64)>,
+    used: HashMap<[u8; 20], ([u8; 32], u64)>,
+}
+
+const DIGEST_RECORD: usize = 20 + 32 + 8;
+
+impl BlobDigests {
+    pub fn load(mirror: &Path) -> Self {
+        let path = mirror.with_extension("digests");
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        // Records, then the sha256 of the records: a torn or damaged file counts as empty.
+        let records = match bytes.len().checked_sub(32) {
+            Some(n) if n % DIGEST_RECORD == 0 && Sha256::digest(&bytes[..n]).as_slice() == &bytes[n..] => &bytes[..n],
+            _ => &[][..],
+        };
+        let known = records
+            .chunks_exact(DIGEST_RECORD)
+            .map(|r| {
+                let oid: [u8; 20] = r[..20].try_into().expect("20 bytes");
+                let sha: [u8; 32] = r[20..52].try_into().expect("32 bytes");
+                (oid, (sha, u64::from_le_bytes(r[52..].try_into().expect("8 bytes"))))
+            })
+            .collect();
+        BlobDigests { path, known, used: HashMap::new() }
+    }
+
+    fn get(&mut self, repo: &git2::Repository, oid: git2::Oid) -> std::io::Result<([u8; 32], u64)> {
+        let key: [u8; 20] = oid.as_bytes().try_into().map_err(|_| std::io::Error::other("not a SHA-1 object id"))?;
+        let found = match self.known.get(&key) {
+            Some(d) => *d,
+            None => {
+                let blob = repo.find_blob(oid).map_err(std::io::Error::other)?;
+                (Sha256::digest(blob.content()).into(), blob.size() as u64)
+            }
+        };
+        self.used.insert(key, found);
+        Ok(found)
+    }
+
+    /// Keep what the last walk used (so the file stays the size of one tree).
+    pub fn save(&self) {
+        let mut out = Vec::with_capacity(self.used.len() * DIGEST_RECORD);
+        for (oid, (sha, size)) in &self.used {
+            out.extend_from_slice(oid);
+            out.extend_from_slice(sha);
+            out.extend_from_slice(&size.to_le_bytes());
+        }
+        let check = Sha256::digest(&out);
+        out.extend_from_slice(&check);
+        let tmp = self.path.with_extension(format!("digests.tmp-{}", std::process::id()));
+        if std::fs::write(&tmp, &out).and_then(|()| std::fs::rename(&tmp, &self.path)).is_err() {
+            let _ = std::fs::remove_file(&tmp); // Only a cache: the next walk hashes again.
+        }
+    }
+
+    /// Remember a blob's digest learnt while packaging.
+    fn learn(&mut self, oid: git2::Oid, sha256_hex: &str, size: u64) {
+        let (Ok(key), Ok(sha)) = (<[u8; 20]>::try_from(oid.as_bytes()), hex::decode(sha256_hex)) else { return };
+        if let Ok(sha) = <[u8; 32]>::try_from(sha.as_slice()) {
+            self.used.insert(key, (sha, size));
+        }
+    }
+}
+
+/// Packs, and records each blob's digest from the packer's manifest (no second hash).
+struct Recording<'a, W: Write> {
+    packer: &'a mut Packer<W>,
+    digests: &'a mut BlobDigests,
+}
+
+impl<W: Write> Sink for Recording<'_, W> {
+    fn dir(&mut self, path: &str) -> std::io::Result<()> {
+        self.packer.add_dir(path)
+    }
+    fn file(&mut self, path: &str, mode: u32, content: &[u8]) -> std::io::Result<()> {
+        self.packer.add_file(path, mode, content)
+    }
+    fn symlink(&mut self, path: &str, target: &str) -> std::io::Result<()> {
+        self.packer.add_symlink(path, target)
+    }
+    fn git_file(&mut self, repo: &git2::Repository, path: &str, mode: u32, oid: git2::Oid) -> std::io::Result<()> {
+        let blob = repo.find_blob(oid).map_err(std::io::Error::other)?;
+        self.packer.add_file(path, mode, blob.content())?;
+        if let Some(e) = self.packer.last_entry() {
+            let (sha, size) = (e.sha256.clone(), e.size);
+            self.digests.learn(oid, &sha, size);
+        }
+        Ok(())
+    }
+}
+
+/// Walk the commit into `packer`, keeping the blob digests for the next manifest.
+fn pack_commit<W: Write>(mirror: &Path, recipe: &Recipe, packer: &mut Packer<W>) -> Result<usize> {
+    let excludes = Excludes::new(&recipe.excludes)?;
+    let mut digests = BlobDigests::load(mirror);
+    let skipped =
+        git::walk_commit(mirror, &recipe.commit, &excludes, &mut Recording { packer, digests: &mut digests })?;
+    digests.save();
+    Ok(skipped)
+}
+
+/// Builds the manifest of a tree without packing it.
+struct ManifestSink<'a> {
+    entries: Vec<ManifestEntry>,
+    digests: &'a mut BlobDigests,
+}
+
+impl Sink for ManifestSink<'_> {
+    fn dir(&mut self, path: &str) -> std::io::Result<()> {
+        self.entries.push(ManifestEntry::dir(path));
+        Ok(())
+    }
+    fn file(&mut self, path: &str, mode: u32, content: &[u8]) -> std::io::Result<()> {
+        let sha = hex::encode(Sha256::digest(content));
+        self.entries.push(ManifestEntry::file(path, mode, content.len() as u64, sha));
+        Ok(())
+    }
+    fn symlink(&mut self, path: &str, target: &str) -> std::io::Result<()> {
+        self.entries.push(ManifestEntry::symlink(path, target));
+        Ok(())
+    }
+    fn git_file(&mut self, repo: &git2::Repository, path: &str, mode: u32, oid: git2::Oid) -> std::io::Result<()> {
+        let (sha, size) = self.digests.get(repo, oid)?;
+        self.entries.push(ManifestEntry::file(path, mode, size, hex::encode(sha)));
+        Ok(())
+    }
+}
+
+/// The manifest of the commit's tree, as [`pack_git`] would package it, without packaging.
+pub async fn manifest_git(mirror: &Path, recipe: &Recipe) -> Result<Manifest> {
+    let (mirror, recipe) = (mirror.to_path_buf(), recipe.clone());
+    tokio::task::spawn_blocking(move || {
+        let excludes = Excludes::new(&recipe.excludes)?;
+        let mut digests = BlobDigests::load(&mirror);
+        let mut sink = ManifestSink { entries: Vec::new(), digests: &mut digests };
+        git::walk_commit(&mirror, &recipe.commit, &excludes, &mut sink)?;
+        let manifest = Manifest { entries: sink.entries };
+        manifest
+            .validate(&slipway_common::archive::Limits::default())
+            .map_err(|e| CtlError::failed(format!("the tree cannot be shipped: {e}")))?;
+        digests.save();
+        Ok(manifest)
+    })
+    .await
+    .context("manifest task")?
+}
+
+/// Passes directories and symlinks, and only the files in `ship`, reading no other blob.
+struct ShipOnly<'a, S> {
+    inner: &'a mut S,
+    ship: &'a std::collections::BTreeSet<String>,
+    files: u64,
+}
+
+impl<S: Sink> Sink for ShipOnly<'_, S> {
+    fn dir(&mut self, path: &str) -> std::io::Result<()> {
+        self.inner.dir(path)
+    }
+    fn file(&mut self, path: &str, mode: u32, content: &[u8]) -> std::io::Result<()> {
+        if self.ship.contains(path) {
+            self.files += 1;
+            self.inner.file(path, mode, content)?;
+        }
+        Ok(())
+    }
+    fn symlink(&mut self, path: &str, target: &str) -> std::io::Result<()> {
+        self.inner.symlink(path, target)
+    }
+    fn git_file(&mut self, repo: &git2::Repository, path: &str, mode: u32, oid: git2::Oid) -> std::io::Result<()> {
+        if self.ship.contains(path) {
+            self.files += 1;
+            let blob = repo.find_blob(oid).map_err(std::io::Error::other)?;
+            self.inner.file(path, mode, blob.content())?;
+        }
+        Ok(())
+    }
+}
+
+fn delta_name(ship: &std::collections::BTreeSet<String>) -> String {
+    let mut key = Sha256::new();
+    for path in ship {
+        key.update(path.as_bytes());
+        key.update(b"\0");
+    }
+    format!("delta-{}", &hex::encode(key.finalize())[..16])
+}
+
+fn cached_delta(dir: &Path, name: &str) -> Option<Delta> {
+    let (path, meta) = (dir.join(format!("{name}.tar.zst")), dir.join(format!("{name}.json")));
+    let (sha256, compressed_bytes, files) =
+        serde_json::from_slice::<(String, u64, u64)>(&std::fs::read(&meta).ok()?).ok()?;
+    std::fs::metadata(&path).is_ok_and(|m| m.len() == compressed_bytes).then_some(Delta {
+        path,
+        sha256,
+        compressed_bytes,
+        files,
+    })
+}
+
+/// Write a delta package with `fill`, into `dir` under `name`.
+fn write_delta(dir: &Path, name: &str, mtime: u64, fill: impl FnOnce(&mut FilePacker) -> Result<u64>) -> Result<Delta> {
+    std::fs::create_dir_all(dir).context(format_args!("cannot create {}", dir.display()))?;
+    let path = dir.join(format!("{name}.tar.zst"));
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let out = std::fs::File::create(&tmp).context("cannot create delta file")?;
+    let mut packer = Packer::new(BufWriter::with_capacity(1 << 20, out), ZSTD_LEVEL, 2, mtime).context("compressor")?;
+    let files = match fill(&mut packer) {
+        Ok(files) => files,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let packed = packer.finish().context("cannot finish delta")?;
+    let file = packed.out.into_inner().map_err(|e| e.into_error()).context("flush delta")?;
+    file.sync_all().context("sync delta")?;
+    std::fs::rename(&tmp, &path).context("cannot move delta in place")?;
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_vec(&(&packed.sha256, packed.compressed_size, files)).context("json")?,
+    )
+    .context("cannot write delta meta")?;
+    Ok(Delta { path, sha256: packed.sha256, compressed_bytes: packed.compressed_size, files })
+}
+
+/// A delta packed straight from git: every directory and symlink, and the files in `ship`.
+pub async fn delta_git(
+    cache: &Path,
+    mirror: &Path,
+    recipe: &Recipe,
+    ship: std::collections::BTreeSet<String>,
+) -> Result<Delta> {
+    let dir = cache_dir(cache, recipe);
+    let name = delta_name(&ship);
+    if let Some(found) = cached_delta(&dir, &name) {
+        return Ok(found);
+    }
+    let (mirror, recipe) = (mirror.to_path_buf(), recipe.clone());
+    tokio::task::spawn_blocking(move || {
+        let excludes = Excludes::new(&recipe.excludes)?;
+        write_delta(&dir, &name, recipe.commit_time.max(0) as u64, |packer| {
+            let mut sink = ShipOnly { inner: packer, ship: &ship, files: 0 };
+            git::walk_commit(&mirror, &recipe.commit, &excludes, &mut sink)?;
+            Ok(sink.files)
+        })
+    })
+    .await
+    .context("delta task")?
+}
+
+/// How far the packaging of a streamed artifact got.
+#[derive(Debug, Clone)]
+pub enum PackProgress {
+    /// Compressed bytes written so far (readable from the file).
+    Writing(u64),
+    /// Finished: the digest and size, or why it failed.
+    Done(std::result::Result<(String, u64), String>),
+}
+
+/// Counts bytes into the file and tells the readers.
+struct Announcing {
+    file: std::fs::File,
+    written: u64,
+    progress: tokio::sync::watch::Sender<PackProgress>,
+}
+
+impl Write for Announcing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        self.progress.send_replace(PackProgress::Writing(self.written));
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// The full artifact of a git commit, packaged while hosts already receive it.
+pub struct StreamedPack {
+    /// The artifact file, open from before its first byte (its directory is renamed when done).
+    pub file: std::sync::Arc<std::fs::File>,
+    pub progress: tokio::sync::watch::Receiver<PackProgress>,
+    pub task: tokio::task::JoinHandle<Result<Artifact>>,
+}
+
+/// Start packaging the commit into the cache; `expected` is the manifest the hosts were promised.
+pub fn stream_git(cache: &Path, mirror: &Path, recipe: &Recipe, expected: Manifest) -> Result<StreamedPack> {
+    let dir = cache_dir(cache, recipe);
+    let parent = dir.parent().expect("artifact dir has a parent").to_path_buf();
+    std::fs::create_dir_all(&parent).context(format_args!("cannot create {}", parent.display()))?;
+    let tmp =
+        parent.join(format!(".tmp-{}-{}", std::process::id(), dir.file_name().unwrap_or_default().to_string_lossy()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).context(format_args!("cannot create {}", tmp.display()))?;
+    let path = tmp.join("artifact.tar.zst");
+    let file = std::fs::File::create(&path).context("cannot create artifact file")?;
+    let reader = std::fs::File::open(&path).context("cannot open artifact file")?;
+    let (progress, rx) = tokio::sync::watch::channel(PackProgress::Writing(0));
+    let (mirror, recipe) = (mirror.to_path_buf(), recipe.clone());
+    let task = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let out = Announcing { file, written: 0, progress: progress.clone() };
+        let result = (|| {
+            let artifact = build_into(&tmp, &dir, recipe.commit_time, started, out, |packer| {
+                pack_commit(&mirror, &recipe, packer)
+            })?;
+            if artifact.manifest != expected {
+                return Err(CtlError::failed("the packaged tree differs from its manifest (did the mirror change?)"));
+            }
+            Ok(artifact)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        progress.send_replace(PackProgress::Done(match &result {
+            Ok(a) => Ok((a.sha256.clone(), a.compressed_bytes)),
+            Err(e) => Err(e.to_string()),
+        }));
+        result
+    });
+    Ok(StreamedPack { file: std::sync::Arc::new(reader), progress: rx, task })
+}
+
 /// A delta of an artifact: every directory and symlink, and only the files a host lacks.
 #[derive(Debug, Clone)]
 pub struct Delta {
@@ -215,57 +577,43 @@ pub struct Delta {
 
 /// Build (or reuse) the delta of `full` that ships only the files in `ship`.
 pub async fn delta(full: &Artifact, ship: std::collections::BTreeSet<String>) -> Result<Delta> {
-    let mut key = Sha256::new();
-    for path in &ship {
-        key.update(path.as_bytes());
-        key.update(b"\0");
-    }
-    let name = format!("delta-{}", &hex::encode(key.finalize())[..16]);
+    let name = delta_name(&ship);
     let dir = full.path.parent().expect("artifact dir").to_path_buf();
-    let (path, meta) = (dir.join(format!("{name}.tar.zst")), dir.join(format!("{name}.json")));
-    if let Ok(bytes) = std::fs::read(&meta)
-        && let Ok((sha256, compressed_bytes, files)) = serde_json::from_slice::<(String, u64, u64)>(&bytes)
-        && std::fs::metadata(&path).is_ok_and(|m| m.len() == compressed_bytes)
-    {
-        return Ok(Delta { path, sha256, compressed_bytes, files });
+    if let Some(found) = cached_delta(&dir, &name) {
+        return Ok(found);
     }
     let source = full.path.clone();
-    tokio::task::spawn_blocking(move || -> Result<Delta> {
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let out = std::fs::File::create(&tmp).context("cannot create delta file")?;
-        let mut packer = Packer::new(BufWriter::with_capacity(1 << 20, out), ZSTD_LEVEL, 2, 0).context("compressor")?;
-        let input = std::fs::File::open(&source).context("cannot read artifact")?;
-        let decoder = zstd::stream::read::Decoder::new(input).context("artifact")?;
-        let mut archive = tar::Archive::new(decoder);
-        let mut files = 0;
-        for entry in archive.entries().context("artifact")? {
-            let mut entry = entry.context("artifact")?;
-            let path = String::from_utf8_lossy(&entry.path_bytes()).trim_end_matches('/').to_owned();
-            let mode = entry.header().mode().context("artifact")?;
-            match entry.header().entry_type() {
-                tar::EntryType::Directory => packer.add_dir(&path),
-                tar::EntryType::Symlink => {
-                    let target =
-                        entry.link_name_bytes().map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default();
-                    packer.add_symlink(&path, &target)
+    tokio::task::spawn_blocking(move || {
+        write_delta(&dir, &name, 0, |packer| {
+            let input = std::fs::File::open(&source).context("cannot read artifact")?;
+            let decoder = zstd::stream::read::Decoder::new(input).context("artifact")?;
+            let mut archive = tar::Archive::new(decoder);
+            let mut files = 0;
+            for entry in archive.entries().context("artifact")? {
+                let mut entry = entry.context("artifact")?;
+                let path = String::from_utf8_lossy(&entry.path_bytes()).trim_end_matches('/').to_owned();
+                let mode = entry.header().mode().context("artifact")?;
+                match entry.header().entry_type() {
+                    tar::EntryType::Directory => packer.add_dir(&path),
+                    tar::EntryType::Symlink => {
+                        let target = entry
+                            .link_name_bytes()
+                            .map(|t| String::from_utf8_lossy(&t).into_owned())
+                            .unwrap_or_default();
+                        packer.add_symlink(&path, &target)
+                    }
+                    _ if ship.contains(&path) => {
+                        files += 1;
+                        let mut content = Vec::with_capacity(entry.size() as usize);
+                        std::io::Read::read_to_end(&mut entry, &mut content).context("artifact")?;
+                        packer.add_file(&path, mode, &content)
+                    }
+                    _ => Ok(()),
                 }
-                _ if ship.contains(&path) => {
-                    files += 1;
-                    let mut content = Vec::with_capacity(entry.size() as usize);
-                    std::io::Read::read_to_end(&mut entry, &mut content).context("artifact")?;
-                    packer.add_file(&path, mode, &content)
-                }
-                _ => Ok(()),
+                .context("cannot write delta")?;
             }
-            .context("cannot write delta")?;
-        }
-        let packed = packer.finish().context("cannot finish delta")?;
-        let file = packed.out.into_inner().map_err(|e| e.into_error()).context("flush delta")?;
-        file.sync_all().context("sync delta")?;
-        std::fs::rename(&tmp, &path).context("cannot move delta in place")?;
-        std::fs::write(&meta, serde_json::to_vec(&(&packed.sha256, packed.compressed_size, files)).context("json")?)
-            .context("cannot write delta meta")?;
-        Ok(Delta { path, sha256: packed.sha256, compressed_bytes: packed.compressed_size, files })
+            Ok(files)
+        })
     })
     .await
     .context("delta task")?
@@ -274,6 +622,116 @@ pub async fn delta(full: &Artifact, ship: std::collections::BTreeSet<String>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bare repository with one commit per tree given (path -> content; "->x" makes a symlink).
+    fn repo_with(dir: &Path, trees: &[&[(&str, &str)]]) -> (PathBuf, Vec<String>) {
+        let bare = dir.join("mirror.git");
+        let repo = git2::Repository::init_bare(&bare).unwrap();
+        let sig = git2::Signature::new("t", "t@example.com", &git2::Time::new(1_700_000_000, 0)).unwrap();
+        let mut commits = Vec::new();
+        let mut parent: Option<git2::Oid> = None;
+        for files in trees {
+            let mut index = git2::Index::new().unwrap();
+            for (path, content) in *files {
+                let (mode, data) = match content.strip_prefix("->") {
+                    Some(target) => (0o120000, target.as_bytes()),
+                    None => (0o100644, content.as_bytes()),
+                };
+                let oid = repo.blob(data).unwrap();
+                let mut entry = git2::IndexEntry {
+                    ctime: git2::IndexTime::new(0, 0),
+                    mtime: git2::IndexTime::new(0, 0),
+                    dev: 0,
+                    ino: 0,
+                    mode,
+                    uid: 0,
+                    gid: 0,
+                    file_size: data.len() as u32,
+                    id: oid,
+                    flags: 0,
+                    flags_extended: 0,
+                    path: path.as_bytes().to_vec(),
+                };
+                entry.flags = path.len().min(0xfff) as u16;
+                index.add(&entry).unwrap();
+            }
+            let tree = repo.find_tree(index.write_tree_to(&repo).unwrap()).unwrap();
+            let parents: Vec<git2::Commit<'_>> = parent.iter().map(|p| repo.find_commit(*p).unwrap()).collect();
+            let refs: Vec<&git2::Commit<'_>> = parents.iter().collect();
+            let oid = repo.commit(None, &sig, &sig, "c", &tree, &refs).unwrap();
+            parent = Some(oid);
+            commits.push(oid.to_string());
+        }
+        (bare, commits)
+    }
+
+    fn recipe(commit: &str) -> Recipe {
+        Recipe {
+            commit: commit.to_owned(),
+            commit_time: 1_700_000_000,
+            excludes: vec!["*.log".into()],
+            pre_deploy: vec![],
+            post_deploy: vec![],
+            build_timeout_secs: 60,
+            overlay: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn manifest_from_git_equals_the_packaged_one_and_deltas_ship_only_what_is_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1: &[(&str, &str)] = &[("a.txt", "one"), ("d/b.txt", "two"), ("d/l", "->b.txt"), ("x.log", "no")];
+        let v2: &[(&str, &str)] = &[("a.txt", "one!"), ("d/b.txt", "two"), ("d/l", "->b.txt"), ("x.log", "no")];
+        let (mirror, commits) = repo_with(dir.path(), &[v1, v2]);
+        let cache = dir.path().join("cache");
+        // Cold: every blob read and hashed.
+        let manifest = manifest_git(&mirror, &recipe(&commits[0])).await.unwrap();
+        let packed = pack_git(&cache, &mirror, &recipe(&commits[0])).await.unwrap();
+        assert_eq!(manifest, packed.manifest);
+        assert!(!manifest.entries.iter().any(|e| e.path == "x.log"), "excludes apply");
+        // Warm: unchanged blobs come from the digest cache, changed ones are hashed.
+        let warm = manifest_git(&mirror, &recipe(&commits[1])).await.unwrap();
+        let packed2 = pack_git(&cache, &mirror, &recipe(&commits[1])).await.unwrap();
+        assert_eq!(warm, packed2.manifest);
+        let mut digests = BlobDigests::load(&mirror);
+        assert_eq!(digests.known.len(), 2, "one record per file blob of the last tree (links are read)");
+        // The cache is what is consulted for known blobs: a doctored record for b.txt shows up.
+        let repo = git2::Repository::open_bare(&mirror).unwrap();
+        let b = repo.revparse_single(&format!("{}:d/b.txt", commits[1])).unwrap().id();
+        let key: [u8; 20] = b.as_bytes().try_into().unwrap();
+        digests.known.insert(key, ([0u8; 32], 3));
+        digests.used = digests.known.clone();
+        digests.save();
+        let doctored = manifest_git(&mirror, &recipe(&commits[1])).await.unwrap();
+        let sha = |m: &Manifest, p: &str| m.entries.iter().find(|e| e.path == p).unwrap().sha256.clone();
+        assert_eq!(sha(&doctored, "d/b.txt"), "00".repeat(32));
+        assert_eq!(sha(&doctored, "a.txt"), sha(&warm, "a.txt"));
+        // A damaged file is ignored whole (here only its checksum is off, so the doctored record
+        // would still be found if it were read): everything is hashed again.
+        let file = mirror.with_extension("digests");
+        let mut raw = std::fs::read(&file).unwrap();
+        *raw.last_mut().unwrap() ^= 1;
+        std::fs::write(&file, raw).unwrap();
+        assert_eq!(manifest_git(&mirror, &recipe(&commits[1])).await.unwrap(), warm);
+
+        // A delta from git: all directories and links, only the files asked for.
+        let ship: std::collections::BTreeSet<String> = ["a.txt".to_owned()].into();
+        let delta = delta_git(&cache, &mirror, &recipe(&commits[1]), ship.clone()).await.unwrap();
+        assert_eq!(delta.files, 1);
+        let bytes = std::fs::read(&delta.path).unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), delta.sha256);
+        let mut archive = tar::Archive::new(zstd::stream::read::Decoder::new(bytes.as_slice()).unwrap());
+        let mut names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string().trim_end_matches('/').to_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a.txt", "d", "d/l"]);
+        // The same delta from the packaged artifact has the same entries; and it is cached by name.
+        let again = delta_git(&cache, &mirror, &recipe(&commits[1]), ship).await.unwrap();
+        assert_eq!(again.sha256, delta.sha256);
+    }
 
     #[test]
     fn eviction_drops_least_recently_used_first() {

@@ -43,13 +43,118 @@ pub struct DeployArgs {
     pub cancel: Option<watch::Receiver<bool>>,
 }
 
-/// What one host is sent: the full artifact, or a delta of it.
+/// What one host is sent: a package file (the full artifact, or a delta), or the full artifact
+/// while it is being packaged.
 #[derive(Debug, Clone)]
-struct Upload {
-    path: PathBuf,
-    sha256: String,
-    size: u64,
-    delta: bool,
+enum Upload {
+    File { path: PathBuf, sha256: String, size: u64, delta: bool },
+    Streamed { file: Arc<std::fs::File>, progress: watch::Receiver<artifact::PackProgress> },
+}
+
+/// What a deploy ships. With a build step (or a cached package) the full artifact exists up
+/// front. Without one, nothing is packaged before the hosts say what they hold: when none holds
+/// anything the full artifact is packaged once and sent; otherwise the manifest is read from git
+/// (blob digests cached), each host group gets a delta packed straight from git, and a host that
+/// needs everything gets the full artifact streamed while it is packaged.
+pub struct Package {
+    manifest: Option<slipway_common::archive::Manifest>,
+    pub full: Option<Artifact>,
+    /// Without a build step: package (deltas, or the full artifact) straight from git.
+    git: Option<(PathBuf, PathBuf, Recipe)>,
+    streamed: Option<(Arc<std::fs::File>, watch::Receiver<artifact::PackProgress>)>,
+    packing: Option<tokio::task::JoinHandle<Result<Artifact>>>,
+}
+
+impl Package {
+    fn packaged(full: Artifact) -> Self {
+        Package { manifest: Some(full.manifest.clone()), full: Some(full), git: None, streamed: None, packing: None }
+    }
+
+    fn from_git(cache: PathBuf, mirror: PathBuf, recipe: Recipe) -> Self {
+        Package { manifest: None, full: None, git: Some((cache, mirror, recipe)), streamed: None, packing: None }
+    }
+
+    /// The manifest; known once [`Package::pack`] or [`Package::read_manifest`] ran.
+    fn manifest(&self) -> &slipway_common::archive::Manifest {
+        self.manifest.as_ref().expect("the manifest is read before anything is sent")
+    }
+
+    /// Package the full artifact now (from git), unless it exists.
+    async fn pack(&mut self, reporter: &mut Reporter) -> Result<()> {
+        if self.full.is_some() {
+            return Ok(());
+        }
+        let (cache, mirror, recipe) = self.git.as_ref().expect("a package without artifact packs from git");
+        let artifact = artifact::pack_git(cache, mirror, recipe).await?;
+        if self.manifest.as_ref().is_some_and(|m| *m != artifact.manifest) {
+            return Err(CtlError::failed("the packaged tree differs from its manifest (did the mirror change?)"));
+        }
+        say_packaged(&artifact, reporter);
+        self.manifest = Some(artifact.manifest.clone());
+        self.full = Some(artifact);
+        Ok(())
+    }
+
+    /// Read the manifest from git without packaging, unless it is known.
+    async fn read_manifest(&mut self, reporter: &mut Reporter) -> Result<()> {
+        if self.manifest.is_some() {
+            return Ok(());
+        }
+        let (_, mirror, recipe) = self.git.as_ref().expect("a package without manifest reads it from git");
+        let t = Instant::now();
+        let manifest = artifact::manifest_git(mirror, recipe).await?;
+        reporter.say(format!(
+            "manifest: {} entries, {} (read from git in {})",
+            manifest.entries.len(),
+            bytes(manifest.file_bytes()),
+            millis(t.elapsed().as_millis() as u64)
+        ));
+        self.manifest = Some(manifest);
+        Ok(())
+    }
+
+    /// The full artifact for a host: the file when there is one, else the stream (started now).
+    fn full_upload(&mut self, reporter: &mut Reporter) -> Result<Upload> {
+        if let Some(a) = &self.full {
+            return Ok(Upload::File {
+                path: a.path.clone(),
+                sha256: a.sha256.clone(),
+                size: a.compressed_bytes,
+                delta: false,
+            });
+        }
+        if self.streamed.is_none() {
+            let (cache, mirror, recipe) = self.git.as_ref().expect("a package without artifact packs from git");
+            let pack = artifact::stream_git(cache, mirror, recipe, self.manifest().clone())?;
+            reporter.say("packaging the full artifact while sending it");
+            self.streamed = Some((pack.file, pack.progress));
+            self.packing = Some(pack.task);
+        }
+        let (file, progress) = self.streamed.clone().expect("just set");
+        Ok(Upload::Streamed { file, progress })
+    }
+
+    /// A delta shipping only `ship`.
+    async fn delta(&self, ship: std::collections::BTreeSet<String>) -> Result<artifact::Delta> {
+        match (&self.full, &self.git) {
+            (Some(full), _) => artifact::delta(full, ship).await,
+            (None, Some((cache, mirror, recipe))) => artifact::delta_git(cache, mirror, recipe, ship).await,
+            (None, None) => Err(CtlError::failed("no package to derive a delta from")),
+        }
+    }
+
+    /// Wait for a streamed packaging to end; then the full artifact is known (and cached).
+    async fn finish(&mut self) -> Option<Result<()>> {
+        let task = self.packing.take()?;
+        Some(match task.await {
+            Ok(Ok(artifact)) => {
+                self.full = Some(artifact);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(CtlError::failed(format!("packaging task failed: {e}"))),
+        })
+    }
 }
 
 /// Ask each host what its retained releases hold and derive what it must be sent. Hosts with the
@@ -59,16 +164,10 @@ async fn plan_uploads(
     hosts: &[String],
     agents: &BTreeMap<String, AgentRecord>,
     settings: &EnvSettings,
-    artifact: &Artifact,
+    package: &mut Package,
     fan: &Fanout,
     reporter: &mut Reporter,
-) -> (BTreeMap<String, Upload>, BTreeMap<String, AgentClient>) {
-    let full = Upload {
-        path: artifact.path.clone(),
-        sha256: artifact.sha256.clone(),
-        size: artifact.compressed_bytes,
-        delta: false,
-    };
+) -> Result<(BTreeMap<String, Upload>, BTreeMap<String, AgentClient>)> {
     let mut tasks = tokio::task::JoinSet::new();
     for host in hosts {
         let (agent, tls, timeouts, target) =
@@ -85,28 +184,39 @@ async fn plan_uploads(
             (agent.name, connection, inventory)
         });
     }
+    let inventories = tasks.join_all().await;
+    if inventories.iter().all(|(_, _, i)| i.as_ref().is_none_or(|i| i.digests.is_empty())) {
+        // Nobody holds anything: package once, send it whole (no manifest pass of its own).
+        package.pack(reporter).await?;
+    } else {
+        package.read_manifest(reporter).await?;
+    }
     let files: Vec<_> =
-        artifact.manifest.entries.iter().filter(|e| e.kind == slipway_common::archive::EntryKind::File).collect();
+        package.manifest().entries.iter().filter(|e| e.kind == slipway_common::archive::EntryKind::File).collect();
     let mut groups: BTreeMap<std::collections::BTreeSet<String>, Vec<String>> = BTreeMap::new();
-    let mut uploads = BTreeMap::new();
+    let mut full_hosts = Vec::new();
     let mut connections = BTreeMap::new();
-    for (host, connection, inventory) in tasks.join_all().await {
+    for (host, connection, inventory) in inventories {
         if let Some(c) = connection {
             connections.insert(host.clone(), c);
         }
-        let held: std::collections::HashSet<String> =
-            inventory.map(|i| i.digests.iter().map(|d| slipway_proto::bytes_to_hex(d)).collect()).unwrap_or_default();
-        let ship: std::collections::BTreeSet<String> =
-            files.iter().filter(|e| !held.contains(&e.sha256)).map(|e| e.path.clone()).collect();
+        let held: std::collections::HashSet<Vec<u8>> =
+            inventory.map(|i| i.digests.into_iter().collect()).unwrap_or_default();
+        let ship: std::collections::BTreeSet<String> = files
+            .iter()
+            .filter(|e| !held.contains(&slipway_proto::hex_to_bytes(&e.sha256)))
+            .map(|e| e.path.clone())
+            .collect();
         if ship.len() == files.len() {
-            uploads.insert(host, full.clone());
+            full_hosts.push(host);
         } else {
             groups.entry(ship).or_default().push(host);
         }
     }
+    let mut uploads = BTreeMap::new();
     for (ship, group) in groups {
         let shipped = ship.len();
-        match artifact::delta(artifact, ship).await {
+        match package.delta(ship).await {
             Ok(d) => {
                 reporter.say(format!(
                     "delta for {}: {shipped} of {} files changed, {} to send",
@@ -115,26 +225,25 @@ async fn plan_uploads(
                     bytes(d.compressed_bytes)
                 ));
                 for host in group {
-                    uploads.insert(
-                        host,
-                        Upload {
-                            path: d.path.clone(),
-                            sha256: d.sha256.clone(),
-                            size: d.compressed_bytes,
-                            delta: true,
-                        },
-                    );
+                    let upload = Upload::File {
+                        path: d.path.clone(),
+                        sha256: d.sha256.clone(),
+                        size: d.compressed_bytes,
+                        delta: true,
+                    };
+                    uploads.insert(host, upload);
                 }
             }
             Err(e) => {
                 reporter.say(format!("cannot build a delta ({e}); sending the full artifact"));
-                for host in group {
-                    uploads.insert(host, full.clone());
-                }
+                full_hosts.extend(group);
             }
         }
     }
-    (uploads, connections)
+    for host in full_hosts {
+        uploads.insert(host, package.full_upload(reporter)?);
+    }
+    Ok((uploads, connections))
 }
 
 /// Holds the project+env lock; released when dropped (the deploy ended, however it ended).
@@ -341,12 +450,96 @@ struct Fanout {
     timeouts: Timeouts,
 }
 
+/// Send a package file in chunks; the header carried its digest.
+async fn send_file(
+    path: &Path,
+    total: u64,
+    req_tx: mpsc::Sender<pb::StageRequest>,
+    mut report: impl FnMut(u64, u64),
+) -> std::result::Result<u64, String> {
+    let mut file = tokio::fs::File::open(path).await.map_err(|e| format!("cannot read artifact: {e}"))?;
+    let mut sent = 0u64;
+    report(0, total);
+    loop {
+        let mut chunk = Vec::with_capacity(slipway_proto::CHUNK_BYTES);
+        while chunk.len() < slipway_proto::CHUNK_BYTES {
+            let n = (&mut file)
+                .take((slipway_proto::CHUNK_BYTES - chunk.len()) as u64)
+                .read_to_end(&mut chunk)
+                .await
+                .map_err(|e| format!("cannot read artifact: {e}"))?;
+            if n == 0 {
+                break;
+            }
+        }
+        if chunk.is_empty() {
+            return Ok(sent);
+        }
+        sent += chunk.len() as u64;
+        if req_tx.send(pb::StageRequest { kind: Some(RequestKind::Chunk(chunk)) }).await.is_err() {
+            return Ok(sent); // The call ended; its status says why.
+        }
+        report(sent, total);
+    }
+}
+
+/// Send the full artifact while it is being packaged: what is written so far, then the rest as it
+/// comes, then a trailer with the digest (the header had none).
+async fn send_streamed(
+    file: Arc<std::fs::File>,
+    mut progress: watch::Receiver<artifact::PackProgress>,
+    req_tx: mpsc::Sender<pb::StageRequest>,
+    mut report: impl FnMut(u64, u64),
+) -> std::result::Result<u64, String> {
+    let mut sent = 0u64;
+    report(0, 0);
+    loop {
+        let state = progress.borrow_and_update().clone();
+        let (available, digest) = match state {
+            artifact::PackProgress::Writing(n) => (n, None),
+            artifact::PackProgress::Done(Ok((sha256, size))) => (size, Some(sha256)),
+            artifact::PackProgress::Done(Err(e)) => return Err(format!("packaging failed: {e}")),
+        };
+        while sent < available {
+            let len = (available - sent).min(slipway_proto::CHUNK_BYTES as u64) as usize;
+            let (f, offset) = (file.clone(), sent);
+            let chunk = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; len];
+                f.read_exact_at(&mut buf, offset).map(|()| buf)
+            })
+            .await
+            .map_err(|e| format!("artifact reader failed: {e}"))?
+            .map_err(|e| format!("cannot read artifact: {e}"))?;
+            sent += len as u64;
+            if req_tx.send(pb::StageRequest { kind: Some(RequestKind::Chunk(chunk)) }).await.is_err() {
+                return Ok(sent); // The call ended; its status says why.
+            }
+            report(sent, if digest.is_some() { available } else { 0 });
+        }
+        if let Some(sha256) = digest {
+            let trailer =
+                pb::StageTrailer { artifact_sha256: slipway_proto::hex_to_bytes(&sha256), artifact_size: sent };
+            let _ = req_tx.send(pb::StageRequest { kind: Some(RequestKind::Trailer(trailer)) }).await;
+            return Ok(sent);
+        }
+        tokio::select! {
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    return Err("packaging stopped without a result".into());
+                }
+            }
+            () = req_tx.closed() => return Ok(sent), // The call ended; its status says why.
+        }
+    }
+}
+
 /// Connect, upload the artifact and wait for the agent to verify and stage it.
 async fn stage_host(
     fan: Fanout,
     agent: AgentRecord,
     header: pb::StageHeader,
-    artifact: PathBuf,
+    upload: Upload,
     total_entries: u64,
     connected: Option<AgentClient>,
 ) -> (HostResult, Option<AgentClient>) {
@@ -381,35 +574,17 @@ async fn stage_host(
     let upload_events = events.clone();
     let upload_name = agent.name.clone();
     let uploader = tokio::spawn(async move {
-        let mut file = tokio::fs::File::open(&artifact).await.map_err(|e| format!("cannot read artifact: {e}"))?;
-        let mut sent = 0u64;
         let mut last = Instant::now();
-        let _ = upload_events.send((upload_name.clone(), HostEvent::Uploading { sent: 0, total }));
-        loop {
-            let mut chunk = Vec::with_capacity(slipway_proto::CHUNK_BYTES);
-            while chunk.len() < slipway_proto::CHUNK_BYTES {
-                let n = (&mut file)
-                    .take((slipway_proto::CHUNK_BYTES - chunk.len()) as u64)
-                    .read_to_end(&mut chunk)
-                    .await
-                    .map_err(|e| format!("cannot read artifact: {e}"))?;
-                if n == 0 {
-                    break;
-                }
-            }
-            if chunk.is_empty() {
-                break;
-            }
-            sent += chunk.len() as u64;
-            if req_tx.send(pb::StageRequest { kind: Some(RequestKind::Chunk(chunk)) }).await.is_err() {
-                break; // The call ended; its status says why.
-            }
-            if last.elapsed().as_millis() >= 200 || sent == total {
+        let report = move |sent: u64, total: u64| {
+            if sent == 0 || sent == total || last.elapsed().as_millis() >= 200 {
                 last = Instant::now();
                 let _ = upload_events.send((upload_name.clone(), HostEvent::Uploading { sent, total }));
             }
+        };
+        match upload {
+            Upload::File { path, .. } => send_file(&path, total, req_tx, report).await,
+            Upload::Streamed { file, progress } => send_streamed(file, progress, req_tx, report).await,
         }
-        Ok::<u64, String>(sent)
     });
 
     let outcome = async {
@@ -445,7 +620,8 @@ async fn stage_host(
             result.ok = true;
             (result, Some(client))
         }
-        (Err(e), _) | (Ok(_), Err(e)) => {
+        // What the controller could not send explains the agent's complaint about it.
+        (_, Err(e)) | (Err(e), Ok(_)) => {
             clock.step(&mut result, "stage", t, Err(e.clone()));
             send(HostEvent::Failed(e));
             (result, None)
@@ -589,6 +765,18 @@ pub fn repo_url(project: &ProjectRecord, settings: &EnvSettings) -> String {
     }
 }
 
+fn say_packaged(artifact: &Artifact, reporter: &mut Reporter) {
+    reporter.say(format!(
+        "{} {} entries, {} -> {} tar.zst (sha256 {}){}",
+        if artifact.cached { "reusing package:" } else { "packaged" },
+        artifact.entries,
+        bytes(artifact.file_bytes),
+        bytes(artifact.compressed_bytes),
+        &artifact.sha256[..12],
+        if artifact.cached { String::new() } else { format!(" in {}", millis(artifact.package_ms)) }
+    ));
+}
+
 fn artifact_summary(artifact: &Artifact) -> ArtifactSummary {
     ArtifactSummary {
         sha256: artifact.sha256.clone(),
@@ -640,12 +828,16 @@ async fn package(
     record: &mut DeployRecord,
     settings: &EnvSettings,
     reporter: &mut Reporter,
-) -> Result<Artifact> {
+    dry_run: bool,
+) -> Result<Package> {
     if let Some(found) = artifact::lookup(&home.cache(), recipe) {
-        return Ok(found);
+        return Ok(Package::packaged(found));
     }
     if !recipe.needs_checkout() {
-        return artifact::pack_git(&home.cache(), mirror, recipe).await;
+        if dry_run {
+            return artifact::pack_git(&home.cache(), mirror, recipe).await.map(Package::packaged);
+        }
+        return Ok(Package::from_git(home.cache(), mirror.to_path_buf(), recipe.clone()));
     }
     let work = home.cache().join("work").join(format!(
         "{}-{}-{}",
@@ -670,7 +862,7 @@ async fn package(
     let result = match built {
         Ok(hooks) => {
             record.build = hooks;
-            artifact::pack_dir(&home.cache(), &work, recipe).await
+            artifact::pack_dir(&home.cache(), &work, recipe).await.map(Package::packaged)
         }
         Err(failure) => {
             record.build = failure.hooks;
@@ -712,21 +904,16 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &mut Reporter) -> R
         ..DeployRecord::start(DeployKind::Deploy, &settings.project, &settings.env, current_user())
     };
     let _lock = if args.dry_run { None } else { Some(lock_and_number(home, &mut record, reporter)?) };
-    let packaged = package(home, &mirror, &recipe, &mut record, settings, reporter).await;
+    let packaged = package(home, &mirror, &recipe, &mut record, settings, reporter, args.dry_run).await;
     let result = match packaged {
-        Ok(artifact) => {
-            reporter.say(format!(
-                "{} {} entries, {} -> {} tar.zst (sha256 {}){}",
-                if artifact.cached { "reusing package:" } else { "packaged" },
-                artifact.entries,
-                bytes(artifact.file_bytes),
-                bytes(artifact.compressed_bytes),
-                &artifact.sha256[..12],
-                if artifact.cached { String::new() } else { format!(" in {}", millis(artifact.package_ms)) }
-            ));
-            record.artifact = Some(artifact_summary(&artifact));
+        Ok(mut package) => {
+            if let Some(artifact) = &package.full {
+                say_packaged(artifact, reporter);
+            }
+            record.artifact = package.full.as_ref().map(artifact_summary);
             if args.dry_run {
-                print_plan(&scope, &record, &artifact, reporter);
+                let artifact = package.full.as_ref().expect("a dry run packages the artifact");
+                print_plan(&scope, &record, artifact, reporter);
                 record.status = DeployStatus::Succeeded;
                 record.pid = 0;
                 return Ok(record);
@@ -738,7 +925,14 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &mut Reporter) -> R
                 settings.env,
                 scope.hosts.len()
             ));
-            run_deploy(&scope, &artifact, &mut record, tls, reporter, timeouts, (args.cancel.clone(), args.full)).await
+            let cancel = (args.cancel.clone(), args.full);
+            let result = run_deploy(&scope, &mut package, &mut record, tls, reporter, timeouts, cancel).await;
+            // A full artifact packaged while streaming is in the cache once this returns.
+            if let Some(Err(e)) = package.finish().await {
+                reporter.say(format!("packaging the full artifact failed: {e}"));
+            }
+            record.artifact = package.full.as_ref().map(artifact_summary);
+            result
         }
         Err(e) if args.dry_run => return Err(e),
         Err(e) => Err(e),
@@ -910,7 +1104,7 @@ fn health_spec(settings: &EnvSettings) -> Option<pb::HealthSpec> {
 /// The rollout: the planner decides, this loop carries out its actions and records every step.
 async fn run_deploy(
     scope: &Scope,
-    artifact: &Artifact,
+    package: &mut Package,
     record: &mut DeployRecord,
     tls: Arc<rustls::ClientConfig>,
     reporter: &mut Reporter,
@@ -937,7 +1131,7 @@ async fn run_deploy(
     let mut results: BTreeMap<String, HostResult> =
         scope.hosts.iter().map(|a| (a.name.clone(), new_host_result(a, &record.release))).collect();
     let mut clients: BTreeMap<String, AgentClient> = BTreeMap::new();
-    let manifest = pb::Manifest::from(&artifact.manifest);
+    let mut manifest_pb: Option<pb::Manifest> = None;
     let fan = |events: Events| Fanout { tls: tls.clone(), events, clock: clock.clone(), timeouts };
     let mut ever_activated = false;
     let outcome = loop {
@@ -953,19 +1147,27 @@ async fn run_deploy(
                     }
                 }
                 let (planner_events, _) = mpsc::unbounded_channel();
-                let (uploads, connected) = if full {
+                let (mut uploads, connected) = if full {
+                    package.pack(reporter).await?;
                     (BTreeMap::new(), BTreeMap::new())
                 } else {
-                    plan_uploads(&hosts, &agents, settings, artifact, &fan(planner_events), reporter).await
+                    plan_uploads(&hosts, &agents, settings, package, &fan(planner_events), reporter).await?
                 };
-                let full_upload = Upload {
-                    path: artifact.path.clone(),
-                    sha256: artifact.sha256.clone(),
-                    size: artifact.compressed_bytes,
-                    delta: false,
-                };
+                for host in &hosts {
+                    if !uploads.contains_key(host) {
+                        uploads.insert(host.clone(), package.full_upload(reporter)?);
+                    }
+                }
+                let manifest = manifest_pb.get_or_insert_with(|| pb::Manifest::from(package.manifest())).clone();
+                let total_entries = package.manifest().entries.len() as u64;
                 let staged = fan_out(&hosts, reporter, &mut cancel, |host, events| {
-                    let upload = uploads.get(&host).cloned().unwrap_or_else(|| full_upload.clone());
+                    let upload = uploads[&host].clone();
+                    let (sha256, size, delta) = match &upload {
+                        Upload::File { sha256, size, delta, .. } => {
+                            (slipway_proto::hex_to_bytes(sha256), *size, *delta)
+                        }
+                        Upload::Streamed { .. } => (Vec::new(), 0, false),
+                    };
                     let header = pb::StageHeader {
                         target: Some(pb_target(settings, &host)),
                         deploy_id: record.id,
@@ -974,17 +1176,17 @@ async fn run_deploy(
                         git_ref: record.git_ref.clone(),
                         generation: record.id,
                         manifest: Some(manifest.clone()),
-                        artifact_sha256: slipway_proto::hex_to_bytes(&upload.sha256),
-                        artifact_size: upload.size,
+                        artifact_sha256: sha256,
+                        artifact_size: size,
                         hook_context: Some(hook_context(settings, &host, &record.commit, &record.git_ref)),
                         pre_release: Some(hook_spec(&settings.target.pre_release, settings)),
                         post_release: Some(hook_spec(&settings.target.post_release, settings)),
                         shared: settings.target.shared.clone(),
-                        delta: upload.delta,
+                        delta,
                         reuse_hardlink: settings.reuse == slipway_common::config::ReuseMode::Hardlink,
                     };
                     let connection = connected.get(&host).cloned();
-                    stage_host(fan(events), agents[&host].clone(), header, upload.path, artifact.entries, connection)
+                    stage_host(fan(events), agents[&host].clone(), header, upload, total_entries, connection)
                 })
                 .await;
                 for host in hosts {

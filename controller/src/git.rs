@@ -156,18 +156,16 @@ fn walk_tree(
                 let sub = repo.find_tree(entry.id()).context(format_args!("tree {path}"))?;
                 walk_tree(repo, &sub, &format!("{path}/"), excludes, sink, skipped)?;
             }
-            Some(ObjectType::Blob) => {
-                let blob = repo.find_blob(entry.id()).context(format_args!("blob {path}"))?;
-                match entry.filemode() {
-                    0o120000 => {
-                        let target = std::str::from_utf8(blob.content())
-                            .map_err(|_| CtlError::failed(format!("symlink '{path}' has a non-UTF-8 target")))?;
-                        sink.symlink(&path, target).map_err(pack_err)?;
-                    }
-                    0o100755 => sink.file(&path, 0o755, blob.content()).map_err(pack_err)?,
-                    _ => sink.file(&path, 0o644, blob.content()).map_err(pack_err)?,
+            Some(ObjectType::Blob) => match entry.filemode() {
+                0o120000 => {
+                    let blob = repo.find_blob(entry.id()).context(format_args!("blob {path}"))?;
+                    let target = std::str::from_utf8(blob.content())
+                        .map_err(|_| CtlError::failed(format!("symlink '{path}' has a non-UTF-8 target")))?;
+                    sink.symlink(&path, target).map_err(pack_err)?;
                 }
-            }
+                0o100755 => sink.git_file(repo, &path, 0o755, entry.id()).map_err(pack_err)?,
+                _ => sink.git_file(repo, &path, 0o644, entry.id()).map_err(pack_err)?,
+            },
             Some(ObjectType::Commit) => {
                 tracing::warn!(%path, "submodule skipped: Slipway ships the repository's own tree");
                 *skipped += 1;

@@ -129,6 +129,7 @@ impl Reporter {
             Mode::Plain => {
                 let text = match &event {
                     HostEvent::Connecting => return,
+                    HostEvent::Uploading { sent: 0, total: 0 } => "uploading while packaging".to_owned(),
                     HostEvent::Uploading { sent: 0, total } => format!("uploading {}", bytes(*total)),
                     HostEvent::Uploading { .. } | HostEvent::Unpacking { .. } => return,
                     HostEvent::Staged { elapsed_ms } => format!("staged in {}", millis(*elapsed_ms)),
@@ -169,9 +170,13 @@ impl Reporter {
                 match event {
                     HostEvent::Connecting => bar.set_message("connecting"),
                     HostEvent::Uploading { sent, total } => {
-                        bar.set_length(total.max(1));
+                        bar.set_length(total.max(sent).max(1));
                         bar.set_position(sent);
-                        bar.set_message(format!("uploading {} / {}", bytes(sent), bytes(total)));
+                        if total == 0 {
+                            bar.set_message(format!("uploading {} while packaging", bytes(sent)));
+                        } else {
+                            bar.set_message(format!("uploading {} / {}", bytes(sent), bytes(total)));
+                        }
                     }
                     HostEvent::Unpacking { entries, total } => {
                         bar.set_message(format!("unpacking {entries} / {total} entries"));

@@ -228,10 +228,9 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat) -> Result<u8> {
             println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
         }
         OutputFormat::Text => {
-            let artifact =
-                records[1].artifact.as_ref().map(|a| crate::output::bytes(a.compressed_bytes)).unwrap_or_default();
+            let sent = crate::output::bytes(records[1].hosts.iter().map(|h| h.bytes_sent).sum());
             println!(
-                "\n== done in {}: deployed v1, deployed v2 ({artifact} artifact), rolled back to v1 ({})",
+                "\n== done in {}: deployed v1, deployed v2 ({sent} sent in all), rolled back to v1 ({})",
                 crate::output::millis(total_ms),
                 deploy_ms.join(", ")
             );

@@ -14,6 +14,11 @@ pub trait Sink {
     fn dir(&mut self, path: &str) -> io::Result<()>;
     fn file(&mut self, path: &str, mode: u32, content: &[u8]) -> io::Result<()>;
     fn symlink(&mut self, path: &str, target: &str) -> io::Result<()>;
+    /// A file from the git object database; sinks that know the blob by its id skip reading it.
+    fn git_file(&mut self, repo: &git2::Repository, path: &str, mode: u32, oid: git2::Oid) -> io::Result<()> {
+        let blob = repo.find_blob(oid).map_err(io::Error::other)?;
+        self.file(path, mode, blob.content())
+    }
 }
 
 impl<W: Write> Sink for Packer<W> {

@@ -58,6 +58,29 @@ fn deploy_matches_git_archive_on_every_host() {
 }
 
 #[test]
+fn full_artifact_packaged_once_then_cached() {
+    let fleet = Fleet::new(2);
+    let repo = sample_repo(&fleet);
+    fleet.apply_project("site", &repo.path, "");
+    // Empty hosts need everything: the artifact is packaged once and sent to both.
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+    assert_eq!(doc["artifact"]["cached"], false);
+    let size = doc["artifact"]["compressed_bytes"].as_u64().unwrap();
+    assert!(doc["hosts"].as_array().unwrap().iter().all(|h| h["bytes_sent"] == size), "{}", doc["hosts"]);
+    let release = doc["release"].as_str().unwrap().to_owned();
+    // The same commit with --full: sent whole again, from the cache, not packaged again.
+    let again = fleet.slipctl(&["--output", "json", "deploy", "site", "test", "--full"]).ok().json();
+    assert_eq!(again["artifact"]["cached"], true);
+    assert_eq!(again["artifact"]["sha256"], doc["artifact"]["sha256"]);
+    assert!(again["hosts"].as_array().unwrap().iter().all(|h| h["bytes_sent"] == size), "{}", again["hosts"]);
+    for host in ["web-1", "web-2"] {
+        let current = fleet.current(host, "site");
+        assert_ne!(fleet.current_release(host, "site").as_deref(), Some(release.as_str()));
+        assert_eq!(std::fs::read_to_string(current.join("index.html")).unwrap(), "<h1>v1</h1>\n");
+    }
+}
+
+#[test]
 fn redeploy_rollback_and_pruning() {
     let fleet = Fleet::new(3);
     let repo = sample_repo(&fleet);
@@ -78,9 +101,13 @@ fn redeploy_rollback_and_pruning() {
         assert_eq!(fleet.releases(host, "site"), releases[1..].to_vec(), "{host}");
     }
 
-    // Redeploying the same commit makes a new release from the cached package.
+    // Redeploying the same commit makes a new release from what the hosts hold: no file is sent,
+    // and no full artifact is packaged (none was needed since v1).
     let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
-    assert_eq!(doc["artifact"]["cached"], true);
+    assert!(doc["artifact"].is_null(), "{}", doc["artifact"]);
+    for h in doc["hosts"].as_array().unwrap() {
+        assert!(h["bytes_sent"].as_u64().unwrap() < 1024, "{h}");
+    }
     let r5 = doc["release"].as_str().unwrap().to_owned();
     assert_ne!(r5, releases[3]);
     assert_eq!(fleet.releases("web-1", "site").len(), 3);
@@ -132,9 +159,20 @@ fn deploy_to_some_hosts_and_by_tag() {
     assert!(fleet.current_release("web-2", "site").is_none());
     let page = std::fs::read_to_string(fleet.current("web-1", "site").join("index.html")).unwrap();
     assert_eq!(page, "<h1>v1</h1>\n");
-    // Text output names every host.
+    // Text output names every host. web-1 and web-3 hold v1 and get a delta; web-2 holds nothing
+    // and gets the full artifact, streamed while it is packaged.
     let run = fleet.slipctl(&["deploy", "site", "test"]).ok();
     for host in ["web-1", "web-2", "web-3"] {
         assert!(run.stdout.contains(host), "{}", run.stdout);
+        let page = std::fs::read_to_string(fleet.current(host, "site").join("index.html")).unwrap();
+        assert_eq!(page, "<h1>v2</h1>\n", "{host}");
+    }
+    assert!(run.stdout.contains("packaging the full artifact while sending it"), "{}", run.stdout);
+    let doc = fleet.slipctl(&["--output", "json", "show", "2"]).ok().json();
+    let size = doc["artifact"]["compressed_bytes"].as_u64().unwrap();
+    assert_eq!(doc["artifact"]["cached"], false);
+    for h in doc["hosts"].as_array().unwrap() {
+        let sent = h["bytes_sent"].as_u64().unwrap();
+        if h["host"] == "web-2" { assert_eq!(sent, size, "{h}") } else { assert!(sent < size, "{h}") }
     }
 }

@@ -35,6 +35,13 @@ struct Uploader {
     target: pb::Target,
 }
 
+/// Where the artifact digest travels: in the header, or in a trailer after the chunks (or nowhere).
+enum Digest<'a> {
+    Header(&'a str),
+    Trailer(Option<(&'a str, u64)>),
+    Both(&'a str),
+}
+
 impl Uploader {
     /// Stage `compressed` (sending only `send` bytes of it) with `manifest` and digest `sha`.
     async fn stage(
@@ -45,6 +52,21 @@ impl Uploader {
         send: usize,
         sha: &str,
     ) -> Result<pb::Staged, String> {
+        self.stage_with(release, manifest, compressed, send, Digest::Header(sha)).await
+    }
+
+    async fn stage_with(
+        &mut self,
+        release: &str,
+        manifest: &Manifest,
+        compressed: &[u8],
+        send: usize,
+        digest: Digest<'_>,
+    ) -> Result<pb::Staged, String> {
+        let (sha, size) = match digest {
+            Digest::Header(sha) | Digest::Both(sha) => (slipway_proto::hex_to_bytes(sha), compressed.len() as u64),
+            Digest::Trailer(_) => (Vec::new(), 0),
+        };
         let header = pb::StageHeader {
             target: Some(self.target.clone()),
             deploy_id: 1,
@@ -53,13 +75,22 @@ impl Uploader {
             git_ref: "hostile".into(),
             generation: 1,
             manifest: Some(pb::Manifest::from(manifest)),
-            artifact_sha256: slipway_proto::hex_to_bytes(sha),
-            artifact_size: compressed.len() as u64,
+            artifact_sha256: sha,
+            artifact_size: size,
             ..Default::default()
         };
         let mut messages = vec![pb::StageRequest { kind: Some(Kind::Header(header)) }];
         for chunk in compressed[..send].chunks(64 * 1024) {
             messages.push(pb::StageRequest { kind: Some(Kind::Chunk(chunk.to_vec())) });
+        }
+        let trailer = match digest {
+            Digest::Trailer(Some((sha, size))) => Some((sha, size)),
+            Digest::Both(sha) => Some((sha, compressed.len() as u64)),
+            _ => None,
+        };
+        if let Some((sha, size)) = trailer {
+            let trailer = pb::StageTrailer { artifact_sha256: slipway_proto::hex_to_bytes(sha), artifact_size: size };
+            messages.push(pb::StageRequest { kind: Some(Kind::Trailer(trailer)) });
         }
         let mut events = self.client.stage(tokio_stream::iter(messages)).await.map_err(|s| s.to_string())?.into_inner();
         loop {
@@ -152,6 +183,32 @@ fn hostile_archives_are_rejected_whole_through_the_rpc() {
         .unwrap_err();
     assert!(err.contains("truncated") || err.contains("malformed"), "{err}");
     assert_eq!(tree(&hosts), ["web-1", "web-1/hostile", "web-1/hostile/releases"]);
+
+    // Streamed while packaged: the digest comes in a trailer, which must be there and must match.
+    let sha = sha256_hex(&compressed);
+    let n = compressed.len();
+    let zeros = "00".repeat(32);
+    let trailer_cases: Vec<(&str, Digest<'_>, &str)> = vec![
+        ("no trailer", Digest::Trailer(None), "without the trailer"),
+        ("wrong digest in the trailer", Digest::Trailer(Some((&zeros, n as u64))), "artifact digest"),
+        ("wrong size in the trailer", Digest::Trailer(Some((&sha, n as u64 + 1))), "artifact digest"),
+        ("a trailer after a header digest", Digest::Both(&sha), "unexpected message"),
+    ];
+    for (what, digest, needle) in trailer_cases {
+        let err = rt.block_on(up.stage_with(RELEASE, &manifest, &compressed, n, digest)).expect_err(what);
+        assert!(err.contains(needle), "{what}: {err}");
+        assert_eq!(tree(&hosts), ["web-1", "web-1/hostile", "web-1/hostile/releases"], "{what}: nothing left");
+    }
+    let staged = rt
+        .block_on(up.stage_with(
+            "20300101-000001-abcdef0",
+            &manifest,
+            &compressed,
+            n,
+            Digest::Trailer(Some((&sha, n as u64))),
+        ))
+        .unwrap();
+    assert_eq!(std::fs::read(Path::new(&staged.release_path).join("noise")).unwrap(), incompressible);
 
     // setuid and world-writable modes are accepted but normalised.
     let entries = [RawEntry::file("suid", 0o4755, b"x"), RawEntry::file("open", 0o777, b"y")];
