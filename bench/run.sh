@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Slipway deploy benchmark, side by side with the Walle/rsync baseline (../shared/bench).
 #
-#   [REUSE=hardlink] [PROFILE=1] bench/run.sh [-n "1 4 16"] [-p "small large"] [--no-baseline]   (root)
+#   [REUSE=hardlink] [PROFILE=1] bench/run.sh [-n "1 4 16"] [-p "small large"] [-r REPS] [--no-baseline]   (root)
 #
 # For each host count and preset it
 #   1. builds the baseline's source repo (same trees, same commits: tags wb-c1 -> wb-c2),
@@ -11,7 +11,8 @@
 #      time), switch skew (first to last flip), and one agent's peak RSS,
 #   4. measures the floor: plain `tar -x` of the same tree into N directories, two at a time,
 #   5. runs the baseline harness (walle + rsync variants, parallel) on its own netns fleet,
-# and prints one table per N/preset with Slipway / best-baseline ratios. Bounded: every step
+# and prints one table per N/preset with Slipway / best-baseline ratios. -r R repeats steps 2-5
+# R times (fresh filesystems each time) and reports medians. Bounded: every step
 # has a timeout, agents are stopped on exit, nothing is written outside $BENCH_DIR and the
 # baseline's own temp dirs. PROFILE=1 records each Slipway phase system-wide with perf
 # (<run>/<phase>.json.perf; `perf report -i ... --sort comm,dso,sym`).
@@ -19,12 +20,13 @@ set -euo pipefail
 export LC_ALL=C
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 BASELINE=${BASELINE:-$HERE/../shared/bench/walle_baseline.sh}
-NS="1 4 16"; PRESETS="small"; RUN_BASELINE=1
+NS="1 4 16"; PRESETS="small"; RUN_BASELINE=1; REPS=1
 REUSE=${REUSE:-copy}   # REUSE=hardlink: unchanged files hard-linked (then hooks run as www)
 while [ $# -gt 0 ]; do
   case $1 in
-    -n) NS=$2; shift 2 ;; -p) PRESETS=$2; shift 2 ;; --no-baseline) RUN_BASELINE=0; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;; *) echo "unknown option $1" >&2; exit 2 ;;
+    -n) NS=$2; shift 2 ;; -p) PRESETS=$2; shift 2 ;; -r) REPS=$2; shift 2 ;;
+    --no-baseline) RUN_BASELINE=0; shift ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;; *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench/run.sh needs root (the baseline builds network namespaces)" >&2; exit 2; }
@@ -78,20 +80,22 @@ for preset in $PRESETS; do
   timeout 1800 "$BASELINE" build-src -p "$preset" > "$BENCH_DIR/build-src-$preset.log" 2>&1
   REPO=/tmp/wb-src/$preset/repo
   for n in $NS; do
-    run=$BENCH_DIR/$preset-n$n; rm -rf "$run"; mkdir -p "$run"
-    home=$run/home
+    top=$BENCH_DIR/$preset-n$n; rm -rf "$top"; mkdir -p "$top"
     inodes=$(( (n * 4 + 2) * tree_inodes + 100000 )) gib=$(( (n * 4 + 2) * tree_gib + 4 ))
-    fresh_fs "$inodes" "$gib"
-    "$SLIPCTL" --home "$home" init > /dev/null
-    PIDS=()
-    for i in $(seq 1 "$n"); do
-      port=$((17000 + i)); bundle=$FS/agents/h$i; root=$FS/hosts/h$i; mkdir -p "$root"
-      "$SLIPCTL" --home "$home" agent add "h$i" --addr "127.0.0.1:$port" --listen "127.0.0.1:$port" \
-        --label role=web --out "$bundle" --state-dir "$bundle/state" --allowed-root "$root" > /dev/null
-      SLIPWAY_LOG=warn "$SLIPD" --config "$bundle/agent.toml" 2> "$bundle/slipd.log" & PIDS+=($!)
-    done
-    for i in $(seq 1 "$n"); do timeout 30 bash -c "until (exec 3<>/dev/tcp/127.0.0.1/$((17000 + i))) 2>/dev/null; do sleep 0.05; done"; done
-    cat > "$run/project.toml" <<TOML
+    for rep in $(seq 1 "$REPS"); do
+      run=$top/rep$rep; mkdir -p "$run"
+      home=$run/home
+      fresh_fs "$inodes" "$gib"
+      "$SLIPCTL" --home "$home" init > /dev/null
+      PIDS=()
+      for i in $(seq 1 "$n"); do
+        port=$((17000 + i)); bundle=$FS/agents/h$i; root=$FS/hosts/h$i; mkdir -p "$root"
+        "$SLIPCTL" --home "$home" agent add "h$i" --addr "127.0.0.1:$port" --listen "127.0.0.1:$port" \
+          --label role=web --out "$bundle" --state-dir "$bundle/state" --allowed-root "$root" > /dev/null
+        SLIPWAY_LOG=warn "$SLIPD" --config "$bundle/agent.toml" 2> "$bundle/slipd.log" & PIDS+=($!)
+      done
+      for i in $(seq 1 "$n"); do timeout 30 bash -c "until (exec 3<>/dev/tcp/127.0.0.1/$((17000 + i))) 2>/dev/null; do sleep 0.05; done"; done
+      cat > "$run/project.toml" <<TOML
 name = "bench"
 repo = "$REPO"
 keep_releases = 20
@@ -102,33 +106,34 @@ $( [ "$REUSE" = hardlink ] && echo 'user = "www"' )
 [env.bench]
 hosts = ["role=web"]
 TOML
-    "$SLIPCTL" --home "$home" project apply -f "$run/project.toml" > /dev/null
-    sync
-    full=$(phase "$home" "$run/full.json" deploy bench bench --ref wb-c1)
-    incr=$(phase "$home" "$run/incr.json" deploy bench bench --ref wb-c2)
-    back=$(phase "$home" "$run/rollback.json" rollback bench bench)
-    agent_rss=$(awk '/VmHWM/ {print $2}' "/proc/${PIDS[0]}/status")
-    cleanup; PIDS=()
-    cp "$FS"/agents/h1/slipd.log "$run/slipd-h1.log" 2>/dev/null || true
-    # The floor: plain tar -x of the same tree into n directories, two at a time.
-    git -C "$REPO" archive --format=tar wb-c1 > "$run/tree.tar"
-    fresh_fs "$inodes" "$gib"
-    sync
-    t0=$(date +%s.%N)
-    seq 1 "$n" | xargs -P 2 -I{} sh -c "mkdir -p '$FS/floor/{}' && tar -xf '$run/tree.tar' -C '$FS/floor/{}'"
-    sync
-    floor=$(echo "$(date +%s.%N) - $t0" | bc)
-    {
-      echo "preset $preset"; echo "n $n"; echo "reuse $REUSE"; echo "fresh_fs $FRESH_FS"
-      echo "full $full"; echo "incr $incr"; echo "rollback $back"
-      echo "agent_rss_kb $agent_rss"; printf 'floor_s %.2f\n' "$floor"
-    } > "$run/slipway.txt"
+      "$SLIPCTL" --home "$home" project apply -f "$run/project.toml" > /dev/null
+      sync
+      full=$(phase "$home" "$run/full.json" deploy bench bench --ref wb-c1)
+      incr=$(phase "$home" "$run/incr.json" deploy bench bench --ref wb-c2)
+      back=$(phase "$home" "$run/rollback.json" rollback bench bench)
+      agent_rss=$(awk '/VmHWM/ {print $2}' "/proc/${PIDS[0]}/status")
+      cleanup; PIDS=()
+      cp "$FS"/agents/h1/slipd.log "$run/slipd-h1.log" 2>/dev/null || true
+      # The floor: plain tar -x of the same tree into n directories, two at a time.
+      git -C "$REPO" archive --format=tar wb-c1 > "$run/tree.tar"
+      fresh_fs "$inodes" "$gib"
+      sync
+      t0=$(date +%s.%N)
+      seq 1 "$n" | xargs -P 2 -I{} sh -c "mkdir -p '$FS/floor/{}' && tar -xf '$run/tree.tar' -C '$FS/floor/{}'"
+      sync
+      floor=$(echo "$(date +%s.%N) - $t0" | bc)
+      {
+        echo "preset $preset"; echo "n $n"; echo "reuse $REUSE"; echo "fresh_fs $FRESH_FS"
+        echo "full $full"; echo "incr $incr"; echo "rollback $back"
+        echo "agent_rss_kb $agent_rss"; printf 'floor_s %.2f\n' "$floor"
+      } > "$top/slipway-$rep.txt"
+    done
     if [ "$RUN_BASELINE" = 1 ]; then
       fresh_fs "$inodes" "$gib"
-      WB_ROOT=$FS/wb timeout 3000 "$BASELINE" run -n "$n" -p "$preset" -m parallel --out "$RESULTS.baseline" \
-        > "$run/baseline.log" 2>&1 || echo "baseline failed: see $run/baseline.log"
+      WB_ROOT=$FS/wb timeout 3000 "$BASELINE" run -n "$n" -p "$preset" -m parallel -r "$REPS" \
+        --out "$RESULTS.baseline" > "$top/baseline.log" 2>&1 || echo "baseline failed: see $top/baseline.log"
     fi
-    python3 "$HERE/bench/table.py" "$run" | tee -a "$RESULTS"
+    python3 "$HERE/bench/table.py" "$top" | tee -a "$RESULTS"
     unmount_fs
   done
 done

@@ -643,6 +643,53 @@ fn reuse_file(
     Ok(())
 }
 
+/// Starts writeback of what the extraction wrote so far, on a helper thread, so the disk works
+/// while the extractor goes on and the final `syncfs` finds little left to flush (with several
+/// releases written at once to one filesystem, one final flush each made them wait on each other).
+struct EarlyFlush {
+    tx: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pending: u64,
+}
+
+/// Written bytes between two early flushes.
+const EARLY_FLUSH_BYTES: u64 = 8 << 20;
+
+impl EarlyFlush {
+    fn start(root: &OwnedFd) -> Self {
+        let Ok(fd) = root.try_clone() else { return EarlyFlush { tx: None, thread: None, pending: 0 } };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("slipway-flush".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    let _ = rustix::fs::syncfs(&fd);
+                }
+            })
+            .ok();
+        EarlyFlush { tx: thread.as_ref().map(|_| tx), thread, pending: 0 }
+    }
+
+    fn wrote(&mut self, bytes: u64) {
+        self.pending += bytes;
+        if self.pending >= EARLY_FLUSH_BYTES {
+            self.pending = 0;
+            if let Some(tx) = &self.tx {
+                let _ = tx.try_send(()); // One already queued covers this too.
+            }
+        }
+    }
+}
+
+impl Drop for EarlyFlush {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Unpack a compressed archive into `dest` (an empty directory the caller created), checking
 /// every entry against `manifest`. On error the caller removes `dest`; nothing is written
 /// outside it. Files and directories are flushed to disk (one `syncfs`) before returning.
@@ -658,6 +705,7 @@ pub fn extract(
     let root =
         rustix::fs::open(dest, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| ArchiveError::Write { path: dest.display().to_string(), source: e.into() })?;
+    let mut early = EarlyFlush::start(&root);
     let mut dirs = DirCache { root, last: None };
 
     let mut hashing = HashingReader { inner: compressed, hasher: Sha256::new(), bytes: 0 };
@@ -740,6 +788,7 @@ pub fn extract(
                         });
                     }
                     stats.file_bytes += size;
+                    early.wrote(size + 4096);
                     if stats.file_bytes > options.limits.max_bytes {
                         return Err(ArchiveError::Limit(format!("more than {} bytes", options.limits.max_bytes)));
                     }
@@ -819,6 +868,7 @@ pub fn extract(
         rustix::fs::symlinkat(target.as_str(), parent, name).map_err(write_err(path))?;
         chown_at(parent, name, options.owner, path)?;
     }
+    drop(early);
     rustix::fs::syncfs(&dirs.root)
         .map_err(|e| ArchiveError::Write { path: dest.display().to_string(), source: e.into() })?;
     Ok(stats)
