@@ -46,7 +46,22 @@ pub struct Inner {
     started: Instant,
     cert_not_after: i64,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The reuse map an `Inventory` computed, per target, for the `Stage` that follows it.
+    offered: Mutex<HashMap<String, Offered>>,
 }
+
+/// What an `Inventory` offered: the stage of the same deploy uses it instead of stat-ing every
+/// retained file again. Nothing writes retained releases between the two calls (the controller
+/// holds the project lock, hooks run only inside stage and activate), and every reused file is
+/// checked again when it is opened (identity, or its content hashed).
+struct Offered {
+    at: Instant,
+    releases: Vec<ReleaseId>,
+    sources: HashMap<String, ReuseSource>,
+}
+
+/// How long an inventory's reuse map may serve a stage.
+const OFFER_FRESH: Duration = Duration::from_secs(60);
 
 /// What a hook's environment is built from.
 struct HookSite<'a> {
@@ -100,6 +115,7 @@ impl AgentService {
                 started: Instant::now(),
                 cert_not_after,
                 locks: Mutex::new(HashMap::new()),
+                offered: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -245,6 +261,16 @@ impl Inner {
         Ok(sources)
     }
 
+    /// The reuse map the last inventory of this target offered, when it is fresh and the retained
+    /// releases are still the same; else computed now.
+    fn offered_sources(&self, target: &Target) -> Result<HashMap<String, ReuseSource>, AgentError> {
+        let offered = self.offered.lock().expect("offered lock").remove(&target.key);
+        match offered {
+            Some(o) if o.at.elapsed() < OFFER_FRESH && o.releases == target.layout.list()? => Ok(o.sources),
+            _ => self.reuse_sources(target),
+        }
+    }
+
     fn check_generation(&self, record: &mut TargetRecord, generation: u64) -> Result<(), AgentError> {
         if generation < record.generation {
             return Err(AgentError::Stale {
@@ -358,7 +384,7 @@ impl Inner {
         // and read-only, which protects them from a hook user that is someone else.
         let protect = header.reuse_hardlink && owner.is_some();
         let reuse = if header.delta {
-            Some(slipway_common::archive::Reuse { sources: self.reuse_sources(&target)?, hardlink: protect })
+            Some(slipway_common::archive::Reuse { sources: self.offered_sources(&target)?, hardlink: protect })
         } else {
             None
         };
@@ -952,9 +978,12 @@ impl pb::agent_server::Agent for AgentService {
 
     async fn inventory(&self, req: Request<pb::InventoryRequest>) -> Result<Response<pb::InventoryReply>, Status> {
         let target = self.inner.target(req.into_inner().target)?;
+        let listed = target.layout.list()?;
         let sources = self.inner.reuse_sources(&target)?;
-        let releases = target.layout.list()?.into_iter().map(|r| r.to_string()).collect();
-        let digests = sources.into_keys().map(|k| slipway_proto::hex_to_bytes(&k)).collect();
+        let releases = listed.iter().map(|r| r.to_string()).collect();
+        let digests = sources.keys().map(|k| slipway_proto::hex_to_bytes(k)).collect();
+        let offered = Offered { at: Instant::now(), releases: listed, sources };
+        self.inner.offered.lock().expect("offered lock").insert(target.key.clone(), offered);
         Ok(Response::new(pb::InventoryReply { digests, releases }))
     }
 

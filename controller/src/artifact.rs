@@ -249,6 +249,11 @@ pub struct BlobDigests {
 const DIGEST_RECORD: usize = 20 + 32 + 8;
 
 impl BlobDigests {
+    /// Whether digests were kept for this mirror (it was packaged here before).
+    pub fn exist(mirror: &Path) -> bool {
+        mirror.with_extension("digests").is_file()
+    }
+
     pub fn load(mirror: &Path) -> Self {
         let path = mirror.with_extension("digests");
         let bytes = std::fs::read(&path).unwrap_or_default();

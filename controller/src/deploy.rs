@@ -95,16 +95,34 @@ impl Package {
         Ok(())
     }
 
-    /// Read the manifest from git without packaging, unless it is known.
-    async fn read_manifest(&mut self, reporter: &mut Reporter) -> Result<()> {
+    /// Start reading the manifest from git when it is unknown and this project's blob digests are
+    /// cached (it was packaged here before).
+    fn manifest_in_background(&self) -> Option<tokio::task::JoinHandle<Result<slipway_common::archive::Manifest>>> {
+        let (_, mirror, recipe) = self.git.as_ref().filter(|_| self.manifest.is_none())?;
+        if !artifact::BlobDigests::exist(mirror) {
+            return None;
+        }
+        let (mirror, recipe) = (mirror.clone(), recipe.clone());
+        Some(tokio::spawn(async move { artifact::manifest_git(&mirror, &recipe).await }))
+    }
+
+    /// Read the manifest from git without packaging (or take the one `early` read), unless known.
+    async fn read_manifest(
+        &mut self,
+        early: Option<tokio::task::JoinHandle<Result<slipway_common::archive::Manifest>>>,
+        reporter: &mut Reporter,
+    ) -> Result<()> {
         if self.manifest.is_some() {
             return Ok(());
         }
         let (_, mirror, recipe) = self.git.as_ref().expect("a package without manifest reads it from git");
         let t = Instant::now();
-        let manifest = artifact::manifest_git(mirror, recipe).await?;
+        let manifest = match early {
+            Some(task) => task.await.map_err(|e| CtlError::failed(format!("manifest task failed: {e}")))??,
+            None => artifact::manifest_git(mirror, recipe).await?,
+        };
         reporter.say(format!(
-            "manifest: {} entries, {} (read from git in {})",
+            "manifest: {} entries, {} (read from git; waited {} for it)",
             manifest.entries.len(),
             bytes(manifest.file_bytes()),
             millis(t.elapsed().as_millis() as u64)
@@ -184,12 +202,15 @@ async fn plan_uploads(
             (agent.name, connection, inventory)
         });
     }
+    // A project packaged here before (its blob digests are cached) likely has hosts holding most of
+    // it: read the manifest while they answer.
+    let early = package.manifest_in_background();
     let inventories = tasks.join_all().await;
     if inventories.iter().all(|(_, _, i)| i.as_ref().is_none_or(|i| i.digests.is_empty())) {
         // Nobody holds anything: package once, send it whole (no manifest pass of its own).
         package.pack(reporter).await?;
     } else {
-        package.read_manifest(reporter).await?;
+        package.read_manifest(early, reporter).await?;
     }
     let files: Vec<_> =
         package.manifest().entries.iter().filter(|e| e.kind == slipway_common::archive::EntryKind::File).collect();
