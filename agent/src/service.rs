@@ -228,9 +228,14 @@ impl Inner {
             .filter(|e| e.kind == slipway_common::archive::EntryKind::File && !under_shared(&e.path, shared))
             .filter_map(|e| stamp(&root.join(&e.path)).map(|s| (e.path.clone(), s)))
             .collect();
-        let kept = KeptRelease { manifest: manifest.clone(), stamps };
-        let bytes = serde_json::to_vec(&kept).map_err(|e| AgentError::State(e.to_string()))?;
-        std::fs::write(&path, bytes).map_err(|e| AgentError::io("cannot write", &path, e))
+        // Streamed to the file: no second copy of a large manifest in memory.
+        let kept = KeptReleaseRef { manifest, stamps: &stamps };
+        let file = std::fs::File::create(&path).map_err(|e| AgentError::io("cannot write", &path, e))?;
+        let mut out = std::io::BufWriter::new(file);
+        serde_json::to_writer(&mut out, &kept)
+            .map_err(io::Error::from)
+            .and_then(|()| std::io::Write::flush(&mut out))
+            .map_err(|e| AgentError::io("cannot write", &path, e))
     }
 
     /// Remove a release and its kept manifest.
@@ -395,8 +400,9 @@ impl Inner {
             reuse,
             read_only_files: protect,
         };
-        let manifest_copy = manifest.clone();
-        let outcome = receive_and_extract(stream, manifest, staging.clone(), options, trailer_digest, events.clone())
+        let manifest = Arc::new(manifest);
+        let outcome =
+            receive_and_extract(stream, manifest.clone(), staging.clone(), options, trailer_digest, events.clone())
             .await
             .and_then(|stats| link_shared(&layout.deploy_to, &staging, &header.shared, owner).map(|()| stats));
         let stats = match outcome {
@@ -410,7 +416,7 @@ impl Inner {
             }
         };
         let final_path = layout.release_path(&id);
-        self.save_manifest(&target, &id, &staging, &manifest_copy, &header.shared)?;
+        self.save_manifest(&target, &id, &staging, &manifest, &header.shared)?;
         std::fs::rename(&staging, &final_path)
             .map_err(|e| AgentError::io("cannot rename staging to", &final_path, e))?;
         fsync_dir(&releases_dir).map_err(|e| AgentError::io("cannot fsync", &releases_dir, e))?;
@@ -776,10 +782,17 @@ fn under_shared(path: &str, shared: &[String]) -> bool {
 }
 
 /// What the agent keeps about a release for later deltas.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 struct KeptRelease {
     manifest: Manifest,
     stamps: HashMap<String, FileIdentity>,
+}
+
+/// [`KeptRelease`] as it is written (borrowing what the stage already holds).
+#[derive(serde::Serialize)]
+struct KeptReleaseRef<'a> {
+    manifest: &'a Manifest,
+    stamps: &'a HashMap<String, FileIdentity>,
 }
 
 fn list_or_none(ids: &[ReleaseId]) -> String {
@@ -838,7 +851,7 @@ impl Read for ChunkReader {
 /// side holds the whole artifact; forward progress to the caller.
 async fn receive_and_extract(
     mut stream: Streaming<pb::StageRequest>,
-    manifest: Manifest,
+    manifest: Arc<Manifest>,
     staging: PathBuf,
     options: ExtractOptions,
     trailer_digest: bool,

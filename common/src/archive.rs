@@ -710,7 +710,7 @@ pub fn extract(
 
     let mut hashing = HashingReader { inner: compressed, hasher: Sha256::new(), bytes: 0 };
     let mut stats = ExtractStats::default();
-    let mut seen: HashSet<String> = HashSet::with_capacity(manifest.entries.len());
+    let mut seen: HashSet<&str> = HashSet::with_capacity(manifest.entries.len());
     let mut symlinks: Vec<(String, String)> = Vec::new();
     let mut buf = vec![0u8; 256 * 1024];
     {
@@ -731,14 +731,14 @@ pub fn extract(
                 tar::EntryType::GNUSparse => return Err(ArchiveError::Forbidden { path, what: "sparse file" }),
                 _ => return Err(ArchiveError::Forbidden { path, what: "special entry" }),
             };
-            if !seen.insert(path.clone()) {
+            let expected = *index.get(path.as_str()).ok_or_else(|| ArchiveError::NotInManifest(path.clone()))?;
+            if !seen.insert(expected.path.as_str()) {
                 return Err(ArchiveError::Duplicate(path));
             }
             stats.entries += 1;
             if stats.entries > options.limits.max_entries {
                 return Err(ArchiveError::Limit(format!("more than {} entries", options.limits.max_entries)));
             }
-            let expected = *index.get(path.as_str()).ok_or_else(|| ArchiveError::NotInManifest(path.clone()))?;
             if expected.kind != kind {
                 return Err(ArchiveError::KindMismatch { path, archive: kind.word(), manifest: expected.kind.word() });
             }
@@ -850,7 +850,7 @@ pub fn extract(
             return Err(ArchiveError::ArtifactDigest { actual, expected: expected.clone() });
         }
     }
-    for entry in manifest.entries.iter().filter(|e| !seen.contains(&e.path)) {
+    for entry in manifest.entries.iter().filter(|e| !seen.contains(e.path.as_str())) {
         match (&options.reuse, entry.kind) {
             (Some(reuse), EntryKind::File) => {
                 let source =
