@@ -403,8 +403,8 @@ impl Inner {
         let manifest = Arc::new(manifest);
         let outcome =
             receive_and_extract(stream, manifest.clone(), staging.clone(), options, trailer_digest, events.clone())
-            .await
-            .and_then(|stats| link_shared(&layout.deploy_to, &staging, &header.shared, owner).map(|()| stats));
+                .await
+                .and_then(|stats| link_shared(&layout.deploy_to, &staging, &header.shared, owner).map(|()| stats));
         let stats = match outcome {
             Ok(stats) => stats,
             Err(e) => {
