@@ -15,7 +15,8 @@
 # R times (fresh filesystems each time) and reports medians. Bounded: every step
 # has a timeout, agents are stopped on exit, nothing is written outside $BENCH_DIR and the
 # baseline's own temp dirs. PROFILE=1 records each Slipway phase system-wide with perf
-# (<run>/<phase>.json.perf; `perf report -i ... --sort comm,dso,sym`).
+# (<run>/<phase>.json.perf; `perf report -i ... --sort comm,dso,sym`); PROFILE=ctl records only
+# the controller, with DWARF call stacks.
 set -euo pipefail
 export LC_ALL=C
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -48,7 +49,11 @@ phase() {
   local home=$1 out=$2; shift 2
   local t0 t1
   local prof=()
-  [ -z "${PROFILE:-}" ] || prof=(perf record -q -a -g -e cpu-clock -F 499 -o "$out.perf" --)
+  case ${PROFILE:-} in
+    "") ;;
+    ctl) prof=(perf record -q --call-graph dwarf,32768 -e cpu-clock -F 999 -o "$out.perf" --) ;;  # slipctl only
+    *) prof=(perf record -q -a -g -e cpu-clock -F 499 -o "$out.perf" --) ;;
+  esac
   t0=$(date +%s.%N)
   timeout 900 "${prof[@]}" /usr/bin/time -f "%U %S %M" -o "$out.time" "$SLIPCTL" --home "$home" --output json "$@" > "$out" 2> "$out.err"
   t1=$(date +%s.%N)
