@@ -296,7 +296,9 @@ impl BlobDigests {
         }
         let check = Sha256::digest(&out);
         out.extend_from_slice(&check);
-        let tmp = self.path.with_extension(format!("digests.tmp-{}", std::process::id()));
+        static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.path.with_extension(format!("digests.tmp-{}-{n}", std::process::id()));
         if std::fs::write(&tmp, &out).and_then(|()| std::fs::rename(&tmp, &self.path)).is_err() {
             let _ = std::fs::remove_file(&tmp); // Only a cache: the next walk hashes again.
         }

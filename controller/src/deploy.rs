@@ -208,6 +208,9 @@ async fn plan_uploads(
     let inventories = tasks.join_all().await;
     if inventories.iter().all(|(_, _, i)| i.as_ref().is_none_or(|i| i.digests.is_empty())) {
         // Nobody holds anything: package once, send it whole (no manifest pass of its own).
+        if let Some(task) = early {
+            task.abort();
+        }
         package.pack(reporter).await?;
     } else {
         package.read_manifest(early, reporter).await?;
