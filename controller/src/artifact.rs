@@ -133,14 +133,20 @@ pub async fn pack_dir(cache: &Path, tree: &Path, recipe: &Recipe) -> Result<Arti
 
 type FilePacker = Packer<BufWriter<std::fs::File>>;
 
-fn build(dir: &Path, mtime: i64, source: impl FnOnce(&mut FilePacker) -> Result<usize>) -> Result<Artifact> {
-    let started = Instant::now();
+/// An empty temporary directory beside the cache entry `dir`, renamed onto it when complete.
+fn fresh_tmp_dir(dir: &Path) -> Result<PathBuf> {
     let parent = dir.parent().expect("artifact dir has a parent");
     std::fs::create_dir_all(parent).context(format_args!("cannot create {}", parent.display()))?;
     let tmp =
         parent.join(format!(".tmp-{}-{}", std::process::id(), dir.file_name().unwrap_or_default().to_string_lossy()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).context(format_args!("cannot create {}", tmp.display()))?;
+    Ok(tmp)
+}
+
+fn build(dir: &Path, mtime: i64, source: impl FnOnce(&mut FilePacker) -> Result<usize>) -> Result<Artifact> {
+    let started = Instant::now();
+    let tmp = fresh_tmp_dir(dir)?;
     let result = std::fs::File::create(tmp.join("artifact.tar.zst"))
         .context("cannot create artifact file")
         .and_then(|file| build_into(&tmp, dir, mtime, started, file, source));
@@ -538,12 +544,7 @@ pub struct StreamedPack {
 /// Start packaging the commit into the cache; `expected` is the manifest the hosts were promised.
 pub fn stream_git(cache: &Path, mirror: &Path, recipe: &Recipe, expected: Manifest) -> Result<StreamedPack> {
     let dir = cache_dir(cache, recipe);
-    let parent = dir.parent().expect("artifact dir has a parent").to_path_buf();
-    std::fs::create_dir_all(&parent).context(format_args!("cannot create {}", parent.display()))?;
-    let tmp =
-        parent.join(format!(".tmp-{}-{}", std::process::id(), dir.file_name().unwrap_or_default().to_string_lossy()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir(&tmp).context(format_args!("cannot create {}", tmp.display()))?;
+    let tmp = fresh_tmp_dir(&dir)?;
     let path = tmp.join("artifact.tar.zst");
     let file = std::fs::File::create(&path).context("cannot create artifact file")?;
     let reader = std::fs::File::open(&path).context("cannot open artifact file")?;

@@ -57,6 +57,7 @@ enum Upload {
 /// (blob digests cached), each host group gets a delta packed straight from git, and a host that
 /// needs everything gets the full artifact streamed while it is packaged.
 pub struct Package {
+    /// Read from git before any packaging; once the full artifact exists, its manifest serves.
     manifest: Option<slipway_common::archive::Manifest>,
     pub full: Option<Artifact>,
     /// Without a build step: package (deltas, or the full artifact) straight from git.
@@ -67,7 +68,7 @@ pub struct Package {
 
 impl Package {
     fn packaged(full: Artifact) -> Self {
-        Package { manifest: Some(full.manifest.clone()), full: Some(full), git: None, streamed: None, packing: None }
+        Package { manifest: None, full: Some(full), git: None, streamed: None, packing: None }
     }
 
     fn from_git(cache: PathBuf, mirror: PathBuf, recipe: Recipe) -> Self {
@@ -76,7 +77,11 @@ impl Package {
 
     /// The manifest; known once [`Package::pack`] or [`Package::read_manifest`] ran.
     fn manifest(&self) -> &slipway_common::archive::Manifest {
-        self.manifest.as_ref().expect("the manifest is read before anything is sent")
+        self.known_manifest().expect("the manifest is read before anything is sent")
+    }
+
+    fn known_manifest(&self) -> Option<&slipway_common::archive::Manifest> {
+        self.full.as_ref().map(|a| &a.manifest).or(self.manifest.as_ref())
     }
 
     /// Package the full artifact now (from git), unless it exists.
@@ -90,7 +95,7 @@ impl Package {
             return Err(CtlError::failed("the packaged tree differs from its manifest (did the mirror change?)"));
         }
         say_packaged(&artifact, reporter);
-        self.manifest = Some(artifact.manifest.clone());
+        self.manifest = None;
         self.full = Some(artifact);
         Ok(())
     }
@@ -98,7 +103,7 @@ impl Package {
     /// Start reading the manifest from git when it is unknown and this project's blob digests are
     /// cached (it was packaged here before).
     fn manifest_in_background(&self) -> Option<tokio::task::JoinHandle<Result<slipway_common::archive::Manifest>>> {
-        let (_, mirror, recipe) = self.git.as_ref().filter(|_| self.manifest.is_none())?;
+        let (_, mirror, recipe) = self.git.as_ref().filter(|_| self.known_manifest().is_none())?;
         if !artifact::BlobDigests::exist(mirror) {
             return None;
         }
@@ -112,7 +117,7 @@ impl Package {
         early: Option<tokio::task::JoinHandle<Result<slipway_common::archive::Manifest>>>,
         reporter: &mut Reporter,
     ) -> Result<()> {
-        if self.manifest.is_some() {
+        if self.known_manifest().is_some() {
             return Ok(());
         }
         let (_, mirror, recipe) = self.git.as_ref().expect("a package without manifest reads it from git");
@@ -215,8 +220,14 @@ async fn plan_uploads(
     } else {
         package.read_manifest(early, reporter).await?;
     }
-    let files: Vec<_> =
-        package.manifest().entries.iter().filter(|e| e.kind == slipway_common::archive::EntryKind::File).collect();
+    // Each file's digest as the inventory states it (bytes), decoded once for all hosts.
+    let files: Vec<(Vec<u8>, &str)> = package
+        .manifest()
+        .entries
+        .iter()
+        .filter(|e| e.kind == slipway_common::archive::EntryKind::File)
+        .map(|e| (slipway_proto::hex_to_bytes(&e.sha256), e.path.as_str()))
+        .collect();
     let mut groups: BTreeMap<std::collections::BTreeSet<String>, Vec<String>> = BTreeMap::new();
     let mut full_hosts = Vec::new();
     let mut connections = BTreeMap::new();
@@ -226,11 +237,8 @@ async fn plan_uploads(
         }
         let held: std::collections::HashSet<Vec<u8>> =
             inventory.map(|i| i.digests.into_iter().collect()).unwrap_or_default();
-        let ship: std::collections::BTreeSet<String> = files
-            .iter()
-            .filter(|e| !held.contains(&slipway_proto::hex_to_bytes(&e.sha256)))
-            .map(|e| e.path.clone())
-            .collect();
+        let ship: std::collections::BTreeSet<String> =
+            files.iter().filter(|(digest, _)| !held.contains(digest)).map(|(_, path)| (*path).to_owned()).collect();
         if ship.len() == files.len() {
             full_hosts.push(host);
         } else {

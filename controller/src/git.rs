@@ -122,8 +122,9 @@ fn join_or_none(items: &[String]) -> String {
 pub fn walk_commit(mirror: &Path, commit: &str, excludes: &Excludes, sink: &mut dyn Sink) -> Result<usize> {
     // The mirror is ours and `git fetch` checked every object it received; re-hashing each blob with
     // collision detection on every read was ~3% of a 16-host deploy's CPU. The package carries its
-    // own sha256 per file.
-    git2::opts::strict_hash_verification(false);
+    // own sha256 per file. (A process-wide libgit2 option: set once.)
+    static NO_REHASH: std::sync::Once = std::sync::Once::new();
+    NO_REHASH.call_once(|| git2::opts::strict_hash_verification(false));
     let repo = Repository::open_bare(mirror).context(format_args!("cannot open mirror {}", mirror.display()))?;
     let oid = Oid::from_str(commit).context("commit id")?;
     let tree = repo.find_commit(oid).and_then(|c| c.tree()).context(format_args!("cannot read commit {commit}"))?;
