@@ -126,6 +126,8 @@ pub enum ArchiveError {
     ContentDigest(String),
     #[error("artifact digest mismatch: received sha256 {actual}, expected {expected}")]
     ArtifactDigest { actual: String, expected: String },
+    #[error("'{0}' changed since it was staged (not the same regular file); it is not reused")]
+    ReuseChanged(String),
     #[error("'{0}' is in the manifest but missing from the archive")]
     Missing(String),
     #[error("limit exceeded: {0}")]
@@ -162,8 +164,8 @@ pub fn normalise_mode(kind: EntryKind, mode: u32) -> u32 {
 /// Check a path from an archive or manifest and return it without a trailing slash.
 pub fn check_path(raw: &[u8]) -> Result<String> {
     let text = std::str::from_utf8(raw)
-        .map_err(|_| ArchiveError::UnsafePath { path: String::from_utf8_lossy(raw).into(), why: "not UTF-8" })?;
-    let unsafe_path = |why| Err(ArchiveError::UnsafePath { path: text.to_owned(), why });
+        .map_err(|_| ArchiveError::UnsafePath { path: clip(&String::from_utf8_lossy(raw), CLIP), why: "not UTF-8" })?;
+    let unsafe_path = |why| Err(ArchiveError::UnsafePath { path: clip(text, CLIP), why });
     let path = text.strip_suffix('/').unwrap_or(text);
     if path.is_empty() {
         return unsafe_path("empty");
@@ -197,39 +199,80 @@ fn file_name_of(path: &str) -> &str {
     path.rsplit_once('/').map_or(path, |(_, n)| n)
 }
 
-/// Resolve `target` from directory `start` the way the kernel would inside the release,
-/// following the release's own symlinks. `Err` when any step leaves the release.
-fn resolve_inside(
-    start: Vec<String>,
-    target: &str,
-    links: &HashMap<&str, &str>,
-    hops: &mut u32,
-) -> std::result::Result<Vec<String>, ()> {
-    if target.is_empty() || target.starts_with('/') || target.contains('\0') {
-        return Err(());
-    }
-    let mut stack = start;
-    for component in target.split('/') {
-        match component {
-            "" | "." => {}
-            ".." => {
-                stack.pop().ok_or(())?;
+/// The manifest's paths as a tree of numbered nodes (0 is the release root), so a symlink is
+/// resolved one hash lookup per component: linear in the targets' length, whatever the depth.
+struct PathTree<'a> {
+    children: HashMap<(u32, &'a str), u32>,
+    links: HashMap<u32, &'a str>,
+}
+
+impl<'a> PathTree<'a> {
+    fn new(entries: &'a [ManifestEntry]) -> Self {
+        let mut tree = PathTree { children: HashMap::with_capacity(entries.len()), links: HashMap::new() };
+        let mut node_of: HashMap<&'a str, u32> = HashMap::with_capacity(entries.len());
+        for e in entries {
+            // Parents come first (validated before), so the parent's node exists.
+            let (parent, name) = match e.path.rsplit_once('/') {
+                Some((p, n)) => (node_of.get(p).copied().unwrap_or(u32::MAX), n),
+                None => (0, e.path.as_str()),
+            };
+            let id = node_of.len() as u32 + 1;
+            node_of.insert(e.path.as_str(), id);
+            tree.children.insert((parent, name), id);
+            if e.kind == EntryKind::Symlink {
+                tree.links.insert(id, e.link_target.as_str());
             }
-            name => {
-                stack.push(name.to_owned());
-                if let Some(next) = links.get(stack.join("/").as_str()) {
-                    *hops += 1;
-                    if *hops > MAX_SYMLINK_HOPS {
-                        return Err(());
+        }
+        tree
+    }
+
+    /// Walk `target` from the directory `stack` (nodes below the root; `None` for a place not in
+    /// the manifest) the way the kernel would, following the release's own symlinks. `Err` when
+    /// any step leaves the release.
+    fn resolve(&self, stack: &mut Vec<Option<u32>>, target: &str, hops: &mut u32) -> std::result::Result<(), ()> {
+        if target.is_empty() || target.starts_with('/') || target.contains('\0') {
+            return Err(());
+        }
+        for component in target.split('/') {
+            match component {
+                "" | "." => {}
+                ".." => {
+                    stack.pop().ok_or(())?;
+                }
+                name => {
+                    let here = stack.last().copied().unwrap_or(Some(0));
+                    let node = here.and_then(|h| self.children.get(&(h, name)).copied());
+                    match node.and_then(|n| self.links.get(&n)) {
+                        Some(next) => {
+                            *hops += 1;
+                            if *hops > MAX_SYMLINK_HOPS {
+                                return Err(());
+                            }
+                            self.resolve(stack, next, hops)?;
+                        }
+                        None => stack.push(node),
                     }
-                    stack.pop();
-                    stack = resolve_inside(stack, next, links, hops)?;
                 }
             }
         }
+        Ok(())
     }
-    Ok(stack)
 }
+
+/// At most `max` bytes of text received from elsewhere, for an error message or a log line.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
+/// How much of a received name goes into a message.
+const CLIP: usize = 256;
 
 impl Manifest {
     pub fn file_bytes(&self) -> u64 {
@@ -250,7 +293,7 @@ impl Manifest {
             return Err(ArchiveError::Limit(format!("{total} bytes, at most {} allowed", limits.max_bytes)));
         }
         let mut kinds: HashMap<&str, EntryKind> = HashMap::with_capacity(self.entries.len());
-        let mut links = HashMap::new();
+        let mut links: Vec<(&str, &str)> = Vec::new();
         for e in &self.entries {
             let path = check_path(e.path.as_bytes())?;
             if path != e.path {
@@ -272,16 +315,30 @@ impl Manifest {
                 }
                 EntryKind::Dir => {}
                 EntryKind::Symlink => {
-                    links.insert(e.path.as_str(), e.link_target.as_str());
+                    links.push((e.path.as_str(), e.link_target.as_str()));
                 }
             }
         }
+        let tree = PathTree::new(&self.entries);
         for (path, target) in &links {
-            let start: Vec<String> =
-                parent_of(path).map(|p| p.split('/').map(str::to_owned).collect()).unwrap_or_default();
+            if target.len() > MAX_PATH_LEN {
+                return Err(ArchiveError::Limit(format!(
+                    "symlink '{}' has a {}-byte target, at most {MAX_PATH_LEN} allowed",
+                    clip(path, CLIP),
+                    target.len()
+                )));
+            }
+        }
+        for (path, target) in &links {
+            let mut stack: Vec<Option<u32>> = Vec::new();
             let mut hops = 0;
-            if resolve_inside(start, target, &links, &mut hops).is_err() {
-                return Err(ArchiveError::SymlinkEscape { path: (*path).to_owned(), target: (*target).to_owned() });
+            let escapes = match parent_of(path) {
+                Some(parent) => tree.resolve(&mut stack, parent, &mut hops),
+                None => Ok(()),
+            }
+            .and_then(|()| tree.resolve(&mut stack, target, &mut hops));
+            if escapes.is_err() {
+                return Err(ArchiveError::SymlinkEscape { path: clip(path, CLIP), target: clip(target, CLIP) });
             }
         }
         Ok(())
@@ -416,9 +473,12 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Which file a path is, as far as content goes: the inode and what a write changes.
+/// Which file a path is, as far as content goes: the device and inode, and what a write changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileIdentity {
+    /// 0 in manifests kept before the device was recorded: such files are never reused.
+    #[serde(default)]
+    pub dev: u64,
     pub ino: u64,
     pub size: u64,
     pub mtime: i64,
@@ -428,24 +488,60 @@ pub struct FileIdentity {
 impl FileIdentity {
     pub fn of(meta: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
-        FileIdentity { ino: meta.ino(), size: meta.size(), mtime: meta.mtime(), mtime_nsec: meta.mtime_nsec() }
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        }
+    }
+
+    pub fn of_stat(stat: &rustix::fs::Stat) -> Self {
+        FileIdentity {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+            size: stat.st_size as u64,
+            mtime: stat.st_mtime,
+            mtime_nsec: stat.st_mtime_nsec as i64,
+        }
+    }
+
+    /// The same file (device and inode), whatever has been written to it since.
+    pub fn same_file(&self, other: &FileIdentity) -> bool {
+        self.dev != 0 && self.dev == other.dev && self.ino == other.ino
     }
 }
 
 /// A file in a retained release with content the new release wants.
 #[derive(Debug, Clone)]
 pub struct ReuseSource {
-    pub path: PathBuf,
-    /// The file's identity when its content was hashed (at staging). A hard link is made to the
-    /// opened file, and when that file is protected (owned by the agent, no write bit: no hook
-    /// user can write, chmod or replace it in place) and still has this identity, its content is
-    /// the hashed content and is not read again. Anything else is re-hashed.
-    pub identity: Option<FileIdentity>,
+    /// The retained release's directory, held open: the file is opened beneath it, never through
+    /// a symlink, so whoever can write the release cannot point the agent elsewhere.
+    pub release: std::sync::Arc<OwnedFd>,
+    /// The file's path in the release.
+    pub rel: String,
+    /// Where it is, for messages.
+    pub display: PathBuf,
+    /// The file's identity when its content was hashed (at staging). The file must still be that
+    /// device and inode. A hard link is made to the opened file, and when that file is protected
+    /// (owned by the agent, no write bit: no hook user can write, chmod or replace it in place)
+    /// and still has this identity, its content is the hashed content and is not read again.
+    /// Anything else is re-hashed.
+    pub identity: FileIdentity,
 }
 
-impl From<PathBuf> for ReuseSource {
-    fn from(path: PathBuf) -> Self {
-        ReuseSource { path, identity: None }
+impl ReuseSource {
+    /// The file `rel` beneath `release` as it is now (for tests and tools).
+    pub fn at(release: &Path, rel: &str) -> io::Result<Self> {
+        let fd = rustix::fs::open(release, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        let meta = std::fs::symlink_metadata(release.join(rel))?;
+        Ok(ReuseSource {
+            release: std::sync::Arc::new(fd),
+            rel: rel.to_owned(),
+            display: release.join(rel),
+            identity: FileIdentity::of(&meta),
+        })
     }
 }
 
@@ -581,11 +677,25 @@ fn reuse_file(
     buf: &mut [u8],
 ) -> Result<()> {
     let path = e.path.as_str();
-    let source = reused.path.as_path();
+    let source = reused.display.as_path();
     let name = file_name_of(path).to_owned();
-    let src = rustix::fs::open(source, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).map_err(
-        |err| ArchiveError::Write { path: format!("{path} (from {})", source.display()), source: err.into() },
-    )?;
+    let from = || format!("{path} (from {})", source.display());
+    // Beneath the retained release, no symlink on the way, non-blocking (a fifo put there must not
+    // hang the stage), and it must still be the very file that was hashed at staging.
+    let src = rustix::fs::openat2(
+        &*reused.release,
+        reused.rel.as_str(),
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|err| ArchiveError::Write { path: from(), source: err.into() })?;
+    let stat = rustix::fs::fstat(&src).map_err(|err| ArchiveError::Write { path: from(), source: err.into() })?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile
+        || !reused.identity.same_file(&FileIdentity::of_stat(&stat))
+    {
+        return Err(ArchiveError::ReuseChanged(from()));
+    }
     let mut hasher = Sha256::new();
     let (mode, owner) = options.file_mode_owner(e.mode);
     let mut src_file = std::fs::File::from(src);
@@ -598,7 +708,7 @@ fn reuse_file(
     let parent = dirs.open(parent_of(path), path)?;
     if linkable {
         link_open_file(&src_file, parent, &name).map_err(write_err(path))?;
-        if reused.identity == Some(FileIdentity::of(&meta)) && meta.len() == e.size {
+        if reused.identity == FileIdentity::of(&meta) && meta.len() == e.size {
             return Ok(()); // The very inode hashed at staging, which nobody but root can have written.
         }
         loop {
@@ -609,11 +719,12 @@ fn reuse_file(
             hasher.update(&buf[..n]);
         }
     } else {
+        // The copy stays root's and private until its content is verified.
         let fd = rustix::fs::openat(
             parent,
             name.as_str(),
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(mode),
+            Mode::from_raw_mode(0o600),
         )
         .map_err(write_err(path))?;
         let mut dst = std::fs::File::from(fd);
@@ -629,13 +740,15 @@ fn reuse_file(
                 dst.write_all(&buf[..n]).map_err(|err| ArchiveError::Write { path: path.into(), source: err })?;
             }
         }
-        if needs_chmod(mode) {
-            rustix::fs::fchmod(&dst, Mode::from_raw_mode(mode)).map_err(write_err(path))?;
+        if hex::encode(hasher.finalize()) != e.sha256 {
+            return Err(ArchiveError::ContentDigest(format!("{path} (reused from {})", source.display())));
         }
+        rustix::fs::fchmod(&dst, Mode::from_raw_mode(mode)).map_err(write_err(path))?;
         if let Some((uid, gid)) = owner {
             rustix::fs::fchown(&dst, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)))
                 .map_err(write_err(path))?;
         }
+        return Ok(());
     }
     if hex::encode(hasher.finalize()) != e.sha256 {
         return Err(ArchiveError::ContentDigest(format!("{path} (reused from {})", source.display())));
@@ -700,11 +813,30 @@ pub fn extract(
     options: &ExtractOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ExtractStats> {
-    manifest.validate(&options.limits)?;
-    let index: HashMap<&str, &ManifestEntry> = manifest.entries.iter().map(|e| (e.path.as_str(), e)).collect();
     let root =
         rustix::fs::open(dest, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| ArchiveError::Write { path: dest.display().to_string(), source: e.into() })?;
+    extract_into(compressed, manifest, root, &dest.display().to_string(), options, progress)
+}
+
+/// The most decompressed bytes an archive for `manifest` may have: every file's bytes and block
+/// padding, a header and a long name and link per entry, and the end-of-archive record.
+pub fn inflated_budget(manifest: &Manifest) -> u64 {
+    let per_entry = 512 + 2 * (512 + MAX_PATH_LEN as u64 + 512);
+    manifest.entries.iter().map(|e| e.size.div_ceil(512) * 512 + per_entry).sum::<u64>() + (1 << 20)
+}
+
+/// [`extract`] into the directory held open as `root` (`display` names it in messages).
+pub fn extract_into(
+    compressed: impl Read,
+    manifest: &Manifest,
+    root: OwnedFd,
+    display: &str,
+    options: &ExtractOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ExtractStats> {
+    manifest.validate(&options.limits)?;
+    let index: HashMap<&str, &ManifestEntry> = manifest.entries.iter().map(|e| (e.path.as_str(), e)).collect();
     let mut early = EarlyFlush::start(&root);
     let mut dirs = DirCache { root, last: None };
 
@@ -716,7 +848,8 @@ pub fn extract(
     {
         let mut decoder = zstd::stream::read::Decoder::new(&mut hashing).map_err(ArchiveError::Malformed)?;
         decoder.window_log_max(MAX_WINDOW_LOG).map_err(ArchiveError::Malformed)?;
-        let mut archive = tar::Archive::new(&mut decoder);
+        let mut guarded = crate::tar_guard::TarGuard::new(&mut decoder, inflated_budget(manifest));
+        let mut archive = tar::Archive::new(&mut guarded);
         for entry in archive.entries().map_err(ArchiveError::Malformed)? {
             let mut entry = entry.map_err(ArchiveError::Malformed)?;
             let path = check_path(&entry.path_bytes())?;
@@ -770,8 +903,8 @@ pub fn extract(
                         return Err(ArchiveError::Mismatch {
                             path,
                             what: "symlink target",
-                            archive: target,
-                            manifest: expected.link_target.clone(),
+                            archive: clip(&target, CLIP),
+                            manifest: clip(&expected.link_target, CLIP),
                         });
                     }
                     // Created last, so no entry can be written through a link.
@@ -838,8 +971,9 @@ pub fn extract(
             }
             progress(stats.entries, stats.file_bytes);
         }
+        drop(archive);
         // Read to the very end, so the digest covers every byte and trailing garbage is caught.
-        io::copy(&mut decoder, &mut io::sink()).map_err(ArchiveError::Malformed)?;
+        io::copy(&mut guarded, &mut io::sink()).map_err(ArchiveError::Malformed)?;
     }
     io::copy(&mut hashing, &mut io::sink()).map_err(ArchiveError::Malformed)?;
     stats.compressed_bytes = hashing.bytes;
@@ -869,8 +1003,7 @@ pub fn extract(
         chown_at(parent, name, options.owner, path)?;
     }
     drop(early);
-    rustix::fs::syncfs(&dirs.root)
-        .map_err(|e| ArchiveError::Write { path: dest.display().to_string(), source: e.into() })?;
+    rustix::fs::syncfs(&dirs.root).map_err(|e| ArchiveError::Write { path: display.to_owned(), source: e.into() })?;
     Ok(stats)
 }
 

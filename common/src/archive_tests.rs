@@ -249,7 +249,7 @@ fn a_delta_takes_left_out_files_from_retained_releases_and_verifies_them() {
     let manifest = manifest_for(&full);
     // The delta ships the directory and the changed file only.
     let delta = compress(&raw_tar(&[full[0].clone(), full[2].clone()]));
-    let mut sources: HashMap<String, ReuseSource> = [(sha256_hex(b"one"), base.join("a").into())].into();
+    let mut sources: HashMap<String, ReuseSource> = [(sha256_hex(b"one"), ReuseSource::at(&base, "a").unwrap())].into();
     let mut options = ExtractOptions {
         limits: Limits::default(),
         expected_sha256: Some(sha256_hex(&delta)),
@@ -291,7 +291,7 @@ fn a_delta_takes_left_out_files_from_retained_releases_and_verifies_them() {
 
     // The identity recorded at staging spares re-reading a protected file that still has it...
     let identity = FileIdentity::of(&original);
-    sources.get_mut(&sha256_hex(b"one")).unwrap().identity = Some(identity);
+    sources.get_mut(&sha256_hex(b"one")).unwrap().identity = identity;
     options.reuse = Some(Reuse { sources: sources.clone(), hardlink: true });
     let sandbox5 = Sandbox::new();
     extract(delta.as_slice(), &manifest, &sandbox5.staging(), &options, &mut |_, _| {}).unwrap();
@@ -313,8 +313,78 @@ fn a_delta_takes_left_out_files_from_retained_releases_and_verifies_them() {
     .unwrap();
     drop(file);
     let forged = FileIdentity::of(&std::fs::metadata(base.join("a")).unwrap());
-    sources.get_mut(&sha256_hex(b"one")).unwrap().identity = Some(forged);
+    sources.get_mut(&sha256_hex(b"one")).unwrap().identity = forged;
     options.reuse = Some(Reuse { sources, hardlink: true });
     let err = extract(delta.as_slice(), &manifest, &Sandbox::new().staging(), &options, &mut |_, _| {}).unwrap_err();
     assert!(matches!(err, ArchiveError::ContentDigest(_)), "{err}");
+}
+
+#[test]
+fn reuse_sources_are_opened_beneath_their_release_and_must_be_the_hashed_file() {
+    let sandbox = Sandbox::new();
+    let base = sandbox.dir.path().join("base");
+    std::fs::create_dir_all(base.join("d")).unwrap();
+    std::fs::write(base.join("d/a"), b"one").unwrap();
+    let source = ReuseSource::at(&base, "d/a").unwrap();
+    let full = [RawEntry::file("a", 0o644, b"one")];
+    let manifest = manifest_for(&full);
+    let delta = compress(&raw_tar(&[]));
+    let options = |source: ReuseSource| ExtractOptions {
+        limits: Limits::default(),
+        expected_sha256: Some(sha256_hex(&delta)),
+        owner: None,
+        reuse: Some(Reuse { sources: [(sha256_hex(b"one"), source)].into(), hardlink: false }),
+        read_only_files: false,
+    };
+    let run = |source: ReuseSource| {
+        let s = Sandbox::new();
+        let r = extract(delta.as_slice(), &manifest, &s.staging(), &options(source), &mut |_, _| {});
+        (r, s)
+    };
+    let (ok, s) = run(source.clone());
+    ok.unwrap();
+    assert_eq!(std::fs::read(s.staging().join("a")).unwrap(), b"one");
+    // The directory on the way swapped for a symlink to a place with the same name: refused.
+    let elsewhere = sandbox.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("a"), b"one").unwrap();
+    std::fs::rename(base.join("d"), base.join("d.orig")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, base.join("d")).unwrap();
+    let (err, s) = run(source.clone());
+    assert!(err.is_err(), "followed a symlink in the retained release");
+    assert!(!s.staging().join("a").exists());
+    // A fifo in place of the file: refused at once, no hang.
+    std::fs::remove_file(base.join("d")).unwrap();
+    std::fs::create_dir(base.join("d")).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, &base.join("d/a"), rustix::fs::FileType::Fifo, Mode::from_raw_mode(0o644), 0)
+        .unwrap();
+    let (err, _) = run(source.clone());
+    assert!(matches!(err, Err(ArchiveError::ReuseChanged(_))), "{err:?}");
+    // Another regular file with the same content at that path: not the hashed inode, refused.
+    std::fs::remove_file(base.join("d/a")).unwrap();
+    std::fs::write(base.join("d/a"), b"one").unwrap();
+    let (err, _) = run(source);
+    assert!(matches!(err, Err(ArchiveError::ReuseChanged(_))), "{err:?}");
+}
+
+#[test]
+fn symlink_targets_are_bounded_and_resolved_in_linear_time() {
+    // A long chain of links through deep directories validates quickly.
+    let mut entries = vec![ManifestEntry::dir("d")];
+    let mut dir = "d".to_owned();
+    for _ in 0..1000 {
+        dir.push_str("/d");
+        entries.push(ManifestEntry::dir(&dir));
+    }
+    for i in 0..2_000 {
+        entries.push(ManifestEntry::symlink(&format!("{dir}/l{i}"), &"../".repeat(1000)));
+    }
+    let started = std::time::Instant::now();
+    Manifest { entries: entries.clone() }.validate(&Limits::default()).unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    entries.push(ManifestEntry::symlink("escape", &"../".repeat(1001)));
+    assert!(matches!(Manifest { entries: entries.clone() }.validate(&Limits::default()), Err(ArchiveError::SymlinkEscape { .. })));
+    let long = ManifestEntry::symlink("long", &"a/".repeat(3000));
+    let err = Manifest { entries: vec![long] }.validate(&Limits::default()).unwrap_err();
+    assert!(matches!(err, ArchiveError::Limit(_)), "{err}");
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod names;
 pub mod pki;
 pub mod process;
+pub mod tar_guard;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
