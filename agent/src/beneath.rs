@@ -24,9 +24,11 @@ const REMOVE_DEPTH: usize = 32;
 /// How often a directory that keeps refilling (a process still writing into it) is rescanned.
 const REMOVE_RESCANS: usize = 8;
 
-const RESOLVE: ResolveFlags =
-    ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
 const DIR_FLAGS: OFlags = OFlags::DIRECTORY.union(OFlags::RDONLY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+/// For `openat2`: `RESOLVE_NO_SYMLINKS` refuses a trailing symlink too, with `ELOOP` (which
+/// `O_NOFOLLOW | O_DIRECTORY` would turn into `ENOTDIR`).
+const DIR_FLAGS2: OFlags = OFlags::DIRECTORY.union(OFlags::RDONLY).union(OFlags::CLOEXEC);
 
 /// A unique suffix for temporary names.
 pub fn nonce() -> String {
@@ -103,7 +105,7 @@ impl DirHandle {
     /// Open `rel` (one or more components) beneath this directory; a symlink anywhere fails with
     /// `ELOOP`, a missing component with `NotFound`.
     pub fn open_dir(&self, rel: &str) -> io::Result<DirHandle> {
-        let fd = rustix::fs::openat2(&self.fd, rel, DIR_FLAGS, Mode::empty(), RESOLVE).map_err(io_err)?;
+        let fd = rustix::fs::openat2(&self.fd, rel, DIR_FLAGS2, Mode::empty(), RESOLVE).map_err(io_err)?;
         Ok(DirHandle { fd, path: self.path.join(rel) })
     }
 

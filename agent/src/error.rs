@@ -17,6 +17,9 @@ pub enum AgentError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Too much at once (stages in progress): retry later.
+    #[error("{0}")]
+    Busy(String),
     #[error("not enough disk space under {path}: need {needed} bytes, {free} free")]
     DiskFull { path: PathBuf, needed: u64, free: u64 },
     #[error("archive rejected: {0}")]
@@ -46,6 +49,7 @@ impl From<AgentError> for Status {
             AgentError::Stale { .. } => Code::FailedPrecondition,
             AgentError::NotFound(_) => Code::NotFound,
             AgentError::Conflict(_) => Code::AlreadyExists,
+            AgentError::Busy(_) => Code::Unavailable,
             AgentError::DiskFull { .. } => Code::ResourceExhausted,
             AgentError::Archive(a) if a.is_local_io() => Code::Internal,
             AgentError::Archive(_) => Code::InvalidArgument,

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use slipway_common::process::{Shell, run_shell};
@@ -25,53 +24,100 @@ pub struct RunAs {
     pub home: PathBuf,
 }
 
-async fn command_output(program: &str, args: &[&str]) -> Result<Option<String>, AgentError> {
-    let out = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| AgentError::io("cannot run", program, e))?;
-    Ok(out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()))
-}
-
-/// Look a user up through NSS (`getent passwd`, `id -G`), so LDAP and sssd users work too.
-pub async fn resolve_user(name: &str) -> Result<RunAs, AgentError> {
-    let passwd = command_output("getent", &["passwd", name]).await?.ok_or_else(|| {
-        AgentError::BadRequest(format!(
-            "user '{name}' does not exist on this host; create it (useradd {name}) or change target.user"
-        ))
-    })?;
-    let fields: Vec<&str> = passwd.split(':').collect();
-    let parse = |i: usize| fields.get(i).and_then(|f| f.parse::<u32>().ok());
-    let (Some(uid), Some(gid)) = (parse(2), parse(3)) else {
-        return Err(AgentError::State(format!("unexpected passwd entry for '{name}': {passwd}")));
-    };
-    let home = PathBuf::from(fields.get(5).copied().unwrap_or("/"));
-    let groups = command_output("id", &["-G", name])
-        .await?
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|g| g.parse().ok())
+/// Look a user up through NSS (`getpwnam_r`, `getgrouplist`: LDAP and sssd users work too),
+/// without running any program from `PATH`.
+pub fn resolve_user(name: &str) -> Result<RunAs, AgentError> {
+    let shown = slipway_common::archive::clip(name, 64);
+    let user = nix::unistd::User::from_name(name)
+        .map_err(|e| AgentError::State(format!("cannot look up user '{shown}': {e}")))?
+        .ok_or_else(|| {
+            AgentError::BadRequest(format!(
+                "user '{shown}' does not exist on this host; create it (useradd {shown}) or change target.user"
+            ))
+        })?;
+    let cname = std::ffi::CString::new(name).map_err(|_| AgentError::BadRequest("user name contains NUL".into()))?;
+    let mut groups: Vec<u32> = nix::unistd::getgrouplist(&cname, user.gid)
+        .map_err(|e| AgentError::State(format!("cannot list the groups of '{shown}': {e}")))?
+        .into_iter()
+        .map(|g| g.as_raw())
         .collect();
-    Ok(RunAs { name: name.to_owned(), uid, gid, groups, home })
+    groups.sort_unstable();
+    groups.dedup();
+    Ok(RunAs { name: name.to_owned(), uid: user.uid.as_raw(), gid: user.gid.as_raw(), groups, home: user.dir })
 }
 
 /// The agent's own identity (hooks run as it when the project names no user).
 pub fn current_user() -> RunAs {
     let uid = rustix::process::getuid().as_raw();
     let gid = rustix::process::getgid().as_raw();
-    let name = std::env::var("USER").unwrap_or_else(|_| if uid == 0 { "root".into() } else { uid.to_string() });
-    let home = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/".into()));
+    let entry = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten();
+    let name =
+        entry.as_ref().map_or_else(|| if uid == 0 { "root".into() } else { uid.to_string() }, |u| u.name.clone());
+    let home = entry.map_or_else(|| PathBuf::from("/"), |u| u.dir);
     RunAs { name, uid, gid, groups: vec![gid], home }
 }
 
+/// Who may run hooks, from `agent.toml`.
+#[derive(Debug, Clone, Default)]
+pub struct HookPolicy {
+    pub allow_root: bool,
+    /// Users accepted although they are in a privileged group.
+    pub allowed_users: Vec<String>,
+    /// Group names whose members are refused.
+    pub denied_groups: Vec<String>,
+}
+
+impl HookPolicy {
+    pub fn from_config(config: &slipway_common::config::AgentConfig) -> Self {
+        HookPolicy {
+            allow_root: config.allow_root_hooks,
+            allowed_users: config.allowed_hook_users.clone(),
+            denied_groups: config.denied_hook_groups.clone(),
+        }
+    }
+
+    /// Refuse a user whose groups give root or its equivalent (gid 0, `sudo`, `docker`, …).
+    fn check_groups(&self, run_as: &RunAs) -> Result<(), AgentError> {
+        if run_as.uid == 0 || self.allowed_users.iter().any(|u| u == &run_as.name) {
+            return Ok(());
+        }
+        let mut privileged = Vec::new();
+        for gid in std::iter::once(run_as.gid).chain(run_as.groups.iter().copied()) {
+            let name = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)).ok().flatten().map(|g| g.name);
+            let denied = gid == 0 || name.as_ref().is_some_and(|n| self.denied_groups.iter().any(|d| d == n));
+            if denied {
+                let shown = name.unwrap_or_else(|| gid.to_string());
+                if !privileged.contains(&shown) {
+                    privileged.push(shown);
+                }
+            }
+        }
+        if privileged.is_empty() {
+            return Ok(());
+        }
+        Err(AgentError::NotAllowed(format!(
+            "refusing to run hooks as '{}': it is in the privileged group(s) {}, which would hand the app user root; \
+             remove it from them (gpasswd -d {} GROUP), use another target.user, or list it in allowed_hook_users in agent.toml",
+            run_as.name,
+            privileged.join(", "),
+            run_as.name
+        )))
+    }
+}
+
 /// Decide who runs hooks (and owns release files) for a target user name, enforcing the
-/// agent's rules: no root unless allowed, and no switching unless the agent is root.
-pub async fn decide_user(user: &str, allow_root: bool) -> Result<RunAs, AgentError> {
+/// agent's rules: no root unless allowed, no privileged groups unless allowed, and no switching
+/// unless the agent is root.
+pub async fn decide_user(user: &str, policy: &HookPolicy) -> Result<RunAs, AgentError> {
     let me = rustix::process::geteuid().as_raw();
-    let run_as = if user.is_empty() { current_user() } else { resolve_user(user).await? };
-    if run_as.uid == 0 && !allow_root {
+    let (user_name, policy) = (user.to_owned(), policy.clone());
+    let (run_as, policy) = tokio::task::spawn_blocking(move || {
+        let run_as = if user_name.is_empty() { Ok(current_user()) } else { resolve_user(&user_name) };
+        run_as.and_then(|r| policy.check_groups(&r).map(|()| (r, policy)))
+    })
+    .await
+    .map_err(|e| AgentError::State(format!("user lookup failed: {e}")))??;
+    if run_as.uid == 0 && !policy.allow_root {
         return Err(AgentError::NotAllowed(format!(
             "refusing to run hooks as root{}: set target.user in the project (e.g. \"www\") or allow_root_hooks = true in agent.toml",
             if user.is_empty() { " (the project names no target.user)" } else { "" }
@@ -84,6 +130,15 @@ pub async fn decide_user(user: &str, allow_root: bool) -> Result<RunAs, AgentErr
         )));
     }
     Ok(run_as)
+}
+
+/// The project's `vars`, checked again on the host: the controller is not the only one who can
+/// send a request, and a name like `LD_PRELOAD` must never reach a hook.
+pub fn check_vars(vars: &std::collections::HashMap<String, String>) -> Result<(), AgentError> {
+    for key in vars.keys() {
+        slipway_common::config::check_var_key(key).map_err(AgentError::BadRequest)?;
+    }
+    Ok(())
 }
 
 /// The environment of every hook (DESIGN.md "Hooks").
@@ -134,12 +189,15 @@ pub async fn run_hook(
         tx
     });
     let switch = run_as.uid != rustix::process::geteuid().as_raw();
-    let shell = Shell { command, cwd, env: &env.vars, clear_env: true, timeout };
+    // When switching users, the child changes directory only after it dropped root, so the path
+    // is resolved with the user's own rights (a symlink it planted leads nowhere it could not go).
+    let shell_cwd = if switch { Path::new("/") } else { cwd };
+    let shell = Shell { command, cwd: shell_cwd, env: &env.vars, clear_env: true, timeout };
     let r = run_shell(
         shell,
         |cmd| {
             if switch {
-                crate::privdrop::run_as(cmd, run_as.uid, run_as.gid, &run_as.groups);
+                crate::privdrop::run_as(cmd, run_as.uid, run_as.gid, &run_as.groups, cwd);
             }
         },
         live_bytes,
@@ -200,9 +258,22 @@ mod tests {
         assert!(why.contains("post_release") && why.contains("exit status 3"), "{why}");
     }
 
-    #[tokio::test]
-    async fn unknown_users_are_named() {
-        let err = resolve_user("no-such-user-slipway").await.unwrap_err().to_string();
+    #[test]
+    fn unknown_users_are_named() {
+        let err = resolve_user("no-such-user-slipway").unwrap_err().to_string();
         assert!(err.contains("no-such-user-slipway"), "{err}");
+    }
+
+    #[test]
+    fn privileged_groups_are_refused_unless_allowed() {
+        let root = resolve_user("root").unwrap();
+        let mut fake = root.clone();
+        fake.uid = 4242;
+        fake.name = "fake".into();
+        let policy = HookPolicy { denied_groups: vec!["root".into()], ..HookPolicy::default() };
+        let err = policy.check_groups(&fake).unwrap_err().to_string();
+        assert!(err.contains("privileged group") && err.contains("root"), "{err}");
+        let allowed = HookPolicy { allowed_users: vec!["fake".into()], ..policy };
+        allowed.check_groups(&fake).unwrap();
     }
 }

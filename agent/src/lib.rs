@@ -3,11 +3,14 @@
 //!
 //! [`run`] takes a bound listener and a shutdown future, so tests and `main` start it alike.
 
+pub mod beneath;
 pub mod error;
 pub mod health;
 pub mod hooks;
+pub mod kept;
 pub mod layout;
 mod privdrop;
+pub mod receive;
 pub mod service;
 pub mod shared;
 pub mod state;
@@ -27,7 +30,64 @@ use tracing::{debug, info, warn};
 pub use service::AgentService;
 pub use state::AgentState;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a peer has to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Handshakes in progress at once, and from one address: past that, new connections are closed
+/// at once, so a flood of idle connections cannot exhaust file descriptors or stall the controller.
+const MAX_PENDING_HANDSHAKES: usize = 256;
+const MAX_PENDING_PER_ADDRESS: usize = 16;
+
+/// Raise this process's open-file limit to its hard limit (systemd gives services 1,024 soft).
+pub fn raise_fd_limit() {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if let Some(max) = limit.maximum
+        && limit.current.is_none_or(|c| c < max)
+    {
+        let new = rustix::process::Rlimit { current: Some(max), maximum: Some(max) };
+        if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Nofile, new) {
+            warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+}
+
+/// Handshakes in progress, in total and per peer address.
+#[derive(Default)]
+struct Pending {
+    total: usize,
+    by_addr: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// A claimed handshake slot, given back on drop.
+struct PendingSlot {
+    pending: std::sync::Arc<std::sync::Mutex<Pending>>,
+    addr: std::net::IpAddr,
+}
+
+impl PendingSlot {
+    fn claim(pending: &std::sync::Arc<std::sync::Mutex<Pending>>, addr: std::net::IpAddr) -> Option<PendingSlot> {
+        let mut p = pending.lock().expect("pending lock");
+        let here = p.by_addr.get(&addr).copied().unwrap_or(0);
+        if p.total >= MAX_PENDING_HANDSHAKES || here >= MAX_PENDING_PER_ADDRESS {
+            return None;
+        }
+        p.total += 1;
+        *p.by_addr.entry(addr).or_default() += 1;
+        Some(PendingSlot { pending: pending.clone(), addr })
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut p = self.pending.lock().expect("pending lock");
+        p.total -= 1;
+        if let Some(n) = p.by_addr.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                p.by_addr.remove(&self.addr);
+            }
+        }
+    }
+}
 
 /// Everything `slipd check-config` verifies: the config, the TLS material and the state dir.
 pub fn check_config(config: &AgentConfig) -> anyhow::Result<()> {
@@ -55,14 +115,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let material = TlsMaterial::load(&config.tls)?;
     let acceptor = TlsAcceptor::from(agent_server_config(&material)?);
+    raise_fd_limit();
     let state = AgentState::open(&config.state_dir)?;
     let service = AgentService::new(config.clone(), state);
-    service.reconcile().context("reconcile state with the filesystem")?;
+    service.reconcile();
 
     let local = listener.local_addr()?;
     info!(name = %config.name, addr = %local, version = slipway_common::VERSION, "slipd listening");
     let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(64);
+    let pending = std::sync::Arc::new(std::sync::Mutex::new(Pending::default()));
     let accept_loop = tokio::spawn(async move {
+        let mut refused: u64 = 0;
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(conn) => conn,
@@ -72,18 +135,29 @@ pub async fn run(
                     continue;
                 }
             };
+            let Some(slot) = PendingSlot::claim(&pending, peer.ip()) else {
+                // Closed at once: no fd, memory or task is held for it.
+                refused += 1;
+                if refused.is_power_of_two() {
+                    warn!(%peer, refused, "too many pending TLS handshakes; closing new connections");
+                }
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let conn_tx = conn_tx.clone();
             // Handshakes run on their own tasks so a slow or hostile peer cannot stall accept.
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(slot);
+                match result {
                     Ok(Ok(tls)) => {
                         debug!(%peer, "controller connected");
                         let _ = conn_tx.send(Ok::<_, std::io::Error>(tls)).await;
                     }
                     Ok(Err(e)) => warn!(%peer, error = %e, "tls handshake refused"),
-                    Err(_) => warn!(%peer, "tls handshake timed out"),
+                    Err(_) => debug!(%peer, "tls handshake timed out"),
                 }
             });
         }

@@ -2,14 +2,13 @@
 //! releases, info. Every request names its project+env target; paths are checked against
 //! `allowed_roots` before anything is touched, and one lock per target serialises the work.
 
-use std::collections::HashMap;
-use std::io::{self, Read};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use slipway_common::archive::{ExtractOptions, FileIdentity, Manifest, ReuseSource, extract};
+use slipway_common::archive::{ExtractOptions, Manifest, ReuseSource};
 use slipway_common::config::{AgentConfig, check_clean_absolute};
 use slipway_common::names::validate_name;
 use slipway_common::time::unix_now;
@@ -24,20 +23,22 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::error::AgentError;
-use crate::hooks::{HookEnv, LiveOutput, RunAs, decide_user, failure, run_hook};
-use crate::layout::{Current, Layout, fsync_dir, prune_plan};
+use crate::hooks::{HookEnv, HookPolicy, LiveOutput, RunAs, decide_user, failure, run_hook};
+use crate::kept::KeptManifests;
+use crate::layout::{Current, Layout, Open, prune_plan};
+use crate::receive::{check_free_space, disk_full, receive_and_extract};
 use crate::shared::link_shared;
 use crate::state::{AgentState, ReleaseMeta, TargetRecord};
 
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 const DEFAULT_KEEP: usize = 5;
 
-/// One project+env as a request names it, checked.
+/// One project+env as a request names it, checked, with its directories held open.
 struct Target {
     key: String,
     project: String,
     env: String,
     layout: Layout,
+    kept: KeptManifests,
 }
 
 pub struct Inner {
@@ -48,12 +49,18 @@ pub struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The reuse map an `Inventory` computed, per target, for the `Stage` that follows it.
     offered: Mutex<HashMap<String, Offered>>,
+    /// Targets that could not be reconciled at start, with the reason (reported by `Info`).
+    broken: Mutex<HashMap<String, String>>,
+    /// Targets with a stage in progress: at most one each.
+    staging: Mutex<HashSet<String>>,
+    /// Stages in progress on this agent, bounded by `max_concurrent_stages`.
+    stages: Arc<tokio::sync::Semaphore>,
 }
 
 /// What an `Inventory` offered: the stage of the same deploy uses it instead of stat-ing every
 /// retained file again. Nothing writes retained releases between the two calls (the controller
 /// holds the project lock, hooks run only inside stage and activate), and every reused file is
-/// checked again when it is opened (identity, or its content hashed).
+/// checked again when it is opened (beneath its release, same inode, content hashed).
 struct Offered {
     at: Instant,
     releases: Vec<ReleaseId>,
@@ -62,6 +69,19 @@ struct Offered {
 
 /// How long an inventory's reuse map may serve a stage.
 const OFFER_FRESH: Duration = Duration::from_secs(60);
+
+/// Marks a target as staging for as long as it lives.
+struct StagingSlot<'a> {
+    inner: &'a Inner,
+    key: String,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for StagingSlot<'_> {
+    fn drop(&mut self) {
+        self.inner.staging.lock().expect("staging lock").remove(&self.key);
+    }
+}
 
 /// What a hook's environment is built from.
 struct HookSite<'a> {
@@ -108,6 +128,7 @@ impl AgentService {
             .and_then(|pem| slipway_common::pki::first_cert_der(&pem).ok())
             .and_then(|der| slipway_common::pki::cert_info(&der).ok())
             .map_or(0, |info| info.not_after);
+        let stages = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_stages.max(1)));
         AgentService {
             inner: Arc::new(Inner {
                 config,
@@ -116,76 +137,123 @@ impl AgentService {
                 cert_not_after,
                 locks: Mutex::new(HashMap::new()),
                 offered: Mutex::new(HashMap::new()),
+                broken: Mutex::new(HashMap::new()),
+                staging: Mutex::new(HashSet::new()),
+                stages,
             }),
         }
     }
 
-    /// At start: remove staging and trash leftovers and take `current` from the filesystem.
-    pub fn reconcile(&self) -> Result<(), AgentError> {
-        for mut record in self.inner.state.all()? {
-            let layout = Layout { deploy_to: record.deploy_to.clone(), current: record.current.clone() };
-            for name in layout.clean_leftovers()? {
-                info!(project = %record.project, env = %record.env, %name, "removed leftover of interrupted work");
-            }
-            let on_disk = layout.list()?;
-            record.releases.retain(|id, _| on_disk.iter().any(|d| d.as_str() == id));
-            record.current_release = match layout.read_current() {
-                Ok(current) => current.release().map(ToString::to_string),
-                Err(e) => {
-                    warn!(project = %record.project, env = %record.env, error = %e, "cannot read current");
-                    None
-                }
-            };
-            self.inner.state.put(&record)?;
+    /// At start: for each known target, remove staging and trash leftovers and take `current`
+    /// from the filesystem. Best effort per target: one that fails (an undecodable record, an
+    /// unreadable or hostile directory) is logged and reported by `Info`; the others go on.
+    pub fn reconcile(&self) {
+        let (records, undecodable) = self.inner.state.all_lenient();
+        let mut broken = self.inner.broken.lock().expect("broken lock");
+        for (key, why) in undecodable {
+            warn!(target = %key, error = %why, "agent state record cannot be read; the target is skipped");
+            broken.insert(key, format!("its state record cannot be read: {why}"));
         }
-        Ok(())
+        for record in records {
+            let key = TargetRecord::key(&record.project, &record.env);
+            if let Err(e) = self.reconcile_one(record) {
+                warn!(target = %key, error = %e, "cannot reconcile target; other targets are unaffected");
+                broken.insert(key, e.to_string());
+            }
+        }
+    }
+
+    fn reconcile_one(&self, mut record: TargetRecord) -> Result<(), AgentError> {
+        let layout =
+            Layout::open(&self.inner.config.allowed_roots, &record.deploy_to, &record.current, Open::Existing)?;
+        for name in layout.clean_leftovers()? {
+            info!(project = %record.project, env = %record.env, %name, "removed leftover of interrupted work");
+        }
+        let on_disk = layout.list()?;
+        record.releases.retain(|id, _| on_disk.iter().any(|d| d.as_str() == id));
+        record.current_release = match layout.read_current() {
+            Ok(current) => current.release().map(ToString::to_string),
+            Err(e) => {
+                warn!(project = %record.project, env = %record.env, error = %e, "cannot read current");
+                None
+            }
+        };
+        self.inner.state.put(&record)
     }
 }
 
-impl Inner {
-    fn check_allowed(&self, what: &str, path: &Path) -> Result<(), AgentError> {
-        check_clean_absolute(path).map_err(|why| bad(format!("{what}: {why}")))?;
-        let refuse = || {
-            AgentError::NotAllowed(format!(
-                "{what} {} is outside this agent's allowed_roots ({}); add a root to agent.toml or change the project",
-                path.display(),
-                self.config.allowed_roots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-            ))
-        };
-        if !self.config.is_allowed(path) {
-            return Err(refuse());
-        }
-        // Symlinks in existing ancestors must not lead outside either. The path itself is not
-        // followed: `current` is a symlink we replace, not a place we write through.
-        let mut existing = path.parent().unwrap_or(path);
-        while !existing.exists() {
-            existing = existing.parent().unwrap_or(Path::new("/"));
-        }
-        let real = existing.canonicalize().map_err(|e| AgentError::io("cannot resolve", existing, e))?;
-        let inside = self.config.allowed_roots.iter().any(|root| {
-            let root = root.canonicalize().unwrap_or_else(|_| root.clone());
-            real.starts_with(&root)
-        });
-        if inside { Ok(()) } else { Err(refuse()) }
-    }
+fn overlaps(a: &Path, b: &Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
 
-    fn target(&self, target: Option<pb::Target>) -> Result<Target, AgentError> {
+impl Inner {
+    /// Check a request's target and open its directories (creating them when `create`).
+    fn target(&self, target: Option<pb::Target>, open: Open) -> Result<Target, AgentError> {
         let t = target.ok_or_else(|| bad("request has no target"))?;
         validate_name("project name", &t.project).map_err(bad)?;
         validate_name("env name", &t.env).map_err(bad)?;
         let deploy_to = PathBuf::from(&t.deploy_to);
         let current = PathBuf::from(&t.current);
-        self.check_allowed("deploy_to", &deploy_to)?;
-        self.check_allowed("current", &current)?;
+        let key = TargetRecord::key(&t.project, &t.env);
+        self.check_paths(&key, &deploy_to, &current)?;
+        let layout = Layout::open(&self.config.allowed_roots, &deploy_to, &current, open)?;
+        Ok(Target {
+            kept: KeptManifests::new(&self.config.state_dir, &t.project, &t.env),
+            key,
+            project: t.project,
+            env: t.env,
+            layout,
+        })
+    }
+
+    /// Lexical checks of a target's paths: clean, absolute, under an allowed root, and clear of
+    /// the agent's own files and of every other target.
+    fn check_paths(&self, key: &str, deploy_to: &Path, current: &Path) -> Result<(), AgentError> {
+        let roots = || self.config.allowed_roots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        for (what, path) in [("deploy_to", deploy_to), ("current", current)] {
+            check_clean_absolute(path).map_err(|why| bad(format!("{what}: {why}")))?;
+            if !self.config.is_allowed(path) {
+                return Err(AgentError::NotAllowed(format!(
+                    "{what} {} is outside this agent's allowed_roots ({}); add a root to agent.toml or change the project",
+                    path.display(),
+                    roots()
+                )));
+            }
+        }
         if current.starts_with(deploy_to.join("releases")) {
             return Err(bad("current must not be inside <deploy_to>/releases"));
         }
-        Ok(Target {
-            key: TargetRecord::key(&t.project, &t.env),
-            project: t.project,
-            env: t.env,
-            layout: Layout { deploy_to, current },
-        })
+        let own = [
+            ("state_dir", &self.config.state_dir),
+            ("tls.ca", &self.config.tls.ca),
+            ("tls.cert", &self.config.tls.cert),
+            ("tls.key", &self.config.tls.key),
+        ];
+        for (name, path) in own {
+            if overlaps(deploy_to, path) || current.starts_with(path) || path.starts_with(current) {
+                return Err(AgentError::NotAllowed(format!(
+                    "deploy_to {} / current {} overlaps this agent's {name} {}; give the project a directory of its own",
+                    deploy_to.display(),
+                    current.display(),
+                    path.display()
+                )));
+            }
+        }
+        let (others, _) = self.state.all_lenient();
+        for other in others.iter().filter(|o| TargetRecord::key(&o.project, &o.env) != key) {
+            if overlaps(deploy_to, &other.deploy_to) || current == other.current {
+                return Err(AgentError::NotAllowed(format!(
+                    "deploy_to {} / current {} overlaps those of {}/{} ({}, {}); give each project+env its own directories",
+                    deploy_to.display(),
+                    current.display(),
+                    other.project,
+                    other.env,
+                    other.deploy_to.display(),
+                    other.current.display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
@@ -204,66 +272,11 @@ impl Inner {
         Ok(record)
     }
 
-    /// Where a release's manifest is kept (for delta uploads into later releases).
-    fn manifest_path(&self, target: &Target, release: &str) -> PathBuf {
-        self.config.state_dir.join("manifests").join(&target.project).join(&target.env).join(format!("{release}.json"))
-    }
-
-    /// Keep the release's manifest with the identity (inode, size, mtime) of every file as staged, so
-    /// a later delta reuses only files nothing has written since (hooks may write their release).
-    fn save_manifest(
-        &self,
-        target: &Target,
-        release: &ReleaseId,
-        root: &Path,
-        manifest: &Manifest,
-        shared: &[String],
-    ) -> Result<(), AgentError> {
-        let path = self.manifest_path(target, release.as_str());
-        let dir = path.parent().expect("manifest dir");
-        std::fs::create_dir_all(dir).map_err(|e| AgentError::io("cannot create", dir, e))?;
-        let stamps: HashMap<String, FileIdentity> = manifest
-            .entries
-            .iter()
-            .filter(|e| e.kind == slipway_common::archive::EntryKind::File && !under_shared(&e.path, shared))
-            .filter_map(|e| stamp(&root.join(&e.path)).map(|s| (e.path.clone(), s)))
-            .collect();
-        // Streamed to the file: no second copy of a large manifest in memory.
-        let kept = KeptReleaseRef { manifest, stamps: &stamps };
-        let file = std::fs::File::create(&path).map_err(|e| AgentError::io("cannot write", &path, e))?;
-        let mut out = std::io::BufWriter::new(file);
-        serde_json::to_writer(&mut out, &kept)
-            .map_err(io::Error::from)
-            .and_then(|()| std::io::Write::flush(&mut out))
-            .map_err(|e| AgentError::io("cannot write", &path, e))
-    }
-
     /// Remove a release and its kept manifest.
     fn remove_release(&self, target: &Target, release: &str) -> Result<(), AgentError> {
         target.layout.remove(release)?;
-        let _ = std::fs::remove_file(self.manifest_path(target, release));
+        target.kept.remove(release);
         Ok(())
-    }
-
-    /// Content sha256 -> a file holding it, over the retained releases (newest first). Only
-    /// regular files whose fingerprint is unchanged since staging are offered.
-    fn reuse_sources(&self, target: &Target) -> Result<HashMap<String, ReuseSource>, AgentError> {
-        let mut sources = HashMap::new();
-        for id in target.layout.list()?.iter().rev() {
-            let Ok(bytes) = std::fs::read(self.manifest_path(target, id.as_str())) else { continue };
-            let Ok(kept) = serde_json::from_slice::<KeptRelease>(&bytes) else { continue };
-            let root = target.layout.release_path(id);
-            for e in kept.manifest.entries.into_iter().filter(|e| e.kind == slipway_common::archive::EntryKind::File) {
-                if sources.contains_key(&e.sha256) {
-                    continue;
-                }
-                let path = root.join(&e.path);
-                if let Some(identity) = kept.stamps.get(&e.path).filter(|s| stamp(&path).as_ref() == Some(*s)) {
-                    sources.insert(e.sha256, ReuseSource { path, identity: Some(*identity) });
-                }
-            }
-        }
-        Ok(sources)
     }
 
     /// The reuse map the last inventory of this target offered, when it is fresh and the retained
@@ -272,8 +285,22 @@ impl Inner {
         let offered = self.offered.lock().expect("offered lock").remove(&target.key);
         match offered {
             Some(o) if o.at.elapsed() < OFFER_FRESH && o.releases == target.layout.list()? => Ok(o.sources),
-            _ => self.reuse_sources(target),
+            _ => target.kept.reuse_sources(&target.layout),
         }
+    }
+
+    /// Claim the target's one stage slot and one of the agent's; refuse at once when taken.
+    fn claim_stage(&self, key: &str) -> Result<StagingSlot<'_>, AgentError> {
+        let permit = self.stages.clone().try_acquire_owned().map_err(|_| {
+            AgentError::Busy(format!(
+                "this agent already runs {} stages (max_concurrent_stages); retry when one finishes",
+                self.config.max_concurrent_stages
+            ))
+        })?;
+        if !self.staging.lock().expect("staging lock").insert(key.to_owned()) {
+            return Err(AgentError::Busy(format!("a stage of {key} is already in progress on this host")));
+        }
+        Ok(StagingSlot { inner: self, key: key.to_owned(), _permit: permit })
     }
 
     fn check_generation(&self, record: &mut TargetRecord, generation: u64) -> Result<(), AgentError> {
@@ -340,21 +367,29 @@ impl Inner {
         if user.is_empty() && !has_hooks {
             return Ok(None);
         }
-        decide_user(user, self.config.allow_root_hooks).await.map(Some)
+        decide_user(user, &HookPolicy::from_config(&self.config)).await.map(Some)
     }
 
     async fn stage(
         self: Arc<Self>,
-        header: pb::StageHeader,
+        mut header: pb::StageHeader,
         stream: Streaming<pb::StageRequest>,
         events: mpsc::Sender<Result<pb::StageEvent, Status>>,
     ) -> Result<pb::Staged, AgentError> {
         let started = Instant::now();
-        let target = self.target(header.target)?;
+        let deadline = started + Duration::from_secs(self.config.stage_timeout_secs.max(1));
         let id = ReleaseId::parse(&header.release_id).map_err(bad)?;
-        let manifest: Manifest =
-            header.manifest.ok_or_else(|| bad("stage header has no manifest"))?.try_into().map_err(bad)?;
-        manifest.validate(&self.config.limits)?;
+        let target_key = header.target.as_ref().map(|t| TargetRecord::key(&t.project, &t.env)).unwrap_or_default();
+        let _slot = self.claim_stage(&target_key)?;
+        // Validation is CPU work on attacker-sized input: off the async workers.
+        let (raw, limits) = (header.manifest.take(), self.config.limits);
+        let manifest: Manifest = tokio::task::spawn_blocking(move || -> Result<Manifest, AgentError> {
+            let manifest: Manifest = raw.ok_or_else(|| bad("stage header has no manifest"))?.try_into().map_err(bad)?;
+            manifest.validate(&limits)?;
+            Ok(manifest)
+        })
+        .await
+        .map_err(|e| AgentError::State(format!("manifest validation failed: {e}")))??;
         let manifest_bytes = manifest.file_bytes() + manifest.entries.len() as u64 * 4096;
         // No digest in the header: the controller packages while it streams, and a trailer brings it.
         let trailer_digest = header.artifact_sha256.is_empty();
@@ -362,26 +397,40 @@ impl Inner {
             return Err(bad("stage header's artifact sha256 is not 32 bytes"));
         }
         let ctx = header.hook_context.clone().unwrap_or_default();
+        crate::hooks::check_vars(&ctx.vars)?;
         let pre_release = header.pre_release.clone().unwrap_or_default();
         let has_hooks =
             !pre_release.commands.is_empty() || header.post_release.as_ref().is_some_and(|h| !h.commands.is_empty());
         let run_as = self.run_as(&ctx.user, has_hooks).await?;
         let owner = run_as.as_ref().filter(|r| r.uid != rustix::process::geteuid().as_raw()).map(|r| (r.uid, r.gid));
-        let _guard = self.lock(&target.key).await;
+        let _guard = self.lock(&target_key).await;
+        let this = self.clone();
+        let target_req = header.target.take();
+        let target = tokio::task::spawn_blocking(move || this.target(target_req, Open::Stage))
+            .await
+            .map_err(|e| AgentError::State(format!("cannot open the target: {e}")))??;
         let mut record = self.record(&target)?;
         self.check_generation(&mut record, header.generation)?;
         let layout = &target.layout;
         // Refuse early when `current` could never be flipped (a directory or file is there).
         let previous = layout.read_current()?.release().map(ToString::to_string).unwrap_or_default();
         let releases_dir = layout.releases_dir();
-        std::fs::create_dir_all(&releases_dir).map_err(|e| AgentError::io("cannot create", &releases_dir, e))?;
-        check_free_space(&releases_dir, &manifest)?;
-        if layout.release_path(&id).exists() {
+        let releases = layout.releases()?;
+        check_free_space(&releases_dir, releases.fd(), &manifest)?;
+        if releases
+            .stat(id.as_str())
+            .map_err(|e| AgentError::io("cannot inspect", layout.release_path(&id), e))?
+            .is_some()
+        {
             return Err(AgentError::Conflict(format!("release {id} already exists on this host")));
         }
-        let staging = layout.staging_path(&id);
-        layout.remove(&staging.file_name().expect("staging name").to_string_lossy())?;
-        std::fs::create_dir(&staging).map_err(|e| AgentError::io("cannot create", &staging, e))?;
+        let staging_name = Layout::staging_name(&id);
+        layout.remove(&staging_name)?;
+        // Private (root, 0700) until it is complete and its shared paths are linked: nobody else
+        // can reach into it while the agent works in it.
+        let staging = releases
+            .create_private_dir(&staging_name)
+            .map_err(|e| AgentError::io("cannot create", releases.display(&staging_name), e))?;
         self.state.put(&record)?;
         info!(project = %target.project, env = %target.env, release = %id, entries = manifest.entries.len(), "staging");
 
@@ -401,25 +450,53 @@ impl Inner {
             read_only_files: protect,
         };
         let manifest = Arc::new(manifest);
-        let outcome =
-            receive_and_extract(stream, manifest.clone(), staging.clone(), options, trailer_digest, events.clone())
-                .await
-                .and_then(|stats| link_shared(&layout.deploy_to, &staging, &header.shared, owner).map(|()| stats));
+        let root_fd =
+            staging.fd().try_clone_to_owned().map_err(|e| AgentError::io("cannot open", staging.path(), e))?;
+        let display = staging.path().display().to_string();
+        let extracted = receive_and_extract(
+            stream,
+            manifest.clone(),
+            root_fd,
+            display,
+            options,
+            trailer_digest,
+            events.clone(),
+            deadline,
+        )
+        .await;
+        let outcome = match extracted {
+            Ok(stats) => {
+                let deploy = layout.deploy().expect("opened with create");
+                link_shared(deploy, &staging, &header.shared, owner)
+                    .and_then(|()| target.kept.save(&id, &staging, &manifest, &header.shared))
+                    // The release is the target user's, like everything in it, except when its
+                    // files are shared read-only hard links: then it stays the agent's.
+                    .and_then(|()| {
+                        let owner = if protect { None } else { owner };
+                        staging
+                            .set_owner_mode(owner, 0o755)
+                            .map_err(|e| AgentError::io("cannot hand over", staging.path(), e))
+                    })
+                    .map(|()| stats)
+            }
+            Err(e) => Err(e),
+        };
         let stats = match outcome {
             Ok(stats) => stats,
             Err(e) => {
                 let e = disk_full(e, &releases_dir, &manifest_bytes);
-                if let Err(cleanup) = layout.remove(&staging.file_name().expect("staging name").to_string_lossy()) {
+                if let Err(cleanup) = layout.remove(&staging_name) {
                     warn!(error = %cleanup, "cannot remove staging dir");
                 }
+                target.kept.remove(id.as_str());
                 return Err(e);
             }
         };
         let final_path = layout.release_path(&id);
-        self.save_manifest(&target, &id, &staging, &manifest, &header.shared)?;
-        std::fs::rename(&staging, &final_path)
+        releases
+            .rename(&staging_name, releases, id.as_str(), false)
             .map_err(|e| AgentError::io("cannot rename staging to", &final_path, e))?;
-        fsync_dir(&releases_dir).map_err(|e| AgentError::io("cannot fsync", &releases_dir, e))?;
+        releases.fsync().map_err(|e| AgentError::io("cannot fsync", &releases_dir, e))?;
         record.releases.insert(
             id.to_string(),
             ReleaseMeta {
@@ -458,13 +535,7 @@ impl Inner {
                 return Err(e);
             }
             // Whatever the hooks wrote is durable before anything can activate it.
-            let dir = rustix::fs::open(
-                &final_path,
-                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
-                rustix::fs::Mode::empty(),
-            )
-            .map_err(|e| AgentError::io("cannot open", &final_path, e.into()))?;
-            rustix::fs::syncfs(&dir).map_err(|e| AgentError::io("cannot sync", &final_path, e.into()))?;
+            releases.syncfs().map_err(|e| AgentError::io("cannot sync", &final_path, e))?;
         }
         let elapsed_ms = started.elapsed().as_millis() as u64;
         info!(release = %id, entries = stats.entries, bytes = stats.file_bytes, elapsed_ms, "staged");
@@ -484,7 +555,7 @@ impl Inner {
     ) -> Result<pb::ActivateReply, AgentError> {
         use pb::activate_event::Kind as ActKind;
         let started = Instant::now();
-        let target = self.target(req.target)?;
+        let target = self.target(req.target, Open::Activate)?;
         let id = ReleaseId::parse(&req.release_id).map_err(bad)?;
         let is_rollback = req.deploy_type == pb::DeployType::Rollback as i32;
         let ctx = req.hook_context.clone().unwrap_or_default();
@@ -539,7 +610,10 @@ impl Inner {
         meta.activated_at = Some(unix_now());
         let rollback_target = meta.previous.as_deref().and_then(|p| ReleaseId::parse(p).ok());
         record.current_release = Some(id.to_string());
-        self.state.put(&record)?;
+        // The flip happened: whatever the bookkeeping does, the reply says so.
+        if let Err(e) = self.state.put(&record) {
+            warn!(release = %id, error = %e, "activated, but the agent state could not be written");
+        }
         info!(project = %target.project, env = %target.env, release = %id, rollback = is_rollback, "activated");
 
         let mut post_release_error = String::new();
@@ -563,7 +637,9 @@ impl Inner {
                 Err(e) => warn!(release = %old, error = %e, "cannot prune"),
             }
         }
-        self.state.put(&record)?;
+        if let Err(e) = self.state.put(&record) {
+            warn!(release = %id, error = %e, "activated, but the agent state could not be written");
+        }
         let previous = match before {
             Current::Release(p) => p.to_string(),
             Current::Elsewhere(path) => path.display().to_string(),
@@ -578,7 +654,7 @@ impl Inner {
     }
 
     async fn health(&self, req: pb::HealthRequest) -> Result<pb::HealthReply, AgentError> {
-        let target = self.target(req.target)?;
+        let target = self.target(req.target, Open::Existing)?;
         let spec = req.spec.unwrap_or_default();
         let ctx = req.hook_context.unwrap_or_default();
         self.check_generation(&mut self.record(&target)?, req.generation)?;
@@ -593,7 +669,7 @@ impl Inner {
         let run_as = if spec.command.is_empty() {
             None
         } else {
-            Some(decide_user(&ctx.user, self.config.allow_root_hooks).await?)
+            Some(decide_user(&ctx.user, &HookPolicy::from_config(&self.config)).await?)
         };
         let mut last = String::new();
         let attempts = spec.retries + 1;
@@ -659,7 +735,7 @@ impl Inner {
             };
             items.push(pb::CheckItem { name: name.into(), ok, detail, fix });
         };
-        let target = match self.target(req.target) {
+        let target = match self.target(req.target, Open::Existing) {
             Ok(t) => {
                 item("allowed_roots", Ok(format!("{} is allowed", t.layout.deploy_to.display())));
                 t
@@ -675,25 +751,40 @@ impl Inner {
                 return pb::CheckReply { items };
             }
         };
-        match decide_user(&req.user, self.config.allow_root_hooks).await {
+        match decide_user(&req.user, &HookPolicy::from_config(&self.config)).await {
             Ok(r) => item("user", Ok(format!("hooks run as {} (uid {}, gid {})", r.name, r.uid, r.gid))),
             Err(e) => item("user", Err((e.to_string(), "create the user or set target.user".into()))),
         }
-        let mut existing = target.layout.deploy_to.as_path();
-        while !existing.exists() {
-            existing = existing.parent().unwrap_or(Path::new("/"));
-        }
-        let writable = rustix::fs::access(existing, rustix::fs::Access::WRITE_OK).is_ok()
-            && rustix::fs::statvfs(existing).is_ok_and(|s| !s.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY));
-        if writable {
+        if let Some(why) = self.broken.lock().expect("broken lock").get(&target.key) {
             item(
-                "deploy_to",
-                Ok(format!("{} writable (via {})", target.layout.deploy_to.display(), existing.display())),
+                "target",
+                Err((
+                    format!("could not be reconciled at agent start: {why}"),
+                    "fix the cause, then restart slipd".into(),
+                )),
             );
+        }
+        // Writability and free space where the release will go: deploy_to when it exists, else
+        // the allowed root it will be created beneath.
+        let (place, fd) = match target.layout.deploy() {
+            Some(d) => (d.path().to_path_buf(), d.try_clone().ok()),
+            None => {
+                let root = self.config.allowed_roots.iter().find(|r| target.layout.deploy_to.starts_with(r));
+                let root = root.cloned().unwrap_or_default();
+                let fd = crate::beneath::DirHandle::open_path(&root).ok();
+                (root, fd)
+            }
+        };
+        let writable = fd.as_ref().is_some_and(|d| {
+            rustix::fs::accessat(d.fd(), ".", rustix::fs::Access::WRITE_OK, rustix::fs::AtFlags::empty()).is_ok()
+                && rustix::fs::fstatvfs(d.fd()).is_ok_and(|s| !s.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
+        });
+        if writable {
+            item("deploy_to", Ok(format!("{} writable (via {})", target.layout.deploy_to.display(), place.display())));
         } else {
             item(
                 "deploy_to",
-                Err((format!("{} is not writable", existing.display()), "fix permissions or the mount".into())),
+                Err((format!("{} is not writable", place.display()), "fix permissions or the mount".into())),
             );
         }
         match target.layout.read_current() {
@@ -704,23 +795,24 @@ impl Inner {
             }
             Err(e) => item("current", Err((e.to_string(), "move it away so slipway can manage the symlink".into()))),
         }
-        match rustix::fs::statvfs(existing) {
-            Ok(s) => {
+        match fd.as_ref().map(|d| rustix::fs::fstatvfs(d.fd())) {
+            Some(Ok(s)) => {
                 let free = s.f_bavail.saturating_mul(s.f_frsize);
-                let text = format!("{} MiB free under {}", free >> 20, existing.display());
+                let text = format!("{} MiB free under {}", free >> 20, place.display());
                 if free < 256 << 20 {
                     item("disk", Err((text, "free some space (old releases, logs) before deploying".into())));
                 } else {
                     item("disk", Ok(text));
                 }
             }
-            Err(e) => item("disk", Err((format!("cannot stat: {e}"), String::new()))),
+            Some(Err(e)) => item("disk", Err((format!("cannot stat {}: {e}", place.display()), String::new()))),
+            None => item("disk", Err((format!("cannot open {}", place.display()), String::new()))),
         }
         pb::CheckReply { items }
     }
 
     async fn abort(&self, req: pb::AbortRequest) -> Result<pb::AbortReply, AgentError> {
-        let target = self.target(req.target)?;
+        let target = self.target(req.target, Open::Existing)?;
         let id = ReleaseId::parse(&req.release_id).map_err(bad)?;
         let _guard = self.lock(&target.key).await;
         let mut record = self.record(&target)?;
@@ -741,7 +833,7 @@ impl Inner {
 
     async fn releases(&self, req: pb::ReleasesRequest) -> Result<pb::ReleasesReply, AgentError> {
         // Read-only: no target lock, so `slipctl releases` answers during a long upload.
-        let target = self.target(req.target)?;
+        let target = self.target(req.target, Open::Existing)?;
         let record = self.record(&target)?;
         let layout = &target.layout;
         let current = layout.read_current()?;
@@ -769,171 +861,8 @@ impl Inner {
     }
 }
 
-/// A file as it was staged: a write changes its size or mtime. (Not ctime: adding or removing a
-/// hard link changes that.) Reused content is still verified by sha256 when it is copied.
-/// A regular file's identity (inode, size, mtime): a write or a replacement changes it.
-fn stamp(path: &Path) -> Option<FileIdentity> {
-    std::fs::symlink_metadata(path).ok().filter(|m| m.is_file()).map(|m| FileIdentity::of(&m))
-}
-
-/// Whether `path` is a shared path or lies under one: its content is live, never reused.
-fn under_shared(path: &str, shared: &[String]) -> bool {
-    shared.iter().any(|s| path == s || path.strip_prefix(s.as_str()).is_some_and(|rest| rest.starts_with('/')))
-}
-
-/// What the agent keeps about a release for later deltas.
-#[derive(serde::Deserialize)]
-struct KeptRelease {
-    manifest: Manifest,
-    stamps: HashMap<String, FileIdentity>,
-}
-
-/// [`KeptRelease`] as it is written (borrowing what the stage already holds).
-#[derive(serde::Serialize)]
-struct KeptReleaseRef<'a> {
-    manifest: &'a Manifest,
-    stamps: &'a HashMap<String, FileIdentity>,
-}
-
 fn list_or_none(ids: &[ReleaseId]) -> String {
     if ids.is_empty() { "none".into() } else { ids.iter().map(ReleaseId::as_str).collect::<Vec<_>>().join(", ") }
-}
-
-/// A write that failed for lack of space becomes a message with the bytes needed and free.
-fn disk_full(e: AgentError, dir: &Path, needed: &u64) -> AgentError {
-    let enospc = match &e {
-        AgentError::Archive(slipway_common::archive::ArchiveError::Write { source, .. }) => source.raw_os_error(),
-        AgentError::Io { source, .. } => source.raw_os_error(),
-        _ => None,
-    } == Some(rustix::io::Errno::NOSPC.raw_os_error());
-    if !enospc {
-        return e;
-    }
-    let free = rustix::fs::statvfs(dir).map(|s| s.f_bavail.saturating_mul(s.f_frsize)).unwrap_or(0);
-    AgentError::DiskFull { path: dir.to_path_buf(), needed: *needed, free }
-}
-
-fn check_free_space(dir: &Path, manifest: &Manifest) -> Result<(), AgentError> {
-    let stat = rustix::fs::statvfs(dir).map_err(|e| AgentError::io("cannot stat filesystem of", dir, e.into()))?;
-    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
-    // File bytes, plus a block per entry for small files and directories.
-    let needed = manifest.file_bytes() + manifest.entries.len() as u64 * 4096;
-    if free < needed { Err(AgentError::DiskFull { path: dir.to_path_buf(), needed, free }) } else { Ok(()) }
-}
-
-/// Reads archive chunks that the async side pushes through a bounded channel.
-struct ChunkReader {
-    rx: mpsc::Receiver<Result<Vec<u8>, String>>,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.buf.len() {
-            match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => {
-                    self.buf = chunk;
-                    self.pos = 0;
-                }
-                Some(Err(why)) => return Err(io::Error::other(why)),
-                None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-/// Pump the upload into the extractor (on a blocking thread) with bounded buffering, so neither
-/// side holds the whole artifact; forward progress to the caller.
-async fn receive_and_extract(
-    mut stream: Streaming<pb::StageRequest>,
-    manifest: Arc<Manifest>,
-    staging: PathBuf,
-    options: ExtractOptions,
-    trailer_digest: bool,
-    events: mpsc::Sender<Result<pb::StageEvent, Status>>,
-) -> Result<slipway_common::archive::ExtractStats, AgentError> {
-    let (chunk_tx, chunk_rx) = mpsc::channel::<Result<Vec<u8>, String>>(8);
-    let progress_events = events.clone();
-    let extractor = tokio::task::spawn_blocking(move || {
-        let reader = ChunkReader { rx: chunk_rx, buf: Vec::new(), pos: 0 };
-        let mut last = Instant::now();
-        let mut progress = |entries: u64, bytes: u64| {
-            if last.elapsed() >= PROGRESS_EVERY {
-                last = Instant::now();
-                let event = pb::StageEvent {
-                    kind: Some(EventKind::Progress(pb::StageProgress {
-                        step: "unpack".into(),
-                        bytes_received: bytes,
-                        entries_written: entries,
-                    })),
-                };
-                let _ = progress_events.try_send(Ok(event));
-            }
-        };
-        extract(reader, &manifest, &staging, &options, &mut progress)
-    });
-    let mut upload_error = None;
-    let mut trailer: Option<pb::StageTrailer> = None;
-    loop {
-        match stream.message().await {
-            Ok(Some(pb::StageRequest { kind: Some(RequestKind::Chunk(chunk)) })) if trailer.is_none() => {
-                if chunk_tx.send(Ok(chunk)).await.is_err() {
-                    break; // The extractor stopped early; its result says why.
-                }
-            }
-            Ok(Some(pb::StageRequest { kind: Some(RequestKind::Trailer(t)) }))
-                if trailer_digest && trailer.is_none() =>
-            {
-                trailer = Some(t);
-            }
-            Ok(Some(_)) => {
-                let why = "unexpected message after the header: only archive chunks, then a trailer when the header \
-                           has no digest, may follow"
-                    .to_string();
-                let _ = chunk_tx.send(Err(why.clone())).await;
-                upload_error = Some(AgentError::BadRequest(why));
-                break;
-            }
-            Ok(None) => break,
-            Err(status) => {
-                let why = format!("the upload stream broke: {}", status.message());
-                let _ = chunk_tx.send(Err(why.clone())).await;
-                upload_error = Some(AgentError::Upload(why));
-                break;
-            }
-        }
-    }
-    drop(chunk_tx);
-    let result = extractor.await.map_err(|e| AgentError::State(format!("extractor task failed: {e}")))?;
-    match (result, upload_error) {
-        (Ok(stats), None) if trailer_digest => match trailer {
-            None => Err(AgentError::Upload("the upload ended without the trailer carrying the artifact digest".into())),
-            Some(t) if t.artifact_sha256 != stats.sha256 || t.artifact_size != stats.compressed_bytes => {
-                Err(slipway_common::archive::ArchiveError::ArtifactDigest {
-                    actual: format!(
-                        "{} ({} bytes)",
-                        slipway_proto::bytes_to_hex(&stats.sha256),
-                        stats.compressed_bytes
-                    ),
-                    expected: format!(
-                        "{} ({} bytes)",
-                        slipway_proto::bytes_to_hex(&t.artifact_sha256),
-                        t.artifact_size
-                    ),
-                }
-                .into())
-            }
-            Some(_) => Ok(stats),
-        },
-        (Ok(stats), None) => Ok(stats),
-        (_, Some(upload)) => Err(upload),
-        (Err(e), None) => Err(e.into()),
-    }
 }
 
 type StageStream = Pin<Box<dyn Stream<Item = Result<pb::StageEvent, Status>> + Send>>;
@@ -948,6 +877,12 @@ impl pb::agent_server::Agent for AgentService {
             uptime_secs: self.inner.started.elapsed().as_secs(),
             hostname,
             cert_not_after: self.inner.cert_not_after,
+            broken_targets: {
+                let broken = self.inner.broken.lock().expect("broken lock");
+                let mut list: Vec<String> = broken.iter().map(|(k, why)| format!("{k}: {why}")).collect();
+                list.sort();
+                list
+            },
         }))
     }
 
@@ -990,9 +925,9 @@ impl pb::agent_server::Agent for AgentService {
     }
 
     async fn inventory(&self, req: Request<pb::InventoryRequest>) -> Result<Response<pb::InventoryReply>, Status> {
-        let target = self.inner.target(req.into_inner().target)?;
+        let target = self.inner.target(req.into_inner().target, Open::Existing)?;
         let listed = target.layout.list()?;
-        let sources = self.inner.reuse_sources(&target)?;
+        let sources = target.kept.reuse_sources(&target.layout)?;
         let releases = listed.iter().map(|r| r.to_string()).collect();
         let digests = sources.keys().map(|k| slipway_proto::hex_to_bytes(k)).collect();
         let offered = Offered { at: Instant::now(), releases: listed, sources };
@@ -1010,17 +945,5 @@ impl pb::agent_server::Agent for AgentService {
 
     async fn releases(&self, req: Request<pb::ReleasesRequest>) -> Result<Response<pb::ReleasesReply>, Status> {
         Ok(Response::new(self.inner.releases(req.into_inner()).await?))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn shared_prefixes() {
-        let shared = ["storage/logs".to_owned(), ".env".to_owned()];
-        assert!(super::under_shared("storage/logs/app.log", &shared));
-        assert!(super::under_shared(".env", &shared));
-        assert!(!super::under_shared("storage/logs2/x", &shared));
-        assert!(!super::under_shared(".envrc", &shared));
     }
 }

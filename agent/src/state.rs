@@ -75,6 +75,22 @@ impl AgentState {
         Ok(())
     }
 
+    /// Every record that can be read, and (key, why) for each that cannot: one damaged record
+    /// never hides the others.
+    pub fn all_lenient(&self) -> (Vec<TargetRecord>, Vec<(String, String)>) {
+        let (mut good, mut bad) = (Vec::new(), Vec::new());
+        for item in self.targets.iter() {
+            match item {
+                Ok((key, value)) => match serde_json::from_slice::<TargetRecord>(&value) {
+                    Ok(record) => good.push(record),
+                    Err(e) => bad.push((String::from_utf8_lossy(&key).into_owned(), e.to_string())),
+                },
+                Err(e) => bad.push(("?".into(), e.to_string())),
+            }
+        }
+        (good, bad)
+    }
+
     pub fn all(&self) -> Result<Vec<TargetRecord>, AgentError> {
         self.targets
             .iter()

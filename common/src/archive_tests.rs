@@ -383,7 +383,10 @@ fn symlink_targets_are_bounded_and_resolved_in_linear_time() {
     Manifest { entries: entries.clone() }.validate(&Limits::default()).unwrap();
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
     entries.push(ManifestEntry::symlink("escape", &"../".repeat(1001)));
-    assert!(matches!(Manifest { entries: entries.clone() }.validate(&Limits::default()), Err(ArchiveError::SymlinkEscape { .. })));
+    assert!(matches!(
+        Manifest { entries: entries.clone() }.validate(&Limits::default()),
+        Err(ArchiveError::SymlinkEscape { .. })
+    ));
     let long = ManifestEntry::symlink("long", &"a/".repeat(3000));
     let err = Manifest { entries: vec![long] }.validate(&Limits::default()).unwrap_err();
     assert!(matches!(err, ArchiveError::Limit(_)), "{err}");

@@ -24,9 +24,22 @@ struct AgentFile {
     tls: TlsFile,
     #[serde(default)]
     allow_root_hooks: bool,
+    /// Hook users accepted although they are in a privileged group.
+    #[serde(default)]
+    allowed_hook_users: Vec<String>,
+    /// Groups whose members may not run hooks (default [`DEFAULT_DENIED_HOOK_GROUPS`]).
+    denied_hook_groups: Option<Vec<String>>,
+    /// Stages this agent runs at once (default 4); more are refused at once.
+    max_concurrent_stages: Option<usize>,
+    /// How long one stage may take from its header to staged, hooks excluded (default 3600).
+    stage_timeout_secs: Option<u64>,
     #[serde(default)]
     limits: LimitsFile,
 }
+
+/// Groups that give their members root or its equivalent: hook users in them are refused.
+pub const DEFAULT_DENIED_HOOK_GROUPS: &[&str] =
+    &["root", "sudo", "wheel", "adm", "disk", "shadow", "docker", "lxd", "libvirt"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +74,10 @@ pub struct AgentConfig {
     pub allowed_roots: Vec<PathBuf>,
     pub tls: TlsPaths,
     pub allow_root_hooks: bool,
+    pub allowed_hook_users: Vec<String>,
+    pub denied_hook_groups: Vec<String>,
+    pub max_concurrent_stages: usize,
+    pub stage_timeout_secs: u64,
     pub limits: Limits,
 }
 
@@ -111,6 +128,12 @@ impl AgentConfig {
                 key: resolve(base_dir, &raw.tls.key),
             },
             allow_root_hooks: raw.allow_root_hooks,
+            allowed_hook_users: raw.allowed_hook_users,
+            denied_hook_groups: raw
+                .denied_hook_groups
+                .unwrap_or_else(|| DEFAULT_DENIED_HOOK_GROUPS.iter().map(|g| (*g).to_owned()).collect()),
+            max_concurrent_stages: raw.max_concurrent_stages.unwrap_or(4).max(1),
+            stage_timeout_secs: raw.stage_timeout_secs.unwrap_or(3600).max(1),
             limits,
         })
     }
@@ -123,6 +146,26 @@ impl AgentConfig {
 
 fn resolve(base: &Path, path: &Path) -> PathBuf {
     if path.is_absolute() { path.to_path_buf() } else { base.join(path) }
+}
+
+/// Names a hook's environment may take from the project's `vars`: letters, digits and `_`, not
+/// starting with a digit, and none that Slipway sets itself or that change how programs load.
+pub fn check_var_key(key: &str) -> std::result::Result<(), String> {
+    let ok = !key.is_empty()
+        && key.len() <= 128
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !key.starts_with(|c: char| c.is_ascii_digit());
+    let shown = crate::archive::clip(key, 64);
+    if !ok || key.starts_with("SLIPWAY_") {
+        return Err(format!("vars.{shown}: use letters, digits and '_' (not starting with a digit or SLIPWAY_)"));
+    }
+    const RESERVED: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "SHELL", "IFS", "ENV", "BASH_ENV"];
+    if RESERVED.contains(&key) || key.starts_with("LD_") {
+        return Err(format!(
+            "vars.{shown}: slipd sets {shown} itself or it changes how programs run; pick another name"
+        ));
+    }
+    Ok(())
 }
 
 /// An absolute path with no `.`/`..` components: what every on-host path must be.
@@ -456,12 +499,7 @@ fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Res
     let mut vars = p.vars.clone().unwrap_or_default();
     vars.extend(e.vars.clone().unwrap_or_default());
     for key in vars.keys() {
-        let ok = !key.is_empty()
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !key.starts_with(|c: char| c.is_ascii_digit());
-        if !ok || key.starts_with("SLIPWAY_") {
-            return Err(format!("vars.{key}: use letters, digits and '_' (not starting with a digit or SLIPWAY_)"));
-        }
+        check_var_key(key)?;
     }
 
     let (pb, eb) = (p.build.clone().unwrap_or_default(), e.build.clone().unwrap_or_default());

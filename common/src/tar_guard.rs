@@ -53,7 +53,8 @@ fn header_size(block: &[u8; BLOCK]) -> io::Result<u64> {
         }
         return Ok(u64::from_be_bytes(bytes[4..].try_into().expect("8 bytes")));
     }
-    let text: Vec<u8> = field.iter().copied().take_while(|b| *b != 0 && *b != b' ').skip_while(|b| *b == b' ').collect();
+    let text: Vec<u8> =
+        field.iter().copied().take_while(|b| *b != 0 && *b != b' ').skip_while(|b| *b == b' ').collect();
     if text.is_empty() {
         return Ok(0);
     }
