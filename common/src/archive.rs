@@ -971,7 +971,6 @@ pub fn extract_into(
             }
             progress(stats.entries, stats.file_bytes);
         }
-        drop(archive);
         // Read to the very end, so the digest covers every byte and trailing garbage is caught.
         io::copy(&mut guarded, &mut io::sink()).map_err(ArchiveError::Malformed)?;
     }

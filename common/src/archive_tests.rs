@@ -356,7 +356,7 @@ fn reuse_sources_are_opened_beneath_their_release_and_must_be_the_hashed_file() 
     // A fifo in place of the file: refused at once, no hang.
     std::fs::remove_file(base.join("d")).unwrap();
     std::fs::create_dir(base.join("d")).unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, &base.join("d/a"), rustix::fs::FileType::Fifo, Mode::from_raw_mode(0o644), 0)
+    rustix::fs::mknodat(rustix::fs::CWD, base.join("d/a"), rustix::fs::FileType::Fifo, Mode::from_raw_mode(0o644), 0)
         .unwrap();
     let (err, _) = run(source.clone());
     assert!(matches!(err, Err(ArchiveError::ReuseChanged(_))), "{err:?}");

@@ -140,7 +140,8 @@ pub async fn build(
     std::fs::create_dir_all(work).context(format_args!("cannot create {}", work.display())).map_err(fail)?;
     let (mirror_owned, commit, work_owned) = (mirror.to_path_buf(), recipe.commit.clone(), work.to_path_buf());
     tokio::task::spawn_blocking(move || {
-        git::walk_commit(&mirror_owned, &commit, &Excludes::default(), &mut DiskSink { root: work_owned })
+        let mut sink = DiskSink::new(&work_owned).context(format_args!("cannot open {}", work_owned.display()))?;
+        git::walk_commit(&mirror_owned, &commit, &Excludes::default(), &mut sink)
     })
     .await
     .context("checkout task")

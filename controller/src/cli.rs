@@ -387,11 +387,14 @@ fn finish_operation(out: OutputFormat, record: &DeployRecord, dry_run: bool) -> 
         );
     }
     if record.status == DeployStatus::Succeeded {
-        0
-    } else {
-        eprintln!("error: {}", record.error.clone().unwrap_or_else(|| "the operation failed".into()));
-        1
+        return 0;
     }
+    eprintln!("error: {}", record.error.clone().unwrap_or_else(|| "the operation failed".into()));
+    // Every failure is the agent refusing the target itself (paths, users): the project's
+    // configuration is what needs fixing, like any other bad input.
+    let failed: Vec<_> = record.hosts.iter().filter(|h| h.error.is_some()).collect();
+    let refused = !failed.is_empty() && failed.iter().all(|h| h.refused) && !record.hosts.iter().any(|h| h.activated);
+    if refused { 2 } else { 1 }
 }
 
 fn parse_addr(addr: &str) -> Result<u16> {

@@ -468,6 +468,7 @@ fn new_host_result(agent: &AgentRecord, release: &str) -> HostResult {
         steps: Vec::new(),
         hooks: Vec::new(),
         error: None,
+        refused: false,
     }
 }
 
@@ -601,6 +602,7 @@ async fn stage_host(
 
     let t = Instant::now();
     let total = header.artifact_size;
+    let result_refused = std::sync::atomic::AtomicBool::new(false);
     let (req_tx, req_rx) = mpsc::channel::<pb::StageRequest>(2);
     let _ = req_tx.send(pb::StageRequest { kind: Some(RequestKind::Header(header)) }).await;
     let upload_events = events.clone();
@@ -619,8 +621,15 @@ async fn stage_host(
         }
     });
 
+    // The agent refusing the target itself (paths, users) is the project's configuration to fix.
+    let refused = |s: &tonic::Status| {
+        if s.code() == tonic::Code::PermissionDenied {
+            result_refused.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        status_text(s)
+    };
     let outcome = async {
-        let mut stream = client.stage(ReceiverStream::new(req_rx)).await.map_err(|s| status_text(&s))?.into_inner();
+        let mut stream = client.stage(ReceiverStream::new(req_rx)).await.map_err(|s| refused(&s))?.into_inner();
         loop {
             match stream.message().await {
                 Ok(Some(pb::StageEvent { kind: Some(EventKind::Progress(p)) })) => {
@@ -635,7 +644,7 @@ async fn stage_host(
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => return Err("the agent ended the upload without a result".to_owned()),
-                Err(status) => return Err(status_text(&status)),
+                Err(status) => return Err(refused(&status)),
             }
         }
     }
@@ -654,6 +663,7 @@ async fn stage_host(
         }
         // What the controller could not send explains the agent's complaint about it.
         (_, Err(e)) | (Err(e), Ok(_)) => {
+            result.refused = result_refused.load(std::sync::atomic::Ordering::Relaxed);
             clock.step(&mut result, "stage", t, Err(e.clone()));
             send(HostEvent::Failed(e));
             (result, None)
@@ -715,6 +725,62 @@ async fn call_activate(
     }
 }
 
+/// What `current` is on a host now (its release id, empty for none), asked after an `Activate`
+/// that failed or timed out: the flip may have happened all the same.
+/// Asked again until `timeouts.call` has passed: an agent that was restarted answers once it is back.
+/// Also returns the release that was current before `current` was activated.
+async fn current_on_host(
+    client: &mut AgentClient,
+    target: Option<pb::Target>,
+    timeouts: Timeouts,
+) -> Option<(String, String)> {
+    let deadline = tokio::time::Instant::now() + timeouts.call;
+    loop {
+        let call = client.releases(pb::ReleasesRequest { target: target.clone() });
+        if let Ok(Ok(reply)) = tokio::time::timeout_at(deadline, call).await {
+            let reply = reply.into_inner();
+            let previous =
+                reply.releases.iter().find(|r| r.id == reply.current).map(|r| r.previous.clone()).unwrap_or_default();
+            return Some((reply.current, previous));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// An `Activate` whose outcome is decided by what the host says, not by whether its reply came.
+enum Activation {
+    Replied(pb::ActivateReply),
+    /// The call failed or timed out (why), but the host's `current` is the release asked for
+    /// (and this was current before it).
+    FlippedUnconfirmed {
+        why: String,
+        previous: String,
+    },
+}
+
+/// [`call_activate`], and when it fails, ask the host what `current` is before deciding.
+async fn activate_verified(
+    client: &mut AgentClient,
+    request: pb::ActivateRequest,
+    result: &mut HostResult,
+    events: &Events,
+    timeouts: Timeouts,
+) -> std::result::Result<Activation, String> {
+    let (target, release) = (request.target.clone(), request.release_id.clone());
+    let e = match call_activate(client, request, result, events, timeouts).await {
+        Ok(reply) => return Ok(Activation::Replied(reply)),
+        Err(e) => e,
+    };
+    match current_on_host(client, target, timeouts).await {
+        Some((current, previous)) if current == release => Ok(Activation::FlippedUnconfirmed { why: e, previous }),
+        Some((current, _)) => Err(format!("{e}; current on the host is {}", or_none(&current))),
+        None => Err(format!("{e}; the host did not say what current is now")),
+    }
+}
+
 async fn activate_host(
     fan: Fanout,
     mut client: AgentClient,
@@ -725,8 +791,17 @@ async fn activate_host(
     let _ = events.send((result.host.clone(), HostEvent::Activating));
     let t = Instant::now();
     let target = request.release_id.clone();
-    match call_activate(&mut client, request, &mut result, &events, timeouts).await {
-        Ok(reply) => {
+    match activate_verified(&mut client, request, &mut result, &events, timeouts).await {
+        Ok(Activation::FlippedUnconfirmed { why, previous }) => {
+            // The host runs the new release; what its hooks did is unknown: activated, and failed.
+            let e = format!("{why}; but current -> {target} on the host: counted as activated and failed");
+            clock.step(&mut result, "activate", t, Err(e.clone()));
+            result.activated = true;
+            result.previous_release = previous;
+            result.ok = false;
+            let _ = events.send((result.host.clone(), HostEvent::Failed(e)));
+        }
+        Ok(Activation::Replied(reply)) => {
             let mut detail = format!("current -> {target} (was {})", or_none(&reply.previous_release));
             if !reply.pruned.is_empty() {
                 detail.push_str(&format!("; pruned {}", reply.pruned.join(", ")));
@@ -1335,9 +1410,14 @@ async fn run_deploy(
                             ))
                         } else {
                             let mut client = client;
-                            call_activate(&mut client, request, &mut result, &fan.events, fan.timeouts)
-                                .await
-                                .map(|_| format!("current -> {previous}"))
+                            activate_verified(&mut client, request, &mut result, &fan.events, fan.timeouts).await.map(
+                                |a| match a {
+                                    Activation::Replied(_) => format!("current -> {previous}"),
+                                    Activation::FlippedUnconfirmed { why, .. } => {
+                                        format!("current -> {previous} (confirmed by asking the host after: {why})")
+                                    }
+                                },
+                            )
                         };
                         if outcome.is_ok() {
                             result.activated = false;
@@ -1387,6 +1467,13 @@ async fn run_deploy(
         Outcome::Failed if cancelled => {
             record.status = DeployStatus::Cancelled;
             Err(CtlError::failed(format!("cancelled: {cause}")))
+        }
+        Outcome::Failed if !ever_activated && record.hosts.iter().filter(|h| h.error.is_some()).all(|h| h.refused) => {
+            Err(CtlError::bad(format!(
+                "refused by the agent on {} of {} host(s), so no host was activated: {cause}",
+                failed.len(),
+                record.hosts.len()
+            )))
         }
         Outcome::Failed if !ever_activated => Err(CtlError::failed(format!(
             "failed on {} of {} host(s), so no host was activated: {cause}",

@@ -73,13 +73,15 @@ pub async fn fetch(repo_url: &str, mirror: &Path) -> Result<()> {
 
     let result = if mirror.join("HEAD").exists() {
         let mirror_str = mirror.to_string_lossy().into_owned();
-        run_git(&["-C", &mirror_str, "remote", "set-url", "origin", repo_url], None).await?;
-        run_git(&["-C", &mirror_str, "fetch", "--prune", "--quiet", "origin"], None).await
+        run_git(&["-C", &mirror_str, "remote", "set-url", "--", "origin", repo_url], None).await?;
+        run_git(&["-C", &mirror_str, "-c", "transfer.fsckObjects=true", "fetch", "--prune", "--quiet", "origin"], None)
+            .await
     } else {
         let tmp = mirror.with_extension("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         let tmp_str = tmp.to_string_lossy().into_owned();
-        run_git(&["clone", "--mirror", "--quiet", repo_url, &tmp_str], None).await?;
+        run_git(&["-c", "transfer.fsckObjects=true", "clone", "--mirror", "--quiet", "--", repo_url, &tmp_str], None)
+            .await?;
         std::fs::rename(&tmp, mirror).context("cannot move the new mirror in place")
     };
     drop(lock_file);
@@ -88,6 +90,12 @@ pub async fn fetch(repo_url: &str, mirror: &Path) -> Result<()> {
 
 /// Resolve a branch, tag or commit (full or abbreviated) in the mirror.
 pub fn resolve(mirror: &Path, reference: &str, repo_url: &str) -> Result<Resolved> {
+    if reference.starts_with('-') || reference.is_empty() || reference.contains('\0') {
+        return Err(CtlError::bad(format!(
+            "ref '{}' is not a branch, tag or commit name; pass --ref with one",
+            slipway_common::archive::clip(reference, 128)
+        )));
+    }
     let repo = Repository::open_bare(mirror).context(format_args!("cannot open mirror {}", mirror.display()))?;
     let candidates = [format!("refs/heads/{reference}"), format!("refs/tags/{reference}"), reference.to_owned()];
     let object = candidates.iter().find_map(|c| repo.revparse_single(c).ok());
@@ -128,9 +136,33 @@ pub fn walk_commit(mirror: &Path, commit: &str, excludes: &Excludes, sink: &mut 
     let repo = Repository::open_bare(mirror).context(format_args!("cannot open mirror {}", mirror.display()))?;
     let oid = Oid::from_str(commit).context("commit id")?;
     let tree = repo.find_commit(oid).and_then(|c| c.tree()).context(format_args!("cannot read commit {commit}"))?;
+    // Every name in the whole tree is checked before anything is written or packaged.
+    check_tree(&repo, &tree, "")?;
     let mut skipped = 0;
     walk_tree(&repo, &tree, "", excludes, sink, &mut skipped)?;
     Ok(skipped)
+}
+
+/// Refuse a tree with a name that is not a single ordinary component, or a name twice.
+fn check_tree(repo: &Repository, tree: &git2::Tree<'_>, prefix: &str) -> Result<()> {
+    let mut seen = std::collections::HashSet::with_capacity(tree.len());
+    for entry in tree.iter() {
+        let name = entry.name_bytes();
+        crate::tree::check_entry_name(name, prefix)?;
+        if !seen.insert(name.to_vec()) {
+            return Err(CtlError::bad(format!(
+                "the repository's tree has '{prefix}{}' twice: a hostile or corrupt commit; nothing was written or \
+                 packaged; fix the history (or deploy another ref)",
+                slipway_common::archive::clip(&String::from_utf8_lossy(name), 128)
+            )));
+        }
+        if entry.kind() == Some(ObjectType::Tree) {
+            let sub =
+                repo.find_tree(entry.id()).context(format_args!("tree {prefix}{}", String::from_utf8_lossy(name)))?;
+            check_tree(repo, &sub, &format!("{prefix}{}/", String::from_utf8_lossy(name)))?;
+        }
+    }
+    Ok(())
 }
 
 fn walk_tree(

@@ -28,7 +28,56 @@ pub fn write_new(path: &Path, content: &[u8], mode: u32) -> Result<()> {
     f.write_all(content).and_then(|()| f.sync_all()).context(format_args!("cannot write {}", path.display()))
 }
 
+/// Make `dir` (and missing parents) a directory only its owner can enter: created 0700, and an
+/// existing one narrowed to 0700.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .context(format_args!("cannot create {}", dir.display()))?;
+    let meta = std::fs::metadata(dir).context(format_args!("cannot inspect {}", dir.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .context(format_args!("cannot restrict {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Narrow every file under `dir` to 0600 and every directory to 0700 (best effort; symlinks are
+/// left alone).
+pub fn restrict_tree(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(meta) = entry.path().symlink_metadata() else { continue };
+        let mode = meta.permissions().mode() & 0o7777;
+        if meta.is_dir() {
+            if mode != 0o700 {
+                let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o700));
+            }
+            restrict_tree(&entry.path());
+        } else if meta.is_file() && mode & 0o077 != 0 {
+            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode & 0o700));
+        }
+    }
+}
+
 impl Home {
+    /// Make the home and its directories private to the controller's user (they hold the CA
+    /// key, vars, hook output and artifacts with the envs' config overlays).
+    pub fn secure(&self) -> Result<()> {
+        if !self.root.exists() {
+            return Ok(());
+        }
+        for dir in [self.root.clone(), self.pki(), self.state(), self.cache()] {
+            if dir.exists() {
+                private_dir(&dir)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn resolve(explicit: Option<PathBuf>) -> Result<Home> {
         let root = match explicit {
             Some(p) => p,
@@ -40,7 +89,9 @@ impl Home {
             }
         };
         let root = if root.is_absolute() { root } else { std::env::current_dir().context("current dir")?.join(root) };
-        Ok(Home { root })
+        let home = Home { root };
+        home.secure()?;
+        Ok(home)
     }
 
     pub fn pki(&self) -> PathBuf {
@@ -75,8 +126,8 @@ impl Home {
                 self.pki().display()
             )));
         }
-        for dir in [self.pki(), self.state(), self.cache()] {
-            std::fs::create_dir_all(&dir).context(format_args!("cannot create {}", dir.display()))?;
+        for dir in [self.root.clone(), self.pki(), self.state(), self.cache()] {
+            private_dir(&dir)?;
         }
         std::fs::set_permissions(self.pki(), std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .context("cannot restrict pki/")?;

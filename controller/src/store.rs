@@ -148,6 +148,9 @@ pub struct HostResult {
     #[serde(default)]
     pub hooks: Vec<HookRecord>,
     pub error: Option<String>,
+    /// The agent refused the target itself (paths outside its rules, a refused user): bad input.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -274,12 +277,16 @@ fn store_err(e: impl std::fmt::Display) -> CtlError {
 impl Store {
     /// Open the state, waiting (15 s by default) while another `slipctl` holds it.
     pub fn open(dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(dir).map_err(store_err)?;
+        crate::home::private_dir(dir)?;
         let started = Instant::now();
         let wait = open_wait();
         loop {
             match sled::Config::new().path(dir).open() {
-                Ok(db) => return Ok(Store { db }),
+                Ok(db) => {
+                    // Vars, hook output and history are for the controller's user alone.
+                    crate::home::restrict_tree(dir);
+                    return Ok(Store { db });
+                }
                 Err(sled::Error::Io(e))
                     if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
                 {

@@ -4,6 +4,8 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
 use slipway_common::archive::Packer;
 
 use crate::error::{CtlError, Result};
@@ -33,22 +35,78 @@ impl<W: Write> Sink for Packer<W> {
     }
 }
 
-/// Writes the tree under a directory (the per-deploy build checkout).
+/// Writes the tree beneath a directory held open (the per-deploy build checkout): every entry is
+/// created relative to its parent's descriptor, which is opened beneath the root without
+/// following any symlink, so no name in the tree can make the controller write elsewhere.
 pub struct DiskSink {
-    pub root: PathBuf,
+    root: std::os::fd::OwnedFd,
+    display: PathBuf,
+    last: Option<(String, std::os::fd::OwnedFd)>,
+}
+
+impl DiskSink {
+    pub fn new(root: &Path) -> io::Result<Self> {
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let root_fd = rustix::fs::open(root, flags, Mode::empty())?;
+        Ok(DiskSink { root: root_fd, display: root.to_path_buf(), last: None })
+    }
+
+    /// The parent directory of `path`, held open, and the entry's own name.
+    fn parent<'a>(&mut self, path: &'a str) -> io::Result<(&std::os::fd::OwnedFd, &'a str)> {
+        let Some((dir, name)) = path.rsplit_once('/') else { return Ok((&self.root, path)) };
+        if self.last.as_ref().is_none_or(|(p, _)| p != dir) {
+            let fd = rustix::fs::openat2(
+                &self.root,
+                dir,
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            )
+            .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("{}/{dir}: {e}", self.display.display())))?;
+            self.last = Some((dir.to_owned(), fd));
+        }
+        Ok((&self.last.as_ref().expect("just set").1, name))
+    }
 }
 
 impl Sink for DiskSink {
     fn dir(&mut self, path: &str) -> io::Result<()> {
-        std::fs::create_dir(self.root.join(path))
+        let (parent, name) = self.parent(path)?;
+        rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o755)).map_err(io::Error::from)
     }
     fn file(&mut self, path: &str, mode: u32, content: &[u8]) -> io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(self.root.join(path))?;
-        f.write_all(content)
+        let (parent, name) = self.parent(path)?;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(parent, name, flags, Mode::from_raw_mode(mode & 0o777))?;
+        std::fs::File::from(fd).write_all(content)
     }
     fn symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
-        std::os::unix::fs::symlink(target, self.root.join(path))
+        let (parent, name) = self.parent(path)?;
+        rustix::fs::symlinkat(target, parent, name).map_err(io::Error::from)
+    }
+}
+
+/// Check one git tree entry name: a single, ordinary path component.
+pub fn check_entry_name(name: &[u8], prefix: &str) -> Result<()> {
+    let shown = || slipway_common::archive::clip(&String::from_utf8_lossy(name), 128);
+    let why = if name.is_empty() {
+        Some("is empty")
+    } else if name == b"." || name == b".." {
+        Some("is '.' or '..'")
+    } else if name.contains(&b'/') {
+        Some("contains '/'")
+    } else if name.contains(&0) {
+        Some("contains NUL")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(CtlError::bad(format!(
+            "the repository's tree entry '{prefix}{}' {why}: a hostile or corrupt commit; nothing was written or \
+             packaged; fix the history (or deploy another ref)",
+            shown()
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -68,6 +68,8 @@ pub struct Agent {
     starts: usize,
     /// Network namespace the agent runs in, if any.
     pub netns: Option<String>,
+    /// Run slipd with this open-file limit (soft and hard), as `prlimit` sets it.
+    pub nofile: Option<u64>,
 }
 
 impl Agent {
@@ -78,13 +80,18 @@ impl Agent {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "agent {} already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.bundle.join("slipd.log")).unwrap();
-        let mut command = match &self.netns {
-            Some(ns) => {
+        let mut command = match (&self.netns, self.nofile) {
+            (Some(ns), _) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns]).arg(bin("slipd"));
                 c
             }
-            None => Command::new(bin("slipd")),
+            (None, Some(n)) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin("slipd"));
+                c
+            }
+            (None, None) => Command::new(bin("slipd")),
         };
         let mut child = command
             .arg("--config")
@@ -113,6 +120,11 @@ impl Agent {
         let child = self.child.as_ref().expect("agent running");
         let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
         rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// The running slipd's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
     }
 
     /// SIGKILL, as a crash would.
@@ -193,7 +205,7 @@ impl Fleet {
             root.to_str().unwrap(),
         ])
         .ok();
-        let mut agent = Agent { name: name.into(), port, bundle, root, child: None, starts: 0, netns };
+        let mut agent = Agent { name: name.into(), port, bundle, root, child: None, starts: 0, netns, nofile: None };
         if start {
             agent.start();
         }
@@ -421,6 +433,90 @@ pub fn hook_user_line() -> String {
         "user = \"www\"\n".to_owned()
     } else {
         String::new()
+    }
+}
+
+/// uid and gid of `www` (created when missing; root only).
+pub fn www_ids() -> (u32, u32) {
+    let uid = ensure_www();
+    let gid = String::from_utf8_lossy(&Command::new("id").args(["-g", "www"]).output().unwrap().stdout)
+        .trim()
+        .parse()
+        .expect("gid of www");
+    (uid, gid)
+}
+
+/// Let `www` traverse every directory from `/` down to `path` (test dirs are 0700 root).
+pub fn traversable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut p = PathBuf::from("/");
+    for c in path.components().skip(1) {
+        p.push(c);
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        if mode & 0o011 != 0o011 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode | 0o011)).unwrap();
+        }
+    }
+}
+
+/// An attacker process (`slipway-racer`), racing until [`Racer::finish`].
+pub struct Racer {
+    child: Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    lines: Vec<String>,
+}
+
+impl Racer {
+    /// Run as `www` (root only).
+    pub fn start(args: &[&str]) -> Racer {
+        Racer::start_as(args, Some(www_ids()))
+    }
+
+    /// Run as `user` (uid, gid), or as this process's user.
+    pub fn start_as(args: &[&str], user: Option<(u32, u32)>) -> Racer {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(bin("slipway-racer"));
+        command.args(args).current_dir("/").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        if let Some((uid, gid)) = user {
+            command.uid(uid).gid(gid);
+        }
+        let mut child = command.spawn().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        Racer { child, stdout, lines: Vec::new() }
+    }
+
+    /// Wait for the line starting with `prefix` (the racer says when it is in place); the rest of it.
+    pub fn wait_line(&mut self, prefix: &str) -> String {
+        use std::io::BufRead;
+        loop {
+            let mut line = String::new();
+            assert!(self.stdout.read_line(&mut line).unwrap() > 0, "the racer ended before saying {prefix}");
+            let line = line.trim_end().to_owned();
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.to_owned();
+            }
+            self.lines.push(line);
+        }
+    }
+
+    /// Stop it; returns how many rounds it ran and the paths it reported.
+    pub fn finish(mut self) -> (u64, Vec<String>) {
+        use std::io::Read;
+        drop(self.child.stdin.take());
+        let mut text = String::new();
+        let _ = self.stdout.read_to_string(&mut text);
+        let _ = self.child.wait();
+        let lines: Vec<&str> = self.lines.iter().map(String::as_str).chain(text.lines()).collect();
+        let rounds = lines.iter().find_map(|l| l.strip_prefix("rounds ")).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let found = lines.iter().filter_map(|l| l.strip_prefix("found ")).map(|s| (*s).to_owned()).collect();
+        (rounds, found)
+    }
+}
+
+impl Drop for Racer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

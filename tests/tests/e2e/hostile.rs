@@ -221,3 +221,88 @@ fn hostile_archives_are_rejected_whole_through_the_rpc() {
         assert_eq!(std::fs::metadata(release.join(f)).unwrap().permissions().mode() & 0o7777, 0o755, "{f}");
     }
 }
+
+/// The agent's peak resident memory so far (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb >> 10
+}
+
+/// `tar` bytes, then `filler` (repeated `count` MiB), zstd-compressed as one stream, without
+/// holding the inflated bytes in memory.
+fn compress_with_filler(tar: &[u8], filler: u8, count: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    encoder.write_all(tar).unwrap();
+    let block = vec![filler; 1 << 20];
+    for _ in 0..count {
+        encoder.write_all(&block).unwrap();
+    }
+    encoder.finish().unwrap()
+}
+
+#[test]
+fn resource_bombs_are_refused_with_memory_bounded() {
+    let fleet = Fleet::new(1);
+    let tls = fleet.controller_tls();
+    let root = &fleet.agents[0].root;
+    let target = pb::Target {
+        project: "bombs".into(),
+        env: "test".into(),
+        deploy_to: root.join("bombs").display().to_string(),
+        current: root.join("www/bombs").display().to_string(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = rt.block_on(client::connect(tls, &fleet.agent_record(0), Timeouts::default())).unwrap();
+    let mut up = Uploader { client, target };
+    let ok = RawEntry::file("ok", 0o644, b"fine");
+    let manifest = manifest_for(std::slice::from_ref(&ok));
+
+    // A GNU long-name header declaring 2 GiB, followed by 512 MiB of name (~ a few KB of zstd).
+    let mut long = tar::Header::new_gnu();
+    long.set_entry_type(tar::EntryType::GNULongName);
+    long.set_size(2 << 30);
+    long.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    long.set_cksum();
+    let bomb = compress_with_filler(long.as_bytes(), b'a', 512);
+    assert!(bomb.len() < 3 << 20, "the upload is small: {} bytes", bomb.len());
+    let err = rt.block_on(up.stage(RELEASE, &manifest, &bomb, bomb.len(), &sha256_hex(&bomb))).unwrap_err();
+    assert!(err.contains("extension header") && err.len() < 1000, "{err}");
+
+    // A pax header of the same kind.
+    let mut pax = tar::Header::new_ustar();
+    pax.set_entry_type(tar::EntryType::XHeader);
+    pax.set_size(2 << 30);
+    pax.set_path("pax").unwrap();
+    pax.set_cksum();
+    let bomb = compress_with_filler(pax.as_bytes(), b'a', 512);
+    let err = rt.block_on(up.stage(RELEASE, &manifest, &bomb, bomb.len(), &sha256_hex(&bomb))).unwrap_err();
+    assert!(err.contains("extension header"), "{err}");
+
+    // After the end-of-archive marker: garbage is refused, and so is endless padding.
+    let honest = raw_tar(std::slice::from_ref(&ok));
+    for (what, filler, mib, needle) in
+        [("garbage", b'x', 1, "after the end-of-archive"), ("inflating zeros", 0u8, 256, "padding")]
+    {
+        let compressed = compress_with_filler(&honest, filler, mib);
+        let started = std::time::Instant::now();
+        let err = rt
+            .block_on(up.stage(RELEASE, &manifest, &compressed, compressed.len(), &sha256_hex(&compressed)))
+            .expect_err(what);
+        assert!(err.contains(needle), "{what}: {err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{what} took {:?}", started.elapsed());
+    }
+    let releases = root.join("bombs/releases");
+    assert!(std::fs::read_dir(&releases).unwrap().next().is_none(), "nothing left behind");
+    let peak = peak_rss_mib(fleet.agents[0].pid());
+    assert!(peak < 256, "the agent peaked at {peak} MiB");
+    // And the honest archive still stages.
+    let compressed = compress(&honest);
+    rt.block_on(up.stage(RELEASE, &manifest, &compressed, compressed.len(), &sha256_hex(&compressed))).unwrap();
+}

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `slipctl` and `slipd` binaries, real certificates, real git
 //! repositories, real files and symlinks, agents on loopback.
 
+mod attacker;
 mod build;
 mod cli;
 mod delta;
