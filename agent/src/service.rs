@@ -870,7 +870,7 @@ type StageStream = Pin<Box<dyn Stream<Item = Result<pb::StageEvent, Status>> + S
 #[tonic::async_trait]
 impl pb::agent_server::Agent for AgentService {
     async fn info(&self, _req: Request<pb::InfoRequest>) -> Result<Response<pb::InfoReply>, Status> {
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
+        let hostname = rustix::system::uname().nodename().to_string_lossy().into_owned();
         Ok(Response::new(pb::InfoReply {
             name: self.inner.config.name.clone(),
             version: VERSION.to_owned(),
