@@ -377,7 +377,11 @@ impl Inner {
         events: mpsc::Sender<Result<pb::StageEvent, Status>>,
     ) -> Result<pb::Staged, AgentError> {
         let started = Instant::now();
-        let deadline = started + Duration::from_secs(self.config.stage_timeout_secs.max(1));
+        let secs = match header.stage_timeout_secs {
+            0 => self.config.stage_timeout_secs,
+            asked => asked.min(self.config.stage_timeout_secs),
+        };
+        let deadline = started + Duration::from_secs(secs.max(1));
         let id = ReleaseId::parse(&header.release_id).map_err(bad)?;
         let target_key = header.target.as_ref().map(|t| TargetRecord::key(&t.project, &t.env)).unwrap_or_default();
         let _slot = self.claim_stage(&target_key)?;

@@ -268,6 +268,8 @@ pub struct RolloutFile {
     pub health: Option<HealthFile>,
     /// How long a host may stay silent (connect, calls, HTTP/2 keepalive) before it counts as failed.
     pub host_timeout_secs: Option<u64>,
+    /// How long one host's stage (upload, unpack, verify, `pre_release` aside) may take.
+    pub stage_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -414,6 +416,7 @@ pub struct RolloutSettings {
     pub auto_rollback: bool,
     pub health: Option<HealthCheck>,
     pub host_timeout_secs: u64,
+    pub stage_timeout_secs: u64,
 }
 
 /// Everything one environment of a project resolves to, validated.
@@ -562,6 +565,10 @@ fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Res
         host_timeout_secs: positive(
             "rollout.host_timeout_secs",
             merge_opt(&er.host_timeout_secs, &pr.host_timeout_secs).unwrap_or(30),
+        )?,
+        stage_timeout_secs: positive(
+            "rollout.stage_timeout_secs",
+            merge_opt(&er.stage_timeout_secs, &pr.stage_timeout_secs).unwrap_or(3600),
         )?,
     };
 

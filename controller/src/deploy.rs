@@ -602,6 +602,9 @@ async fn stage_host(
 
     let t = Instant::now();
     let total = header.artifact_size;
+    let stage_secs = if header.stage_timeout_secs == 0 { 3600 } else { header.stage_timeout_secs };
+    let header_hooks_secs =
+        header.pre_release.as_ref().map_or(0, |h| h.timeout_secs.saturating_mul(h.commands.len() as u64));
     let result_refused = std::sync::atomic::AtomicBool::new(false);
     let (req_tx, req_rx) = mpsc::channel::<pb::StageRequest>(2);
     let _ = req_tx.send(pb::StageRequest { kind: Some(RequestKind::Header(header)) }).await;
@@ -628,6 +631,8 @@ async fn stage_host(
         }
         status_text(s)
     };
+    // The stage's deadline, the same the agent keeps, plus its pre_release hooks and a call's slack.
+    let deadline = std::time::Duration::from_secs(stage_secs.saturating_add(header_hooks_secs)) + timeouts.call;
     let outcome = async {
         let mut stream = client.stage(ReceiverStream::new(req_rx)).await.map_err(|s| refused(&s))?.into_inner();
         loop {
@@ -647,9 +652,19 @@ async fn stage_host(
                 Err(status) => return Err(refused(&status)),
             }
         }
-    }
-    .await;
-    let upload = uploader.await.unwrap_or_else(|e| Err(format!("upload task failed: {e}")));
+    };
+    let outcome = match tokio::time::timeout(deadline, outcome).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            uploader.abort();
+            Err(format!("the stage did not finish within {}s (rollout.stage_timeout_secs)", deadline.as_secs()))
+        }
+    };
+    let upload = match uploader.await {
+        Ok(sent) => sent,
+        Err(e) if e.is_cancelled() => Err("the upload was stopped at the stage deadline".to_owned()),
+        Err(e) => Err(format!("upload task failed: {e}")),
+    };
     match (outcome, upload) {
         (Ok(staged), Ok(sent)) => {
             result.bytes_sent = sent;
@@ -1291,6 +1306,7 @@ async fn run_deploy(
                         shared: settings.target.shared.clone(),
                         delta,
                         reuse_hardlink: settings.reuse == slipway_common::config::ReuseMode::Hardlink,
+                        stage_timeout_secs: settings.rollout.stage_timeout_secs,
                     };
                     let connection = connected.get(&host).cloned();
                     stage_host(fan(events), agents[&host].clone(), header, upload, total_entries, connection)

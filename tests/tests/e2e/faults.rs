@@ -94,7 +94,7 @@ fn paths_outside_allowed_roots_are_refused() {
     )
     .unwrap();
     fleet.slipctl(&["project", "apply", "-f", file.to_str().unwrap()]).ok();
-    let run = fleet.slipctl(&["deploy", "escape", "test"]).code(1);
+    let run = fleet.slipctl(&["deploy", "escape", "test"]).code(2); // the agent refused the target: bad input
     assert!(run.stderr.contains("allowed_roots"), "{}", run.stderr);
     assert!(!fleet.path().join("elsewhere").exists());
 }

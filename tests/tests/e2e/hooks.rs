@@ -86,7 +86,7 @@ fn hooks_never_run_as_root_unless_allowed() {
     let fleet = Fleet::new(1);
     let repo = repo(&fleet);
     fleet.apply_project_full("site", &repo.path, "", "post_release = [\"true\"]\n", "");
-    let run = fleet.slipctl(&["deploy", "site", "test"]).code(1);
+    let run = fleet.slipctl(&["deploy", "site", "test"]).code(2); // refused by the agent: bad input
     assert!(run.stderr.contains("refusing to run hooks as root"), "{}", run.stderr);
     assert!(fleet.current_release("web-1", "site").is_none());
     assert_eq!(fleet.releases_dir_entries("web-1", "site"), Vec::<String>::new());
