@@ -84,8 +84,8 @@ fn open_root(root: &Path, create: bool) -> Result<Option<DirHandle>, AgentError>
         ancestor.push(component);
         match std::fs::symlink_metadata(&ancestor) {
             Ok(m) if m.file_type().is_symlink() && ancestor != root => {
-                // A symlinked ancestor of the root (e.g. /data -> /srv/data) is the admin's choice.
-                continue;
+                // A symlinked ancestor of the root (e.g. /data -> /srv/data) is the admin's choice;
+                // where it leads is checked like any other directory.
             }
             Ok(m) if m.file_type().is_symlink() => return Err(refuse_symlink(&ancestor)),
             Ok(_) => {}
@@ -100,6 +100,17 @@ fn open_root(root: &Path, create: bool) -> Result<Option<DirHandle>, AgentError>
         let stat = rustix::fs::stat(&ancestor).map_err(|e| AgentError::io("cannot inspect", &ancestor, e.into()))?;
         if loosely_writable(&stat) {
             return Err(refuse_loose(&ancestor));
+        }
+        // Whoever owns a directory can rename what is in it: the root and its ancestors must be
+        // root's (or the agent's own, when it does not run as root).
+        let me = rustix::process::geteuid().as_raw();
+        if stat.st_uid != 0 && stat.st_uid != me {
+            return Err(AgentError::NotAllowed(format!(
+                "{} (an allowed root or one of its parents) belongs to uid {}, who could swap what lies beneath \
+                 it; chown root {0}, or allow a directory below it instead",
+                ancestor.display(),
+                stat.st_uid
+            )));
         }
     }
     let handle = DirHandle::open_path(root).map_err(|e| match e.raw_os_error() {

@@ -211,6 +211,9 @@ impl Inner {
     fn check_paths(&self, key: &str, deploy_to: &Path, current: &Path) -> Result<(), AgentError> {
         let roots = || self.config.allowed_roots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
         for (what, path) in [("deploy_to", deploy_to), ("current", current)] {
+            if path.as_os_str().len() > 4096 {
+                return Err(bad(format!("{what} is longer than 4096 bytes")));
+            }
             check_clean_absolute(path).map_err(|why| bad(format!("{what}: {why}")))?;
             if !self.config.is_allowed(path) {
                 return Err(AgentError::NotAllowed(format!(

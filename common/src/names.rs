@@ -25,7 +25,7 @@ pub fn validate_agent_name(value: &str) -> Result<()> {
     if check_label(value, true) {
         Ok(())
     } else {
-        Err(Error::InvalidName { what: "agent name", value: value.into(), rule: HOST_RULE })
+        Err(Error::InvalidName { what: "agent name", value: crate::archive::clip(value, 128), rule: HOST_RULE })
     }
 }
 
@@ -34,7 +34,7 @@ pub fn validate_name(what: &'static str, value: &str) -> Result<()> {
     if check_label(value, false) {
         Ok(())
     } else {
-        Err(Error::InvalidName { what, value: value.into(), rule: NAME_RULE })
+        Err(Error::InvalidName { what, value: crate::archive::clip(value, 128), rule: NAME_RULE })
     }
 }
 
@@ -62,7 +62,7 @@ impl ReleaseId {
         } else {
             Err(Error::InvalidName {
                 what: "release id",
-                value: value.into(),
+                value: crate::archive::clip(value, 128),
                 rule: "expected YYYYMMDD-HHMMSS-<7 hex>, as shown by `slipctl releases`",
             })
         }

@@ -44,10 +44,13 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
     found
 }
 
-/// A root-only directory holding a root-only file with [`SECRET`] in it.
+/// A root-only directory holding a root-only file that starts with [`SECRET`] (and is large, so
+/// a copy of it takes long enough to be seen).
 fn root_only(dir: &Path, file: &str) {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join(file), format!("{SECRET}\n")).unwrap();
+    let mut content = format!("{SECRET}\n").into_bytes();
+    content.extend(std::iter::repeat_n(b'.', 16 << 20));
+    std::fs::write(dir.join(file), content).unwrap();
     std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
@@ -104,7 +107,7 @@ fn www_racing_shared_paths_and_retained_releases_gets_nothing_more() {
         Racer::start(&["scan", deploy_to.join("releases").to_str().unwrap(), SECRET]),
     ];
     let mut outcomes = Vec::new();
-    for i in 2..=7 {
+    for i in 2..=11 {
         repo.write("app/index.html", &format!("v{i}\n"));
         repo.commit(&format!("v{i}"));
         outcomes.push(deploy_within(&fleet, "race", Duration::from_secs(60)).expect("a deploy hung"));
@@ -121,7 +124,7 @@ fn www_racing_shared_paths_and_retained_releases_gets_nothing_more() {
     assert_eq!(owners(&victim), before, "root's directory was changed (outcomes {outcomes:?})");
     assert!(owners(&victim).iter().all(|(_, uid)| *uid != www));
     assert!(files_containing(&deploy_to, SECRET).is_empty(), "a root-only byte was copied into a release");
-    assert_eq!(std::fs::read_to_string(secret.join("app.txt")).unwrap(), format!("{SECRET}\n"));
+    assert!(std::fs::read(secret.join("app.txt")).unwrap().starts_with(SECRET.as_bytes()));
     // With the racers gone, the next deploy works and serves the right content.
     for dir in [&shared, &current.join("app/conf")] {
         let evil = PathBuf::from(format!("{}.evil", dir.display()));
@@ -219,7 +222,8 @@ fn the_seed_layout_with_www_owned_parents_deploys_and_swapping_them_redirects_no
         std::fs::create_dir_all(root.join(d)).unwrap();
         std::os::unix::fs::chown(root.join(d), Some(www), Some(gid)).unwrap();
     }
-    let victim = fleet.path().join("victim");
+    // Root's directory beneath the same allowed root (another project's, say).
+    let victim = root.join("victim");
     std::fs::create_dir_all(&victim).unwrap();
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o700)).unwrap();
     let repo = Repo::new(fleet.path().join("repo"));
@@ -239,20 +243,11 @@ fn the_seed_layout_with_www_owned_parents_deploys_and_swapping_them_redirects_no
     let website = root.join("data/nginx/website");
     assert_eq!(std::fs::read_to_string(website.join("index.html")).unwrap(), "<h3>第一次测试</h3>\n");
 
-    // www swaps its own directories for ones of its making that lead to root's directory.
-    let evil_release = root.join("data/release.evil");
-    std::fs::create_dir_all(&evil_release).unwrap();
-    std::os::unix::fs::symlink(&victim, evil_release.join("web-demo")).unwrap();
-    let evil_nginx = root.join("data/nginx.evil");
-    std::fs::create_dir_all(&evil_nginx).unwrap();
-    std::os::unix::fs::symlink(&victim, evil_nginx.join("website")).unwrap();
-    for d in [&evil_release, &evil_nginx] {
-        std::os::unix::fs::lchown(d, Some(www), Some(gid)).unwrap();
-        std::os::unix::fs::lchown(d.join(d.file_name().unwrap()), Some(www), Some(gid)).ok();
-    }
+    // www owns /data/release and /data/nginx, so it can rename and swap what is in them: the
+    // deploy_to dir itself (root's) for a symlink to root's directory, and the webroot link.
     let racers = [
-        Racer::start(&["exchange", root.join("data/release").to_str().unwrap(), evil_release.to_str().unwrap()]),
-        Racer::start(&["exchange", root.join("data/nginx").to_str().unwrap(), evil_nginx.to_str().unwrap()]),
+        Racer::start(&["swap", root.join("data/release/web-demo").to_str().unwrap(), "link", victim.to_str().unwrap()]),
+        Racer::start(&["swap", website.to_str().unwrap(), "link", victim.to_str().unwrap()]),
     ];
     for i in 2..=6 {
         repo.write("index.html", &format!("<h3>增加一个很牛逼的功能 {i}</h3>\n"));
