@@ -516,7 +516,11 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Res
                             a.name.clone(),
                             a.addr.clone(),
                             labels,
-                            "ok".into(),
+                            if i.broken_targets.is_empty() {
+                                "ok".into()
+                            } else {
+                                format!("ok; broken: {}", i.broken_targets.join("; "))
+                            },
                             i.version.clone(),
                             millis(i.uptime_secs * 1000),
                         ],
@@ -535,7 +539,8 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Res
                 .iter()
                 .map(|(_, a, info)| match info {
                     Ok(i) => json!({"name": a.name, "addr": a.addr, "labels": a.labels, "reachable": true,
-                                    "version": i.version, "uptime_secs": i.uptime_secs, "hostname": i.hostname}),
+                                    "version": i.version, "uptime_secs": i.uptime_secs, "hostname": i.hostname,
+                                    "broken_targets": i.broken_targets}),
                     Err(e) => {
                         json!({"name": a.name, "addr": a.addr, "labels": a.labels, "reachable": false, "error": e})
                     }

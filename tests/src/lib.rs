@@ -347,6 +347,16 @@ impl Repo {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// A repository under `dir/repo` with one commit ("v1") of `files` (path, content).
+    pub fn with_files(dir: &Path, files: &[(&str, &str)]) -> Repo {
+        let repo = Repo::new(dir.join("repo"));
+        for (path, content) in files {
+            repo.write(path, content);
+        }
+        repo.commit("v1");
+        repo
+    }
+
     pub fn write(&self, rel: &str, content: &str) {
         let p = self.path.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();

@@ -80,11 +80,10 @@ fn www_racing_shared_paths_and_retained_releases_gets_nothing_more() {
     let (www, _) = www_ids();
     let fleet = Fleet::new(1);
     traversable(&fleet.agents[0].root);
-    let repo = Repo::new(fleet.path().join("repo"));
-    repo.write("app/conf/app.txt", "one\n");
-    repo.write("app/index.html", "v1\n");
-    repo.write("storage/logs/.keep", "");
-    repo.commit("v1");
+    let repo = Repo::with_files(
+        fleet.path(),
+        &[("app/conf/app.txt", "one\n"), ("app/index.html", "v1\n"), ("storage/logs/.keep", "")],
+    );
     fleet.apply_project_full("race", &repo.path, "", "user = \"www\"\nshared = [\"storage/logs\"]\n", "");
     fleet.deploy_ok("race");
 
@@ -146,10 +145,7 @@ fn a_fifo_raced_into_a_retained_release_fails_the_deploy_in_time() {
         return;
     }
     let fleet = Fleet::new(1);
-    let repo = Repo::new(fleet.path().join("repo"));
-    repo.write("app/data.bin", "payload\n");
-    repo.write("app/index.html", "v1\n");
-    repo.commit("v1");
+    let repo = Repo::with_files(fleet.path(), &[("app/data.bin", "payload\n"), ("app/index.html", "v1\n")]);
     fleet.apply_project_full("fifo", &repo.path, "", "user = \"www\"\n", "");
     fleet.deploy_ok("fifo");
     let current = fleet.current("web-1", "fifo");
@@ -174,9 +170,7 @@ fn symlinked_and_loosely_writable_paths_are_refused_and_nothing_is_created_outsi
     std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
     std::fs::create_dir_all(root.join("open")).unwrap();
     std::fs::set_permissions(root.join("open"), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let repo = Repo::new(fleet.path().join("repo"));
-    repo.write("index.html", "v1\n");
-    repo.commit("v1");
+    let repo = Repo::with_files(fleet.path(), &[("index.html", "v1\n")]);
     let project = |name: &str, deploy_to: &Path, current: &Path| {
         let file = fleet.path().join(format!("{name}.toml"));
         let text = format!(
@@ -226,9 +220,7 @@ fn the_seed_layout_with_www_owned_parents_deploys_and_swapping_them_redirects_no
     let victim = root.join("victim");
     std::fs::create_dir_all(&victim).unwrap();
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let repo = Repo::new(fleet.path().join("repo"));
-    repo.write("index.html", "<h3>第一次测试</h3>\n");
-    repo.commit("v1");
+    let repo = Repo::with_files(fleet.path(), &[("index.html", "<h3>第一次测试</h3>\n")]);
     let file = fleet.path().join("seed.toml");
     let text = format!(
         "name = \"web-demo\"\nrepo = \"{}\"\n[target]\nuser = \"www\"\ndeploy_to = \"{}\"\ncurrent = \"{}\"\n\
@@ -270,9 +262,7 @@ fn a_deep_tree_is_pruned_under_the_fd_limit_and_a_broken_target_does_not_stop_th
     fleet.add_agent("web-1", false);
     fleet.agents[0].nofile = Some(1024);
     fleet.agents[0].start();
-    let repo = Repo::new(fleet.path().join("repo"));
-    repo.write("app/index.html", "v1\n");
-    repo.commit("v1");
+    let repo = Repo::with_files(fleet.path(), &[("app/index.html", "v1\n")]);
     // The app user leaves a 1,500-deep tree in its release (more levels than the agent has fds).
     let deep = "[ \\\"$SLIPWAY_DEPLOY_TYPE\\\" = deploy ] && cd app && mkdir -p $(printf 'd/%.0s' $(seq 1500)) || true";
     let target = format!("user = \"www\"\npost_release = [\"{deep}\"]\n");
@@ -305,14 +295,15 @@ fn a_deep_tree_is_pruned_under_the_fd_limit_and_a_broken_target_does_not_stop_th
     assert!(check.stdout.contains("symlink") || check.stderr.contains("symlink"), "{}\n{}", check.stdout, check.stderr);
     let log = fleet.agents[0].log();
     assert!(log.contains("cannot reconcile target"), "{log}");
+    let agents = fleet.slipctl(&["--output", "json", "agent", "list"]).ok().json();
+    let broken = agents[0]["broken_targets"].to_string();
+    assert!(broken.contains("other/test") && broken.contains("symlink"), "{broken}");
 }
 
 #[test]
 fn a_hostile_tree_entry_is_refused_by_name_and_nothing_is_written_outside() {
     let fleet = Fleet::new(1);
-    let repo = Repo::new(fleet.path().join("repo"));
-    repo.write("index.html", "v1\n");
-    repo.commit("v1");
+    let repo = Repo::with_files(fleet.path(), &[("index.html", "v1\n")]);
     // A tree whose entry is named `../../../../escaped`, made with git's plumbing.
     let blob = repo.git(&["hash-object", "-w", "index.html"]);
     let mut tree = b"100644 ../../../../escaped\0".to_vec();
@@ -354,9 +345,7 @@ fn a_hook_user_in_a_privileged_group_is_refused() {
         assert!(status.success());
     }
     let fleet = Fleet::new(1);
-    let repo = Repo::new(fleet.path().join("repo"));
-    repo.write("index.html", "v1\n");
-    repo.commit("v1");
+    let repo = Repo::with_files(fleet.path(), &[("index.html", "v1\n")]);
     fleet.apply_project_full("sudoer", &repo.path, "", "user = \"wwwsudo\"\npost_release = [\"true\"]\n", "");
     let run = fleet.slipctl(&["deploy", "sudoer", "test"]).code(2);
     assert!(run.stderr.contains("privileged group") && run.stderr.contains("sudo"), "{}", run.stderr);
@@ -389,9 +378,7 @@ fn an_activation_whose_reply_is_lost_after_the_flip_is_recorded_activated_and_ro
         return;
     }
     let mut fleet = Fleet::new(1);
-    let repo = Repo::new(fleet.path().join("repo"));
-    repo.write("index.html", "v1\n");
-    repo.commit("v1");
+    let repo = Repo::with_files(fleet.path(), &[("index.html", "v1\n")]);
     let marker = fleet.path().join("flipped");
     std::fs::create_dir_all(&marker).unwrap();
     std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -437,9 +424,7 @@ fn an_activation_whose_reply_is_lost_after_the_flip_is_recorded_activated_and_ro
 #[test]
 fn the_controller_home_is_private() {
     let fleet = Fleet::new(1);
-    let repo = Repo::new(fleet.path().join("repo"));
-    repo.write("index.html", "v1\n");
-    repo.commit("v1");
+    let repo = Repo::with_files(fleet.path(), &[("index.html", "v1\n")]);
     fleet.apply_project("home", &repo.path, "vars = { DB_PASSWORD = \"hunter2\" }\n");
     fleet.deploy_ok("home");
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -462,9 +447,7 @@ fn a_pre_release_hook_can_create_files_at_the_top_of_its_release() {
     }
     let (www, _) = www_ids();
     let fleet = Fleet::new(1);
-    let repo = Repo::new(fleet.path().join("repo"));
-    repo.write(".env.example", "APP_ENV=prod\n");
-    repo.commit("v1");
+    let repo = Repo::with_files(fleet.path(), &[(".env.example", "APP_ENV=prod\n")]);
     let target = "user = \"www\"\npre_release = [\"cp .env.example .env\", \"echo made > marker.txt\"]\n";
     fleet.apply_project_full("laravel", &repo.path, "", target, "");
     let release = fleet.deploy_ok("laravel");

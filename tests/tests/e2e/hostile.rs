@@ -224,10 +224,14 @@ fn hostile_archives_are_rejected_whole_through_the_rpc() {
 
 /// The agent's peak resident memory so far (VmHWM), in MiB.
 fn peak_rss_mib(pid: u32) -> u64 {
+    rss_field_mib(pid, "VmHWM:")
+}
+
+fn rss_field_mib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap();
@@ -263,6 +267,8 @@ fn resource_bombs_are_refused_with_memory_bounded() {
     let mut up = Uploader { client, target };
     let ok = RawEntry::file("ok", 0o644, b"fine");
     let manifest = manifest_for(std::slice::from_ref(&ok));
+    let pid = fleet.agents[0].pid();
+    let idle = rss_field_mib(pid, "VmRSS:");
 
     // A GNU long-name header declaring 2 GiB, followed by 512 MiB of name (~ a few KB of zstd).
     let mut long = tar::Header::new_gnu();
@@ -300,8 +306,11 @@ fn resource_bombs_are_refused_with_memory_bounded() {
     }
     let releases = root.join("bombs/releases");
     assert!(std::fs::read_dir(&releases).unwrap().next().is_none(), "nothing left behind");
-    let peak = peak_rss_mib(fleet.agents[0].pid());
+    let peak = peak_rss_mib(pid);
     assert!(peak < 256, "the agent peaked at {peak} MiB");
+    let after = rss_field_mib(pid, "VmRSS:");
+    eprintln!("agent RSS: idle {idle} MiB, peak {peak} MiB, after the bombs {after} MiB");
+    assert!(after <= idle + 32, "the agent kept {after} MiB after the bombs (idle {idle} MiB)");
     // And the honest archive still stages.
     let compressed = compress(&honest);
     rt.block_on(up.stage(RELEASE, &manifest, &compressed, compressed.len(), &sha256_hex(&compressed))).unwrap();
