@@ -29,17 +29,9 @@ impl Excludes {
             if negate {
                 p = &p[1..];
             }
-            let dir_only = p.ends_with('/');
-            let p = p.trim_end_matches('/');
-            let anchored = p.starts_with('/') || p.contains('/');
-            let p = p.trim_start_matches('/');
-            if p.is_empty() || p.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+            let Some((dir_only, segments)) = parse_pattern(p) else {
                 return Err(CtlError::bad(format!("exclude pattern '{raw}' is not a valid gitignore-style pattern")));
-            }
-            let mut segments: Vec<String> = p.split('/').map(str::to_owned).collect();
-            if !anchored {
-                segments.insert(0, "**".into());
-            }
+            };
             rules.push(Rule { negate, dir_only, segments });
         }
         Ok(Excludes { rules })
@@ -64,7 +56,24 @@ impl Excludes {
     }
 }
 
-fn match_segments(pats: &[String], parts: &[&str]) -> bool {
+/// A gitignore-style pattern split into segments (`**` first when unanchored), and whether it
+/// only matches directories. `None` for an empty or invalid pattern.
+pub(crate) fn parse_pattern(p: &str) -> Option<(bool, Vec<String>)> {
+    let dir_only = p.ends_with('/');
+    let p = p.trim_end_matches('/');
+    let anchored = p.starts_with('/') || p.contains('/');
+    let p = p.trim_start_matches('/');
+    if p.is_empty() || p.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return None;
+    }
+    let mut segments: Vec<String> = p.split('/').map(str::to_owned).collect();
+    if !anchored {
+        segments.insert(0, "**".into());
+    }
+    Some((dir_only, segments))
+}
+
+pub(crate) fn match_segments(pats: &[String], parts: &[&str]) -> bool {
     match pats.split_first() {
         None => parts.is_empty(),
         Some((first, rest)) if first == "**" => (0..=parts.len()).any(|i| match_segments(rest, &parts[i..])),

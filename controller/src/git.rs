@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use git2::{ObjectType, Oid, Repository};
 
+use crate::attributes::{AttrFile, Attributes, Substituter};
 use crate::error::{Context, CtlError, Result};
 use crate::exclude::Excludes;
 use crate::tree::Sink;
@@ -139,8 +140,91 @@ pub fn walk_commit(mirror: &Path, commit: &str, excludes: &Excludes, sink: &mut 
     // Every name in the whole tree is checked before anything is written or packaged.
     check_tree(&repo, &tree, "")?;
     let mut skipped = 0;
-    walk_tree(&repo, &tree, "", excludes, sink, &mut skipped)?;
+    let mut walk = Walk {
+        repo: &repo,
+        excludes,
+        attrs: Attributes::default(),
+        subst: Substituter::new(mirror, commit),
+        skipped: &mut skipped,
+    };
+    walk.tree(&tree, "", sink)?;
     Ok(skipped)
+}
+
+/// One walk of a commit's tree: what is excluded (the project's patterns, and `export-ignore`)
+/// and what is expanded (`export-subst`), as `git archive` would.
+struct Walk<'a> {
+    repo: &'a Repository,
+    excludes: &'a Excludes,
+    attrs: Attributes,
+    subst: Substituter,
+    skipped: &'a mut usize,
+}
+
+impl Walk<'_> {
+    fn tree(&mut self, tree: &git2::Tree<'_>, prefix: &str, sink: &mut dyn Sink) -> Result<()> {
+        let attr_file = tree
+            .get_name(".gitattributes")
+            .filter(|e| e.kind() == Some(ObjectType::Blob) && e.filemode() != 0o120000)
+            .and_then(|e| self.repo.find_blob(e.id()).ok())
+            .map(|b| AttrFile::parse(&String::from_utf8_lossy(b.content())));
+        if let Some(file) = attr_file {
+            self.attrs.push(prefix, file);
+        }
+        let result = self.entries(tree, prefix, sink);
+        self.attrs.pop(prefix);
+        result
+    }
+
+    fn entries(&mut self, tree: &git2::Tree<'_>, prefix: &str, sink: &mut dyn Sink) -> Result<()> {
+        let repo = self.repo;
+        for entry in tree.iter() {
+            let name = entry.name().map_err(|_| {
+                CtlError::failed(format!("a path under '{prefix}' is not UTF-8; rename it in the repository"))
+            })?;
+            let path = format!("{prefix}{name}");
+            let is_dir = entry.kind() == Some(ObjectType::Tree);
+            let export = self.attrs.of(&path, is_dir);
+            if export.ignore || self.excludes.excluded(&path, is_dir) {
+                continue;
+            }
+            let pack_err = |e: std::io::Error| CtlError::failed(format!("cannot write '{path}': {e}"));
+            match entry.kind() {
+                Some(ObjectType::Tree) => {
+                    sink.dir(&path).map_err(pack_err)?;
+                    let sub = repo.find_tree(entry.id()).context(format_args!("tree {path}"))?;
+                    self.tree(&sub, &format!("{path}/"), sink)?;
+                }
+                Some(ObjectType::Blob) => match entry.filemode() {
+                    0o120000 => {
+                        let blob = repo.find_blob(entry.id()).context(format_args!("blob {path}"))?;
+                        let target = std::str::from_utf8(blob.content())
+                            .map_err(|_| CtlError::failed(format!("symlink '{path}' has a non-UTF-8 target")))?;
+                        sink.symlink(&path, target).map_err(pack_err)?;
+                    }
+                    mode => {
+                        let mode = if mode == 0o100755 { 0o755 } else { 0o644 };
+                        if export.subst {
+                            let blob = repo.find_blob(entry.id()).context(format_args!("blob {path}"))?;
+                            let expanded = self
+                                .subst
+                                .expand(blob.content())
+                                .map_err(|e| CtlError::failed(format!("export-subst in '{path}': {e}")))?;
+                            sink.file(&path, mode, &expanded).map_err(pack_err)?;
+                        } else {
+                            sink.git_file(repo, &path, mode, entry.id()).map_err(pack_err)?;
+                        }
+                    }
+                },
+                Some(ObjectType::Commit) => {
+                    tracing::warn!(%path, "submodule skipped: Slipway ships the repository's own tree");
+                    *self.skipped += 1;
+                }
+                _ => return Err(CtlError::failed(format!("'{path}' has an unexpected git object type"))),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Refuse a tree with a name that is not a single ordinary component, or a name twice.
@@ -160,50 +244,6 @@ fn check_tree(repo: &Repository, tree: &git2::Tree<'_>, prefix: &str) -> Result<
             let sub =
                 repo.find_tree(entry.id()).context(format_args!("tree {prefix}{}", String::from_utf8_lossy(name)))?;
             check_tree(repo, &sub, &format!("{prefix}{}/", String::from_utf8_lossy(name)))?;
-        }
-    }
-    Ok(())
-}
-
-fn walk_tree(
-    repo: &Repository,
-    tree: &git2::Tree<'_>,
-    prefix: &str,
-    excludes: &Excludes,
-    sink: &mut dyn Sink,
-    skipped: &mut usize,
-) -> Result<()> {
-    for entry in tree.iter() {
-        let name = entry.name().map_err(|_| {
-            CtlError::failed(format!("a path under '{prefix}' is not UTF-8; rename it in the repository"))
-        })?;
-        let path = format!("{prefix}{name}");
-        let is_dir = entry.kind() == Some(ObjectType::Tree);
-        if excludes.excluded(&path, is_dir) {
-            continue;
-        }
-        let pack_err = |e: std::io::Error| CtlError::failed(format!("cannot write '{path}': {e}"));
-        match entry.kind() {
-            Some(ObjectType::Tree) => {
-                sink.dir(&path).map_err(pack_err)?;
-                let sub = repo.find_tree(entry.id()).context(format_args!("tree {path}"))?;
-                walk_tree(repo, &sub, &format!("{path}/"), excludes, sink, skipped)?;
-            }
-            Some(ObjectType::Blob) => match entry.filemode() {
-                0o120000 => {
-                    let blob = repo.find_blob(entry.id()).context(format_args!("blob {path}"))?;
-                    let target = std::str::from_utf8(blob.content())
-                        .map_err(|_| CtlError::failed(format!("symlink '{path}' has a non-UTF-8 target")))?;
-                    sink.symlink(&path, target).map_err(pack_err)?;
-                }
-                0o100755 => sink.git_file(repo, &path, 0o755, entry.id()).map_err(pack_err)?,
-                _ => sink.git_file(repo, &path, 0o644, entry.id()).map_err(pack_err)?,
-            },
-            Some(ObjectType::Commit) => {
-                tracing::warn!(%path, "submodule skipped: Slipway ships the repository's own tree");
-                *skipped += 1;
-            }
-            _ => return Err(CtlError::failed(format!("'{path}' has an unexpected git object type"))),
         }
     }
     Ok(())

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod artifact;
+pub mod attributes;
 pub mod build;
 pub mod check;
 pub mod cli;

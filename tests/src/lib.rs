@@ -363,6 +363,18 @@ impl Repo {
         std::fs::write(p, content).unwrap();
     }
 
+    /// What `git archive <rev>` makes of this repository, unpacked into `dest` by `tar`.
+    pub fn archive_into(&self, rev: &str, dest: &Path) {
+        std::fs::create_dir_all(dest).unwrap();
+        let archive =
+            Command::new("git").args(["archive", "--format=tar", rev]).current_dir(&self.path).output().unwrap();
+        assert!(archive.status.success(), "git archive: {}", String::from_utf8_lossy(&archive.stderr));
+        let tar = dest.with_extension("tar");
+        std::fs::write(&tar, &archive.stdout).unwrap();
+        let status = Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(dest).status().unwrap();
+        assert!(status.success());
+    }
+
     /// Commit everything; returns the commit id.
     pub fn commit(&self, message: &str) -> String {
         self.git(&["add", "-A"]);

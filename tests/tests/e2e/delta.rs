@@ -24,20 +24,6 @@ fn sent(doc: &serde_json::Value) -> Vec<u64> {
     doc["hosts"].as_array().unwrap().iter().map(|h| h["bytes_sent"].as_u64().unwrap()).collect()
 }
 
-fn git_archive_tree(repo: &Repo, dest: &std::path::Path) {
-    std::fs::create_dir_all(dest).unwrap();
-    let tar = repo.path.with_extension("tar");
-    let out = std::process::Command::new("git")
-        .args(["archive", "--format=tar", "-o"])
-        .arg(&tar)
-        .arg("HEAD")
-        .current_dir(&repo.path)
-        .status()
-        .unwrap();
-    assert!(out.success());
-    assert!(std::process::Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(dest).status().unwrap().success());
-}
-
 #[test]
 fn a_one_file_change_sends_a_small_delta_and_verifies_the_whole_tree() {
     let fleet = Fleet::new(2);
@@ -60,7 +46,7 @@ fn a_one_file_change_sends_a_small_delta_and_verifies_the_whole_tree() {
 
     // The delta release is exactly the commit (plus what the hook appended in the new release).
     let expected = fleet.path().join("expected");
-    git_archive_tree(&repo, &expected);
+    repo.archive_into("HEAD", &expected);
     std::fs::write(expected.join("unchanged.txt"), "original\nchanged-by-hook\n").unwrap();
     for host in ["web-1", "web-2"] {
         assert_same_tree(&expected, &fleet.current(host, "site"));

@@ -1,7 +1,5 @@
 //! Deploy, redeploy, rollback and pruning on three agents.
 
-use std::process::Command;
-
 use slipway_tests::{Fleet, Repo, assert_same_tree};
 
 /// A repository with nested dirs, an executable, in-tree symlinks and an excluded `.gitignore`d
@@ -20,17 +18,6 @@ fn sample_repo(fleet: &Fleet) -> Repo {
     repo
 }
 
-fn git_archive(repo: &Repo, commit: &str, dest: &std::path::Path) {
-    std::fs::create_dir_all(dest).unwrap();
-    let archive =
-        Command::new("git").args(["archive", "--format=tar", commit]).current_dir(&repo.path).output().unwrap();
-    assert!(archive.status.success());
-    let tar = dest.with_extension("tar");
-    std::fs::write(&tar, &archive.stdout).unwrap();
-    let status = Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(dest).status().unwrap();
-    assert!(status.success());
-}
-
 #[test]
 fn deploy_matches_git_archive_on_every_host() {
     let fleet = Fleet::new(3);
@@ -46,7 +33,7 @@ fn deploy_matches_git_archive_on_every_host() {
     assert!(release.ends_with(&commit[..7]), "{release}");
 
     let expected = fleet.path().join("expected");
-    git_archive(&repo, &commit, &expected);
+    repo.archive_into(&commit, &expected);
     for host in ["web-1", "web-2", "web-3"] {
         assert_eq!(fleet.current_release(host, "site").as_deref(), Some(release.as_str()));
         assert_same_tree(&expected, &fleet.current(host, "site"));
@@ -174,5 +161,44 @@ fn deploy_to_some_hosts_and_by_tag() {
     for h in doc["hosts"].as_array().unwrap() {
         let sent = h["bytes_sent"].as_u64().unwrap();
         if h["host"] == "web-2" { assert_eq!(sent, size, "{h}") } else { assert!(sent < size, "{h}") }
+    }
+}
+
+#[test]
+fn releases_are_exactly_git_archive_with_export_ignore_and_export_subst() {
+    let fleet = Fleet::new(1);
+    let repo = Repo::with_files(
+        fleet.path(),
+        &[
+            (".gitattributes", "*.log export-ignore\n/docs/ export-ignore\nVERSION export-subst\n"),
+            ("sub/.gitattributes", "secret.txt export-ignore\n*.txt export-subst\nraw.txt -export-subst\n"),
+            ("index.html", "v1\n"),
+            ("app.log", "log\n"),
+            ("docs/guide.md", "docs\n"),
+            ("sub/docs/kept.md", "not the top-level docs/\n"),
+            ("VERSION", "commit $Format:%H$ by $Format:%an$: $Format:%s$ ($Format:%h$)\nplain $ sign\n"),
+            ("sub/secret.txt", "s3cr3t\n"),
+            ("sub/info.txt", "$Format:%ci$\n"),
+            ("sub/raw.txt", "$Format:%H$\n"),
+            ("sub/deep/x.log", "deep log\n"),
+        ],
+    );
+    fleet.apply_project("plain", &repo.path, "");
+    fleet.apply_project("built", &repo.path, "[build]\npost_deploy = [\"true\"]\n");
+    for round in 1..=2 {
+        if round == 2 {
+            // A second commit: the manifest is read from git and only a delta is sent.
+            repo.write("index.html", "v2\n");
+            repo.commit("v2: $Format:%H$ is not expanded in messages");
+        }
+        let expected = fleet.path().join(format!("expected-{round}"));
+        repo.archive_into("HEAD", &expected);
+        let version = std::fs::read_to_string(expected.join("VERSION")).unwrap();
+        assert!(!version.starts_with("commit $Format"), "git archive expanded it: {version}");
+        for project in ["plain", "built"] {
+            let release = fleet.deploy_ok(project);
+            let dir = fleet.deploy_to("web-1", project).join("releases").join(&release);
+            assert_same_tree(&expected, &dir);
+        }
     }
 }
