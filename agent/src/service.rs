@@ -342,14 +342,16 @@ impl Inner {
         )
     }
 
-    /// Run a stage's hook lines in order; stop at the first failure.
-    async fn run_hooks(
+    /// Run a stage's hook lines in order; stop at the first failure. Each line's result goes to
+    /// `events` (waiting for room: a result is never dropped, and it arrives before the reply).
+    async fn run_hooks<E: Send + 'static>(
         &self,
         stage: &str,
         spec: &pb::HookSpec,
         site: &HookSite<'_>,
         live: &LiveOutput,
-        on_result: &mut (dyn FnMut(pb::HookResult) + Send),
+        events: &mpsc::Sender<Result<E, Status>>,
+        wrap: fn(pb::HookResult) -> E,
     ) -> Result<(), AgentError> {
         let env = self.hook_env(site);
         let timeout = Duration::from_secs(spec.timeout_secs.max(1));
@@ -357,7 +359,7 @@ impl Inner {
             let result =
                 run_hook(stage, command, site.release_path, &env, site.run_as, timeout, Some(live.clone())).await;
             let failed = failure(&result, timeout);
-            on_result(result);
+            let _ = events.send(Ok(wrap(result))).await;
             if let Some(why) = failed {
                 return Err(AgentError::Hook(why));
             }
@@ -530,11 +532,8 @@ impl Inner {
                 commit: header.commit.clone(),
             };
             let live = live_forwarder(events.clone(), |o| pb::StageEvent { kind: Some(EventKind::Output(o)) });
-            let hook_events = events.clone();
-            let mut on_result = move |r: pb::HookResult| {
-                let _ = hook_events.try_send(Ok(pb::StageEvent { kind: Some(EventKind::Hook(r)) }));
-            };
-            if let Err(e) = self.run_hooks("pre_release", &pre_release, &site, &live, &mut on_result).await {
+            let wrap = |r: pb::HookResult| pb::StageEvent { kind: Some(EventKind::Hook(r)) };
+            if let Err(e) = self.run_hooks("pre_release", &pre_release, &site, &live, &events, wrap).await {
                 // The release never becomes current: remove it.
                 self.remove_release(&target, id.as_str())?;
                 record.releases.remove(id.as_str());
@@ -587,10 +586,7 @@ impl Inner {
         let release_path = layout.release_path(&id);
         let commit = record.releases.get(id.as_str()).map(|m| m.commit.clone()).filter(|c| !c.is_empty());
         let live = live_forwarder(events.clone(), |o| pb::ActivateEvent { kind: Some(ActKind::Output(o)) });
-        let hook_events = events.clone();
-        let mut on_result = move |r: pb::HookResult| {
-            let _ = hook_events.try_send(Ok(pb::ActivateEvent { kind: Some(ActKind::Hook(r)) }));
-        };
+        let wrap = |r: pb::HookResult| pb::ActivateEvent { kind: Some(ActKind::Hook(r)) };
         let site = run_as.as_ref().map(|run_as| HookSite {
             target: &target,
             ctx: &ctx,
@@ -603,7 +599,7 @@ impl Inner {
             commit: commit.clone().unwrap_or_else(|| ctx.commit.clone()),
         });
         if let (Some(site), false) = (&site, pre_release.commands.is_empty()) {
-            self.run_hooks("pre_release", &pre_release, site, &live, &mut on_result).await?;
+            self.run_hooks("pre_release", &pre_release, site, &live, &events, wrap).await?;
         }
 
         if before.release() != Some(&id) {
@@ -625,7 +621,7 @@ impl Inner {
 
         let mut post_release_error = String::new();
         if let (Some(site), false) = (&site, post_release.commands.is_empty())
-            && let Err(e) = self.run_hooks("post_release", &post_release, site, &live, &mut on_result).await
+            && let Err(e) = self.run_hooks("post_release", &post_release, site, &live, &events, wrap).await
         {
             warn!(release = %id, error = %e, "post_release failed");
             post_release_error = e.to_string();

@@ -295,17 +295,37 @@ impl Drop for LockGuard {
 
 /// Take the one-operation-at-a-time lock of project+env and number the operation.
 fn lock_and_number(home: &Home, record: &mut DeployRecord, reporter: &mut Reporter) -> Result<LockGuard> {
+    let guard = take_lock(home, record, reporter)?;
+    number(home, record)?;
+    Ok(guard)
+}
+
+/// Number the operation (holding its lock) and record it as running.
+fn number(home: &Home, record: &mut DeployRecord) -> Result<()> {
     let store = Store::open(&home.state())?;
-    let mut lock = LockRecord {
+    record.id = store.next_deploy_id()?;
+    let lock = lock_record(record);
+    store.acquire_lock(&lock)?.map_err(|holder| CtlError::failed(format!("lost the lock to {}", holder.describe())))?;
+    store.put_deploy(record)?;
+    Ok(())
+}
+
+fn lock_record(record: &DeployRecord) -> LockRecord {
+    LockRecord {
         project: record.project.clone(),
         env: record.env.clone(),
-        deploy_id: 0,
+        deploy_id: record.id,
         user: record.user.clone(),
         host: hostname(),
         pid: std::process::id(),
         since: unix_now(),
-    };
-    match store.acquire_lock(&lock)? {
+    }
+}
+
+/// Take the lock of project+env (not numbered yet: nothing is recorded until [`number`]).
+fn take_lock(home: &Home, record: &DeployRecord, reporter: &mut Reporter) -> Result<LockGuard> {
+    let store = Store::open(&home.state())?;
+    match store.acquire_lock(&lock_record(record))? {
         Err(holder) => {
             return Err(CtlError::bad(format!(
                 "{}/{} is locked by {}; wait for it to finish, or if that process is gone run `slipctl unlock {} {}`",
@@ -319,12 +339,7 @@ fn lock_and_number(home: &Home, record: &mut DeployRecord, reporter: &mut Report
         Ok(Some(dead)) => reporter.say(format!("took over the lock of {}, whose process is gone", dead.describe())),
         Ok(None) => {}
     }
-    let guard = LockGuard { state: home.state(), project: record.project.clone(), env: record.env.clone() };
-    record.id = store.next_deploy_id()?;
-    lock.deploy_id = record.id;
-    store.acquire_lock(&lock)?.map_err(|holder| CtlError::failed(format!("lost the lock to {}", holder.describe())))?;
-    store.put_deploy(record)?;
-    Ok(guard)
+    Ok(LockGuard { state: home.state(), project: record.project.clone(), env: record.env.clone() })
 }
 
 pub struct RollbackArgs {
@@ -774,6 +789,8 @@ enum Activation {
         why: String,
         previous: String,
     },
+    /// The call failed and the host could not be asked afterwards: it may have flipped.
+    Unknown(String),
 }
 
 /// [`call_activate`], and when it fails, ask the host what `current` is before deciding.
@@ -792,7 +809,7 @@ async fn activate_verified(
     match current_on_host(client, target, timeouts).await {
         Some((current, previous)) if current == release => Ok(Activation::FlippedUnconfirmed { why: e, previous }),
         Some((current, _)) => Err(format!("{e}; current on the host is {}", or_none(&current))),
-        None => Err(format!("{e}; the host did not say what current is now")),
+        None => Ok(Activation::Unknown(format!("{e}; the host did not say what current is now"))),
     }
 }
 
@@ -807,6 +824,15 @@ async fn activate_host(
     let t = Instant::now();
     let target = request.release_id.clone();
     match activate_verified(&mut client, request, &mut result, &events, timeouts).await {
+        Ok(Activation::Unknown(why)) => {
+            // Maybe on the new release: counted as activated, so the rollout stops and cleans up
+            // (a rollback that cannot reach the host then leaves the deploy `incomplete`).
+            let e = format!("{why}: counted as possibly activated");
+            clock.step(&mut result, "activate", t, Err(e.clone()));
+            result.activated = true;
+            result.ok = false;
+            let _ = events.send((result.host.clone(), HostEvent::Failed(e)));
+        }
         Ok(Activation::FlippedUnconfirmed { why, previous }) => {
             // The host runs the new release; what its hooks did is unknown: activated, and failed.
             let e = format!("{why}; but current -> {target} on the host: counted as activated and failed");
@@ -1255,7 +1281,6 @@ async fn run_deploy(
     let mut clients: BTreeMap<String, AgentClient> = BTreeMap::new();
     let mut manifest_pb: Option<pb::Manifest> = None;
     let fan = |events: Events| Fanout { tls: tls.clone(), events, clock: clock.clone(), timeouts };
-    let mut ever_activated = false;
     let outcome = loop {
         let stopping = is_cancelled(&cancel);
         match next(&plan, &states, stopping) {
@@ -1269,17 +1294,35 @@ async fn run_deploy(
                     }
                 }
                 let (planner_events, _) = mpsc::unbounded_channel();
-                let (mut uploads, connected) = if full {
-                    package.pack(reporter).await?;
-                    (BTreeMap::new(), BTreeMap::new())
-                } else {
-                    plan_uploads(&hosts, &agents, settings, package, &fan(planner_events), reporter).await?
-                };
-                for host in &hosts {
-                    if !uploads.contains_key(host) {
-                        uploads.insert(host.clone(), package.full_upload(reporter)?);
+                let planned = async {
+                    let (mut uploads, connected) = if full {
+                        package.pack(reporter).await?;
+                        (BTreeMap::new(), BTreeMap::new())
+                    } else {
+                        plan_uploads(&hosts, &agents, settings, package, &fan(planner_events), reporter).await?
+                    };
+                    for host in &hosts {
+                        if !uploads.contains_key(host) {
+                            uploads.insert(host.clone(), package.full_upload(reporter)?);
+                        }
                     }
+                    Ok::<_, CtlError>((uploads, connected))
                 }
+                .await;
+                // Packaging for this batch failed: its hosts failed, and the planner decides what
+                // that means for the batches already on the new release.
+                let (uploads, connected) = match planned {
+                    Ok(planned) => planned,
+                    Err(e) => {
+                        let t = Instant::now();
+                        for host in hosts {
+                            let result = results.get_mut(&host).expect("every host has a result");
+                            clock.step(result, "package", t, Err(e.to_string()));
+                            set(&mut states, &[host], HostState::Failed { activated: false });
+                        }
+                        continue;
+                    }
+                };
                 let manifest = manifest_pb.get_or_insert_with(|| pb::Manifest::from(package.manifest())).clone();
                 let total_entries = package.manifest().entries.len() as u64;
                 let staged = fan_out(&hosts, reporter, &mut cancel, |host, events| {
@@ -1325,7 +1368,7 @@ async fn run_deploy(
                         }
                         // Cancelled mid-upload: the agent drops the staging dir when the stream
                         // breaks; an Abort makes sure.
-                        None => set(&mut states, &[host], HostState::Staged),
+                        None => set(&mut states, &[host], HostState::Interrupted),
                     }
                 }
             }
@@ -1341,7 +1384,6 @@ async fn run_deploy(
                         (true, _) => HostState::Activated,
                         (false, activated) => HostState::Failed { activated },
                     };
-                    ever_activated |= result.activated;
                     results.insert(host.clone(), result);
                     set(&mut states, &[host], state);
                 }
@@ -1394,62 +1436,97 @@ async fn run_deploy(
                             }
                         }
                         .await;
-                        if outcome.is_ok() {
+                        let ok = outcome.is_ok();
+                        if ok {
                             let _ = fan.events.send((result.host.clone(), HostEvent::Aborted));
                         }
                         fan.clock.follow_up(&mut result, "abort", t, outcome);
-                        result
+                        (result, ok)
                     }
                 })
                 .await;
-                for (host, result) in aborted {
+                for (host, (result, ok)) in aborted {
                     results.insert(host.clone(), result);
-                    set(&mut states, &[host], HostState::Aborted);
+                    set(&mut states, &[host], if ok { HostState::Aborted } else { HostState::AbortFailed });
                 }
             }
             Action::RollBack(hosts) => {
                 reporter.say(format!("rolling back {} host(s) to their previous release", hosts.len()));
+                let owned_settings = Arc::new(settings.clone());
                 let rolled = fan_out(&hosts, reporter, &mut None, |host, events| {
+                    let settings = owned_settings.clone();
                     let mut result = results[&host].clone();
-                    let previous = result.previous_release.clone();
+                    let known_previous = result.previous_release.clone();
                     let mut back = record.clone();
                     back.kind = DeployKind::Rollback;
-                    let request = activate_request(settings, &host, &back, &previous);
+                    let (new_release, target) = (record.release.clone(), pb_target(&settings, &host));
                     let client = clients[&host].clone();
                     let fan = fan(events);
                     async move {
                         let t = Instant::now();
-                        let outcome = if ReleaseId::parse(&previous).is_err() {
-                            Err(format!(
-                                "no previous release to go back to (was {}); it stays on the new one",
-                                or_none(&previous)
-                            ))
+                        let mut client = client;
+                        // Where to go back to: what the activation reported, else what the host
+                        // itself recorded for its current release (asked now).
+                        let previous = if known_previous.is_empty() {
+                            match current_on_host(&mut client, Some(target), fan.timeouts).await {
+                                Some((current, previous)) if current == new_release => Ok(previous),
+                                Some((current, _)) => Err(Some(format!(
+                                    "the host is not on the new release (current is {}); nothing to undo",
+                                    or_none(&current)
+                                ))),
+                                None => Err(None),
+                            }
                         } else {
-                            let mut client = client;
-                            activate_verified(&mut client, request, &mut result, &fan.events, fan.timeouts).await.map(
-                                |a| match a {
-                                    Activation::Replied(_) => format!("current -> {previous}"),
-                                    Activation::FlippedUnconfirmed { why, .. } => {
-                                        format!("current -> {previous} (confirmed by asking the host after: {why})")
-                                    }
-                                },
-                            )
+                            Ok(known_previous)
                         };
-                        if outcome.is_ok() {
+                        let (outcome, state) = match previous {
+                            Err(Some(detail)) => (Ok(detail), HostState::RolledBack),
+                            Err(None) => (
+                                Err("cannot reach the host to roll it back; it may still run the new release"
+                                    .to_owned()),
+                                HostState::RollbackFailed,
+                            ),
+                            Ok(previous) if ReleaseId::parse(&previous).is_err() => (
+                                Err(format!(
+                                    "no previous release to go back to (was {}); it stays on the new one",
+                                    or_none(&previous)
+                                )),
+                                HostState::NoRollbackTarget,
+                            ),
+                            Ok(previous) => {
+                                let request = activate_request(&settings, &result.host, &back, &previous);
+                                let outcome =
+                                    activate_verified(&mut client, request, &mut result, &fan.events, fan.timeouts)
+                                        .await
+                                        .and_then(|a| match a {
+                                            Activation::Replied(_) => Ok(format!("current -> {previous}")),
+                                            Activation::FlippedUnconfirmed { why, .. } => Ok(format!(
+                                                "current -> {previous} (confirmed by asking the host after: {why})"
+                                            )),
+                                            Activation::Unknown(why) => Err(why),
+                                        });
+                                if outcome.is_ok() {
+                                    let _ = fan.events.send((
+                                        result.host.clone(),
+                                        HostEvent::Activated { previous: previous.clone(), elapsed_ms: 0 },
+                                    ));
+                                }
+                                let state =
+                                    if outcome.is_ok() { HostState::RolledBack } else { HostState::RollbackFailed };
+                                (outcome, state)
+                            }
+                        };
+                        if state == HostState::RolledBack {
                             result.activated = false;
-                            let _ = fan.events.send((
-                                result.host.clone(),
-                                HostEvent::Activated { previous: previous.clone(), elapsed_ms: 0 },
-                            ));
                         }
                         fan.clock.follow_up(&mut result, "rollback", t, outcome);
-                        result
+                        (result, state)
                     }
                 })
                 .await;
-                for (host, result) in rolled {
+                for (host, (result, state)) in rolled {
                     results.insert(host.clone(), result);
-                    set(&mut states, &[host], HostState::RolledBack);
+                    set(&mut states, &[host], state);
                 }
             }
         }
@@ -1463,42 +1540,61 @@ async fn run_deploy(
         .map(|h| format!("{}: {}", h.host, h.error.clone().unwrap_or_default()))
         .collect();
     let cause = if failed.is_empty() { "cancelled by the operator".to_owned() } else { failed.join("; ") };
-    let cancelled = is_cancelled(&cancel);
-    match outcome {
-        Outcome::Succeeded => {
-            record.status = DeployStatus::Succeeded;
-            Ok(())
+    let (n_failed, n_hosts) = (failed.len(), record.hosts.len());
+    let refused = n_failed > 0 && record.hosts.iter().filter(|h| h.error.is_some()).all(|h| h.refused);
+    // The planner decided; this only words it.
+    let (status, error) = match outcome {
+        Outcome::Succeeded => (DeployStatus::Succeeded, None),
+        Outcome::Partial => (
+            DeployStatus::Partial,
+            Some(CtlError::failed(format!("finished with {n_failed} failed host(s), within max_failures: {cause}"))),
+        ),
+        Outcome::RolledBack => (
+            DeployStatus::RolledBack,
+            Some(CtlError::failed(format!("rolled back every activated host to its previous release: {cause}"))),
+        ),
+        Outcome::Cancelled { activated_any } => {
+            let left = if activated_any { " (activated hosts stay on the new release: no auto_rollback)" } else { "" };
+            (DeployStatus::Cancelled, Some(CtlError::failed(format!("cancelled{left}: {cause}"))))
         }
-        Outcome::Partial => {
-            record.status = DeployStatus::Partial;
-            Err(CtlError::failed(format!(
-                "finished with {} failed host(s), within max_failures: {cause}",
-                failed.len()
-            )))
+        Outcome::Incomplete => (
+            DeployStatus::Incomplete,
+            Some(CtlError::failed(format!(
+                "stopped, and cleaning up failed on some host, so the fleet is mixed (slipctl show {} says which \
+                 host runs what; slipctl releases to check, then rollback or deploy again): {cause}",
+                record.id
+            ))),
+        ),
+        Outcome::Failed { activated_any: false } if refused => (
+            DeployStatus::Failed,
+            Some(CtlError::bad(format!(
+                "refused by the agent on {n_failed} of {n_hosts} host(s), so no host was activated: {cause}"
+            ))),
+        ),
+        Outcome::Failed { activated_any: false } => (
+            DeployStatus::Failed,
+            Some(CtlError::failed(format!(
+                "failed on {n_failed} of {n_hosts} host(s), so no host was activated: {cause}"
+            ))),
+        ),
+        Outcome::Failed { activated_any: true } => {
+            let why = if settings.rollout.auto_rollback {
+                "they had no previous release to go back to"
+            } else {
+                "auto_rollback is off"
+            };
+            (
+                DeployStatus::Failed,
+                Some(CtlError::failed(format!(
+                    "failed on {n_failed} of {n_hosts} host(s); activated hosts stay on the new release ({why}): {cause}"
+                ))),
+            )
         }
-        Outcome::RolledBack => {
-            record.status = if cancelled { DeployStatus::Cancelled } else { DeployStatus::RolledBack };
-            Err(CtlError::failed(format!("rolled back every activated host to its previous release: {cause}")))
-        }
-        Outcome::Failed if cancelled => {
-            record.status = DeployStatus::Cancelled;
-            Err(CtlError::failed(format!("cancelled: {cause}")))
-        }
-        Outcome::Failed if !ever_activated && record.hosts.iter().filter(|h| h.error.is_some()).all(|h| h.refused) => {
-            Err(CtlError::bad(format!(
-                "refused by the agent on {} of {} host(s), so no host was activated: {cause}",
-                failed.len(),
-                record.hosts.len()
-            )))
-        }
-        Outcome::Failed if !ever_activated => Err(CtlError::failed(format!(
-            "failed on {} of {} host(s), so no host was activated: {cause}",
-            failed.len(),
-            record.hosts.len()
-        ))),
-        Outcome::Failed => {
-            Err(CtlError::failed(format!("failed on {} of {} host(s): {cause}", failed.len(), record.hosts.len())))
-        }
+    };
+    record.status = status;
+    match error {
+        None => Ok(()),
+        Some(e) => Err(e),
     }
 }
 
@@ -1540,26 +1636,35 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &mut Reporter) 
         ReleaseId::parse(to)?;
     }
     let tls = home.client_tls()?;
-    let answers = query_releases(&scope, tls.clone(), timeouts).await;
-    let unreachable: Vec<String> = answers.iter().filter_map(|(_, r)| r.as_ref().err().cloned()).collect();
-    if !unreachable.is_empty() {
-        return Err(CtlError::failed(format!("rollback not started, no host touched: {}", unreachable.join("; "))));
-    }
-    let mut clients = Vec::new();
-    let mut replies = Vec::new();
-    for (agent, answer) in answers {
-        let (client, reply) = answer.expect("checked above");
-        replies.push((agent.name.clone(), reply));
-        clients.push((agent, client));
-    }
-    let targets = rollback_targets(&replies, args.to.as_deref())
-        .map_err(|problems| CtlError::bad(format!("rollback refused, no host touched: {}", problems.join("; "))))?;
     let settings = &scope.settings;
     let mut record = DeployRecord {
         release: args.to.clone().unwrap_or_default(),
         ..DeployRecord::start(DeployKind::Rollback, &settings.project, &settings.env, current_user())
     };
-    let _lock = lock_and_number(home, &mut record, reporter)?;
+    // The targets are decided under the lock: no deploy can change what the hosts hold between
+    // asking them and relinking.
+    let _lock = take_lock(home, &record, reporter)?;
+    let decided = async {
+        let answers = query_releases(&scope, tls.clone(), timeouts).await;
+        let unreachable: Vec<String> = answers.iter().filter_map(|(_, r)| r.as_ref().err().cloned()).collect();
+        if !unreachable.is_empty() {
+            return Err(CtlError::failed(format!("rollback not started, no host touched: {}", unreachable.join("; "))));
+        }
+        let mut clients = Vec::new();
+        let mut replies = Vec::new();
+        for (agent, answer) in answers {
+            let (client, reply) = answer.expect("checked above");
+            replies.push((agent.name.clone(), reply));
+            clients.push((agent, client));
+        }
+        let targets = rollback_targets(&replies, args.to.as_deref())
+            .map_err(|problems| CtlError::bad(format!("rollback refused, no host touched: {}", problems.join("; "))))?;
+        Ok((clients, targets))
+    }
+    .await;
+    // Refused before any host is touched: nothing to record (like any other bad input).
+    let (clients, targets) = decided?;
+    number(home, &mut record)?;
     let mut distinct: Vec<&str> = targets.iter().map(|(_, t)| t.as_str()).collect();
     distinct.dedup();
     if distinct.len() == 1 {

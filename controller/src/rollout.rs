@@ -7,8 +7,11 @@
 //! * `canary` hosts go first, as their own batch.
 //! * Each batch is staged, activated and health-checked before the next one starts; the loop
 //!   waits `delay_secs` between batches.
-//! * More than `max_failures` failed hosts (or a cancel) stops the rollout: staged releases are
-//!   aborted and, with `auto_rollback`, every activated host goes back to its previous release.
+//! * More than `max_failures` failed hosts (or a cancel) stops the rollout: staged (or
+//!   interrupted) releases are aborted and, with `auto_rollback`, every activated host goes back
+//!   to its previous release.
+//! * Every outcome is decided here from what each host reports, including cleanups that failed:
+//!   an abort or a rollback that did not happen leaves the fleet `Incomplete`, never "done".
 
 use std::collections::BTreeMap;
 
@@ -24,9 +27,17 @@ pub enum HostState {
     Failed {
         activated: bool,
     },
+    /// An upload stopped half-way (cancel): whether the host staged is unknown, so it is aborted.
+    Interrupted,
     /// Staged, then its release was removed because the rollout stopped.
     Aborted,
+    /// Staged, and removing its release when the rollout stopped failed: it may still be there.
+    AbortFailed,
     RolledBack,
+    /// Activated, and going back to the previous release failed: it may still run the new one.
+    RollbackFailed,
+    /// Activated, with no previous release to go back to (a first deploy): it stays on the new one.
+    NoRollbackTarget,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +53,20 @@ pub enum Outcome {
     Succeeded,
     /// Finished with failed hosts within `max_failures`.
     Partial,
-    Failed,
+    /// Stopped by failures; `activated_any`: some host still runs the new release (no
+    /// `auto_rollback`), else no host was ever left on it.
+    Failed {
+        activated_any: bool,
+    },
+    /// Stopped by failures, and every activated host went back.
     RolledBack,
+    /// Stopped by the operator; every staged release was removed and every activated host went
+    /// back (with `auto_rollback`).
+    Cancelled {
+        activated_any: bool,
+    },
+    /// Stopped, and a cleanup failed: some host may hold a staged release or run the new one.
+    Incomplete,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,23 +109,38 @@ pub fn next(plan: &Plan, states: &BTreeMap<String, HostState>, stopping: bool) -
     let failed = states.values().filter(|s| matches!(s, HostState::Failed { .. })).count() as u32;
     // Aborted and rolled-back hosts only exist once the rollout is stopping: it stays stopped.
     let stopped = states.values().any(|s| matches!(s, HostState::Aborted | HostState::RolledBack));
+    let stopped = stopped
+        || states.values().any(|s| {
+            matches!(
+                s,
+                HostState::AbortFailed
+                    | HostState::RollbackFailed
+                    | HostState::Interrupted
+                    | HostState::NoRollbackTarget
+            )
+        });
     if stopping || stopped || failed > plan.max_failures {
-        let staged = hosts_in(states, &all, |s| *s == HostState::Staged);
+        let staged = hosts_in(states, &all, |s| matches!(s, HostState::Staged | HostState::Interrupted));
         if !staged.is_empty() {
             return Action::Abort(staged);
         }
-        if plan.auto_rollback {
-            let live = hosts_in(states, &all, |s| {
-                matches!(s, HostState::Activated | HostState::Healthy | HostState::Failed { activated: true })
-            });
-            if !live.is_empty() {
-                return Action::RollBack(live);
-            }
-            if states.values().any(|s| *s == HostState::RolledBack) {
-                return Action::Done(Outcome::RolledBack);
-            }
+        let live = hosts_in(states, &all, |s| {
+            matches!(s, HostState::Activated | HostState::Healthy | HostState::Failed { activated: true })
+        });
+        if plan.auto_rollback && !live.is_empty() {
+            return Action::RollBack(live);
         }
-        return Action::Done(Outcome::Failed);
+        if states.values().any(|s| matches!(s, HostState::AbortFailed | HostState::RollbackFailed)) {
+            return Action::Done(Outcome::Incomplete);
+        }
+        let activated_any = !live.is_empty() || states.values().any(|s| *s == HostState::NoRollbackTarget);
+        if stopping {
+            return Action::Done(Outcome::Cancelled { activated_any });
+        }
+        if !activated_any && states.values().any(|s| *s == HostState::RolledBack) {
+            return Action::Done(Outcome::RolledBack);
+        }
+        return Action::Done(Outcome::Failed { activated_any });
     }
     for (index, batch) in plan.batches.iter().enumerate() {
         let pending = hosts_in(states, batch, |s| *s == HostState::Pending);
@@ -217,7 +255,7 @@ mod tests {
             (Action::Stage { .. }, "web-2") => HostState::Failed { activated: false },
             _ => happy(a, h),
         });
-        assert_eq!(outcome, Outcome::Failed);
+        assert_eq!(outcome, Outcome::Failed { activated_any: false });
         assert_eq!(log[1], Action::Abort(vec!["web-1".into(), "web-3".into()]));
         assert!(!log.iter().any(|a| matches!(a, Action::Activate(_))));
     }
@@ -252,7 +290,7 @@ mod tests {
             (Action::HealthCheck(_), "web-2") => HostState::Failed { activated: true },
             _ => happy(a, h),
         });
-        assert_eq!(outcome, Outcome::Failed);
+        assert_eq!(outcome, Outcome::Failed { activated_any: true });
         assert!(!log.iter().any(|a| matches!(a, Action::RollBack(_))));
     }
 
@@ -266,6 +304,72 @@ mod tests {
         set(&mut states, &["web-2".into()], HostState::Aborted);
         assert_eq!(next(&p, &states, true), Action::RollBack(vec!["web-1".into()]));
         set(&mut states, &["web-1".into()], HostState::RolledBack);
-        assert_eq!(next(&p, &states, true), Action::Done(Outcome::RolledBack));
+        assert_eq!(next(&p, &states, true), Action::Done(Outcome::Cancelled { activated_any: false }));
+    }
+
+    /// One row of the outcome table: hosts' states after the rollout stopped (or not) -> what the
+    /// planner does next.
+    fn decide(auto_rollback: bool, stopping: bool, hosts: &[HostState]) -> Action {
+        let names = names(hosts.len());
+        let p = Plan { auto_rollback, ..plan(vec![names.clone()], 0) };
+        let states = names.iter().cloned().zip(hosts.iter().cloned()).collect();
+        next(&p, &states, stopping)
+    }
+
+    #[test]
+    fn the_planner_owns_every_outcome() {
+        use HostState::*;
+        let web = |n: &[usize]| n.iter().map(|i| format!("web-{i}")).collect::<Vec<_>>();
+        let rows: Vec<(bool, bool, Vec<HostState>, Action)> = vec![
+            // A rollback that failed is not "rolled back": the fleet is incomplete.
+            (true, false, vec![RolledBack, RollbackFailed], Action::Done(Outcome::Incomplete)),
+            // An abort that failed likewise.
+            (true, false, vec![Failed { activated: false }, AbortFailed], Action::Done(Outcome::Incomplete)),
+            // An upload cut by a cancel is aborted, whatever the host made of it.
+            (true, true, vec![Interrupted, Staged], Action::Abort(web(&[1, 2]))),
+            // A cancel decided by the planner, after every cleanup.
+            (true, true, vec![Aborted, Aborted], Action::Done(Outcome::Cancelled { activated_any: false })),
+            (false, true, vec![Healthy, Aborted], Action::Done(Outcome::Cancelled { activated_any: true })),
+            (true, true, vec![Healthy, Aborted], Action::RollBack(web(&[1]))),
+            // No host activated: failed, and nothing was rolled back.
+            (
+                true,
+                false,
+                vec![Failed { activated: false }, Aborted],
+                Action::Done(Outcome::Failed { activated_any: false }),
+            ),
+            // Without auto_rollback the activated host stays: failed, with a host on the new release.
+            (
+                false,
+                false,
+                vec![Failed { activated: true }, Healthy],
+                Action::Done(Outcome::Failed { activated_any: true }),
+            ),
+            (true, false, vec![RolledBack, RolledBack], Action::Done(Outcome::RolledBack)),
+            // A first deploy has nothing to go back to: failed, and the hosts run the new release.
+            (
+                true,
+                false,
+                vec![NoRollbackTarget, NoRollbackTarget],
+                Action::Done(Outcome::Failed { activated_any: true }),
+            ),
+            (true, false, vec![RolledBack, NoRollbackTarget], Action::Done(Outcome::Failed { activated_any: true })),
+            // A packaging error for a later batch is a host failure like any other: roll back.
+            (true, false, vec![Healthy, Failed { activated: false }], Action::RollBack(web(&[1]))),
+        ];
+        for (auto_rollback, stopping, hosts, expected) in rows {
+            assert_eq!(decide(auto_rollback, stopping, &hosts), expected, "{hosts:?} (auto_rollback {auto_rollback})");
+        }
+    }
+
+    #[test]
+    fn a_failed_rollback_ends_incomplete_in_a_simulated_rollout() {
+        let p = plan(vec![vec!["web-1".into()], vec!["web-2".into()]], 0);
+        let (log, outcome) = simulate(&p, |a, h| match (a, h) {
+            (Action::HealthCheck(_), "web-2") => HostState::Failed { activated: true },
+            (Action::RollBack(_), "web-1") => HostState::RollbackFailed,
+            _ => happy(a, h),
+        });
+        assert_eq!(outcome, Outcome::Incomplete, "{log:?}");
     }
 }

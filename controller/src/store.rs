@@ -61,6 +61,9 @@ pub enum DeployStatus {
     Partial,
     /// The controller died while it ran (decided when read: the recorded pid is gone).
     Interrupted,
+    /// The rollout stopped and a cleanup (abort or rollback) failed on some host: the fleet is
+    /// not where the outcome would say; `show` tells which host is where.
+    Incomplete,
 }
 
 impl DeployStatus {
@@ -73,6 +76,7 @@ impl DeployStatus {
             DeployStatus::Cancelled => "cancelled",
             DeployStatus::Partial => "partial",
             DeployStatus::Interrupted => "interrupted",
+            DeployStatus::Incomplete => "incomplete",
         }
     }
 }

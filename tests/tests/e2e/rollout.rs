@@ -365,3 +365,60 @@ fn zero_downtime_under_nginx_through_20_deploys_and_rollbacks() {
         assert!(versions.contains(body), "every body comes from exactly one release: {body:?}");
     }
 }
+
+#[test]
+fn a_first_deploy_whose_post_release_fails_says_the_hosts_stay_on_the_new_release() {
+    let fleet = Fleet::new(2);
+    let repo = repo(&fleet);
+    let target = format!("{}post_release = [\"exit 7\"]\n", hook_user_line());
+    fleet.apply_project_full("site", &repo.path, "", &target, "");
+    let run = fleet.slipctl(&["deploy", "site", "test"]).code(1);
+    assert!(
+        run.stderr.contains("stay on the new release") && run.stderr.contains("no previous release"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("rolled back every"), "{}", run.stderr);
+    for host in ["web-1", "web-2"] {
+        assert_eq!(page(&fleet, host), "v1\n", "{host} serves the new release");
+    }
+    let shown = fleet.slipctl(&["--output", "json", "show", "1"]).ok().json();
+    assert_eq!(shown["status"], "failed", "{shown}");
+    assert!(shown["hosts"].as_array().unwrap().iter().all(|h| h["activated"] == true), "{shown}");
+}
+
+#[test]
+fn a_rollback_that_cannot_reach_its_host_leaves_the_deploy_incomplete() {
+    if !require("root", is_root()) {
+        return;
+    }
+    let mut fleet = Fleet::new(1);
+    let repo = repo(&fleet);
+    let marker = fleet.path().join("gate");
+    std::fs::create_dir_all(&marker).unwrap();
+    std::fs::set_permissions(&marker, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let (armed, flag) = (marker.join("armed"), marker.join("now"));
+    let hook = format!(
+        "[ -e {0} ] || exit 0; rm -f {0}; touch {1}; while [ -e {1} ]; do sleep 0.05; done",
+        armed.display(),
+        flag.display()
+    );
+    let target = format!("user = \"www\"\npost_release = [\"{hook}\"]\n");
+    fleet.apply_project_full("site", &repo.path, "", &target, "[env.test.rollout]\nhost_timeout_secs = 3\n");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    next_version(&repo, 2);
+    std::fs::write(&armed, "").unwrap();
+    let mut deploy = fleet.spawn_slipctl(&["deploy", "site", "test"]);
+    wait_until("post_release to start", || flag.exists());
+    // The host goes away after its flip, and stays away for the rollback.
+    fleet.agents[0].kill();
+    let _ = std::fs::remove_file(&flag);
+    assert_eq!(deploy.wait().unwrap().code(), Some(1));
+    let shown = fleet.slipctl(&["--output", "json", "show", "2"]).ok().json();
+    assert_eq!(shown["status"], "incomplete", "{shown:#}");
+    let text = shown.to_string();
+    assert!(text.contains("possibly activated"), "{text}");
+    // What the host really runs: the new release (the flip happened before it went away).
+    fleet.agents[0].start();
+    assert_eq!(page(&fleet, "web-1"), "v2\n");
+}
