@@ -1,25 +1,25 @@
 //! `slipctl`, the Slipway controller: git, packaging, rollout and state. The binary is a thin
-//! `main`; everything here is a library so tests and the quickstart call the same code.
+//! `main`; everything here is a library so tests, the quickstart and (later) the server drive
+//! the same engine.
+//!
+//! * [`source`]: where a release's tree comes from — the git mirror, tree walks, excludes and
+//!   `.gitattributes`, builds, and the packaged artifacts.
+//! * [`engine`]: deploy, rollback and check — scope, packaging per host, transfer, host
+//!   operations, the fan-out, the pure rollout planner and its executor — reporting typed
+//!   [`engine::events::Event`]s.
+//! * [`state`]: the controller home and its sled store.
+//! * [`cli`]: the command line, one consumer of the engine's events (`output`), and the
+//!   quickstart.
 
 #![forbid(unsafe_code)]
 
-pub mod artifact;
-pub mod attributes;
-pub mod build;
-pub mod check;
 pub mod cli;
-pub mod client;
-pub mod deploy;
+pub mod engine;
 pub mod error;
-pub mod exclude;
-pub mod git;
-pub mod home;
-pub mod output;
-pub mod plan;
-pub mod quickstart;
-pub mod rollout;
-pub mod store;
-pub mod tree;
+pub mod source;
+pub mod state;
 
 pub use cli::{Cli, run};
+pub use engine::client;
 pub use error::CtlError;
+pub use state::store;

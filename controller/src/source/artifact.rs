@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use slipway_common::archive::{Manifest, ManifestEntry, Packer};
 
-use crate::build::Recipe;
 use crate::error::{Context, CtlError, Result};
-use crate::exclude::Excludes;
-use crate::git;
-use crate::tree::{Sink, walk_dir};
+use crate::source::build::Recipe;
+use crate::source::exclude::Excludes;
+use crate::source::git;
+use crate::source::tree::{Sink, walk_dir};
 
 /// Bump when the package layout changes, so old cache entries are not reused.
 const FORMAT: u32 = 1;

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::exclude::{match_segments, parse_pattern};
+use crate::source::exclude::{match_segments, parse_pattern};
 
 /// One attribute's state on a line: set, unset, or explicitly unspecified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

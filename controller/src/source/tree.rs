@@ -9,7 +9,7 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 use slipway_common::archive::Packer;
 
 use crate::error::{CtlError, Result};
-use crate::exclude::Excludes;
+use crate::source::exclude::Excludes;
 
 /// Receives a tree, parents before children.
 pub trait Sink {

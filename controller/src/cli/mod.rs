@@ -1,6 +1,9 @@
 //! The `slipctl` command line (DESIGN.md "Command line") and the commands that are not a
 //! rollout: init, agents, projects, releases, history, show.
 
+pub mod output;
+pub mod quickstart;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,12 +15,12 @@ use slipway_common::names::validate_agent_name;
 use slipway_common::pki::Identity;
 use slipway_common::time::{format_utc, unix_now};
 
-use crate::client::{self, Timeouts, status_text};
-use crate::deploy::{self, DeployArgs, RollbackArgs};
+use crate::cli::output::{OutputFormat, Reporter, bytes, millis, table};
+use crate::engine::client::{self, Timeouts, status_text};
+use crate::engine::{self as deploy, DeployArgs, RollbackArgs};
 use crate::error::{Context, CtlError, Result};
-use crate::home::{Home, write_new};
-use crate::output::{OutputFormat, Reporter, bytes, millis, table};
-use crate::store::{AgentRecord, DeployRecord, DeployStatus, ProjectRecord, Store};
+use crate::state::home::{Home, write_new};
+use crate::state::store::{AgentRecord, DeployRecord, DeployStatus, ProjectRecord, Store};
 
 #[derive(Parser)]
 #[command(
@@ -187,7 +190,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Check { project, env } => {
-            let rows = crate::check::run(&home, &project, &env, timeouts).await?;
+            let rows = crate::engine::check::run(&home, &project, &env, timeouts).await?;
             let failed = rows.iter().filter(|r| !r.ok).count();
             let table_rows: Vec<Vec<String>> = rows
                 .iter()
@@ -241,7 +244,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             print(out, deploy_json(&record), || show_text(&record));
             Ok(0)
         }
-        Command::Quickstart { dir } => crate::quickstart::run(dir, out).await,
+        Command::Quickstart { dir } => crate::cli::quickstart::run(dir, out).await,
     }
 }
 
@@ -353,7 +356,7 @@ fn show_text(d: &DeployRecord) -> String {
 }
 
 /// A hook run and its kept output, indented.
-fn hook_text(indent: &str, h: &crate::store::HookRecord) -> String {
+fn hook_text(indent: &str, h: &crate::state::store::HookRecord) -> String {
     let how = if h.timed_out { "timed out, killed".to_owned() } else { format!("exit {}", h.exit_code) };
     let mut s = format!("{indent}{} `{}`: {how} in {}\n", h.stage, h.command, millis(h.elapsed_ms));
     let mut out = h.output_head.clone();
@@ -640,7 +643,7 @@ fn toml_of(value: &serde_json::Value) -> String {
 async fn releases(home: &Home, out: OutputFormat, project: &str, env: &str, timeouts: Timeouts) -> Result<u8> {
     let scope = deploy::load_scope(home, project, env, None)?;
     let tls = home.client_tls()?;
-    let answers = deploy::query_releases(&scope, tls, timeouts).await;
+    let answers = crate::engine::rollback::query_releases(&scope, tls, timeouts).await;
     let mut rows = Vec::new();
     let mut docs = Vec::new();
     let mut all_ok = true;

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use git2::{ObjectType, Oid, Repository};
 
-use crate::attributes::{AttrFile, Attributes, Substituter};
 use crate::error::{Context, CtlError, Result};
-use crate::exclude::Excludes;
-use crate::tree::Sink;
+use crate::source::attributes::{AttrFile, Attributes, Substituter};
+use crate::source::exclude::Excludes;
+use crate::source::tree::Sink;
 
 const FETCH_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -232,7 +232,7 @@ fn check_tree(repo: &Repository, tree: &git2::Tree<'_>, prefix: &str) -> Result<
     let mut seen = std::collections::HashSet::with_capacity(tree.len());
     for entry in tree.iter() {
         let name = entry.name_bytes();
-        crate::tree::check_entry_name(name, prefix)?;
+        crate::source::tree::check_entry_name(name, prefix)?;
         if !seen.insert(name.to_vec()) {
             return Err(CtlError::bad(format!(
                 "the repository's tree has '{prefix}{}' twice: a hostile or corrupt commit; nothing was written or \

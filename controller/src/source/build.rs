@@ -11,12 +11,12 @@ use sha2::{Digest, Sha256};
 use slipway_common::process::{Shell, run_shell};
 use tokio::sync::mpsc;
 
+use crate::cli::output::Reporter;
 use crate::error::{Context, CtlError, Result};
-use crate::exclude::Excludes;
-use crate::git;
-use crate::output::Reporter;
-use crate::store::HookRecord;
-use crate::tree::DiskSink;
+use crate::source::exclude::Excludes;
+use crate::source::git;
+use crate::source::tree::DiskSink;
+use crate::state::store::HookRecord;
 
 /// Everything that decides a package's content besides the commit.
 #[derive(Debug, Clone)]

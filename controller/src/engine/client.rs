@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::store::AgentRecord;
+use crate::state::store::AgentRecord;
 
 pub type AgentClient = pb::agent_client::AgentClient<Channel>;
 

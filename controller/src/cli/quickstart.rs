@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::deploy::{self, DeployArgs, RollbackArgs};
+use crate::cli::output::{OutputFormat, Reporter};
+use crate::engine::{self as deploy, DeployArgs, RollbackArgs};
 use crate::error::{Context, CtlError, Result};
-use crate::home::Home;
-use crate::output::{OutputFormat, Reporter};
-use crate::store::{DeployRecord, DeployStatus, ProjectRecord, Store};
+use crate::state::home::Home;
+use crate::state::store::{DeployRecord, DeployStatus, ProjectRecord, Store};
 
 const HOSTS: [&str; 3] = ["web-1", "web-2", "web-3"];
 
@@ -221,17 +221,17 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat) -> Result<u8> {
 
     let total_ms = started.elapsed().as_millis() as u64;
     let deploy_ms: Vec<String> =
-        records.iter().map(|r| format!("#{} {}", r.id, crate::output::millis(r.duration_ms))).collect();
+        records.iter().map(|r| format!("#{} {}", r.id, crate::cli::output::millis(r.duration_ms))).collect();
     match out {
         OutputFormat::Json => {
             let doc = serde_json::json!({"dir": dir, "home": home.root, "deploys": records, "total_ms": total_ms});
             println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
         }
         OutputFormat::Text => {
-            let sent = crate::output::bytes(records[1].hosts.iter().map(|h| h.bytes_sent).sum());
+            let sent = crate::cli::output::bytes(records[1].hosts.iter().map(|h| h.bytes_sent).sum());
             println!(
                 "\n== done in {}: deployed v1, deployed v2 ({sent} sent in all), rolled back to v1 ({})",
-                crate::output::millis(total_ms),
+                crate::cli::output::millis(total_ms),
                 deploy_ms.join(", ")
             );
             println!("where to look:");

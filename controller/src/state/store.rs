@@ -281,14 +281,14 @@ fn store_err(e: impl std::fmt::Display) -> CtlError {
 impl Store {
     /// Open the state, waiting (15 s by default) while another `slipctl` holds it.
     pub fn open(dir: &Path) -> Result<Store> {
-        crate::home::private_dir(dir)?;
+        crate::state::home::private_dir(dir)?;
         let started = Instant::now();
         let wait = open_wait();
         loop {
             match sled::Config::new().path(dir).open() {
                 Ok(db) => {
                     // Vars, hook output and history are for the controller's user alone.
-                    crate::home::restrict_tree(dir);
+                    crate::state::home::restrict_tree(dir);
                     return Ok(Store { db });
                 }
                 Err(sled::Error::Io(e))

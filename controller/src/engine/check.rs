@@ -6,11 +6,11 @@ use serde::Serialize;
 use slipway_common::time::unix_now;
 use slipway_proto::pb;
 
-use crate::client::{self, Timeouts, status_text};
-use crate::deploy::{load_scope, pb_target};
+use crate::engine::client::{self, Timeouts, status_text};
+use crate::engine::scope::{load_scope, pb_target};
 use crate::error::Result;
-use crate::git;
-use crate::home::Home;
+use crate::source::git;
+use crate::state::home::Home;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckRow {
@@ -59,7 +59,7 @@ pub async fn run(home: &Home, project: &str, env: &str, timeouts: Timeouts) -> R
             .and_then(|i| days_left(i.not_after)),
     ));
     let mirror = git::mirror_path(&home.cache(), &settings.project);
-    let url = crate::deploy::repo_url(&scope.project, settings);
+    let url = crate::engine::scope::repo_url(&scope.project, settings);
     let resolved = match git::fetch(&url, &mirror).await {
         Ok(()) => git::resolve(&mirror, &settings.default_ref, &url)
             .map(|r| format!("{} is {}", settings.default_ref, &r.commit[..12]))

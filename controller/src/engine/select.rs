@@ -5,7 +5,7 @@ use slipway_common::config::HostSelector;
 use slipway_proto::pb;
 
 use crate::error::{CtlError, Result};
-use crate::store::AgentRecord;
+use crate::state::store::AgentRecord;
 
 /// The agents an env selects (names and `key=value` labels), narrowed by `--hosts`.
 pub fn select_hosts(

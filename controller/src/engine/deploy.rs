@@ -1,0 +1,143 @@
+//! `deploy`: resolve, build and package once, then hand the rollout to the executor and record
+//! the truth.
+use std::time::Instant;
+
+use slipway_common::time::unix_now;
+use tokio::sync::watch;
+
+use crate::cli::output::{Reporter, bytes, millis};
+use crate::engine::client::Timeouts;
+use crate::error::Result;
+use crate::source::artifact::Artifact;
+use crate::source::git;
+use crate::state::home::Home;
+use crate::state::store::{DeployKind, DeployRecord, DeployStatus, Store};
+
+use super::executor::*;
+use super::lock::*;
+use super::package::*;
+use super::scope::*;
+
+pub struct DeployArgs {
+    pub project: String,
+    pub env: String,
+    pub git_ref: Option<String>,
+    pub hosts: Option<Vec<String>>,
+    pub dry_run: bool,
+    /// Send the whole artifact even to hosts that hold most of it.
+    pub full: bool,
+    /// Becomes true when the operator cancels (Ctrl-C, SIGTERM).
+    pub cancel: Option<watch::Receiver<bool>>,
+}
+
+/// `slipctl deploy`.
+pub async fn deploy(home: &Home, args: DeployArgs, reporter: &mut Reporter) -> Result<DeployRecord> {
+    let started = Instant::now();
+    let scope = load_scope(home, &args.project, &args.env, args.hosts.as_deref())?;
+    let settings = &scope.settings;
+    let timeouts = Timeouts::host(settings.rollout.host_timeout_secs);
+    let tls = home.client_tls()?;
+    let git_ref = args.git_ref.clone().unwrap_or_else(|| settings.default_ref.clone());
+    let url = repo_url(&scope.project, settings);
+
+    let mirror = git::mirror_path(&home.cache(), &settings.project);
+    let t = Instant::now();
+    reporter.say(format!("fetching {url}"));
+    git::fetch(&url, &mirror).await?;
+    let resolved = git::resolve(&mirror, &git_ref, &url)?;
+    reporter.say(format!(
+        "{git_ref} is {} \"{}\" (fetched in {})",
+        &resolved.commit[..12],
+        resolved.summary,
+        millis(t.elapsed().as_millis() as u64)
+    ));
+    let recipe = recipe(&scope, &resolved)?;
+    let release = next_release_id(home, &settings.project, &settings.env, &resolved.commit).await?;
+    let mut record = DeployRecord {
+        git_ref: git_ref.clone(),
+        commit: resolved.commit.clone(),
+        release: release.to_string(),
+        overlay_sha256: recipe.overlay.as_ref().map(|(_, d)| d.clone()),
+        ..DeployRecord::start(DeployKind::Deploy, &settings.project, &settings.env, current_user())
+    };
+    let _lock = if args.dry_run { None } else { Some(lock_and_number(home, &mut record, reporter)?) };
+    let packaged = package(home, &mirror, &recipe, &mut record, settings, reporter, args.dry_run).await;
+    let result = match packaged {
+        Ok(mut package) => {
+            if let Some(artifact) = &package.full {
+                say_packaged(artifact, reporter);
+            }
+            record.artifact = package.full.as_ref().map(artifact_summary);
+            if args.dry_run {
+                let artifact = package.full.as_ref().expect("a dry run packages the artifact");
+                print_plan(&scope, &record, artifact, reporter);
+                record.status = DeployStatus::Succeeded;
+                record.pid = 0;
+                return Ok(record);
+            }
+            reporter.say(format!(
+                "deploy #{} {}/{}: release {release} to {} host(s)",
+                record.id,
+                settings.project,
+                settings.env,
+                scope.hosts.len()
+            ));
+            let cancel = (args.cancel.clone(), args.full);
+            let result = run_deploy(&scope, &mut package, &mut record, tls, reporter, timeouts, cancel).await;
+            // A full artifact packaged while streaming is in the cache once this returns.
+            if let Some(Err(e)) = package.finish().await {
+                reporter.say(format!("packaging the full artifact failed: {e}"));
+            }
+            record.artifact = package.full.as_ref().map(artifact_summary);
+            result
+        }
+        Err(e) if args.dry_run => return Err(e),
+        Err(e) => Err(e),
+    };
+    record.finished_at = Some(unix_now());
+    record.duration_ms = started.elapsed().as_millis() as u64;
+    if let Err(e) = &result {
+        if record.status == DeployStatus::Running {
+            record.status = DeployStatus::Failed;
+        }
+        record.error = Some(e.to_string());
+    }
+    let store = Store::open(&home.state())?;
+    store.put_deploy(&record)?;
+    Ok(record)
+}
+
+/// `--dry-run`: what would happen, per host, and nothing else.
+pub(crate) fn print_plan(scope: &Scope, record: &DeployRecord, artifact: &Artifact, reporter: &mut Reporter) {
+    let settings = &scope.settings;
+    let t = &settings.target;
+    reporter.say(format!(
+        "dry run: release {} ({} files, {} -> {}) would go to {} host(s); nothing was sent",
+        record.release,
+        artifact.manifest.entries.iter().filter(|e| e.kind == slipway_common::archive::EntryKind::File).count(),
+        bytes(artifact.file_bytes),
+        bytes(artifact.compressed_bytes),
+        scope.hosts.len()
+    ));
+    for h in &scope.hosts {
+        reporter.say(format!(
+            "  {:<16} {} -> {}",
+            h.name,
+            t.current_for(&h.name).display(),
+            t.deploy_to_for(&h.name).join("releases").join(&record.release).display()
+        ));
+    }
+    let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(" && ") };
+    reporter.say(format!(
+        "  hooks as {}: pre_release: {}; post_release: {}",
+        t.user.as_deref().unwrap_or("(agent user)"),
+        list(&t.pre_release),
+        list(&t.post_release)
+    ));
+    if !t.shared.is_empty() {
+        reporter.say(format!("  shared: {}", t.shared.join(", ")));
+    }
+    reporter.say(
+        format!("  strategy {:?}, keep {} releases", settings.rollout.strategy, settings.keep_releases).to_lowercase(),
+    );
+}

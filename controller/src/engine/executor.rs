@@ -1,0 +1,370 @@
+//! The executor loop: carries out the pure planner's actions (stage, activate, health-check,
+//! abort, roll back) and feeds each host's new state back to it, until the planner says done.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use slipway_common::ReleaseId;
+use slipway_proto::pb;
+use tokio::sync::{mpsc, watch};
+
+use crate::cli::output::{HostEvent, Reporter};
+use crate::engine::client::{self, AgentClient, Timeouts, status_text};
+use crate::engine::planner::{Action, HostState, Outcome, Plan, batches, next, set};
+use crate::error::{CtlError, Result};
+use crate::state::store::{AgentRecord, DeployKind, DeployRecord, DeployStatus, HostResult};
+
+use super::fanout::*;
+use super::host_ops::*;
+use super::package::*;
+use super::scope::*;
+use super::transfer::*;
+
+/// The rollout: the planner decides, this loop carries out its actions and records every step.
+pub(crate) async fn run_deploy(
+    scope: &Scope,
+    package: &mut Package,
+    record: &mut DeployRecord,
+    tls: Arc<rustls::ClientConfig>,
+    reporter: &mut Reporter,
+    timeouts: Timeouts,
+    (mut cancel, full): (Option<watch::Receiver<bool>>, bool),
+) -> Result<()> {
+    let settings = &scope.settings;
+    let rollout = &settings.rollout;
+    let clock = Arc::new(Clock(Instant::now()));
+    let names: Vec<String> = scope.hosts.iter().map(|h| h.name.clone()).collect();
+    let plan = Plan {
+        batches: batches(&names, &settings.canary, rollout.strategy, rollout.batch),
+        max_failures: rollout.max_failures,
+        auto_rollback: rollout.auto_rollback,
+        health_check: rollout.health.is_some(),
+    };
+    if plan.batches.len() > 1 {
+        let sizes: Vec<String> = plan.batches.iter().map(|b| b.len().to_string()).collect();
+        reporter.say(format!("rollout in {} batches of {} host(s)", plan.batches.len(), sizes.join(", ")));
+    }
+    reporter.hosts(names.iter().map(String::as_str));
+    let agents: BTreeMap<String, AgentRecord> = scope.hosts.iter().map(|a| (a.name.clone(), a.clone())).collect();
+    let mut states: BTreeMap<String, HostState> = names.iter().map(|h| (h.clone(), HostState::Pending)).collect();
+    let mut results: BTreeMap<String, HostResult> =
+        scope.hosts.iter().map(|a| (a.name.clone(), new_host_result(a, &record.release))).collect();
+    let mut clients: BTreeMap<String, AgentClient> = BTreeMap::new();
+    let mut manifest_pb: Option<pb::Manifest> = None;
+    let fan = |events: Events| Fanout { tls: tls.clone(), events, clock: clock.clone(), timeouts };
+    let outcome = loop {
+        let stopping = is_cancelled(&cancel);
+        match next(&plan, &states, stopping) {
+            Action::Done(outcome) => break outcome,
+            Action::Stage { batch, hosts } => {
+                if batch > 0 && rollout.delay_secs > 0 {
+                    reporter.say(format!("waiting {}s before batch {}", rollout.delay_secs, batch + 1));
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_secs(rollout.delay_secs)) => {}
+                        () = cancelled(&mut cancel) => continue,
+                    }
+                }
+                let (planner_events, _) = mpsc::unbounded_channel();
+                let planned = async {
+                    let (mut uploads, connected) = if full {
+                        package.pack(reporter).await?;
+                        (BTreeMap::new(), BTreeMap::new())
+                    } else {
+                        plan_uploads(&hosts, &agents, settings, package, &fan(planner_events), reporter).await?
+                    };
+                    for host in &hosts {
+                        if !uploads.contains_key(host) {
+                            uploads.insert(host.clone(), package.full_upload(reporter)?);
+                        }
+                    }
+                    Ok::<_, CtlError>((uploads, connected))
+                }
+                .await;
+                // Packaging for this batch failed: its hosts failed, and the planner decides what
+                // that means for the batches already on the new release.
+                let (uploads, connected) = match planned {
+                    Ok(planned) => planned,
+                    Err(e) => {
+                        let t = Instant::now();
+                        for host in hosts {
+                            let result = results.get_mut(&host).expect("every host has a result");
+                            clock.step(result, "package", t, Err(e.to_string()));
+                            set(&mut states, &[host], HostState::Failed { activated: false });
+                        }
+                        continue;
+                    }
+                };
+                let manifest = manifest_pb.get_or_insert_with(|| pb::Manifest::from(package.manifest())).clone();
+                let total_entries = package.manifest().entries.len() as u64;
+                let staged = fan_out(&hosts, reporter, &mut cancel, |host, events| {
+                    let upload = uploads[&host].clone();
+                    let (sha256, size, delta) = match &upload {
+                        Upload::File { sha256, size, delta, .. } => {
+                            (slipway_proto::hex_to_bytes(sha256), *size, *delta)
+                        }
+                        Upload::Streamed { .. } => (Vec::new(), 0, false),
+                    };
+                    let header = pb::StageHeader {
+                        target: Some(pb_target(settings, &host)),
+                        deploy_id: record.id,
+                        release_id: record.release.clone(),
+                        commit: record.commit.clone(),
+                        git_ref: record.git_ref.clone(),
+                        generation: record.id,
+                        manifest: Some(manifest.clone()),
+                        artifact_sha256: sha256,
+                        artifact_size: size,
+                        hook_context: Some(hook_context(settings, &host, &record.commit, &record.git_ref)),
+                        pre_release: Some(hook_spec(&settings.target.pre_release, settings)),
+                        post_release: Some(hook_spec(&settings.target.post_release, settings)),
+                        shared: settings.target.shared.clone(),
+                        delta,
+                        reuse_hardlink: settings.reuse == slipway_common::config::ReuseMode::Hardlink,
+                        stage_timeout_secs: settings.rollout.stage_timeout_secs,
+                    };
+                    let connection = connected.get(&host).cloned();
+                    stage_host(fan(events), agents[&host].clone(), header, upload, total_entries, connection)
+                })
+                .await;
+                for host in hosts {
+                    match staged.get(&host) {
+                        Some((result, Some(client))) => {
+                            results.insert(host.clone(), result.clone());
+                            clients.insert(host.clone(), client.clone());
+                            set(&mut states, &[host], HostState::Staged);
+                        }
+                        Some((result, None)) => {
+                            results.insert(host.clone(), result.clone());
+                            set(&mut states, &[host], HostState::Failed { activated: false });
+                        }
+                        // Cancelled mid-upload: the agent drops the staging dir when the stream
+                        // breaks; an Abort makes sure.
+                        None => set(&mut states, &[host], HostState::Interrupted),
+                    }
+                }
+            }
+            Action::Activate(hosts) => {
+                let activated = fan_out(&hosts, reporter, &mut None, |host, events| {
+                    let request = activate_request(settings, &host, record, &record.release);
+                    let client = clients[&host].clone();
+                    activate_host(fan(events), client, request, results[&host].clone())
+                })
+                .await;
+                for (host, result) in activated {
+                    let state = match (result.ok, result.activated) {
+                        (true, _) => HostState::Activated,
+                        (false, activated) => HostState::Failed { activated },
+                    };
+                    results.insert(host.clone(), result);
+                    set(&mut states, &[host], state);
+                }
+            }
+            Action::HealthCheck(hosts) => {
+                let spec = health_spec(settings);
+                let checked = fan_out(&hosts, reporter, &mut None, |host, events| {
+                    let request = pb::HealthRequest {
+                        target: Some(pb_target(settings, &host)),
+                        spec: spec.clone(),
+                        hook_context: Some(hook_context(settings, &host, &record.commit, &record.git_ref)),
+                        generation: record.id,
+                        deploy_id: record.id,
+                    };
+                    let (client, mut result) = (clients[&host].clone(), results[&host].clone());
+                    let fan = fan(events);
+                    async move {
+                        let healthy = health_host(fan, client, request, &mut result).await;
+                        (result, healthy)
+                    }
+                })
+                .await;
+                for (host, (result, healthy)) in checked {
+                    results.insert(host.clone(), result);
+                    let state = if healthy { HostState::Healthy } else { HostState::Failed { activated: true } };
+                    set(&mut states, &[host], state);
+                }
+            }
+            Action::Abort(hosts) => {
+                let aborted = fan_out(&hosts, reporter, &mut None, |host, events| {
+                    let request = pb::AbortRequest {
+                        target: Some(pb_target(settings, &host)),
+                        release_id: record.release.clone(),
+                        generation: record.id,
+                    };
+                    let (client, agent, mut result) =
+                        (clients.get(&host).cloned(), agents[&host].clone(), results[&host].clone());
+                    let fan = fan(events);
+                    async move {
+                        let t = Instant::now();
+                        let outcome = async {
+                            let mut client = match client {
+                                Some(c) => c,
+                                None => client::connect(fan.tls.clone(), &agent, fan.timeouts).await?,
+                            };
+                            match tokio::time::timeout(fan.timeouts.call, client.abort(request)).await {
+                                Ok(Ok(_)) => Ok("staged release removed".to_owned()),
+                                Ok(Err(s)) => Err(status_text(&s)),
+                                Err(_) => Err("no answer".to_owned()),
+                            }
+                        }
+                        .await;
+                        let ok = outcome.is_ok();
+                        if ok {
+                            let _ = fan.events.send((result.host.clone(), HostEvent::Aborted));
+                        }
+                        fan.clock.follow_up(&mut result, "abort", t, outcome);
+                        (result, ok)
+                    }
+                })
+                .await;
+                for (host, (result, ok)) in aborted {
+                    results.insert(host.clone(), result);
+                    set(&mut states, &[host], if ok { HostState::Aborted } else { HostState::AbortFailed });
+                }
+            }
+            Action::RollBack(hosts) => {
+                reporter.say(format!("rolling back {} host(s) to their previous release", hosts.len()));
+                let owned_settings = Arc::new(settings.clone());
+                let rolled = fan_out(&hosts, reporter, &mut None, |host, events| {
+                    let settings = owned_settings.clone();
+                    let mut result = results[&host].clone();
+                    let known_previous = result.previous_release.clone();
+                    let mut back = record.clone();
+                    back.kind = DeployKind::Rollback;
+                    let (new_release, target) = (record.release.clone(), pb_target(&settings, &host));
+                    let client = clients[&host].clone();
+                    let fan = fan(events);
+                    async move {
+                        let t = Instant::now();
+                        let mut client = client;
+                        // Where to go back to: what the activation reported, else what the host
+                        // itself recorded for its current release (asked now).
+                        let previous = if known_previous.is_empty() {
+                            match current_on_host(&mut client, Some(target), fan.timeouts).await {
+                                Some((current, previous)) if current == new_release => Ok(previous),
+                                Some((current, _)) => Err(Some(format!(
+                                    "the host is not on the new release (current is {}); nothing to undo",
+                                    or_none(&current)
+                                ))),
+                                None => Err(None),
+                            }
+                        } else {
+                            Ok(known_previous)
+                        };
+                        let (outcome, state) = match previous {
+                            Err(Some(detail)) => (Ok(detail), HostState::RolledBack),
+                            Err(None) => (
+                                Err("cannot reach the host to roll it back; it may still run the new release"
+                                    .to_owned()),
+                                HostState::RollbackFailed,
+                            ),
+                            Ok(previous) if ReleaseId::parse(&previous).is_err() => (
+                                Err(format!(
+                                    "no previous release to go back to (was {}); it stays on the new one",
+                                    or_none(&previous)
+                                )),
+                                HostState::NoRollbackTarget,
+                            ),
+                            Ok(previous) => {
+                                let request = activate_request(&settings, &result.host, &back, &previous);
+                                let outcome =
+                                    activate_verified(&mut client, request, &mut result, &fan.events, fan.timeouts)
+                                        .await
+                                        .and_then(|a| match a {
+                                            Activation::Replied(_) => Ok(format!("current -> {previous}")),
+                                            Activation::FlippedUnconfirmed { why, .. } => Ok(format!(
+                                                "current -> {previous} (confirmed by asking the host after: {why})"
+                                            )),
+                                            Activation::Unknown(why) => Err(why),
+                                        });
+                                if outcome.is_ok() {
+                                    let _ = fan.events.send((
+                                        result.host.clone(),
+                                        HostEvent::Activated { previous: previous.clone(), elapsed_ms: 0 },
+                                    ));
+                                }
+                                let state =
+                                    if outcome.is_ok() { HostState::RolledBack } else { HostState::RollbackFailed };
+                                (outcome, state)
+                            }
+                        };
+                        if state == HostState::RolledBack {
+                            result.activated = false;
+                        }
+                        fan.clock.follow_up(&mut result, "rollback", t, outcome);
+                        (result, state)
+                    }
+                })
+                .await;
+                for (host, (result, state)) in rolled {
+                    results.insert(host.clone(), result);
+                    set(&mut states, &[host], state);
+                }
+            }
+        }
+    };
+    reporter.finish();
+    record.hosts = results.into_values().collect();
+    let failed: Vec<String> = record
+        .hosts
+        .iter()
+        .filter(|h| h.error.is_some())
+        .map(|h| format!("{}: {}", h.host, h.error.clone().unwrap_or_default()))
+        .collect();
+    let cause = if failed.is_empty() { "cancelled by the operator".to_owned() } else { failed.join("; ") };
+    let (n_failed, n_hosts) = (failed.len(), record.hosts.len());
+    let refused = n_failed > 0 && record.hosts.iter().filter(|h| h.error.is_some()).all(|h| h.refused);
+    // The planner decided; this only words it.
+    let (status, error) = match outcome {
+        Outcome::Succeeded => (DeployStatus::Succeeded, None),
+        Outcome::Partial => (
+            DeployStatus::Partial,
+            Some(CtlError::failed(format!("finished with {n_failed} failed host(s), within max_failures: {cause}"))),
+        ),
+        Outcome::RolledBack => (
+            DeployStatus::RolledBack,
+            Some(CtlError::failed(format!("rolled back every activated host to its previous release: {cause}"))),
+        ),
+        Outcome::Cancelled { activated_any } => {
+            let left = if activated_any { " (activated hosts stay on the new release: no auto_rollback)" } else { "" };
+            (DeployStatus::Cancelled, Some(CtlError::failed(format!("cancelled{left}: {cause}"))))
+        }
+        Outcome::Incomplete => (
+            DeployStatus::Incomplete,
+            Some(CtlError::failed(format!(
+                "stopped, and cleaning up failed on some host, so the fleet is mixed (slipctl show {} says which \
+                 host runs what; slipctl releases to check, then rollback or deploy again): {cause}",
+                record.id
+            ))),
+        ),
+        Outcome::Failed { activated_any: false } if refused => (
+            DeployStatus::Failed,
+            Some(CtlError::bad(format!(
+                "refused by the agent on {n_failed} of {n_hosts} host(s), so no host was activated: {cause}"
+            ))),
+        ),
+        Outcome::Failed { activated_any: false } => (
+            DeployStatus::Failed,
+            Some(CtlError::failed(format!(
+                "failed on {n_failed} of {n_hosts} host(s), so no host was activated: {cause}"
+            ))),
+        ),
+        Outcome::Failed { activated_any: true } => {
+            let why = if settings.rollout.auto_rollback {
+                "they had no previous release to go back to"
+            } else {
+                "auto_rollback is off"
+            };
+            (
+                DeployStatus::Failed,
+                Some(CtlError::failed(format!(
+                    "failed on {n_failed} of {n_hosts} host(s); activated hosts stay on the new release ({why}): {cause}"
+                ))),
+            )
+        }
+    };
+    record.status = status;
+    match error {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}

@@ -1,0 +1,95 @@
+//! One operation at a time per project+env: the lock in controller state, and the dense
+//! deploy numbers (the generation agents enforce).
+use std::path::PathBuf;
+
+use slipway_common::ReleaseId;
+use slipway_common::time::unix_now;
+
+use crate::cli::output::Reporter;
+use crate::error::{CtlError, Result};
+use crate::state::home::Home;
+use crate::state::store::{DeployKind, DeployRecord, LockRecord, Store, hostname};
+
+/// Holds the project+env lock; released when dropped (the deploy ended, however it ended).
+pub struct LockGuard {
+    pub(crate) state: PathBuf,
+    pub(crate) project: String,
+    pub(crate) env: String,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Ok(store) = Store::open(&self.state) {
+            let _ = store.release_lock(&self.project, &self.env, std::process::id());
+        }
+    }
+}
+
+/// Take the one-operation-at-a-time lock of project+env and number the operation.
+pub(crate) fn lock_and_number(home: &Home, record: &mut DeployRecord, reporter: &mut Reporter) -> Result<LockGuard> {
+    let guard = take_lock(home, record, reporter)?;
+    number(home, record)?;
+    Ok(guard)
+}
+
+/// Number the operation (holding its lock) and record it as running.
+pub(crate) fn number(home: &Home, record: &mut DeployRecord) -> Result<()> {
+    let store = Store::open(&home.state())?;
+    record.id = store.next_deploy_id()?;
+    let lock = lock_record(record);
+    store.acquire_lock(&lock)?.map_err(|holder| CtlError::failed(format!("lost the lock to {}", holder.describe())))?;
+    store.put_deploy(record)?;
+    Ok(())
+}
+
+pub(crate) fn lock_record(record: &DeployRecord) -> LockRecord {
+    LockRecord {
+        project: record.project.clone(),
+        env: record.env.clone(),
+        deploy_id: record.id,
+        user: record.user.clone(),
+        host: hostname(),
+        pid: std::process::id(),
+        since: unix_now(),
+    }
+}
+
+/// Take the lock of project+env (not numbered yet: nothing is recorded until [`number`]).
+pub(crate) fn take_lock(home: &Home, record: &DeployRecord, reporter: &mut Reporter) -> Result<LockGuard> {
+    let store = Store::open(&home.state())?;
+    match store.acquire_lock(&lock_record(record))? {
+        Err(holder) => {
+            return Err(CtlError::bad(format!(
+                "{}/{} is locked by {}; wait for it to finish, or if that process is gone run `slipctl unlock {} {}`",
+                record.project,
+                record.env,
+                holder.describe(),
+                record.project,
+                record.env
+            )));
+        }
+        Ok(Some(dead)) => reporter.say(format!("took over the lock of {}, whose process is gone", dead.describe())),
+        Ok(None) => {}
+    }
+    Ok(LockGuard { state: home.state(), project: record.project.clone(), env: record.env.clone() })
+}
+
+/// A release id newer than any this project+env has used, so ids stay unique and sortable.
+pub(crate) async fn next_release_id(home: &Home, project: &str, env: &str, commit: &str) -> Result<ReleaseId> {
+    let last = {
+        let store = Store::open(&home.state())?;
+        store
+            .deploys(Some(project), Some(env), 50)?
+            .into_iter()
+            .filter(|d| d.kind == DeployKind::Deploy)
+            .map(|d| d.release)
+            .max()
+    };
+    loop {
+        let id = ReleaseId::new(unix_now(), commit)?;
+        if last.as_deref().is_none_or(|l| id.as_str()[..15] > l[..15.min(l.len())]) {
+            return Ok(id);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

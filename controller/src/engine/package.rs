@@ -1,0 +1,367 @@
+//! What a deploy ships and to whom: the package (full artifact, deltas from git, or the artifact
+//! streamed while packaged) and each host's upload, planned from what the hosts hold.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use slipway_common::config::EnvSettings;
+use slipway_proto::pb;
+use tokio::sync::watch;
+
+use crate::cli::output::{Reporter, bytes, millis};
+use crate::engine::client::{self, AgentClient};
+use crate::error::{CtlError, Result};
+use crate::source::artifact::{self, Artifact};
+use crate::source::build::{self, Recipe};
+use crate::source::git;
+use crate::state::home::Home;
+use crate::state::store::{AgentRecord, ArtifactSummary, DeployRecord};
+
+use super::fanout::*;
+use super::scope::*;
+
+/// What one host is sent: a package file (the full artifact, or a delta), or the full artifact
+/// while it is being packaged.
+#[derive(Debug, Clone)]
+pub(crate) enum Upload {
+    File { path: PathBuf, sha256: String, size: u64, delta: bool },
+    Streamed { file: Arc<std::fs::File>, progress: watch::Receiver<artifact::PackProgress> },
+}
+
+/// What a deploy ships. With a build step (or a cached package) the full artifact exists up
+/// front. Without one, nothing is packaged before the hosts say what they hold: when none holds
+/// anything the full artifact is packaged once and sent; otherwise the manifest is read from git
+/// (blob digests cached), each host group gets a delta packed straight from git, and a host that
+/// needs everything gets the full artifact streamed while it is packaged.
+pub struct Package {
+    /// Read from git before any packaging; once the full artifact exists, its manifest serves.
+    pub(crate) manifest: Option<slipway_common::archive::Manifest>,
+    pub full: Option<Artifact>,
+    /// Without a build step: package (deltas, or the full artifact) straight from git.
+    pub(crate) git: Option<(PathBuf, PathBuf, Recipe)>,
+    pub(crate) streamed: Option<(Arc<std::fs::File>, watch::Receiver<artifact::PackProgress>)>,
+    pub(crate) packing: Option<tokio::task::JoinHandle<Result<Artifact>>>,
+}
+
+impl Package {
+    pub(crate) fn packaged(full: Artifact) -> Self {
+        Package { manifest: None, full: Some(full), git: None, streamed: None, packing: None }
+    }
+
+    pub(crate) fn from_git(cache: PathBuf, mirror: PathBuf, recipe: Recipe) -> Self {
+        Package { manifest: None, full: None, git: Some((cache, mirror, recipe)), streamed: None, packing: None }
+    }
+
+    /// The manifest; known once [`Package::pack`] or [`Package::read_manifest`] ran.
+    pub(crate) fn manifest(&self) -> &slipway_common::archive::Manifest {
+        self.known_manifest().expect("the manifest is read before anything is sent")
+    }
+
+    pub(crate) fn known_manifest(&self) -> Option<&slipway_common::archive::Manifest> {
+        self.full.as_ref().map(|a| &a.manifest).or(self.manifest.as_ref())
+    }
+
+    /// Package the full artifact now (from git), unless it exists.
+    pub(crate) async fn pack(&mut self, reporter: &mut Reporter) -> Result<()> {
+        if self.full.is_some() {
+            return Ok(());
+        }
+        let (cache, mirror, recipe) = self.git.as_ref().expect("a package without artifact packs from git");
+        let artifact = artifact::pack_git(cache, mirror, recipe).await?;
+        if self.manifest.as_ref().is_some_and(|m| *m != artifact.manifest) {
+            return Err(CtlError::failed("the packaged tree differs from its manifest (did the mirror change?)"));
+        }
+        say_packaged(&artifact, reporter);
+        self.manifest = None;
+        self.full = Some(artifact);
+        Ok(())
+    }
+
+    /// Start reading the manifest from git when it is unknown and this project's blob digests are
+    /// cached (it was packaged here before).
+    pub(crate) fn manifest_in_background(
+        &self,
+    ) -> Option<tokio::task::JoinHandle<Result<slipway_common::archive::Manifest>>> {
+        let (_, mirror, recipe) = self.git.as_ref().filter(|_| self.known_manifest().is_none())?;
+        if !artifact::BlobDigests::exist(mirror) {
+            return None;
+        }
+        let (mirror, recipe) = (mirror.clone(), recipe.clone());
+        Some(tokio::spawn(async move { artifact::manifest_git(&mirror, &recipe).await }))
+    }
+
+    /// Read the manifest from git without packaging (or take the one `early` read), unless known.
+    pub(crate) async fn read_manifest(
+        &mut self,
+        early: Option<tokio::task::JoinHandle<Result<slipway_common::archive::Manifest>>>,
+        reporter: &mut Reporter,
+    ) -> Result<()> {
+        if self.known_manifest().is_some() {
+            return Ok(());
+        }
+        let (_, mirror, recipe) = self.git.as_ref().expect("a package without manifest reads it from git");
+        let t = Instant::now();
+        let manifest = match early {
+            Some(task) => task.await.map_err(|e| CtlError::failed(format!("manifest task failed: {e}")))??,
+            None => artifact::manifest_git(mirror, recipe).await?,
+        };
+        reporter.say(format!(
+            "manifest: {} entries, {} (read from git; waited {} for it)",
+            manifest.entries.len(),
+            bytes(manifest.file_bytes()),
+            millis(t.elapsed().as_millis() as u64)
+        ));
+        self.manifest = Some(manifest);
+        Ok(())
+    }
+
+    /// The full artifact for a host: the file when there is one, else the stream (started now).
+    pub(crate) fn full_upload(&mut self, reporter: &mut Reporter) -> Result<Upload> {
+        if let Some(a) = &self.full {
+            return Ok(Upload::File {
+                path: a.path.clone(),
+                sha256: a.sha256.clone(),
+                size: a.compressed_bytes,
+                delta: false,
+            });
+        }
+        if self.streamed.is_none() {
+            let (cache, mirror, recipe) = self.git.as_ref().expect("a package without artifact packs from git");
+            let pack = artifact::stream_git(cache, mirror, recipe, self.manifest().clone())?;
+            reporter.say("packaging the full artifact while sending it");
+            self.streamed = Some((pack.file, pack.progress));
+            self.packing = Some(pack.task);
+        }
+        let (file, progress) = self.streamed.clone().expect("just set");
+        Ok(Upload::Streamed { file, progress })
+    }
+
+    /// A delta shipping only `ship`.
+    pub(crate) async fn delta(&self, ship: std::collections::BTreeSet<String>) -> Result<artifact::Delta> {
+        match (&self.full, &self.git) {
+            (Some(full), _) => artifact::delta(full, ship).await,
+            (None, Some((cache, mirror, recipe))) => artifact::delta_git(cache, mirror, recipe, ship).await,
+            (None, None) => Err(CtlError::failed("no package to derive a delta from")),
+        }
+    }
+
+    /// Wait for a streamed packaging to end; then the full artifact is known (and cached).
+    pub(crate) async fn finish(&mut self) -> Option<Result<()>> {
+        let task = self.packing.take()?;
+        Some(match task.await {
+            Ok(Ok(artifact)) => {
+                self.full = Some(artifact);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(CtlError::failed(format!("packaging task failed: {e}"))),
+        })
+    }
+}
+
+/// Ask each host what its retained releases hold and derive what it must be sent. Hosts with the
+/// same gaps share one delta package; a host that holds nothing useful gets the full artifact.
+/// The connections made here are returned so the uploads reuse them.
+pub(crate) async fn plan_uploads(
+    hosts: &[String],
+    agents: &BTreeMap<String, AgentRecord>,
+    settings: &EnvSettings,
+    package: &mut Package,
+    fan: &Fanout,
+    reporter: &mut Reporter,
+) -> Result<(BTreeMap<String, Upload>, BTreeMap<String, AgentClient>)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for host in hosts {
+        let (agent, tls, timeouts, target) =
+            (agents[host].clone(), fan.tls.clone(), fan.timeouts, pb_target(settings, host));
+        tasks.spawn(async move {
+            let connection = client::connect(tls, &agent, timeouts).await.ok();
+            let inventory = match connection.clone() {
+                Some(mut c) => {
+                    let call = c.inventory(pb::InventoryRequest { target: Some(target) });
+                    tokio::time::timeout(timeouts.call, call).await.ok().and_then(Result::ok).map(|r| r.into_inner())
+                }
+                None => None,
+            };
+            (agent.name, connection, inventory)
+        });
+    }
+    // A project packaged here before (its blob digests are cached) likely has hosts holding most of
+    // it: read the manifest while they answer.
+    let early = package.manifest_in_background();
+    let inventories = tasks.join_all().await;
+    if inventories.iter().all(|(_, _, i)| i.as_ref().is_none_or(|i| i.digests.is_empty())) {
+        // Nobody holds anything: package once, send it whole (no manifest pass of its own).
+        if let Some(task) = early {
+            task.abort();
+        }
+        package.pack(reporter).await?;
+    } else {
+        package.read_manifest(early, reporter).await?;
+    }
+    // Each file's digest as the inventory states it (bytes), decoded once for all hosts.
+    let files: Vec<(Vec<u8>, &str)> = package
+        .manifest()
+        .entries
+        .iter()
+        .filter(|e| e.kind == slipway_common::archive::EntryKind::File)
+        .map(|e| (slipway_proto::hex_to_bytes(&e.sha256), e.path.as_str()))
+        .collect();
+    let mut groups: BTreeMap<std::collections::BTreeSet<String>, Vec<String>> = BTreeMap::new();
+    let mut full_hosts = Vec::new();
+    let mut connections = BTreeMap::new();
+    for (host, connection, inventory) in inventories {
+        if let Some(c) = connection {
+            connections.insert(host.clone(), c);
+        }
+        let held: std::collections::HashSet<Vec<u8>> =
+            inventory.map(|i| i.digests.into_iter().collect()).unwrap_or_default();
+        let ship: std::collections::BTreeSet<String> =
+            files.iter().filter(|(digest, _)| !held.contains(digest)).map(|(_, path)| (*path).to_owned()).collect();
+        if ship.len() == files.len() {
+            full_hosts.push(host);
+        } else {
+            groups.entry(ship).or_default().push(host);
+        }
+    }
+    let mut uploads = BTreeMap::new();
+    for (ship, group) in groups {
+        let shipped = ship.len();
+        match package.delta(ship).await {
+            Ok(d) => {
+                reporter.say(format!(
+                    "delta for {}: {shipped} of {} files changed, {} to send",
+                    group.join(", "),
+                    files.len(),
+                    bytes(d.compressed_bytes)
+                ));
+                for host in group {
+                    let upload = Upload::File {
+                        path: d.path.clone(),
+                        sha256: d.sha256.clone(),
+                        size: d.compressed_bytes,
+                        delta: true,
+                    };
+                    uploads.insert(host, upload);
+                }
+            }
+            Err(e) => {
+                reporter.say(format!("cannot build a delta ({e}); sending the full artifact"));
+                full_hosts.extend(group);
+            }
+        }
+    }
+    for host in full_hosts {
+        uploads.insert(host, package.full_upload(reporter)?);
+    }
+    Ok((uploads, connections))
+}
+
+pub(crate) fn say_packaged(artifact: &Artifact, reporter: &mut Reporter) {
+    reporter.say(format!(
+        "{} {} entries, {} -> {} tar.zst (sha256 {}){}",
+        if artifact.cached { "reusing package:" } else { "packaged" },
+        artifact.entries,
+        bytes(artifact.file_bytes),
+        bytes(artifact.compressed_bytes),
+        &artifact.sha256[..12],
+        if artifact.cached { String::new() } else { format!(" in {}", millis(artifact.package_ms)) }
+    ));
+}
+
+pub(crate) fn artifact_summary(artifact: &Artifact) -> ArtifactSummary {
+    ArtifactSummary {
+        sha256: artifact.sha256.clone(),
+        compressed_bytes: artifact.compressed_bytes,
+        file_bytes: artifact.file_bytes,
+        entries: artifact.entries,
+        cached: artifact.cached,
+        package_ms: artifact.package_ms,
+    }
+}
+
+/// The recipe of this deploy's package: commit, excludes, build hooks, overlay.
+pub(crate) fn recipe(scope: &Scope, resolved: &git::Resolved) -> Result<Recipe> {
+    let settings = &scope.settings;
+    let overlay = match &settings.config_dir {
+        None => None,
+        Some(dir) => {
+            let path = scope.project.source_dir.join(dir);
+            if !path.is_dir() {
+                return Err(CtlError::bad(format!(
+                    "config_dir '{dir}' of env '{}' is not a directory on the controller (looked in {}); \
+                     create it or fix config_dir in {}",
+                    settings.env,
+                    path.display(),
+                    scope.project.source_file.display()
+                )));
+            }
+            let digest = build::overlay_digest(&path)?;
+            Some((path, digest))
+        }
+    };
+    crate::source::exclude::Excludes::new(&settings.exclude)?;
+    Ok(Recipe {
+        commit: resolved.commit.clone(),
+        commit_time: resolved.commit_time,
+        excludes: settings.exclude.clone(),
+        pre_deploy: settings.build.pre_deploy.clone(),
+        post_deploy: settings.build.post_deploy.clone(),
+        build_timeout_secs: settings.build.timeout_secs,
+        overlay,
+    })
+}
+
+/// The package for this deploy: cached, streamed from git, or built in a fresh checkout.
+pub(crate) async fn package(
+    home: &Home,
+    mirror: &Path,
+    recipe: &Recipe,
+    record: &mut DeployRecord,
+    settings: &EnvSettings,
+    reporter: &mut Reporter,
+    dry_run: bool,
+) -> Result<Package> {
+    if let Some(found) = artifact::lookup(&home.cache(), recipe) {
+        return Ok(Package::packaged(found));
+    }
+    if !recipe.needs_checkout() {
+        if dry_run {
+            return artifact::pack_git(&home.cache(), mirror, recipe).await.map(Package::packaged);
+        }
+        return Ok(Package::from_git(home.cache(), mirror.to_path_buf(), recipe.clone()));
+    }
+    let work = home.cache().join("work").join(format!(
+        "{}-{}-{}",
+        settings.project,
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    ));
+    let mut env: std::collections::BTreeMap<String, String> = settings.vars.clone();
+    for (k, v) in [
+        ("PROJECT", settings.project.clone()),
+        ("ENV", settings.env.clone()),
+        ("DEPLOY_ID", record.id.to_string()),
+        ("RELEASE", record.release.clone()),
+        ("COMMIT", record.commit.clone()),
+        ("REF", record.git_ref.clone()),
+        ("DEPLOY_TYPE", "deploy".to_owned()),
+        ("BUILD_DIR", work.display().to_string()),
+    ] {
+        env.insert(format!("SLIPWAY_{k}"), v);
+    }
+    let built = build::build(mirror, recipe, &work, &env, reporter).await;
+    let result = match built {
+        Ok(hooks) => {
+            record.build = hooks;
+            artifact::pack_dir(&home.cache(), &work, recipe).await.map(Package::packaged)
+        }
+        Err(failure) => {
+            record.build = failure.hooks;
+            Err(failure.error)
+        }
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}

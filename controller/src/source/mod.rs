@@ -1,0 +1,11 @@
+//! Where a release's tree comes from: the git mirror (`git`), one walk for git trees and
+//! directories (`tree`), the project's excludes (`exclude`) and `.gitattributes`
+//! (`attributes`), builds on the controller (`build`), and the packaged artifacts and deltas
+//! (`artifact`).
+
+pub mod artifact;
+pub mod attributes;
+pub mod build;
+pub mod exclude;
+pub mod git;
+pub mod tree;

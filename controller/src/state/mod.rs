@@ -1,0 +1,5 @@
+//! The controller's state: its home (`pki/`, `state/`, `cache/`) and the sled store behind a
+//! narrow interface.
+
+pub mod home;
+pub mod store;
