@@ -18,6 +18,7 @@ pub mod engine;
 pub mod error;
 pub mod source;
 pub mod state;
+pub mod units;
 
 pub use cli::{Cli, run};
 pub use engine::client;

@@ -17,7 +17,7 @@ use slipway_common::time::{format_utc, unix_now};
 
 use crate::cli::output::{OutputFormat, Reporter, bytes, millis, table};
 use crate::engine::client::{self, Timeouts, status_text};
-use crate::engine::{self as deploy, DeployArgs, RollbackArgs};
+use crate::engine::{self, DeployArgs, RollbackArgs};
 use crate::error::{Context, CtlError, Result};
 use crate::state::home::{Home, write_new};
 use crate::state::store::{AgentRecord, DeployRecord, DeployStatus, ProjectRecord, Store};
@@ -167,17 +167,16 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Project(cmd) => project_command(&home, out, cmd),
         Command::Deploy { project, env, git_ref, hosts, dry_run, full } => {
             let mut reporter = Reporter::new(out);
-            let record = deploy::deploy(
-                &home,
-                DeployArgs { project, env, git_ref, hosts, dry_run, full, cancel: Some(cancel_on_signals()) },
-                &mut reporter,
-            )
-            .await?;
+            let args = DeployArgs { project, env, git_ref, hosts, dry_run, full, cancel: None };
+            let running = engine::start_deploy(home.clone(), args);
+            cancel_on_signals(running.canceller());
+            let record = running.finish(|event| reporter.on(event)).await?;
             Ok(finish_operation(out, &record, dry_run))
         }
         Command::Rollback { project, env, to, hosts } => {
             let mut reporter = Reporter::new(out);
-            let record = deploy::rollback(&home, RollbackArgs { project, env, to, hosts }, &mut reporter).await?;
+            let running = engine::start_rollback(home.clone(), RollbackArgs { project, env, to, hosts });
+            let record = running.finish(|event| reporter.on(event)).await?;
             Ok(finish_operation(out, &record, false))
         }
         Command::Releases { project, env } => releases(&home, out, &project, &env, timeouts).await,
@@ -190,7 +189,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Check { project, env } => {
-            let rows = crate::engine::check::run(&home, &project, &env, timeouts).await?;
+            let rows = engine::start_check(home.clone(), project.clone(), env.clone(), timeouts).finish(|_| {}).await?;
             let failed = rows.iter().filter(|r| !r.ok).count();
             let table_rows: Vec<Vec<String>> = rows
                 .iter()
@@ -249,9 +248,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
 }
 
 /// Ctrl-C or SIGTERM asks the running deploy to stop cleanly; a second one exits at once.
-fn cancel_on_signals() -> tokio::sync::watch::Receiver<bool> {
+/// The first Ctrl-C or SIGTERM cancels the operation cleanly; a second one exits at once.
+fn cancel_on_signals(canceller: engine::Canceller) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let Ok(mut term) = signal(SignalKind::terminate()) else { return };
         tokio::select! {
@@ -259,14 +258,13 @@ fn cancel_on_signals() -> tokio::sync::watch::Receiver<bool> {
             _ = term.recv() => {}
         }
         eprintln!("cancelling: removing staged releases and rolling back activated hosts (again to quit at once)");
-        let _ = tx.send(true);
+        canceller.cancel();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
         std::process::exit(130);
     });
-    rx
 }
 
 fn print(out: OutputFormat, doc: serde_json::Value, text: impl FnOnce() -> String) {
@@ -641,7 +639,7 @@ fn toml_of(value: &serde_json::Value) -> String {
 }
 
 async fn releases(home: &Home, out: OutputFormat, project: &str, env: &str, timeouts: Timeouts) -> Result<u8> {
-    let scope = deploy::load_scope(home, project, env, None)?;
+    let scope = engine::load_scope(home, project, env, None)?;
     let tls = home.client_tls()?;
     let answers = crate::engine::rollback::query_releases(&scope, tls, timeouts).await;
     let mut rows = Vec::new();

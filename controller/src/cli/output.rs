@@ -7,47 +7,14 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::engine::events::Event;
+pub use crate::engine::events::HostEvent;
+pub use crate::units::{bytes, millis};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
     Text,
     Json,
-}
-
-/// What happened to one host, as the deploy goes.
-#[derive(Debug, Clone)]
-pub enum HostEvent {
-    Connecting,
-    Uploading {
-        sent: u64,
-        total: u64,
-    },
-    Unpacking {
-        entries: u64,
-        total: u64,
-    },
-    Staged {
-        elapsed_ms: u64,
-    },
-    Activating,
-    Activated {
-        previous: String,
-        elapsed_ms: u64,
-    },
-    Aborted,
-    Failed(String),
-    /// Live output of a hook.
-    Output {
-        stage: String,
-        data: Vec<u8>,
-    },
-    /// A hook finished.
-    Hook {
-        stage: String,
-        command: String,
-        exit_code: i32,
-        timed_out: bool,
-        elapsed_ms: u64,
-    },
 }
 
 fn hook_line(stage: &str, command: &str, exit_code: i32, timed_out: bool, elapsed_ms: u64) -> String {
@@ -73,21 +40,6 @@ enum Mode {
 
 pub struct Reporter {
     mode: Mode,
-}
-
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
-}
-
-pub fn millis(ms: u64) -> String {
-    if ms < 1000 { format!("{ms} ms") } else { format!("{:.2} s", ms as f64 / 1000.0) }
 }
 
 impl Reporter {
@@ -205,6 +157,16 @@ impl Reporter {
     }
 
     /// Stop live bars so the summary prints below them.
+    /// Show one event of the engine's stream.
+    pub fn on(&mut self, event: Event) {
+        match event {
+            Event::Say(line) => self.say(line),
+            Event::Hosts(names) => self.hosts(names.iter().map(String::as_str)),
+            Event::Host { host, event } => self.host(&host, event),
+            Event::Finished => self.finish(),
+        }
+    }
+
     pub fn finish(&mut self) {
         if let Mode::Live { multi, bars } = &mut self.mode {
             for bar in bars.values() {

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cli::output::{OutputFormat, Reporter};
-use crate::engine::{self as deploy, DeployArgs, RollbackArgs};
+use crate::engine::{self, DeployArgs, RollbackArgs};
 use crate::error::{Context, CtlError, Result};
 use crate::state::home::Home;
 use crate::state::store::{DeployRecord, DeployStatus, ProjectRecord, Store};
@@ -206,14 +206,14 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat) -> Result<u8> {
             full: false,
             cancel: None,
         };
-        let record = deploy::deploy(&home, args, &mut reporter).await?;
+        let record = engine::start_deploy(home.clone(), args).finish(|event| reporter.on(event)).await?;
         check(&record, step)?;
         say(page_line(&hosts_root));
         records.push(record);
     }
     say("\n== 3/3 rollback".to_owned());
     let args = RollbackArgs { project: "web-demo".into(), env: "demo".into(), to: None, hosts: None };
-    let record = deploy::rollback(&home, args, &mut reporter).await?;
+    let record = engine::start_rollback(home.clone(), args).finish(|event| reporter.on(event)).await?;
     check(&record, "rollback")?;
     say(page_line(&hosts_root));
     records.push(record);

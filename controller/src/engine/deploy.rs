@@ -5,13 +5,14 @@ use std::time::Instant;
 use slipway_common::time::unix_now;
 use tokio::sync::watch;
 
-use crate::cli::output::{Reporter, bytes, millis};
 use crate::engine::client::Timeouts;
+use crate::engine::events::Emitter;
 use crate::error::Result;
 use crate::source::artifact::Artifact;
 use crate::source::git;
 use crate::state::home::Home;
 use crate::state::store::{DeployKind, DeployRecord, DeployStatus, Store};
+use crate::units::{bytes, millis};
 
 use super::executor::*;
 use super::lock::*;
@@ -31,7 +32,7 @@ pub struct DeployArgs {
 }
 
 /// `slipctl deploy`.
-pub async fn deploy(home: &Home, args: DeployArgs, reporter: &mut Reporter) -> Result<DeployRecord> {
+pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result<DeployRecord> {
     let started = Instant::now();
     let scope = load_scope(home, &args.project, &args.env, args.hosts.as_deref())?;
     let settings = &scope.settings;
@@ -108,7 +109,7 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &mut Reporter) -> R
 }
 
 /// `--dry-run`: what would happen, per host, and nothing else.
-pub(crate) fn print_plan(scope: &Scope, record: &DeployRecord, artifact: &Artifact, reporter: &mut Reporter) {
+pub(crate) fn print_plan(scope: &Scope, record: &DeployRecord, artifact: &Artifact, reporter: &Emitter) {
     let settings = &scope.settings;
     let t = &settings.target;
     reporter.say(format!(

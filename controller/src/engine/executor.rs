@@ -8,8 +8,8 @@ use slipway_common::ReleaseId;
 use slipway_proto::pb;
 use tokio::sync::{mpsc, watch};
 
-use crate::cli::output::{HostEvent, Reporter};
 use crate::engine::client::{self, AgentClient, Timeouts, status_text};
+use crate::engine::events::{Emitter, HostEvent};
 use crate::engine::planner::{Action, HostState, Outcome, Plan, batches, next, set};
 use crate::error::{CtlError, Result};
 use crate::state::store::{AgentRecord, DeployKind, DeployRecord, DeployStatus, HostResult};
@@ -26,7 +26,7 @@ pub(crate) async fn run_deploy(
     package: &mut Package,
     record: &mut DeployRecord,
     tls: Arc<rustls::ClientConfig>,
-    reporter: &mut Reporter,
+    reporter: &Emitter,
     timeouts: Timeouts,
     (mut cancel, full): (Option<watch::Receiver<bool>>, bool),
 ) -> Result<()> {

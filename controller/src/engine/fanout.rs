@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::cli::output::{HostEvent, Reporter};
 use crate::engine::client::Timeouts;
+use crate::engine::events::{Emitter, HostEvent};
 
 use super::host_ops::*;
 
@@ -22,7 +22,7 @@ pub(crate) struct Fanout {
 }
 
 /// Drain host events into the reporter until every sender is gone.
-pub(crate) async fn pump(mut rx: mpsc::UnboundedReceiver<(String, HostEvent)>, reporter: &mut Reporter) {
+pub(crate) async fn pump(mut rx: mpsc::UnboundedReceiver<(String, HostEvent)>, reporter: &Emitter) {
     while let Some((host, event)) = rx.recv().await {
         reporter.host(&host, event);
     }
@@ -50,7 +50,7 @@ pub(crate) fn is_cancelled(cancel: &Option<watch::Receiver<bool>>) -> bool {
 /// channel, a cancel aborts what is still running (those hosts are missing from the result).
 pub(crate) async fn fan_out<T, F, Fut>(
     hosts: &[String],
-    reporter: &mut Reporter,
+    reporter: &Emitter,
     cancel: &mut Option<watch::Receiver<bool>>,
     op: F,
 ) -> BTreeMap<String, T>

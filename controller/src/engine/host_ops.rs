@@ -5,8 +5,8 @@ use std::time::Instant;
 use slipway_common::config::EnvSettings;
 use slipway_proto::pb;
 
-use crate::cli::output::HostEvent;
 use crate::engine::client::{AgentClient, Timeouts, status_text};
+use crate::engine::events::HostEvent;
 use crate::state::store::{AgentRecord, DeployKind, DeployRecord, HookRecord, HostResult, Step};
 
 use super::fanout::*;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use slipway_common::ReleaseId;
 use slipway_common::time::unix_now;
 
-use crate::cli::output::Reporter;
+use crate::engine::events::Emitter;
 use crate::error::{CtlError, Result};
 use crate::state::home::Home;
 use crate::state::store::{DeployKind, DeployRecord, LockRecord, Store, hostname};
@@ -26,7 +26,7 @@ impl Drop for LockGuard {
 }
 
 /// Take the one-operation-at-a-time lock of project+env and number the operation.
-pub(crate) fn lock_and_number(home: &Home, record: &mut DeployRecord, reporter: &mut Reporter) -> Result<LockGuard> {
+pub(crate) fn lock_and_number(home: &Home, record: &mut DeployRecord, reporter: &Emitter) -> Result<LockGuard> {
     let guard = take_lock(home, record, reporter)?;
     number(home, record)?;
     Ok(guard)
@@ -55,7 +55,7 @@ pub(crate) fn lock_record(record: &DeployRecord) -> LockRecord {
 }
 
 /// Take the lock of project+env (not numbered yet: nothing is recorded until [`number`]).
-pub(crate) fn take_lock(home: &Home, record: &DeployRecord, reporter: &mut Reporter) -> Result<LockGuard> {
+pub(crate) fn take_lock(home: &Home, record: &DeployRecord, reporter: &Emitter) -> Result<LockGuard> {
     let store = Store::open(&home.state())?;
     match store.acquire_lock(&lock_record(record))? {
         Err(holder) => {

@@ -9,6 +9,7 @@
 pub mod check;
 pub mod client;
 pub mod deploy;
+pub mod events;
 mod executor;
 pub mod fanout;
 pub mod host_ops;
@@ -20,6 +21,35 @@ pub mod scope;
 pub mod select;
 pub mod transfer;
 
-pub use deploy::{DeployArgs, deploy};
-pub use rollback::{RollbackArgs, rollback};
+pub use deploy::DeployArgs;
+pub use events::{Canceller, Emitter, Event, HostEvent, Running};
+pub use rollback::RollbackArgs;
 pub use scope::{Scope, load_scope, pb_target};
+
+use crate::state::home::Home;
+use crate::state::store::DeployRecord;
+
+/// Start a deploy: its events stream as it goes, `Running::canceller` stops it cleanly, and
+/// `Running::finish` returns the record (the same one history keeps).
+pub fn start_deploy(home: Home, mut args: DeployArgs) -> Running<DeployRecord> {
+    Running::start(move |events, cancel| async move {
+        args.cancel = Some(cancel);
+        deploy::deploy(&home, args, &events).await
+    })
+}
+
+/// Start a check of a project env (Walle's 检测): every host reachable, certificates, users,
+/// paths, disk, the ref.
+pub fn start_check(
+    home: Home,
+    project: String,
+    env: String,
+    timeouts: client::Timeouts,
+) -> Running<Vec<check::CheckRow>> {
+    Running::start(move |_events, _cancel| async move { check::run(&home, &project, &env, timeouts).await })
+}
+
+/// Start a rollback (relink to each host's previous release, or to `--to`).
+pub fn start_rollback(home: Home, args: RollbackArgs) -> Running<DeployRecord> {
+    Running::start(move |events, _cancel| async move { rollback::rollback(&home, args, &events).await })
+}

@@ -9,14 +9,15 @@ use slipway_common::config::EnvSettings;
 use slipway_proto::pb;
 use tokio::sync::watch;
 
-use crate::cli::output::{Reporter, bytes, millis};
 use crate::engine::client::{self, AgentClient};
+use crate::engine::events::Emitter;
 use crate::error::{CtlError, Result};
 use crate::source::artifact::{self, Artifact};
 use crate::source::build::{self, Recipe};
 use crate::source::git;
 use crate::state::home::Home;
 use crate::state::store::{AgentRecord, ArtifactSummary, DeployRecord};
+use crate::units::{bytes, millis};
 
 use super::fanout::*;
 use super::scope::*;
@@ -63,7 +64,7 @@ impl Package {
     }
 
     /// Package the full artifact now (from git), unless it exists.
-    pub(crate) async fn pack(&mut self, reporter: &mut Reporter) -> Result<()> {
+    pub(crate) async fn pack(&mut self, reporter: &Emitter) -> Result<()> {
         if self.full.is_some() {
             return Ok(());
         }
@@ -95,7 +96,7 @@ impl Package {
     pub(crate) async fn read_manifest(
         &mut self,
         early: Option<tokio::task::JoinHandle<Result<slipway_common::archive::Manifest>>>,
-        reporter: &mut Reporter,
+        reporter: &Emitter,
     ) -> Result<()> {
         if self.known_manifest().is_some() {
             return Ok(());
@@ -117,7 +118,7 @@ impl Package {
     }
 
     /// The full artifact for a host: the file when there is one, else the stream (started now).
-    pub(crate) fn full_upload(&mut self, reporter: &mut Reporter) -> Result<Upload> {
+    pub(crate) fn full_upload(&mut self, reporter: &Emitter) -> Result<Upload> {
         if let Some(a) = &self.full {
             return Ok(Upload::File {
                 path: a.path.clone(),
@@ -169,7 +170,7 @@ pub(crate) async fn plan_uploads(
     settings: &EnvSettings,
     package: &mut Package,
     fan: &Fanout,
-    reporter: &mut Reporter,
+    reporter: &Emitter,
 ) -> Result<(BTreeMap<String, Upload>, BTreeMap<String, AgentClient>)> {
     let mut tasks = tokio::task::JoinSet::new();
     for host in hosts {
@@ -258,7 +259,7 @@ pub(crate) async fn plan_uploads(
     Ok((uploads, connections))
 }
 
-pub(crate) fn say_packaged(artifact: &Artifact, reporter: &mut Reporter) {
+pub(crate) fn say_packaged(artifact: &Artifact, reporter: &Emitter) {
     reporter.say(format!(
         "{} {} entries, {} -> {} tar.zst (sha256 {}){}",
         if artifact.cached { "reusing package:" } else { "packaged" },
@@ -320,7 +321,7 @@ pub(crate) async fn package(
     recipe: &Recipe,
     record: &mut DeployRecord,
     settings: &EnvSettings,
-    reporter: &mut Reporter,
+    reporter: &Emitter,
     dry_run: bool,
 ) -> Result<Package> {
     if let Some(found) = artifact::lookup(&home.cache(), recipe) {

@@ -7,8 +7,8 @@ use slipway_common::time::unix_now;
 use slipway_proto::pb;
 use tokio::sync::mpsc;
 
-use crate::cli::output::Reporter;
 use crate::engine::client::{self, AgentClient, Timeouts, status_text};
+use crate::engine::events::Emitter;
 use crate::engine::select::rollback_targets;
 use crate::error::{CtlError, Result};
 use crate::state::home::Home;
@@ -56,7 +56,7 @@ pub async fn query_releases(
 }
 
 /// `slipctl rollback`.
-pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &mut Reporter) -> Result<DeployRecord> {
+pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Result<DeployRecord> {
     let started = Instant::now();
     let scope = load_scope(home, &args.project, &args.env, args.hosts.as_deref())?;
     let timeouts = Timeouts::host(scope.settings.rollout.host_timeout_secs);

@@ -11,10 +11,11 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::cli::output::{HostEvent, bytes};
 use crate::engine::client::{self, AgentClient, status_text};
+use crate::engine::events::HostEvent;
 use crate::source::artifact::{self};
 use crate::state::store::{AgentRecord, HostResult};
+use crate::units::bytes;
 
 use super::fanout::*;
 use super::host_ops::*;

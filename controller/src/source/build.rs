@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use slipway_common::process::{Shell, run_shell};
 use tokio::sync::mpsc;
 
-use crate::cli::output::Reporter;
+use crate::engine::events::Emitter;
 use crate::error::{Context, CtlError, Result};
 use crate::source::exclude::Excludes;
 use crate::source::git;
@@ -134,7 +134,7 @@ pub async fn build(
     recipe: &Recipe,
     work: &Path,
     env: &BTreeMap<String, String>,
-    reporter: &mut Reporter,
+    reporter: &Emitter,
 ) -> std::result::Result<Vec<HookRecord>, BuildFailure> {
     let fail = |error: CtlError| BuildFailure { error, hooks: Vec::new() };
     std::fs::create_dir_all(work).context(format_args!("cannot create {}", work.display())).map_err(fail)?;
