@@ -4,23 +4,20 @@
 pub mod output;
 pub mod quickstart;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use slipway_common::config::ProjectConfig;
-use slipway_common::names::validate_agent_name;
-use slipway_common::pki::Identity;
 use slipway_common::time::{format_utc, unix_now};
 
 use crate::cli::output::{OutputFormat, Reporter, bytes, millis, table};
 use crate::engine::client::{self, Timeouts, status_text};
 use crate::engine::{self, DeployArgs, RollbackArgs};
 use crate::error::{Context, CtlError, Result};
-use crate::state::home::{Home, write_new};
-use crate::state::store::{AgentRecord, DeployRecord, DeployStatus, ProjectRecord, Store};
+use crate::state::home::Home;
+use crate::state::store::{DeployRecord, DeployStatus, ProjectRecord, Store};
 
 #[derive(Parser)]
 #[command(
@@ -398,85 +395,19 @@ fn finish_operation(out: OutputFormat, record: &DeployRecord, dry_run: bool) -> 
     if refused { 2 } else { 1 }
 }
 
-fn parse_addr(addr: &str) -> Result<u16> {
-    let bad = || CtlError::bad(format!("--addr '{addr}' is not HOST:PORT (e.g. 10.0.0.5:7443)"));
-    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    if host.is_empty() || port == 0 {
-        return Err(bad());
-    }
-    Ok(port)
-}
-
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
-}
-
-/// Register an agent and write its bundle: `slipctl agent add` and the quickstart.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn register_agent(
-    home: &Home,
-    name: &str,
-    addr: &str,
-    labels: &[String],
-    dir: &Path,
-    listen: Option<String>,
-    state_dir: &Path,
-    allowed_roots: &[PathBuf],
-) -> Result<AgentRecord> {
-    validate_agent_name(name)?;
-    let port = parse_addr(addr)?;
-    let mut label_map = BTreeMap::new();
-    for l in labels {
-        let (k, v) = l
-            .split_once('=')
-            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
-            .ok_or_else(|| CtlError::bad(format!("--label '{l}' is not key=value")))?;
-        label_map.insert(k.to_owned(), v.to_owned());
-    }
-    let listen = listen.unwrap_or_else(|| format!("0.0.0.0:{port}"));
-    let ca = home.load_ca()?;
-    {
-        let store = Store::open(&home.state())?;
-        if store.agent(name)?.is_some() {
-            return Err(CtlError::bad(format!(
-                "agent '{name}' is already registered; `slipctl agent rm {name}` first to replace it"
-            )));
-        }
-    }
-    if dir.join("agent.key").exists() {
-        return Err(CtlError::bad(format!(
-            "{} already holds an agent.key; choose an empty --out directory",
-            dir.display()
-        )));
-    }
-    std::fs::create_dir_all(dir).context(format_args!("cannot create {}", dir.display()))?;
-    let issued = ca.issue(&Identity::Agent(name.to_owned()))?;
-    let roots: Vec<String> = allowed_roots.iter().map(|r| toml_str(&r.display().to_string())).collect();
-    let config = format!(
-        "# slipd config for agent '{name}', written by `slipctl agent add`\n\
-         name = {}\nlisten = {}\nstate_dir = {}\nallowed_roots = [{}]\n\n\
-         [tls]\nca = \"ca.pem\"\ncert = \"agent.pem\"\nkey = \"agent.key\"\n",
-        toml_str(name),
-        toml_str(&listen),
-        toml_str(&state_dir.display().to_string()),
-        roots.join(", ")
-    );
-    // Check what we wrote with the agent's own loader before anyone copies it.
-    slipway_common::config::AgentConfig::parse(&config, "agent.toml", dir)?;
-    write_new(&dir.join("agent.key"), issued.key_pem.as_bytes(), 0o600)?;
-    write_new(&dir.join("agent.pem"), issued.cert_pem.as_bytes(), 0o644)?;
-    write_new(&dir.join("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
-    write_new(&dir.join("agent.toml"), config.as_bytes(), 0o644)?;
-    let record = AgentRecord { name: name.to_owned(), addr: addr.to_owned(), labels: label_map, added_at: unix_now() };
-    Store::open(&home.state())?.put_agent(&record)?;
-    Ok(record)
-}
-
 async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Result<u8> {
     match cmd {
         AgentCommand::Add { name, addr, labels, out: dir, listen, state_dir, allowed_roots } => {
-            let record = register_agent(home, &name, &addr, &labels, &dir, listen, &state_dir, &allowed_roots)?;
+            let record = crate::state::agents::register_agent(
+                home,
+                &name,
+                &addr,
+                &labels,
+                &dir,
+                listen,
+                &state_dir,
+                &allowed_roots,
+            )?;
             print(out, json!({"agent": record, "bundle": dir}), || {
                 format!(
                     "registered agent {name} at {addr}; bundle in {}\n\

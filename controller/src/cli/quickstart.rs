@@ -142,7 +142,7 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat) -> Result<u8> {
         let bundle = dir.join("agents").join(name);
         let root = dir.join("hosts").join(name);
         std::fs::create_dir_all(&root).context("host root")?;
-        crate::cli::register_agent(
+        crate::state::agents::register_agent(
             &home,
             name,
             &format!("127.0.0.1:{port}"),

@@ -1,5 +1,6 @@
 //! The controller's state: its home (`pki/`, `state/`, `cache/`) and the sled store behind a
 //! narrow interface.
 
+pub mod agents;
 pub mod home;
 pub mod store;
