@@ -82,18 +82,37 @@ impl KeptManifests {
         let _ = std::fs::remove_file(self.path(release));
     }
 
+    /// The kept manifest of `release`, if it can be read.
+    pub fn load(&self, release: &str) -> Option<Manifest> {
+        let bytes = std::fs::read(self.path(release)).ok()?;
+        serde_json::from_slice::<KeptRelease>(&bytes).ok().map(|k| k.manifest)
+    }
+
     /// Content sha256 -> a file holding it, over the retained releases (newest first). Only
     /// regular files whose identity is unchanged since staging are offered.
     pub fn reuse_sources(&self, layout: &Layout) -> Result<HashMap<String, ReuseSource>, AgentError> {
+        self.inventory(layout).map(|(sources, _)| sources)
+    }
+
+    /// The reuse map, and for each retained release whose kept manifest reads: its manifest's
+    /// digest and the files of it whose content no retained file can provide any more (a hook
+    /// wrote them since staging). That is what the controller needs to know what a host holds
+    /// without a digest per file on the wire.
+    pub fn inventory(&self, layout: &Layout) -> Result<(HashMap<String, ReuseSource>, Vec<Retained>), AgentError> {
         let mut sources = HashMap::new();
+        let mut retained = Vec::new();
+        let mut files_of: Vec<Vec<(String, String)>> = Vec::new();
         for id in layout.list()?.iter().rev() {
             let Ok(bytes) = std::fs::read(self.path(id.as_str())) else { continue };
             let Ok(kept) = serde_json::from_slice::<KeptRelease>(&bytes) else { continue };
             let Ok(release) = layout.open_release(id) else { continue };
+            retained.push(Retained { id: id.clone(), manifest_sha256: kept.manifest.digest(), changed: Vec::new() });
             let display = release.path().to_path_buf();
             let fd =
                 Arc::new(release.fd().try_clone_to_owned().map_err(|e| AgentError::io("cannot open", &display, e))?);
+            let mut files = Vec::new();
             for e in kept.manifest.entries.into_iter().filter(|e| e.kind == EntryKind::File) {
+                files.push((e.path.clone(), e.sha256.clone()));
                 if sources.contains_key(&e.sha256) {
                     continue;
                 }
@@ -108,9 +127,22 @@ impl KeptManifests {
                     sources.insert(e.sha256, source);
                 }
             }
+            files_of.push(files);
         }
-        Ok(sources)
+        for (r, files) in retained.iter_mut().zip(files_of) {
+            r.changed = files.into_iter().filter(|(_, sha)| !sources.contains_key(sha)).map(|(p, _)| p).collect();
+        }
+        Ok((sources, retained))
     }
+}
+
+/// A retained release as the inventory reports it.
+#[derive(Debug, Clone)]
+pub struct Retained {
+    pub id: ReleaseId,
+    pub manifest_sha256: [u8; 32],
+    /// Its files whose content no retained file can provide.
+    pub changed: Vec<String>,
 }
 
 #[cfg(test)]

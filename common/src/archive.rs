@@ -14,97 +14,9 @@ use sha2::{Digest, Sha256};
 
 /// The largest zstd window the agent accepts (16 MiB): bounds decoder memory.
 pub const MAX_WINDOW_LOG: u32 = 24;
-const MAX_PATH_LEN: usize = 4096;
-const MAX_COMPONENT_LEN: usize = 255;
-const MAX_SYMLINK_HOPS: u32 = 40;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EntryKind {
-    File,
-    Dir,
-    Symlink,
-}
-
-impl EntryKind {
-    fn word(self) -> &'static str {
-        match self {
-            EntryKind::File => "file",
-            EntryKind::Dir => "directory",
-            EntryKind::Symlink => "symlink",
-        }
-    }
-}
-
-/// One entry of the release tree.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ManifestEntry {
-    /// Relative, `/`-separated, no `.`/`..`, no trailing slash.
-    pub path: String,
-    pub kind: EntryKind,
-    /// Permission bits, normalised (see [`normalise_mode`]).
-    pub mode: u32,
-    /// File size in bytes (0 for directories and symlinks).
-    pub size: u64,
-    /// Lowercase hex sha256 of a file's content; empty otherwise.
-    pub sha256: String,
-    /// A symlink's target; empty otherwise.
-    pub link_target: String,
-}
-
-impl ManifestEntry {
-    pub fn dir(path: &str) -> Self {
-        ManifestEntry {
-            path: path.to_owned(),
-            kind: EntryKind::Dir,
-            mode: normalise_mode(EntryKind::Dir, 0o755),
-            size: 0,
-            sha256: String::new(),
-            link_target: String::new(),
-        }
-    }
-
-    /// `sha256`: lowercase hex of the content.
-    pub fn file(path: &str, mode: u32, size: u64, sha256: String) -> Self {
-        ManifestEntry {
-            path: path.to_owned(),
-            kind: EntryKind::File,
-            mode: normalise_mode(EntryKind::File, mode),
-            size,
-            sha256,
-            link_target: String::new(),
-        }
-    }
-
-    pub fn symlink(path: &str, target: &str) -> Self {
-        ManifestEntry {
-            path: path.to_owned(),
-            kind: EntryKind::Symlink,
-            mode: 0o777,
-            size: 0,
-            sha256: String::new(),
-            link_target: target.to_owned(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub entries: Vec<ManifestEntry>,
-}
-
-/// What the extractor accepts at most.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub max_entries: u64,
-    pub max_bytes: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { max_entries: 1_000_000, max_bytes: 64 << 30 }
-    }
-}
+use crate::manifest::{CLIP, MAX_PATH_LEN, file_name_of, parent_of};
+pub use crate::manifest::{EntryKind, Limits, Manifest, ManifestEntry, check_path, clip, normalise_mode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -150,201 +62,6 @@ impl ArchiveError {
 }
 
 type Result<T, E = ArchiveError> = std::result::Result<T, E>;
-
-/// Modes kept: permission bits without setuid/setgid/sticky and without group/world write.
-/// Directories are always traversable by their owner.
-pub fn normalise_mode(kind: EntryKind, mode: u32) -> u32 {
-    match kind {
-        EntryKind::File => mode & 0o755,
-        EntryKind::Dir => (mode & 0o755) | 0o700,
-        EntryKind::Symlink => 0o777,
-    }
-}
-
-/// Check a path from an archive or manifest and return it without a trailing slash.
-pub fn check_path(raw: &[u8]) -> Result<String> {
-    let text = std::str::from_utf8(raw)
-        .map_err(|_| ArchiveError::UnsafePath { path: clip(&String::from_utf8_lossy(raw), CLIP), why: "not UTF-8" })?;
-    let unsafe_path = |why| Err(ArchiveError::UnsafePath { path: clip(text, CLIP), why });
-    let path = text.strip_suffix('/').unwrap_or(text);
-    if path.is_empty() {
-        return unsafe_path("empty");
-    }
-    if path.starts_with('/') {
-        return unsafe_path("absolute");
-    }
-    if path.len() > MAX_PATH_LEN {
-        return unsafe_path("too long");
-    }
-    if path.contains('\0') {
-        return unsafe_path("contains NUL");
-    }
-    for component in path.split('/') {
-        match component {
-            "" => return unsafe_path("empty component"),
-            "." => return unsafe_path("'.' component"),
-            ".." => return unsafe_path("'..' component"),
-            c if c.len() > MAX_COMPONENT_LEN => return unsafe_path("component too long"),
-            _ => {}
-        }
-    }
-    Ok(path.to_owned())
-}
-
-fn parent_of(path: &str) -> Option<&str> {
-    path.rsplit_once('/').map(|(p, _)| p)
-}
-
-fn file_name_of(path: &str) -> &str {
-    path.rsplit_once('/').map_or(path, |(_, n)| n)
-}
-
-/// The manifest's paths as a tree of numbered nodes (0 is the release root), so a symlink is
-/// resolved one hash lookup per component: linear in the targets' length, whatever the depth.
-struct PathTree<'a> {
-    children: HashMap<(u32, &'a str), u32>,
-    links: HashMap<u32, &'a str>,
-}
-
-impl<'a> PathTree<'a> {
-    fn new(entries: &'a [ManifestEntry]) -> Self {
-        let mut tree = PathTree { children: HashMap::with_capacity(entries.len()), links: HashMap::new() };
-        let mut node_of: HashMap<&'a str, u32> = HashMap::with_capacity(entries.len());
-        for e in entries {
-            // Parents come first (validated before), so the parent's node exists.
-            let (parent, name) = match e.path.rsplit_once('/') {
-                Some((p, n)) => (node_of.get(p).copied().unwrap_or(u32::MAX), n),
-                None => (0, e.path.as_str()),
-            };
-            let id = node_of.len() as u32 + 1;
-            node_of.insert(e.path.as_str(), id);
-            tree.children.insert((parent, name), id);
-            if e.kind == EntryKind::Symlink {
-                tree.links.insert(id, e.link_target.as_str());
-            }
-        }
-        tree
-    }
-
-    /// Walk `target` from the directory `stack` (nodes below the root; `None` for a place not in
-    /// the manifest) the way the kernel would, following the release's own symlinks. `Err` when
-    /// any step leaves the release.
-    fn resolve(&self, stack: &mut Vec<Option<u32>>, target: &str, hops: &mut u32) -> std::result::Result<(), ()> {
-        if target.is_empty() || target.starts_with('/') || target.contains('\0') {
-            return Err(());
-        }
-        for component in target.split('/') {
-            match component {
-                "" | "." => {}
-                ".." => {
-                    stack.pop().ok_or(())?;
-                }
-                name => {
-                    let here = stack.last().copied().unwrap_or(Some(0));
-                    let node = here.and_then(|h| self.children.get(&(h, name)).copied());
-                    match node.and_then(|n| self.links.get(&n)) {
-                        Some(next) => {
-                            *hops += 1;
-                            if *hops > MAX_SYMLINK_HOPS {
-                                return Err(());
-                            }
-                            self.resolve(stack, next, hops)?;
-                        }
-                        None => stack.push(node),
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// At most `max` bytes of text received from elsewhere, for an error message or a log line.
-pub fn clip(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..end], text.len())
-}
-
-/// How much of a received name goes into a message.
-const CLIP: usize = 256;
-
-impl Manifest {
-    pub fn file_bytes(&self) -> u64 {
-        self.entries.iter().map(|e| e.size).sum()
-    }
-
-    /// Check the manifest on its own: paths, uniqueness, parents, symlink targets, limits.
-    pub fn validate(&self, limits: &Limits) -> Result<()> {
-        if self.entries.len() as u64 > limits.max_entries {
-            return Err(ArchiveError::Limit(format!(
-                "{} entries, at most {} allowed",
-                self.entries.len(),
-                limits.max_entries
-            )));
-        }
-        let total = self.file_bytes();
-        if total > limits.max_bytes {
-            return Err(ArchiveError::Limit(format!("{total} bytes, at most {} allowed", limits.max_bytes)));
-        }
-        let mut kinds: HashMap<&str, EntryKind> = HashMap::with_capacity(self.entries.len());
-        let mut links: Vec<(&str, &str)> = Vec::new();
-        for e in &self.entries {
-            let path = check_path(e.path.as_bytes())?;
-            if path != e.path {
-                return Err(ArchiveError::Manifest(format!("path '{}' has a trailing slash", e.path)));
-            }
-            if kinds.insert(&e.path, e.kind).is_some() {
-                return Err(ArchiveError::Duplicate(e.path.clone()));
-            }
-            if let Some(parent) = parent_of(&e.path)
-                && kinds.get(parent) != Some(&EntryKind::Dir)
-            {
-                return Err(ArchiveError::Parent(e.path.clone()));
-            }
-            match e.kind {
-                EntryKind::File => {
-                    if e.sha256.len() != 64 || !e.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return Err(ArchiveError::Manifest(format!("'{}' has no valid sha256", e.path)));
-                    }
-                }
-                EntryKind::Dir => {}
-                EntryKind::Symlink => {
-                    links.push((e.path.as_str(), e.link_target.as_str()));
-                }
-            }
-        }
-        let tree = PathTree::new(&self.entries);
-        for (path, target) in &links {
-            if target.len() > MAX_PATH_LEN {
-                return Err(ArchiveError::Limit(format!(
-                    "symlink '{}' has a {}-byte target, at most {MAX_PATH_LEN} allowed",
-                    clip(path, CLIP),
-                    target.len()
-                )));
-            }
-        }
-        for (path, target) in &links {
-            let mut stack: Vec<Option<u32>> = Vec::new();
-            let mut hops = 0;
-            let escapes = match parent_of(path) {
-                Some(parent) => tree.resolve(&mut stack, parent, &mut hops),
-                None => Ok(()),
-            }
-            .and_then(|()| tree.resolve(&mut stack, target, &mut hops));
-            if escapes.is_err() {
-                return Err(ArchiveError::SymlinkEscape { path: clip(path, CLIP), target: clip(target, CLIP) });
-            }
-        }
-        Ok(())
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Packing
 
@@ -654,6 +371,17 @@ fn chown_at(dir: &OwnedFd, name: &str, owner: Option<(u32, u32)>, path: &str) ->
     Ok(())
 }
 
+/// Make directory `path` (its parent already made) with `mode` and `owner`.
+fn make_dir(dirs: &mut DirCache, path: &str, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
+    let name = file_name_of(path);
+    let parent = dirs.open(parent_of(path), path)?;
+    rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(mode)).map_err(write_err(path))?;
+    if needs_chmod(mode) {
+        rustix::fs::chmodat(parent, name, Mode::from_raw_mode(mode), AtFlags::empty()).map_err(write_err(path))?;
+    }
+    chown_at(parent, name, owner, path)
+}
+
 /// Hard-link the file behind an open descriptor (not a path, which could be swapped meanwhile).
 fn link_open_file(file: &std::fs::File, dir: &OwnedFd, name: &str) -> rustix::io::Result<()> {
     match rustix::fs::linkat(file, "", dir, name, AtFlags::EMPTY_PATH) {
@@ -845,6 +573,16 @@ pub fn extract_into(
     let mut seen: HashSet<&str> = HashSet::with_capacity(manifest.entries.len());
     let mut symlinks: Vec<(String, String)> = Vec::new();
     let mut buf = vec![0u8; 256 * 1024];
+    // A delta carries only files: its directories come from the manifest, made first (the
+    // manifest lists parents before children), and its symlinks last.
+    let delta = options.reuse.is_some();
+    if delta {
+        for e in manifest.entries.iter().filter(|e| e.kind == EntryKind::Dir) {
+            make_dir(&mut dirs, &e.path, normalise_mode(EntryKind::Dir, e.mode), options.owner)?;
+            stats.entries += 1;
+            seen.insert(e.path.as_str());
+        }
+    }
     {
         let mut decoder = zstd::stream::read::Decoder::new(&mut hashing).map_err(ArchiveError::Malformed)?;
         decoder.window_log_max(MAX_WINDOW_LOG).map_err(ArchiveError::Malformed)?;
@@ -865,6 +603,12 @@ pub fn extract_into(
                 _ => return Err(ArchiveError::Forbidden { path, what: "special entry" }),
             };
             let expected = *index.get(path.as_str()).ok_or_else(|| ArchiveError::NotInManifest(path.clone()))?;
+            if delta && kind != EntryKind::File {
+                return Err(ArchiveError::Forbidden {
+                    path,
+                    what: "directory or symlink in a delta (they come from the manifest)",
+                });
+            }
             if !seen.insert(expected.path.as_str()) {
                 return Err(ArchiveError::Duplicate(path));
             }
@@ -887,15 +631,7 @@ pub fn extract_into(
             }
             let name = file_name_of(&path).to_owned();
             match kind {
-                EntryKind::Dir => {
-                    let parent = dirs.open(parent_of(&path), &path)?;
-                    rustix::fs::mkdirat(parent, name.as_str(), Mode::from_raw_mode(mode)).map_err(write_err(&path))?;
-                    if needs_chmod(mode) {
-                        rustix::fs::chmodat(parent, name.as_str(), Mode::from_raw_mode(mode), AtFlags::empty())
-                            .map_err(write_err(&path))?;
-                    }
-                    chown_at(parent, &name, options.owner, &path)?;
-                }
+                EntryKind::Dir => make_dir(&mut dirs, &path, mode, options.owner)?,
                 EntryKind::Symlink => {
                     let target =
                         entry.link_name_bytes().map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default();
@@ -985,6 +721,10 @@ pub fn extract_into(
     }
     for entry in manifest.entries.iter().filter(|e| !seen.contains(e.path.as_str())) {
         match (&options.reuse, entry.kind) {
+            (Some(_), EntryKind::Symlink) => {
+                stats.entries += 1;
+                symlinks.push((entry.path.clone(), entry.link_target.clone()));
+            }
             (Some(reuse), EntryKind::File) => {
                 let source =
                     reuse.sources.get(&entry.sha256).ok_or_else(|| ArchiveError::Missing(entry.path.clone()))?;

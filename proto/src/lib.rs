@@ -88,6 +88,20 @@ impl TryFrom<pb::Manifest> for Manifest {
     }
 }
 
+impl From<&slipway_common::manifest::ManifestDiff> for pb::ManifestDiff {
+    fn from(d: &slipway_common::manifest::ManifestDiff) -> Self {
+        pb::ManifestDiff { upsert: d.upsert.iter().map(pb::ManifestEntry::from).collect(), removed: d.removed.clone() }
+    }
+}
+
+impl TryFrom<pb::ManifestDiff> for slipway_common::manifest::ManifestDiff {
+    type Error = ConvertError;
+    fn try_from(d: pb::ManifestDiff) -> Result<Self, ConvertError> {
+        let upsert = d.upsert.into_iter().map(ManifestEntry::try_from).collect::<Result<_, _>>()?;
+        Ok(slipway_common::manifest::ManifestDiff { upsert, removed: d.removed })
+    }
+}
+
 /// Lowercase hex of bytes (digests travel as bytes, live as hex).
 pub fn bytes_to_hex(bytes: &[u8]) -> String {
     hex::encode(bytes)

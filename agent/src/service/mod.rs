@@ -472,17 +472,28 @@ impl pb::agent_server::Agent for AgentService {
     }
 
     async fn inventory(&self, req: Request<pb::InventoryRequest>) -> Result<Response<pb::InventoryReply>, Status> {
-        let (target, listed, sources) = blocking(|| {
-            let target = self.inner.target(req.into_inner().target, Open::Existing)?;
+        let req = req.into_inner();
+        let (target, listed, sources, retained) = blocking(|| {
+            let target = self.inner.target(req.target, Open::Existing)?;
             let listed = target.layout.list()?;
-            let sources = target.kept.reuse_sources(&target.layout)?;
-            Ok::<_, AgentError>((target, listed, sources))
+            let (sources, retained) = target.kept.inventory(&target.layout)?;
+            Ok::<_, AgentError>((target, listed, sources, retained))
         })?;
         let releases = listed.iter().map(|r| r.to_string()).collect();
-        let digests = sources.keys().map(|k| slipway_proto::hex_to_bytes(k)).collect();
+        // A digest per file only when asked: the controller knows the manifests it deployed.
+        let digests =
+            if req.per_file { sources.keys().map(|k| slipway_proto::hex_to_bytes(k)).collect() } else { Vec::new() };
+        let retained = retained
+            .into_iter()
+            .map(|r| pb::RetainedRelease {
+                id: r.id.to_string(),
+                manifest_sha256: r.manifest_sha256.to_vec(),
+                changed: r.changed,
+            })
+            .collect();
         let offered = Offered { at: Instant::now(), releases: listed, sources };
         self.inner.offered.lock().expect("offered lock").insert(target.key.clone(), offered);
-        Ok(Response::new(pb::InventoryReply { digests, releases }))
+        Ok(Response::new(pb::InventoryReply { digests, releases, retained }))
     }
 
     async fn check(&self, req: Request<pb::CheckRequest>) -> Result<Response<pb::CheckReply>, Status> {

@@ -16,10 +16,12 @@ use tracing::{info, warn};
 
 use super::*;
 use crate::error::AgentError;
+use crate::kept::KeptManifests;
 use crate::layout::{Layout, Open};
 use crate::receive::{check_free_space, disk_full, receive_and_extract};
 use crate::shared::link_shared;
 use crate::state::{ReleaseMeta, TargetRecord};
+use slipway_common::names::validate_name;
 
 impl Inner {
     pub(super) async fn stage(
@@ -37,10 +39,37 @@ impl Inner {
         let id = ReleaseId::parse(&header.release_id).map_err(bad)?;
         let target_key = header.target.as_ref().map(|t| TargetRecord::key(&t.project, &t.env)).unwrap_or_default();
         let _slot = self.claim_stage(&target_key)?;
-        // Validation is CPU work on attacker-sized input: off the async workers.
+        // Validation is CPU work on attacker-sized input: off the async workers. With a base, the
+        // manifest is the base's kept manifest with the diff applied, checked just as strictly.
         let (raw, limits) = (header.manifest.take(), self.config.limits);
+        let base = match header.base_release.as_str() {
+            "" => None,
+            id => {
+                let id = ReleaseId::parse(id).map_err(bad)?;
+                let t = header.target.as_ref().ok_or_else(|| bad("request has no target"))?;
+                validate_name("project name", &t.project).map_err(bad)?;
+                validate_name("env name", &t.env).map_err(bad)?;
+                let kept = KeptManifests::new(&self.config.state_dir, &t.project, &t.env);
+                let diff = header.manifest_diff.take().ok_or_else(|| bad("stage header has a base but no diff"))?;
+                Some((id, kept, header.base_manifest_sha256.clone(), diff))
+            }
+        };
         let manifest: Manifest = tokio::task::spawn_blocking(move || -> Result<Manifest, AgentError> {
-            let manifest: Manifest = raw.ok_or_else(|| bad("stage header has no manifest"))?.try_into().map_err(bad)?;
+            let manifest: Manifest = match base {
+                None => raw.ok_or_else(|| bad("stage header has no manifest"))?.try_into().map_err(bad)?,
+                Some((id, kept, digest, diff)) => {
+                    let base = kept.load(id.as_str()).ok_or_else(|| {
+                        AgentError::NotFound(format!("the kept manifest of base release {id} is missing or damaged"))
+                    })?;
+                    if base.digest().as_slice() != digest.as_slice() {
+                        return Err(AgentError::Conflict(format!(
+                            "the kept manifest of base release {id} is not the one the controller has"
+                        )));
+                    }
+                    let diff = diff.try_into().map_err(bad)?;
+                    Manifest::apply(&base, &diff)?
+                }
+            };
             manifest.validate(&limits)?;
             Ok(manifest)
         })
@@ -88,7 +117,7 @@ impl Inner {
             .create_private_dir(&staging_name)
             .map_err(|e| AgentError::io("cannot create", releases.display(&staging_name), e))?;
         self.state.put(&record)?;
-        info!(project = %target.project, env = %target.env, release = %id, entries = manifest.entries.len(), "staging");
+        info!(project = %target.project, env = %target.env, release = %id, entries = manifest.entries.len(), base = %header.base_release, "staging");
 
         // Hard links are only safe when no hook can write the shared files: they stay the agent's
         // and read-only, which protects them from a hook user that is someone else.

@@ -84,7 +84,8 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
                 scope.hosts.len()
             ));
             let cancel = (args.cancel.clone(), args.full);
-            let result = run_deploy(&scope, &mut package, &mut record, tls, reporter, timeouts, cancel).await;
+            let cache = home.cache();
+            let result = run_deploy(&scope, &mut package, &mut record, tls, reporter, timeouts, cancel, &cache).await;
             // A full artifact packaged while streaming is in the cache once this returns.
             if let Some(Err(e)) = package.finish().await {
                 reporter.say(format!("packaging the full artifact failed: {e}"));

@@ -21,6 +21,7 @@ use super::scope::*;
 use super::transfer::*;
 
 /// The rollout: the planner decides, this loop carries out its actions and records every step.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_deploy(
     scope: &Scope,
     package: &mut Package,
@@ -29,6 +30,7 @@ pub(crate) async fn run_deploy(
     reporter: &Emitter,
     timeouts: Timeouts,
     (mut cancel, full): (Option<watch::Receiver<bool>>, bool),
+    cache: &std::path::Path,
 ) -> Result<()> {
     let settings = &scope.settings;
     let rollout = &settings.rollout;
@@ -70,7 +72,7 @@ pub(crate) async fn run_deploy(
                         package.pack(reporter).await?;
                         (BTreeMap::new(), BTreeMap::new())
                     } else {
-                        plan_uploads(&hosts, &agents, settings, package, &fan(planner_events), reporter).await?
+                        plan_uploads(&hosts, &agents, settings, package, &fan(planner_events), reporter, cache).await?
                     };
                     for host in &hosts {
                         if !uploads.contains_key(host) {
@@ -98,11 +100,16 @@ pub(crate) async fn run_deploy(
                 let total_entries = package.manifest().entries.len() as u64;
                 let staged = fan_out(&hosts, reporter, &mut cancel, |host, events| {
                     let upload = uploads[&host].clone();
-                    let (sha256, size, delta) = match &upload {
-                        Upload::File { sha256, size, delta, .. } => {
-                            (slipway_proto::hex_to_bytes(sha256), *size, *delta)
+                    let (sha256, size, delta, base) = match &upload {
+                        Upload::File { sha256, size, delta, base, .. } => {
+                            (slipway_proto::hex_to_bytes(sha256), *size, *delta, base.clone())
                         }
-                        Upload::Streamed { .. } => (Vec::new(), 0, false),
+                        Upload::Streamed { .. } => (Vec::new(), 0, false, None),
+                    };
+                    // A host that holds a known base gets a diff against it, not the manifest.
+                    let (manifest, base_release, base_manifest_sha256, manifest_diff) = match base {
+                        Some(b) => (None, b.release.clone(), b.manifest_sha256.clone(), Some(b.diff.clone())),
+                        None => (Some(manifest.clone()), String::new(), Vec::new(), None),
                     };
                     let header = pb::StageHeader {
                         target: Some(pb_target(settings, &host)),
@@ -111,7 +118,7 @@ pub(crate) async fn run_deploy(
                         commit: record.commit.clone(),
                         git_ref: record.git_ref.clone(),
                         generation: record.id,
-                        manifest: Some(manifest.clone()),
+                        manifest,
                         artifact_sha256: sha256,
                         artifact_size: size,
                         hook_context: Some(hook_context(settings, &host, &record.commit, &record.git_ref)),
@@ -121,11 +128,21 @@ pub(crate) async fn run_deploy(
                         delta,
                         reuse_hardlink: settings.reuse == slipway_common::config::ReuseMode::Hardlink,
                         stage_timeout_secs: settings.rollout.stage_timeout_secs,
+                        base_release,
+                        base_manifest_sha256,
+                        manifest_diff,
                     };
                     let connection = connected.get(&host).cloned();
                     stage_host(fan(events), agents[&host].clone(), header, upload, total_entries, connection)
                 })
                 .await;
+                // The hosts that staged hold this manifest now: keep it, so the next deploy can
+                // send them a diff against it.
+                if staged.values().any(|(_, client)| client.is_some())
+                    && let Err(e) = crate::source::manifests::save(cache, package.manifest())
+                {
+                    reporter.say(format!("cannot keep the manifest for the next deploy's diff: {e}"));
+                }
                 for host in hosts {
                     match staged.get(&host) {
                         Some((result, Some(client))) => {

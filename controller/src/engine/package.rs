@@ -26,8 +26,60 @@ use super::scope::*;
 /// while it is being packaged.
 #[derive(Debug, Clone)]
 pub(crate) enum Upload {
-    File { path: PathBuf, sha256: String, size: u64, delta: bool },
-    Streamed { file: Arc<std::fs::File>, progress: watch::Receiver<artifact::PackProgress> },
+    /// `base`: a delta's manifest travels as a diff against a release the host holds.
+    File {
+        path: PathBuf,
+        sha256: String,
+        size: u64,
+        delta: bool,
+        base: Option<Arc<Base>>,
+    },
+    Streamed {
+        file: Arc<std::fs::File>,
+        progress: watch::Receiver<artifact::PackProgress>,
+    },
+}
+
+/// A release a host holds whose manifest the controller knows: the new manifest is sent as a diff
+/// against it.
+#[derive(Debug)]
+pub(crate) struct Base {
+    pub(crate) release: String,
+    pub(crate) manifest_sha256: Vec<u8>,
+    pub(crate) diff: pb::ManifestDiff,
+}
+
+/// What a host holds, as its inventory lets the controller work out.
+struct Holdings {
+    /// Content digests (hex) the host can reuse.
+    held: std::collections::HashSet<String>,
+    /// The newest retained release with a known manifest.
+    base: Option<(String, Vec<u8>, slipway_common::archive::Manifest)>,
+}
+
+/// Work out what a host holds from its inventory: from the manifests of its retained releases
+/// (kept here by digest) less the files it reports changed. A release whose manifest is not
+/// known here only counts for nothing (the host may be sent a file it has); `None` when it holds
+/// releases and none of them is known (then the host is asked for a digest per file).
+fn holdings(cache: &Path, inventory: &pb::InventoryReply) -> Option<Holdings> {
+    let mut held = std::collections::HashSet::new();
+    let mut base = None;
+    for r in &inventory.retained {
+        let Some(manifest) = crate::source::manifests::load(cache, &r.manifest_sha256) else { continue };
+        let changed: std::collections::HashSet<&str> = r.changed.iter().map(String::as_str).collect();
+        for e in manifest.entries.iter().filter(|e| e.kind == slipway_common::archive::EntryKind::File) {
+            if !changed.contains(e.path.as_str()) {
+                held.insert(e.sha256.clone());
+            }
+        }
+        if base.is_none() {
+            base = Some((r.id.clone(), r.manifest_sha256.clone(), manifest));
+        }
+    }
+    if base.is_none() && !inventory.releases.is_empty() {
+        return None;
+    }
+    Some(Holdings { held, base })
 }
 
 /// What a deploy ships. With a build step (or a cached package) the full artifact exists up
@@ -121,6 +173,7 @@ impl Package {
     pub(crate) fn full_upload(&mut self, reporter: &Emitter) -> Result<Upload> {
         if let Some(a) = &self.full {
             return Ok(Upload::File {
+                base: None,
                 path: a.path.clone(),
                 sha256: a.sha256.clone(),
                 size: a.compressed_bytes,
@@ -171,28 +224,42 @@ pub(crate) async fn plan_uploads(
     package: &mut Package,
     fan: &Fanout,
     reporter: &Emitter,
+    cache: &Path,
 ) -> Result<(BTreeMap<String, Upload>, BTreeMap<String, AgentClient>)> {
     let mut tasks = tokio::task::JoinSet::new();
+    let cache = cache.to_path_buf();
     for host in hosts {
-        let (agent, tls, timeouts, target) =
-            (agents[host].clone(), fan.tls.clone(), fan.timeouts, pb_target(settings, host));
+        let (agent, tls, timeouts, target, cache) =
+            (agents[host].clone(), fan.tls.clone(), fan.timeouts, pb_target(settings, host), cache.clone());
         tasks.spawn(async move {
             let connection = client::connect(tls, &agent, timeouts).await.ok();
-            let inventory = match connection.clone() {
-                Some(mut c) => {
-                    let call = c.inventory(pb::InventoryRequest { target: Some(target) });
+            let ask = |per_file: bool| {
+                let (connection, target) = (connection.clone(), target.clone());
+                async move {
+                    let mut c = connection?;
+                    let call = c.inventory(pb::InventoryRequest { target: Some(target), per_file });
                     tokio::time::timeout(timeouts.call, call).await.ok().and_then(Result::ok).map(|r| r.into_inner())
                 }
-                None => None,
             };
-            (agent.name, connection, inventory)
+            // A manifest digest per retained release; a digest per file only when a retained
+            // release's manifest is not known here.
+            let mut inventory = ask(false).await;
+            let mut holdings = inventory.as_ref().and_then(|i| holdings(&cache, i));
+            if inventory.is_some() && holdings.is_none() {
+                inventory = ask(true).await;
+                holdings = inventory.as_ref().map(|i| Holdings {
+                    held: i.digests.iter().map(|d| slipway_proto::bytes_to_hex(d)).collect(),
+                    base: None,
+                });
+            }
+            (agent.name, connection, holdings)
         });
     }
     // A project packaged here before (its blob digests are cached) likely has hosts holding most of
     // it: read the manifest while they answer.
     let early = package.manifest_in_background();
     let inventories = tasks.join_all().await;
-    if inventories.iter().all(|(_, _, i)| i.as_ref().is_none_or(|i| i.digests.is_empty())) {
+    if inventories.iter().all(|(_, _, h)| h.as_ref().is_none_or(|h| h.held.is_empty())) {
         // Nobody holds anything: package once, send it whole (no manifest pass of its own).
         if let Some(task) = early {
             task.abort();
@@ -201,30 +268,47 @@ pub(crate) async fn plan_uploads(
     } else {
         package.read_manifest(early, reporter).await?;
     }
-    // Each file's digest as the inventory states it (bytes), decoded once for all hosts.
-    let files: Vec<(Vec<u8>, &str)> = package
-        .manifest()
+    let new_manifest = package.manifest();
+    let files: Vec<(&str, &str)> = new_manifest
         .entries
         .iter()
         .filter(|e| e.kind == slipway_common::archive::EntryKind::File)
-        .map(|e| (slipway_proto::hex_to_bytes(&e.sha256), e.path.as_str()))
+        .map(|e| (e.sha256.as_str(), e.path.as_str()))
         .collect();
     let mut groups: BTreeMap<std::collections::BTreeSet<String>, Vec<String>> = BTreeMap::new();
     let mut full_hosts = Vec::new();
     let mut connections = BTreeMap::new();
-    for (host, connection, inventory) in inventories {
+    // One diff per base manifest, shared by the hosts that hold it.
+    let mut diffs: std::collections::HashMap<Vec<u8>, Arc<Base>> = std::collections::HashMap::new();
+    let mut bases: BTreeMap<String, Arc<Base>> = BTreeMap::new();
+    for (host, connection, holdings) in inventories {
         if let Some(c) = connection {
             connections.insert(host.clone(), c);
         }
-        let held: std::collections::HashSet<Vec<u8>> =
-            inventory.map(|i| i.digests.into_iter().collect()).unwrap_or_default();
+        let Holdings { held, base } = holdings.unwrap_or(Holdings { held: Default::default(), base: None });
         let ship: std::collections::BTreeSet<String> =
-            files.iter().filter(|(digest, _)| !held.contains(digest)).map(|(_, path)| (*path).to_owned()).collect();
+            files.iter().filter(|(digest, _)| !held.contains(*digest)).map(|(_, path)| (*path).to_owned()).collect();
         if ship.len() == files.len() {
             full_hosts.push(host);
-        } else {
-            groups.entry(ship).or_default().push(host);
+            continue;
         }
+        if let Some((release, digest, manifest)) = base {
+            let base = diffs
+                .entry(digest.clone())
+                .or_insert_with(|| {
+                    let diff = new_manifest.diff_from(&manifest);
+                    Arc::new(Base { release: release.clone(), manifest_sha256: digest, diff: (&diff).into() })
+                })
+                .clone();
+            // The same manifest under another release id on this host: name its own release.
+            let base = if base.release == release {
+                base
+            } else {
+                Arc::new(Base { release, manifest_sha256: base.manifest_sha256.clone(), diff: base.diff.clone() })
+            };
+            bases.insert(host.clone(), base);
+        }
+        groups.entry(ship).or_default().push(host);
     }
     let mut uploads = BTreeMap::new();
     for (ship, group) in groups {
@@ -243,6 +327,7 @@ pub(crate) async fn plan_uploads(
                         sha256: d.sha256.clone(),
                         size: d.compressed_bytes,
                         delta: true,
+                        base: bases.get(&host).cloned(),
                     };
                     uploads.insert(host, upload);
                 }

@@ -402,7 +402,8 @@ pub async fn manifest_git(mirror: &Path, recipe: &Recipe) -> Result<Manifest> {
     .context("manifest task")?
 }
 
-/// Passes directories and symlinks, and only the files in `ship`, reading no other blob.
+/// Passes only the files in `ship`, reading no other blob (a delta's directories and symlinks
+/// come from the manifest the host is sent).
 struct ShipOnly<'a, S> {
     inner: &'a mut S,
     ship: &'a std::collections::BTreeSet<String>,
@@ -410,8 +411,8 @@ struct ShipOnly<'a, S> {
 }
 
 impl<S: Sink> Sink for ShipOnly<'_, S> {
-    fn dir(&mut self, path: &str) -> std::io::Result<()> {
-        self.inner.dir(path)
+    fn dir(&mut self, _path: &str) -> std::io::Result<()> {
+        Ok(())
     }
     fn file(&mut self, path: &str, mode: u32, content: &[u8]) -> std::io::Result<()> {
         if self.ship.contains(path) {
@@ -420,8 +421,8 @@ impl<S: Sink> Sink for ShipOnly<'_, S> {
         }
         Ok(())
     }
-    fn symlink(&mut self, path: &str, target: &str) -> std::io::Result<()> {
-        self.inner.symlink(path, target)
+    fn symlink(&mut self, _path: &str, _target: &str) -> std::io::Result<()> {
+        Ok(())
     }
     fn git_file(&mut self, repo: &git2::Repository, path: &str, mode: u32, oid: git2::Oid) -> std::io::Result<()> {
         if self.ship.contains(path) {
@@ -435,6 +436,8 @@ impl<S: Sink> Sink for ShipOnly<'_, S> {
 
 fn delta_name(ship: &std::collections::BTreeSet<String>) -> String {
     let mut key = Sha256::new();
+    // Deltas carry files only (format 2); one cached in the older form is never reused.
+    key.update(b"files-only\0");
     for path in ship {
         key.update(path.as_bytes());
         key.update(b"\0");
@@ -480,7 +483,7 @@ fn write_delta(dir: &Path, name: &str, mtime: u64, fill: impl FnOnce(&mut FilePa
     Ok(Delta { path, sha256: packed.sha256, compressed_bytes: packed.compressed_size, files })
 }
 
-/// A delta packed straight from git: every directory and symlink, and the files in `ship`.
+/// A delta packed straight from git: only the files in `ship`.
 pub async fn delta_git(
     cache: &Path,
     mirror: &Path,
@@ -574,7 +577,7 @@ pub fn stream_git(cache: &Path, mirror: &Path, recipe: &Recipe, expected: Manife
     Ok(StreamedPack { file: std::sync::Arc::new(reader), progress: rx, task })
 }
 
-/// A delta of an artifact: every directory and symlink, and only the files a host lacks.
+/// A delta of an artifact: only the files a host lacks.
 #[derive(Debug, Clone)]
 pub struct Delta {
     pub path: PathBuf,
@@ -602,14 +605,7 @@ pub async fn delta(full: &Artifact, ship: std::collections::BTreeSet<String>) ->
                 let path = String::from_utf8_lossy(&entry.path_bytes()).trim_end_matches('/').to_owned();
                 let mode = entry.header().mode().context("artifact")?;
                 match entry.header().entry_type() {
-                    tar::EntryType::Directory => packer.add_dir(&path),
-                    tar::EntryType::Symlink => {
-                        let target = entry
-                            .link_name_bytes()
-                            .map(|t| String::from_utf8_lossy(&t).into_owned())
-                            .unwrap_or_default();
-                        packer.add_symlink(&path, &target)
-                    }
+                    tar::EntryType::Directory | tar::EntryType::Symlink => Ok(()),
                     _ if ship.contains(&path) => {
                         files += 1;
                         let mut content = Vec::with_capacity(entry.size() as usize);
@@ -735,7 +731,7 @@ mod tests {
             .map(|e| e.unwrap().path().unwrap().display().to_string().trim_end_matches('/').to_owned())
             .collect();
         names.sort();
-        assert_eq!(names, ["a.txt", "d", "d/l"]);
+        assert_eq!(names, ["a.txt"], "only the asked files: directories and links come from the manifest");
         // The same delta from the packaged artifact has the same entries; and it is cached by name.
         let again = delta_git(&cache, &mirror, &recipe(&commits[1]), ship).await.unwrap();
         assert_eq!(again.sha256, delta.sha256);

@@ -8,4 +8,5 @@ pub mod attributes;
 pub mod build;
 pub mod exclude;
 pub mod git;
+pub mod manifests;
 pub mod tree;

@@ -92,3 +92,49 @@ fn hardlinked_releases_share_read_only_files_that_hooks_cannot_change() {
         assert!(sent(&doc)[0] < 64 * 1024, "deploy v{v} sent {:?}", sent(&doc));
     }
 }
+
+#[test]
+fn the_manifest_travels_as_a_diff_and_an_unknown_or_damaged_one_falls_back_to_the_full_exchange() {
+    let fleet = Fleet::new(2);
+    let repo = big_repo(&fleet);
+    fleet.apply_project("site", &repo.path, "");
+    let r1 = fleet.deploy_ok("site");
+    let expected = fleet.path().join("expected");
+    let check_trees = |round: &str| {
+        let dest = expected.join(round);
+        repo.archive_into("HEAD", &dest);
+        for host in ["web-1", "web-2"] {
+            assert_same_tree(&dest, &fleet.current(host, "site"));
+        }
+    };
+
+    // The host's kept manifest of r1 is damaged: it no longer offers r1, so it gets everything.
+    let kept = fleet.agents[0].bundle.join("state/manifests/site/test").join(format!("{r1}.json"));
+    assert!(kept.is_file(), "{}", kept.display());
+    std::fs::write(&kept, b"{ damaged").unwrap();
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+    let bytes = sent(&doc);
+    assert!(bytes[0] > 50 * bytes[1], "web-1 (damaged) got the full artifact, web-2 a delta: {bytes:?}");
+    check_trees("v2");
+    // The healthy host was sent a diff against r1, not the manifest.
+    let log = fleet.agents[1].log();
+    assert!(log.contains(&format!("base={r1}")), "{log}");
+
+    // The controller lost the manifests it deployed: hosts are asked for a digest per file, and
+    // still get only what they lack.
+    std::fs::remove_dir_all(fleet.home.join("cache/manifests")).unwrap();
+    repo.write("index.html", "v3\n");
+    repo.commit("v3");
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+    let bytes = sent(&doc);
+    assert!(bytes.iter().all(|b| *b < 64 * 1024), "deltas after the per-file exchange: {bytes:?}");
+    check_trees("v3");
+    // And with the manifests kept again, the next deploy is back to diffs.
+    repo.write("index.html", "v4\n");
+    repo.commit("v4");
+    fleet.deploy_ok("site");
+    check_trees("v4");
+    assert!(fleet.agents[0].log().matches("base=2").count() >= 1, "{}", fleet.agents[0].log());
+}
