@@ -7,7 +7,8 @@
 #   1. builds the baseline's source repo (same trees, same commits: tags wb-c1 -> wb-c2),
 #   2. starts N slipd agents on loopback, each with its own root and state (release build),
 #   3. runs three Slipway phases: full (wb-c1 on empty hosts), incr (wb-c2: one file changed),
-#      rollback; for each: wall time, bytes sent to agents, controller CPU and peak RSS (GNU
+#      rollback; for each: wall time, bytes on the wire (loopback's interface counter, both
+#      directions), controller CPU and peak RSS (GNU
 #      time), switch skew (first to last flip), and one agent's peak RSS,
 #   4. measures the floor: plain `tar -x` of the same tree into N directories, two at a time,
 #   5. runs the baseline harness (walle + rsync variants, parallel) on its own netns fleet,
@@ -54,12 +55,19 @@ phase() {
     ctl) prof=(perf record -q --call-graph dwarf,32768 -e cpu-clock -F 999 -o "$out.perf" --) ;;  # slipctl only
     *) prof=(perf record -q -a -g -e cpu-clock -F 499 -o "$out.perf" --) ;;
   esac
+  # Bytes on the wire: everything loopback carried during the phase, both directions, every
+  # header (TCP/IP, TLS, HTTP/2) and message (inventory, manifests or diffs, archives), counted at
+  # the interface as the baseline counts its veths. (Loopback's MTU is 64 KiB, the baseline's
+  # veths' 1500: we pay fewer IP/TCP headers per byte.)
+  local lo0 lo1
+  read -r lo0 < /sys/class/net/lo/statistics/tx_bytes
   t0=$(date +%s.%N)
   timeout 900 "${prof[@]}" /usr/bin/time -f "%U %S %M" -o "$out.time" "$SLIPCTL" --home "$home" --output json "$@" > "$out" 2> "$out.err"
   t1=$(date +%s.%N)
+  read -r lo1 < /sys/class/net/lo/statistics/tx_bytes
   read -r u s rss < "$out.time"
   local bytes skew
-  bytes=$(json "$out" "sum(h.get('bytes_sent',0) for h in d['hosts'])")
+  bytes=$((lo1 - lo0))
   skew=$(json "$out" "(lambda t: max(t)-min(t) if t else 0)([s['started_ms']+s['elapsed_ms'] for h in d['hosts'] for s in h['steps'] if s['name']=='activate'])")
   printf '%.2f %s %.2f %s %s\n' "$(echo "$t1 - $t0" | bc)" "$bytes" "$(echo "$u + $s" | bc)" "$rss" "$skew"
 }

@@ -92,7 +92,10 @@ def main():
         if phase == "full" and floor == floor:
             notes.append(f"floor {floor:.2f} s, slipway/floor {s['wall'] / floor:.2f}")
         if phase == "incr" and "full" in phases and phases["full"]["wire"]:
-            notes.append(f"wire {100 * s['wire'] / phases['full']['wire']:.2f}% of full")
+            notes.append(f"wire {100 * s['wire'] / phases['full']['wire']:.3f}% of full")
+            rsync = base.get(("rsync", "incr"))
+            if rsync and rsync["wire"]:
+                notes.append(f"wire/rsync {s['wire'] / rsync['wire']:.3f}")
         if notes:
             print(f"{'':<9}{'':<9}" + "; ".join(notes))
     if base:
