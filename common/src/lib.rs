@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod manifest;
 pub mod names;
+pub mod pack;
 pub mod pki;
 pub mod process;
 pub mod tar_guard;
