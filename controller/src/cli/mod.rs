@@ -14,10 +14,13 @@ use slipway_common::time::{format_utc, unix_now};
 
 use crate::cli::output::{OutputFormat, Reporter, bytes, millis, table};
 use crate::engine::client::{self, Timeouts, status_text};
+use crate::engine::fanout::fan_out;
 use crate::engine::{self, DeployArgs, RollbackArgs};
 use crate::error::{Context, CtlError, Result};
 use crate::state::home::Home;
+use crate::state::store::AgentRecord;
 use crate::state::store::{DeployRecord, DeployStatus, ProjectRecord, Store};
+use std::collections::BTreeMap;
 
 #[derive(Parser)]
 #[command(
@@ -421,10 +424,11 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Res
             let agents = Store::open(&home.state())?.agents()?;
             let tls = home.client_tls()?;
             let quick = Timeouts { connect: Duration::from_secs(3), call: Duration::from_secs(5) };
-            let mut tasks = tokio::task::JoinSet::new();
-            for (i, agent) in agents.iter().cloned().enumerate() {
-                let tls = tls.clone();
-                tasks.spawn(async move {
+            let by_name: BTreeMap<String, AgentRecord> = agents.iter().map(|a| (a.name.clone(), a.clone())).collect();
+            let names: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
+            let mut answers = fan_out(&names, &engine::Emitter::discard(), &mut None, |name, _events| {
+                let (tls, agent) = (tls.clone(), by_name[&name].clone());
+                async move {
                     let info = async {
                         let mut c = client::connect(tls, &agent, quick).await?;
                         tokio::time::timeout(quick.call, c.info(slipway_proto::pb::InfoRequest {}))
@@ -434,11 +438,13 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Res
                             .map_err(|s| status_text(&s))
                     }
                     .await;
-                    (i, agent, info)
-                });
-            }
-            let mut results = tasks.join_all().await;
-            results.sort_by_key(|(i, _, _)| *i);
+                    (agent, info)
+                }
+            })
+            .await;
+            // In registration order, like `agent list` always showed them.
+            let results: Vec<(usize, AgentRecord, std::result::Result<_, String>)> =
+                names.iter().enumerate().filter_map(|(i, n)| answers.remove(n).map(|(a, info)| (i, a, info))).collect();
             let rows: Vec<Vec<String>> = results
                 .iter()
                 .map(|(_, a, info)| {

@@ -7,10 +7,13 @@ use slipway_common::time::unix_now;
 use slipway_proto::pb;
 
 use crate::engine::client::{self, Timeouts, status_text};
+use crate::engine::events::Emitter;
+use crate::engine::fanout::fan_out;
 use crate::engine::scope::{load_scope, pb_target};
 use crate::error::Result;
 use crate::source::git;
 use crate::state::home::Home;
+use crate::state::store::AgentRecord;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckRow {
@@ -68,11 +71,14 @@ pub async fn run(home: &Home, project: &str, env: &str, timeouts: Timeouts) -> R
     };
     rows.push(row("controller", "ref", resolved));
 
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, agent) in scope.hosts.iter().cloned().enumerate() {
+    let agents: std::collections::BTreeMap<String, AgentRecord> =
+        scope.hosts.iter().map(|a| (a.name.clone(), a.clone())).collect();
+    let names: Vec<String> = scope.hosts.iter().map(|a| a.name.clone()).collect();
+    let mut per_host = fan_out(&names, &Emitter::discard(), &mut None, |host, _events| {
+        let agent = agents[&host].clone();
         let (tls, target) = (tls.clone(), pb_target(settings, &agent.name));
         let user = settings.target.user.clone().unwrap_or_default();
-        tasks.spawn(async move {
+        async move {
             let mut out = Vec::new();
             let mut c = match client::connect(tls, &agent, timeouts).await {
                 Ok(c) => {
@@ -82,7 +88,7 @@ pub async fn run(home: &Home, project: &str, env: &str, timeouts: Timeouts) -> R
                 Err(e) => {
                     let fix = "start slipd on the host, open the port, or fix --addr (slipctl agent rm/add)";
                     out.push(row(&agent.name, "reachable", Err((e, fix.into()))));
-                    return (i, out);
+                    return out;
                 }
             };
             match c.info(pb::InfoRequest {}).await {
@@ -114,11 +120,11 @@ pub async fn run(home: &Home, project: &str, env: &str, timeouts: Timeouts) -> R
                 }
                 Err(s) => out.push(row(&agent.name, "checks", Err((status_text(&s), "upgrade slipd".into())))),
             }
-            (i, out)
-        });
-    }
-    let mut per_host = tasks.join_all().await;
-    per_host.sort_by_key(|(i, _)| *i);
-    rows.extend(per_host.into_iter().flat_map(|(_, r)| r));
+            out
+        }
+    })
+    .await;
+    // In the env's host order.
+    rows.extend(names.iter().filter_map(|h| per_host.remove(h)).flatten());
     Ok(rows)
 }

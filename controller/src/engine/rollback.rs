@@ -1,11 +1,11 @@
 //! `rollback`: ask every host what it holds, decide the targets under the lock, relink.
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use slipway_common::ReleaseId;
 use slipway_common::time::unix_now;
 use slipway_proto::pb;
-use tokio::sync::mpsc;
 
 use crate::engine::client::{self, AgentClient, Timeouts, status_text};
 use crate::engine::events::Emitter;
@@ -108,28 +108,22 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
     ));
     let clock = Arc::new(Clock(Instant::now()));
     reporter.hosts(targets.iter().map(|(h, _)| h.as_str()));
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut tasks = tokio::task::JoinSet::new();
-    for ((agent, client), (_, target)) in clients.into_iter().zip(&targets) {
-        let result = new_host_result(&agent, target);
-        let request = activate_request(settings, &agent.name, &record, target);
-        let fan = Fanout { tls: tls.clone(), events: tx.clone(), clock: clock.clone(), timeouts };
-        tasks.spawn(activate_host(fan, client, request, result));
-    }
-    drop(tx);
-    let collect = async {
-        let mut out = Vec::new();
-        while let Some(r) = tasks.join_next().await {
-            if let Ok(r) = r {
-                out.push(r);
-            }
-        }
-        out
-    };
-    let (hosts, ()) = tokio::join!(collect, pump(rx, reporter));
+    let by_host: BTreeMap<String, (AgentRecord, AgentClient, String)> = clients
+        .into_iter()
+        .zip(&targets)
+        .map(|((agent, client), (_, target))| (agent.name.clone(), (agent, client, target.clone())))
+        .collect();
+    let names: Vec<String> = by_host.keys().cloned().collect();
+    let relinked = fan_out(&names, reporter, &mut None, |host, events| {
+        let (agent, client, target) = by_host[&host].clone();
+        let result = new_host_result(&agent, &target);
+        let request = activate_request(settings, &agent.name, &record, &target);
+        let fan = Fanout { tls: tls.clone(), events, clock: clock.clone(), timeouts };
+        activate_host(fan, client, request, result)
+    })
+    .await;
     reporter.finish();
-    record.hosts = hosts;
-    record.hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    record.hosts = relinked.into_values().collect();
     record.finished_at = Some(unix_now());
     record.duration_ms = started.elapsed().as_millis() as u64;
     let failed: Vec<String> = record
