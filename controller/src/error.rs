@@ -1,5 +1,6 @@
 //! The controller's error type. Its kind decides the exit status: 2 for bad input (usage,
-//! config, unknown project/env/host/ref/release), 1 for an operation that failed.
+//! config, unknown project/env/host/ref/release), 3 for busy (another operation holds the
+//! project+env's lock), 1 for an operation that failed.
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
@@ -9,6 +10,9 @@ pub enum CtlError {
     /// The operation failed (on some host, in git, on disk): exit 1.
     #[error("{0}")]
     Failed(String),
+    /// Another operation holds the project+env's lock: exit 3 (retry later; nothing was done).
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl CtlError {
@@ -16,11 +20,16 @@ impl CtlError {
         match self {
             CtlError::BadInput(_) => 2,
             CtlError::Failed(_) => 1,
+            CtlError::Busy(_) => 3,
         }
     }
 
     pub fn bad(msg: impl Into<String>) -> Self {
         CtlError::BadInput(msg.into())
+    }
+
+    pub fn busy(msg: impl Into<String>) -> Self {
+        CtlError::Busy(msg.into())
     }
 
     pub fn failed(msg: impl Into<String>) -> Self {

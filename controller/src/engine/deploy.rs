@@ -41,6 +41,10 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
     let git_ref = args.git_ref.clone().unwrap_or_else(|| settings.default_ref.clone());
     let url = repo_url(&scope.project, settings);
 
+    // A busy project+env is answered before anything is fetched (exit 3); the deploy is numbered
+    // and recorded once its commit is known.
+    let probe = DeployRecord::start(DeployKind::Deploy, &settings.project, &settings.env, current_user());
+    let _lock = if args.dry_run { None } else { Some(take_lock(home, &probe, reporter)?) };
     let mirror = git::mirror_path(&home.cache(), &settings.project);
     let t = Instant::now();
     reporter.say(format!("fetching {url}"));
@@ -59,9 +63,11 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
         commit: resolved.commit.clone(),
         release: release.to_string(),
         overlay_sha256: recipe.overlay.as_ref().map(|(_, d)| d.clone()),
-        ..DeployRecord::start(DeployKind::Deploy, &settings.project, &settings.env, current_user())
+        ..probe
     };
-    let _lock = if args.dry_run { None } else { Some(lock_and_number(home, &mut record, reporter)?) };
+    if !args.dry_run {
+        number(home, &mut record)?;
+    }
     let packaged = package(home, &mirror, &recipe, &mut record, settings, reporter, args.dry_run).await;
     let result = match packaged {
         Ok(mut package) => {

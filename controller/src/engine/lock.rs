@@ -25,13 +25,6 @@ impl Drop for LockGuard {
     }
 }
 
-/// Take the one-operation-at-a-time lock of project+env and number the operation.
-pub(crate) fn lock_and_number(home: &Home, record: &mut DeployRecord, reporter: &Emitter) -> Result<LockGuard> {
-    let guard = take_lock(home, record, reporter)?;
-    number(home, record)?;
-    Ok(guard)
-}
-
 /// Number the operation (holding its lock) and record it as running.
 pub(crate) fn number(home: &Home, record: &mut DeployRecord) -> Result<()> {
     let store = Store::open(&home.state())?;
@@ -59,7 +52,7 @@ pub(crate) fn take_lock(home: &Home, record: &DeployRecord, reporter: &Emitter) 
     let store = Store::open(&home.state())?;
     match store.acquire_lock(&lock_record(record))? {
         Err(holder) => {
-            return Err(CtlError::bad(format!(
+            return Err(CtlError::busy(format!(
                 "{}/{} is locked by {}; wait for it to finish, or if that process is gone run `slipctl unlock {} {}`",
                 record.project,
                 record.env,

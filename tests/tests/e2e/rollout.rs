@@ -134,13 +134,14 @@ fn a_second_deploy_gets_the_lock_holder_and_a_dead_holder_is_taken_over() {
     wait_until("the first deploy to be recorded", || {
         fleet.slipctl(&["--output", "json", "history"]).json().as_array().is_some_and(|a| !a.is_empty())
     });
-    let run = fleet.slipctl(&["deploy", "site", "test"]).code(2);
+    let run = fleet.slipctl(&["deploy", "site", "test"]).code(3); // busy, answered before fetching
     assert!(
         run.stderr.contains("locked by deploy #1") && run.stderr.contains(&format!("pid {}", first.id())),
         "{}",
         run.stderr
     );
     assert!(run.stderr.contains("slipctl unlock site test"), "{}", run.stderr);
+    assert!(!run.stdout.contains("fetching"), "a busy env is answered before fetching: {}", run.stdout);
 
     // SIGKILL the controller mid-deploy: history says interrupted, never "running" forever.
     first.kill().unwrap();
