@@ -89,16 +89,47 @@ impl Drop for PendingSlot {
     }
 }
 
-/// Everything `slipd check-config` verifies: the config, the TLS material and the state dir.
+/// Everything `slipd check-config` verifies: the config, the TLS material (and that the
+/// certificate is this agent's, by name) and the state dir. It changes nothing: a missing
+/// state dir is fine when slipd could create it at start.
 pub fn check_config(config: &AgentConfig) -> anyhow::Result<()> {
     let material = TlsMaterial::load(&config.tls)?;
     agent_server_config(&material).context("tls")?;
-    // Check the state dir is writable without opening the store a running agent holds.
+    let der = slipway_common::pki::first_cert_der(&material.cert_pem).context("tls.cert")?;
+    let info = slipway_common::pki::cert_info(&der).context("tls.cert")?;
+    let me = slipway_common::pki::Identity::Agent(config.name.clone());
+    if !info.identities.contains(&me) {
+        let holders: Vec<String> = info.identities.iter().map(|i| i.uri()).collect();
+        anyhow::bail!(
+            "name '{}' does not match the certificate {} (issued for {}); the controller dials this agent by \
+             name: set name to the one the certificate was issued for, or issue a bundle for '{}' with \
+             `slipctl agent add {} ...`",
+            config.name,
+            config.tls.cert.display(),
+            if holders.is_empty() { "no agent".to_owned() } else { holders.join(", ") },
+            config.name,
+            config.name
+        );
+    }
+    // Check the state dir without creating it or opening the store a running agent holds.
     let dir = &config.state_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("state_dir {}", dir.display()))?;
-    let probe = dir.join(format!(".check-config-{}", std::process::id()));
-    std::fs::write(&probe, b"ok").with_context(|| format!("state_dir {} is not writable", dir.display()))?;
-    let _ = std::fs::remove_file(&probe);
+    let writable = |p: &std::path::Path| rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok();
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {
+            anyhow::ensure!(writable(dir), "state_dir {} is not writable by slipd's user", dir.display());
+        }
+        Ok(_) => anyhow::bail!("state_dir {} is not a directory", dir.display()),
+        Err(_) => {
+            let parent = dir.ancestors().skip(1).find(|a| a.exists()).unwrap_or(std::path::Path::new("/"));
+            anyhow::ensure!(
+                writable(parent),
+                "state_dir {} does not exist and {} is not writable, so slipd could not create it",
+                dir.display(),
+                parent.display()
+            );
+            warn!(state_dir = %dir.display(), "state dir does not exist yet; slipd creates it at start");
+        }
+    }
     for root in &config.allowed_roots {
         if !root.is_dir() {
             warn!(root = %root.display(), "allowed root does not exist yet; deploys will create it");

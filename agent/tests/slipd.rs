@@ -33,3 +33,35 @@ fn missing_certificates_fail_check_config() {
     let version = slipd(&["--version"]);
     assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn check_config_creates_nothing_and_refuses_a_certificate_of_another_agent() {
+    use slipway_common::pki::{Ca, Identity};
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _key) = Ca::generate().unwrap();
+    let issued = ca.issue(&Identity::Agent("web-2".into())).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+    std::fs::write(dir.path().join("agent.pem"), &issued.cert_pem).unwrap();
+    std::fs::write(dir.path().join("agent.key"), &issued.key_pem).unwrap();
+    let write = |name: &str| {
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "name = \"{name}\"\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state/deeper\"\nallowed_roots = [\"{}\"]\n\
+                 [tls]\nca = \"ca.pem\"\ncert = \"agent.pem\"\nkey = \"agent.key\"\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        config
+    };
+    let out = slipd(&["check-config", "--config", write("web-1").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("'web-1' does not match") && stderr.contains("agent/web-2"), "{stderr}");
+    let out = slipd(&["check-config", "--config", write("web-2").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.path().join("state").exists(), "check-config created the state dir");
+    assert!(!dir.path().join("data").exists(), "check-config created an allowed root");
+}
