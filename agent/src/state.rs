@@ -90,12 +90,4 @@ impl AgentState {
         }
         (good, bad)
     }
-
-    pub fn all(&self) -> Result<Vec<TargetRecord>, AgentError> {
-        self.targets
-            .iter()
-            .values()
-            .map(|v| v.map_err(state_err).and_then(|b| serde_json::from_slice(&b).map_err(state_err)))
-            .collect()
-    }
 }

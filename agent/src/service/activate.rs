@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::*;
 use crate::error::AgentError;
-use crate::hooks::{HookPolicy, decide_user, failure, run_hook};
+use crate::hooks::{decide_user, failure, run_hook};
 use crate::layout::{Current, Open, prune_plan};
 
 impl Inner {
@@ -132,11 +132,8 @@ impl Inner {
             .cloned()
             .ok_or_else(|| AgentError::NotFound("no current release to health-check".into()))?;
         let release_path = target.layout.release_path(&release);
-        let run_as = if spec.command.is_empty() {
-            None
-        } else {
-            Some(decide_user(&ctx.user, &HookPolicy::from_config(&self.config)).await?)
-        };
+        let run_as =
+            if spec.command.is_empty() { None } else { Some(decide_user(&ctx.user, &self.hook_policy).await?) };
         let mut last = String::new();
         let attempts = spec.retries + 1;
         for attempt in 1..=attempts {

@@ -41,6 +41,8 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
 
 pub struct Inner {
     config: AgentConfig,
+    /// Who may run hooks (from `config`, decided once).
+    hook_policy: HookPolicy,
     state: AgentState,
     started: Instant,
     cert_not_after: i64,
@@ -129,6 +131,7 @@ impl AgentService {
         let stages = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_stages.max(1)));
         AgentService {
             inner: Arc::new(Inner {
+                hook_policy: HookPolicy::from_config(&config),
                 config,
                 state,
                 started: Instant::now(),
@@ -270,7 +273,7 @@ impl Inner {
         if user.is_empty() && !has_hooks {
             return Ok(None);
         }
-        decide_user(user, &HookPolicy::from_config(&self.config)).await.map(Some)
+        decide_user(user, &self.hook_policy).await.map(Some)
     }
 
     async fn check(&self, req: pb::CheckRequest) -> pb::CheckReply {
@@ -298,7 +301,7 @@ impl Inner {
                 return pb::CheckReply { items };
             }
         };
-        match decide_user(&req.user, &HookPolicy::from_config(&self.config)).await {
+        match decide_user(&req.user, &self.hook_policy).await {
             Ok(r) => item("user", Ok(format!("hooks run as {} (uid {}, gid {})", r.name, r.uid, r.gid))),
             Err(e) => item("user", Err((e.to_string(), "create the user or set target.user".into()))),
         }

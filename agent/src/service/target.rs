@@ -36,7 +36,7 @@ impl Inner {
         let deploy_to = PathBuf::from(&t.deploy_to);
         let current = PathBuf::from(&t.current);
         let key = TargetRecord::key(&t.project, &t.env);
-        self.check_paths(&key, &deploy_to, &current)?;
+        self.check_paths(&key, &deploy_to, &current, open == Open::Stage)?;
         let layout = Layout::open(&self.config.allowed_roots, &deploy_to, &current, open)?;
         Ok(Target {
             kept: KeptManifests::new(&self.config.state_dir, &t.project, &t.env),
@@ -49,7 +49,13 @@ impl Inner {
 
     /// Lexical checks of a target's paths: clean, absolute, under an allowed root, and clear of
     /// the agent's own files and of every other target.
-    pub(super) fn check_paths(&self, key: &str, deploy_to: &Path, current: &Path) -> Result<(), AgentError> {
+    pub(super) fn check_paths(
+        &self,
+        key: &str,
+        deploy_to: &Path,
+        current: &Path,
+        creating: bool,
+    ) -> Result<(), AgentError> {
         let roots = || self.config.allowed_roots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
         for (what, path) in [("deploy_to", deploy_to), ("current", current)] {
             if path.as_os_str().len() > 4096 {
@@ -82,6 +88,11 @@ impl Inner {
                     path.display()
                 )));
             }
+        }
+        // Against every other target only where directories may be created (a stage): the
+        // other calls act on what a stage already checked, and need not read every record.
+        if !creating {
+            return Ok(());
         }
         let (others, _) = self.state.all_lenient();
         for other in others.iter().filter(|o| TargetRecord::key(&o.project, &o.env) != key) {

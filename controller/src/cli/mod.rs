@@ -391,11 +391,7 @@ fn finish_operation(out: OutputFormat, record: &DeployRecord, dry_run: bool) -> 
         return 0;
     }
     eprintln!("error: {}", record.error.clone().unwrap_or_else(|| "the operation failed".into()));
-    // Every failure is the agent refusing the target itself (paths, users): the project's
-    // configuration is what needs fixing, like any other bad input.
-    let failed: Vec<_> = record.hosts.iter().filter(|h| h.error.is_some()).collect();
-    let refused = !failed.is_empty() && failed.iter().all(|h| h.refused) && !record.hosts.iter().any(|h| h.activated);
-    if refused { 2 } else { 1 }
+    if record.refused_by_agents() { 2 } else { 1 }
 }
 
 async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Result<u8> {
@@ -443,11 +439,11 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Res
             })
             .await;
             // In registration order, like `agent list` always showed them.
-            let results: Vec<(usize, AgentRecord, std::result::Result<_, String>)> =
-                names.iter().enumerate().filter_map(|(i, n)| answers.remove(n).map(|(a, info)| (i, a, info))).collect();
+            let results: Vec<(AgentRecord, std::result::Result<_, String>)> =
+                names.iter().filter_map(|n| answers.remove(n)).collect();
             let rows: Vec<Vec<String>> = results
                 .iter()
-                .map(|(_, a, info)| {
+                .map(|(a, info)| {
                     let labels = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
                     match info {
                         Ok(i) => vec![
@@ -475,7 +471,7 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Res
                 .collect();
             let docs: Vec<_> = results
                 .iter()
-                .map(|(_, a, info)| match info {
+                .map(|(a, info)| match info {
                     Ok(i) => json!({"name": a.name, "addr": a.addr, "labels": a.labels, "reachable": true,
                                     "version": i.version, "uptime_secs": i.uptime_secs, "hostname": i.hostname,
                                     "broken_targets": i.broken_targets}),
@@ -491,7 +487,7 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Res
                     table(&["NAME", "ADDR", "LABELS", "STATUS", "VERSION", "UPTIME"], &rows).trim_end().to_owned()
                 }
             });
-            Ok(if results.iter().all(|(_, _, i)| i.is_ok()) { 0 } else { 1 })
+            Ok(if results.iter().all(|(_, i)| i.is_ok()) { 0 } else { 1 })
         }
         AgentCommand::Rm { name } => {
             if !Store::open(&home.state())?.remove_agent(&name)? {

@@ -329,7 +329,7 @@ pub(crate) async fn run_deploy(
         .collect();
     let cause = if failed.is_empty() { "cancelled by the operator".to_owned() } else { failed.join("; ") };
     let (n_failed, n_hosts) = (failed.len(), record.hosts.len());
-    let refused = n_failed > 0 && record.hosts.iter().filter(|h| h.error.is_some()).all(|h| h.refused);
+    let refused = record.refused_by_agents();
     // The planner decided; this only words it.
     let (status, error) = match outcome {
         Outcome::Succeeded => (DeployStatus::Succeeded, None),

@@ -196,6 +196,14 @@ pub struct DeployRecord {
 }
 
 impl DeployRecord {
+    /// Whether the operation failed only because the agents refused the target itself (paths
+    /// outside their rules, a refused hook user), with no host activated: the project's
+    /// configuration is what needs fixing, like any other bad input (exit 2).
+    pub fn refused_by_agents(&self) -> bool {
+        let mut failed = self.hosts.iter().filter(|h| h.error.is_some()).peekable();
+        failed.peek().is_some() && failed.all(|h| h.refused) && !self.hosts.iter().any(|h| h.activated)
+    }
+
     /// A new operation, `running` from now, by this user and process; numbered when it takes
     /// the lock.
     pub fn start(kind: DeployKind, project: &str, env: &str, user: String) -> Self {
