@@ -142,6 +142,8 @@ pub async fn run_shell(
         }
     };
     let pgid = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32));
+    // However this ends (also when the caller drops this future), the whole group goes.
+    let _group = KillGroup(pgid);
     let capture = Arc::new(Mutex::new(Capture::default()));
     let readers = [
         tokio::spawn(pump(child.stdout.take().expect("piped"), capture.clone(), live.clone())),
@@ -175,6 +177,17 @@ pub async fn run_shell(
     result.dropped = capture.dropped;
     result.elapsed_ms = started.elapsed().as_millis() as u64;
     result
+}
+
+/// Kills a hook's process group when dropped: a hook stopped early leaves no children behind.
+struct KillGroup(Option<rustix::process::Pid>);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -634,3 +634,20 @@ pub fn noise(n: usize) -> Vec<u8> {
     out.truncate(n);
     out
 }
+
+/// Wait (10 s at most) until no process has `marker` in its command line; false if one stays.
+pub fn processes_gone(marker: &str) -> bool {
+    let alive = || {
+        std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|p| {
+            std::fs::read(p.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while alive() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}

@@ -209,7 +209,14 @@ impl Inner {
             };
             let live = live_forwarder(events.clone(), |o| pb::StageEvent { kind: Some(EventKind::Output(o)) });
             let wrap = |r: pb::HookResult| pb::StageEvent { kind: Some(EventKind::Hook(r)) };
-            if let Err(e) = self.run_hooks("pre_release", &pre_release, &site, &live, &events, wrap).await {
+            // The controller going away (a cancel, a crash) stops pre_release at once: dropping
+            // the hook kills its process group, and the release never becomes current.
+            let hooks = self.run_hooks("pre_release", &pre_release, &site, &live, &events, wrap);
+            let ran = tokio::select! {
+                ran = hooks => ran,
+                () = events.closed() => Err(AgentError::Upload("the controller went away during pre_release".into())),
+            };
+            if let Err(e) = ran {
                 // The release never becomes current: remove it.
                 blocking(|| self.remove_release(&target, id.as_str()))?;
                 record.releases.remove(id.as_str());
