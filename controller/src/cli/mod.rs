@@ -175,6 +175,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Rollback { project, env, to, hosts } => {
             let mut reporter = Reporter::new(out);
+            let to = to.as_deref().map(slipway_common::ReleaseId::parse).transpose()?;
             let running = engine::start_rollback(home.clone(), RollbackArgs { project, env, to, hosts });
             let record = running.finish(|event| reporter.on(event)).await?;
             Ok(finish_operation(out, &record, false))
@@ -293,7 +294,7 @@ fn history_row(d: &DeployRecord) -> Vec<String> {
         d.env.clone(),
         if d.git_ref.is_empty() { "-".into() } else { d.git_ref.clone() },
         d.commit.get(..7).unwrap_or("-").to_owned(),
-        if d.release.is_empty() { "-".into() } else { d.release.clone() },
+        d.release.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
         d.effective_status().word().to_owned(),
         format_utc(d.started_at),
         took(d),
@@ -313,7 +314,7 @@ fn show_text(d: &DeployRecord) -> String {
     if !d.commit.is_empty() {
         s.push_str(&format!("  ref {}  commit {}\n", d.git_ref, d.commit));
     }
-    s.push_str(&format!("  release {}\n", if d.release.is_empty() { "-" } else { &d.release }));
+    s.push_str(&format!("  release {}\n", d.release.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string)));
     s.push_str(&format!("  by {} (pid {})  started {}  took {}\n", d.user, d.pid, format_utc(d.started_at), took(d)));
     if let Some(a) = &d.artifact {
         s.push_str(&format!(
@@ -382,7 +383,7 @@ fn finish_operation(out: OutputFormat, record: &DeployRecord, dry_run: bool) -> 
             record.env,
             record.status.word(),
             record.hosts.len(),
-            if record.release.is_empty() { "their previous release" } else { &record.release },
+            record.release.as_ref().map_or_else(|| "their previous release".to_owned(), ToString::to_string),
             took(record),
             record.id
         );
@@ -426,7 +427,7 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Res
                 let (tls, agent) = (tls.clone(), by_name[&name].clone());
                 async move {
                     let info = async {
-                        let mut c = client::connect(tls, &agent, quick).await?;
+                        let mut c = client::connect(tls, &agent, quick).await.map_err(|e| e.to_string())?;
                         tokio::time::timeout(quick.call, c.info(slipway_proto::pb::InfoRequest {}))
                             .await
                             .map_err(|_| "no answer".to_owned())?
@@ -618,7 +619,7 @@ async fn releases(home: &Home, out: OutputFormat, project: &str, env: &str, time
                     "".into(),
                     "".into(),
                 ]);
-                docs.push(json!({"host": agent.name, "error": e}));
+                docs.push(json!({"host": agent.name, "error": e.to_string()}));
             }
         }
     }

@@ -9,6 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::engine::events::Event;
 pub use crate::engine::events::HostEvent;
+use crate::engine::host_error::Shown;
 pub use crate::units::{bytes, millis};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -87,11 +88,7 @@ impl Reporter {
                     HostEvent::Staged { elapsed_ms } => format!("staged in {}", millis(*elapsed_ms)),
                     HostEvent::Activating => return,
                     HostEvent::Activated { previous, elapsed_ms } => {
-                        format!(
-                            "activated (was {}) in {}",
-                            if previous.is_empty() { "none" } else { previous },
-                            millis(*elapsed_ms)
-                        )
+                        format!("activated (was {}) in {}", Shown(previous), millis(*elapsed_ms))
                     }
                     HostEvent::Aborted => "staged release removed".to_owned(),
                     HostEvent::Failed(why) => format!("FAILED: {why}"),

@@ -87,7 +87,7 @@ pub async fn run(home: &Home, project: &str, env: &str, timeouts: Timeouts) -> R
                 }
                 Err(e) => {
                     let fix = "start slipd on the host, open the port, or fix --addr (slipctl agent rm/add)";
-                    out.push(row(&agent.name, "reachable", Err((e, fix.into()))));
+                    out.push(row(&agent.name, "reachable", Err((e.to_string(), fix.into()))));
                     return out;
                 }
             };

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::engine::host_error::HostError;
 use crate::state::store::AgentRecord;
 
 pub type AgentClient = pb::agent_client::AgentClient<Channel>;
@@ -47,8 +48,8 @@ pub async fn connect(
     tls: Arc<rustls::ClientConfig>,
     agent: &AgentRecord,
     timeouts: Timeouts,
-) -> Result<AgentClient, String> {
-    let server_name = agent_server_name(&agent.name).map_err(|e| e.to_string())?;
+) -> Result<AgentClient, HostError> {
+    let server_name = agent_server_name(&agent.name).map_err(|e| HostError::Connect(e.to_string()))?;
     let addr = agent.addr.clone();
     let connector = tower::service_fn(move |_: Uri| {
         let (tls, addr, server_name) = (TlsConnector::from(tls.clone()), addr.clone(), server_name.clone());
@@ -61,17 +62,16 @@ pub async fn connect(
     });
     let (ping_every, ping_timeout) = timeouts.keepalive();
     let endpoint = Endpoint::from_shared(format!("http://{}", agent.addr))
-        .map_err(|e| format!("bad address '{}': {e}", agent.addr))?
+        .map_err(|e| HostError::Connect(format!("bad address '{}': {e}", agent.addr)))?
         .connect_timeout(timeouts.connect)
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(16 << 20)
         .http2_keep_alive_interval(ping_every)
         .keep_alive_timeout(ping_timeout)
         .keep_alive_while_idle(true);
-    let channel = endpoint
-        .connect_with_connector(connector)
-        .await
-        .map_err(|e| format!("cannot connect to {} at {}: {}", agent.name, agent.addr, error_chain(&e)))?;
+    let channel = endpoint.connect_with_connector(connector).await.map_err(|e| {
+        HostError::Connect(format!("cannot connect to {} at {}: {}", agent.name, agent.addr, error_chain(&e)))
+    })?;
     Ok(pb::agent_client::AgentClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))

@@ -7,6 +7,7 @@ use tokio::sync::watch;
 
 use crate::engine::client::Timeouts;
 use crate::engine::events::Emitter;
+use crate::engine::host_error::Shown;
 use crate::error::Result;
 use crate::source::artifact::Artifact;
 use crate::source::git;
@@ -61,7 +62,7 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
     let mut record = DeployRecord {
         git_ref: git_ref.clone(),
         commit: resolved.commit.clone(),
-        release: release.to_string(),
+        release: Some(release.clone()),
         overlay_sha256: recipe.overlay.as_ref().map(|(_, d)| d.clone()),
         ..probe
     };
@@ -121,7 +122,7 @@ pub(crate) fn print_plan(scope: &Scope, record: &DeployRecord, artifact: &Artifa
     let t = &settings.target;
     reporter.say(format!(
         "dry run: release {} ({} files, {} -> {}) would go to {} host(s); nothing was sent",
-        record.release,
+        Shown(&record.release),
         artifact.manifest.entries.iter().filter(|e| e.kind == slipway_common::archive::EntryKind::File).count(),
         bytes(artifact.file_bytes),
         bytes(artifact.compressed_bytes),
@@ -132,7 +133,7 @@ pub(crate) fn print_plan(scope: &Scope, record: &DeployRecord, artifact: &Artifa
             "  {:<16} {} -> {}",
             h.name,
             t.current_for(&h.name).display(),
-            t.deploy_to_for(&h.name).join("releases").join(&record.release).display()
+            t.deploy_to_for(&h.name).join("releases").join(Shown(&record.release).to_string()).display()
         ));
     }
     let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(" && ") };

@@ -1,9 +1,11 @@
 //! The engine's typed event stream: what an operation reports as it goes. The command line's
 //! output is one consumer of it, the coming server another, tests a third.
 
+use slipway_common::ReleaseId;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::engine::host_error::HostError;
 use crate::error::{CtlError, Result};
 
 /// What happened to one host, as the deploy goes.
@@ -23,11 +25,11 @@ pub enum HostEvent {
     },
     Activating,
     Activated {
-        previous: String,
+        previous: Option<ReleaseId>,
         elapsed_ms: u64,
     },
     Aborted,
-    Failed(String),
+    Failed(HostError),
     /// Live output of a hook.
     Output {
         stage: String,

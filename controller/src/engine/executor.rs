@@ -8,8 +8,9 @@ use slipway_common::ReleaseId;
 use slipway_proto::pb;
 use tokio::sync::{mpsc, watch};
 
-use crate::engine::client::{self, AgentClient, Timeouts, status_text};
-use crate::engine::events::{Emitter, HostEvent};
+use crate::engine::client::{AgentClient, Timeouts};
+use crate::engine::events::Emitter;
+use crate::engine::host_error::HostError;
 use crate::engine::planner::{Action, HostState, Outcome, Plan, batches, next, set};
 use crate::error::{CtlError, Result};
 use crate::state::store::{AgentRecord, DeployKind, DeployRecord, DeployStatus, HostResult};
@@ -34,6 +35,8 @@ pub(crate) async fn run_deploy(
 ) -> Result<()> {
     let settings = &scope.settings;
     let rollout = &settings.rollout;
+    let release: ReleaseId =
+        record.release.clone().ok_or_else(|| CtlError::failed("a deploy runs with its release id"))?;
     let clock = Arc::new(Clock(Instant::now()));
     let names: Vec<String> = scope.hosts.iter().map(|h| h.name.clone()).collect();
     let plan = Plan {
@@ -50,7 +53,7 @@ pub(crate) async fn run_deploy(
     let agents: BTreeMap<String, AgentRecord> = scope.hosts.iter().map(|a| (a.name.clone(), a.clone())).collect();
     let mut states: BTreeMap<String, HostState> = names.iter().map(|h| (h.clone(), HostState::Pending)).collect();
     let mut results: BTreeMap<String, HostResult> =
-        scope.hosts.iter().map(|a| (a.name.clone(), new_host_result(a, &record.release))).collect();
+        scope.hosts.iter().map(|a| (a.name.clone(), new_host_result(a, Some(&release)))).collect();
     let mut clients: BTreeMap<String, AgentClient> = BTreeMap::new();
     let mut manifest_pb: Option<pb::Manifest> = None;
     let fan = |events: Events| Fanout { tls: tls.clone(), events, clock: clock.clone(), timeouts };
@@ -90,7 +93,7 @@ pub(crate) async fn run_deploy(
                         let t = Instant::now();
                         for host in hosts {
                             let result = results.get_mut(&host).expect("every host has a result");
-                            clock.step(result, "package", t, Err(e.to_string()));
+                            clock.step(result, "package", t, Err(HostError::Local(e.to_string())));
                             set(&mut states, &[host], HostState::Failed { activated: false });
                         }
                         continue;
@@ -108,13 +111,13 @@ pub(crate) async fn run_deploy(
                     };
                     // A host that holds a known base gets a diff against it, not the manifest.
                     let (manifest, base_release, base_manifest_sha256, manifest_diff) = match base {
-                        Some(b) => (None, b.release.clone(), b.manifest_sha256.clone(), Some(b.diff.clone())),
+                        Some(b) => (None, b.release.to_string(), b.manifest_sha256.clone(), Some(b.diff.clone())),
                         None => (Some(manifest.clone()), String::new(), Vec::new(), None),
                     };
                     let header = pb::StageHeader {
                         target: Some(pb_target(settings, &host)),
                         deploy_id: record.id,
-                        release_id: record.release.clone(),
+                        release_id: release.to_string(),
                         commit: record.commit.clone(),
                         git_ref: record.git_ref.clone(),
                         generation: record.id,
@@ -162,7 +165,7 @@ pub(crate) async fn run_deploy(
             }
             Action::Activate(hosts) => {
                 let activated = fan_out(&hosts, reporter, &mut None, |host, events| {
-                    let request = activate_request(settings, &host, record, &record.release);
+                    let request = activate_request(settings, &host, record, &release);
                     let client = clients[&host].clone();
                     activate_host(fan(events), client, request, results[&host].clone())
                 })
@@ -204,112 +207,26 @@ pub(crate) async fn run_deploy(
                 let aborted = fan_out(&hosts, reporter, &mut None, |host, events| {
                     let request = pb::AbortRequest {
                         target: Some(pb_target(settings, &host)),
-                        release_id: record.release.clone(),
+                        release_id: release.to_string(),
                         generation: record.id,
                     };
-                    let (client, agent, mut result) =
-                        (clients.get(&host).cloned(), agents[&host].clone(), results[&host].clone());
-                    let fan = fan(events);
-                    async move {
-                        let t = Instant::now();
-                        let outcome = async {
-                            let mut client = match client {
-                                Some(c) => c,
-                                None => client::connect(fan.tls.clone(), &agent, fan.timeouts).await?,
-                            };
-                            match tokio::time::timeout(fan.timeouts.call, client.abort(request)).await {
-                                Ok(Ok(_)) => Ok("staged release removed".to_owned()),
-                                Ok(Err(s)) => Err(status_text(&s)),
-                                Err(_) => Err("no answer".to_owned()),
-                            }
-                        }
-                        .await;
-                        let ok = outcome.is_ok();
-                        if ok {
-                            let _ = fan.events.send((result.host.clone(), HostEvent::Aborted));
-                        }
-                        fan.clock.follow_up(&mut result, "abort", t, outcome);
-                        (result, ok)
-                    }
+                    let (client, agent) = (clients.get(&host).cloned(), agents[&host].clone());
+                    abort_host(fan(events), client, agent, request, results[&host].clone())
                 })
                 .await;
-                for (host, (result, ok)) in aborted {
+                for (host, (result, state)) in aborted {
                     results.insert(host.clone(), result);
-                    set(&mut states, &[host], if ok { HostState::Aborted } else { HostState::AbortFailed });
+                    set(&mut states, &[host], state);
                 }
             }
             Action::RollBack(hosts) => {
                 reporter.say(format!("rolling back {} host(s) to their previous release", hosts.len()));
                 let owned_settings = Arc::new(settings.clone());
+                let mut back = record.clone();
+                back.kind = DeployKind::Rollback;
                 let rolled = fan_out(&hosts, reporter, &mut None, |host, events| {
-                    let settings = owned_settings.clone();
-                    let mut result = results[&host].clone();
-                    let known_previous = result.previous_release.clone();
-                    let mut back = record.clone();
-                    back.kind = DeployKind::Rollback;
-                    let (new_release, target) = (record.release.clone(), pb_target(&settings, &host));
-                    let client = clients[&host].clone();
-                    let fan = fan(events);
-                    async move {
-                        let t = Instant::now();
-                        let mut client = client;
-                        // Where to go back to: what the activation reported, else what the host
-                        // itself recorded for its current release (asked now).
-                        let previous = if known_previous.is_empty() {
-                            match current_on_host(&mut client, Some(target), fan.timeouts).await {
-                                Some((current, previous)) if current == new_release => Ok(previous),
-                                Some((current, _)) => Err(Some(format!(
-                                    "the host is not on the new release (current is {}); nothing to undo",
-                                    or_none(&current)
-                                ))),
-                                None => Err(None),
-                            }
-                        } else {
-                            Ok(known_previous)
-                        };
-                        let (outcome, state) = match previous {
-                            Err(Some(detail)) => (Ok(detail), HostState::RolledBack),
-                            Err(None) => (
-                                Err("cannot reach the host to roll it back; it may still run the new release"
-                                    .to_owned()),
-                                HostState::RollbackFailed,
-                            ),
-                            Ok(previous) if ReleaseId::parse(&previous).is_err() => (
-                                Err(format!(
-                                    "no previous release to go back to (was {}); it stays on the new one",
-                                    or_none(&previous)
-                                )),
-                                HostState::NoRollbackTarget,
-                            ),
-                            Ok(previous) => {
-                                let request = activate_request(&settings, &result.host, &back, &previous);
-                                let outcome =
-                                    activate_verified(&mut client, request, &mut result, &fan.events, fan.timeouts)
-                                        .await
-                                        .and_then(|a| match a {
-                                            Activation::Replied(_) => Ok(format!("current -> {previous}")),
-                                            Activation::FlippedUnconfirmed { why, .. } => Ok(format!(
-                                                "current -> {previous} (confirmed by asking the host after: {why})"
-                                            )),
-                                            Activation::Unknown(why) => Err(why),
-                                        });
-                                if outcome.is_ok() {
-                                    let _ = fan.events.send((
-                                        result.host.clone(),
-                                        HostEvent::Activated { previous: previous.clone(), elapsed_ms: 0 },
-                                    ));
-                                }
-                                let state =
-                                    if outcome.is_ok() { HostState::RolledBack } else { HostState::RollbackFailed };
-                                (outcome, state)
-                            }
-                        };
-                        if state == HostState::RolledBack {
-                            result.activated = false;
-                        }
-                        fan.clock.follow_up(&mut result, "rollback", t, outcome);
-                        (result, state)
-                    }
+                    let (client, result) = (clients[&host].clone(), results[&host].clone());
+                    roll_back_host(fan(events), client, owned_settings.clone(), back.clone(), release.clone(), result)
                 })
                 .await;
                 for (host, (result, state)) in rolled {

@@ -88,3 +88,15 @@ where
     let (out, ()) = tokio::join!(collect, pump(rx, reporter));
     out
 }
+
+/// [`fan_out`] for a question with no events and no cancel: every host's answer, in the order
+/// of `hosts`.
+pub(crate) async fn ask_all<T, F, Fut>(hosts: &[String], op: F) -> Vec<(String, T)>
+where
+    T: Send + 'static,
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let mut answers = fan_out(hosts, &Emitter::discard(), &mut None, |host, _events| op(host)).await;
+    hosts.iter().filter_map(|h| answers.remove(h).map(|a| (h.clone(), a))).collect()
+}

@@ -1,12 +1,17 @@
 //! Operations on one host, as named functions: activate (decided by what the host says when the
-//! reply is lost), health-check, and the bookkeeping of each host's steps and hook output.
+//! reply is lost), health-check, abort, roll back, and the bookkeeping of each host's steps and
+//! hook output.
+use std::sync::Arc;
 use std::time::Instant;
 
+use slipway_common::ReleaseId;
 use slipway_common::config::EnvSettings;
 use slipway_proto::pb;
 
-use crate::engine::client::{AgentClient, Timeouts, status_text};
+use crate::engine::client::{self, AgentClient, Timeouts};
 use crate::engine::events::HostEvent;
+use crate::engine::host_error::{HostError, Shown, wire_release};
+use crate::engine::planner::HostState;
 use crate::state::store::{AgentRecord, DeployKind, DeployRecord, HookRecord, HostResult, Step};
 
 use super::fanout::*;
@@ -46,7 +51,7 @@ impl Clock {
         result: &mut HostResult,
         name: &str,
         started: Instant,
-        outcome: std::result::Result<String, String>,
+        outcome: std::result::Result<String, HostError>,
     ) {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let started_ms = started.duration_since(self.0).as_millis() as u64;
@@ -54,7 +59,8 @@ impl Clock {
             Ok(d) => (true, d),
             Err(e) => {
                 result.error = Some(format!("{name}: {e}"));
-                (false, e)
+                result.refused |= e.is_refused();
+                (false, e.to_string())
             }
         };
         result.steps.push(Step { name: name.into(), started_ms, elapsed_ms, ok, detail });
@@ -67,7 +73,7 @@ impl Clock {
         result: &mut HostResult,
         name: &str,
         started: Instant,
-        outcome: std::result::Result<String, String>,
+        outcome: std::result::Result<String, HostError>,
     ) {
         let first = result.error.take();
         self.step(result, name, started, outcome);
@@ -76,14 +82,14 @@ impl Clock {
     }
 }
 
-pub(crate) fn new_host_result(agent: &AgentRecord, release: &str) -> HostResult {
+pub(crate) fn new_host_result(agent: &AgentRecord, release: Option<&ReleaseId>) -> HostResult {
     HostResult {
         host: agent.name.clone(),
         addr: agent.addr.clone(),
         ok: false,
         activated: false,
-        previous_release: String::new(),
-        release: release.into(),
+        previous_release: None,
+        release: release.cloned(),
         bytes_sent: 0,
         steps: Vec::new(),
         hooks: Vec::new(),
@@ -96,12 +102,12 @@ pub(crate) fn activate_request(
     settings: &EnvSettings,
     host: &str,
     record: &DeployRecord,
-    release: &str,
+    release: &ReleaseId,
 ) -> pb::ActivateRequest {
     let rollback = record.kind == DeployKind::Rollback;
     pb::ActivateRequest {
         target: Some(pb_target(settings, host)),
-        release_id: release.to_owned(),
+        release_id: release.to_string(),
         generation: record.id,
         deploy_id: record.id,
         deploy_type: if rollback { pb::DeployType::Rollback as i32 } else { pb::DeployType::Deploy as i32 },
@@ -119,7 +125,7 @@ pub(crate) async fn call_activate(
     result: &mut HostResult,
     events: &Events,
     timeouts: Timeouts,
-) -> std::result::Result<pb::ActivateReply, String> {
+) -> std::result::Result<pb::ActivateReply, HostError> {
     use pb::activate_event::Kind;
     // Hooks have their own timeouts on the agent; the call's limit leaves room for them.
     let hook_secs: u64 = [&request.pre_release, &request.post_release]
@@ -129,7 +135,7 @@ pub(crate) async fn call_activate(
         .sum();
     let limit = timeouts.call + std::time::Duration::from_secs(hook_secs);
     let call = async {
-        let mut stream = client.activate(request).await.map_err(|s| status_text(&s))?.into_inner();
+        let mut stream = client.activate(request).await.map_err(|s| HostError::from_status(&s))?.into_inner();
         loop {
             match stream.message().await {
                 Ok(Some(pb::ActivateEvent { kind: Some(Kind::Done(reply)) })) => return Ok(reply),
@@ -140,34 +146,41 @@ pub(crate) async fn call_activate(
                     on_hook_event(None, Some(h), result, events)
                 }
                 Ok(Some(_)) => {}
-                Ok(None) => return Err("the agent ended the activation without a result".to_owned()),
-                Err(status) => return Err(status_text(&status)),
+                Ok(None) => return Err(HostError::Ended("activation")),
+                Err(status) => return Err(HostError::from_status(&status)),
             }
         }
     };
     match tokio::time::timeout(limit, call).await {
-        Err(_) => Err(format!("no answer within {}s", limit.as_secs())),
+        Err(_) => Err(HostError::Timeout { what: "no answer", secs: limit.as_secs(), hint: "" }),
         Ok(outcome) => outcome,
     }
 }
 
-/// What `current` is on a host now (its release id, empty for none), asked after an `Activate`
-/// that failed or timed out: the flip may have happened all the same.
-/// Asked again until `timeouts.call` has passed: an agent that was restarted answers once it is back.
-/// Also returns the release that was current before `current` was activated.
+/// What a host runs, as it says itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OnHost {
+    pub(crate) current: Option<ReleaseId>,
+    /// What was current before `current` was activated.
+    pub(crate) previous: Option<ReleaseId>,
+}
+
+/// What `current` is on a host now, asked after an `Activate` that failed or timed out: the flip
+/// may have happened all the same. Asked again until `timeouts.call` has passed: an agent that
+/// was restarted answers once it is back.
 pub(crate) async fn current_on_host(
     client: &mut AgentClient,
     target: Option<pb::Target>,
     timeouts: Timeouts,
-) -> Option<(String, String)> {
+) -> Option<OnHost> {
     let deadline = tokio::time::Instant::now() + timeouts.call;
     loop {
         let call = client.releases(pb::ReleasesRequest { target: target.clone() });
         if let Ok(Ok(reply)) = tokio::time::timeout_at(deadline, call).await {
             let reply = reply.into_inner();
             let previous =
-                reply.releases.iter().find(|r| r.id == reply.current).map(|r| r.previous.clone()).unwrap_or_default();
-            return Some((reply.current, previous));
+                reply.releases.iter().find(|r| r.id == reply.current).and_then(|r| wire_release(&r.previous));
+            return Some(OnHost { current: wire_release(&reply.current), previous });
         }
         if tokio::time::Instant::now() >= deadline {
             return None;
@@ -182,11 +195,11 @@ pub(crate) enum Activation {
     /// The call failed or timed out (why), but the host's `current` is the release asked for
     /// (and this was current before it).
     FlippedUnconfirmed {
-        why: String,
-        previous: String,
+        why: HostError,
+        previous: Option<ReleaseId>,
     },
     /// The call failed and the host could not be asked afterwards: it may have flipped.
-    Unknown(String),
+    Unknown(HostError),
 }
 
 /// [`call_activate`], and when it fails, ask the host what `current` is before deciding.
@@ -196,16 +209,16 @@ pub(crate) async fn activate_verified(
     result: &mut HostResult,
     events: &Events,
     timeouts: Timeouts,
-) -> std::result::Result<Activation, String> {
-    let (target, release) = (request.target.clone(), request.release_id.clone());
+) -> std::result::Result<Activation, HostError> {
+    let (target, release) = (request.target.clone(), wire_release(&request.release_id));
     let e = match call_activate(client, request, result, events, timeouts).await {
         Ok(reply) => return Ok(Activation::Replied(reply)),
         Err(e) => e,
     };
     match current_on_host(client, target, timeouts).await {
-        Some((current, previous)) if current == release => Ok(Activation::FlippedUnconfirmed { why: e, previous }),
-        Some((current, _)) => Err(format!("{e}; current on the host is {}", or_none(&current))),
-        None => Ok(Activation::Unknown(format!("{e}; the host did not say what current is now"))),
+        Some(on) if on.current == release => Ok(Activation::FlippedUnconfirmed { why: e, previous: on.previous }),
+        Some(on) => Err(HostError::NotFlipped { why: Box::new(e), current: on.current }),
+        None => Ok(Activation::Unknown(HostError::Unanswered(Box::new(e)))),
     }
 }
 
@@ -219,57 +232,45 @@ pub(crate) async fn activate_host(
     let _ = events.send((result.host.clone(), HostEvent::Activating));
     let t = Instant::now();
     let target = request.release_id.clone();
+    let failed = |result: &mut HostResult, step: &str, e: HostError| {
+        clock.step(result, step, t, Err(e.clone()));
+        result.ok = false;
+        let _ = events.send((result.host.clone(), HostEvent::Failed(e)));
+    };
     match activate_verified(&mut client, request, &mut result, &events, timeouts).await {
         Ok(Activation::Unknown(why)) => {
             // Maybe on the new release: counted as activated, so the rollout stops and cleans up
             // (a rollback that cannot reach the host then leaves the deploy `incomplete`).
-            let e = format!("{why}: counted as possibly activated");
-            clock.step(&mut result, "activate", t, Err(e.clone()));
             result.activated = true;
-            result.ok = false;
-            let _ = events.send((result.host.clone(), HostEvent::Failed(e)));
+            failed(&mut result, "activate", HostError::Local(format!("{why}: counted as possibly activated")));
         }
         Ok(Activation::FlippedUnconfirmed { why, previous }) => {
             // The host runs the new release; what its hooks did is unknown: activated, and failed.
-            let e = format!("{why}; but current -> {target} on the host: counted as activated and failed");
-            clock.step(&mut result, "activate", t, Err(e.clone()));
             result.activated = true;
             result.previous_release = previous;
-            result.ok = false;
-            let _ = events.send((result.host.clone(), HostEvent::Failed(e)));
+            let e = format!("{why}; but current -> {target} on the host: counted as activated and failed");
+            failed(&mut result, "activate", HostError::Local(e));
         }
         Ok(Activation::Replied(reply)) => {
-            let mut detail = format!("current -> {target} (was {})", or_none(&reply.previous_release));
+            let previous = wire_release(&reply.previous_release);
+            let mut detail = format!("current -> {target} (was {})", Shown(&previous));
             if !reply.pruned.is_empty() {
                 detail.push_str(&format!("; pruned {}", reply.pruned.join(", ")));
             }
             clock.step(&mut result, "activate", t, Ok(detail));
             result.activated = true;
-            result.previous_release = reply.previous_release.clone();
+            result.previous_release = previous.clone();
             if reply.post_release_error.is_empty() {
                 result.ok = true;
-                let _ = events.send((
-                    result.host.clone(),
-                    HostEvent::Activated { previous: reply.previous_release, elapsed_ms: reply.elapsed_ms },
-                ));
+                let _ =
+                    events.send((result.host.clone(), HostEvent::Activated { previous, elapsed_ms: reply.elapsed_ms }));
             } else {
-                let e = reply.post_release_error;
-                clock.step(&mut result, "post_release", t, Err(e.clone()));
-                result.ok = false;
-                let _ = events.send((result.host.clone(), HostEvent::Failed(e)));
+                failed(&mut result, "post_release", HostError::PostRelease(reply.post_release_error));
             }
         }
-        Err(e) => {
-            result.ok = false;
-            clock.step(&mut result, "activate", t, Err(e.clone()));
-            let _ = events.send((result.host.clone(), HostEvent::Failed(e)));
-        }
+        Err(e) => failed(&mut result, "activate", e),
     }
     result
-}
-
-pub(crate) fn or_none(s: &str) -> &str {
-    if s.is_empty() { "none" } else { s }
 }
 
 pub(crate) async fn health_host(
@@ -283,14 +284,14 @@ pub(crate) async fn health_host(
     let limit = fan.timeouts.call
         + std::time::Duration::from_secs((spec.timeout_secs + spec.interval_secs) * (u64::from(spec.retries) + 1));
     let outcome = match tokio::time::timeout(limit, client.health(request)).await {
-        Err(_) => Err(format!("no answer within {}s", limit.as_secs())),
-        Ok(Err(s)) => Err(status_text(&s)),
+        Err(_) => Err(HostError::Timeout { what: "no answer", secs: limit.as_secs(), hint: "" }),
+        Ok(Err(s)) => Err(HostError::from_status(&s)),
         Ok(Ok(r)) => {
             let r = r.into_inner();
             if r.healthy {
                 Ok(format!("{} (attempt {})", r.detail, r.attempts))
             } else {
-                Err(format!("unhealthy after {} attempt(s): {}", r.attempts, r.detail))
+                Err(HostError::Unhealthy { attempts: r.attempts, detail: r.detail })
             }
         }
     };
@@ -303,4 +304,94 @@ pub(crate) async fn health_host(
         result.ok = false;
     }
     healthy
+}
+
+/// Drop a staged release that will not be activated (connecting again when the stage broke the
+/// connection). The host failed already; `Aborted` or `AbortFailed` says whether its staging is
+/// gone.
+pub(crate) async fn abort_host(
+    fan: Fanout,
+    client: Option<AgentClient>,
+    agent: AgentRecord,
+    request: pb::AbortRequest,
+    mut result: HostResult,
+) -> (HostResult, HostState) {
+    let t = Instant::now();
+    let outcome = async {
+        let mut client = match client {
+            Some(c) => c,
+            None => client::connect(fan.tls.clone(), &agent, fan.timeouts).await?,
+        };
+        match tokio::time::timeout(fan.timeouts.call, client.abort(request)).await {
+            Ok(Ok(_)) => Ok("staged release removed".to_owned()),
+            Ok(Err(s)) => Err(HostError::from_status(&s)),
+            Err(_) => Err(HostError::Timeout { what: "no answer", secs: fan.timeouts.call.as_secs(), hint: "" }),
+        }
+    }
+    .await;
+    let state = if outcome.is_ok() { HostState::Aborted } else { HostState::AbortFailed };
+    if outcome.is_ok() {
+        let _ = fan.events.send((result.host.clone(), HostEvent::Aborted));
+    }
+    fan.clock.follow_up(&mut result, "abort", t, outcome);
+    (result, state)
+}
+
+/// Put a host that activated `new_release` back on the release it ran before: the one its
+/// activation reported, else the one the host itself recorded (asked now). Says which of
+/// `RolledBack`, `RollbackFailed` or `NoRollbackTarget` the host ended in.
+pub(crate) async fn roll_back_host(
+    fan: Fanout,
+    mut client: AgentClient,
+    settings: Arc<EnvSettings>,
+    back: DeployRecord,
+    new_release: ReleaseId,
+    mut result: HostResult,
+) -> (HostResult, HostState) {
+    let t = Instant::now();
+    let target = pb_target(&settings, &result.host);
+    let previous = match result.previous_release.clone() {
+        Some(previous) => Ok(Some(previous)),
+        None => match current_on_host(&mut client, Some(target), fan.timeouts).await {
+            Some(on) if on.current.as_ref() == Some(&new_release) => Ok(on.previous),
+            Some(on) => Err(Some(format!(
+                "the host is not on the new release (current is {}); nothing to undo",
+                Shown(&on.current)
+            ))),
+            None => Err(None),
+        },
+    };
+    let (outcome, state) = match previous {
+        Err(Some(detail)) => (Ok(detail), HostState::RolledBack),
+        Err(None) => (
+            Err(HostError::Connect("cannot reach the host to roll it back; it may still run the new release".into())),
+            HostState::RollbackFailed,
+        ),
+        Ok(None) => (Err(HostError::NoPrevious(None)), HostState::NoRollbackTarget),
+        Ok(Some(previous)) => {
+            let request = activate_request(&settings, &result.host, &back, &previous);
+            let outcome = activate_verified(&mut client, request, &mut result, &fan.events, fan.timeouts)
+                .await
+                .and_then(|a| match a {
+                    Activation::Replied(_) => Ok(format!("current -> {previous}")),
+                    Activation::FlippedUnconfirmed { why, .. } => {
+                        Ok(format!("current -> {previous} (confirmed by asking the host after: {why})"))
+                    }
+                    Activation::Unknown(why) => Err(why),
+                });
+            if outcome.is_ok() {
+                let _ = fan.events.send((
+                    result.host.clone(),
+                    HostEvent::Activated { previous: Some(previous.clone()), elapsed_ms: 0 },
+                ));
+            }
+            let state = if outcome.is_ok() { HostState::RolledBack } else { HostState::RollbackFailed };
+            (outcome, state)
+        }
+    };
+    if state == HostState::RolledBack {
+        result.activated = false;
+    }
+    fan.clock.follow_up(&mut result, "rollback", t, outcome);
+    (result, state)
 }

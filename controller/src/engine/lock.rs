@@ -75,12 +75,13 @@ pub(crate) async fn next_release_id(home: &Home, project: &str, env: &str, commi
             .deploys(Some(project), Some(env), 50)?
             .into_iter()
             .filter(|d| d.kind == DeployKind::Deploy)
-            .map(|d| d.release)
+            .filter_map(|d| d.release)
             .max()
     };
     loop {
         let id = ReleaseId::new(unix_now(), commit)?;
-        if last.as_deref().is_none_or(|l| id.as_str()[..15] > l[..15.min(l.len())]) {
+        // Compared by time only: a new id must be newer than the last, whatever the commits.
+        if last.as_ref().is_none_or(|l| id.as_str()[..15] > l.as_str()[..15]) {
             return Ok(id);
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -1,7 +1,7 @@
 //! The deploy engine, one for the command line and the coming server: deploy, rollback and
 //! check. Split by job: `scope` (what an operation targets), `package` (what ships, to whom),
-//! `transfer` (sending and staging one host), `host_ops` (activate, health, relink as named
-//! functions), `fanout` (one fan-out for many hosts), `planner` (pure: what to do next),
+//! `transfer` (sending and staging one host), `host_ops` (activate, health, abort, roll back as
+//! named functions), `host_error` (why a host failed, typed), `fanout` (one fan-out for many hosts), `planner` (pure: what to do next),
 //! `executor` (carries the planner's actions out), `deploy` and `rollback` (the operations),
 //! `lock` (one at a time per project+env), `select` (pure: hosts and rollback targets),
 //! `client` (the mTLS channel to an agent), `check` (Walle's 检测).
@@ -12,6 +12,7 @@ pub mod deploy;
 pub mod events;
 mod executor;
 pub mod fanout;
+pub mod host_error;
 pub mod host_ops;
 pub mod lock;
 pub mod package;
@@ -23,6 +24,7 @@ pub mod transfer;
 
 pub use deploy::DeployArgs;
 pub use events::{Canceller, Emitter, Event, HostEvent, Running};
+pub use host_error::HostError;
 pub use rollback::RollbackArgs;
 pub use scope::{Scope, load_scope, pb_target};
 

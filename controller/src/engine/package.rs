@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use slipway_common::ReleaseId;
 use slipway_common::config::EnvSettings;
 use slipway_proto::pb;
 use tokio::sync::watch;
@@ -44,7 +45,7 @@ pub(crate) enum Upload {
 /// against it.
 #[derive(Debug)]
 pub(crate) struct Base {
-    pub(crate) release: String,
+    pub(crate) release: ReleaseId,
     pub(crate) manifest_sha256: Vec<u8>,
     pub(crate) diff: pb::ManifestDiff,
 }
@@ -54,7 +55,7 @@ struct Holdings {
     /// Content digests (hex) the host can reuse.
     held: std::collections::HashSet<String>,
     /// The newest retained release with a known manifest.
-    base: Option<(String, Vec<u8>, slipway_common::archive::Manifest)>,
+    base: Option<(ReleaseId, Vec<u8>, slipway_common::archive::Manifest)>,
 }
 
 /// Work out what a host holds from its inventory: from the manifests of its retained releases
@@ -72,8 +73,10 @@ fn holdings(cache: &Path, inventory: &pb::InventoryReply) -> Option<Holdings> {
                 held.insert(e.sha256.clone());
             }
         }
-        if base.is_none() {
-            base = Some((r.id.clone(), r.manifest_sha256.clone(), manifest));
+        if base.is_none()
+            && let Ok(id) = ReleaseId::parse(&r.id)
+        {
+            base = Some((id, r.manifest_sha256.clone(), manifest));
         }
     }
     if base.is_none() && !inventory.releases.is_empty() {
@@ -226,12 +229,14 @@ pub(crate) async fn plan_uploads(
     reporter: &Emitter,
     cache: &Path,
 ) -> Result<(BTreeMap<String, Upload>, BTreeMap<String, AgentClient>)> {
-    let mut tasks = tokio::task::JoinSet::new();
+    // A project packaged here before (its blob digests are cached) likely has hosts holding most of
+    // it: read the manifest while they answer.
+    let early = package.manifest_in_background();
     let cache = cache.to_path_buf();
-    for host in hosts {
+    let inventories = ask_all(hosts, |host| {
         let (agent, tls, timeouts, target, cache) =
-            (agents[host].clone(), fan.tls.clone(), fan.timeouts, pb_target(settings, host), cache.clone());
-        tasks.spawn(async move {
+            (agents[&host].clone(), fan.tls.clone(), fan.timeouts, pb_target(settings, &host), cache.clone());
+        async move {
             let connection = client::connect(tls, &agent, timeouts).await.ok();
             let ask = |per_file: bool| {
                 let (connection, target) = (connection.clone(), target.clone());
@@ -252,13 +257,11 @@ pub(crate) async fn plan_uploads(
                     base: None,
                 });
             }
-            (agent.name, connection, holdings)
-        });
-    }
-    // A project packaged here before (its blob digests are cached) likely has hosts holding most of
-    // it: read the manifest while they answer.
-    let early = package.manifest_in_background();
-    let inventories = tasks.join_all().await;
+            (connection, holdings)
+        }
+    })
+    .await;
+    let inventories: Vec<_> = inventories.into_iter().map(|(host, (c, h))| (host, c, h)).collect();
     if inventories.iter().all(|(_, _, h)| h.as_ref().is_none_or(|h| h.held.is_empty())) {
         // Nobody holds anything: package once, send it whole (no manifest pass of its own).
         if let Some(task) = early {
@@ -429,7 +432,7 @@ pub(crate) async fn package(
         ("PROJECT", settings.project.clone()),
         ("ENV", settings.env.clone()),
         ("DEPLOY_ID", record.id.to_string()),
-        ("RELEASE", record.release.clone()),
+        ("RELEASE", crate::engine::host_error::to_wire(&record.release)),
         ("COMMIT", record.commit.clone()),
         ("REF", record.git_ref.clone()),
         ("DEPLOY_TYPE", "deploy".to_owned()),

@@ -7,8 +7,9 @@ use slipway_common::ReleaseId;
 use slipway_common::time::unix_now;
 use slipway_proto::pb;
 
-use crate::engine::client::{self, AgentClient, Timeouts, status_text};
+use crate::engine::client::{self, AgentClient, Timeouts};
 use crate::engine::events::Emitter;
+use crate::engine::host_error::HostError;
 use crate::engine::select::rollback_targets;
 use crate::error::{CtlError, Result};
 use crate::state::home::Home;
@@ -22,37 +23,36 @@ use super::scope::*;
 pub struct RollbackArgs {
     pub project: String,
     pub env: String,
-    pub to: Option<String>,
+    pub to: Option<ReleaseId>,
     pub hosts: Option<Vec<String>>,
 }
 
-/// Ask every host what it holds; any unreachable host is an error naming it.
+/// What one host answered to `Releases`, with the connection for what follows.
+pub type ReleasesAnswer = std::result::Result<(AgentClient, pb::ReleasesReply), HostError>;
+
+/// Ask every host what it holds, in the scope's order.
 pub async fn query_releases(
     scope: &Scope,
     tls: Arc<rustls::ClientConfig>,
     timeouts: Timeouts,
-) -> Vec<(AgentRecord, std::result::Result<(AgentClient, pb::ReleasesReply), String>)> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, agent) in scope.hosts.iter().enumerate() {
-        let (tls, agent, target) = (tls.clone(), agent.clone(), pb_target(&scope.settings, &agent.name));
-        tasks.spawn(async move {
-            let result = async {
-                let mut client = client::connect(tls, &agent, timeouts).await?;
-                let reply =
-                    tokio::time::timeout(timeouts.call, client.releases(pb::ReleasesRequest { target: Some(target) }))
-                        .await
-                        .map_err(|_| format!("{}: no answer within {}s", agent.name, timeouts.call.as_secs()))?
-                        .map_err(|s| format!("{}: {}", agent.name, status_text(&s)))?
-                        .into_inner();
-                Ok((client, reply))
-            }
-            .await;
-            (i, agent, result)
-        });
-    }
-    let mut out: Vec<_> = tasks.join_all().await;
-    out.sort_by_key(|(i, _, _)| *i);
-    out.into_iter().map(|(_, a, r)| (a, r)).collect()
+) -> Vec<(AgentRecord, ReleasesAnswer)> {
+    let agents: BTreeMap<String, AgentRecord> = scope.hosts.iter().map(|a| (a.name.clone(), a.clone())).collect();
+    let names: Vec<String> = scope.hosts.iter().map(|a| a.name.clone()).collect();
+    let answers = ask_all(&names, |host| {
+        let (tls, agent, target) = (tls.clone(), agents[&host].clone(), pb_target(&scope.settings, &host));
+        async move {
+            let mut client = client::connect(tls, &agent, timeouts).await?;
+            let reply =
+                tokio::time::timeout(timeouts.call, client.releases(pb::ReleasesRequest { target: Some(target) }))
+                    .await
+                    .map_err(|_| HostError::Timeout { what: "no answer", secs: timeouts.call.as_secs(), hint: "" })?
+                    .map_err(|s| HostError::from_status(&s))?
+                    .into_inner();
+            Ok((client, reply))
+        }
+    })
+    .await;
+    answers.into_iter().map(|(host, answer)| (agents[&host].clone(), answer)).collect()
 }
 
 /// `slipctl rollback`.
@@ -60,13 +60,10 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
     let started = Instant::now();
     let scope = load_scope(home, &args.project, &args.env, args.hosts.as_deref())?;
     let timeouts = Timeouts::host(scope.settings.rollout.host_timeout_secs);
-    if let Some(to) = &args.to {
-        ReleaseId::parse(to)?;
-    }
     let tls = home.client_tls()?;
     let settings = &scope.settings;
     let mut record = DeployRecord {
-        release: args.to.clone().unwrap_or_default(),
+        release: args.to.clone(),
         ..DeployRecord::start(DeployKind::Rollback, &settings.project, &settings.env, current_user())
     };
     // The targets are decided under the lock: no deploy can change what the hosts hold between
@@ -74,7 +71,8 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
     let _lock = take_lock(home, &record, reporter)?;
     let decided = async {
         let answers = query_releases(&scope, tls.clone(), timeouts).await;
-        let unreachable: Vec<String> = answers.iter().filter_map(|(_, r)| r.as_ref().err().cloned()).collect();
+        let unreachable: Vec<String> =
+            answers.iter().filter_map(|(a, r)| r.as_ref().err().map(|e| format!("{}: {e}", a.name))).collect();
         if !unreachable.is_empty() {
             return Err(CtlError::failed(format!("rollback not started, no host touched: {}", unreachable.join("; "))));
         }
@@ -85,7 +83,7 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
             replies.push((agent.name.clone(), reply));
             clients.push((agent, client));
         }
-        let targets = rollback_targets(&replies, args.to.as_deref())
+        let targets = rollback_targets(&replies, args.to.as_ref())
             .map_err(|problems| CtlError::bad(format!("rollback refused, no host touched: {}", problems.join("; "))))?;
         Ok((clients, targets))
     }
@@ -93,22 +91,21 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
     // Refused before any host is touched: nothing to record (like any other bad input).
     let (clients, targets) = decided?;
     number(home, &mut record)?;
-    let mut distinct: Vec<&str> = targets.iter().map(|(_, t)| t.as_str()).collect();
+    let mut distinct: Vec<&ReleaseId> = targets.iter().map(|(_, t)| t).collect();
+    distinct.sort();
     distinct.dedup();
-    if distinct.len() == 1 {
-        record.release = distinct[0].to_owned();
-    }
+    record.release = if distinct.len() == 1 { Some(distinct[0].clone()) } else { None };
     reporter.say(format!(
         "rollback #{} {}/{}: {} host(s) to {}",
         record.id,
         settings.project,
         settings.env,
         targets.len(),
-        if distinct.len() == 1 { distinct[0].to_owned() } else { "their previous releases".to_owned() }
+        if distinct.len() == 1 { distinct[0].to_string() } else { "their previous releases".to_owned() }
     ));
     let clock = Arc::new(Clock(Instant::now()));
     reporter.hosts(targets.iter().map(|(h, _)| h.as_str()));
-    let by_host: BTreeMap<String, (AgentRecord, AgentClient, String)> = clients
+    let by_host: BTreeMap<String, (AgentRecord, AgentClient, ReleaseId)> = clients
         .into_iter()
         .zip(&targets)
         .map(|((agent, client), (_, target))| (agent.name.clone(), (agent, client, target.clone())))
@@ -116,7 +113,7 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
     let names: Vec<String> = by_host.keys().cloned().collect();
     let relinked = fan_out(&names, reporter, &mut None, |host, events| {
         let (agent, client, target) = by_host[&host].clone();
-        let result = new_host_result(&agent, &target);
+        let result = new_host_result(&agent, Some(&target));
         let request = activate_request(settings, &agent.name, &record, &target);
         let fan = Fanout { tls: tls.clone(), events, clock: clock.clone(), timeouts };
         activate_host(fan, client, request, result)

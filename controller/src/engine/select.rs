@@ -1,6 +1,7 @@
 //! Pure decisions, tested without a network: which hosts a deploy targets, and where a
 //! rollback takes each host.
 
+use slipway_common::ReleaseId;
 use slipway_common::config::HostSelector;
 use slipway_proto::pb;
 
@@ -63,8 +64,9 @@ pub fn select_hosts(
 /// Any host that lacks its target makes the whole rollback refused (`Err` lists every one).
 pub fn rollback_targets(
     hosts: &[(String, pb::ReleasesReply)],
-    to: Option<&str>,
-) -> Result<Vec<(String, String)>, Vec<String>> {
+    to: Option<&ReleaseId>,
+) -> Result<Vec<(String, ReleaseId)>, Vec<String>> {
+    let to = to.map(ReleaseId::as_str);
     let mut targets = Vec::new();
     let mut problems = Vec::new();
     for (host, reply) in hosts {
@@ -96,8 +98,10 @@ pub fn rollback_targets(
                 }
             }
         };
-        if let Some(t) = target {
-            targets.push((host.clone(), t));
+        match target.map(|t| ReleaseId::parse(&t)) {
+            Some(Ok(t)) => targets.push((host.clone(), t)),
+            Some(Err(e)) => problems.push(format!("host {host} reports a release that is not a release id: {e}")),
+            None => {}
         }
     }
     if problems.is_empty() { Ok(targets) } else { Err(problems) }
@@ -136,12 +140,24 @@ mod tests {
         assert!(err.contains("db-1") && err.contains("web-1"), "{err}");
     }
 
+    /// Release ids by letter: "a" is the oldest; "" is none.
+    fn id(letter: &str) -> String {
+        match letter.bytes().next() {
+            None => String::new(),
+            Some(c) => format!("20261201-1000{:02}-abcdef0", c - b'a'),
+        }
+    }
+
+    fn rid(letter: &str) -> ReleaseId {
+        ReleaseId::parse(&id(letter)).unwrap()
+    }
+
     fn reply(current: &str, releases: &[(&str, &str)]) -> pb::ReleasesReply {
         pb::ReleasesReply {
-            current: current.into(),
+            current: id(current),
             releases: releases
                 .iter()
-                .map(|(id, prev)| pb::ReleaseInfo { id: (*id).into(), previous: (*prev).into(), ..Default::default() })
+                .map(|(r, prev)| pb::ReleaseInfo { id: id(r), previous: id(prev), ..Default::default() })
                 .collect(),
             generation: 0,
         }
@@ -151,11 +167,11 @@ mod tests {
     fn rollback_goes_to_the_recorded_previous() {
         // Deployed a, b, c; rolled back to b; deployed d (previous b): rollback goes to b, not c.
         let h = vec![("web-1".to_owned(), reply("d", &[("a", ""), ("b", "a"), ("c", "b"), ("d", "b")]))];
-        assert_eq!(rollback_targets(&h, None).unwrap(), vec![("web-1".to_owned(), "b".to_owned())]);
+        assert_eq!(rollback_targets(&h, None).unwrap(), vec![("web-1".to_owned(), rid("b"))]);
         // Previous pruned or unknown: the newest older retained release.
         let h = vec![("web-1".to_owned(), reply("c", &[("a", ""), ("c", "x")]))];
-        assert_eq!(rollback_targets(&h, None).unwrap()[0].1, "a");
-        assert_eq!(rollback_targets(&h, Some("a")).unwrap()[0].1, "a");
+        assert_eq!(rollback_targets(&h, None).unwrap()[0].1, rid("a"));
+        assert_eq!(rollback_targets(&h, Some(&rid("a"))).unwrap()[0].1, rid("a"));
     }
 
     #[test]
@@ -167,8 +183,8 @@ mod tests {
         let problems = rollback_targets(&h, None).unwrap_err();
         assert_eq!(problems.len(), 1);
         assert!(problems[0].contains("web-2"), "{problems:?}");
-        let problems = rollback_targets(&h, Some("zzz")).unwrap_err();
+        let problems = rollback_targets(&h, Some(&rid("z"))).unwrap_err();
         assert_eq!(problems.len(), 2);
-        assert!(problems[0].contains("zzz"));
+        assert!(problems[0].contains(&id("z")), "{problems:?}");
     }
 }

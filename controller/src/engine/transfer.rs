@@ -11,8 +11,9 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::engine::client::{self, AgentClient, status_text};
+use crate::engine::client::{self, AgentClient};
 use crate::engine::events::HostEvent;
+use crate::engine::host_error::{HostError, wire_release};
 use crate::source::artifact::{self};
 use crate::state::store::{AgentRecord, HostResult};
 use crate::units::bytes;
@@ -27,8 +28,9 @@ pub(crate) async fn send_file(
     total: u64,
     req_tx: mpsc::Sender<pb::StageRequest>,
     mut report: impl FnMut(u64, u64),
-) -> std::result::Result<u64, String> {
-    let mut file = tokio::fs::File::open(path).await.map_err(|e| format!("cannot read artifact: {e}"))?;
+) -> std::result::Result<u64, HostError> {
+    let mut file =
+        tokio::fs::File::open(path).await.map_err(|e| HostError::Local(format!("cannot read artifact: {e}")))?;
     let mut sent = 0u64;
     report(0, total);
     loop {
@@ -38,7 +40,7 @@ pub(crate) async fn send_file(
                 .take((slipway_proto::CHUNK_BYTES - chunk.len()) as u64)
                 .read_to_end(&mut chunk)
                 .await
-                .map_err(|e| format!("cannot read artifact: {e}"))?;
+                .map_err(|e| HostError::Local(format!("cannot read artifact: {e}")))?;
             if n == 0 {
                 break;
             }
@@ -61,7 +63,7 @@ pub(crate) async fn send_streamed(
     mut progress: watch::Receiver<artifact::PackProgress>,
     req_tx: mpsc::Sender<pb::StageRequest>,
     mut report: impl FnMut(u64, u64),
-) -> std::result::Result<u64, String> {
+) -> std::result::Result<u64, HostError> {
     let mut sent = 0u64;
     report(0, 0);
     loop {
@@ -69,7 +71,7 @@ pub(crate) async fn send_streamed(
         let (available, digest) = match state {
             artifact::PackProgress::Writing(n) => (n, None),
             artifact::PackProgress::Done(Ok((sha256, size))) => (size, Some(sha256)),
-            artifact::PackProgress::Done(Err(e)) => return Err(format!("packaging failed: {e}")),
+            artifact::PackProgress::Done(Err(e)) => return Err(HostError::Local(format!("packaging failed: {e}"))),
         };
         while sent < available {
             let len = (available - sent).min(slipway_proto::CHUNK_BYTES as u64) as usize;
@@ -80,8 +82,8 @@ pub(crate) async fn send_streamed(
                 f.read_exact_at(&mut buf, offset).map(|()| buf)
             })
             .await
-            .map_err(|e| format!("artifact reader failed: {e}"))?
-            .map_err(|e| format!("cannot read artifact: {e}"))?;
+            .map_err(|e| HostError::Local(format!("artifact reader failed: {e}")))?
+            .map_err(|e| HostError::Local(format!("cannot read artifact: {e}")))?;
             sent += len as u64;
             if req_tx.send(pb::StageRequest { kind: Some(RequestKind::Chunk(chunk)) }).await.is_err() {
                 return Ok(sent); // The call ended; its status says why.
@@ -97,7 +99,7 @@ pub(crate) async fn send_streamed(
         tokio::select! {
             changed = progress.changed() => {
                 if changed.is_err() {
-                    return Err("packaging stopped without a result".into());
+                    return Err(HostError::Local("packaging stopped without a result".into()));
                 }
             }
             () = req_tx.closed() => return Ok(sent), // The call ended; its status says why.
@@ -115,7 +117,7 @@ pub(crate) async fn stage_host(
     connected: Option<AgentClient>,
 ) -> (HostResult, Option<AgentClient>) {
     let Fanout { tls, events, clock, timeouts } = fan;
-    let mut result = new_host_result(&agent, &header.release_id);
+    let mut result = new_host_result(&agent, wire_release(&header.release_id).as_ref());
     let name = agent.name.clone();
     let send = |e: HostEvent| {
         let _ = events.send((name.clone(), e));
@@ -143,7 +145,6 @@ pub(crate) async fn stage_host(
     let stage_secs = if header.stage_timeout_secs == 0 { 3600 } else { header.stage_timeout_secs };
     let header_hooks_secs =
         header.pre_release.as_ref().map_or(0, |h| h.timeout_secs.saturating_mul(h.commands.len() as u64));
-    let result_refused = std::sync::atomic::AtomicBool::new(false);
     let (req_tx, req_rx) = mpsc::channel::<pb::StageRequest>(2);
     let _ = req_tx.send(pb::StageRequest { kind: Some(RequestKind::Header(header)) }).await;
     let upload_events = events.clone();
@@ -162,17 +163,11 @@ pub(crate) async fn stage_host(
         }
     });
 
-    // The agent refusing the target itself (paths, users) is the project's configuration to fix.
-    let refused = |s: &tonic::Status| {
-        if s.code() == tonic::Code::PermissionDenied {
-            result_refused.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        status_text(s)
-    };
     // The stage's deadline, the same the agent keeps, plus its pre_release hooks and a call's slack.
     let deadline = std::time::Duration::from_secs(stage_secs.saturating_add(header_hooks_secs)) + timeouts.call;
     let outcome = async {
-        let mut stream = client.stage(ReceiverStream::new(req_rx)).await.map_err(|s| refused(&s))?.into_inner();
+        let mut stream =
+            client.stage(ReceiverStream::new(req_rx)).await.map_err(|s| HostError::from_status(&s))?.into_inner();
         loop {
             match stream.message().await {
                 Ok(Some(pb::StageEvent { kind: Some(EventKind::Progress(p)) })) => {
@@ -186,8 +181,8 @@ pub(crate) async fn stage_host(
                     on_hook_event(None, Some(h), &mut result, &events);
                 }
                 Ok(Some(_)) => {}
-                Ok(None) => return Err("the agent ended the upload without a result".to_owned()),
-                Err(status) => return Err(refused(&status)),
+                Ok(None) => return Err(HostError::Ended("upload")),
+                Err(status) => return Err(HostError::from_status(&status)),
             }
         }
     };
@@ -195,13 +190,17 @@ pub(crate) async fn stage_host(
         Ok(outcome) => outcome,
         Err(_) => {
             uploader.abort();
-            Err(format!("the stage did not finish within {}s (rollout.stage_timeout_secs)", deadline.as_secs()))
+            Err(HostError::Timeout {
+                what: "the stage did not finish",
+                secs: deadline.as_secs(),
+                hint: " (rollout.stage_timeout_secs)",
+            })
         }
     };
     let upload = match uploader.await {
         Ok(sent) => sent,
-        Err(e) if e.is_cancelled() => Err("the upload was stopped at the stage deadline".to_owned()),
-        Err(e) => Err(format!("upload task failed: {e}")),
+        Err(e) if e.is_cancelled() => Err(HostError::Local("the upload was stopped at the stage deadline".into())),
+        Err(e) => Err(HostError::Local(format!("upload task failed: {e}"))),
     };
     match (outcome, upload) {
         (Ok(staged), Ok(sent)) => {
@@ -216,7 +215,6 @@ pub(crate) async fn stage_host(
         }
         // What the controller could not send explains the agent's complaint about it.
         (_, Err(e)) | (Err(e), Ok(_)) => {
-            result.refused = result_refused.load(std::sync::atomic::Ordering::Relaxed);
             clock.step(&mut result, "stage", t, Err(e.clone()));
             send(HostEvent::Failed(e));
             (result, None)

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use slipway_common::ReleaseId;
+
 use crate::error::{CtlError, Result};
 
 const OPEN_WAIT: Duration = Duration::from_secs(15);
@@ -143,8 +145,12 @@ pub struct HostResult {
     pub addr: String,
     pub ok: bool,
     pub activated: bool,
-    pub previous_release: String,
-    pub release: String,
+    /// What `current` was before this operation's flip (none: the host had no release).
+    #[serde(default, with = "opt_release")]
+    pub previous_release: Option<ReleaseId>,
+    /// The release this operation puts on the host (none: a rollback with nothing to go to).
+    #[serde(default, with = "opt_release")]
+    pub release: Option<ReleaseId>,
     /// Archive bytes uploaded to this host (a delta is much smaller than the full artifact).
     #[serde(default)]
     pub bytes_sent: u64,
@@ -175,7 +181,10 @@ pub struct DeployRecord {
     pub env: String,
     pub git_ref: String,
     pub commit: String,
-    pub release: String,
+    /// The release shipped (a deploy, once its commit is known) or restored (a rollback to one
+    /// release on every host); none before then or when hosts went back to different ones.
+    #[serde(default, with = "opt_release")]
+    pub release: Option<ReleaseId>,
     pub status: DeployStatus,
     pub started_at: i64,
     pub finished_at: Option<i64>,
@@ -214,7 +223,7 @@ impl DeployRecord {
             env: env.to_owned(),
             git_ref: String::new(),
             commit: String::new(),
-            release: String::new(),
+            release: None,
             status: DeployStatus::Running,
             started_at: slipway_common::time::unix_now(),
             finished_at: None,
@@ -461,6 +470,25 @@ impl Store {
     }
 }
 
+/// A release id kept as its string, none as `null`; records written before the type read `""`
+/// as none.
+mod opt_release {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use slipway_common::ReleaseId;
+
+    pub fn serialize<S: Serializer>(id: &Option<ReleaseId>, s: S) -> Result<S::Ok, S::Error> {
+        id.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ReleaseId>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) if s.is_empty() => Ok(None),
+            Some(s) => ReleaseId::parse(&s).map(Some).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,5 +503,24 @@ mod tests {
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.next_deploy_id().unwrap(), 3);
+    }
+
+    #[test]
+    fn records_from_before_typed_releases_read_empty_as_none() {
+        let old = serde_json::json!({
+            "host": "web-1", "addr": "127.0.0.1:1", "ok": true, "activated": true,
+            "previous_release": "", "release": "20261201-101010-abcdef0", "steps": [], "error": null
+        });
+        let h: HostResult = serde_json::from_value(old).unwrap();
+        assert_eq!(h.previous_release, None);
+        assert_eq!(h.release.as_ref().map(ReleaseId::as_str), Some("20261201-101010-abcdef0"));
+        let again: HostResult = serde_json::from_value(serde_json::to_value(&h).unwrap()).unwrap();
+        assert_eq!(again, h);
+        assert_eq!(serde_json::to_value(&h).unwrap()["previous_release"], serde_json::Value::Null);
+        let bad = serde_json::json!({
+            "host": "web-1", "addr": "a", "ok": true, "activated": true,
+            "previous_release": "../etc", "release": "", "steps": [], "error": null
+        });
+        assert!(serde_json::from_value::<HostResult>(bad).is_err(), "a release id that is not one is refused");
     }
 }

@@ -18,7 +18,7 @@ fn info(tls: Arc<rustls::ClientConfig>, name: &str, addr: &str) -> Result<pb::In
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let timeouts = Timeouts { connect: std::time::Duration::from_secs(5), call: std::time::Duration::from_secs(5) };
-        let mut c = client::connect(tls, &record(name, addr), timeouts).await?;
+        let mut c = client::connect(tls, &record(name, addr), timeouts).await.map_err(|e| e.to_string())?;
         c.info(pb::InfoRequest {}).await.map(|r| r.into_inner()).map_err(|s| s.to_string())
     })
 }

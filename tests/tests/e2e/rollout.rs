@@ -284,12 +284,22 @@ fn cancel_removes_staged_releases_and_rolls_back() {
     fleet.apply_project("site", &repo.path, "");
     fleet.slipctl(&["deploy", "site", "test"]).ok();
     next_version(&repo, 2);
-    // web-1 goes first (serial) and is activated; web-2's pre_release hangs until we cancel.
-    let target = format!("{}pre_release = [\"test \\\"$SLIPWAY_HOST\\\" != web-2 || sleep 8\"]\n", hook_user_line());
+    // web-1 goes first (serial) and is activated; web-2's pre_release says it started, then
+    // hangs until we cancel.
+    let marks = fleet.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    std::fs::set_permissions(&marks, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let started = marks.join("web-2-pre-release");
+    let marker = format!("300.{}", std::process::id());
+    let target = format!(
+        "{}pre_release = [\"test \\\"$SLIPWAY_HOST\\\" != web-2 || {{ touch {}; sleep {marker}; }}\"]\n",
+        hook_user_line(),
+        started.display()
+    );
     fleet.apply_project_full("site", &repo.path, "[rollout]\nstrategy = \"serial\"\n", &target, "");
     let deploy = fleet.spawn_slipctl(&["deploy", "site", "test"]);
-    wait_until("web-1 to be activated", || page(&fleet, "web-1") == "v2\n");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("web-2's pre_release to start", || started.exists());
+    assert_eq!(page(&fleet, "web-1"), "v2\n", "web-1 was activated first");
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(deploy.id() as i32).unwrap(),
         rustix::process::Signal::TERM,
@@ -298,6 +308,9 @@ fn cancel_removes_staged_releases_and_rolls_back() {
     let out = deploy.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // The controller going away stopped web-2's pre_release: its hook is killed, not left to
+    // finish its 300 s while the target stays locked.
+    assert!(slipway_tests::processes_gone(&marker), "web-2's pre_release hook outlived the cancel");
     assert_eq!(page(&fleet, "web-1"), "v1\n", "activated host rolled back");
     assert_eq!(page(&fleet, "web-2"), "v1\n");
     assert_eq!(fleet.releases("web-2", "site").len(), 1, "web-2's staged release removed");
@@ -422,4 +435,53 @@ fn a_rollback_that_cannot_reach_its_host_leaves_the_deploy_incomplete() {
     // What the host really runs: the new release (the flip happened before it went away).
     fleet.agents[0].start();
     assert_eq!(page(&fleet, "web-1"), "v2\n");
+}
+
+#[test]
+fn packaging_failing_for_a_later_batch_fails_its_hosts_and_rolls_back_the_first() {
+    if !require("root (to mount a tiny tmpfs)", is_root()) {
+        return;
+    }
+    let fleet = Fleet::new(2);
+    let repo = repo(&fleet);
+    std::fs::write(repo.path.join("big.bin"), slipway_tests::noise(3 << 20)).unwrap();
+    repo.commit("big");
+    fleet.apply_project("site", &repo.path, "");
+    // Only web-1 holds v1: in the next deploy it gets a small delta, web-2 needs the whole tree.
+    let r1 = fleet.slipctl(&["--output", "json", "deploy", "site", "test", "--hosts", "web-1"]).ok().json()["release"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    next_version(&repo, 2);
+    // The controller's package cache is a 1 MiB filesystem from now on: the delta fits, the
+    // full artifact for the second batch does not.
+    let artifacts = fleet.home.join("cache").join("artifacts");
+    std::fs::rename(&artifacts, fleet.path().join("saved-artifacts")).unwrap();
+    std::fs::create_dir(&artifacts).unwrap();
+    let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tiny"]).arg(&artifacts).status().unwrap();
+    assert!(status.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(artifacts.clone());
+    fleet.apply_project_full("site", &repo.path, "[rollout]\nstrategy = \"serial\"\n", "", "canary = [\"web-1\"]\n");
+
+    let run = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(1);
+    let doc = run.json();
+    assert_eq!(doc["status"], "rolled_back", "{}", run.stderr);
+    let host = |name: &str| doc["hosts"].as_array().unwrap().iter().find(|h| h["host"] == name).unwrap().clone();
+    let steps = |name: &str| -> Vec<String> {
+        host(name)["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(steps("web-1"), ["connect", "stage", "activate", "rollback"], "{doc}");
+    assert_eq!(steps("web-2"), ["package"], "{doc}");
+    assert_eq!(host("web-2")["activated"], false);
+    assert_eq!(host("web-1")["previous_release"], r1.as_str());
+    assert!(run.stderr.contains("web-2") && run.stderr.contains("package"), "{}", run.stderr);
+    assert_eq!(page(&fleet, "web-1"), "v1\n", "web-1 went back to v1");
+    assert_eq!(fleet.current_release("web-1", "site").as_deref(), Some(r1.as_str()));
+    assert_eq!(page(&fleet, "web-2"), "", "web-2 was never given anything");
 }
