@@ -17,7 +17,10 @@
 # has a timeout, agents are stopped on exit, nothing is written outside $BENCH_DIR and the
 # baseline's own temp dirs. PROFILE=1 records each Slipway phase system-wide with perf
 # (<run>/<phase>.json.perf; `perf report -i ... --sort comm,dso,sym`); PROFILE=ctl records only
-# the controller, with DWARF call stacks.
+# the controller, with DWARF call stacks. PROFILE=instr counts the controller's instructions
+# under callgrind (slipctl only, not its git children; this machine's VM has no hardware
+# counters for `perf stat -e instructions:u`): `bench/run.sh -n "1 16" --no-baseline` then
+# compares 1 host with 16. Its walls are valgrind's.
 set -euo pipefail
 export LC_ALL=C
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -49,9 +52,10 @@ json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval
 phase() {
   local home=$1 out=$2; shift 2
   local t0 t1
-  local prof=()
+  local prof=() wrap=()
   case ${PROFILE:-} in
     "") ;;
+    instr) wrap=(valgrind -q --tool=callgrind --callgrind-out-file="$out.cg" --) ;;
     ctl) prof=(perf record -q --call-graph dwarf,32768 -e cpu-clock -F 999 -o "$out.perf" --) ;;  # slipctl only
     *) prof=(perf record -q -a -g -e cpu-clock -F 499 -o "$out.perf" --) ;;
   esac
@@ -62,10 +66,11 @@ phase() {
   local lo0 lo1
   read -r lo0 < /sys/class/net/lo/statistics/tx_bytes
   t0=$(date +%s.%N)
-  timeout 900 "${prof[@]}" /usr/bin/time -f "%U %S %M" -o "$out.time" "$SLIPCTL" --home "$home" --output json "$@" > "$out" 2> "$out.err"
+  timeout 900 "${prof[@]}" /usr/bin/time -f "%U %S %M" -o "$out.time" "${wrap[@]}" "$SLIPCTL" --home "$home" --output json "$@" > "$out" 2> "$out.err"
   t1=$(date +%s.%N)
   read -r lo1 < /sys/class/net/lo/statistics/tx_bytes
   read -r u s rss < "$out.time"
+  if [ -f "$out.cg" ]; then awk '/^(summary|totals):/ {print $2; exit}' "$out.cg" > "$out.instr"; fi
   local bytes skew
   bytes=$((lo1 - lo0))
   skew=$(json "$out" "(lambda t: max(t)-min(t) if t else 0)([s['started_ms']+s['elapsed_ms'] for h in d['hosts'] for s in h['steps'] if s['name']=='activate'])")
@@ -139,6 +144,9 @@ TOML
         echo "preset $preset"; echo "n $n"; echo "reuse $REUSE"; echo "fresh_fs $FRESH_FS"
         echo "full $full"; echo "incr $incr"; echo "rollback $back"
         echo "agent_rss_kb $agent_rss"; printf 'floor_s %.2f\n' "$floor"
+        for p in full incr rollback; do
+          if [ -s "$run/$p.json.instr" ]; then echo "instr_$p $(cat "$run/$p.json.instr")"; fi
+        done
       } > "$top/slipway-$rep.txt"
     done
     if [ "$RUN_BASELINE" = 1 ]; then

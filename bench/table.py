@@ -100,6 +100,10 @@ def main():
             print(f"{'':<9}{'':<9}" + "; ".join(notes))
     if base:
         print("* baseline cpu_s: the whole fleet's CPU (controller, sshd, tar/rsync on every host)")
+    instr = [(p, extra.get(f"instr_{p}")) for p in ("full", "incr", "rollback")]
+    if any(v for _, v in instr):
+        print("controller instructions (callgrind, slipctl only; wall and cpu above are valgrind's): "
+              + ", ".join(f"{p} {int(v):,}" for p, v in instr if v))
 
 
 if __name__ == "__main__":

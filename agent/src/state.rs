@@ -19,6 +19,17 @@ pub struct ReleaseMeta {
     pub activated_at: Option<i64>,
     /// What was current when a deploy activated this release: where rollback goes from here.
     pub previous: Option<String>,
+    /// The release hooks this release was deployed with: a rollback to it runs these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<RecordedHooks>,
+}
+
+/// The hook lines a release was staged with, kept for a rollback to it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecordedHooks {
+    pub pre_release: Vec<String>,
+    pub post_release: Vec<String>,
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

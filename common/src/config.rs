@@ -255,6 +255,16 @@ pub struct TargetFile {
     pub pre_release: Option<Vec<String>>,
     pub post_release: Option<Vec<String>>,
     pub hook_timeout_secs: Option<u64>,
+    /// Which release hooks a rollback runs: `["post_release"]` unless set.
+    pub rollback_hooks: Option<Vec<HookStage>>,
+}
+
+/// A release hook stage, as `rollback_hooks` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookStage {
+    PreRelease,
+    PostRelease,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -385,6 +395,8 @@ pub struct TargetSettings {
     pub pre_release: Vec<String>,
     pub post_release: Vec<String>,
     pub hook_timeout_secs: u64,
+    /// The hooks a rollback runs, with the lines recorded with the release it restores.
+    pub rollback_hooks: Vec<HookStage>,
 }
 
 impl TargetSettings {
@@ -548,6 +560,12 @@ fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Res
             "target.hook_timeout_secs",
             merge_opt(&et.hook_timeout_secs, &pt.hook_timeout_secs).unwrap_or(300),
         )?,
+        rollback_hooks: {
+            let mut stages = merge_opt(&et.rollback_hooks, &pt.rollback_hooks).unwrap_or(vec![HookStage::PostRelease]);
+            stages.sort();
+            stages.dedup();
+            stages
+        },
     };
 
     let (pr, er) = (p.rollout.clone().unwrap_or_default(), e.rollout.clone().unwrap_or_default());
@@ -706,6 +724,18 @@ hosts = ["web-1"]
         check_err("name = \"Web Demo\"\nrepo=\"/r\"\n[env.a]\n", &["name", "Web Demo"]);
         check_err(&format!("{base}[target2]\n[env.a]\n"), &["target2"]);
         check_err("name = \"x\"\n[target]\ndeploy_to = \"/d\"\n[env.a]\n", &["repo is missing"]);
+        check_err(
+            "name = \"x\"\nrepo = \"/r\"\n[target]\ndeploy_to = \"/d\"\nrollback_hooks = [\"restart\"]\n[env.a]\n",
+            &["p.toml", "restart", "pre_release", "post_release"],
+        );
+    }
+
+    #[test]
+    fn rollback_hooks_default_to_post_release() {
+        let base = "name = \"x\"\nrepo = \"/r\"\n[target]\ndeploy_to = \"/d\"\n";
+        let c = ProjectConfig::parse(&format!("{base}[env.a]\n[env.b.target]\nrollback_hooks = []\n"), "p").unwrap();
+        assert_eq!(c.envs["a"].target.rollback_hooks, [HookStage::PostRelease]);
+        assert!(c.envs["b"].target.rollback_hooks.is_empty());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::*;
 use crate::error::AgentError;
 use crate::hooks::{decide_user, failure, run_hook};
 use crate::layout::{Current, Open, prune_plan};
+use crate::state::RecordedHooks;
 
 impl Inner {
     pub(super) async fn activate(
@@ -28,9 +29,28 @@ impl Inner {
         let id = ReleaseId::parse(&req.release_id).map_err(bad)?;
         let is_rollback = req.deploy_type == pb::DeployType::Rollback as i32;
         let ctx = req.hook_context.clone().unwrap_or_default();
+        // What a rollback runs is what the restored release was deployed with, when recorded.
+        let recorded = if is_rollback && req.recorded_hooks {
+            self.record(&target)?.releases.get(id.as_str()).and_then(|m| m.hooks.clone())
+        } else {
+            None
+        };
+        let stage_spec =
+            |asked: &Option<pb::HookSpec>, pick: fn(&RecordedHooks) -> &Vec<String>| match (asked, &recorded) {
+                (None, _) => pb::HookSpec::default(),
+                (Some(spec), None) => spec.clone(),
+                (Some(spec), Some(r)) => pb::HookSpec {
+                    commands: pick(r).clone(),
+                    timeout_secs: if r.timeout_secs == 0 { spec.timeout_secs } else { r.timeout_secs },
+                },
+            };
         let pre_release =
-            if is_rollback { req.pre_release.clone().unwrap_or_default() } else { pb::HookSpec::default() };
-        let post_release = req.post_release.clone().unwrap_or_default();
+            if is_rollback { stage_spec(&req.pre_release, |r| &r.pre_release) } else { pb::HookSpec::default() };
+        let post_release = if is_rollback {
+            stage_spec(&req.post_release, |r| &r.post_release)
+        } else {
+            req.post_release.clone().unwrap_or_default()
+        };
         let has_hooks = !pre_release.commands.is_empty() || !post_release.commands.is_empty();
         let run_as = if has_hooks { self.run_as(&ctx.user, true).await? } else { None };
         let _guard = self.lock(&target.key).await;

@@ -20,7 +20,7 @@ use crate::kept::KeptManifests;
 use crate::layout::{Layout, Open};
 use crate::receive::{check_free_space, disk_full, receive_and_extract};
 use crate::shared::link_shared;
-use crate::state::{ReleaseMeta, TargetRecord};
+use crate::state::{RecordedHooks, ReleaseMeta, TargetRecord};
 use slipway_common::names::validate_name;
 
 impl Inner {
@@ -191,6 +191,11 @@ impl Inner {
                 staged_at: unix_now(),
                 activated_at: None,
                 previous: None,
+                hooks: Some(RecordedHooks {
+                    pre_release: pre_release.commands.clone(),
+                    post_release: header.post_release.as_ref().map(|h| h.commands.clone()).unwrap_or_default(),
+                    timeout_secs: pre_release.timeout_secs,
+                }),
             },
         );
         self.state.put(&record)?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use slipway_common::ReleaseId;
-use slipway_common::config::EnvSettings;
+use slipway_common::config::{EnvSettings, HookStage};
 use slipway_proto::pb;
 
 use crate::engine::client::{self, AgentClient, Timeouts};
@@ -113,8 +113,13 @@ pub(crate) fn activate_request(
         deploy_type: if rollback { pb::DeployType::Rollback as i32 } else { pb::DeployType::Deploy as i32 },
         keep_releases: settings.keep_releases,
         hook_context: Some(hook_context(settings, host, &record.commit, &record.git_ref)),
-        pre_release: rollback.then(|| hook_spec(&settings.target.pre_release, settings)),
-        post_release: Some(hook_spec(&settings.target.post_release, settings)),
+        // A rollback runs only the stages of `rollback_hooks`, with the lines recorded with the
+        // release it restores (today's lines only for a release staged before they were recorded).
+        pre_release: (rollback && settings.target.rollback_hooks.contains(&HookStage::PreRelease))
+            .then(|| hook_spec(&settings.target.pre_release, settings)),
+        post_release: (!rollback || settings.target.rollback_hooks.contains(&HookStage::PostRelease))
+            .then(|| hook_spec(&settings.target.post_release, settings)),
+        recorded_hooks: rollback,
     }
 }
 

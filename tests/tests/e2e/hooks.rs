@@ -234,3 +234,50 @@ fn shared_paths_survive_deploys_pruning_and_rollback() {
     assert_eq!(std::fs::read_to_string(current.join(".env")).unwrap(), "APP_KEY=live\n");
     assert_eq!(std::fs::read_to_string(shared.join("storage/logs/app.log")).unwrap(), "line 1\n");
 }
+
+#[test]
+fn a_rollback_runs_post_release_only_with_the_lines_recorded_with_the_restored_release() {
+    let fleet = Fleet::new(1);
+    let repo = repo(&fleet);
+    let hooks = |tag: &str, extra: &str| {
+        format!(
+            "{}pre_release = [\"echo {tag} pre $SLIPWAY_DEPLOY_TYPE\"]\npost_release = [\"echo {tag} post $SLIPWAY_DEPLOY_TYPE $SLIPWAY_RELEASE\"]\n{extra}",
+            hook_user_line()
+        )
+    };
+    fleet.apply_project_full("site", &repo.path, "", &hooks("one", ""), "");
+    let r1 = fleet.deploy_ok("site");
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
+    // Today's project file has other lines; the rollback to r1 must run r1's.
+    fleet.apply_project_full("site", &repo.path, "", &hooks("two", ""), "");
+    fleet.deploy_ok("site");
+    let doc = fleet.slipctl(&["--output", "json", "rollback", "site", "test"]).ok().json();
+    assert_eq!(fleet.current_release("web-1", "site").as_deref(), Some(r1.as_str()));
+    let ran = hook_outputs(&fleet, doc["id"].as_u64().unwrap(), "web-1");
+    let stages: Vec<_> = ran.iter().map(|h| h["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["post_release"], "a rollback relinks first and runs post_release only: {ran:?}");
+    assert_eq!(ran[0]["command"], "echo one post $SLIPWAY_DEPLOY_TYPE $SLIPWAY_RELEASE");
+    assert_eq!(ran[0]["output_head"].as_str().unwrap().trim(), format!("one post rollback {r1}"));
+
+    // rollback_hooks chooses the stages: both, pre_release first (in the restored release, before
+    // the flip), or none at all.
+    let r3 = fleet.deploy_ok("site");
+    fleet.apply_project_full(
+        "site",
+        &repo.path,
+        "",
+        &hooks("two", "rollback_hooks = [\"post_release\", \"pre_release\"]\n"),
+        "",
+    );
+    let doc = fleet.slipctl(&["--output", "json", "rollback", "site", "test"]).ok().json();
+    let ran = hook_outputs(&fleet, doc["id"].as_u64().unwrap(), "web-1");
+    let lines: Vec<_> = ran.iter().map(|h| h["output_head"].as_str().unwrap().trim().to_owned()).collect();
+    // r3 was deployed over r1 (the rollback had put r1 back), so it goes to r1, with r1's lines.
+    assert_eq!(lines, ["one pre rollback".to_owned(), format!("one post rollback {r1}")]);
+    assert_eq!(fleet.current_release("web-1", "site").as_deref(), Some(r1.as_str()));
+    fleet.apply_project_full("site", &repo.path, "", &hooks("two", "rollback_hooks = []\n"), "");
+    let doc = fleet.slipctl(&["--output", "json", "rollback", "site", "test", "--to", &r3]).ok().json();
+    assert!(hook_outputs(&fleet, doc["id"].as_u64().unwrap(), "web-1").is_empty(), "rollback_hooks = [] runs none");
+    assert_eq!(fleet.current_release("web-1", "site").as_deref(), Some(r3.as_str()));
+}
