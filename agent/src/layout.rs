@@ -344,17 +344,17 @@ fn remove_trash(releases: &DirHandle, name: &str) -> Result<(), AgentError> {
     releases.remove_tree(name).map_err(|e| AgentError::io("cannot remove", releases.display(name), e))
 }
 
-/// Which releases to delete: keep the newest `keep` releases that were ever activated, plus
-/// `current` and the rollback target whatever their age; everything else goes (releases that
-/// were staged but never activated count as failed).
+/// Which releases to delete: keep the newest `keep` releases that count (activated, and not
+/// rolled back from), plus `current` and the rollback target whatever their age; everything else
+/// goes (releases that were staged but never activated, or rolled back from, count as failed).
 pub fn prune_plan(
     on_disk: &[ReleaseId],
     current: Option<&ReleaseId>,
     rollback_target: Option<&ReleaseId>,
-    was_activated: &dyn Fn(&ReleaseId) -> bool,
+    counts: &dyn Fn(&ReleaseId) -> bool,
     keep: usize,
 ) -> Vec<ReleaseId> {
-    let mut kept: BTreeSet<&ReleaseId> = on_disk.iter().rev().filter(|id| was_activated(id)).take(keep).collect();
+    let mut kept: BTreeSet<&ReleaseId> = on_disk.iter().rev().filter(|id| counts(id)).take(keep).collect();
     kept.extend(current);
     kept.extend(rollback_target);
     on_disk.iter().filter(|id| !kept.contains(id)).cloned().collect()

@@ -19,6 +19,10 @@ pub struct ReleaseMeta {
     pub activated_at: Option<i64>,
     /// What was current when a deploy activated this release: where rollback goes from here.
     pub previous: Option<String>,
+    /// When a rollback moved `current` away from this release: it no longer counts toward
+    /// `keep_releases` (cleared if it is made current again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_at: Option<i64>,
     /// The release hooks this release was deployed with: a rollback to it runs these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<RecordedHooks>,

@@ -94,7 +94,14 @@ impl Inner {
             meta.previous = before.release().map(ToString::to_string);
         }
         meta.activated_at = Some(unix_now());
-        let rollback_target = meta.previous.as_deref().and_then(|p| ReleaseId::parse(p).ok());
+        meta.rolled_back_at = None;
+        // The release a rollback moved away from stops counting toward keep_releases.
+        if is_rollback
+            && let Some(left) = before.release().filter(|b| **b != id)
+            && let Some(m) = record.releases.get_mut(left.as_str())
+        {
+            m.rolled_back_at = Some(unix_now());
+        }
         record.current_release = Some(id.to_string());
         // The flip happened: whatever the bookkeeping does, the reply says so.
         if let Err(e) = self.state.put(&record) {
@@ -110,33 +117,46 @@ impl Inner {
             post_release_error = e.to_string();
         }
 
-        let keep = if req.keep_releases == 0 { DEFAULT_KEEP } else { req.keep_releases as usize };
-        let was_activated = |r: &ReleaseId| record.releases.get(r.as_str()).is_none_or(|m| m.activated_at.is_some());
-        let pruned = prune_plan(&layout.list()?, Some(&id), rollback_target.as_ref(), &was_activated, keep);
-        let mut pruned_names = Vec::new();
-        for old in &pruned {
-            match blocking(|| self.remove_release(&target, old.as_str())) {
-                Ok(()) => {
-                    record.releases.remove(old.as_str());
-                    pruned_names.push(old.to_string());
-                }
-                Err(e) => warn!(release = %old, error = %e, "cannot prune"),
-            }
-        }
-        if let Err(e) = self.state.put(&record) {
-            warn!(release = %id, error = %e, "activated, but the agent state could not be written");
-        }
         let previous = match before {
             Current::Release(p) => p.to_string(),
             Current::Elsewhere(path) => path.display().to_string(),
             Current::Absent => String::new(),
         };
-        Ok(pb::ActivateReply {
-            previous_release: previous,
-            pruned: pruned_names,
-            elapsed_ms: flip_ms,
-            post_release_error,
-        })
+        Ok(pb::ActivateReply { previous_release: previous, elapsed_ms: flip_ms, post_release_error })
+    }
+
+    /// Remove what `keep_releases` does not keep: the newest releases that were activated and
+    /// not rolled back from count; `current` and its rollback target stay whatever their age.
+    pub(super) async fn prune(&self, req: pb::PruneRequest) -> Result<pb::PruneReply, AgentError> {
+        let target = blocking(|| self.target(req.target, Open::Existing))?;
+        let _guard = self.lock(&target.key).await;
+        let mut record = self.record(&target)?;
+        self.check_generation(&mut record, req.generation)?;
+        let layout = &target.layout;
+        let current = layout.read_current()?.release().cloned();
+        let rollback_target = current
+            .as_ref()
+            .and_then(|c| record.releases.get(c.as_str()))
+            .and_then(|m| m.previous.as_deref())
+            .and_then(|p| ReleaseId::parse(p).ok());
+        let keep = (req.keep_releases as usize).max(1);
+        let counts = |r: &ReleaseId| {
+            record.releases.get(r.as_str()).is_none_or(|m| m.activated_at.is_some() && m.rolled_back_at.is_none())
+        };
+        let plan = prune_plan(&layout.list()?, current.as_ref(), rollback_target.as_ref(), &counts, keep);
+        let mut pruned = Vec::new();
+        for old in &plan {
+            match blocking(|| self.remove_release(&target, old.as_str())) {
+                Ok(()) => {
+                    record.releases.remove(old.as_str());
+                    pruned.push(old.to_string());
+                }
+                Err(e) => warn!(release = %old, error = %e, "cannot prune"),
+            }
+        }
+        self.state.put(&record)?;
+        info!(project = %target.project, env = %target.env, pruned = pruned.len(), keep, "pruned");
+        Ok(pb::PruneReply { pruned })
     }
 
     pub(super) async fn health(&self, req: pb::HealthRequest) -> Result<pb::HealthReply, AgentError> {

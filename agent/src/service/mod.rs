@@ -31,8 +31,6 @@ mod target;
 
 use target::Target;
 
-const DEFAULT_KEEP: usize = 5;
-
 /// Run filesystem work (walks, removals, syncs) without stalling the runtime's other tasks: the
 /// worker hands its queue to the others while `work` runs. (slipd runs a multi-threaded runtime.)
 fn blocking<T>(work: impl FnOnce() -> T) -> T {
@@ -400,6 +398,7 @@ impl Inner {
                     git_ref: meta.git_ref,
                     activated_at: meta.activated_at.unwrap_or(0),
                     previous: meta.previous.unwrap_or_default(),
+                    rolled_back_at: meta.rolled_back_at.unwrap_or(0),
                 }
             })
             .collect();
@@ -505,6 +504,10 @@ impl pb::agent_server::Agent for AgentService {
 
     async fn abort(&self, req: Request<pb::AbortRequest>) -> Result<Response<pb::AbortReply>, Status> {
         Ok(Response::new(self.inner.abort(req.into_inner()).await?))
+    }
+
+    async fn prune(&self, req: Request<pb::PruneRequest>) -> Result<Response<pb::PruneReply>, Status> {
+        Ok(Response::new(self.inner.prune(req.into_inner()).await?))
     }
 
     async fn releases(&self, req: Request<pb::ReleasesRequest>) -> Result<Response<pb::ReleasesReply>, Status> {

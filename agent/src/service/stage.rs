@@ -191,6 +191,7 @@ impl Inner {
                 staged_at: unix_now(),
                 activated_at: None,
                 previous: None,
+                rolled_back_at: None,
                 hooks: Some(RecordedHooks {
                     pre_release: pre_release.commands.clone(),
                     post_release: header.post_release.as_ref().map(|h| h.commands.clone()).unwrap_or_default(),

@@ -582,31 +582,27 @@ async fn releases(home: &Home, out: OutputFormat, project: &str, env: &str, time
     for (agent, answer) in &answers {
         match answer {
             Ok((_, reply)) => {
-                let current = reply.releases.iter().find(|r| r.current);
-                let target = current.map(|c| c.previous.clone()).unwrap_or_default();
-                for r in reply.releases.iter().rev() {
-                    let state = if r.current {
-                        "current"
-                    } else if r.id == target {
-                        "rollback target"
-                    } else {
-                        ""
-                    };
+                let keep = scope.settings.keep_releases;
+                let kept = crate::engine::select::retention(reply, keep);
+                for (r, why) in reply.releases.iter().zip(&kept).rev() {
+                    let state = why.words(keep);
                     rows.push(vec![
                         agent.name.clone(),
                         r.id.clone(),
                         r.commit.get(..7).unwrap_or(r.id.get(16..).unwrap_or("")).to_owned(),
                         if r.deploy_id == 0 { "-".into() } else { format!("#{}", r.deploy_id) },
                         if r.activated_at == 0 { "never".into() } else { format_utc(r.activated_at) },
-                        state.into(),
+                        state,
                     ]);
                 }
                 if reply.releases.is_empty() {
                     rows.push(vec![agent.name.clone(), "(none)".into(), "".into(), "".into(), "".into(), "".into()]);
                 }
-                docs.push(json!({"host": agent.name, "current": reply.current, "releases": reply.releases.iter().map(|r| json!({
+                docs.push(json!({"host": agent.name, "current": reply.current, "keep_releases": keep,
+                    "releases": reply.releases.iter().zip(&kept).map(|(r, why)| json!({
                     "id": r.id, "commit": r.commit, "deploy_id": r.deploy_id, "git_ref": r.git_ref,
                     "activated_at": r.activated_at, "previous": r.previous, "current": r.current,
+                    "rolled_back_at": r.rolled_back_at, "kept": why.key(), "why": why.words(keep),
                 })).collect::<Vec<_>>()}));
             }
             Err(e) => {

@@ -236,6 +236,24 @@ pub(crate) async fn run_deploy(
             }
         }
     };
+    // Only a rollout that went through prunes: until then every retained release may be needed.
+    if matches!(outcome, Outcome::Succeeded | Outcome::Partial) {
+        let took: Vec<String> = results
+            .values()
+            .filter(|r| r.ok && r.activated && clients.contains_key(&r.host))
+            .map(|r| r.host.clone())
+            .collect();
+        let pruned = fan_out(&took, reporter, &mut None, |host, events| {
+            let request = pb::PruneRequest {
+                target: Some(pb_target(settings, &host)),
+                keep_releases: settings.keep_releases,
+                generation: record.id,
+            };
+            prune_host(fan(events), clients[&host].clone(), request, results[&host].clone())
+        })
+        .await;
+        results.extend(pruned);
+    }
     reporter.finish();
     record.hosts = results.into_values().collect();
     let failed: Vec<String> = record

@@ -111,7 +111,6 @@ pub(crate) fn activate_request(
         generation: record.id,
         deploy_id: record.id,
         deploy_type: if rollback { pb::DeployType::Rollback as i32 } else { pb::DeployType::Deploy as i32 },
-        keep_releases: settings.keep_releases,
         hook_context: Some(hook_context(settings, host, &record.commit, &record.git_ref)),
         // A rollback runs only the stages of `rollback_hooks`, with the lines recorded with the
         // release it restores (today's lines only for a release staged before they were recorded).
@@ -258,10 +257,7 @@ pub(crate) async fn activate_host(
         }
         Ok(Activation::Replied(reply)) => {
             let previous = wire_release(&reply.previous_release);
-            let mut detail = format!("current -> {target} (was {})", Shown(&previous));
-            if !reply.pruned.is_empty() {
-                detail.push_str(&format!("; pruned {}", reply.pruned.join(", ")));
-            }
+            let detail = format!("current -> {target} (was {})", Shown(&previous));
             clock.step(&mut result, "activate", t, Ok(detail));
             result.activated = true;
             result.previous_release = previous.clone();
@@ -399,4 +395,34 @@ pub(crate) async fn roll_back_host(
     }
     fan.clock.follow_up(&mut result, "rollback", t, outcome);
     (result, state)
+}
+
+/// Remove what `keep_releases` does not keep on a host that took the release. Sent only once the
+/// rollout succeeded; a prune that fails is noted in the host's steps and fails nothing.
+pub(crate) async fn prune_host(
+    fan: Fanout,
+    mut client: AgentClient,
+    request: pb::PruneRequest,
+    mut result: HostResult,
+) -> HostResult {
+    let t = Instant::now();
+    let outcome = match tokio::time::timeout(fan.timeouts.call, client.prune(request)).await {
+        Ok(Ok(reply)) => {
+            let pruned = reply.into_inner().pruned;
+            Ok(if pruned.is_empty() {
+                "nothing to remove".to_owned()
+            } else {
+                format!("removed {}", pruned.join(", "))
+            })
+        }
+        Ok(Err(s)) => Err(HostError::from_status(&s)),
+        Err(_) => Err(HostError::Timeout { what: "no answer", secs: fan.timeouts.call.as_secs(), hint: "" }),
+    };
+    let (ok, error) = (result.ok, result.error.take());
+    fan.clock.step(&mut result, "prune", t, outcome);
+    // Old releases left behind are no failure of the deploy.
+    result.ok = ok;
+    result.error = error;
+    result.refused = false;
+    result
 }

@@ -55,18 +55,50 @@ struct Holdings {
     /// Content digests (hex) the host can reuse.
     held: std::collections::HashSet<String>,
     /// The newest retained release with a known manifest.
-    base: Option<(ReleaseId, Vec<u8>, slipway_common::archive::Manifest)>,
+    base: Option<(ReleaseId, Vec<u8>, Arc<slipway_common::archive::Manifest>)>,
+}
+
+/// What one deploy has worked out about hosts, shared by all of them: each kept manifest is read
+/// and verified once, and hosts that answer the same inventory (the usual fleet) share one
+/// `Holdings`, so the controller's work per host stays small.
+#[derive(Default)]
+struct Known {
+    manifests: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Option<Arc<slipway_common::archive::Manifest>>>>,
+    holdings: std::sync::Mutex<std::collections::HashMap<String, Option<Arc<Holdings>>>>,
+}
+
+impl Known {
+    fn manifest(&self, cache: &Path, digest: &[u8]) -> Option<Arc<slipway_common::archive::Manifest>> {
+        let mut known = self.manifests.lock().expect("manifest memo");
+        known
+            .entry(digest.to_vec())
+            .or_insert_with(|| crate::source::manifests::load(cache, digest).map(Arc::new))
+            .clone()
+    }
+
+    fn holdings(&self, cache: &Path, inventory: &pb::InventoryReply) -> Option<Arc<Holdings>> {
+        let mut key = inventory.releases.join(",");
+        for r in &inventory.retained {
+            key.push_str(&format!(";{}={}:{}", r.id, hex::encode(&r.manifest_sha256), r.changed.join(",")));
+        }
+        if let Some(found) = self.holdings.lock().expect("holdings memo").get(&key) {
+            return found.clone();
+        }
+        let worked_out = holdings(cache, inventory, self).map(Arc::new);
+        self.holdings.lock().expect("holdings memo").insert(key, worked_out.clone());
+        worked_out
+    }
 }
 
 /// Work out what a host holds from its inventory: from the manifests of its retained releases
 /// (kept here by digest) less the files it reports changed. A release whose manifest is not
 /// known here only counts for nothing (the host may be sent a file it has); `None` when it holds
 /// releases and none of them is known (then the host is asked for a digest per file).
-fn holdings(cache: &Path, inventory: &pb::InventoryReply) -> Option<Holdings> {
+fn holdings(cache: &Path, inventory: &pb::InventoryReply, known: &Known) -> Option<Holdings> {
     let mut held = std::collections::HashSet::new();
     let mut base = None;
     for r in &inventory.retained {
-        let Some(manifest) = crate::source::manifests::load(cache, &r.manifest_sha256) else { continue };
+        let Some(manifest) = known.manifest(cache, &r.manifest_sha256) else { continue };
         let changed: std::collections::HashSet<&str> = r.changed.iter().map(String::as_str).collect();
         for e in manifest.entries.iter().filter(|e| e.kind == slipway_common::archive::EntryKind::File) {
             if !changed.contains(e.path.as_str()) {
@@ -233,9 +265,16 @@ pub(crate) async fn plan_uploads(
     // it: read the manifest while they answer.
     let early = package.manifest_in_background();
     let cache = cache.to_path_buf();
+    let known = Arc::new(Known::default());
     let inventories = ask_all(hosts, |host| {
-        let (agent, tls, timeouts, target, cache) =
-            (agents[&host].clone(), fan.tls.clone(), fan.timeouts, pb_target(settings, &host), cache.clone());
+        let (agent, tls, timeouts, target, cache, known) = (
+            agents[&host].clone(),
+            fan.tls.clone(),
+            fan.timeouts,
+            pb_target(settings, &host),
+            cache.clone(),
+            known.clone(),
+        );
         async move {
             let connection = client::connect(tls, &agent, timeouts).await.ok();
             let ask = |per_file: bool| {
@@ -249,12 +288,14 @@ pub(crate) async fn plan_uploads(
             // A manifest digest per retained release; a digest per file only when a retained
             // release's manifest is not known here.
             let mut inventory = ask(false).await;
-            let mut holdings = inventory.as_ref().and_then(|i| holdings(&cache, i));
+            let mut holdings = inventory.as_ref().and_then(|i| known.holdings(&cache, i));
             if inventory.is_some() && holdings.is_none() {
                 inventory = ask(true).await;
-                holdings = inventory.as_ref().map(|i| Holdings {
-                    held: i.digests.iter().map(|d| slipway_proto::bytes_to_hex(d)).collect(),
-                    base: None,
+                holdings = inventory.as_ref().map(|i| {
+                    Arc::new(Holdings {
+                        held: i.digests.iter().map(|d| slipway_proto::bytes_to_hex(d)).collect(),
+                        base: None,
+                    })
                 });
             }
             (connection, holdings)
@@ -284,18 +325,32 @@ pub(crate) async fn plan_uploads(
     // One diff per base manifest, shared by the hosts that hold it.
     let mut diffs: std::collections::HashMap<Vec<u8>, Arc<Base>> = std::collections::HashMap::new();
     let mut bases: BTreeMap<String, Arc<Base>> = BTreeMap::new();
+    // What to ship, once per distinct `Holdings` (hosts with the same inventory share one; the
+    // `Arc` is kept beside it so its address stays its own).
+    type Ship = (Arc<Holdings>, std::collections::BTreeSet<String>);
+    let mut ships: std::collections::HashMap<usize, Ship> = Default::default();
     for (host, connection, holdings) in inventories {
         if let Some(c) = connection {
             connections.insert(host.clone(), c);
         }
-        let Holdings { held, base } = holdings.unwrap_or(Holdings { held: Default::default(), base: None });
-        let ship: std::collections::BTreeSet<String> =
-            files.iter().filter(|(digest, _)| !held.contains(*digest)).map(|(_, path)| (*path).to_owned()).collect();
+        let holdings = holdings.unwrap_or_else(|| Arc::new(Holdings { held: Default::default(), base: None }));
+        let ship = ships
+            .entry(Arc::as_ptr(&holdings) as usize)
+            .or_insert_with(|| {
+                let ship = files
+                    .iter()
+                    .filter(|(digest, _)| !holdings.held.contains(*digest))
+                    .map(|(_, path)| (*path).to_owned())
+                    .collect();
+                (holdings.clone(), ship)
+            })
+            .1
+            .clone();
         if ship.len() == files.len() {
             full_hosts.push(host);
             continue;
         }
-        if let Some((release, digest, manifest)) = base {
+        if let Some((release, digest, manifest)) = holdings.base.clone() {
             let base = diffs
                 .entry(digest.clone())
                 .or_insert_with(|| {

@@ -107,6 +107,81 @@ pub fn rollback_targets(
     if problems.is_empty() { Ok(targets) } else { Err(problems) }
 }
 
+/// Why a retained release is on a host, as the agent's pruning sees it (the same rule: the newest
+/// `keep` releases that were activated and not rolled back from count; `current` and its rollback
+/// target stay whatever their age; the rest goes at the next successful deploy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    Current,
+    /// Where `rollback` goes; `beyond_keep` when only that keeps it.
+    RollbackTarget {
+        beyond_keep: bool,
+    },
+    /// One of the newest `keep` good releases.
+    WithinKeep,
+    /// Good, but older than the newest `keep`.
+    BeyondKeep,
+    /// A rollback moved `current` away from it: it does not count.
+    RolledBack,
+    /// Staged but never made current.
+    NeverActivated,
+}
+
+impl Kept {
+    /// For the `releases` table: empty for the plain case.
+    pub fn words(self, keep: u32) -> String {
+        match self {
+            Kept::Current => "current".into(),
+            Kept::RollbackTarget { beyond_keep: false } => "rollback target".into(),
+            Kept::RollbackTarget { beyond_keep: true } => {
+                format!("rollback target (kept beyond keep_releases = {keep})")
+            }
+            Kept::WithinKeep => String::new(),
+            Kept::BeyondKeep => format!("beyond keep_releases = {keep}: removed at the next deploy"),
+            Kept::RolledBack => "rolled back from: does not count, removed at the next deploy".into(),
+            Kept::NeverActivated => "never activated: removed at the next deploy".into(),
+        }
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Kept::Current => "current",
+            Kept::RollbackTarget { .. } => "rollback_target",
+            Kept::WithinKeep => "kept",
+            Kept::BeyondKeep => "beyond_keep",
+            Kept::RolledBack => "rolled_back",
+            Kept::NeverActivated => "never_activated",
+        }
+    }
+}
+
+/// [`Kept`] for each release of a host's `Releases` answer, in its order.
+pub fn retention(reply: &pb::ReleasesReply, keep: u32) -> Vec<Kept> {
+    let target = reply.releases.iter().find(|r| r.current).map(|c| c.previous.as_str()).unwrap_or("");
+    let counts = |r: &pb::ReleaseInfo| r.activated_at != 0 && r.rolled_back_at == 0;
+    let within: std::collections::HashSet<&str> =
+        reply.releases.iter().rev().filter(|r| counts(r)).take(keep as usize).map(|r| r.id.as_str()).collect();
+    reply
+        .releases
+        .iter()
+        .map(|r| {
+            if r.current {
+                Kept::Current
+            } else if !target.is_empty() && r.id == target {
+                Kept::RollbackTarget { beyond_keep: !within.contains(r.id.as_str()) }
+            } else if within.contains(r.id.as_str()) {
+                Kept::WithinKeep
+            } else if r.activated_at == 0 {
+                Kept::NeverActivated
+            } else if r.rolled_back_at != 0 {
+                Kept::RolledBack
+            } else {
+                Kept::BeyondKeep
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -172,6 +247,25 @@ mod tests {
         let h = vec![("web-1".to_owned(), reply("c", &[("a", ""), ("c", "x")]))];
         assert_eq!(rollback_targets(&h, None).unwrap()[0].1, rid("a"));
         assert_eq!(rollback_targets(&h, Some(&rid("a"))).unwrap()[0].1, rid("a"));
+    }
+
+    #[test]
+    fn retention_says_why_each_release_is_kept() {
+        // a, b good; c rolled back from; d current (deployed over b); keep 1.
+        let mut r = reply("d", &[("a", ""), ("b", "a"), ("c", "b"), ("d", "b")]);
+        for (i, info) in r.releases.iter_mut().enumerate() {
+            info.activated_at = 100 + i as i64;
+            info.current = info.id == id("d");
+        }
+        r.releases[2].rolled_back_at = 200;
+        assert_eq!(
+            retention(&r, 1),
+            [Kept::BeyondKeep, Kept::RollbackTarget { beyond_keep: true }, Kept::RolledBack, Kept::Current]
+        );
+        assert_eq!(retention(&r, 2)[1], Kept::RollbackTarget { beyond_keep: false });
+        r.releases[0].activated_at = 0;
+        assert_eq!(retention(&r, 3)[0], Kept::NeverActivated);
+        assert!(Kept::RollbackTarget { beyond_keep: true }.words(1).contains("keep_releases = 1"));
     }
 
     #[test]

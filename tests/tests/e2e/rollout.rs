@@ -485,3 +485,63 @@ fn packaging_failing_for_a_later_batch_fails_its_hosts_and_rolls_back_the_first(
     assert_eq!(fleet.current_release("web-1", "site").as_deref(), Some(r1.as_str()));
     assert_eq!(page(&fleet, "web-2"), "", "web-2 was never given anything");
 }
+
+#[test]
+fn retention_prunes_only_after_success_and_rolled_back_releases_do_not_count() {
+    let fleet = Fleet::new(1);
+    let repo = repo(&fleet);
+    let keep = |n: u32| format!("keep_releases = {n}\n");
+    fleet.apply_project_full("site", &repo.path, "", "", &keep(2));
+    let mut r = vec![fleet.deploy_ok("site")];
+    for v in 2..=3 {
+        next_version(&repo, v);
+        r.push(fleet.deploy_ok("site"));
+    }
+    assert_eq!(fleet.releases("web-1", "site"), [r[1].clone(), r[2].clone()], "two kept, pruned after success");
+
+    // r4 fails its health check and is rolled back: nothing is pruned by a rollout that did not
+    // go through (r2 would have gone when r4 was activated), and r4 stops counting.
+    next_version(&repo, 4);
+    let health = "[rollout]\nhealth = { command = \"false\", timeout_secs = 5, retries = 0, interval_secs = 0 }\n";
+    fleet.apply_project_full("site", &repo.path, health, &hook_user_line(), &keep(2));
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(1).json();
+    assert_eq!(doc["status"], "rolled_back");
+    let r4 = doc["release"].as_str().unwrap().to_owned();
+    assert_eq!(fleet.releases("web-1", "site"), [r[1].clone(), r[2].clone(), r4.clone()]);
+    let kept = |fleet: &Fleet| -> Vec<(String, String)> {
+        let doc = fleet.slipctl(&["--output", "json", "releases", "site", "test"]).ok().json();
+        doc[0]["releases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| (x["id"].as_str().unwrap().to_owned(), x["kept"].as_str().unwrap().to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        kept(&fleet),
+        [
+            (r[1].clone(), "rollback_target".into()),
+            (r[2].clone(), "current".into()),
+            (r4.clone(), "rolled_back".into())
+        ]
+    );
+    // The next good deploy prunes: r5 and r3 are the two that count; r4 and r2 go.
+    next_version(&repo, 5);
+    fleet.apply_project_full("site", &repo.path, "", "", &keep(2));
+    let r5 = fleet.deploy_ok("site");
+    assert_eq!(fleet.releases("web-1", "site"), [r[2].clone(), r5.clone()]);
+
+    // A rollback target older than the newest keep_releases good ones is kept, and `releases` says so.
+    fleet.apply_project_full("site", &repo.path, "", "", &keep(3));
+    next_version(&repo, 6);
+    let r6 = fleet.deploy_ok("site");
+    fleet.slipctl(&["rollback", "site", "test", "--to", &r[2]]).ok(); // r6 rolled back from
+    next_version(&repo, 7);
+    fleet.apply_project_full("site", &repo.path, "", "", &keep(2));
+    let r7 = fleet.deploy_ok("site"); // previous: r3; good, newest first: r7, r5, r3
+    assert_eq!(fleet.releases("web-1", "site"), [r[2].clone(), r5.clone(), r7.clone()], "r6 went");
+    assert!(!fleet.releases("web-1", "site").contains(&r6));
+    assert_eq!(kept(&fleet)[0], (r[2].clone(), "rollback_target".into()));
+    let text = fleet.slipctl(&["releases", "site", "test"]).ok().stdout;
+    assert!(text.contains("rollback target (kept beyond keep_releases = 2)"), "{text}");
+}
