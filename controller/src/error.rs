@@ -1,39 +1,89 @@
 //! The controller's error type. Its kind decides the exit status: 2 for bad input (usage,
 //! config, unknown project/env/host/ref/release), 3 for busy (another operation holds the
-//! project+env's lock), 1 for an operation that failed.
+//! project+env's lock), 1 for an operation that failed. The fix, when the error knows one, is
+//! kept apart from the problem so `--output json` can say both.
 
-#[derive(Debug, thiserror::Error)]
-pub enum CtlError {
+use std::fmt;
+
+/// What kind of failure, and so the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
     /// Usage, config, or an unknown name: exit 2. The message names the thing and the fix.
-    #[error("{0}")]
-    BadInput(String),
+    BadInput,
     /// The operation failed (on some host, in git, on disk): exit 1.
-    #[error("{0}")]
-    Failed(String),
+    Failed,
     /// Another operation holds the project+env's lock: exit 3 (retry later; nothing was done).
-    #[error("{0}")]
-    Busy(String),
+    Busy,
 }
+
+#[derive(Debug)]
+pub struct CtlError {
+    pub kind: Kind,
+    /// What is wrong, naming the thing.
+    pub problem: String,
+    /// What to do about it, when known.
+    pub fix: Option<String>,
+}
+
+impl fmt::Display for CtlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.fix {
+            Some(fix) => write!(f, "{}; {fix}", self.problem),
+            None => f.write_str(&self.problem),
+        }
+    }
+}
+
+impl std::error::Error for CtlError {}
 
 impl CtlError {
     pub fn exit_code(&self) -> u8 {
-        match self {
-            CtlError::BadInput(_) => 2,
-            CtlError::Failed(_) => 1,
-            CtlError::Busy(_) => 3,
+        match self.kind {
+            Kind::BadInput => 2,
+            Kind::Failed => 1,
+            Kind::Busy => 3,
         }
     }
 
+    fn new(kind: Kind, problem: impl Into<String>) -> Self {
+        CtlError { kind, problem: problem.into(), fix: None }
+    }
+
     pub fn bad(msg: impl Into<String>) -> Self {
-        CtlError::BadInput(msg.into())
+        Self::new(Kind::BadInput, msg)
     }
 
     pub fn busy(msg: impl Into<String>) -> Self {
-        CtlError::Busy(msg.into())
+        Self::new(Kind::Busy, msg)
     }
 
     pub fn failed(msg: impl Into<String>) -> Self {
-        CtlError::Failed(msg.into())
+        Self::new(Kind::Failed, msg)
+    }
+
+    /// Say what to do about it (printed after the problem, and apart in JSON).
+    pub fn fix(mut self, fix: impl Into<String>) -> Self {
+        self.fix = Some(fix.into());
+        self
+    }
+
+    /// The word for the kind, in JSON.
+    pub fn kind_word(&self) -> &'static str {
+        match self.kind {
+            Kind::BadInput => "bad_input",
+            Kind::Failed => "failed",
+            Kind::Busy => "busy",
+        }
+    }
+
+    /// The error as `--output json` prints it: one document on stdout.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": self.problem,
+            "fix": self.fix,
+            "kind": self.kind_word(),
+            "exit_code": self.exit_code(),
+        })
     }
 }
 
@@ -41,9 +91,9 @@ impl From<slipway_common::Error> for CtlError {
     fn from(e: slipway_common::Error) -> Self {
         match e {
             slipway_common::Error::Config { .. } | slipway_common::Error::InvalidName { .. } => {
-                CtlError::BadInput(e.to_string())
+                CtlError::bad(e.to_string())
             }
-            other => CtlError::Failed(other.to_string()),
+            other => CtlError::failed(other.to_string()),
         }
     }
 }
@@ -57,6 +107,6 @@ pub trait Context<T> {
 
 impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
     fn context(self, what: impl std::fmt::Display) -> Result<T> {
-        self.map_err(|e| CtlError::Failed(format!("{what}: {e}")))
+        self.map_err(|e| CtlError::failed(format!("{what}: {e}")))
     }
 }

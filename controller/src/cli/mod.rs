@@ -70,7 +70,8 @@ pub enum Command {
     Rollback {
         project: String,
         env: String,
-        /// A release id as shown by `slipctl releases`
+        /// Where to go: a release id (as `slipctl releases` shows), a deploy number (#12), a tag,
+        /// or a commit prefix; the release must be retained on every host
         #[arg(long)]
         to: Option<String>,
         #[arg(long, value_delimiter = ',')]
@@ -175,7 +176,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Rollback { project, env, to, hosts } => {
             let mut reporter = Reporter::new(out);
-            let to = to.as_deref().map(slipway_common::ReleaseId::parse).transpose()?;
+            let to = to.as_deref().map(crate::engine::select::RollbackTo::parse).transpose()?;
             let running = engine::start_rollback(home.clone(), RollbackArgs { project, env, to, hosts });
             let record = running.finish(|event| reporter.on(event)).await?;
             Ok(finish_operation(out, &record, false))
@@ -237,9 +238,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Show { deploy_id } => {
             let store = Store::open(&home.state())?;
-            let record = store
-                .deploy(deploy_id)?
-                .ok_or_else(|| CtlError::bad(format!("unknown deploy #{deploy_id}; `slipctl history` lists them")))?;
+            let record = store.deploy(deploy_id)?.ok_or_else(|| {
+                CtlError::bad(format!("unknown deploy #{deploy_id}")).fix("`slipctl history` lists them")
+            })?;
             drop(store);
             print(out, deploy_json(&record), || show_text(&record));
             Ok(0)
@@ -269,15 +270,15 @@ fn cancel_on_signals(canceller: engine::Canceller) {
 }
 
 fn print(out: OutputFormat, doc: serde_json::Value, text: impl FnOnce() -> String) {
-    match out {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&doc).expect("json")),
-        OutputFormat::Text => println!("{}", text()),
-    }
+    if out.is_json() { out.print_doc(&doc) } else { println!("{}", text()) }
 }
 
 fn deploy_json(d: &DeployRecord) -> serde_json::Value {
     let mut doc = serde_json::to_value(d).expect("record serialises");
     doc["status"] = json!(d.effective_status().word());
+    if d.status == DeployStatus::Planned {
+        doc["id"] = serde_json::Value::Null; // a dry run is not numbered
+    }
     doc
 }
 
@@ -370,9 +371,50 @@ fn hook_text(indent: &str, h: &crate::state::store::HookRecord) -> String {
 }
 
 /// Print a deploy/rollback result; the exit status is 0 only when every host succeeded.
+/// What to do after an operation that did not succeed, for people and for JSON.
+fn outcome_fix(record: &DeployRecord) -> Option<String> {
+    let (id, p, e) = (record.id, &record.project, &record.env);
+    Some(match record.status {
+        DeployStatus::Succeeded | DeployStatus::Running | DeployStatus::Planned => return None,
+        DeployStatus::Failed if record.refused_by_agents() => format!(
+            "change the project's paths or hook user to what the agents allow (`slipctl show {id}` says which), \
+             `slipctl project apply` it and deploy again"
+        ),
+        DeployStatus::Failed | DeployStatus::Partial => {
+            format!("`slipctl show {id}` says what each host did; fix that and deploy again")
+        }
+        DeployStatus::RolledBack => {
+            format!(
+                "the hosts are back on their previous release; `slipctl show {id}` says why; fix it and deploy again"
+            )
+        }
+        DeployStatus::Incomplete => {
+            format!("`slipctl releases {p} {e}` shows what each host runs; then rollback or deploy again")
+        }
+        DeployStatus::Cancelled | DeployStatus::Interrupted => {
+            format!("`slipctl releases {p} {e}` shows what each host runs; deploy again when ready")
+        }
+    })
+}
+
 fn finish_operation(out: OutputFormat, record: &DeployRecord, dry_run: bool) -> u8 {
-    if out == OutputFormat::Json {
-        println!("{}", serde_json::to_string_pretty(&deploy_json(record)).expect("json"));
+    let code = if record.status == DeployStatus::Succeeded || record.status == DeployStatus::Planned {
+        0
+    } else if record.refused_by_agents() {
+        2
+    } else {
+        1
+    };
+    if out.is_json() {
+        let mut doc = deploy_json(record);
+        if code != 0 {
+            doc["fix"] = json!(outcome_fix(record));
+        }
+        doc["exit_code"] = json!(code);
+        if out == OutputFormat::Jsonl {
+            doc["event"] = json!("result");
+        }
+        out.print_doc(&doc);
     } else if !dry_run {
         let ok = record.hosts.iter().filter(|h| h.ok).count();
         let kind = format!("{:?}", record.kind).to_lowercase();
@@ -388,11 +430,10 @@ fn finish_operation(out: OutputFormat, record: &DeployRecord, dry_run: bool) -> 
             record.id
         );
     }
-    if record.status == DeployStatus::Succeeded {
-        return 0;
+    if code != 0 {
+        eprintln!("error: {}", record.error.clone().unwrap_or_else(|| "the operation failed".into()));
     }
-    eprintln!("error: {}", record.error.clone().unwrap_or_else(|| "the operation failed".into()));
-    if record.refused_by_agents() { 2 } else { 1 }
+    code
 }
 
 async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Result<u8> {
@@ -492,7 +533,7 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Res
         }
         AgentCommand::Rm { name } => {
             if !Store::open(&home.state())?.remove_agent(&name)? {
-                return Err(CtlError::bad(format!("unknown agent '{name}'; `slipctl agent list` shows them")));
+                return Err(CtlError::bad(format!("unknown agent '{name}'")).fix("`slipctl agent list` shows them"));
             }
             print(out, json!({"removed": name}), || format!("removed agent {name}"));
             Ok(0)
@@ -547,9 +588,9 @@ fn project_command(home: &Home, out: OutputFormat, cmd: ProjectCommand) -> Resul
             Ok(0)
         }
         ProjectCommand::Show { name } => {
-            let p = Store::open(&home.state())?
-                .project(&name)?
-                .ok_or_else(|| CtlError::bad(format!("unknown project '{name}'; `slipctl project list` shows them")))?;
+            let p = Store::open(&home.state())?.project(&name)?.ok_or_else(|| {
+                CtlError::bad(format!("unknown project '{name}'")).fix("`slipctl project list` shows them")
+            })?;
             let config = ProjectConfig::parse(&p.text, &p.source_file.display().to_string())?;
             let doc = json!({"name": p.name, "source_file": p.source_file, "envs": config.envs});
             print(out, doc.clone(), || {
@@ -559,7 +600,7 @@ fn project_command(home: &Home, out: OutputFormat, cmd: ProjectCommand) -> Resul
         }
         ProjectCommand::Rm { name } => {
             if !Store::open(&home.state())?.remove_project(&name)? {
-                return Err(CtlError::bad(format!("unknown project '{name}'; `slipctl project list` shows them")));
+                return Err(CtlError::bad(format!("unknown project '{name}'")).fix("`slipctl project list` shows them"));
             }
             print(out, json!({"removed": name}), || format!("removed project {name}"));
             Ok(0)

@@ -1,5 +1,7 @@
 //! Operator output. Text for people (a live per-host view on a TTY, plain lines otherwise) or
-//! JSON for scripts (`--output json`: one document on stdout at the end). Logs go to stderr.
+//! JSON for scripts (`--output json`: one document on stdout at the end; `--output jsonl`: the
+//! engine's events as they happen, one object a line, then the same document on one line).
+//! Logs go to stderr.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -16,6 +18,23 @@ pub use crate::units::{bytes, millis};
 pub enum OutputFormat {
     Text,
     Json,
+    /// One JSON object a line: the events as they happen, then the result.
+    Jsonl,
+}
+
+impl OutputFormat {
+    pub fn is_json(self) -> bool {
+        matches!(self, OutputFormat::Json | OutputFormat::Jsonl)
+    }
+
+    /// The result document: pretty for `json`, one line for `jsonl`.
+    pub fn print_doc(self, doc: &serde_json::Value) {
+        let text = match self {
+            OutputFormat::Jsonl => serde_json::to_string(doc),
+            _ => serde_json::to_string_pretty(doc),
+        };
+        println!("{}", text.expect("json"));
+    }
 }
 
 fn hook_line(stage: &str, command: &str, exit_code: i32, timed_out: bool, elapsed_ms: u64) -> String {
@@ -37,6 +56,7 @@ enum Mode {
     Live { multi: MultiProgress, bars: HashMap<String, ProgressBar> },
     Plain,
     Quiet,
+    Lines,
 }
 
 pub struct Reporter {
@@ -47,6 +67,7 @@ impl Reporter {
     pub fn new(format: OutputFormat) -> Self {
         let mode = match format {
             OutputFormat::Json => Mode::Quiet,
+            OutputFormat::Jsonl => Mode::Lines,
             OutputFormat::Text if std::io::stdout().is_terminal() => Mode::Live {
                 multi: MultiProgress::with_draw_target(ProgressDrawTarget::stdout()),
                 bars: HashMap::new(),
@@ -63,7 +84,7 @@ impl Reporter {
                 let _ = multi.println(line.to_string());
             }
             Mode::Plain => println!("{line}"),
-            Mode::Quiet => {}
+            Mode::Quiet | Mode::Lines => {}
         }
     }
 
@@ -78,7 +99,7 @@ impl Reporter {
 
     pub fn host(&mut self, host: &str, event: HostEvent) {
         match &mut self.mode {
-            Mode::Quiet => {}
+            Mode::Quiet | Mode::Lines => {}
             Mode::Plain => {
                 let text = match &event {
                     HostEvent::Connecting => return,
@@ -156,6 +177,10 @@ impl Reporter {
     /// Stop live bars so the summary prints below them.
     /// Show one event of the engine's stream.
     pub fn on(&mut self, event: Event) {
+        if let Mode::Lines = self.mode {
+            println!("{}", event.to_json());
+            return;
+        }
         match event {
             Event::Say(line) => self.say(line),
             Event::Hosts(names) => self.hosts(names.iter().map(String::as_str)),

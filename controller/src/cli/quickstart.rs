@@ -223,9 +223,9 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat) -> Result<u8> {
     let deploy_ms: Vec<String> =
         records.iter().map(|r| format!("#{} {}", r.id, crate::cli::output::millis(r.duration_ms))).collect();
     match out {
-        OutputFormat::Json => {
+        OutputFormat::Json | OutputFormat::Jsonl => {
             let doc = serde_json::json!({"dir": dir, "home": home.root, "deploys": records, "total_ms": total_ms});
-            println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+            out.print_doc(&doc);
         }
         OutputFormat::Text => {
             let sent = crate::cli::output::bytes(records[1].hosts.iter().map(|h| h.bytes_sent).sum());

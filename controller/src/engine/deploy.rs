@@ -8,14 +8,16 @@ use tokio::sync::watch;
 use crate::engine::client::Timeouts;
 use crate::engine::events::Emitter;
 use crate::engine::host_error::Shown;
+use crate::engine::planner::batches;
 use crate::error::Result;
 use crate::source::artifact::Artifact;
 use crate::source::git;
 use crate::state::home::Home;
-use crate::state::store::{DeployKind, DeployRecord, DeployStatus, Store};
+use crate::state::store::{DeployKind, DeployRecord, DeployStatus, DryRunPlan, PlannedHost, Store};
 use crate::units::{bytes, millis};
 
 use super::executor::*;
+use super::host_ops::new_host_result;
 use super::lock::*;
 use super::package::*;
 use super::scope::*;
@@ -78,8 +80,9 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
             record.artifact = package.full.as_ref().map(artifact_summary);
             if args.dry_run {
                 let artifact = package.full.as_ref().expect("a dry run packages the artifact");
-                print_plan(&scope, &record, artifact, reporter);
-                record.status = DeployStatus::Succeeded;
+                record.plan = Some(print_plan(&scope, &record, artifact, reporter));
+                record.hosts = scope.hosts.iter().map(|a| new_host_result(a, record.release.as_ref())).collect();
+                record.status = DeployStatus::Planned;
                 record.pid = 0;
                 return Ok(record);
             }
@@ -117,9 +120,36 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
 }
 
 /// `--dry-run`: what would happen, per host, and nothing else.
-pub(crate) fn print_plan(scope: &Scope, record: &DeployRecord, artifact: &Artifact, reporter: &Emitter) {
+pub(crate) fn print_plan(scope: &Scope, record: &DeployRecord, artifact: &Artifact, reporter: &Emitter) -> DryRunPlan {
     let settings = &scope.settings;
     let t = &settings.target;
+    let names: Vec<String> = scope.hosts.iter().map(|h| h.name.clone()).collect();
+    let batches = batches(&names, &settings.canary, settings.rollout.strategy, settings.rollout.batch);
+    let files = artifact.manifest.entries.iter().filter(|e| e.kind == slipway_common::archive::EntryKind::File).count();
+    let plan = DryRunPlan {
+        batches: batches.clone(),
+        hosts: scope
+            .hosts
+            .iter()
+            .map(|h| PlannedHost {
+                host: h.name.clone(),
+                addr: h.addr.clone(),
+                current: t.current_for(&h.name).display().to_string(),
+                release_path: t
+                    .deploy_to_for(&h.name)
+                    .join("releases")
+                    .join(Shown(&record.release).to_string())
+                    .display()
+                    .to_string(),
+            })
+            .collect(),
+        user: t.user.clone(),
+        pre_release: t.pre_release.clone(),
+        post_release: t.post_release.clone(),
+        shared: t.shared.clone(),
+        keep_releases: settings.keep_releases,
+        files: files as u64,
+    };
     reporter.say(format!(
         "dry run: release {} ({} files, {} -> {}) would go to {} host(s); nothing was sent",
         Shown(&record.release),
@@ -149,4 +179,9 @@ pub(crate) fn print_plan(scope: &Scope, record: &DeployRecord, artifact: &Artifa
     reporter.say(
         format!("  strategy {:?}, keep {} releases", settings.rollout.strategy, settings.keep_releases).to_lowercase(),
     );
+    if batches.len() > 1 {
+        let order: Vec<String> = batches.iter().map(|b| b.join(", ")).collect();
+        reporter.say(format!("  rollout order: {}", order.join(" | ")));
+    }
+    plan
 }

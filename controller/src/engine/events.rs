@@ -58,6 +58,50 @@ pub enum Event {
     Finished,
 }
 
+impl HostEvent {
+    /// The event as one JSON object: `{"kind": "...", ...}` (hook output as text, lossily).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            HostEvent::Connecting => json!({"kind": "connecting"}),
+            HostEvent::Uploading { sent, total } => json!({"kind": "uploading", "sent": sent, "total": total}),
+            HostEvent::Unpacking { entries, total } => json!({"kind": "unpacking", "entries": entries, "total": total}),
+            HostEvent::Staged { elapsed_ms } => json!({"kind": "staged", "elapsed_ms": elapsed_ms}),
+            HostEvent::Activating => json!({"kind": "activating"}),
+            HostEvent::Activated { previous, elapsed_ms } => {
+                json!({"kind": "activated", "previous": previous, "elapsed_ms": elapsed_ms})
+            }
+            HostEvent::Aborted => json!({"kind": "aborted"}),
+            HostEvent::Failed(e) => json!({"kind": "failed", "error": e.to_string(), "refused": e.is_refused()}),
+            HostEvent::Output { stage, data } => {
+                json!({"kind": "output", "stage": stage, "text": String::from_utf8_lossy(data)})
+            }
+            HostEvent::Hook { stage, command, exit_code, timed_out, elapsed_ms } => json!({
+                "kind": "hook", "stage": stage, "command": command, "exit_code": exit_code,
+                "timed_out": timed_out, "elapsed_ms": elapsed_ms,
+            }),
+        }
+    }
+}
+
+impl Event {
+    /// The event as one JSON object, for `--output jsonl` and the server's event stream.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Event::Say(line) => json!({"event": "say", "line": line}),
+            Event::Hosts(names) => json!({"event": "hosts", "hosts": names}),
+            Event::Host { host, event } => {
+                let mut doc = event.to_json();
+                doc["event"] = json!("host");
+                doc["host"] = json!(host);
+                doc
+            }
+            Event::Finished => json!({"event": "finished"}),
+        }
+    }
+}
+
 /// Where the engine sends its events: cheap to clone, never blocks, never drops an event.
 #[derive(Debug, Clone)]
 pub struct Emitter {

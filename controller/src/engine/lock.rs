@@ -53,12 +53,14 @@ pub(crate) fn take_lock(home: &Home, record: &DeployRecord, reporter: &Emitter) 
     match store.acquire_lock(&lock_record(record))? {
         Err(holder) => {
             return Err(CtlError::busy(format!(
-                "{}/{} is locked by {}; wait for it to finish, or if that process is gone run `slipctl unlock {} {}`",
+                "{}/{} is locked by {}",
                 record.project,
                 record.env,
-                holder.describe(),
-                record.project,
-                record.env
+                holder.describe()
+            ))
+            .fix(format!(
+                "wait for it to finish, or if that process is gone run `slipctl unlock {} {}`",
+                record.project, record.env
             )));
         }
         Ok(Some(dead)) => reporter.say(format!("took over the lock of {}, whose process is gone", dead.describe())),

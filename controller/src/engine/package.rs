@@ -434,12 +434,11 @@ pub(crate) fn recipe(scope: &Scope, resolved: &git::Resolved) -> Result<Recipe> 
             let path = scope.project.source_dir.join(dir);
             if !path.is_dir() {
                 return Err(CtlError::bad(format!(
-                    "config_dir '{dir}' of env '{}' is not a directory on the controller (looked in {}); \
-                     create it or fix config_dir in {}",
+                    "config_dir '{dir}' of env '{}' is not a directory on the controller (looked in {})",
                     settings.env,
                     path.display(),
-                    scope.project.source_file.display()
-                )));
+                ))
+                .fix(format!("create it or fix config_dir in {}", scope.project.source_file.display())));
             }
             let digest = build::overlay_digest(&path)?;
             Some((path, digest))

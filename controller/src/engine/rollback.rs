@@ -10,7 +10,7 @@ use slipway_proto::pb;
 use crate::engine::client::{self, AgentClient, Timeouts};
 use crate::engine::events::Emitter;
 use crate::engine::host_error::HostError;
-use crate::engine::select::rollback_targets;
+use crate::engine::select::{RollbackTo, release_named, rollback_targets};
 use crate::error::{CtlError, Result};
 use crate::state::home::Home;
 use crate::state::store::{AgentRecord, DeployKind, DeployRecord, DeployStatus, Store};
@@ -23,7 +23,7 @@ use super::scope::*;
 pub struct RollbackArgs {
     pub project: String,
     pub env: String,
-    pub to: Option<ReleaseId>,
+    pub to: Option<RollbackTo>,
     pub hosts: Option<Vec<String>>,
 }
 
@@ -62,10 +62,7 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
     let timeouts = Timeouts::host(scope.settings.rollout.host_timeout_secs);
     let tls = home.client_tls()?;
     let settings = &scope.settings;
-    let mut record = DeployRecord {
-        release: args.to.clone(),
-        ..DeployRecord::start(DeployKind::Rollback, &settings.project, &settings.env, current_user())
-    };
+    let mut record = DeployRecord::start(DeployKind::Rollback, &settings.project, &settings.env, current_user());
     // The targets are decided under the lock: no deploy can change what the hosts hold between
     // asking them and relinking.
     let _lock = take_lock(home, &record, reporter)?;
@@ -83,7 +80,23 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
             replies.push((agent.name.clone(), reply));
             clients.push((agent, client));
         }
-        let targets = rollback_targets(&replies, args.to.as_ref())
+        let to = match &args.to {
+            None => None,
+            Some(RollbackTo::Release(id)) => Some(id.clone()),
+            Some(RollbackTo::Deploy(n)) => Some(deploy_release(home, settings, *n)?),
+            Some(RollbackTo::Name(name)) => {
+                let mirror = crate::source::git::mirror_path(&home.cache(), &settings.project);
+                let url = repo_url(&scope.project, settings);
+                let commit = crate::source::git::resolve(&mirror, name, &url).ok().map(|r| r.commit);
+                Some(release_named(&replies, name, commit.as_deref())?)
+            }
+        };
+        if let Some(to) = &to
+            && args.to != Some(RollbackTo::Release(to.clone()))
+        {
+            reporter.say(format!("--to {}: release {to}", shown_to(args.to.as_ref())));
+        }
+        let targets = rollback_targets(&replies, to.as_ref())
             .map_err(|problems| CtlError::bad(format!("rollback refused, no host touched: {}", problems.join("; "))))?;
         Ok((clients, targets))
     }
@@ -138,4 +151,31 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
     let store = Store::open(&home.state())?;
     store.put_deploy(&record)?;
     Ok(record)
+}
+
+/// The release deploy #`n` of this project+env shipped.
+fn deploy_release(home: &Home, settings: &slipway_common::config::EnvSettings, n: u64) -> Result<ReleaseId> {
+    let store = Store::open(&home.state())?;
+    let record = store
+        .deploy(n)?
+        .ok_or_else(|| CtlError::bad(format!("unknown deploy #{n}")).fix("`slipctl history` lists them"))?;
+    if record.project != settings.project || record.env != settings.env {
+        return Err(CtlError::bad(format!(
+            "deploy #{n} was of {}/{}, not {}/{}",
+            record.project, record.env, settings.project, settings.env
+        ))
+        .fix(format!("`slipctl history {} {}` lists this env's deploys", settings.project, settings.env)));
+    }
+    record.release.ok_or_else(|| {
+        CtlError::bad(format!("deploy #{n} shipped no single release")).fix("pass a release id from `slipctl releases`")
+    })
+}
+
+fn shown_to(to: Option<&RollbackTo>) -> String {
+    match to {
+        Some(RollbackTo::Deploy(n)) => format!("#{n}"),
+        Some(RollbackTo::Name(name)) => name.clone(),
+        Some(RollbackTo::Release(id)) => id.to_string(),
+        None => String::new(),
+    }
 }

@@ -23,9 +23,10 @@ pub fn load_scope(home: &Home, project: &str, env: &str, only: Option<&[String]>
     let record = store.project(project)?.ok_or_else(|| {
         let known: Vec<String> = store.projects().unwrap_or_default().into_iter().map(|p| p.name).collect();
         CtlError::bad(format!(
-            "unknown project '{project}' (projects: {}); add it with `slipctl project apply -f FILE`",
+            "unknown project '{project}' (projects: {})",
             if known.is_empty() { "none".into() } else { known.join(", ") }
         ))
+        .fix("add it with `slipctl project apply -f FILE`")
     })?;
     let config = ProjectConfig::parse(&record.text, &record.source_file.display().to_string())?;
     let settings = config.env(env).cloned().ok_or_else(|| {
@@ -33,6 +34,7 @@ pub fn load_scope(home: &Home, project: &str, env: &str, only: Option<&[String]>
             "project '{project}' has no env '{env}' (envs: {})",
             config.envs.keys().cloned().collect::<Vec<_>>().join(", ")
         ))
+        .fix(format!("use one of them, or add [env.{env}] to {} and apply it", record.source_file.display()))
     })?;
     let agents = store.agents()?;
     let hosts = select_hosts(project, env, &settings.hosts, &agents, only)?;

@@ -27,8 +27,10 @@ pub fn select_hosts(
             HostSelector::Name(name) => {
                 let agent = agents.iter().find(|a| &a.name == name).ok_or_else(|| {
                     CtlError::bad(format!(
-                        "env '{env}' of project '{project}' lists host '{name}', which is not a registered agent; \
-                         register it with `slipctl agent add {name} --addr HOST:PORT --out DIR` or fix `hosts`"
+                        "env '{env}' of project '{project}' lists host '{name}', which is not a registered agent"
+                    ))
+                    .fix(format!(
+                        "register it with `slipctl agent add {name} --addr HOST:PORT --out DIR` or fix `hosts`"
                     ))
                 })?;
                 add(agent);
@@ -39,10 +41,8 @@ pub fn select_hosts(
         }
     }
     if selected.is_empty() {
-        return Err(CtlError::bad(format!(
-            "env '{env}' of project '{project}' selects no hosts: set `hosts` in its [env.{env}] table \
-             (agent names or key=value labels)"
-        )));
+        return Err(CtlError::bad(format!("env '{env}' of project '{project}' selects no hosts"))
+            .fix(format!("set `hosts` in its [env.{env}] table (agent names or key=value labels)")));
     }
     if let Some(only) = only {
         for name in only {
@@ -51,7 +51,8 @@ pub fn select_hosts(
                 return Err(CtlError::bad(format!(
                     "host '{name}' is not in env '{env}' of project '{project}' (its hosts: {})",
                     names.join(", ")
-                )));
+                ))
+                .fix("pass --hosts with some of them"));
             }
         }
         selected.retain(|a| only.contains(&a.name));
@@ -105,6 +106,71 @@ pub fn rollback_targets(
         }
     }
     if problems.is_empty() { Ok(targets) } else { Err(problems) }
+}
+
+/// What `rollback --to` names, as people remember it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollbackTo {
+    /// A release id, as `slipctl releases` shows it.
+    Release(ReleaseId),
+    /// A deploy number (`#12` or `12`): the release that deploy shipped.
+    Deploy(u64),
+    /// A tag, branch or commit (a prefix of at least 4 hex digits): the retained release of it.
+    Name(String),
+}
+
+impl RollbackTo {
+    pub fn parse(text: &str) -> Result<RollbackTo> {
+        let text = text.trim();
+        if let Ok(id) = ReleaseId::parse(text) {
+            return Ok(RollbackTo::Release(id));
+        }
+        let digits = text.strip_prefix('#').unwrap_or(text);
+        if !digits.is_empty() && digits.len() <= 12 && digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(RollbackTo::Deploy(digits.parse().expect("digits")));
+        }
+        if text.is_empty() || text.starts_with('-') || text.contains(char::is_whitespace) {
+            return Err(CtlError::bad(format!("--to '{}' names no release", slipway_common::archive::clip(text, 128)))
+                .fix("pass a release id, a deploy number like #12, a tag or a commit prefix"));
+        }
+        Ok(RollbackTo::Name(text.to_owned()))
+    }
+}
+
+/// The one retained release that `name` means: releases deployed from that ref, or whose commit
+/// is `commit` (the ref resolved in the mirror) or starts with `name` (4+ hex digits). Several
+/// releases of one commit mean its newest; several commits are ambiguous and refused, naming them.
+pub fn release_named(hosts: &[(String, pb::ReleasesReply)], name: &str, commit: Option<&str>) -> Result<ReleaseId> {
+    let hex_prefix = name.len() >= 4 && name.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut matches: std::collections::BTreeMap<String, &pb::ReleaseInfo> = Default::default();
+    let mut retained: std::collections::BTreeSet<&str> = Default::default();
+    for (_, reply) in hosts {
+        for r in &reply.releases {
+            retained.insert(&r.id);
+            let by_commit = commit.is_some_and(|c| !r.commit.is_empty() && r.commit == c);
+            let by_prefix = hex_prefix && r.commit.starts_with(&name.to_ascii_lowercase());
+            if r.git_ref == name || by_commit || by_prefix {
+                matches.insert(r.id.clone(), r);
+            }
+        }
+    }
+    let commits: std::collections::BTreeSet<&str> = matches.values().map(|r| r.commit.as_str()).collect();
+    match (matches.keys().next_back(), commits.len()) {
+        (None, _) => Err(CtlError::bad(format!(
+            "no retained release is '{name}' (retained: {})",
+            if retained.is_empty() { "none".to_owned() } else { retained.into_iter().collect::<Vec<_>>().join(", ") }
+        ))
+        .fix("pass a release id from `slipctl releases`, a deploy number, a tag or a commit prefix")),
+        (Some(newest), 1) => ReleaseId::parse(newest).map_err(CtlError::from),
+        (Some(_), _) => {
+            let listed: Vec<String> = matches
+                .values()
+                .map(|r| format!("{} ({} {})", r.id, r.commit.get(..10).unwrap_or(&r.commit), r.git_ref))
+                .collect();
+            Err(CtlError::bad(format!("'{name}' matches releases of several commits: {}", listed.join(", ")))
+                .fix("pass one of the release ids, or a longer commit prefix"))
+        }
+    }
 }
 
 /// Why a retained release is on a host, as the agent's pruning sees it (the same rule: the newest
@@ -247,6 +313,31 @@ mod tests {
         let h = vec![("web-1".to_owned(), reply("c", &[("a", ""), ("c", "x")]))];
         assert_eq!(rollback_targets(&h, None).unwrap()[0].1, rid("a"));
         assert_eq!(rollback_targets(&h, Some(&rid("a"))).unwrap()[0].1, rid("a"));
+    }
+
+    #[test]
+    fn rollback_to_by_what_people_remember() {
+        assert_eq!(RollbackTo::parse("#12").unwrap(), RollbackTo::Deploy(12));
+        assert_eq!(RollbackTo::parse("7").unwrap(), RollbackTo::Deploy(7));
+        assert_eq!(RollbackTo::parse(&id("b")).unwrap(), RollbackTo::Release(rid("b")));
+        assert_eq!(RollbackTo::parse("v1.2").unwrap(), RollbackTo::Name("v1.2".into()));
+        assert!(RollbackTo::parse("--x").is_err());
+        let mut r = reply("c", &[("a", ""), ("b", "a"), ("c", "b")]);
+        for (info, (commit, git_ref)) in
+            r.releases.iter_mut().zip([("aaaa1111", "v1"), ("aaaa2222", "main"), ("bbbb3333", "main")])
+        {
+            (info.commit, info.git_ref) = (commit.into(), git_ref.into());
+        }
+        let h = vec![("web-1".to_owned(), r)];
+        assert_eq!(release_named(&h, "v1", None).unwrap(), rid("a"));
+        assert_eq!(release_named(&h, "bbbb", None).unwrap(), rid("c"));
+        assert_eq!(release_named(&h, "x", Some("aaaa2222")).unwrap(), rid("b"));
+        let e = release_named(&h, "aaaa", None).unwrap_err().to_string();
+        assert!(e.contains(&id("a")) && e.contains(&id("b")) && e.contains("several commits"), "{e}");
+        let e = release_named(&h, "nope", None).unwrap_err().to_string();
+        assert!(e.contains("retained") && e.contains(&id("c")), "{e}");
+        // "main" was deployed twice, as two commits: ambiguous.
+        assert!(release_named(&h, "main", None).is_err());
     }
 
     #[test]

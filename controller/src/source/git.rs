@@ -93,9 +93,10 @@ pub async fn fetch(repo_url: &str, mirror: &Path) -> Result<()> {
 pub fn resolve(mirror: &Path, reference: &str, repo_url: &str) -> Result<Resolved> {
     if reference.starts_with('-') || reference.is_empty() || reference.contains('\0') {
         return Err(CtlError::bad(format!(
-            "ref '{}' is not a branch, tag or commit name; pass --ref with one",
+            "ref '{}' is not a branch, tag or commit name",
             slipway_common::archive::clip(reference, 128)
-        )));
+        ))
+        .fix("pass --ref with one"));
     }
     let repo = Repository::open_bare(mirror).context(format_args!("cannot open mirror {}", mirror.display()))?;
     let candidates = [format!("refs/heads/{reference}"), format!("refs/tags/{reference}"), reference.to_owned()];
@@ -109,11 +110,11 @@ pub fn resolve(mirror: &Path, reference: &str, repo_url: &str) -> Result<Resolve
                 .unwrap_or_default()
         };
         CtlError::bad(format!(
-            "ref '{reference}' not found in {repo_url}: no such branch, tag or commit (branches: {}; tags: {}); \
-             pass --ref with one of them",
+            "ref '{reference}' not found in {repo_url}: no such branch, tag or commit (branches: {}; tags: {})",
             join_or_none(&names("refs/heads/")),
             join_or_none(&names("refs/tags/"))
         ))
+        .fix("pass --ref with one of them")
     })?;
     Ok(Resolved {
         commit: commit.id().to_string(),
@@ -236,9 +237,10 @@ fn check_tree(repo: &Repository, tree: &git2::Tree<'_>, prefix: &str) -> Result<
         if !seen.insert(name.to_vec()) {
             return Err(CtlError::bad(format!(
                 "the repository's tree has '{prefix}{}' twice: a hostile or corrupt commit; nothing was written or \
-                 packaged; fix the history (or deploy another ref)",
+                 packaged",
                 slipway_common::archive::clip(&String::from_utf8_lossy(name), 128)
-            )));
+            ))
+            .fix("fix the history (or deploy another ref)"));
         }
         if entry.kind() == Some(ObjectType::Tree) {
             let sub =

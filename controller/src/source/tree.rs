@@ -103,9 +103,10 @@ pub fn check_entry_name(name: &[u8], prefix: &str) -> Result<()> {
     match why {
         Some(why) => Err(CtlError::bad(format!(
             "the repository's tree entry '{prefix}{}' {why}: a hostile or corrupt commit; nothing was written or \
-             packaged; fix the history (or deploy another ref)",
+             packaged",
             shown()
-        ))),
+        ))
+        .fix("fix the history (or deploy another ref)")),
         None => Ok(()),
     }
 }

@@ -39,16 +39,13 @@ pub fn register_agent(
     {
         let store = Store::open(&home.state())?;
         if store.agent(name)?.is_some() {
-            return Err(CtlError::bad(format!(
-                "agent '{name}' is already registered; `slipctl agent rm {name}` first to replace it"
-            )));
+            return Err(CtlError::bad(format!("agent '{name}' is already registered"))
+                .fix(format!("`slipctl agent rm {name}` first to replace it")));
         }
     }
     if dir.join("agent.key").exists() {
-        return Err(CtlError::bad(format!(
-            "{} already holds an agent.key; choose an empty --out directory",
-            dir.display()
-        )));
+        return Err(CtlError::bad(format!("{} already holds an agent.key", dir.display()))
+            .fix("choose an empty --out directory"));
     }
     std::fs::create_dir_all(dir).context(format_args!("cannot create {}", dir.display()))?;
     let issued = ca.issue(&Identity::Agent(name.to_owned()))?;

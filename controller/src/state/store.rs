@@ -66,6 +66,8 @@ pub enum DeployStatus {
     /// The rollout stopped and a cleanup (abort or rollback) failed on some host: the fleet is
     /// not where the outcome would say; `show` tells which host is where.
     Incomplete,
+    /// `--dry-run`: what would be done; nothing was sent or recorded.
+    Planned,
 }
 
 impl DeployStatus {
@@ -79,6 +81,7 @@ impl DeployStatus {
             DeployStatus::Partial => "partial",
             DeployStatus::Interrupted => "interrupted",
             DeployStatus::Incomplete => "incomplete",
+            DeployStatus::Planned => "planned",
         }
     }
 }
@@ -202,6 +205,33 @@ pub struct DeployRecord {
     pub overlay_sha256: Option<String>,
     pub hosts: Vec<HostResult>,
     pub error: Option<String>,
+    /// `--dry-run` only (never stored): what the deploy would do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<DryRunPlan>,
+}
+
+/// What a `--dry-run` found: the rollout order and, per host, where the release would go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DryRunPlan {
+    /// Hosts in rollout order, batch by batch (canary first).
+    pub batches: Vec<Vec<String>>,
+    pub hosts: Vec<PlannedHost>,
+    /// The user hooks run as (none: the agent's own).
+    pub user: Option<String>,
+    pub pre_release: Vec<String>,
+    pub post_release: Vec<String>,
+    pub shared: Vec<String>,
+    pub keep_releases: u32,
+    pub files: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedHost {
+    pub host: String,
+    pub addr: String,
+    /// The `current` symlink on the host, and the directory the release would be unpacked to.
+    pub current: String,
+    pub release_path: String,
 }
 
 impl DeployRecord {
@@ -235,6 +265,7 @@ impl DeployRecord {
             overlay_sha256: None,
             hosts: Vec::new(),
             error: None,
+            plan: None,
         }
     }
 

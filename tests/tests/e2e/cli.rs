@@ -14,6 +14,12 @@ fn unknown_names_are_bad_input_naming_the_thing() {
     let check = |args: &[&str], needle: &str| {
         let run = fleet.slipctl(args).code(2);
         assert!(run.stderr.contains(needle), "{args:?}: stderr lacks {needle:?}:\n{}", run.stderr);
+        // For scripts: the same error as one JSON document on stdout, naming the thing.
+        let json_args: Vec<&str> = ["--output", "json"].into_iter().chain(args.iter().copied()).collect();
+        let doc = fleet.slipctl(&json_args).code(2).json();
+        assert!(doc["error"].as_str().unwrap().contains(needle), "{args:?}: {doc}");
+        assert_eq!(doc["exit_code"], 2, "{doc}");
+        assert!(doc.get("fix").is_some(), "{doc}");
     };
     check(&["deploy", "nosuch", "test"], "nosuch");
     check(&["deploy", "site", "prod"], "prod");
@@ -167,4 +173,56 @@ fn quickstart_runs_a_real_demo() {
         assert_eq!(page, "<h1>web-demo v1</h1>\n", "{host} serves v1 after the rollback");
         assert_eq!(std::fs::read_dir(demo.join("hosts").join(host).join("app/releases")).unwrap().count(), 2);
     }
+}
+
+#[test]
+fn scripts_get_json_for_every_outcome_and_jsonl_events_as_they_happen() {
+    let fleet = Fleet::new(2);
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "v1\n");
+    repo.commit("c1");
+    fleet.apply_project("site", &repo.path, "");
+
+    // The fix is said apart from the problem.
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "nosuch", "test"]).code(2).json();
+    assert_eq!(doc["kind"], "bad_input");
+    assert!(doc["fix"].as_str().unwrap().contains("slipctl project apply"), "{doc}");
+    assert!(!doc["error"].as_str().unwrap().contains("project apply"), "problem and fix apart: {doc}");
+    // A usage error too.
+    let run = fleet.slipctl(&["--output", "json", "deploy"]).code(2);
+    assert_eq!(run.json()["kind"], "usage", "{}", run.stdout);
+
+    // A dry run reports the real plan: hosts, release, batches; nothing sent or recorded.
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test", "--dry-run"]).ok().json();
+    assert_eq!(doc["status"], "planned");
+    assert_eq!(doc["id"], serde_json::Value::Null, "a dry run has no deploy number");
+    let release = doc["release"].as_str().unwrap().to_owned();
+    let hosts: Vec<_> = doc["hosts"].as_array().unwrap().iter().map(|h| h["host"].as_str().unwrap()).collect();
+    assert_eq!(hosts, ["web-1", "web-2"]);
+    assert_eq!(doc["plan"]["batches"], serde_json::json!([["web-1", "web-2"]]));
+    assert!(doc["plan"]["hosts"][0]["release_path"].as_str().unwrap().ends_with(&release), "{doc}");
+    assert_eq!(fleet.slipctl(&["--output", "json", "history"]).ok().json(), serde_json::json!([]));
+    assert!(fleet.releases("web-1", "site").is_empty());
+
+    // jsonl: the engine's events as they happen, one object a line, then the result.
+    let run = fleet.slipctl(&["--output", "jsonl", "deploy", "site", "test"]).ok();
+    let lines: Vec<serde_json::Value> =
+        run.stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let events: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    assert!(events.contains(&"say") && events.contains(&"hosts"), "{events:?}");
+    let activated: Vec<_> =
+        lines.iter().filter(|l| l["event"] == "host" && l["kind"] == "activated").map(|l| l["host"].clone()).collect();
+    assert_eq!(activated.len(), 2, "{}", run.stdout);
+    let last = lines.last().unwrap();
+    assert_eq!((last["event"].as_str(), last["status"].as_str()), (Some("result"), Some("succeeded")));
+    assert_eq!(last["exit_code"], 0);
+
+    // A failed outcome: the record, its fix and the exit status, on stdout.
+    repo.write("index.html", "v2\n");
+    repo.commit("c2");
+    let target = format!("{}post_release = [\"exit 3\"]\n", slipway_tests::hook_user_line());
+    fleet.apply_project_full("site", &repo.path, "[rollout]\nauto_rollback = false\n", &target, "");
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(1).json();
+    assert_eq!((doc["status"].as_str(), doc["exit_code"].as_i64()), (Some("failed"), Some(1)));
+    assert!(doc["fix"].as_str().unwrap().contains("slipctl show"), "{doc}");
 }

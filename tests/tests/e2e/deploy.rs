@@ -202,3 +202,38 @@ fn releases_are_exactly_git_archive_with_export_ignore_and_export_subst() {
         }
     }
 }
+
+#[test]
+fn rollback_to_takes_a_deploy_number_a_tag_or_a_commit_prefix() {
+    let fleet = Fleet::new(2);
+    let repo = Repo::new(fleet.path().join("repo"));
+    fleet.apply_project("site", &repo.path, "");
+    let mut releases = Vec::new();
+    let mut ids = Vec::new();
+    for v in 1..=3 {
+        repo.write("index.html", &format!("v{v}\n"));
+        repo.commit(&format!("v{v}"));
+        repo.git(&["tag", &format!("release-{v}")]);
+        let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+        releases.push(doc["release"].as_str().unwrap().to_owned());
+        ids.push(doc["id"].as_u64().unwrap());
+    }
+    let on = |fleet: &Fleet| -> Vec<Option<String>> {
+        ["web-1", "web-2"].iter().map(|h| fleet.current_release(h, "site")).collect()
+    };
+    let rollback_to = |to: &str| fleet.slipctl(&["--output", "json", "rollback", "site", "test", "--to", to]);
+    rollback_to("release-1").ok();
+    assert_eq!(on(&fleet), [Some(releases[0].clone()), Some(releases[0].clone())], "by tag");
+    rollback_to(&format!("#{}", ids[1])).ok();
+    assert_eq!(on(&fleet), [Some(releases[1].clone()), Some(releases[1].clone())], "by deploy number");
+    let commit = repo.git(&["rev-parse", "release-3"]);
+    rollback_to(&commit[..8]).ok();
+    assert_eq!(on(&fleet), [Some(releases[2].clone()), Some(releases[2].clone())], "by commit prefix");
+    // Three commits were deployed from main: naming the branch is ambiguous, refused naming them.
+    let doc = rollback_to("main").code(2).json();
+    let error = doc["error"].as_str().unwrap();
+    assert!(releases.iter().all(|r| error.contains(r.as_str())), "{error}");
+    let doc = rollback_to("#999").code(2).json();
+    assert!(doc["error"].as_str().unwrap().contains("#999"), "{doc}");
+    assert_eq!(on(&fleet), [Some(releases[2].clone()), Some(releases[2].clone())], "refusals touch nothing");
+}

@@ -142,6 +142,9 @@ fn a_second_deploy_gets_the_lock_holder_and_a_dead_holder_is_taken_over() {
     );
     assert!(run.stderr.contains("slipctl unlock site test"), "{}", run.stderr);
     assert!(!run.stdout.contains("fetching"), "a busy env is answered before fetching: {}", run.stdout);
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(3).json();
+    assert_eq!(doc["kind"], "busy");
+    assert!(doc["fix"].as_str().unwrap().contains("slipctl unlock site test"), "{doc}");
 
     // SIGKILL the controller mid-deploy: history says interrupted, never "running" forever.
     first.kill().unwrap();
