@@ -107,7 +107,26 @@ impl Inner {
             .map_err(|e| AgentError::io("cannot inspect", layout.release_path(&id), e))?
             .is_some()
         {
-            return Err(AgentError::Conflict(format!("release {id} already exists on this host")));
+            // Staging a release this host already holds, with the same contents (a retried
+            // deploy), is already done: nothing is unpacked or run again.
+            let held = blocking(|| Ok::<_, AgentError>(target.kept.load(id.as_str())))?;
+            if held.is_some_and(|kept| kept.digest() == manifest.digest()) {
+                self.state.put(&record)?;
+                info!(project = %target.project, env = %target.env, release = %id, "already staged");
+                let files =
+                    manifest.entries.iter().filter(|e| e.kind == slipway_common::archive::EntryKind::File).count()
+                        as u64;
+                return Ok(pb::Staged {
+                    release_path: layout.release_path(&id).display().to_string(),
+                    entries: manifest.entries.len() as u64,
+                    bytes: manifest.file_bytes(),
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                    reused: files,
+                });
+            }
+            return Err(AgentError::Conflict(format!(
+                "release {id} already exists on this host with other contents; deploy again for a new release"
+            )));
         }
         let staging_name = Layout::staging_name(&id);
         blocking(|| layout.remove(&staging_name))?;

@@ -65,6 +65,10 @@ pub enum Command {
         /// Send the whole artifact, even to hosts that already hold most files
         #[arg(long)]
         full: bool,
+        /// Ship deploy DEPLOY_ID's release again (same release, same commit) to the hosts it did
+        /// not reach: failed, rolled back, or never contacted
+        #[arg(long, value_name = "DEPLOY_ID", conflicts_with_all = ["git_ref", "hosts"])]
+        retry_failed: Option<u64>,
     },
     /// Relink every host to its previous release (or --to RELEASE)
     Rollback {
@@ -166,9 +170,22 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Agent(cmd) => agent_command(&home, out, cmd).await,
         Command::Project(cmd) => project_command(&home, out, cmd),
-        Command::Deploy { project, env, git_ref, hosts, dry_run, full } => {
+        Command::Deploy { project, env, git_ref, hosts, dry_run, full, retry_failed } => {
             let mut reporter = Reporter::new(out);
-            let args = DeployArgs { project, env, git_ref, hosts, dry_run, full, cancel: None };
+            let retry = match retry_failed {
+                None => None,
+                Some(n) => match engine::retry_of(&home, &project, &env, n)? {
+                    Some(retry) => Some(retry),
+                    None => {
+                        print(out, json!({"retried": n, "hosts": []}), || {
+                            format!("nothing to retry: every host of deploy #{n} took its release")
+                        });
+                        return Ok(0);
+                    }
+                },
+            };
+            let hosts = retry.as_ref().map(|r| r.hosts.clone()).or(hosts);
+            let args = DeployArgs { project, env, git_ref, hosts, dry_run, full, cancel: None, retry };
             let running = engine::start_deploy(home.clone(), args);
             cancel_on_signals(running.canceller());
             let record = running.finish(|event| reporter.on(event)).await?;

@@ -205,6 +205,7 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat) -> Result<u8> {
             dry_run: false,
             full: false,
             cancel: None,
+            retry: None,
         };
         let record = engine::start_deploy(home.clone(), args).finish(|event| reporter.on(event)).await?;
         check(&record, step)?;

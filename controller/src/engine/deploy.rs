@@ -2,6 +2,7 @@
 //! the truth.
 use std::time::Instant;
 
+use slipway_common::ReleaseId;
 use slipway_common::time::unix_now;
 use tokio::sync::watch;
 
@@ -9,7 +10,7 @@ use crate::engine::client::Timeouts;
 use crate::engine::events::Emitter;
 use crate::engine::host_error::Shown;
 use crate::engine::planner::batches;
-use crate::error::Result;
+use crate::error::{CtlError, Result};
 use crate::source::artifact::Artifact;
 use crate::source::git;
 use crate::state::home::Home;
@@ -32,6 +33,43 @@ pub struct DeployArgs {
     pub full: bool,
     /// Becomes true when the operator cancels (Ctrl-C, SIGTERM).
     pub cancel: Option<watch::Receiver<bool>>,
+    /// `--retry-failed N`: ship deploy N's release again, to the hosts it did not reach.
+    pub retry: Option<Retry>,
+}
+
+/// Deploy N's release, again, to the hosts of N that failed or were never reached.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub of: u64,
+    pub release: ReleaseId,
+    pub commit: String,
+    pub git_ref: String,
+    pub hosts: Vec<String>,
+}
+
+/// What `--retry-failed N` does, from deploy N's record: its release, commit and ref, and the
+/// hosts that did not take it (failed, rolled back, or never reached). `None`: every host did.
+pub fn retry_of(home: &Home, project: &str, env: &str, n: u64) -> Result<Option<Retry>> {
+    let record = Store::open(&home.state())?
+        .deploy(n)?
+        .ok_or_else(|| CtlError::bad(format!("unknown deploy #{n}")).fix("`slipctl history` lists them"))?;
+    if record.project != project || record.env != env || record.kind != DeployKind::Deploy {
+        return Err(CtlError::bad(format!(
+            "#{n} is a {} of {}/{}, not a deploy of {project}/{env}",
+            format!("{:?}", record.kind).to_lowercase(),
+            record.project,
+            record.env
+        ))
+        .fix(format!("`slipctl history {project} {env}` lists this env's deploys")));
+    }
+    let release = record.release.clone().ok_or_else(|| {
+        CtlError::bad(format!("deploy #{n} never got as far as a release")).fix("deploy the ref again instead")
+    })?;
+    let hosts: Vec<String> = record.hosts.iter().filter(|h| !(h.ok && h.activated)).map(|h| h.host.clone()).collect();
+    if hosts.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Retry { of: n, release, commit: record.commit.clone(), git_ref: record.git_ref.clone(), hosts }))
 }
 
 /// `slipctl deploy`.
@@ -41,7 +79,10 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
     let settings = &scope.settings;
     let timeouts = Timeouts::host(settings.rollout.host_timeout_secs);
     let tls = home.client_tls()?;
-    let git_ref = args.git_ref.clone().unwrap_or_else(|| settings.default_ref.clone());
+    let git_ref = match &args.retry {
+        Some(r) => r.git_ref.clone(),
+        None => args.git_ref.clone().unwrap_or_else(|| settings.default_ref.clone()),
+    };
     let url = repo_url(&scope.project, settings);
 
     // A busy project+env is answered before anything is fetched (exit 3); the deploy is numbered
@@ -52,7 +93,8 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
     let t = Instant::now();
     reporter.say(format!("fetching {url}"));
     git::fetch(&url, &mirror).await?;
-    let resolved = git::resolve(&mirror, &git_ref, &url)?;
+    // A retry ships the very commit of the deploy it retries, whatever its ref points at now.
+    let resolved = git::resolve(&mirror, args.retry.as_ref().map_or(git_ref.as_str(), |r| r.commit.as_str()), &url)?;
     reporter.say(format!(
         "{git_ref} is {} \"{}\" (fetched in {})",
         &resolved.commit[..12],
@@ -60,7 +102,13 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
         millis(t.elapsed().as_millis() as u64)
     ));
     let recipe = recipe(&scope, &resolved)?;
-    let release = next_release_id(home, &settings.project, &settings.env, &resolved.commit).await?;
+    let release = match &args.retry {
+        Some(r) => {
+            reporter.say(format!("retrying deploy #{}: release {} to {}", r.of, r.release, r.hosts.join(", ")));
+            r.release.clone()
+        }
+        None => next_release_id(home, &settings.project, &settings.env, &resolved.commit).await?,
+    };
     let mut record = DeployRecord {
         git_ref: git_ref.clone(),
         commit: resolved.commit.clone(),

@@ -22,7 +22,7 @@ pub mod scope;
 pub mod select;
 pub mod transfer;
 
-pub use deploy::DeployArgs;
+pub use deploy::{DeployArgs, Retry, retry_of};
 pub use events::{Canceller, Emitter, Event, HostEvent, Running};
 pub use host_error::HostError;
 pub use rollback::RollbackArgs;

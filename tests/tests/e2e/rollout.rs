@@ -548,3 +548,43 @@ fn retention_prunes_only_after_success_and_rolled_back_releases_do_not_count() {
     let text = fleet.slipctl(&["releases", "site", "test"]).ok().stdout;
     assert!(text.contains("rollback target (kept beyond keep_releases = 2)"), "{text}");
 }
+
+#[test]
+fn retry_failed_ships_the_same_release_to_the_hosts_that_did_not_take_it() {
+    let fleet = Fleet::new(3);
+    let repo = repo(&fleet);
+    fleet.apply_project("site", &repo.path, "");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    next_version(&repo, 2);
+    // web-2's post_release fails after its flip; web-3's pre_release fails before it.
+    let target = format!(
+        "{}pre_release = [\"test \\\"$SLIPWAY_HOST\\\" != web-3\"]\npost_release = [\"test \\\"$SLIPWAY_HOST\\\" != web-2\"]\n",
+        hook_user_line()
+    );
+    let top = "[rollout]\nmax_failures = 2\nauto_rollback = false\n";
+    fleet.apply_project_full("site", &repo.path, top, &target, "");
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(1).json();
+    assert_eq!(doc["status"], "partial", "{doc}");
+    let (n, release) = (doc["id"].as_u64().unwrap(), doc["release"].as_str().unwrap().to_owned());
+    // Meanwhile main moves on: the retry ships deploy n's commit, not main's.
+    next_version(&repo, 3);
+    fleet.apply_project_full("site", &repo.path, "", &hook_user_line(), "");
+
+    let doc =
+        fleet.slipctl(&["--output", "json", "deploy", "site", "test", "--retry-failed", &n.to_string()]).ok().json();
+    assert_eq!(doc["release"], release.as_str(), "the same release");
+    let hosts: Vec<_> = doc["hosts"].as_array().unwrap().iter().map(|h| h["host"].as_str().unwrap()).collect();
+    assert_eq!(hosts, ["web-2", "web-3"], "only the hosts that did not take it");
+    for host in ["web-1", "web-2", "web-3"] {
+        assert_eq!(fleet.current_release(host, "site").as_deref(), Some(release.as_str()), "{host}");
+        assert_eq!(page(&fleet, host), "v2\n", "{host} serves deploy #{n}'s commit");
+    }
+    // web-2 held the release already: it was not unpacked again.
+    let web2 = &doc["hosts"][0];
+    let stage = web2["steps"].as_array().unwrap().iter().find(|s| s["name"] == "stage").unwrap();
+    assert!(stage["ok"].as_bool().unwrap(), "{web2}");
+    let again = fleet.slipctl(&["deploy", "site", "test", "--retry-failed", &doc["id"].to_string()]).ok();
+    assert!(again.stdout.contains("nothing to retry"), "{}", again.stdout);
+    let run = fleet.slipctl(&["deploy", "site", "test", "--retry-failed", "999"]).code(2);
+    assert!(run.stderr.contains("#999"), "{}", run.stderr);
+}
