@@ -133,7 +133,16 @@ impl Inner {
         let mut record = self.record(&target)?;
         self.check_generation(&mut record, req.generation)?;
         let layout = &target.layout;
-        let current = layout.read_current()?.release().cloned();
+        // Pruning needs to know what is live: when `current` is not one of the releases (absent,
+        // or pointing elsewhere), nothing is removed.
+        let current = match layout.read_current()? {
+            Current::Release(id) => Some(id),
+            Current::Absent if record.current_release.is_none() => None,
+            other => {
+                warn!(project = %target.project, env = %target.env, current = ?other, "current is not a release: nothing pruned");
+                return Ok(pb::PruneReply { pruned: Vec::new() });
+            }
+        };
         let rollback_target = current
             .as_ref()
             .and_then(|c| record.releases.get(c.as_str()))

@@ -215,3 +215,66 @@ fn an_agent_killed_around_the_flip_leaves_old_or_new_never_nothing() {
     // And the fleet still deploys.
     fleet.slipctl(&["deploy", "site", "test"]).ok();
 }
+
+/// Hunting the window in which a rollback once left hosts without `current`: deploy, deploy,
+/// rollback in a loop on two agents with pruning at its tightest, an agent restart (reconcile)
+/// every few rounds, and a reader on each host that opens `current/index.html` all the while.
+/// After every operation `current` must be a symlink to a release that exists, and the readers
+/// must never have found nothing.
+#[test]
+fn current_never_vanishes_through_deploys_rollbacks_prunes_and_restarts() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let mut fleet = Fleet::new(2);
+    let repo = repo_with(&fleet, "v0");
+    fleet.apply_project_full("site", &repo.path, "", "", "keep_releases = 1\n");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = ["web-1", "web-2"]
+        .iter()
+        .map(|host| {
+            let (page, stop) = (fleet.current(host, "site").join("index.html"), stop.clone());
+            let (reads, misses) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+            let (r, m) = (reads.clone(), misses.clone());
+            let handle = std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if std::fs::read(&page).is_err() {
+                        m.fetch_add(1, Ordering::Relaxed);
+                    }
+                    r.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            (host.to_string(), handle, reads, misses)
+        })
+        .collect();
+    let check = |fleet: &Fleet, what: &str| {
+        for host in ["web-1", "web-2"] {
+            let link = fleet.current(host, "site");
+            let target = std::fs::read_link(&link).unwrap_or_else(|e| panic!("{what}: {host} has no current: {e}"));
+            assert!(target.join("index.html").is_file(), "{what}: {host}'s current points at nothing: {target:?}");
+        }
+    };
+    for round in 1..=6u32 {
+        for step in 0..2 {
+            repo.write("index.html", &format!("v{round}.{step}"));
+            repo.commit(&format!("r{round}.{step}"));
+            fleet.slipctl(&["deploy", "site", "test"]).ok();
+            check(&fleet, &format!("round {round}, deploy {step}"));
+        }
+        fleet.slipctl(&["rollback", "site", "test"]).ok();
+        check(&fleet, &format!("round {round}, rollback"));
+        if round % 3 == 0 {
+            fleet.agents[(round as usize / 3) % 2].kill();
+            fleet.agents[(round as usize / 3) % 2].start();
+            check(&fleet, &format!("round {round}, after an agent restart"));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for (host, handle, reads, misses) in readers {
+        handle.join().unwrap();
+        let (reads, misses) = (reads.load(Ordering::Relaxed), misses.load(Ordering::Relaxed));
+        eprintln!("{host}: {reads} reads of current/index.html, {misses} found nothing");
+        assert!(reads > 100, "{host}: the reader ran ({reads} reads)");
+        assert_eq!(misses, 0, "{host}: {misses} of {reads} reads of current/index.html found nothing");
+    }
+}
