@@ -163,7 +163,14 @@ impl HookEnv {
 }
 
 /// Where live output goes (the RPC's event stream).
-pub type LiveOutput = mpsc::Sender<pb::HookOutput>;
+pub type LiveOutput = mpsc::Sender<LiveItem>;
+
+/// What goes to the RPC's event stream, in order: a hook's output, then its result.
+#[derive(Debug)]
+pub enum LiveItem {
+    Output(pb::HookOutput),
+    Done(pb::HookResult),
+}
 
 /// Run one hook line as `run_as`. Never fails: the result says how it ended.
 pub async fn run_hook(
@@ -175,19 +182,28 @@ pub async fn run_hook(
     timeout: Duration,
     live: Option<LiveOutput>,
 ) -> pb::HookResult {
-    let live_bytes = live.map(|live| {
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
-        let (stage, command) = (stage.to_owned(), command.to_owned());
-        tokio::spawn(async move {
-            while let Some(data) = rx.recv().await {
-                let out = pb::HookOutput { stage: stage.clone(), command: command.clone(), data };
-                if live.try_send(out).is_err() && live.is_closed() {
-                    break;
+    let (live_bytes, forwarder) = match live {
+        None => (None, None),
+        Some(live) => {
+            let (tx, mut rx) = mpsc::channel::<slipway_common::process::LiveChunk>(64);
+            let (stage, command) = (stage.to_owned(), command.to_owned());
+            let forwarder = tokio::spawn(async move {
+                while let Some(chunk) = rx.recv().await {
+                    let out = pb::HookOutput {
+                        stage: stage.clone(),
+                        command: command.clone(),
+                        data: chunk.data,
+                        stderr: chunk.stderr,
+                    };
+                    // Never block the hook on a slow reader: output is dropped when it is full.
+                    if live.try_send(LiveItem::Output(out)).is_err() && live.is_closed() {
+                        break;
+                    }
                 }
-            }
-        });
-        tx
-    });
+            });
+            (Some(tx), Some(forwarder))
+        }
+    };
     let switch = run_as.uid != rustix::process::geteuid().as_raw();
     // When switching users, the child changes directory only after it dropped root, so the path
     // is resolved with the user's own rights (a symlink it planted leads nowhere it could not go).
@@ -203,6 +219,10 @@ pub async fn run_hook(
         live_bytes,
     )
     .await;
+    // Every output chunk is queued before the result is: the result never overtakes its output.
+    if let Some(forwarder) = forwarder {
+        let _ = tokio::time::timeout(Duration::from_secs(2), forwarder).await;
+    }
     pb::HookResult {
         stage: stage.into(),
         command: command.into(),

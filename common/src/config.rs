@@ -359,8 +359,10 @@ impl From<BatchSize> for BatchRepr {
     }
 }
 
-/// How to pick hosts: a registered name, or every agent with a label `key=value`.
+/// How to pick hosts: a registered name, or every agent with a label `key=value`. Shown (and
+/// serialised) as it is written: `web-1`, `role=web`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
 pub enum HostSelector {
     Name(String),
     Label { key: String, value: String },
@@ -375,6 +377,21 @@ impl HostSelector {
             Some(_) => Err(format!("'{text}' is not a label selector; write key=value")),
             None => validate_agent_name(text).map(|()| HostSelector::Name(text.to_owned())).map_err(|e| e.to_string()),
         }
+    }
+}
+
+impl std::fmt::Display for HostSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostSelector::Name(name) => f.write_str(name),
+            HostSelector::Label { key, value } => write!(f, "{key}={value}"),
+        }
+    }
+}
+
+impl From<HostSelector> for String {
+    fn from(value: HostSelector) -> String {
+        value.to_string()
     }
 }
 
@@ -414,6 +431,7 @@ impl TargetSettings {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum HealthCheck {
     Http { url: String, expect_status: u16, timeout_secs: u64, retries: u32, interval_secs: u64 },
     Command { command: String, timeout_secs: u64, retries: u32, interval_secs: u64 },

@@ -82,10 +82,62 @@ impl ShellResult {
     }
 }
 
-/// Live output chunks.
-pub type Live = mpsc::Sender<Vec<u8>>;
+/// A chunk of a hook's live output, and which stream it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveChunk {
+    pub stderr: bool,
+    pub data: Vec<u8>,
+}
 
-async fn pump(mut pipe: impl tokio::io::AsyncRead + Unpin, capture: Arc<Mutex<Capture>>, live: Option<Live>) {
+/// Live output chunks.
+pub type Live = mpsc::Sender<LiveChunk>;
+
+/// Cuts a stream of output chunks into whole lines: a line split by a chunk boundary waits for
+/// its end (or for [`LineSplitter::finish`]); a line longer than 64 KiB is cut there.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    pending: Vec<u8>,
+}
+
+impl LineSplitter {
+    const MAX_LINE: usize = 64 * 1024;
+
+    /// The lines `data` completes, without their `\n` (or `\r\n`).
+    pub fn push(&mut self, data: &[u8]) -> Vec<String> {
+        let mut lines = Vec::new();
+        for &b in data {
+            if b == b'\n' {
+                lines.push(self.take());
+            } else {
+                self.pending.push(b);
+                if self.pending.len() >= Self::MAX_LINE {
+                    lines.push(self.take());
+                }
+            }
+        }
+        lines
+    }
+
+    /// What is left of a last line without a newline.
+    pub fn finish(&mut self) -> Option<String> {
+        (!self.pending.is_empty()).then(|| self.take())
+    }
+
+    fn take(&mut self) -> String {
+        let mut line = std::mem::take(&mut self.pending);
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        String::from_utf8_lossy(&line).into_owned()
+    }
+}
+
+async fn pump(
+    mut pipe: impl tokio::io::AsyncRead + Unpin,
+    capture: Arc<Mutex<Capture>>,
+    live: Option<Live>,
+    stderr: bool,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match pipe.read(&mut buf).await {
@@ -99,7 +151,7 @@ async fn pump(mut pipe: impl tokio::io::AsyncRead + Unpin, capture: Arc<Mutex<Ca
         };
         if let (Some(data), Some(live)) = (share, &live) {
             // Never block the hook on a slow reader: drop live output when the stream is full.
-            let _ = live.try_send(data);
+            let _ = live.try_send(LiveChunk { stderr, data });
         }
     }
 }
@@ -146,8 +198,8 @@ pub async fn run_shell(
     let _group = KillGroup(pgid);
     let capture = Arc::new(Mutex::new(Capture::default()));
     let readers = [
-        tokio::spawn(pump(child.stdout.take().expect("piped"), capture.clone(), live.clone())),
-        tokio::spawn(pump(child.stderr.take().expect("piped"), capture.clone(), live)),
+        tokio::spawn(pump(child.stdout.take().expect("piped"), capture.clone(), live.clone(), false)),
+        tokio::spawn(pump(child.stderr.take().expect("piped"), capture.clone(), live, true)),
     ];
     let status = match tokio::time::timeout(shell.timeout, child.wait()).await {
         Ok(status) => status.ok(),
@@ -193,6 +245,19 @@ impl Drop for KillGroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_arrive_whole() {
+        let mut l = LineSplitter::default();
+        assert_eq!(l.push(b"cp: cannot cr"), Vec::<String>::new());
+        assert_eq!(l.push(b"eate x\r\nnext\n\nlast"), ["cp: cannot create x", "next", ""]);
+        assert_eq!(l.finish().as_deref(), Some("last"));
+        assert_eq!(l.finish(), None);
+        let long = vec![b'a'; 70 * 1024];
+        let lines = l.push(&long);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(l.finish().map(|s| s.len()), Some(6 * 1024));
+    }
 
     #[test]
     fn capture_keeps_head_and_tail() {
@@ -251,6 +316,6 @@ mod tests {
         assert_eq!(r.exit_code, 3);
         let out = String::from_utf8(r.head).unwrap();
         assert!(out.starts_with("production /"), "{out}");
-        assert_eq!(rx.recv().await.unwrap(), out.as_bytes());
+        assert_eq!(rx.recv().await.unwrap().data, out.as_bytes());
     }
 }

@@ -68,8 +68,10 @@ impl Inner {
         let previous = before.release().map(ToString::to_string).unwrap_or_default();
         let release_path = layout.release_path(&id);
         let commit = record.releases.get(id.as_str()).map(|m| m.commit.clone()).filter(|c| !c.is_empty());
-        let live = live_forwarder(events.clone(), |o| pb::ActivateEvent { kind: Some(ActKind::Output(o)) });
-        let wrap = |r: pb::HookResult| pb::ActivateEvent { kind: Some(ActKind::Hook(r)) };
+        let wraps = EventWraps {
+            output: |o| pb::ActivateEvent { kind: Some(ActKind::Output(o)) },
+            hook: |r| pb::ActivateEvent { kind: Some(ActKind::Hook(r)) },
+        };
         let site = run_as.as_ref().map(|run_as| HookSite {
             target: &target,
             ctx: &ctx,
@@ -82,7 +84,7 @@ impl Inner {
             commit: commit.clone().unwrap_or_else(|| ctx.commit.clone()),
         });
         if let (Some(site), false) = (&site, pre_release.commands.is_empty()) {
-            self.run_hooks("pre_release", &pre_release, site, &live, &events, wrap).await?;
+            self.run_hooks("pre_release", &pre_release, site, &events, &wraps).await?;
         }
 
         if before.release() != Some(&id) {
@@ -111,7 +113,7 @@ impl Inner {
 
         let mut post_release_error = String::new();
         if let (Some(site), false) = (&site, post_release.commands.is_empty())
-            && let Err(e) = self.run_hooks("post_release", &post_release, site, &live, &events, wrap).await
+            && let Err(e) = self.run_hooks("post_release", &post_release, site, &events, &wraps).await
         {
             warn!(release = %id, error = %e, "post_release failed");
             post_release_error = e.to_string();

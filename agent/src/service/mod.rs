@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::error::AgentError;
-use crate::hooks::{HookEnv, HookPolicy, LiveOutput, RunAs, decide_user, failure, run_hook};
+use crate::hooks::{HookEnv, HookPolicy, LiveItem, LiveOutput, RunAs, decide_user, failure, run_hook};
 use crate::layout::{Current, Layout, Open};
 use crate::state::{AgentState, TargetRecord};
 
@@ -95,19 +95,32 @@ struct HookSite<'a> {
 }
 
 /// Forward live hook output into an RPC's event stream.
+/// One ordered path from the hooks to the RPC's event stream: output chunks and hook results
+/// go through the same channel, so a result never arrives before its output.
+/// How hook output and results become one RPC's events.
+pub(super) struct EventWraps<E> {
+    pub(super) output: fn(pb::HookOutput) -> E,
+    pub(super) hook: fn(pb::HookResult) -> E,
+}
+
 fn live_forwarder<E: Send + 'static>(
     events: mpsc::Sender<Result<E, Status>>,
-    wrap: fn(pb::HookOutput) -> E,
-) -> LiveOutput {
-    let (tx, mut rx) = mpsc::channel::<pb::HookOutput>(64);
-    tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
-            if events.send(Ok(wrap(out))).await.is_err() {
+    wraps: &EventWraps<E>,
+) -> (LiveOutput, tokio::task::JoinHandle<()>) {
+    let (wrap_output, wrap_hook) = (wraps.output, wraps.hook);
+    let (tx, mut rx) = mpsc::channel::<LiveItem>(64);
+    let task = tokio::spawn(async move {
+        while let Some(item) = rx.recv().await {
+            let event = match item {
+                LiveItem::Output(o) => wrap_output(o),
+                LiveItem::Done(r) => wrap_hook(r),
+            };
+            if events.send(Ok(event)).await.is_err() {
                 break;
             }
         }
     });
-    tx
+    (tx, task)
 }
 
 #[derive(Clone)]
@@ -243,27 +256,34 @@ impl Inner {
 
     /// Run a stage's hook lines in order; stop at the first failure. Each line's result goes to
     /// `events` (waiting for room: a result is never dropped, and it arrives before the reply).
+    /// Run a stage's hook lines in order, streaming their output and results as `events`; stops
+    /// at the first that fails. Everything is on `events` when this returns.
     async fn run_hooks<E: Send + 'static>(
         &self,
         stage: &str,
         spec: &pb::HookSpec,
         site: &HookSite<'_>,
-        live: &LiveOutput,
         events: &mpsc::Sender<Result<E, Status>>,
-        wrap: fn(pb::HookResult) -> E,
+        wraps: &EventWraps<E>,
     ) -> Result<(), AgentError> {
         let env = self.hook_env(site);
         let timeout = Duration::from_secs(spec.timeout_secs.max(1));
+        let (live, forwarder) = live_forwarder(events.clone(), wraps);
+        let mut outcome = Ok(());
         for command in &spec.commands {
             let result =
                 run_hook(stage, command, site.release_path, &env, site.run_as, timeout, Some(live.clone())).await;
             let failed = failure(&result, timeout);
-            let _ = events.send(Ok(wrap(result))).await;
+            // Waits for room: a hook's result is never dropped.
+            let _ = live.send(LiveItem::Done(result)).await;
             if let Some(why) = failed {
-                return Err(AgentError::Hook(why));
+                outcome = Err(AgentError::Hook(why));
+                break;
             }
         }
-        Ok(())
+        drop(live);
+        let _ = forwarder.await;
+        outcome
     }
 
     /// Who runs hooks and owns files, when the request needs either.

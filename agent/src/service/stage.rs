@@ -232,11 +232,13 @@ impl Inner {
                 deploy_id: header.deploy_id,
                 commit: header.commit.clone(),
             };
-            let live = live_forwarder(events.clone(), |o| pb::StageEvent { kind: Some(EventKind::Output(o)) });
-            let wrap = |r: pb::HookResult| pb::StageEvent { kind: Some(EventKind::Hook(r)) };
+            let wraps = EventWraps {
+                output: |o| pb::StageEvent { kind: Some(EventKind::Output(o)) },
+                hook: |r| pb::StageEvent { kind: Some(EventKind::Hook(r)) },
+            };
             // The controller going away (a cancel, a crash) stops pre_release at once: dropping
             // the hook kills its process group, and the release never becomes current.
-            let hooks = self.run_hooks("pre_release", &pre_release, &site, &live, &events, wrap);
+            let hooks = self.run_hooks("pre_release", &pre_release, &site, &events, &wraps);
             let ran = tokio::select! {
                 ran = hooks => ran,
                 () = events.closed() => Err(AgentError::Upload("the controller went away during pre_release".into())),

@@ -353,20 +353,38 @@ fn show_text(d: &DeployRecord) -> String {
     for hook in &d.build {
         s.push_str(&hook_text("  ", hook));
     }
+    // Steps of every host in one set of columns; each hook under the step it ran in.
+    let rows: Vec<[String; 4]> = d
+        .hosts
+        .iter()
+        .flat_map(|h| &h.steps)
+        .map(|st| [st.name.clone(), format!("+{}", millis(st.started_ms)), millis(st.elapsed_ms), String::new()])
+        .collect();
+    let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0);
+    let (w0, w1, w2) = (width(0), width(1), width(2));
     for h in &d.hosts {
         s.push_str(&format!("  {} ({})  {}\n", h.host, h.addr, if h.ok { "ok" } else { "FAILED" }));
+        let mut shown = vec![false; h.hooks.len()];
         for step in &h.steps {
             s.push_str(&format!(
-                "    {:<9} +{:<9} {:<9} {} {}\n",
+                "    {:<w0$}  {:>w1$}  {:>w2$}  {}  {}\n",
                 step.name,
-                millis(step.started_ms),
+                format!("+{}", millis(step.started_ms)),
                 millis(step.elapsed_ms),
                 if step.ok { "ok  " } else { "FAIL" },
                 step.detail
             ));
+            for (i, hook) in h.hooks.iter().enumerate() {
+                if !shown[i] && hook.step == step.name {
+                    shown[i] = true;
+                    s.push_str(&hook_text("      ", hook));
+                }
+            }
         }
-        for hook in &h.hooks {
-            s.push_str(&hook_text("    ", hook));
+        for (i, hook) in h.hooks.iter().enumerate() {
+            if !shown[i] {
+                s.push_str(&hook_text("    ", hook));
+            }
         }
     }
     s.trim_end().to_owned()
@@ -609,9 +627,35 @@ fn project_command(home: &Home, out: OutputFormat, cmd: ProjectCommand) -> Resul
                 CtlError::bad(format!("unknown project '{name}'")).fix("`slipctl project list` shows them")
             })?;
             let config = ProjectConfig::parse(&p.text, &p.source_file.display().to_string())?;
-            let doc = json!({"name": p.name, "source_file": p.source_file, "envs": config.envs});
+            // The hosts each env selects now, by name (or why it selects none).
+            let agents = Store::open(&home.state())?.agents()?;
+            let selected: BTreeMap<&String, std::result::Result<Vec<String>, String>> = config
+                .envs
+                .iter()
+                .map(|(env, s)| {
+                    let hosts = crate::engine::select::select_hosts(&p.name, env, &s.hosts, &agents, None)
+                        .map(|a| a.into_iter().map(|a| a.name).collect())
+                        .map_err(|e| e.to_string());
+                    (env, hosts)
+                })
+                .collect();
+            let hosts_doc: BTreeMap<&String, serde_json::Value> = selected
+                .iter()
+                .map(|(env, h)| (*env, h.as_ref().map_or_else(|e| json!({"error": e}), |names| json!(names))))
+                .collect();
+            let doc = json!({"name": p.name, "source_file": p.source_file, "envs": config.envs, "hosts": hosts_doc});
             print(out, doc.clone(), || {
-                format!("# {} (from {})\n{}", p.name, p.source_file.display(), toml_of(&doc["envs"]))
+                let mut text = format!("# {} (from {})\n", p.name, p.source_file.display());
+                for (env, hosts) in &selected {
+                    match hosts {
+                        Ok(names) => {
+                            text.push_str(&format!("# env {env}: {} host(s): {}\n", names.len(), names.join(", ")))
+                        }
+                        Err(e) => text.push_str(&format!("# env {env}: {e}\n")),
+                    }
+                }
+                text.push_str(&toml_of(&doc["envs"]));
+                text
             });
             Ok(0)
         }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use slipway_common::process::LineSplitter;
+
 use crate::engine::events::Event;
 pub use crate::engine::events::HostEvent;
 use crate::engine::host_error::Shown;
@@ -48,8 +50,35 @@ fn hook_line(stage: &str, command: &str, exit_code: i32, timed_out: bool, elapse
     format!("{stage} `{command}`: {how} in {}", millis(elapsed_ms))
 }
 
-fn output_lines(host: &str, stage: &str, data: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(data).lines().map(|l| format!("  {host:<16} {stage}| {l}")).collect()
+/// A hook output line as shown: stdout's marked `|`, stderr's `!`.
+fn output_line(host: &str, stage: &str, stderr: bool, line: &str) -> String {
+    format!("  {host:<16} {stage}{} {line}", if stderr { '!' } else { '|' })
+}
+
+/// Hook output cut into whole lines, per host, stage and stream.
+#[derive(Default)]
+struct HookLines {
+    pending: HashMap<(String, String, bool), LineSplitter>,
+}
+
+impl HookLines {
+    fn push(&mut self, host: &str, stage: &str, stderr: bool, data: &[u8]) -> Vec<String> {
+        let split = self.pending.entry((host.to_owned(), stage.to_owned(), stderr)).or_default();
+        split.push(data).iter().map(|l| output_line(host, stage, stderr, l)).collect()
+    }
+
+    /// The unfinished lines of `host` (all hosts: `None`), when its hook ended.
+    fn flush(&mut self, host: Option<&str>) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut keys: Vec<_> = self.pending.keys().filter(|k| host.is_none_or(|h| k.0 == h)).cloned().collect();
+        keys.sort();
+        for key in keys {
+            if let Some(line) = self.pending.remove(&key).and_then(|mut s| s.finish()) {
+                out.push(output_line(&key.0, &key.1, key.2, &line));
+            }
+        }
+        out
+    }
 }
 
 enum Mode {
@@ -61,6 +90,7 @@ enum Mode {
 
 pub struct Reporter {
     mode: Mode,
+    lines: HookLines,
 }
 
 impl Reporter {
@@ -74,7 +104,7 @@ impl Reporter {
             },
             OutputFormat::Text => Mode::Plain,
         };
-        Reporter { mode }
+        Reporter { mode, lines: HookLines::default() }
     }
 
     /// A controller-level line ("fetching", "packaged …").
@@ -113,13 +143,16 @@ impl Reporter {
                     }
                     HostEvent::Aborted => "staged release removed".to_owned(),
                     HostEvent::Failed(why) => format!("FAILED: {why}"),
-                    HostEvent::Output { stage, data } => {
-                        for line in output_lines(host, stage, data) {
+                    HostEvent::Output { stage, data, stderr } => {
+                        for line in self.lines.push(host, stage, *stderr, data) {
                             println!("{line}");
                         }
                         return;
                     }
                     HostEvent::Hook { stage, command, exit_code, timed_out, elapsed_ms } => {
+                        for line in self.lines.flush(Some(host)) {
+                            println!("{line}");
+                        }
                         hook_line(stage, command, *exit_code, *timed_out, *elapsed_ms)
                     }
                 };
@@ -161,12 +194,15 @@ impl Reporter {
                     }
                     HostEvent::Aborted => bar.finish_with_message("staged release removed"),
                     HostEvent::Failed(why) => bar.abandon_with_message(format!("\x1b[31mFAILED\x1b[0m {why}")),
-                    HostEvent::Output { stage, data } => {
-                        for line in output_lines(host, &stage, &data) {
+                    HostEvent::Output { stage, data, stderr } => {
+                        for line in self.lines.push(host, &stage, stderr, &data) {
                             let _ = multi.println(line);
                         }
                     }
                     HostEvent::Hook { stage, command, exit_code, timed_out, elapsed_ms } => {
+                        for line in self.lines.flush(Some(host)) {
+                            let _ = multi.println(line);
+                        }
                         bar.set_message(hook_line(&stage, &command, exit_code, timed_out, elapsed_ms));
                     }
                 }
@@ -190,6 +226,15 @@ impl Reporter {
     }
 
     pub fn finish(&mut self) {
+        for line in self.lines.flush(None) {
+            match &self.mode {
+                Mode::Live { multi, .. } => {
+                    let _ = multi.println(line);
+                }
+                Mode::Plain => println!("{line}"),
+                Mode::Quiet | Mode::Lines => {}
+            }
+        }
         if let Mode::Live { multi, bars } = &mut self.mode {
             for bar in bars.values() {
                 if !bar.is_finished() {

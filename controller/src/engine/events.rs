@@ -30,10 +30,12 @@ pub enum HostEvent {
     },
     Aborted,
     Failed(HostError),
-    /// Live output of a hook.
+    /// Live output of a hook: a chunk, not always whole lines.
     Output {
         stage: String,
         data: Vec<u8>,
+        /// From the hook's stderr (else its stdout).
+        stderr: bool,
     },
     /// A hook finished.
     Hook {
@@ -73,9 +75,10 @@ impl HostEvent {
             }
             HostEvent::Aborted => json!({"kind": "aborted"}),
             HostEvent::Failed(e) => json!({"kind": "failed", "error": e.to_string(), "refused": e.is_refused()}),
-            HostEvent::Output { stage, data } => {
-                json!({"kind": "output", "stage": stage, "text": String::from_utf8_lossy(data)})
-            }
+            HostEvent::Output { stage, data, stderr } => json!({
+                "kind": "output", "stage": stage, "stream": if *stderr { "stderr" } else { "stdout" },
+                "text": String::from_utf8_lossy(data),
+            }),
             HostEvent::Hook { stage, command, exit_code, timed_out, elapsed_ms } => json!({
                 "kind": "hook", "stage": stage, "command": command, "exit_code": exit_code,
                 "timed_out": timed_out, "elapsed_ms": elapsed_ms,

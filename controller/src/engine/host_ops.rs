@@ -25,7 +25,8 @@ pub(crate) fn on_hook_event(
     events: &Events,
 ) {
     if let Some(o) = output {
-        let _ = events.send((result.host.clone(), HostEvent::Output { stage: o.stage, data: o.data }));
+        let _ =
+            events.send((result.host.clone(), HostEvent::Output { stage: o.stage, data: o.data, stderr: o.stderr }));
     }
     if let Some(h) = hook {
         let _ = events.send((
@@ -55,6 +56,10 @@ impl Clock {
     ) {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let started_ms = started.duration_since(self.0).as_millis() as u64;
+        // The hooks that ran since the last step ran in this one.
+        for hook in result.hooks.iter_mut().filter(|h| h.step.is_empty()) {
+            hook.step = name.to_owned();
+        }
         let (ok, detail) = match outcome {
             Ok(d) => (true, d),
             Err(e) => {

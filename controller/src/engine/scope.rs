@@ -64,10 +64,22 @@ pub fn pb_target(settings: &EnvSettings, host: &str) -> pb::Target {
     }
 }
 
+/// Who runs this operation, as history shows it: the account's name (from the system's user
+/// database, not `$USER`) at this machine's host name, and who ran `sudo` when that was it.
 pub(crate) fn current_user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw()))
+    let uid = rustix::process::getuid().as_raw();
+    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| format!("uid {uid}"));
+    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let via = std::env::var("SUDO_USER")
+        .ok()
+        .filter(|s| !s.is_empty() && *s != name)
+        .map(|s| format!(" (sudo by {s})"))
+        .unwrap_or_default();
+    format!("{name}@{host}{via}")
 }
 
 pub fn repo_url(project: &ProjectRecord, settings: &EnvSettings) -> String {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use slipway_common::process::{Shell, run_shell};
+use slipway_common::process::{LineSplitter, LiveChunk, Shell, run_shell};
 use tokio::sync::mpsc;
 
 use crate::engine::events::Emitter;
@@ -160,23 +160,30 @@ pub async fn build(
         .chain(recipe.post_deploy.iter().map(|c| ("post_deploy", c)));
     for (stage, command) in lines {
         reporter.say(format!("{stage}: {command}"));
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+        let (tx, mut rx) = mpsc::channel::<LiveChunk>(64);
         let shell = Shell { command, cwd: work, env, clear_env: false, timeout };
         let run = run_shell(shell, |_| {}, Some(tx));
         tokio::pin!(run);
+        // Whole lines, stdout's marked `|` and stderr's `!`.
+        let mut split = [LineSplitter::default(), LineSplitter::default()];
+        let mut say = |chunk: LiveChunk| {
+            let mark = if chunk.stderr { '!' } else { '|' };
+            for line in split[usize::from(chunk.stderr)].push(&chunk.data) {
+                reporter.say(format!("  {stage}{mark} {line}"));
+            }
+        };
         let result = loop {
             tokio::select! {
                 result = &mut run => break result,
-                Some(chunk) = rx.recv() => {
-                    for line in String::from_utf8_lossy(&chunk).lines() {
-                        reporter.say(format!("  {stage}| {line}"));
-                    }
-                }
+                Some(chunk) = rx.recv() => say(chunk),
             }
         };
         while let Ok(chunk) = rx.try_recv() {
-            for line in String::from_utf8_lossy(&chunk).lines() {
-                reporter.say(format!("  {stage}| {line}"));
+            say(chunk);
+        }
+        for (i, rest) in split.iter_mut().enumerate() {
+            if let Some(line) = rest.finish() {
+                reporter.say(format!("  {stage}{} {line}", if i == 1 { '!' } else { '|' }));
             }
         }
         let ok = result.ok();

@@ -109,6 +109,9 @@ pub struct HookRecord {
     pub output_head: String,
     pub output_tail: String,
     pub output_dropped: u64,
+    /// The host step it ran in (stage, activate, rollback); empty for build hooks.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub step: String,
 }
 
 impl HookRecord {
@@ -123,6 +126,7 @@ impl HookRecord {
             output_head: String::from_utf8_lossy(&r.head).into_owned(),
             output_tail: String::from_utf8_lossy(&r.tail).into_owned(),
             output_dropped: r.dropped,
+            step: String::new(),
         }
     }
 }
@@ -138,6 +142,7 @@ impl From<slipway_proto::pb::HookResult> for HookRecord {
             output_head: String::from_utf8_lossy(&r.output_head).into_owned(),
             output_tail: String::from_utf8_lossy(&r.output_tail).into_owned(),
             output_dropped: r.output_dropped,
+            step: String::new(),
         }
     }
 }

@@ -282,3 +282,43 @@ fn a_rollback_runs_post_release_only_with_the_lines_recorded_with_the_restored_r
     assert!(hook_outputs(&fleet, doc["id"].as_u64().unwrap(), "web-1").is_empty(), "rollback_hooks = [] runs none");
     assert_eq!(fleet.current_release("web-1", "site").as_deref(), Some(r3.as_str()));
 }
+
+#[test]
+fn output_is_readable_whole_lines_marked_grouped_and_named() {
+    let fleet = Fleet::new(2);
+    let repo = repo(&fleet);
+    // A line cut by the hook across two writes, and a line on stderr.
+    let target = format!(
+        "{}pre_release = [\"echo staging\"]\npost_release = [\"printf 'cp: cannot '; sleep 0.3; printf 'create x\\\\n'; echo oops >&2\"]\n",
+        hook_user_line()
+    );
+    fleet.apply_project_full("site", &repo.path, "", &target, "");
+    let run = fleet.slipctl(&["deploy", "site", "test"]).ok();
+    for host in ["web-1", "web-2"] {
+        assert!(
+            run.stdout.lines().any(|l| l.contains(host) && l.ends_with("post_release| cp: cannot create x")),
+            "whole lines:\n{}",
+            run.stdout
+        );
+        assert!(run.stdout.lines().any(|l| l.contains(host) && l.ends_with("post_release! oops")), "{}", run.stdout);
+    }
+    assert!(!run.stdout.lines().any(|l| l.ends_with("| cp: cannot ")), "no fragments:\n{}", run.stdout);
+
+    // `show`: each hook under the step it ran in, and the operator by name and machine.
+    let show = fleet.slipctl(&["show", "1"]).ok().stdout;
+    let lines: Vec<&str> = show.lines().collect();
+    let at =
+        |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle}:\n{show}"));
+    let (stage, activate) = (at("    stage "), at("    activate "));
+    let (pre, post) = (at("pre_release `echo staging`"), at("post_release `printf"));
+    assert!(stage < pre && pre < activate && activate < post, "hooks under their steps:\n{show}");
+    let me = std::process::Command::new("id").arg("-un").output().unwrap();
+    let me = String::from_utf8_lossy(&me.stdout).trim().to_owned();
+    assert!(show.contains(&format!("by {me}@")), "the operator by name:\n{show}");
+    assert!(!show.contains("by uid "), "{show}");
+
+    // `project show`: hosts by name, as a person reads them.
+    let text = fleet.slipctl(&["project", "show", "site"]).ok().stdout;
+    assert!(text.contains("# env test: 2 host(s): web-1, web-2"), "{text}");
+    assert!(text.contains("role=web") && !text.contains("Name") && !text.contains("Label"), "{text}");
+}
