@@ -87,6 +87,41 @@ fn has_identity(der: &CertificateDer<'_>, expected: &Identity) -> std::result::R
     }
 }
 
+/// When the certificate at an agent's address is another agent's, say whose: the address or the
+/// bundle installed there is wrong, and the operator needs to know which.
+fn explain_wrong_agent(e: rustls::Error, der: &CertificateDer<'_>, expected: Option<&Identity>) -> rustls::Error {
+    let wrong_name = matches!(
+        e,
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. }
+                | CertificateError::ApplicationVerificationFailure
+        )
+    );
+    let (Some(Identity::Agent(want)), true) = (expected, wrong_name) else { return e };
+    let presented: Vec<String> = cert_info(der)
+        .map(|info| {
+            info.identities
+                .iter()
+                .map(|id| match id {
+                    Identity::Agent(name) => format!("agent '{name}'"),
+                    Identity::Controller => "the controller".to_owned(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if presented.is_empty() {
+        return e;
+    }
+    let msg = format!(
+        "the certificate there is {}'s, not agent '{want}''s: that address runs another agent, or the bundle \
+         installed there is another agent's; fix the address (`slipctl agent rm {want}` and add it again with the \
+         right --addr) or install {want}'s bundle on that host",
+        presented.join(" and ")
+    );
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(std::io::Error::other(msg)))))
+}
+
 /// Server side (agent): chain to our CA, client-auth EKU, and the controller's identity.
 #[derive(Debug)]
 struct ExpectClient {
@@ -149,16 +184,18 @@ impl ServerCertVerifier for ExpectAgent {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let verified = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
         let expected = match server_name {
             ServerName::DnsName(dns) => Identity::from_dns_name(dns.as_ref()),
             _ => None,
         };
-        match expected {
-            Some(id @ Identity::Agent(_)) => has_identity(end_entity, &id)?,
-            _ => return Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)),
-        }
-        Ok(verified)
+        let checked = self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .and_then(|verified| match &expected {
+                Some(id @ Identity::Agent(_)) => has_identity(end_entity, id).map(|()| verified),
+                _ => Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)),
+            });
+        checked.map_err(|e| explain_wrong_agent(e, end_entity, expected.as_ref()))
     }
 
     fn verify_tls12_signature(

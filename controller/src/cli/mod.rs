@@ -567,10 +567,39 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Res
             Ok(if results.iter().all(|(_, i)| i.is_ok()) { 0 } else { 1 })
         }
         AgentCommand::Rm { name } => {
-            if !Store::open(&home.state())?.remove_agent(&name)? {
+            let store = Store::open(&home.state())?;
+            // Which envs select this host by name or by its labels: they lose it.
+            let agent = store.agent(&name)?;
+            let mut users = Vec::new();
+            if let Some(agent) = &agent {
+                for p in store.projects()? {
+                    let Ok(config) = ProjectConfig::parse(&p.text, &p.source_file.display().to_string()) else {
+                        continue;
+                    };
+                    for (env, s) in &config.envs {
+                        let picks = |sel: &slipway_common::config::HostSelector| match sel {
+                            slipway_common::config::HostSelector::Name(n) => *n == agent.name,
+                            slipway_common::config::HostSelector::Label { key, value } => {
+                                agent.labels.get(key) == Some(value)
+                            }
+                        };
+                        if s.hosts.iter().any(picks) {
+                            users.push(format!("{}/{env}", p.name));
+                        }
+                    }
+                }
+            }
+            if !store.remove_agent(&name)? {
                 return Err(CtlError::bad(format!("unknown agent '{name}'")).fix("`slipctl agent list` shows them"));
             }
-            print(out, json!({"removed": name}), || format!("removed agent {name}"));
+            if !users.is_empty() {
+                eprintln!(
+                    "warning: {} still select agent {name}: their deploys will fail on it until you take it out of \
+                     their `hosts` (and `slipctl project apply`) or add it again",
+                    users.join(", ")
+                );
+            }
+            print(out, json!({"removed": name, "still_selected_by": users}), || format!("removed agent {name}"));
             Ok(0)
         }
     }
@@ -590,9 +619,30 @@ fn project_command(home: &Home, out: OutputFormat, cmd: ProjectCommand) -> Resul
                 text,
                 applied_at: unix_now(),
             };
-            Store::open(&home.state())?.put_project(&record)?;
+            let store = Store::open(&home.state())?;
+            store.put_project(&record)?;
+            // Hosts named that are not registered: the project applies (the agent may be added
+            // later), but a deploy will refuse until they are.
+            let agents = store.agents()?;
+            let mut unknown = Vec::new();
+            for (env, s) in &config.envs {
+                for sel in &s.hosts {
+                    if let slipway_common::config::HostSelector::Name(n) = sel
+                        && !agents.iter().any(|a| a.name == *n)
+                    {
+                        unknown.push(format!("{n} (env {env})"));
+                    }
+                }
+            }
+            if !unknown.is_empty() {
+                eprintln!(
+                    "warning: not registered agents: {}; register them with `slipctl agent add NAME --addr \
+                     HOST:PORT --out DIR` before deploying",
+                    unknown.join(", ")
+                );
+            }
             let envs: Vec<_> = config.envs.keys().cloned().collect();
-            print(out, json!({"project": record.name, "envs": envs}), || {
+            print(out, json!({"project": record.name, "envs": envs, "unregistered_hosts": unknown}), || {
                 format!("project {} applied (envs: {})", record.name, envs.join(", "))
             });
             Ok(0)

@@ -47,7 +47,20 @@ impl HostError {
     /// An error status from an agent: `PermissionDenied` is the agent refusing the target.
     pub fn from_status(status: &tonic::Status) -> HostError {
         let text = crate::engine::client::status_text(status);
-        if status.code() == tonic::Code::PermissionDenied { HostError::Refused(text) } else { HostError::Agent(text) }
+        match status.code() {
+            tonic::Code::PermissionDenied => HostError::Refused(text),
+            // The connection broke (the agent stopped, the network went): not the agent's answer.
+            tonic::Code::Unavailable => HostError::Connect(format!("lost the connection to the agent: {text}")),
+            _ => HostError::Agent(text),
+        }
+    }
+
+    /// The fix for a failure to reach an agent, naming its address.
+    pub fn unreachable_fix(addr: &str) -> String {
+        format!(
+            "is slipd running and listening on {addr}? (`systemctl status slipd` on that host; `slipctl agent list` \
+             checks every agent)"
+        )
     }
 
     /// Whether the agent refused the target itself (bad input, exit 2), not a host fault.

@@ -63,9 +63,18 @@ impl Clock {
         let (ok, detail) = match outcome {
             Ok(d) => (true, d),
             Err(e) => {
-                result.error = Some(format!("{name}: {e}"));
+                // Unreachable: name the address and what to check there.
+                let text = match &e {
+                    HostError::Connect(why) if !why.contains("certificate") => {
+                        let at =
+                            if why.contains(&result.addr) { String::new() } else { format!(" (at {})", result.addr) };
+                        format!("{e}{at}; {}", HostError::unreachable_fix(&result.addr))
+                    }
+                    _ => e.to_string(),
+                };
+                result.error = Some(format!("{name}: {text}"));
                 result.refused |= e.is_refused();
-                (false, e.to_string())
+                (false, text)
             }
         };
         result.steps.push(Step { name: name.into(), started_ms, elapsed_ms, ok, detail });

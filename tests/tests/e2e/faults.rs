@@ -278,3 +278,45 @@ fn current_never_vanishes_through_deploys_rollbacks_prunes_and_restarts() {
         assert_eq!(misses, 0, "{host}: {misses} of {reads} reads of current/index.html found nothing");
     }
 }
+
+#[test]
+fn messages_name_the_host_its_address_and_the_fix() {
+    let mut fleet = Fleet::new(2);
+    let repo = repo_with(&fleet, "v1");
+    fleet.apply_project("site", &repo.path, "");
+    // An agent that is down: its name, its address, and what to check there.
+    fleet.agents[1].kill();
+    let addr = fleet.agents[1].addr();
+    let run = fleet.slipctl(&["deploy", "site", "test"]).code(1);
+    assert!(run.stderr.contains("web-2") && run.stderr.contains(&addr), "{}", run.stderr);
+    assert!(run.stderr.contains("systemctl status slipd"), "{}", run.stderr);
+    fleet.agents[1].start();
+
+    // The registry sends web-2's name to web-1's address: the error says whose certificate it is.
+    let web1 = fleet.agents[0].addr();
+    fleet.slipctl(&["agent", "rm", "web-2"]).ok();
+    let bundle = fleet.path().join("web-2-again");
+    fleet
+        .slipctl(&["agent", "add", "web-2", "--addr", &web1, "--label", "role=web", "--out", bundle.to_str().unwrap()])
+        .ok();
+    let run = fleet.slipctl(&["deploy", "site", "test"]).code(1);
+    assert!(run.stderr.contains("agent 'web-1''s, not agent 'web-2''s"), "{}", run.stderr);
+    assert!(run.stderr.contains("slipctl agent rm web-2"), "{}", run.stderr);
+    assert!(!run.stderr.contains("tls: tls:"), "{}", run.stderr);
+
+    // Removing an agent a project still selects warns and names the project; applying a project
+    // that names an unregistered host warns too.
+    let run = fleet.slipctl(&["agent", "rm", "web-2"]).ok();
+    assert!(run.stderr.contains("warning") && run.stderr.contains("site/test"), "{}", run.stderr);
+    let file = fleet.path().join("ghost.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"ghost\"\nrepo = \"{}\"\n[target]\ndeploy_to = \"/data/g\"\n[env.test]\nhosts = [\"web-9\"]\n",
+            repo.path.display()
+        ),
+    )
+    .unwrap();
+    let run = fleet.slipctl(&["project", "apply", "-f", file.to_str().unwrap()]).ok();
+    assert!(run.stderr.contains("warning") && run.stderr.contains("web-9"), "{}", run.stderr);
+}
