@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::error::AgentError;
 
-const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Who hooks run as.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,6 +9,7 @@ pub mod health;
 pub mod hooks;
 pub mod kept;
 pub mod layout;
+pub mod preflight;
 mod privdrop;
 pub mod receive;
 pub mod service;

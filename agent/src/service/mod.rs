@@ -319,9 +319,56 @@ impl Inner {
                 return pb::CheckReply { items };
             }
         };
-        match decide_user(&req.user, &self.hook_policy).await {
+        let run_as = decide_user(&req.user, &self.hook_policy).await;
+        match &run_as {
             Ok(r) => item("user", Ok(format!("hooks run as {} (uid {}, gid {})", r.name, r.uid, r.gid))),
             Err(e) => item("user", Err((e.to_string(), "create the user or set target.user".into()))),
+        }
+        // The hook user must be able to enter the release: every directory on the way searchable.
+        if let Ok(r) = &run_as {
+            let releases = target.layout.releases_dir();
+            let mut gids = r.groups.clone();
+            gids.push(r.gid);
+            match crate::preflight::unreachable_dir(&releases, r.uid, &gids) {
+                None => item("user can reach", Ok(format!("{} can enter {}", r.name, releases.display()))),
+                Some(dir) => item(
+                    "user can reach",
+                    Err((
+                        format!(
+                            "{} cannot enter {} (no search permission on {})",
+                            r.name,
+                            releases.display(),
+                            dir.display()
+                        ),
+                        format!(
+                            "allow it (chmod o+x {}, or a group {} is in), or put deploy_to elsewhere",
+                            dir.display(),
+                            r.name
+                        ),
+                    )),
+                ),
+            }
+        }
+        // Each hook's program on the fixed PATH hooks run with.
+        let missing: Vec<String> = req
+            .hook_commands
+            .iter()
+            .filter_map(|line| crate::preflight::first_program(line).map(|p| (line, p)))
+            .filter(|(_, p)| crate::preflight::find_program(p, crate::hooks::SAFE_PATH, Path::new("/")).is_none())
+            .map(|(line, p)| format!("`{p}` (in `{line}`)"))
+            .collect();
+        if !req.hook_commands.is_empty() {
+            if missing.is_empty() {
+                item("hook programs", Ok(format!("{} hook line(s): every program found", req.hook_commands.len())));
+            } else {
+                item(
+                    "hook programs",
+                    Err((
+                        format!("not on the hooks' PATH ({}): {}", crate::hooks::SAFE_PATH, missing.join(", ")),
+                        "install them, or write their full path in the hook line".into(),
+                    )),
+                );
+            }
         }
         if let Some(why) = self.broken.lock().expect("broken lock").get(&target.key) {
             item(

@@ -84,7 +84,13 @@ pub enum Command {
     /// Per host: retained releases and which is current
     Releases { project: String, env: String },
     /// Before deploying: hosts reachable, certificates, user, paths, disk, and the ref
-    Check { project: String, env: String },
+    Check {
+        project: String,
+        env: String,
+        /// The branch, tag or commit to check [default: the project's default_ref]
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+    },
     /// Remove the deploy lock of a project+env whose holder is gone
     Unlock { project: String, env: String },
     /// Past deploys and rollbacks, newest first
@@ -207,8 +213,10 @@ pub async fn run(cli: Cli) -> Result<u8> {
             });
             Ok(0)
         }
-        Command::Check { project, env } => {
-            let rows = engine::start_check(home.clone(), project.clone(), env.clone(), timeouts).finish(|_| {}).await?;
+        Command::Check { project, env, git_ref } => {
+            let rows = engine::start_check(home.clone(), project.clone(), env.clone(), git_ref, timeouts)
+                .finish(|_| {})
+                .await?;
             let failed = rows.iter().filter(|r| !r.ok).count();
             let table_rows: Vec<Vec<String>> = rows
                 .iter()

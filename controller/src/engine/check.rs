@@ -45,7 +45,13 @@ fn days_left(not_after: i64) -> std::result::Result<String, (String, String)> {
     }
 }
 
-pub async fn run(home: &Home, project: &str, env: &str, timeouts: Timeouts) -> Result<Vec<CheckRow>> {
+pub async fn run(
+    home: &Home,
+    project: &str,
+    env: &str,
+    git_ref: Option<&str>,
+    timeouts: Timeouts,
+) -> Result<Vec<CheckRow>> {
     let scope = load_scope(home, project, env, None)?;
     let settings = &scope.settings;
     let tls = home.client_tls()?;
@@ -63,10 +69,16 @@ pub async fn run(home: &Home, project: &str, env: &str, timeouts: Timeouts) -> R
     ));
     let mirror = git::mirror_path(&home.cache(), &settings.project);
     let url = crate::engine::scope::repo_url(&scope.project, settings);
+    let git_ref = git_ref.unwrap_or(&settings.default_ref);
+    let fix = if git_ref == settings.default_ref {
+        "push the ref or change default_ref"
+    } else {
+        "push the ref or pass another --ref"
+    };
     let resolved = match git::fetch(&url, &mirror).await {
-        Ok(()) => git::resolve(&mirror, &settings.default_ref, &url)
-            .map(|r| format!("{} is {}", settings.default_ref, &r.commit[..12]))
-            .map_err(|e| (e.to_string(), "push the ref or change default_ref".into())),
+        Ok(()) => git::resolve(&mirror, git_ref, &url)
+            .map(|r| format!("{git_ref} is {} \"{}\"", &r.commit[..12], r.summary))
+            .map_err(|e| (e.to_string(), fix.into())),
         Err(e) => Err((e.to_string(), "check the repo URL and the controller's git credentials".into())),
     };
     rows.push(row("controller", "ref", resolved));
@@ -78,6 +90,8 @@ pub async fn run(home: &Home, project: &str, env: &str, timeouts: Timeouts) -> R
         let agent = agents[&host].clone();
         let (tls, target) = (tls.clone(), pb_target(settings, &agent.name));
         let user = settings.target.user.clone().unwrap_or_default();
+        let hook_commands: Vec<String> =
+            settings.target.pre_release.iter().chain(&settings.target.post_release).cloned().collect();
         async move {
             let mut out = Vec::new();
             let mut c = match client::connect(tls, &agent, timeouts).await {
@@ -111,7 +125,7 @@ pub async fn run(home: &Home, project: &str, env: &str, timeouts: Timeouts) -> R
                 }
                 Err(s) => out.push(row(&agent.name, "version", Err((status_text(&s), String::new())))),
             }
-            match c.check(pb::CheckRequest { target: Some(target), user }).await {
+            match c.check(pb::CheckRequest { target: Some(target), user, hook_commands }).await {
                 Ok(reply) => {
                     for item in reply.into_inner().items {
                         let result = if item.ok { Ok(item.detail) } else { Err((item.detail, item.fix)) };

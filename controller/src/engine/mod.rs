@@ -42,13 +42,17 @@ pub fn start_deploy(home: Home, mut args: DeployArgs) -> Running<DeployRecord> {
 
 /// Start a check of a project env (Walle's 检测): every host reachable, certificates, users,
 /// paths, disk, the ref.
+/// Start a check (Walle's 检测) of `git_ref` (the env's default_ref when `None`) and every host.
 pub fn start_check(
     home: Home,
     project: String,
     env: String,
+    git_ref: Option<String>,
     timeouts: client::Timeouts,
 ) -> Running<Vec<check::CheckRow>> {
-    Running::start(move |_events, _cancel| async move { check::run(&home, &project, &env, timeouts).await })
+    Running::start(move |_events, _cancel| async move {
+        check::run(&home, &project, &env, git_ref.as_deref(), timeouts).await
+    })
 }
 
 /// Start a rollback (relink to each host's previous release, or to `--to`).

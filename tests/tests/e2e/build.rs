@@ -217,3 +217,53 @@ fn nginx_serves_the_new_page_after_deploy_and_the_old_after_rollback() {
     assert_eq!(http_get(nginx.port, "/index.html").unwrap(), (200, "<h1>v1</h1>\n".to_owned()));
     assert_eq!(http_get(nginx.port, "/missing.html").unwrap().0, 404);
 }
+
+#[test]
+fn check_takes_a_ref_and_catches_missing_programs_and_unreachable_releases() {
+    let fleet = Fleet::new(1);
+    let repo = repo(&fleet, "site");
+    repo.git(&["tag", "v1"]);
+    let target = format!(
+        "{}post_release = [\"no-such-tool --restart\", \"APP=1 sh -c true\", \"cd . && true\"]\n",
+        hook_user_line()
+    );
+    fleet.apply_project_full("site", &repo.path, "", &target, "");
+    let doc = fleet.slipctl(&["--output", "json", "check", "site", "test", "--ref", "v1"]).code(1).json();
+    let rows = doc["checks"].as_array().unwrap();
+    let find = |name: &str| rows.iter().find(|r| r["check"] == name).unwrap_or_else(|| panic!("{name}: {doc}")).clone();
+    assert_eq!(find("ref")["ok"], true, "{doc}");
+    assert!(find("ref")["detail"].as_str().unwrap().starts_with("v1 is "), "{doc}");
+    let programs = find("hook programs");
+    assert_eq!(programs["ok"], false);
+    let detail = programs["detail"].as_str().unwrap();
+    assert!(detail.contains("`no-such-tool`") && !detail.contains("`sh`"), "{detail}");
+    assert!(programs["fix"].as_str().unwrap().contains("full path"), "{programs}");
+    // A ref that does not exist fails the ref check, naming it.
+    let doc = fleet.slipctl(&["--output", "json", "check", "site", "test", "--ref", "no-such-tag"]).code(1).json();
+    let r = doc["checks"].as_array().unwrap().iter().find(|r| r["check"] == "ref").unwrap().clone();
+    assert!(r["ok"] == false && r["detail"].as_str().unwrap().contains("no-such-tag"), "{r}");
+
+    if !require("root (a private parent the hook user cannot enter)", is_root()) {
+        return;
+    }
+    // deploy_to beneath a root-only directory: www could never enter its release.
+    let private = fleet.path().join("hosts").join("web-1").join("private");
+    std::fs::create_dir_all(&private).unwrap();
+    std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let file = fleet.path().join("private.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"priv\"\nrepo = \"{}\"\n[target]\n{}deploy_to = \"{}/{{host}}/private/app\"\n[env.test]\nhosts = [\"role=web\"]\n",
+            repo.path.display(),
+            hook_user_line(),
+            fleet.path().join("hosts").display()
+        ),
+    )
+    .unwrap();
+    fleet.slipctl(&["project", "apply", "-f", file.to_str().unwrap()]).ok();
+    let doc = fleet.slipctl(&["--output", "json", "check", "priv", "test"]).code(1).json();
+    let reach = doc["checks"].as_array().unwrap().iter().find(|r| r["check"] == "user can reach").unwrap().clone();
+    assert_eq!(reach["ok"], false, "{doc}");
+    assert!(reach["detail"].as_str().unwrap().contains(private.to_str().unwrap()), "{reach}");
+}
