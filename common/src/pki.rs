@@ -168,6 +168,25 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo> {
     Ok(CertInfo { identities, not_after: cert.validity().not_after.timestamp() })
 }
 
+/// Whether `cert` names `ca` as its issuer: the issuer is the CA's subject and the authority key
+/// id is the CA's key id (a consistency check of a home, not a signature check).
+pub fn issued_by(cert: &[u8], ca: &[u8]) -> Result<bool> {
+    let parse =
+        |der| x509_parser::parse_x509_certificate(der).map(|(_, c)| c).map_err(|e| Error::Pki(format!("parse: {e}")));
+    let (cert, ca) = (parse(cert)?, parse(ca)?);
+    let ski = ca.extensions().iter().find_map(|e| match e.parsed_extension() {
+        x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+        _ => None,
+    });
+    let aki = cert.extensions().iter().find_map(|e| match e.parsed_extension() {
+        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+            a.key_identifier.as_ref().map(|k| k.0.to_vec())
+        }
+        _ => None,
+    });
+    Ok(cert.issuer() == ca.subject() && (ski.is_none() || aki.is_none() || ski == aki))
+}
+
 /// The first certificate of a PEM bundle, as DER.
 pub fn first_cert_der(pem: &str) -> Result<Vec<u8>> {
     use rustls::pki_types::CertificateDer;

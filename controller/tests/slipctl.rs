@@ -25,3 +25,48 @@ fn commands_before_init_say_to_run_init() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.path().join("pki/ca.pem").exists());
 }
+
+/// `--help` of every command, against the snapshots in `tests/help/` (so a changed or missing
+/// description shows in review). `SLIPWAY_UPDATE_HELP=1 cargo test -p slipway-controller` rewrites them.
+#[test]
+fn help_of_every_command_matches_its_snapshot() {
+    use clap::CommandFactory;
+    fn paths(cmd: &clap::Command, prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(prefix.clone());
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let mut p = prefix.clone();
+            p.push(sub.get_name().to_owned());
+            paths(sub, p, out);
+        }
+    }
+    let mut all = Vec::new();
+    paths(&slipway_controller::Cli::command(), Vec::new(), &mut all);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/help");
+    let update = std::env::var_os("SLIPWAY_UPDATE_HELP").is_some();
+    let mut differ = Vec::new();
+    for path in &all {
+        let out = Command::new(env!("CARGO_BIN_EXE_slipctl"))
+            .args(path)
+            .arg("--help")
+            .env_remove("SLIPWAY_HOME")
+            .env("COLUMNS", "100")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{path:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("Example"), "slipctl {} --help has no example:\n{text}", path.join(" "));
+        let name = if path.is_empty() { "slipctl".to_owned() } else { format!("slipctl-{}", path.join("-")) };
+        let file = dir.join(format!("{name}.txt"));
+        if update {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&file, &text).unwrap();
+        } else if std::fs::read_to_string(&file).ok().as_deref() != Some(text.as_str()) {
+            differ.push(format!("{name}:\n{text}"));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "help differs from tests/help/ (SLIPWAY_UPDATE_HELP=1 to accept):\n{}",
+        differ.join("\n")
+    );
+}

@@ -1,13 +1,15 @@
 //! The `slipctl` command line (DESIGN.md "Command line") and the commands that are not a
 //! rollout: init, agents, projects, releases, history, show.
 
+pub mod args;
 pub mod output;
 pub mod quickstart;
 
-use std::path::{Path, PathBuf};
+pub use args::{AgentCommand, Cli, Command, ProjectCommand};
+
+use std::path::Path;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
 use serde_json::json;
 use slipway_common::config::ProjectConfig;
 use slipway_common::time::{format_utc, unix_now};
@@ -22,141 +24,6 @@ use crate::state::store::AgentRecord;
 use crate::state::store::{DeployRecord, DeployStatus, ProjectRecord, Store};
 use std::collections::BTreeMap;
 
-#[derive(Parser)]
-#[command(
-    name = "slipctl",
-    version,
-    about = "Slipway: deploy a git repository to a fleet of web hosts, and take it back"
-)]
-pub struct Cli {
-    /// Controller home: pki/, state/, cache/ [default: ~/.local/share/slipway]
-    #[arg(long, global = true, env = "SLIPWAY_HOME")]
-    pub home: Option<PathBuf>,
-    /// Output for people (text) or scripts (json)
-    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Subcommand)]
-pub enum Command {
-    /// Create the CA and the controller identity in the home
-    Init,
-    /// Register, list and remove agents
-    #[command(subcommand)]
-    Agent(AgentCommand),
-    /// Apply, list, show and remove projects
-    #[command(subcommand)]
-    Project(ProjectCommand),
-    /// Deploy a ref of a project to an environment
-    Deploy {
-        project: String,
-        env: String,
-        /// Branch, tag or commit [default: the project's default_ref]
-        #[arg(long = "ref")]
-        git_ref: Option<String>,
-        /// Only these hosts of the environment (comma-separated)
-        #[arg(long, value_delimiter = ',')]
-        hosts: Option<Vec<String>>,
-        /// Resolve and package, print the plan, send nothing
-        #[arg(long)]
-        dry_run: bool,
-        /// Send the whole artifact, even to hosts that already hold most files
-        #[arg(long)]
-        full: bool,
-        /// Ship deploy DEPLOY_ID's release again (same release, same commit) to the hosts it did
-        /// not reach: failed, rolled back, or never contacted
-        #[arg(long, value_name = "DEPLOY_ID", conflicts_with_all = ["git_ref", "hosts"])]
-        retry_failed: Option<u64>,
-    },
-    /// Relink every host to its previous release (or --to RELEASE)
-    Rollback {
-        project: String,
-        env: String,
-        /// Where to go: a release id (as `slipctl releases` shows), a deploy number (#12), a tag,
-        /// or a commit prefix; the release must be retained on every host
-        #[arg(long)]
-        to: Option<String>,
-        #[arg(long, value_delimiter = ',')]
-        hosts: Option<Vec<String>>,
-    },
-    /// Per host: retained releases and which is current
-    Releases { project: String, env: String },
-    /// Before deploying: hosts reachable, certificates, user, paths, disk, and the ref
-    Check {
-        project: String,
-        env: String,
-        /// The branch, tag or commit to check [default: the project's default_ref]
-        #[arg(long = "ref")]
-        git_ref: Option<String>,
-    },
-    /// Remove the deploy lock of a project+env whose holder is gone
-    Unlock { project: String, env: String },
-    /// Past deploys and rollbacks, newest first
-    History {
-        project: Option<String>,
-        env: Option<String>,
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-    },
-    /// Steps, timings and errors of one deploy, per host
-    Show { deploy_id: u64 },
-    /// A real demo on loopback: a CA, three agents, a git repo, two deploys and a rollback
-    Quickstart {
-        /// Where to put the demo [default: a new temporary directory]
-        #[arg(long)]
-        dir: Option<PathBuf>,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum AgentCommand {
-    /// Register an agent and write its ready-to-run bundle (ca.pem, agent.pem, agent.key, agent.toml)
-    Add {
-        name: String,
-        /// Where the controller reaches the agent
-        #[arg(long)]
-        addr: String,
-        /// Labels for host selectors, key=value
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        /// Directory for the bundle
-        #[arg(long)]
-        out: PathBuf,
-        /// `listen` in agent.toml [default: 0.0.0.0:<port of --addr>]
-        #[arg(long)]
-        listen: Option<String>,
-        /// `state_dir` in agent.toml
-        #[arg(long, default_value = "/var/lib/slipway")]
-        state_dir: PathBuf,
-        /// `allowed_roots` in agent.toml (repeatable)
-        #[arg(long = "allowed-root", default_value = "/data")]
-        allowed_roots: Vec<PathBuf>,
-    },
-    /// Registered agents: reachable or why not, version, uptime
-    List,
-    /// Forget an agent
-    Rm { name: String },
-}
-
-#[derive(Subcommand)]
-pub enum ProjectCommand {
-    /// Validate and store a project file
-    Apply {
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
-    },
-    List,
-    /// The project's settings as each environment resolves them
-    Show {
-        name: String,
-    },
-    Rm {
-        name: String,
-    },
-}
-
 /// Run a command; the returned code is the process exit status.
 pub async fn run(cli: Cli) -> Result<u8> {
     let home = Home::resolve(cli.home.clone())?;
@@ -164,13 +31,17 @@ pub async fn run(cli: Cli) -> Result<u8> {
     let timeouts = Timeouts::default();
     match cli.command {
         Command::Init => {
-            home.init()?;
-            print(out, json!({"home": home.root, "ca": home.pki().join("ca.pem")}), || {
-                format!(
-                    "initialised {}: CA and controller identity in {}\nnext: slipctl agent add NAME --addr HOST:PORT --out DIR",
-                    home.root.display(),
-                    home.pki().display()
-                )
+            let created = home.init()?;
+            print(out, json!({"home": home.root, "ca": home.pki().join("ca.pem"), "created": created}), || {
+                if created {
+                    format!(
+                        "initialised {}: CA and controller identity in {}\nnext: slipctl agent add NAME --addr HOST:PORT --out DIR",
+                        home.root.display(),
+                        home.pki().display()
+                    )
+                } else {
+                    format!("{} is already initialised (its CA is kept); nothing changed", home.root.display())
+                }
             });
             Ok(0)
         }

@@ -117,14 +117,21 @@ impl Home {
     }
 
     /// `slipctl init`: create the CA and the controller identity; never overwrite a CA.
-    pub fn init(&self) -> Result<()> {
+    /// Create the CA and the controller identity. On a home that already holds a complete,
+    /// consistent set it does nothing and says so (`Ok(false)`: safe to run again, as Ansible
+    /// does); a partial or mismatched set is refused, never replaced.
+    pub fn init(&self) -> Result<bool> {
         let (ca_pem, ca_key) = self.ca_paths();
         if ca_pem.exists() || ca_key.exists() {
-            return Err(CtlError::bad(format!(
-                "a CA already exists in {}: refusing to overwrite it (it signs every agent's certificate); \
-                 use another --home for a new fleet",
-                self.pki().display()
-            )));
+            return match self.consistent() {
+                Ok(()) => Ok(false),
+                Err(why) => Err(CtlError::bad(format!(
+                    "the home {} holds a CA that is not usable as it is ({why}): refusing to overwrite it (it \
+                     signs every agent's certificate)",
+                    self.pki().display()
+                ))
+                .fix("restore the missing files from a backup, or use another --home for a new fleet")),
+            };
         }
         for dir in [self.root.clone(), self.pki(), self.state(), self.cache()] {
             private_dir(&dir)?;
@@ -138,7 +145,28 @@ impl Home {
         write_new(&tls.key, controller.key_pem.as_bytes(), 0o600)?;
         write_new(&tls.cert, controller.cert_pem.as_bytes(), 0o644)?;
         write_new(&ca_pem, ca.cert_pem().as_bytes(), 0o644)?;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Whether the pki/ files are all there and belong together.
+    fn consistent(&self) -> std::result::Result<(), String> {
+        let (ca_pem, ca_key) = self.ca_paths();
+        let tls = self.controller_tls();
+        for p in [&ca_pem, &ca_key, &tls.cert, &tls.key] {
+            if !p.exists() {
+                return Err(format!("{} is missing", p.display()));
+            }
+        }
+        self.load_ca().map_err(|e| format!("the CA does not load: {e}"))?;
+        self.client_tls().map_err(|e| format!("the controller identity does not load: {e}"))?;
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+        let der = |pem: String| slipway_common::pki::first_cert_der(&pem).map_err(|e| e.to_string());
+        let (ca, controller) = (der(read(&ca_pem)?)?, der(read(&tls.cert)?)?);
+        match slipway_common::pki::issued_by(&controller, &ca) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("{} was not issued by {}", tls.cert.display(), ca_pem.display())),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     fn require_init(&self) -> Result<()> {

@@ -80,7 +80,7 @@ fn project_files_are_validated_with_file_and_key_named() {
 }
 
 #[test]
-fn init_keeps_keys_private_and_refuses_to_overwrite() {
+fn init_keeps_keys_private_is_idempotent_and_refuses_to_overwrite() {
     let fleet = Fleet::new(1);
     let pki = fleet.home.join("pki");
     for key in ["ca.key", "controller.key"] {
@@ -90,9 +90,26 @@ fn init_keeps_keys_private_and_refuses_to_overwrite() {
     let agent_key = fleet.agents[0].bundle.join("agent.key");
     assert_eq!(std::fs::metadata(agent_key).unwrap().permissions().mode() & 0o777, 0o600);
     let before = std::fs::read(pki.join("ca.pem")).unwrap();
-    let run = fleet.slipctl(&["init"]).code(2);
-    assert!(run.stderr.contains("refusing to overwrite"), "{}", run.stderr);
+    // Again on a complete home: a no-op, exit 0 (safe for Ansible), the CA untouched.
+    let run = fleet.slipctl(&["--output", "json", "init"]).ok();
+    assert_eq!(run.json()["created"], false, "{}", run.stdout);
     assert_eq!(std::fs::read(pki.join("ca.pem")).unwrap(), before);
+    // A home whose controller key is gone is refused, never replaced.
+    let key = std::fs::read(pki.join("controller.key")).unwrap();
+    std::fs::remove_file(pki.join("controller.key")).unwrap();
+    let run = fleet.slipctl(&["init"]).code(2);
+    assert!(run.stderr.contains("refusing to overwrite") && run.stderr.contains("controller.key"), "{}", run.stderr);
+    assert_eq!(std::fs::read(pki.join("ca.pem")).unwrap(), before);
+    std::fs::write(pki.join("controller.key"), key).unwrap();
+    std::fs::set_permissions(pki.join("controller.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A CA that is not the one the controller identity came from: refused too.
+    let other = fleet.path().join("other-home");
+    std::process::Command::new(bin("slipctl")).arg("--home").arg(&other).arg("init").output().unwrap();
+    std::fs::copy(other.join("pki/ca.pem"), pki.join("ca.pem")).unwrap();
+    let run = fleet.slipctl(&["init"]).code(2);
+    assert!(run.stderr.contains("was not issued by"), "{}", run.stderr);
+    std::fs::write(pki.join("ca.pem"), &before).unwrap();
+    fleet.slipctl(&["init"]).ok();
     // The bundle `agent add` wrote is what slipd runs with; check-config agrees.
     let out = std::process::Command::new(bin("slipd"))
         .args(["check-config", "--config"])

@@ -1,0 +1,295 @@
+//! The command line, as clap reads it: every command, argument and option with its description,
+//! an example per command, and the exit codes. `tests/help/` holds a snapshot of each `--help`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::cli::output::OutputFormat;
+
+/// The exit codes, as a literal for `concat!` (examples first, then these, in `--help`).
+macro_rules! exit_codes {
+    () => {
+        "\
+Exit status:
+  0  done
+  1  the operation failed on some host (the output says which and why)
+  2  bad input: usage, config, an unknown project, env, host, ref or release, or an agent
+     refusing the target's paths or hook user (the message names the thing and the fix)
+  3  busy: another deploy or rollback holds the project+env's lock (nothing was done)
+
+With --output json, every outcome is one JSON document on stdout, errors included
+({\"error\", \"fix\", \"kind\", \"exit_code\"}); --output jsonl streams events, one per line."
+    };
+}
+
+macro_rules! top_examples {
+    () => {
+        "Examples:\n  slipctl quickstart                        a real demo on loopback, nothing to set up\n  \
+         slipctl deploy web-demo prod --ref v1.4   ship tag v1.4 to every host of env prod"
+    };
+}
+const TOP_EXAMPLES: &str = top_examples!();
+
+macro_rules! deploy_examples {
+    () => {
+        "Examples:\n  slipctl deploy web-demo prod                  the project's default_ref\n  \
+         slipctl deploy web-demo prod --ref v1.4 --dry-run\n  \
+         slipctl deploy web-demo prod --hosts web-1   one host first\n  \
+         slipctl deploy web-demo prod --retry-failed 12"
+    };
+}
+
+macro_rules! rollback_examples {
+    () => {
+        "Examples:\n  slipctl rollback web-demo prod             back to the release before the current one\n  \
+         slipctl rollback web-demo prod --to #12     what deploy 12 shipped\n  \
+         slipctl rollback web-demo prod --to v1.3    a tag (or a commit prefix, or a release id)\n\n\
+         A rollback runs the hook stages of [target] rollback_hooks (default post_release) with\n\
+         the lines recorded with the release it restores."
+    };
+}
+
+#[derive(Parser)]
+#[command(
+    name = "slipctl",
+    version,
+    about = "Slipway: deploy a git repository to a fleet of web hosts, and take it back",
+    after_help = TOP_EXAMPLES,
+    after_long_help = concat!(top_examples!(), "\n\n", exit_codes!())
+)]
+pub struct Cli {
+    /// Controller home: pki/, state/, cache/ [default: ~/.local/share/slipway]
+    #[arg(long, global = true, env = "SLIPWAY_HOME")]
+    pub home: Option<PathBuf>,
+    /// Output for people (text), scripts (json: one document) or streams (jsonl: events, then the result)
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create the CA and the controller identity in the home (again: a no-op)
+    #[command(
+        after_help = "Example:\n  slipctl init\n\nRun again on a home that has its CA, it changes nothing and exits 0."
+    )]
+    Init,
+    /// Register, list and remove agents
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  slipctl agent add web-1 --addr 10.0.0.11:7443 --label role=web --out ./web-1\n  \
+                      slipctl agent list"
+    )]
+    Agent(AgentCommand),
+    /// Apply, list, show and remove projects
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  slipctl project apply -f web-demo.toml\n  slipctl project show web-demo"
+    )]
+    Project(ProjectCommand),
+    /// Deploy a ref of a project to an environment
+    #[command(
+        after_help = deploy_examples!(),
+        after_long_help = concat!(deploy_examples!(), "\n\n", exit_codes!())
+    )]
+    Deploy {
+        /// The project, as `slipctl project list` names it
+        project: String,
+        /// The environment of the project (an [env.NAME] table of its file)
+        env: String,
+        /// Branch, tag or commit [default: the project's default_ref]
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        /// Only these hosts of the environment (comma-separated)
+        #[arg(long, value_delimiter = ',')]
+        hosts: Option<Vec<String>>,
+        /// Resolve and package, print the plan, send nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Send the whole artifact, even to hosts that already hold most files
+        #[arg(long)]
+        full: bool,
+        /// Ship deploy DEPLOY_ID's release again (same release, same commit) to the hosts it did
+        /// not reach: failed, rolled back, or never contacted
+        #[arg(long, value_name = "DEPLOY_ID", conflicts_with_all = ["git_ref", "hosts"])]
+        retry_failed: Option<u64>,
+    },
+    /// Relink every host to its previous release (or --to one), then run post_release there
+    #[command(
+        after_help = rollback_examples!(),
+        after_long_help = concat!(rollback_examples!(), "\n\n", exit_codes!())
+    )]
+    Rollback {
+        /// The project, as `slipctl project list` names it
+        project: String,
+        /// The environment of the project
+        env: String,
+        /// Where to go: a release id (as `slipctl releases` shows), a deploy number (#12), a tag,
+        /// or a commit prefix; the release must be retained on every host
+        #[arg(long)]
+        to: Option<String>,
+        /// Only these hosts of the environment (comma-separated)
+        #[arg(long, value_delimiter = ',')]
+        hosts: Option<Vec<String>>,
+    },
+    /// Per host: retained releases, which is current, and why each is kept
+    #[command(after_help = "Example:\n  slipctl releases web-demo prod\n\n\
+                            keep_releases counts releases that were activated and not rolled back from; the\n\
+                            rollback target is kept beyond it. Pruning runs after a rollout succeeded.")]
+    Releases {
+        /// The project
+        project: String,
+        /// The environment of the project
+        env: String,
+    },
+    /// Before deploying: hosts reachable, certificates, user, paths, hook programs, disk, the ref
+    #[command(after_help = "Examples:\n  slipctl check web-demo prod\n  slipctl check web-demo prod --ref v1.4")]
+    Check {
+        /// The project
+        project: String,
+        /// The environment of the project
+        env: String,
+        /// The branch, tag or commit to check [default: the project's default_ref]
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+    },
+    /// Remove the deploy lock of a project+env whose holder is gone
+    #[command(
+        after_help = "Example:\n  slipctl unlock web-demo prod\n\nA lock held by a live process is never removed."
+    )]
+    Unlock {
+        /// The project
+        project: String,
+        /// The environment of the project
+        env: String,
+    },
+    /// Past deploys and rollbacks, newest first
+    #[command(after_help = "Examples:\n  slipctl history\n  slipctl history web-demo prod --limit 5")]
+    History {
+        /// Only this project
+        project: Option<String>,
+        /// Only this environment of the project
+        env: Option<String>,
+        /// At most this many
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Steps, timings, hook output and errors of one deploy or rollback, per host
+    #[command(after_help = "Example:\n  slipctl show 12")]
+    Show {
+        /// The deploy number, as `slipctl history` shows it
+        deploy_id: u64,
+    },
+    /// A real demo on loopback: a CA, three agents, a git repo, two deploys and a rollback
+    #[command(after_help = "Example:\n  slipctl quickstart --dir /tmp/slipway-demo")]
+    Quickstart {
+        /// Where to put the demo [default: a new temporary directory]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AgentCommand {
+    /// Register an agent and write its ready-to-run bundle (ca.pem, agent.pem, agent.key, agent.toml)
+    #[command(
+        after_help = "Example:\n  slipctl agent add web-1 --addr 10.0.0.11:7443 --label role=web --out ./web-1\n  \
+                            # copy ./web-1 to the host's /etc/slipway/, then: systemctl enable --now slipd"
+    )]
+    Add {
+        /// The agent's name: its certificate says it, and project files select it by it
+        name: String,
+        /// Where the controller reaches the agent (HOST:PORT)
+        #[arg(long)]
+        addr: String,
+        /// Labels for host selectors, key=value (repeatable)
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Directory for the bundle (must not hold an agent.key)
+        #[arg(long)]
+        out: PathBuf,
+        /// `listen` in agent.toml [default: 0.0.0.0:<port of --addr>]
+        #[arg(long)]
+        listen: Option<String>,
+        /// `state_dir` in agent.toml
+        #[arg(long, default_value = "/var/lib/slipway")]
+        state_dir: PathBuf,
+        /// `allowed_roots` in agent.toml (repeatable)
+        #[arg(long = "allowed-root", default_value = "/data")]
+        allowed_roots: Vec<PathBuf>,
+    },
+    /// Registered agents: reachable or why not, version, uptime
+    #[command(after_help = "Example:\n  slipctl agent list")]
+    List,
+    /// Forget an agent (warns when a project still selects it)
+    #[command(after_help = "Example:\n  slipctl agent rm web-3\n\n\
+                            Its releases stay on the host; slipd there keeps running until you stop it.")]
+    Rm {
+        /// The agent's name
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ProjectCommand {
+    /// Validate and store a project file
+    #[command(after_help = "Example:\n  slipctl project apply -f web-demo.toml")]
+    Apply {
+        /// The project file (TOML; see deploy/web-demo.toml)
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Every project: repository and environments
+    #[command(after_help = "Example:\n  slipctl project list")]
+    List,
+    /// The project's settings as each environment resolves them, and the hosts each selects
+    #[command(after_help = "Example:\n  slipctl project show web-demo")]
+    Show {
+        /// The project
+        name: String,
+    },
+    /// Forget a project (its releases stay on the hosts)
+    #[command(after_help = "Example:\n  slipctl project rm web-demo")]
+    Rm {
+        /// The project
+        name: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every command has an example and every argument a description: a missing one fails here.
+    #[test]
+    fn every_command_and_argument_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if !cmd.get_after_help().is_some_and(|h| h.to_string().contains("Example")) {
+                missing.push(format!("{path}: no example"));
+            }
+            if cmd.get_about().is_none() {
+                missing.push(format!("{path}: no description"));
+            }
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() && !["help", "version"].contains(&arg.get_id().as_str()) {
+                    missing.push(format!("{path} {}: no description", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            walk(sub, "slipctl", &mut missing);
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+        assert!(cmd.get_after_long_help().is_some_and(|h| h.to_string().contains("3  busy")));
+    }
+}
