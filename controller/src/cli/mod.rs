@@ -285,6 +285,34 @@ fn hook_text(indent: &str, h: &crate::state::store::HookRecord) -> String {
 }
 
 /// Print a deploy/rollback result; the exit status is 0 only when every host succeeded.
+/// The one line after an operation, computed from what each host reports: how many run the
+/// release, how many of those failed a hook or check after the flip, how many went back.
+fn summary_line(record: &DeployRecord) -> String {
+    let on = record.hosts.iter().filter(|h| h.activated).count();
+    let failed_after = record.hosts.iter().filter(|h| h.activated && !h.ok).count();
+    let back =
+        record.hosts.iter().filter(|h| !h.activated && h.steps.iter().any(|s| s.name == "rollback" && s.ok)).count();
+    let mut extra = String::new();
+    if failed_after > 0 {
+        extra.push_str(&format!(" ({failed_after} of them failed a hook or check after the flip)"));
+    }
+    if back > 0 {
+        extra.push_str(&format!(", {back} back on their previous release"));
+    }
+    format!(
+        "{} #{} {}/{} {}: {on}/{} host(s) on {}{extra} in {}; details: slipctl show {}",
+        format!("{:?}", record.kind).to_lowercase(),
+        record.id,
+        record.project,
+        record.env,
+        record.status.word(),
+        record.hosts.len(),
+        record.release.as_ref().map_or_else(|| "their previous release".to_owned(), ToString::to_string),
+        took(record),
+        record.id
+    )
+}
+
 /// What to do after an operation that did not succeed, for people and for JSON.
 fn outcome_fix(record: &DeployRecord) -> Option<String> {
     let (id, p, e) = (record.id, &record.project, &record.env);
@@ -330,19 +358,7 @@ fn finish_operation(out: OutputFormat, record: &DeployRecord, dry_run: bool) -> 
         }
         out.print_doc(&doc);
     } else if !dry_run {
-        let ok = record.hosts.iter().filter(|h| h.ok).count();
-        let kind = format!("{:?}", record.kind).to_lowercase();
-        println!(
-            "{kind} #{} {}/{} {}: {ok}/{} host(s) on {} in {}; details: slipctl show {}",
-            record.id,
-            record.project,
-            record.env,
-            record.status.word(),
-            record.hosts.len(),
-            record.release.as_ref().map_or_else(|| "their previous release".to_owned(), ToString::to_string),
-            took(record),
-            record.id
-        );
+        println!("{}", summary_line(record));
     }
     if code != 0 {
         eprintln!("error: {}", record.error.clone().unwrap_or_else(|| "the operation failed".into()));

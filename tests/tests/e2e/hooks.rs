@@ -322,3 +322,33 @@ fn output_is_readable_whole_lines_marked_grouped_and_named() {
     assert!(text.contains("# env test: 2 host(s): web-1, web-2"), "{text}");
     assert!(text.contains("role=web") && !text.contains("Name") && !text.contains("Label"), "{text}");
 }
+
+#[test]
+fn a_rollback_whose_hook_exits_127_is_a_failure_that_says_where_the_hosts_are() {
+    let fleet = Fleet::new(2);
+    let repo = repo(&fleet);
+    // r1 is deployed with a post_release whose program does not exist (exit 127).
+    let bad = format!("{}post_release = [\"no-such-restart-tool\"]\n", hook_user_line());
+    fleet.apply_project_full("site", &repo.path, "[rollout]\nauto_rollback = false\n", &bad, "");
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(1).json();
+    let r1 = doc["release"].as_str().unwrap().to_owned();
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
+    fleet.apply_project_full("site", &repo.path, "", &hook_user_line(), "");
+    fleet.deploy_ok("site");
+    // Going back to r1 runs r1's recorded post_release: 127 on both hosts. Both are on r1, and
+    // the outcome says failed, and says so in one voice: summary, exit status, history, show.
+    let run = fleet.slipctl(&["rollback", "site", "test", "--to", &r1]).code(1);
+    assert!(
+        run.stdout.contains("failed: 2/2 host(s) on") && run.stdout.contains("2 of them failed a hook"),
+        "{}",
+        run.stdout
+    );
+    for host in ["web-1", "web-2"] {
+        assert_eq!(fleet.current_release(host, "site").as_deref(), Some(r1.as_str()));
+    }
+    let history = fleet.slipctl(&["--output", "json", "history"]).ok().json();
+    assert_eq!(history[0]["status"], "failed");
+    let show = fleet.slipctl(&["show", &history[0]["id"].to_string()]).ok().stdout;
+    assert!(show.contains("exit 127") && show.contains("FAILED"), "{show}");
+}
