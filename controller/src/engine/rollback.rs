@@ -80,6 +80,16 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
             replies.push((agent.name.clone(), reply));
             clients.push((agent, client));
         }
+        // Undoing the last deploy: a host it did not reach (a `--hosts` deploy went to others)
+        // already runs what the fleet ran before, and stays there.
+        if args.to.is_none() && args.hosts.is_none() {
+            let keep = on_newest(&replies);
+            for (host, current) in replies.iter().filter(|(h, _)| !keep.contains(h)).map(|(h, r)| (h, &r.current)) {
+                reporter.say(format!("{host} runs {current}, not the newest release: nothing to undo there"));
+            }
+            clients.retain(|(a, _)| keep.contains(&a.name));
+            replies.retain(|(h, _)| keep.contains(h));
+        }
         let to = match &args.to {
             None => None,
             Some(RollbackTo::Release(id)) => Some(id.clone()),
@@ -178,4 +188,11 @@ fn shown_to(to: Option<&RollbackTo>) -> String {
         Some(RollbackTo::Release(id)) => id.to_string(),
         None => String::new(),
     }
+}
+
+/// The hosts on the newest release any host of the env runs (release ids sort by time): the
+/// ones the last deploy reached. Hosts with no release count as reached (nothing to skip them for).
+fn on_newest(replies: &[(String, pb::ReleasesReply)]) -> Vec<String> {
+    let newest = replies.iter().map(|(_, r)| r.current.as_str()).max().unwrap_or("");
+    replies.iter().filter(|(_, r)| r.current == newest || r.current.is_empty()).map(|(h, _)| h.clone()).collect()
 }

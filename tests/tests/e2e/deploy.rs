@@ -237,3 +237,25 @@ fn rollback_to_takes_a_deploy_number_a_tag_or_a_commit_prefix() {
     assert!(doc["error"].as_str().unwrap().contains("#999"), "{doc}");
     assert_eq!(on(&fleet), [Some(releases[2].clone()), Some(releases[2].clone())], "refusals touch nothing");
 }
+
+#[test]
+fn after_a_hosts_deploy_rollback_takes_every_host_to_what_the_fleet_ran_before() {
+    let fleet = Fleet::new(2);
+    let repo = Repo::new(fleet.path().join("repo"));
+    fleet.apply_project("site", &repo.path, "");
+    let mut r = Vec::new();
+    for v in 1..=2 {
+        repo.write("index.html", &format!("v{v}\n"));
+        repo.commit(&format!("v{v}"));
+        r.push(fleet.deploy_ok("site"));
+    }
+    // A hand-made canary: v3 on web-1 only.
+    repo.write("index.html", "v3\n");
+    repo.commit("v3");
+    fleet.slipctl(&["deploy", "site", "test", "--hosts", "web-1"]).ok();
+    let run = fleet.slipctl(&["rollback", "site", "test"]).ok();
+    for host in ["web-1", "web-2"] {
+        assert_eq!(fleet.current_release(host, "site").as_deref(), Some(r[1].as_str()), "{host}: {}", run.stdout);
+    }
+    assert!(run.stdout.contains("web-2 runs") && run.stdout.contains("nothing to undo"), "{}", run.stdout);
+}
