@@ -95,9 +95,9 @@ impl Drop for PendingSlot {
 /// state dir is fine when slipd could create it at start.
 pub fn check_config(config: &AgentConfig) -> anyhow::Result<()> {
     let material = TlsMaterial::load(&config.tls)?;
-    agent_server_config(&material).context("tls")?;
-    let der = slipway_common::pki::first_cert_der(&material.cert_pem).context("tls.cert")?;
-    let info = slipway_common::pki::cert_info(&der).context("tls.cert")?;
+    agent_server_config(&material).context("the TLS files of agent.toml (tls.ca, tls.cert, tls.key)")?;
+    let der = slipway_common::pki::first_cert_der(&material.cert_pem).context("tls.cert of agent.toml")?;
+    let info = slipway_common::pki::cert_info(&der).context("tls.cert of agent.toml")?;
     let me = slipway_common::pki::Identity::Agent(config.name.clone());
     if !info.identities.contains(&me) {
         let holders: Vec<String> = info.identities.iter().map(|i| i.uri()).collect();

@@ -64,4 +64,11 @@ fn check_config_creates_nothing_and_refuses_a_certificate_of_another_agent() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!dir.path().join("state").exists(), "check-config created the state dir");
     assert!(!dir.path().join("data").exists(), "check-config created an allowed root");
+    // A key that is not the certificate's: one message naming the files, no doubled prefix.
+    let other = ca.issue(&Identity::Agent("web-2".into())).unwrap();
+    std::fs::write(dir.path().join("agent.key"), &other.key_pem).unwrap();
+    let out = slipd(&["check-config", "--config", write("web-2").to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("tls.cert") && !stderr.contains("tls: tls:"), "{stderr}");
 }
