@@ -280,6 +280,142 @@ pub struct RolloutFile {
     pub host_timeout_secs: Option<u64>,
     /// How long one host's stage (upload, unpack, verify, `pre_release` aside) may take.
     pub stage_timeout_secs: Option<u64>,
+    /// Take each host out of its load balancer around its flip.
+    pub drain: Option<DrainFile>,
+}
+
+/// `[rollout.drain]`: HAProxy's runtime API, or command lines.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainFile {
+    pub haproxy: Option<HAProxyFile>,
+    pub drain: Option<Vec<String>>,
+    pub undrain: Option<Vec<String>>,
+    /// Where `drain`/`undrain` lines run: `controller` (only this for now).
+    pub run_on: Option<String>,
+    /// How long to wait for the server's sessions to reach 0.
+    pub timeout_secs: Option<u64>,
+    /// Allow a rollout that takes every host out at once.
+    pub allow_full_drain: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HAProxyFile {
+    /// The runtime API's unix socket (`stats socket … level admin`).
+    pub socket: Option<String>,
+    /// Or its TCP address, HOST:PORT.
+    pub addr: Option<String>,
+    pub backend: Option<String>,
+    /// The server name in the backend; `{host}` expands to the host's name (the default).
+    pub server: Option<String>,
+}
+
+/// How a host leaves and rejoins its load balancer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DrainDriver {
+    HAProxy {
+        endpoint: HAProxyEndpoint,
+        backend: String,
+        server: String,
+    },
+    /// Command lines run on the controller with the SLIPWAY_* variables and SLIPWAY_HOST_ADDR.
+    Commands {
+        drain: Vec<String>,
+        undrain: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HAProxyEndpoint {
+    Socket(PathBuf),
+    Tcp(String),
+}
+
+impl std::fmt::Display for HAProxyEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HAProxyEndpoint::Socket(p) => write!(f, "socket {}", p.display()),
+            HAProxyEndpoint::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DrainSettings {
+    pub driver: DrainDriver,
+    pub timeout_secs: u64,
+    pub allow_full_drain: bool,
+}
+
+impl DrainSettings {
+    /// The HAProxy server name of `host`.
+    pub fn server_for(&self, host: &str) -> Option<String> {
+        match &self.driver {
+            DrainDriver::HAProxy { server, .. } => Some(server.replace("{host}", host)),
+            DrainDriver::Commands { .. } => None,
+        }
+    }
+}
+
+fn resolve_drain(d: &DrainFile) -> std::result::Result<DrainSettings, String> {
+    let timeout_secs = d.timeout_secs.unwrap_or(30);
+    let driver = match (&d.haproxy, &d.drain, &d.undrain) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            return Err("rollout.drain: set either haproxy or drain/undrain command lines, not both".into());
+        }
+        (Some(h), None, None) => {
+            let endpoint = match (&h.socket, &h.addr) {
+                (Some(s), None) if Path::new(s).is_absolute() => HAProxyEndpoint::Socket(PathBuf::from(s)),
+                (Some(s), None) => return Err(format!("rollout.drain.haproxy.socket '{s}' must be an absolute path")),
+                (None, Some(a))
+                    if a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) =>
+                {
+                    HAProxyEndpoint::Tcp(a.clone())
+                }
+                (None, Some(a)) => return Err(format!("rollout.drain.haproxy.addr '{a}' is not HOST:PORT")),
+                _ => {
+                    return Err(
+                        "rollout.drain.haproxy: set socket = \"/run/haproxy/admin.sock\" or addr = \"HOST:PORT\""
+                            .into(),
+                    );
+                }
+            };
+            let backend = h
+                .backend
+                .clone()
+                .filter(|b| !b.trim().is_empty())
+                .ok_or("rollout.drain.haproxy.backend is missing: the backend the hosts are servers of")?;
+            let server = h.server.clone().unwrap_or_else(|| "{host}".into());
+            if server.trim().is_empty() || server.contains(char::is_whitespace) || backend.contains(char::is_whitespace)
+            {
+                return Err("rollout.drain.haproxy: backend and server names have no spaces".into());
+            }
+            DrainDriver::HAProxy { endpoint, backend, server }
+        }
+        (None, drain, undrain) => {
+            let (drain, undrain) = (drain.clone().unwrap_or_default(), undrain.clone().unwrap_or_default());
+            if drain.is_empty() || undrain.is_empty() {
+                return Err("rollout.drain: set haproxy = { … }, or both drain = [...] and undrain = [...]".into());
+            }
+            DrainDriver::Commands { drain, undrain }
+        }
+    };
+    match d.run_on.as_deref() {
+        None | Some("controller") => {}
+        Some(other) => {
+            return Err(format!(
+                "rollout.drain.run_on = \"{other}\": drain commands run on the controller for now; leave run_on out"
+            ));
+        }
+    }
+    Ok(DrainSettings {
+        driver,
+        timeout_secs: positive("rollout.drain.timeout_secs", timeout_secs)?,
+        allow_full_drain: d.allow_full_drain.unwrap_or(false),
+    })
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -447,6 +583,7 @@ pub struct RolloutSettings {
     pub health: Option<HealthCheck>,
     pub host_timeout_secs: u64,
     pub stage_timeout_secs: u64,
+    pub drain: Option<DrainSettings>,
 }
 
 /// Everything one environment of a project resolves to, validated.
@@ -606,6 +743,7 @@ fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Res
             "rollout.stage_timeout_secs",
             merge_opt(&er.stage_timeout_secs, &pr.stage_timeout_secs).unwrap_or(3600),
         )?,
+        drain: merge_opt(&er.drain, &pr.drain).as_ref().map(resolve_drain).transpose()?,
     };
 
     let host_texts = merge_opt(&e.hosts, &p.hosts).unwrap_or_default();
@@ -746,6 +884,28 @@ hosts = ["web-1"]
             "name = \"x\"\nrepo = \"/r\"\n[target]\ndeploy_to = \"/d\"\nrollback_hooks = [\"restart\"]\n[env.a]\n",
             &["p.toml", "restart", "pre_release", "post_release"],
         );
+    }
+
+    #[test]
+    fn drain_settings_resolve_or_name_the_key() {
+        let base = "name = \"x\"\nrepo = \"/r\"\n[target]\ndeploy_to = \"/d\"\n[env.a]\n";
+        let c = ProjectConfig::parse(
+            &format!(
+                "{base}[rollout.drain]\nhaproxy = {{ socket = \"/run/haproxy/admin.sock\", backend = \"web\" }}\n"
+            ),
+            "p",
+        )
+        .unwrap();
+        let d = c.envs["a"].rollout.drain.clone().unwrap();
+        assert_eq!((d.timeout_secs, d.allow_full_drain), (30, false));
+        assert_eq!(d.server_for("web-1").as_deref(), Some("web-1"));
+        let bad = |drain: &str, needle: &str| check_err(&format!("{base}[rollout.drain]\n{drain}"), &[needle]);
+        bad("haproxy = { socket = \"/s\" }\n", "backend");
+        bad("haproxy = { socket = \"rel.sock\", backend = \"b\" }\n", "absolute");
+        bad("haproxy = { addr = \"nohost\", backend = \"b\" }\n", "HOST:PORT");
+        bad("haproxy = { socket = \"/s\", backend = \"b\" }\ndrain = [\"x\"]\n", "not both");
+        bad("drain = [\"lb-out\"]\n", "undrain");
+        bad("drain = [\"a\"]\nundrain = [\"b\"]\nrun_on = \"host\"\n", "run_on");
     }
 
     #[test]

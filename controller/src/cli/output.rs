@@ -142,6 +142,7 @@ impl Reporter {
                         format!("activated (was {}) in {}", Shown(previous), millis(*elapsed_ms))
                     }
                     HostEvent::Aborted => "staged release removed".to_owned(),
+                    HostEvent::Balancer { action, detail } => format!("{action}: {detail}"),
                     HostEvent::Failed(why) => format!("FAILED: {why}"),
                     HostEvent::Output { stage, data, stderr } => {
                         for line in self.lines.push(host, stage, *stderr, data) {
@@ -193,6 +194,7 @@ impl Reporter {
                         bar.finish_with_message(format!("\x1b[32mactive\x1b[0m (flip {})", millis(elapsed_ms)));
                     }
                     HostEvent::Aborted => bar.finish_with_message("staged release removed"),
+                    HostEvent::Balancer { action, detail } => bar.set_message(format!("{action}: {detail}")),
                     HostEvent::Failed(why) => bar.abandon_with_message(format!("\x1b[31mFAILED\x1b[0m {why}")),
                     HostEvent::Output { stage, data, stderr } => {
                         for line in self.lines.push(host, &stage, stderr, &data) {

@@ -140,5 +140,13 @@ pub async fn run(
     .await;
     // In the env's host order.
     rows.extend(names.iter().filter_map(|h| per_host.remove(h)).flatten());
+    // The balancer answers and knows every host, before a deploy needs it.
+    if let Some(drainer) = crate::engine::drain::Drainer::of(settings) {
+        for agent in &scope.hosts {
+            let result =
+                drainer.check(agent).await.map_err(|e| (e.to_string(), "fix [rollout.drain] or the balancer".into()));
+            rows.push(row(&agent.name, "drain", result));
+        }
+    }
     Ok(rows)
 }

@@ -79,6 +79,11 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
     let settings = &scope.settings;
     let timeouts = Timeouts::host(settings.rollout.host_timeout_secs);
     let tls = home.client_tls()?;
+    let names: Vec<String> = scope.hosts.iter().map(|h| h.name.clone()).collect();
+    crate::engine::drain::check_full_drain(
+        settings,
+        &batches(&names, &settings.canary, settings.rollout.strategy, settings.rollout.batch),
+    )?;
     let git_ref = match &args.retry {
         Some(r) => r.git_ref.clone(),
         None => args.git_ref.clone().unwrap_or_else(|| settings.default_ref.clone()),

@@ -29,6 +29,11 @@ pub enum HostEvent {
         elapsed_ms: u64,
     },
     Aborted,
+    /// Taken out of the load balancer (`drained`) or put back (`undrained`).
+    Balancer {
+        action: &'static str,
+        detail: String,
+    },
     Failed(HostError),
     /// Live output of a hook: a chunk, not always whole lines.
     Output {
@@ -74,6 +79,7 @@ impl HostEvent {
                 json!({"kind": "activated", "previous": previous, "elapsed_ms": elapsed_ms})
             }
             HostEvent::Aborted => json!({"kind": "aborted"}),
+            HostEvent::Balancer { action, detail } => json!({"kind": action, "detail": detail}),
             HostEvent::Failed(e) => json!({"kind": "failed", "error": e.to_string(), "refused": e.is_refused()}),
             HostEvent::Output { stage, data, stderr } => json!({
                 "kind": "output", "stage": stage, "stream": if *stderr { "stderr" } else { "stdout" },

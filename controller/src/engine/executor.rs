@@ -56,6 +56,10 @@ pub(crate) async fn run_deploy(
         scope.hosts.iter().map(|a| (a.name.clone(), new_host_result(a, Some(&release)))).collect();
     let mut clients: BTreeMap<String, AgentClient> = BTreeMap::new();
     let mut manifest_pb: Option<pb::Manifest> = None;
+    // With [rollout.drain]: hosts taken out of the balancer, to be put back once they are healthy
+    // (or rolled back); a host that fails stays out.
+    let drainer = crate::engine::drain::Drainer::of(settings);
+    let mut drained: std::collections::BTreeSet<String> = Default::default();
     let fan = |events: Events| Fanout { tls: tls.clone(), events, clock: clock.clone(), timeouts };
     let outcome = loop {
         let stopping = is_cancelled(&cancel);
@@ -164,6 +168,26 @@ pub(crate) async fn run_deploy(
                 }
             }
             Action::Activate(hosts) => {
+                let hosts = match &drainer {
+                    None => hosts,
+                    Some(d) => {
+                        let out = fan_out(&hosts, reporter, &mut None, |host, events| {
+                            drain_host(fan(events), d.clone(), agents[&host].clone(), results[&host].clone())
+                        })
+                        .await;
+                        let mut ready = Vec::new();
+                        for (host, (result, ok)) in out {
+                            results.insert(host.clone(), result);
+                            if ok {
+                                drained.insert(host.clone());
+                                ready.push(host);
+                            } else {
+                                set(&mut states, &[host], HostState::Failed { activated: false });
+                            }
+                        }
+                        ready
+                    }
+                };
                 let activated = fan_out(&hosts, reporter, &mut None, |host, events| {
                     let request = activate_request(settings, &host, record, &release);
                     let client = clients[&host].clone();
@@ -177,6 +201,12 @@ pub(crate) async fn run_deploy(
                     };
                     results.insert(host.clone(), result);
                     set(&mut states, &[host], state);
+                }
+                // Without a health check, a host goes back into the balancer once activated.
+                if !plan.health_check {
+                    let back: Vec<String> =
+                        hosts.iter().filter(|h| states[*h] == HostState::Activated).cloned().collect();
+                    undrain(&drainer, &mut drained, &back, &mut results, &mut states, &agents, reporter, &fan).await;
                 }
             }
             Action::HealthCheck(hosts) => {
@@ -202,6 +232,8 @@ pub(crate) async fn run_deploy(
                     let state = if healthy { HostState::Healthy } else { HostState::Failed { activated: true } };
                     set(&mut states, &[host], state);
                 }
+                let back: Vec<String> = hosts.iter().filter(|h| states[*h] == HostState::Healthy).cloned().collect();
+                undrain(&drainer, &mut drained, &back, &mut results, &mut states, &agents, reporter, &fan).await;
             }
             Action::Abort(hosts) => {
                 let aborted = fan_out(&hosts, reporter, &mut None, |host, events| {
@@ -233,6 +265,9 @@ pub(crate) async fn run_deploy(
                     results.insert(host.clone(), result);
                     set(&mut states, &[host], state);
                 }
+                // Relinked first, and only then back into the balancer.
+                let back: Vec<String> = hosts.iter().filter(|h| states[*h] == HostState::RolledBack).cloned().collect();
+                undrain(&drainer, &mut drained, &back, &mut results, &mut states, &agents, reporter, &fan).await;
             }
         }
     };
@@ -318,5 +353,34 @@ pub(crate) async fn run_deploy(
     match error {
         None => Ok(()),
         Some(e) => Err(e),
+    }
+}
+
+/// Put the drained ones of `hosts` back into the balancer; one that cannot be put back failed
+/// (it does not serve). States of hosts that were already failed stay as they are.
+#[allow(clippy::too_many_arguments)]
+async fn undrain(
+    drainer: &Option<crate::engine::drain::Drainer>,
+    drained: &mut std::collections::BTreeSet<String>,
+    hosts: &[String],
+    results: &mut BTreeMap<String, HostResult>,
+    states: &mut BTreeMap<String, HostState>,
+    agents: &BTreeMap<String, AgentRecord>,
+    reporter: &Emitter,
+    fan: &impl Fn(Events) -> Fanout,
+) {
+    let Some(d) = drainer else { return };
+    let back: Vec<String> = hosts.iter().filter(|h| drained.contains(*h)).cloned().collect();
+    let out = fan_out(&back, reporter, &mut None, |host, events| {
+        undrain_host(fan(events), d.clone(), agents[&host].clone(), results[&host].clone())
+    })
+    .await;
+    for (host, (result, ok)) in out {
+        results.insert(host.clone(), result);
+        if ok {
+            drained.remove(&host);
+        } else if matches!(states[&host], HostState::Activated | HostState::Healthy) {
+            set(states, &[host], HostState::Failed { activated: true });
+        }
     }
 }

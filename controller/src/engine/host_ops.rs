@@ -440,3 +440,61 @@ pub(crate) async fn prune_host(
     result.refused = false;
     result
 }
+
+/// Take a host out of its load balancer right before its flip. A drain that fails changed
+/// nothing on the host: it fails there, before its `current` moves.
+pub(crate) async fn drain_host(
+    fan: Fanout,
+    drainer: crate::engine::drain::Drainer,
+    agent: AgentRecord,
+    mut result: HostResult,
+) -> (HostResult, bool) {
+    let t = Instant::now();
+    let outcome = drainer.drain(&agent).await;
+    match &outcome {
+        Ok(detail) => {
+            let _ = fan
+                .events
+                .send((result.host.clone(), HostEvent::Balancer { action: "drained", detail: detail.clone() }));
+        }
+        Err(e) => {
+            let _ = fan.events.send((result.host.clone(), HostEvent::Failed(e.clone())));
+        }
+    }
+    let ok = outcome.is_ok();
+    fan.clock.step(&mut result, "drain", t, outcome);
+    if !ok {
+        result.ok = false;
+    }
+    (result, ok)
+}
+
+/// Put a host back into its load balancer (after its health check, or after its rollback). A
+/// host that is failed already keeps its first error.
+pub(crate) async fn undrain_host(
+    fan: Fanout,
+    drainer: crate::engine::drain::Drainer,
+    agent: AgentRecord,
+    mut result: HostResult,
+) -> (HostResult, bool) {
+    let t = Instant::now();
+    let outcome = drainer.undrain(&agent).await;
+    let ok = outcome.is_ok();
+    match &outcome {
+        Ok(detail) => {
+            let _ = fan
+                .events
+                .send((result.host.clone(), HostEvent::Balancer { action: "undrained", detail: detail.clone() }));
+        }
+        Err(e) => {
+            let _ = fan.events.send((result.host.clone(), HostEvent::Failed(e.clone())));
+        }
+    }
+    if result.ok {
+        fan.clock.step(&mut result, "undrain", t, outcome);
+        result.ok = ok;
+    } else {
+        fan.clock.follow_up(&mut result, "undrain", t, outcome);
+    }
+    (result, ok)
+}

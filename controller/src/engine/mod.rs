@@ -9,6 +9,7 @@
 pub mod check;
 pub mod client;
 pub mod deploy;
+pub mod drain;
 pub mod events;
 mod executor;
 pub mod fanout;

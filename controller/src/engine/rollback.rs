@@ -19,6 +19,8 @@ use super::fanout::*;
 use super::host_ops::*;
 use super::lock::*;
 use super::scope::*;
+use crate::engine::planner::batches;
+use crate::state::store::HostResult;
 
 pub struct RollbackArgs {
     pub project: String,
@@ -134,16 +136,64 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
         .map(|((agent, client), (_, target))| (agent.name.clone(), (agent, client, target.clone())))
         .collect();
     let names: Vec<String> = by_host.keys().cloned().collect();
-    let relinked = fan_out(&names, reporter, &mut None, |host, events| {
-        let (agent, client, target) = by_host[&host].clone();
-        let result = new_host_result(&agent, Some(&target));
-        let request = activate_request(settings, &agent.name, &record, &target);
-        let fan = Fanout { tls: tls.clone(), events, clock: clock.clone(), timeouts };
-        activate_host(fan, client, request, result)
-    })
-    .await;
+    let fan = |events| Fanout { tls: tls.clone(), events, clock: clock.clone(), timeouts };
+    let mut results: BTreeMap<String, HostResult> = BTreeMap::new();
+    match crate::engine::drain::Drainer::of(settings) {
+        // All at once: a relink is a rename.
+        None => {
+            results = fan_out(&names, reporter, &mut None, |host, events| {
+                let (agent, client, target) = by_host[&host].clone();
+                let result = new_host_result(&agent, Some(&target));
+                let request = activate_request(settings, &agent.name, &record, &target);
+                activate_host(fan(events), client, request, result)
+            })
+            .await;
+        }
+        // With a balancer: batch by batch as the rollout goes, each host drained, relinked,
+        // and put back once relinked (one whose drain fails is not touched).
+        Some(drainer) => {
+            let rollout = &settings.rollout;
+            for batch in batches(&names, &settings.canary, rollout.strategy, rollout.batch) {
+                let drained = fan_out(&batch, reporter, &mut None, |host, events| {
+                    let (agent, _, target) = by_host[&host].clone();
+                    drain_host(fan(events), drainer.clone(), agent, new_host_result(&by_host[&host].0, Some(&target)))
+                })
+                .await;
+                let ready: Vec<String> = drained.iter().filter(|(_, (_, ok))| *ok).map(|(h, _)| h.clone()).collect();
+                let mut partial: BTreeMap<String, HostResult> =
+                    drained.into_iter().map(|(h, (result, _))| (h, result)).collect();
+                let relinked = fan_out(&ready, reporter, &mut None, |host, events| {
+                    let (agent, client, target) = by_host[&host].clone();
+                    let request = activate_request(settings, &agent.name, &record, &target);
+                    activate_host(fan(events), client, request, partial[&host].clone())
+                })
+                .await;
+                let back: Vec<String> = relinked.iter().filter(|(_, r)| r.activated).map(|(h, _)| h.clone()).collect();
+                partial.extend(relinked);
+                let undrained = fan_out(&back, reporter, &mut None, |host, events| {
+                    undrain_host(fan(events), drainer.clone(), by_host[&host].0.clone(), partial[&host].clone())
+                })
+                .await;
+                partial.extend(undrained.into_iter().map(|(h, (r, _))| (h, r)));
+                let stop = partial.values().any(|r| !r.ok);
+                results.extend(partial);
+                if stop {
+                    reporter.say("a host failed: the remaining batches are not rolled back");
+                    break;
+                }
+            }
+        }
+    }
     reporter.finish();
-    record.hosts = relinked.into_values().collect();
+    for host in &names {
+        results.entry(host.clone()).or_insert_with(|| {
+            let (agent, _, target) = &by_host[host];
+            let mut r = new_host_result(agent, Some(target));
+            r.error = Some("not rolled back: a host of an earlier batch failed".into());
+            r
+        });
+    }
+    record.hosts = names.iter().filter_map(|h| results.remove(h)).collect();
     record.finished_at = Some(unix_now());
     record.duration_ms = started.elapsed().as_millis() as u64;
     let failed: Vec<String> = record

@@ -6,6 +6,7 @@ mod build;
 mod cli;
 mod delta;
 mod deploy;
+mod drain;
 mod faults;
 mod hooks;
 mod hostile;

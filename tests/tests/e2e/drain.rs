@@ -1,0 +1,263 @@
+//! Taking a host out of the cluster around its flip: a real HAProxy in front of three nginx
+//! backends (one per host, serving its `current`), a request loop through HAProxy, and a
+//! `post_release` that makes the backend fail for a second (a Tomcat-style restart).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use slipway_tests::{Fleet, Repo, free_port, hook_user_line, http_get, is_root, require, terminate};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        terminate(&mut self.0);
+    }
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// nginx serving each host's `current` on its own port, and HAProxy (backend `web`, one server
+/// per host, named as the host) in front; returns the front port and the admin socket.
+struct Cluster {
+    front: u16,
+    socket: std::path::PathBuf,
+    _procs: Vec<Proc>,
+}
+
+fn cluster(fleet: &Fleet) -> Cluster {
+    let dir = fleet.path().join("lb");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let servers: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "server {{ listen 127.0.0.1:{p}; root {}; location / {{ try_files $uri =404; }} }}\n",
+                fleet.current(&format!("web-{}", i + 1), "site").display()
+            )
+        })
+        .collect();
+    let user = if is_root() { "user root;\n" } else { "" };
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "{user}daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
+             http {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n{servers}}}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let nginx = Command::new("nginx")
+        .args(["-p", dir.to_str().unwrap(), "-c", dir.join("nginx.conf").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    let nginx = Proc(nginx);
+    for p in &ports {
+        wait_for("nginx", || http_get(*p, "/").is_ok());
+    }
+    let front = free_port();
+    let socket = dir.join("admin.sock");
+    let backends: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("  server web-{} 127.0.0.1:{p} check inter 500ms\n", i + 1))
+        .collect();
+    std::fs::write(
+        dir.join("haproxy.cfg"),
+        format!(
+            "global\n  stats socket {} mode 600 level admin\n\
+             defaults\n  mode http\n  timeout connect 2s\n  timeout client 5s\n  timeout server 5s\n  retries 0\n\
+             frontend fe\n  bind 127.0.0.1:{front}\n  default_backend web\n\
+             backend web\n  balance roundrobin\n  option http-server-close\n{backends}",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let haproxy = Command::new("haproxy")
+        .args(["-db", "-f", dir.join("haproxy.cfg").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start haproxy");
+    let haproxy = Proc(haproxy);
+    wait_for("haproxy", || socket.exists() && http_get(front, "/").is_ok());
+    Cluster { front, socket, _procs: vec![nginx, haproxy] }
+}
+
+fn show_stat(socket: &std::path::Path) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.write_all(b"show stat\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Each server's status column.
+fn statuses(socket: &std::path::Path) -> Vec<(String, String)> {
+    let csv = show_stat(socket);
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().trim_start_matches("# ").split(',').collect();
+    let (sv, st) =
+        (header.iter().position(|c| *c == "svname").unwrap(), header.iter().position(|c| *c == "status").unwrap());
+    lines
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f.len() > st && f[sv].starts_with("web-"))
+        .map(|f| (f[sv].to_owned(), f[st].to_owned()))
+        .collect()
+}
+
+/// Requests through HAProxy until stopped: (failed, bodies seen).
+fn request_loop(front: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, u64, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut total, mut failed, mut bodies) = (0u64, 0u64, std::collections::BTreeSet::new());
+        while !stop.load(Ordering::Relaxed) {
+            total += 1;
+            match http_get(front, "/index.html") {
+                Ok((200, body)) => {
+                    bodies.insert(body);
+                }
+                _ => failed += 1,
+            }
+        }
+        (total, failed, bodies.into_iter().collect())
+    })
+}
+
+#[test]
+fn draining_each_host_around_its_flip_keeps_every_request_served() {
+    let have = |bin: &str| Command::new(bin).arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if !require("haproxy and nginx (apt-get install haproxy nginx)", have("haproxy") && have("nginx")) {
+        return;
+    }
+    let fleet = Fleet::new(3);
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "v1\n");
+    repo.commit("v1");
+    fleet.apply_project("site", &repo.path, "");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    let lb = cluster(&fleet);
+    // post_release takes the page away for a second, as an app restart does.
+    let restart = "post_release = [\"mv index.html index.off && sleep 1 && mv index.off index.html\"]\n";
+    let target = format!("{}{restart}", hook_user_line());
+    let drain = format!(
+        "[rollout.drain]\nhaproxy = {{ socket = \"{}\", backend = \"web\" }}\ntimeout_secs = 5\n",
+        lb.socket.display()
+    );
+    let top = |drain: &str| format!("[rollout]\nstrategy = \"serial\"\n{drain}");
+    fleet.apply_project_full("site", &repo.path, &top(&drain), &target, "");
+
+    // `check` sees the balancer and every host in it.
+    let doc = fleet.slipctl(&["--output", "json", "check", "site", "test"]).ok().json();
+    let drains: Vec<_> = doc["checks"].as_array().unwrap().iter().filter(|c| c["check"] == "drain").collect();
+    assert_eq!(drains.len(), 3, "{doc}");
+    assert!(drains.iter().all(|c| c["ok"] == true), "{doc}");
+
+    // A serial deploy with the drain: every request served, each from one release.
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (socket, stop) = (lb.socket.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(Ordering::Relaxed) {
+                for (server, status) in statuses(&socket) {
+                    seen.insert((server, status));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            seen
+        })
+    };
+    let requests = request_loop(lb.front, stop.clone());
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+    stop.store(true, Ordering::Relaxed);
+    let (total, failed, bodies) = requests.join().unwrap();
+    let seen = watcher.join().unwrap();
+    eprintln!("with the drain: {failed} of {total} requests failed");
+    assert!(total > 50, "the request loop ran ({total})");
+    assert_eq!(failed, 0, "{failed} of {total} requests failed with the drain");
+    assert!(bodies.iter().all(|b| b == "v1\n" || b == "v2\n"), "{bodies:?}");
+    for host in ["web-1", "web-2", "web-3"] {
+        assert!(seen.contains(&(host.to_owned(), "DRAIN".to_owned())), "{host} was drained: {seen:?}");
+        let steps: Vec<String> = doc["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host).unwrap()["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(steps, ["connect", "stage", "drain", "activate", "undrain", "prune"], "{host}");
+    }
+    assert!(statuses(&lb.socket).iter().all(|(_, s)| s == "UP"), "all back: {:?}", statuses(&lb.socket));
+
+    // The same deploy without the drain: requests fail during each restart (so the drain is what saves them).
+    fleet.apply_project_full("site", &repo.path, &top(""), &target, "");
+    repo.write("index.html", "v3\n");
+    repo.commit("v3");
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = request_loop(lb.front, stop.clone());
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    stop.store(true, Ordering::Relaxed);
+    let (total, failed, _) = requests.join().unwrap();
+    eprintln!("without the drain: {failed} of {total} requests failed");
+    assert!(failed > 0, "without the drain some of {total} requests fail");
+
+    // A health check failing on web-2 (auto_rollback off): web-2 stays drained, web-3 is never touched.
+    repo.write("index.html", "v4\n");
+    repo.commit("v4");
+    let health = "health = { command = \"test \\\"$SLIPWAY_HOST\\\" != web-2\", timeout_secs = 5, retries = 0, interval_secs = 0 }\nauto_rollback = false\n";
+    fleet.apply_project_full("site", &repo.path, &top(&format!("{health}{drain}")), &hook_user_line(), "");
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(1).json();
+    let status_of = |s: &str| statuses(&lb.socket).into_iter().find(|(h, _)| h == s).unwrap().1;
+    assert_eq!(status_of("web-2"), "DRAIN", "the failed host stays out");
+    assert_eq!(status_of("web-1"), "UP");
+    let web3 = doc["hosts"].as_array().unwrap().iter().find(|h| h["host"] == "web-3").unwrap().clone();
+    assert!(!web3["steps"].as_array().unwrap().iter().any(|s| s["name"] == "drain"), "{web3}");
+    assert!(doc["error"].as_str().unwrap().contains("web-2"), "{doc}");
+
+    // A missing socket: the host fails at its drain, before its current changes.
+    let before: Vec<_> = ["web-1", "web-2", "web-3"].iter().map(|h| fleet.current_release(h, "site")).collect();
+    let gone = drain.replace(lb.socket.to_str().unwrap(), "/nonexistent/admin.sock");
+    fleet.apply_project_full("site", &repo.path, &top(&gone), &hook_user_line(), "");
+    repo.write("index.html", "v5\n");
+    repo.commit("v5");
+    let run = fleet.slipctl(&["deploy", "site", "test"]).code(1);
+    assert!(run.stderr.contains("haproxy") && run.stderr.contains("/nonexistent/admin.sock"), "{}", run.stderr);
+    let after: Vec<_> = ["web-1", "web-2", "web-3"].iter().map(|h| fleet.current_release(h, "site")).collect();
+    assert_eq!(before, after, "no host's current moved");
+
+    // A rollback goes the same way, batch by batch: web-1 and web-2 (on v4) go back to v3, each
+    // drained, relinked (its restored post_release restarts it), and put back; web-2, left
+    // drained by its failed health check, is back in the balancer too.
+    fleet.apply_project_full("site", &repo.path, &top(&drain), &hook_user_line(), "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = request_loop(lb.front, stop.clone());
+    let doc = fleet.slipctl(&["--output", "json", "rollback", "site", "test"]).ok().json();
+    stop.store(true, Ordering::Relaxed);
+    let (total, failed, _) = requests.join().unwrap();
+    eprintln!("rollback with the drain: {failed} of {total} requests failed");
+    assert_eq!(failed, 0, "{failed} of {total} requests failed during the rollback");
+    for h in doc["hosts"].as_array().unwrap() {
+        let steps: Vec<_> = h["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+        assert_eq!(steps, ["drain", "activate", "undrain"], "{h}");
+    }
+    assert!(statuses(&lb.socket).iter().all(|(_, s)| s == "UP"), "{:?}", statuses(&lb.socket));
+
+    // Taking every host out at once is refused unless allowed.
+    fleet.apply_project_full("site", &repo.path, &format!("[rollout]\nstrategy = \"parallel\"\n{drain}"), "", "");
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(2).json();
+    assert!(doc["fix"].as_str().unwrap().contains("allow_full_drain"), "{doc}");
+}
