@@ -291,7 +291,8 @@ pub struct DrainFile {
     pub haproxy: Option<HAProxyFile>,
     pub drain: Option<Vec<String>>,
     pub undrain: Option<Vec<String>>,
-    /// Where `drain`/`undrain` lines run: `controller` (only this for now).
+    /// Where `drain`/`undrain` lines run: `controller` (default), `host` (the host being
+    /// drained, as its hook user), or the name of an agent (the balancer's host may run one).
     pub run_on: Option<String>,
     /// How long to wait for the server's sessions to reach 0.
     pub timeout_secs: Option<u64>,
@@ -320,11 +321,23 @@ pub enum DrainDriver {
         backend: String,
         server: String,
     },
-    /// Command lines run on the controller with the SLIPWAY_* variables and SLIPWAY_HOST_ADDR.
+    /// Command lines with the SLIPWAY_* variables and SLIPWAY_HOST_ADDR, run where `run_on` says.
     Commands {
         drain: Vec<String>,
         undrain: Vec<String>,
+        run_on: RunOn,
     },
+}
+
+/// Where drain command lines run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunOn {
+    Controller,
+    /// The host being drained, through its agent, as the target's hook user.
+    Host,
+    /// A named agent (e.g. on the balancer's host), as the target's hook user.
+    Agent(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -400,16 +413,21 @@ fn resolve_drain(d: &DrainFile) -> std::result::Result<DrainSettings, String> {
             if drain.is_empty() || undrain.is_empty() {
                 return Err("rollout.drain: set haproxy = { … }, or both drain = [...] and undrain = [...]".into());
             }
-            DrainDriver::Commands { drain, undrain }
+            let run_on = match d.run_on.as_deref() {
+                None | Some("controller") => RunOn::Controller,
+                Some("host") => RunOn::Host,
+                Some(agent) => {
+                    validate_agent_name(agent).map_err(|e| {
+                        format!("rollout.drain.run_on: \"controller\", \"host\" or an agent's name: {e}")
+                    })?;
+                    RunOn::Agent(agent.to_owned())
+                }
+            };
+            DrainDriver::Commands { drain, undrain, run_on }
         }
     };
-    match d.run_on.as_deref() {
-        None | Some("controller") => {}
-        Some(other) => {
-            return Err(format!(
-                "rollout.drain.run_on = \"{other}\": drain commands run on the controller for now; leave run_on out"
-            ));
-        }
+    if d.run_on.is_some() && d.haproxy.is_some() {
+        return Err("rollout.drain.run_on is for drain/undrain command lines, not haproxy".into());
     }
     Ok(DrainSettings {
         driver,
@@ -905,7 +923,8 @@ hosts = ["web-1"]
         bad("haproxy = { addr = \"nohost\", backend = \"b\" }\n", "HOST:PORT");
         bad("haproxy = { socket = \"/s\", backend = \"b\" }\ndrain = [\"x\"]\n", "not both");
         bad("drain = [\"lb-out\"]\n", "undrain");
-        bad("drain = [\"a\"]\nundrain = [\"b\"]\nrun_on = \"host\"\n", "run_on");
+        bad("drain = [\"a\"]\nundrain = [\"b\"]\nrun_on = \"Bad_Name\"\n", "run_on");
+        bad("haproxy = { socket = \"/s\", backend = \"b\" }\nrun_on = \"host\"\n", "run_on");
     }
 
     #[test]

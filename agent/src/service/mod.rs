@@ -286,6 +286,48 @@ impl Inner {
         outcome
     }
 
+    /// Command lines the controller asks for outside any release (a load-balancer drain run on
+    /// this host): as the hook user, under the same policy as hooks, in `/`.
+    async fn run_commands(&self, req: pb::RunCommandsRequest) -> Result<pb::RunCommandsReply, AgentError> {
+        let ctx = req.hook_context.unwrap_or_default();
+        crate::hooks::check_vars(&ctx.vars)?;
+        let stage = match req.stage.as_str() {
+            s @ ("drain" | "undrain") => s.to_owned(),
+            other => return Err(bad(format!("unknown command stage '{other}'"))),
+        };
+        let run_as = decide_user(&ctx.user, &self.hook_policy).await?;
+        let mut slipway: Vec<(String, String)> = vec![
+            ("HOST".into(), ctx.host.clone()),
+            ("COMMIT".into(), ctx.commit.clone()),
+            ("REF".into(), ctx.git_ref.clone()),
+            ("DEPLOY_TYPE".into(), stage.clone()),
+        ];
+        for (k, v) in &req.vars {
+            if !k.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') || k.is_empty() {
+                return Err(bad(format!(
+                    "variable name '{}' is not SLIPWAY_-able",
+                    slipway_common::archive::clip(k, 64)
+                )));
+            }
+            slipway.push((k.clone(), v.clone()));
+        }
+        let pairs: Vec<(&str, String)> = slipway.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let vars: std::collections::BTreeMap<String, String> = ctx.vars.clone().into_iter().collect();
+        let env = HookEnv::new(&run_as, &vars, &pairs);
+        let spec = req.spec.unwrap_or_default();
+        let timeout = Duration::from_secs(spec.timeout_secs.max(1));
+        let mut results = Vec::new();
+        for command in &spec.commands {
+            let result = run_hook(&stage, command, Path::new("/"), &env, &run_as, timeout, None).await;
+            let failed = failure(&result, timeout);
+            results.push(result);
+            if let Some(why) = failed {
+                return Ok(pb::RunCommandsReply { results, error: why });
+            }
+        }
+        Ok(pb::RunCommandsReply { results, error: String::new() })
+    }
+
     /// Who runs hooks and owns files, when the request needs either.
     async fn run_as(&self, user: &str, has_hooks: bool) -> Result<Option<RunAs>, AgentError> {
         if user.is_empty() && !has_hooks {
@@ -575,6 +617,13 @@ impl pb::agent_server::Agent for AgentService {
 
     async fn prune(&self, req: Request<pb::PruneRequest>) -> Result<Response<pb::PruneReply>, Status> {
         Ok(Response::new(self.inner.prune(req.into_inner()).await?))
+    }
+
+    async fn run_commands(
+        &self,
+        req: Request<pb::RunCommandsRequest>,
+    ) -> Result<Response<pb::RunCommandsReply>, Status> {
+        Ok(Response::new(self.inner.run_commands(req.into_inner()).await?))
     }
 
     async fn releases(&self, req: Request<pb::ReleasesRequest>) -> Result<Response<pb::ReleasesReply>, Status> {

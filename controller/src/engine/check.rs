@@ -141,7 +141,7 @@ pub async fn run(
     // In the env's host order.
     rows.extend(names.iter().filter_map(|h| per_host.remove(h)).flatten());
     // The balancer answers and knows every host, before a deploy needs it.
-    if let Some(drainer) = crate::engine::drain::Drainer::of(settings) {
+    if let Some(drainer) = crate::engine::drain::Drainer::of(&scope, tls.clone(), timeouts)? {
         for agent in &scope.hosts {
             let result =
                 drainer.check(agent).await.map_err(|e| (e.to_string(), "fix [rollout.drain] or the balancer".into()));

@@ -80,6 +80,7 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
     let timeouts = Timeouts::host(settings.rollout.host_timeout_secs);
     let tls = home.client_tls()?;
     let names: Vec<String> = scope.hosts.iter().map(|h| h.name.clone()).collect();
+    crate::engine::drain::Drainer::of(&scope, tls.clone(), timeouts)?;
     crate::engine::drain::check_full_drain(
         settings,
         &batches(&names, &settings.canary, settings.rollout.strategy, settings.rollout.batch),

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use slipway_common::config::{DrainDriver, DrainSettings, EnvSettings, HAProxyEndpoint};
+use slipway_common::config::{DrainDriver, DrainSettings, EnvSettings, HAProxyEndpoint, RunOn};
+use slipway_proto::pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::engine::host_error::HostError;
@@ -63,6 +64,10 @@ pub fn parse_stat(csv: &str, backend: &str, server: &str) -> Option<ServerStat> 
 pub struct Drainer {
     pub settings: std::sync::Arc<DrainSettings>,
     pub env: std::sync::Arc<EnvSettings>,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    timeouts: crate::engine::client::Timeouts,
+    /// `run_on = "<agent>"`: that agent.
+    runner: Option<AgentRecord>,
 }
 
 fn driver_name(driver: &DrainDriver) -> String {
@@ -73,10 +78,33 @@ fn driver_name(driver: &DrainDriver) -> String {
 }
 
 impl Drainer {
-    /// The env's drainer, when it has `[rollout.drain]`.
-    pub fn of(env: &EnvSettings) -> Option<Drainer> {
-        let settings = env.rollout.drain.clone()?;
-        Some(Drainer { settings: std::sync::Arc::new(settings), env: std::sync::Arc::new(env.clone()) })
+    /// The env's drainer, when it has `[rollout.drain]`; bad input when `run_on` names an agent
+    /// that is not registered.
+    pub fn of(
+        scope: &crate::engine::scope::Scope,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+        timeouts: crate::engine::client::Timeouts,
+    ) -> crate::error::Result<Option<Drainer>> {
+        let env = &scope.settings;
+        let Some(settings) = env.rollout.drain.clone() else { return Ok(None) };
+        let runner = match &settings.driver {
+            DrainDriver::Commands { run_on: RunOn::Agent(name), .. } => {
+                Some(scope.registered.iter().find(|a| a.name == *name).cloned().ok_or_else(|| {
+                    crate::error::CtlError::bad(format!(
+                        "rollout.drain.run_on names agent '{name}', which is not registered"
+                    ))
+                    .fix(format!("register it with `slipctl agent add {name} …`, or change run_on"))
+                })?)
+            }
+            _ => None,
+        };
+        Ok(Some(Drainer {
+            settings: std::sync::Arc::new(settings),
+            env: std::sync::Arc::new(env.clone()),
+            tls,
+            timeouts,
+            runner,
+        }))
     }
 
     async fn stat(&self, endpoint: &HAProxyEndpoint, backend: &str, server: &str) -> Result<ServerStat, HostError> {
@@ -123,7 +151,7 @@ impl Drainer {
                     self.settings.timeout_secs
                 ))
             }
-            DrainDriver::Commands { drain, .. } => self.commands("drain", drain, agent).await,
+            DrainDriver::Commands { drain, run_on, .. } => self.commands("drain", drain, run_on, agent).await,
         }
     }
 
@@ -135,7 +163,7 @@ impl Drainer {
                 set_state(endpoint, backend, &server, "ready").await?;
                 Ok(format!("{backend}/{server} ready"))
             }
-            DrainDriver::Commands { undrain, .. } => self.commands("undrain", undrain, agent).await,
+            DrainDriver::Commands { undrain, run_on, .. } => self.commands("undrain", undrain, run_on, agent).await,
         }
     }
 
@@ -152,15 +180,38 @@ impl Drainer {
                     s.sessions
                 ))
             }
-            DrainDriver::Commands { drain, undrain } => {
-                Ok(format!("{} drain and {} undrain line(s), run on the controller", drain.len(), undrain.len()))
+            DrainDriver::Commands { drain, undrain, run_on } => {
+                let place = match run_on {
+                    RunOn::Controller => "the controller".to_owned(),
+                    RunOn::Host => "each host".to_owned(),
+                    RunOn::Agent(name) => {
+                        let runner = self.runner.as_ref().expect("resolved with the drainer");
+                        crate::engine::client::connect(self.tls.clone(), runner, self.timeouts).await?;
+                        format!("agent {name} (reachable)")
+                    }
+                };
+                Ok(format!("{} drain and {} undrain line(s), run on {place}", drain.len(), undrain.len()))
             }
         }
     }
 
-    async fn commands(&self, what: &str, lines: &[String], agent: &AgentRecord) -> Result<String, HostError> {
-        let mut env = self.env.vars.clone();
+    async fn commands(
+        &self,
+        what: &str,
+        lines: &[String],
+        run_on: &RunOn,
+        agent: &AgentRecord,
+    ) -> Result<String, HostError> {
         let host_addr = agent.addr.rsplit_once(':').map_or(agent.addr.as_str(), |(h, _)| h).to_owned();
+        let runner = match run_on {
+            RunOn::Controller => None,
+            RunOn::Host => Some(agent),
+            RunOn::Agent(_) => self.runner.as_ref(),
+        };
+        if let Some(runner) = runner {
+            return self.remote(what, lines, runner, agent, &host_addr).await;
+        }
+        let mut env = self.env.vars.clone();
         for (k, v) in [
             ("SLIPWAY_PROJECT", self.env.project.clone()),
             ("SLIPWAY_ENV", self.env.env.clone()),
@@ -186,6 +237,48 @@ impl Drainer {
             }
         }
         Ok(format!("{what}: {} line(s) ok", lines.len()))
+    }
+}
+
+impl Drainer {
+    /// Drain command lines run by an agent (the host itself, or the balancer's), as the hook user.
+    async fn remote(
+        &self,
+        what: &str,
+        lines: &[String],
+        runner: &AgentRecord,
+        host: &AgentRecord,
+        host_addr: &str,
+    ) -> Result<String, HostError> {
+        let mut client = crate::engine::client::connect(self.tls.clone(), runner, self.timeouts).await?;
+        let request = pb::RunCommandsRequest {
+            stage: what.to_owned(),
+            spec: Some(pb::HookSpec { commands: lines.to_vec(), timeout_secs: self.settings.timeout_secs }),
+            hook_context: Some(crate::engine::scope::hook_context(&self.env, &host.name, "", "")),
+            vars: [
+                ("HOST_ADDR".to_owned(), host_addr.to_owned()),
+                ("PROJECT".into(), self.env.project.clone()),
+                ("ENV".into(), self.env.env.clone()),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let limit = self.timeouts.call + Duration::from_secs(self.settings.timeout_secs * lines.len() as u64);
+        let reply = tokio::time::timeout(limit, client.run_commands(request))
+            .await
+            .map_err(|_| HostError::Timeout { what: "no answer", secs: limit.as_secs(), hint: "" })?
+            .map_err(|s| HostError::from_status(&s))?
+            .into_inner();
+        if reply.error.is_empty() {
+            Ok(format!("{what}: {} line(s) ok on {}", lines.len(), runner.name))
+        } else {
+            let out = reply
+                .results
+                .last()
+                .map(|r| String::from_utf8_lossy(&r.output_tail).trim().to_owned())
+                .unwrap_or_default();
+            Err(HostError::Local(format!("{what} on {}: {}: {out}", runner.name, reply.error)))
+        }
     }
 }
 

@@ -58,7 +58,7 @@ pub(crate) async fn run_deploy(
     let mut manifest_pb: Option<pb::Manifest> = None;
     // With [rollout.drain]: hosts taken out of the balancer, to be put back once they are healthy
     // (or rolled back); a host that fails stays out.
-    let drainer = crate::engine::drain::Drainer::of(settings);
+    let drainer = crate::engine::drain::Drainer::of(scope, tls.clone(), timeouts)?;
     let mut drained: std::collections::BTreeSet<String> = Default::default();
     let fan = |events: Events| Fanout { tls: tls.clone(), events, clock: clock.clone(), timeouts };
     let outcome = loop {

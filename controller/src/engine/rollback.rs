@@ -64,6 +64,7 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
     let timeouts = Timeouts::host(scope.settings.rollout.host_timeout_secs);
     let tls = home.client_tls()?;
     let settings = &scope.settings;
+    let drainer = crate::engine::drain::Drainer::of(&scope, tls.clone(), timeouts)?;
     let mut record = DeployRecord::start(DeployKind::Rollback, &settings.project, &settings.env, current_user());
     // The targets are decided under the lock: no deploy can change what the hosts hold between
     // asking them and relinking.
@@ -138,7 +139,7 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
     let names: Vec<String> = by_host.keys().cloned().collect();
     let fan = |events| Fanout { tls: tls.clone(), events, clock: clock.clone(), timeouts };
     let mut results: BTreeMap<String, HostResult> = BTreeMap::new();
-    match crate::engine::drain::Drainer::of(settings) {
+    match drainer {
         // All at once: a relink is a rename.
         None => {
             results = fan_out(&names, reporter, &mut None, |host, events| {

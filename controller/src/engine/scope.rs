@@ -15,6 +15,8 @@ pub struct Scope {
     pub project: ProjectRecord,
     pub settings: EnvSettings,
     pub hosts: Vec<AgentRecord>,
+    /// Every registered agent (a drain may run on one that is not a host of the env).
+    pub registered: Vec<AgentRecord>,
 }
 
 /// Load project, env and hosts; every unknown name is bad input naming the fix.
@@ -38,7 +40,7 @@ pub fn load_scope(home: &Home, project: &str, env: &str, only: Option<&[String]>
     })?;
     let agents = store.agents()?;
     let hosts = select_hosts(project, env, &settings.hosts, &agents, only)?;
-    Ok(Scope { project: record, settings, hosts })
+    Ok(Scope { project: record, settings, hosts, registered: agents })
 }
 
 pub fn hook_context(settings: &EnvSettings, host: &str, commit: &str, git_ref: &str) -> pb::HookContext {

@@ -261,3 +261,69 @@ fn draining_each_host_around_its_flip_keeps_every_request_served() {
     let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(2).json();
     assert!(doc["fix"].as_str().unwrap().contains("allow_full_drain"), "{doc}");
 }
+
+#[test]
+fn drain_command_lines_run_on_the_host_or_on_a_named_agent() {
+    let fleet = Fleet::new(3);
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "v1\n");
+    repo.commit("v1");
+    let marks = fleet.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    std::fs::set_permissions(&marks, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let vars = format!("vars = {{ MARKS = \"{}\" }}\n", marks.display());
+    let drain = |run_on: &str| {
+        format!(
+            "{vars}[rollout]\nstrategy = \"serial\"\n[rollout.drain]\nrun_on = \"{run_on}\"\n\
+             drain = [\"echo drain $SLIPWAY_HOST $SLIPWAY_HOST_ADDR $(id -un) >> $MARKS/$(hostname -s 2>/dev/null || echo x).{run_on}\"]\n\
+             undrain = [\"echo undrain $SLIPWAY_HOST >> $MARKS/$(hostname -s 2>/dev/null || echo x).{run_on}\"]\n"
+        )
+    };
+    // On each host itself, as the hook user.
+    fleet.apply_project_full("site", &repo.path, &drain("host"), &hook_user_line(), "");
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test", "--hosts", "web-1,web-2"]).ok().json();
+    let log: String = std::fs::read_dir(&marks)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".host"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    let user = if is_root() {
+        "www".to_owned()
+    } else {
+        String::from_utf8_lossy(&Command::new("id").arg("-un").output().unwrap().stdout).trim().to_owned()
+    };
+    for host in ["web-1", "web-2"] {
+        assert!(log.contains(&format!("drain {host} 127.0.0.1 {user}")), "{log}");
+        assert!(log.contains(&format!("undrain {host}")), "{log}");
+        let h = doc["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host).unwrap().clone();
+        let drain = h["steps"].as_array().unwrap().iter().find(|s| s["name"] == "drain").unwrap().clone();
+        assert!(drain["detail"].as_str().unwrap().contains(&format!("on {host}")), "{drain}");
+    }
+    // On a named agent (the balancer's host): web-3 runs the lines for web-1 and web-2, in order.
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
+    fleet.apply_project_full("site", &repo.path, &drain("web-3"), &hook_user_line(), "");
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test", "--hosts", "web-1,web-2"]).ok().json();
+    let lines: Vec<String> = std::fs::read_dir(&marks)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".web-3"))
+        .flat_map(|e| std::fs::read_to_string(e.path()).unwrap().lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let order: Vec<&str> = lines.iter().map(|l| l.split_whitespace().take(2).last().unwrap()).collect();
+    assert_eq!(order, ["web-1", "web-1", "web-2", "web-2"], "{lines:?}");
+    assert!(lines[0].starts_with("drain web-1") && lines[1].starts_with("undrain web-1"), "{lines:?}");
+    assert!(
+        doc["hosts"][0]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["detail"].as_str().unwrap_or("").contains("on web-3")),
+        "{doc}"
+    );
+    // An agent that is not registered is refused before anything happens.
+    fleet.apply_project_full("site", &repo.path, &drain("lb-9"), "", "");
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test", "--hosts", "web-1,web-2"]).code(2).json();
+    assert!(doc["error"].as_str().unwrap().contains("lb-9"), "{doc}");
+}
