@@ -134,6 +134,19 @@ pub enum Command {
         #[arg(long, value_delimiter = ',')]
         hosts: Option<Vec<String>>,
     },
+    /// Carry on a deploy paused after its canary: the other hosts follow
+    #[command(after_help = "Example:\n  slipctl promote 12\n\n\
+                            Works from any process: if the slipctl that waited is gone, this one carries the deploy on.")]
+    Promote {
+        /// The paused deploy's number
+        deploy_id: u64,
+    },
+    /// Stop a deploy paused after its canary: the canary goes back, the other hosts are not touched
+    #[command(after_help = "Example:\n  slipctl abort 12")]
+    Abort {
+        /// The paused deploy's number
+        deploy_id: u64,
+    },
     /// Per host: retained releases, which is current, and why each is kept
     #[command(after_help = "Example:\n  slipctl releases web-demo prod\n\n\
                             keep_releases counts releases that were activated and not rolled back from; the\n\

@@ -62,12 +62,14 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 },
             };
             let hosts = retry.as_ref().map(|r| r.hosts.clone()).or(hosts);
-            let args = DeployArgs { project, env, git_ref, hosts, dry_run, full, cancel: None, retry };
+            let args = DeployArgs { project, env, git_ref, hosts, dry_run, full, cancel: None, retry, resume: None };
             let running = engine::start_deploy(home.clone(), args);
             cancel_on_signals(running.canceller());
             let record = running.finish(|event| reporter.on(event)).await?;
             Ok(finish_operation(out, &record, dry_run))
         }
+        Command::Promote { deploy_id } => decide(&home, out, deploy_id, crate::state::store::Decision::Promote).await,
+        Command::Abort { deploy_id } => decide(&home, out, deploy_id, crate::state::store::Decision::Abort).await,
         Command::Rollback { project, env, to, hosts } => {
             let mut reporter = Reporter::new(out);
             let to = to.as_deref().map(crate::engine::select::RollbackTo::parse).transpose()?;
@@ -77,7 +79,15 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Releases { project, env } => releases(&home, out, &project, &env, timeouts).await,
         Command::Unlock { project, env } => {
-            let removed = Store::open(&home.state())?.remove_lock(&project, &env)?;
+            let store = Store::open(&home.state())?;
+            if let Some(lock) = store.lock(&project, &env)?
+                && store.deploy(lock.deploy_id)?.is_some_and(|d| d.status == DeployStatus::Paused)
+            {
+                let id = lock.deploy_id;
+                return Err(CtlError::bad(format!("{project}/{env} is held by deploy #{id}, paused after its canary"))
+                    .fix(format!("`slipctl promote {id}` or `slipctl abort {id}` ends it (and frees the lock)")));
+            }
+            let removed = store.remove_lock(&project, &env)?;
             print(out, json!({"project": project, "env": env, "removed": removed}), || match &removed {
                 Some(lock) => format!("unlocked {project}/{env} (was held by {})", lock.describe()),
                 None => format!("{project}/{env} was not locked"),
@@ -313,11 +323,57 @@ fn summary_line(record: &DeployRecord) -> String {
     )
 }
 
+/// `promote`/`abort`: the decision goes into state; the process that waits (if it is still there)
+/// carries the deploy on and this one follows it to its end; otherwise this one carries it on.
+async fn decide(home: &Home, out: OutputFormat, id: u64, decision: crate::state::store::Decision) -> Result<u8> {
+    let mut record = engine::deploy::paused(home, id)?;
+    let waiter = record.pid;
+    if crate::state::store::process_alive(waiter) && waiter != std::process::id() {
+        record.decision = Some(decision);
+        Store::open(&home.state())?.put_deploy(&record)?;
+        let mut reporter = Reporter::new(out);
+        reporter.say(
+            format!("deploy #{id}: {decision:?} sent to the slipctl that waits for it (pid {waiter})").to_lowercase(),
+        );
+        // Follow it to its end.
+        let finished = loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = Store::open(&home.state())?.deploy(id)?.expect("the record stays");
+            if !matches!(now.effective_status(), DeployStatus::Running | DeployStatus::Paused) {
+                break now;
+            }
+            if now.status == DeployStatus::Paused && now.decision.is_none() {
+                break now; // paused again? (not in this version: one canary batch)
+            }
+        };
+        return Ok(finish_operation(out, &finished, false));
+    }
+    let mut reporter = Reporter::new(out);
+    let args = DeployArgs {
+        project: record.project.clone(),
+        env: record.env.clone(),
+        git_ref: None,
+        hosts: None,
+        dry_run: false,
+        full: false,
+        cancel: None,
+        retry: None,
+        resume: Some((id, decision)),
+    };
+    let running = engine::start_deploy(home.clone(), args);
+    cancel_on_signals(running.canceller());
+    let record = running.finish(|event| reporter.on(event)).await?;
+    Ok(finish_operation(out, &record, false))
+}
+
 /// What to do after an operation that did not succeed, for people and for JSON.
 fn outcome_fix(record: &DeployRecord) -> Option<String> {
     let (id, p, e) = (record.id, &record.project, &record.env);
     Some(match record.status {
         DeployStatus::Succeeded | DeployStatus::Running | DeployStatus::Planned => return None,
+        DeployStatus::Paused => {
+            format!("`slipctl promote {id}` goes on with the other hosts; `slipctl abort {id}` rolls the canary back")
+        }
         DeployStatus::Failed if record.refused_by_agents() => format!(
             "change the project's paths or hook user to what the agents allow (`slipctl show {id}` says which), \
              `slipctl project apply` it and deploy again"
@@ -340,7 +396,7 @@ fn outcome_fix(record: &DeployRecord) -> Option<String> {
 }
 
 fn finish_operation(out: OutputFormat, record: &DeployRecord, dry_run: bool) -> u8 {
-    let code = if record.status == DeployStatus::Succeeded || record.status == DeployStatus::Planned {
+    let code = if matches!(record.status, DeployStatus::Succeeded | DeployStatus::Planned | DeployStatus::Paused) {
         0
     } else if record.refused_by_agents() {
         2

@@ -206,6 +206,7 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat) -> Result<u8> {
             full: false,
             cancel: None,
             retry: None,
+            resume: None,
         };
         let record = engine::start_deploy(home.clone(), args).finish(|event| reporter.on(event)).await?;
         check(&record, step)?;

@@ -14,7 +14,7 @@ use crate::error::{CtlError, Result};
 use crate::source::artifact::Artifact;
 use crate::source::git;
 use crate::state::home::Home;
-use crate::state::store::{DeployKind, DeployRecord, DeployStatus, DryRunPlan, PlannedHost, Store};
+use crate::state::store::{Decision, DeployKind, DeployRecord, DeployStatus, DryRunPlan, PlannedHost, Store};
 use crate::units::{bytes, millis};
 
 use super::executor::*;
@@ -35,6 +35,20 @@ pub struct DeployArgs {
     pub cancel: Option<watch::Receiver<bool>>,
     /// `--retry-failed N`: ship deploy N's release again, to the hosts it did not reach.
     pub retry: Option<Retry>,
+    /// Carry on paused deploy N in this process (its waiting process is gone), as decided.
+    pub resume: Option<(u64, Decision)>,
+}
+
+/// A paused deploy, checked: the record to carry on.
+pub fn paused(home: &Home, n: u64) -> Result<DeployRecord> {
+    let record = Store::open(&home.state())?
+        .deploy(n)?
+        .ok_or_else(|| CtlError::bad(format!("unknown deploy #{n}")).fix("`slipctl history` lists them"))?;
+    if record.status != DeployStatus::Paused {
+        return Err(CtlError::bad(format!("deploy #{n} is not paused (it is {})", record.effective_status().word()))
+            .fix("promote and abort are for a deploy paused after its canary"));
+    }
+    Ok(record)
 }
 
 /// Deploy N's release, again, to the hosts of N that failed or were never reached.
@@ -75,7 +89,15 @@ pub fn retry_of(home: &Home, project: &str, env: &str, n: u64) -> Result<Option<
 /// `slipctl deploy`.
 pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result<DeployRecord> {
     let started = Instant::now();
-    let scope = load_scope(home, &args.project, &args.env, args.hosts.as_deref())?;
+    let resumed = match &args.resume {
+        Some((n, _)) => Some(paused(home, *n)?),
+        None => None,
+    };
+    let only: Option<Vec<String>> = match &resumed {
+        Some(r) => Some(r.hosts.iter().map(|h| h.host.clone()).collect()),
+        None => args.hosts.clone(),
+    };
+    let scope = load_scope(home, &args.project, &args.env, only.as_deref())?;
     let settings = &scope.settings;
     let timeouts = Timeouts::host(settings.rollout.host_timeout_secs);
     let tls = home.client_tls()?;
@@ -85,22 +107,28 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
         settings,
         &batches(&names, &settings.canary, settings.rollout.strategy, settings.rollout.batch),
     )?;
-    let git_ref = match &args.retry {
-        Some(r) => r.git_ref.clone(),
-        None => args.git_ref.clone().unwrap_or_else(|| settings.default_ref.clone()),
+    let git_ref = match (&args.retry, &resumed) {
+        (Some(r), _) => r.git_ref.clone(),
+        (_, Some(r)) => r.git_ref.clone(),
+        _ => args.git_ref.clone().unwrap_or_else(|| settings.default_ref.clone()),
     };
     let url = repo_url(&scope.project, settings);
 
     // A busy project+env is answered before anything is fetched (exit 3); the deploy is numbered
     // and recorded once its commit is known.
-    let probe = DeployRecord::start(DeployKind::Deploy, &settings.project, &settings.env, current_user());
-    let _lock = if args.dry_run { None } else { Some(take_lock(home, &probe, reporter)?) };
+    let probe = match &resumed {
+        Some(r) => r.clone(),
+        None => DeployRecord::start(DeployKind::Deploy, &settings.project, &settings.env, current_user()),
+    };
+    let lock = if args.dry_run { None } else { Some(take_lock(home, &probe, reporter)?) };
     let mirror = git::mirror_path(&home.cache(), &settings.project);
     let t = Instant::now();
     reporter.say(format!("fetching {url}"));
     git::fetch(&url, &mirror).await?;
-    // A retry ships the very commit of the deploy it retries, whatever its ref points at now.
-    let resolved = git::resolve(&mirror, args.retry.as_ref().map_or(git_ref.as_str(), |r| r.commit.as_str()), &url)?;
+    // A retry (or a paused deploy carried on) ships the very commit of the deploy it continues,
+    // whatever its ref points at now.
+    let exact = args.retry.as_ref().map(|r| r.commit.as_str()).or(resumed.as_ref().map(|r| r.commit.as_str()));
+    let resolved = git::resolve(&mirror, exact.unwrap_or(git_ref.as_str()), &url)?;
     reporter.say(format!(
         "{git_ref} is {} \"{}\" (fetched in {})",
         &resolved.commit[..12],
@@ -108,12 +136,13 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
         millis(t.elapsed().as_millis() as u64)
     ));
     let recipe = recipe(&scope, &resolved)?;
-    let release = match &args.retry {
-        Some(r) => {
+    let release = match (&args.retry, &resumed) {
+        (Some(r), _) => {
             reporter.say(format!("retrying deploy #{}: release {} to {}", r.of, r.release, r.hosts.join(", ")));
             r.release.clone()
         }
-        None => next_release_id(home, &settings.project, &settings.env, &resolved.commit).await?,
+        (_, Some(r)) => r.release.clone().ok_or_else(|| CtlError::failed("a paused deploy has its release"))?,
+        _ => next_release_id(home, &settings.project, &settings.env, &resolved.commit).await?,
     };
     let mut record = DeployRecord {
         git_ref: git_ref.clone(),
@@ -122,7 +151,12 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
         overlay_sha256: recipe.overlay.as_ref().map(|(_, d)| d.clone()),
         ..probe
     };
-    if !args.dry_run {
+    if resumed.is_some() {
+        // The same deploy, carried on by this process.
+        record.status = DeployStatus::Running;
+        record.pid = std::process::id();
+        Store::open(&home.state())?.put_deploy(&record)?;
+    } else if !args.dry_run {
         number(home, &mut record)?;
     }
     let packaged = package(home, &mirror, &recipe, &mut record, settings, reporter, args.dry_run).await;
@@ -148,8 +182,9 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
                 scope.hosts.len()
             ));
             let cancel = (args.cancel.clone(), args.full);
-            let cache = home.cache();
-            let result = run_deploy(&scope, &mut package, &mut record, tls, reporter, timeouts, cancel, &cache).await;
+            let decision = args.resume.map(|(_, d)| d);
+            let result =
+                run_deploy(&scope, &mut package, &mut record, tls, reporter, timeouts, cancel, home, decision).await;
             // A full artifact packaged while streaming is in the cache once this returns.
             if let Some(Err(e)) = package.finish().await {
                 reporter.say(format!("packaging the full artifact failed: {e}"));
@@ -160,6 +195,13 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
         Err(e) if args.dry_run => return Err(e),
         Err(e) => Err(e),
     };
+    if result.is_ok() && record.status == DeployStatus::Paused {
+        // Paused, and this process is going: the deploy keeps its lock for whoever carries it on.
+        Store::open(&home.state())?.put_deploy(&record)?;
+        std::mem::forget(lock);
+        return Ok(record);
+    }
+    drop(lock);
     record.finished_at = Some(unix_now());
     record.duration_ms = started.elapsed().as_millis() as u64;
     if let Err(e) = &result {

@@ -8,12 +8,12 @@ use slipway_common::ReleaseId;
 use slipway_proto::pb;
 use tokio::sync::{mpsc, watch};
 
-use crate::engine::client::{AgentClient, Timeouts};
+use crate::engine::client::{self, AgentClient, Timeouts};
 use crate::engine::events::Emitter;
 use crate::engine::host_error::HostError;
 use crate::engine::planner::{Action, HostState, Outcome, Plan, batches, next, set};
 use crate::error::{CtlError, Result};
-use crate::state::store::{AgentRecord, DeployKind, DeployRecord, DeployStatus, HostResult};
+use crate::state::store::{AgentRecord, Decision, DeployKind, DeployRecord, DeployStatus, HostResult};
 
 use super::fanout::*;
 use super::host_ops::*;
@@ -31,20 +31,25 @@ pub(crate) async fn run_deploy(
     reporter: &Emitter,
     timeouts: Timeouts,
     (mut cancel, full): (Option<watch::Receiver<bool>>, bool),
-    cache: &std::path::Path,
+    home: &crate::state::home::Home,
+    resume: Option<Decision>,
 ) -> Result<()> {
+    let cache = &home.cache();
     let settings = &scope.settings;
     let rollout = &settings.rollout;
     let release: ReleaseId =
         record.release.clone().ok_or_else(|| CtlError::failed("a deploy runs with its release id"))?;
     let clock = Arc::new(Clock(Instant::now()));
     let names: Vec<String> = scope.hosts.iter().map(|h| h.name.clone()).collect();
-    let plan = Plan {
+    let mut plan = Plan {
         batches: batches(&names, &settings.canary, rollout.strategy, rollout.batch),
         max_failures: rollout.max_failures,
-        auto_rollback: rollout.auto_rollback,
+        // An abort of a paused deploy always takes the canary back.
+        auto_rollback: rollout.auto_rollback || resume == Some(Decision::Abort),
         health_check: rollout.health.is_some(),
+        pause_after_canary: rollout.canary_pause && resume.is_none(),
     };
+    let mut aborting = resume == Some(Decision::Abort);
     if plan.batches.len() > 1 {
         let sizes: Vec<String> = plan.batches.iter().map(|b| b.len().to_string()).collect();
         reporter.say(format!("rollout in {} batches of {} host(s)", plan.batches.len(), sizes.join(", ")));
@@ -54,6 +59,16 @@ pub(crate) async fn run_deploy(
     let mut states: BTreeMap<String, HostState> = names.iter().map(|h| (h.clone(), HostState::Pending)).collect();
     let mut results: BTreeMap<String, HostResult> =
         scope.hosts.iter().map(|a| (a.name.clone(), new_host_result(a, Some(&release)))).collect();
+    // Carrying on a paused deploy from another process: its canary is where the record says.
+    if resume.is_some() {
+        for h in &record.hosts {
+            if h.ok && h.activated && states.contains_key(&h.host) {
+                let state = if plan.health_check { HostState::Healthy } else { HostState::Activated };
+                states.insert(h.host.clone(), state);
+                results.insert(h.host.clone(), h.clone());
+            }
+        }
+    }
     let mut clients: BTreeMap<String, AgentClient> = BTreeMap::new();
     let mut manifest_pb: Option<pb::Manifest> = None;
     // With [rollout.drain]: hosts taken out of the balancer, to be put back once they are healthy
@@ -61,10 +76,41 @@ pub(crate) async fn run_deploy(
     let drainer = crate::engine::drain::Drainer::of(scope, tls.clone(), timeouts)?;
     let mut drained: std::collections::BTreeSet<String> = Default::default();
     let fan = |events: Events| Fanout { tls: tls.clone(), events, clock: clock.clone(), timeouts };
+    // A canary kept drained for its tests, carried on from another process: it is still out of
+    // the balancer; promoting puts it back now (aborting does after its rollback).
+    if resume.is_some() && rollout.canary_keep_drained && drainer.is_some() {
+        drained.extend(plan.batches[0].iter().cloned());
+        if resume == Some(Decision::Promote) {
+            let canary = plan.batches[0].clone();
+            undrain(&drainer, &mut drained, &canary, &mut results, &mut states, &agents, reporter, &fan).await;
+        }
+    }
     let outcome = loop {
-        let stopping = is_cancelled(&cancel);
+        let stopping = is_cancelled(&cancel) || aborting;
         match next(&plan, &states, stopping) {
             Action::Done(outcome) => break outcome,
+            Action::Pause => {
+                match pause(home, record, &results, reporter, &mut cancel, rollout.canary_pause_timeout_secs).await? {
+                    Some(Decision::Promote) => {
+                        plan.pause_after_canary = false;
+                        // A canary kept out of the balancer for its tests goes back in now.
+                        let canary: Vec<String> = plan.batches[0].clone();
+                        undrain(&drainer, &mut drained, &canary, &mut results, &mut states, &agents, reporter, &fan)
+                            .await;
+                    }
+                    Some(Decision::Abort) => {
+                        aborting = true;
+                        plan.auto_rollback = true;
+                    }
+                    // The waiting process stops; the deploy stays paused (and its lock held).
+                    None => {
+                        record.hosts = results.into_values().collect();
+                        record.status = DeployStatus::Paused;
+                        reporter.finish();
+                        return Ok(());
+                    }
+                }
+            }
             Action::Stage { batch, hosts } => {
                 if batch > 0 && rollout.delay_secs > 0 {
                     reporter.say(format!("waiting {}s before batch {}", rollout.delay_secs, batch + 1));
@@ -203,9 +249,12 @@ pub(crate) async fn run_deploy(
                     set(&mut states, &[host], state);
                 }
                 // Without a health check, a host goes back into the balancer once activated.
+                // A canary kept drained for its tests while paused goes back in at promote.
+                let keep_out =
+                    |h: &String| rollout.canary_keep_drained && plan.pause_after_canary && plan.batches[0].contains(h);
                 if !plan.health_check {
                     let back: Vec<String> =
-                        hosts.iter().filter(|h| states[*h] == HostState::Activated).cloned().collect();
+                        hosts.iter().filter(|h| states[*h] == HostState::Activated && !keep_out(h)).cloned().collect();
                     undrain(&drainer, &mut drained, &back, &mut results, &mut states, &agents, reporter, &fan).await;
                 }
             }
@@ -232,7 +281,10 @@ pub(crate) async fn run_deploy(
                     let state = if healthy { HostState::Healthy } else { HostState::Failed { activated: true } };
                     set(&mut states, &[host], state);
                 }
-                let back: Vec<String> = hosts.iter().filter(|h| states[*h] == HostState::Healthy).cloned().collect();
+                let keep_out =
+                    |h: &String| rollout.canary_keep_drained && plan.pause_after_canary && plan.batches[0].contains(h);
+                let back: Vec<String> =
+                    hosts.iter().filter(|h| states[*h] == HostState::Healthy && !keep_out(h)).cloned().collect();
                 undrain(&drainer, &mut drained, &back, &mut results, &mut states, &agents, reporter, &fan).await;
             }
             Action::Abort(hosts) => {
@@ -257,8 +309,24 @@ pub(crate) async fn run_deploy(
                 let mut back = record.clone();
                 back.kind = DeployKind::Rollback;
                 let rolled = fan_out(&hosts, reporter, &mut None, |host, events| {
-                    let (client, result) = (clients[&host].clone(), results[&host].clone());
-                    roll_back_host(fan(events), client, owned_settings.clone(), back.clone(), release.clone(), result)
+                    let (client, result) = (clients.get(&host).cloned(), results[&host].clone());
+                    let (fan, agent) = (fan(events), agents[&host].clone());
+                    let (settings, back, release) = (owned_settings.clone(), back.clone(), release.clone());
+                    async move {
+                        // A host carried on from a paused deploy is connected to only now.
+                        let client = match client {
+                            Some(c) => c,
+                            None => match client::connect(fan.tls.clone(), &agent, fan.timeouts).await {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    let mut result = result;
+                                    fan.clock.follow_up(&mut result, "rollback", Instant::now(), Err(e));
+                                    return (result, HostState::RollbackFailed);
+                                }
+                            },
+                        };
+                        roll_back_host(fan, client, settings, back, release, result).await
+                    }
                 })
                 .await;
                 for (host, (result, state)) in rolled {
@@ -310,6 +378,10 @@ pub(crate) async fn run_deploy(
         Outcome::RolledBack => (
             DeployStatus::RolledBack,
             Some(CtlError::failed(format!("rolled back every activated host to its previous release: {cause}"))),
+        ),
+        Outcome::Cancelled { .. } if aborting => (
+            DeployStatus::Cancelled,
+            Some(CtlError::failed("aborted after the canary: the canary went back, the other hosts were not touched")),
         ),
         Outcome::Cancelled { activated_any } => {
             let left = if activated_any { " (activated hosts stay on the new release: no auto_rollback)" } else { "" };
@@ -383,4 +455,54 @@ async fn undrain(
             set(states, &[host], HostState::Failed { activated: true });
         }
     }
+}
+
+/// The canary batch went through: record the deploy as paused and wait for a person's
+/// decision (set in state by `slipctl promote`/`abort`, from any process). `None`: this process
+/// was asked to stop (Ctrl-C) and the deploy stays paused for another one to carry on. A pause
+/// longer than `timeout_secs` aborts.
+async fn pause(
+    home: &crate::state::home::Home,
+    record: &mut DeployRecord,
+    results: &BTreeMap<String, HostResult>,
+    reporter: &Emitter,
+    cancel: &mut Option<watch::Receiver<bool>>,
+    timeout_secs: u64,
+) -> Result<Option<Decision>> {
+    let since = slipway_common::time::unix_now();
+    record.status = DeployStatus::Paused;
+    record.paused_at = Some(since);
+    record.decision = None;
+    record.hosts = results.values().cloned().collect();
+    crate::state::store::Store::open(&home.state())?.put_deploy(record)?;
+    reporter.say(format!(
+        "paused after the canary: `slipctl promote {id}` goes on with the other hosts, `slipctl abort {id}` \
+         rolls the canary back (waiting up to {timeout_secs}s; Ctrl-C leaves it paused)",
+        id = record.id
+    ));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+    let decision = loop {
+        let stored = crate::state::store::Store::open(&home.state())?.deploy(record.id)?;
+        if let Some(d) = stored.and_then(|r| r.decision) {
+            break Some(d);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            reporter.say(format!("the pause passed canary_pause_timeout_secs ({timeout_secs}s): aborting"));
+            break Some(Decision::Abort);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            () = cancelled(cancel) => break None,
+        }
+    };
+    if let Some(d) = decision {
+        reporter.say(match d {
+            Decision::Promote => "promoted: going on with the other hosts",
+            Decision::Abort => "aborted: rolling the canary back",
+        });
+        record.status = DeployStatus::Running;
+        record.decision = Some(d);
+        crate::state::store::Store::open(&home.state())?.put_deploy(record)?;
+    }
+    Ok(decision)
 }

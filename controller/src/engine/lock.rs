@@ -8,7 +8,7 @@ use slipway_common::time::unix_now;
 use crate::engine::events::Emitter;
 use crate::error::{CtlError, Result};
 use crate::state::home::Home;
-use crate::state::store::{DeployKind, DeployRecord, LockRecord, Store, hostname};
+use crate::state::store::{DeployKind, DeployRecord, DeployStatus, LockRecord, Store, hostname};
 
 /// Holds the project+env lock; released when dropped (the deploy ended, however it ended).
 pub struct LockGuard {
@@ -52,16 +52,25 @@ pub(crate) fn take_lock(home: &Home, record: &DeployRecord, reporter: &Emitter) 
     let store = Store::open(&home.state())?;
     match store.acquire_lock(&lock_record(record))? {
         Err(holder) => {
+            let paused = store.deploy(holder.deploy_id)?.is_some_and(|d| d.status == DeployStatus::Paused);
+            let fix = if paused {
+                format!(
+                    "deploy #{id} is paused after its canary: `slipctl promote {id}` or `slipctl abort {id}`",
+                    id = holder.deploy_id
+                )
+            } else {
+                format!(
+                    "wait for it to finish, or if that process is gone run `slipctl unlock {} {}`",
+                    record.project, record.env
+                )
+            };
             return Err(CtlError::busy(format!(
                 "{}/{} is locked by {}",
                 record.project,
                 record.env,
                 holder.describe()
             ))
-            .fix(format!(
-                "wait for it to finish, or if that process is gone run `slipctl unlock {} {}`",
-                record.project, record.env
-            )));
+            .fix(fix));
         }
         Ok(Some(dead)) => reporter.say(format!("took over the lock of {}, whose process is gone", dead.describe())),
         Ok(None) => {}

@@ -46,6 +46,8 @@ pub struct Plan {
     pub max_failures: u32,
     pub auto_rollback: bool,
     pub health_check: bool,
+    /// Stop after the first (canary) batch until a person promotes (cleared then) or aborts.
+    pub pause_after_canary: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,11 +73,16 @@ pub enum Outcome {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Stage { batch: usize, hosts: Vec<String> },
+    Stage {
+        batch: usize,
+        hosts: Vec<String>,
+    },
     Activate(Vec<String>),
     HealthCheck(Vec<String>),
     Abort(Vec<String>),
     RollBack(Vec<String>),
+    /// The canary batch went through: wait for `promote` (or `abort`).
+    Pause,
     Done(Outcome),
 }
 
@@ -152,11 +159,12 @@ pub fn next(plan: &Plan, states: &BTreeMap<String, HostState>, stopping: bool) -
             return Action::Activate(staged);
         }
         let activated = hosts_in(states, batch, |s| *s == HostState::Activated);
-        if !activated.is_empty() {
-            if plan.health_check {
-                return Action::HealthCheck(activated);
-            }
-            continue;
+        if !activated.is_empty() && plan.health_check {
+            return Action::HealthCheck(activated);
+        }
+        let more = plan.batches[index + 1..].iter().flatten().any(|h| states.get(h) == Some(&HostState::Pending));
+        if index == 0 && plan.pause_after_canary && more {
+            return Action::Pause;
         }
     }
     Action::Done(if failed == 0 { Outcome::Succeeded } else { Outcome::Partial })
@@ -194,7 +202,7 @@ mod tests {
     }
 
     fn plan(batches: Vec<Vec<String>>, max_failures: u32) -> Plan {
-        Plan { batches, max_failures, auto_rollback: true, health_check: true }
+        Plan { batches, max_failures, auto_rollback: true, health_check: true, pause_after_canary: false }
     }
 
     fn fresh(p: &Plan) -> BTreeMap<String, HostState> {
@@ -210,6 +218,7 @@ mod tests {
             log.push(action.clone());
             let hosts = match &action {
                 Action::Done(o) => return (log, o.clone()),
+                Action::Pause => return (log, Outcome::Partial),
                 Action::Stage { hosts, .. } => hosts,
                 Action::Activate(h) | Action::HealthCheck(h) | Action::Abort(h) | Action::RollBack(h) => h,
             };
@@ -228,7 +237,7 @@ mod tests {
             Action::HealthCheck(_) => HostState::Healthy,
             Action::Abort(_) => HostState::Aborted,
             Action::RollBack(_) => HostState::RolledBack,
-            Action::Done(_) => unreachable!(),
+            Action::Pause | Action::Done(_) => unreachable!(),
         }
     }
 
@@ -371,5 +380,25 @@ mod tests {
             _ => happy(a, h),
         });
         assert_eq!(outcome, Outcome::Incomplete, "{log:?}");
+    }
+
+    #[test]
+    fn a_canary_pause_waits_after_the_canary_batch_only() {
+        let mut p = plan(vec![vec!["web-1".into()], vec!["web-2".into()], vec!["web-3".into()]], 0);
+        p.pause_after_canary = true;
+        let (log, _) = simulate(&p, happy);
+        assert_eq!(log.last(), Some(&Action::Pause));
+        assert_eq!(log.len(), 4, "stage, activate, health of the canary, then pause: {log:?}");
+        // Promoted: the flag is cleared and the rest goes on from the canary's states.
+        let mut states = fresh(&p);
+        set(&mut states, &["web-1".into()], HostState::Healthy);
+        p.pause_after_canary = false;
+        assert_eq!(next(&p, &states, false), Action::Stage { batch: 1, hosts: vec!["web-2".into()] });
+        // Aborted (stopping): the canary goes back, the rest is never touched.
+        assert_eq!(next(&p, &states, true), Action::RollBack(vec!["web-1".into()]));
+        // One batch only: nothing to pause for.
+        let mut one = plan(vec![names(2)], 0);
+        one.pause_after_canary = true;
+        assert_eq!(simulate(&one, happy).1, Outcome::Succeeded);
     }
 }

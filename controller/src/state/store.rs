@@ -68,6 +68,17 @@ pub enum DeployStatus {
     Incomplete,
     /// `--dry-run`: what would be done; nothing was sent or recorded.
     Planned,
+    /// Stopped after its canary batch, holding the lock, until `slipctl promote` or `abort`
+    /// (whether or not the process that waited is still there).
+    Paused,
+}
+
+/// What a person decided for a paused deploy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Promote,
+    Abort,
 }
 
 impl DeployStatus {
@@ -82,6 +93,7 @@ impl DeployStatus {
             DeployStatus::Interrupted => "interrupted",
             DeployStatus::Incomplete => "incomplete",
             DeployStatus::Planned => "planned",
+            DeployStatus::Paused => "paused",
         }
     }
 }
@@ -213,6 +225,11 @@ pub struct DeployRecord {
     /// `--dry-run` only (never stored): what the deploy would do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<DryRunPlan>,
+    /// Paused: since when (unix seconds), and what `promote`/`abort` asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
 }
 
 /// What a `--dry-run` found: the rollout order and, per host, where the release would go.
@@ -271,6 +288,8 @@ impl DeployRecord {
             hosts: Vec::new(),
             error: None,
             plan: None,
+            paused_at: None,
+            decision: None,
         }
     }
 
@@ -284,7 +303,7 @@ impl DeployRecord {
     }
 }
 
-fn process_alive(pid: u32) -> bool {
+pub fn process_alive(pid: u32) -> bool {
     pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
 }
 
@@ -449,9 +468,15 @@ impl Store {
                 None => None,
             };
             let ours = holder.as_ref().is_some_and(|h| h.pid == lock.pid && h.host == lock.host);
+            // A paused deploy keeps its lock whether or not its process is there; only that
+            // deploy itself (carried on by `promote`/`abort`) takes it over.
+            let paused_other = |h: &LockRecord| -> Result<bool> {
+                Ok(h.deploy_id != lock.deploy_id
+                    && self.deploy(h.deploy_id)?.is_some_and(|d| d.status == DeployStatus::Paused))
+            };
             if let Some(h) = &holder
                 && !ours
-                && !h.holder_dead()
+                && (!h.holder_dead() || paused_other(h)?)
             {
                 return Ok(Err(h.clone()));
             }
@@ -477,6 +502,11 @@ impl Store {
     }
 
     /// Remove a lock whoever holds it (`slipctl unlock`).
+    /// Who holds the lock of project+env, if anyone.
+    pub fn lock(&self, project: &str, env: &str) -> Result<Option<LockRecord>> {
+        self.get("locks", format!("{project}/{env}").as_bytes())
+    }
+
     pub fn remove_lock(&self, project: &str, env: &str) -> Result<Option<LockRecord>> {
         let old = self.tree("locks")?.remove(format!("{project}/{env}")).map_err(store_err)?;
         self.db.flush().map_err(store_err)?;

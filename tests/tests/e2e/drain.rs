@@ -256,6 +256,22 @@ fn draining_each_host_around_its_flip_keeps_every_request_served() {
     }
     assert!(statuses(&lb.socket).iter().all(|(_, s)| s == "UP"), "{:?}", statuses(&lb.socket));
 
+    // A canary kept out of the balancer while paused (to be tested against production's
+    // interfaces), put back at promote.
+    let keep = format!("[rollout]\nstrategy = \"serial\"\ncanary_pause = true\ncanary_keep_drained = true\n{drain}");
+    fleet.apply_project_full("site", &repo.path, &keep, &hook_user_line(), "canary = [\"web-1\"]\n");
+    repo.write("index.html", "v6\n");
+    repo.commit("v6");
+    let deploy = fleet.spawn_slipctl(&["deploy", "site", "test"]);
+    let latest = || fleet.slipctl(&["--output", "json", "history"]).ok().json()[0].clone();
+    wait_for("the canary pause", || latest()["status"] == "paused");
+    let status_of = |s: &str| statuses(&lb.socket).into_iter().find(|(h, _)| h == s).unwrap().1;
+    assert_eq!(status_of("web-1"), "DRAIN", "the paused canary is kept out");
+    assert_eq!(std::fs::read_to_string(fleet.current("web-1", "site").join("index.html")).unwrap(), "v6\n");
+    fleet.slipctl(&["promote", &latest()["id"].to_string()]).ok();
+    assert_eq!(deploy.wait_with_output().unwrap().status.code(), Some(0));
+    assert!(statuses(&lb.socket).iter().all(|(_, s)| s == "UP"), "{:?}", statuses(&lb.socket));
+
     // Taking every host out at once is refused unless allowed.
     fleet.apply_project_full("site", &repo.path, &format!("[rollout]\nstrategy = \"parallel\"\n{drain}"), "", "");
     let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(2).json();

@@ -588,3 +588,62 @@ fn retry_failed_ships_the_same_release_to_the_hosts_that_did_not_take_it() {
     let run = fleet.slipctl(&["deploy", "site", "test", "--retry-failed", "999"]).code(2);
     assert!(run.stderr.contains("#999"), "{}", run.stderr);
 }
+
+#[test]
+fn a_canary_pause_waits_for_promote_or_abort_and_outlives_its_process() {
+    let fleet = Fleet::new(3);
+    let repo = repo(&fleet);
+    fleet.apply_project("site", &repo.path, "");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    fleet.apply_project_full(
+        "site",
+        &repo.path,
+        "[rollout]\nstrategy = \"serial\"\ncanary_pause = true\n",
+        "",
+        "canary = [\"web-1\"]\n",
+    );
+    let latest = |fleet: &Fleet| fleet.slipctl(&["--output", "json", "history"]).ok().json()[0].clone();
+    let pages = |fleet: &Fleet| -> Vec<String> { ["web-1", "web-2", "web-3"].iter().map(|h| page(fleet, h)).collect() };
+    let pause = |fleet: &Fleet, v: u32| {
+        next_version(&repo, v);
+        let deploy = fleet.spawn_slipctl(&["deploy", "site", "test"]);
+        wait_until("the deploy to pause after its canary", || latest(fleet)["status"] == "paused");
+        (deploy, latest(fleet)["id"].as_u64().unwrap())
+    };
+
+    // Paused: the canary is on v2, the rest on v1; the lock is held; promote carries it on.
+    let (deploy, n) = pause(&fleet, 2);
+    assert_eq!(pages(&fleet), ["v2\n", "v1\n", "v1\n"]);
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(3).json();
+    assert!(doc["fix"].as_str().unwrap().contains(&format!("slipctl promote {n}")), "{doc}");
+    let run = fleet.slipctl(&["promote", &n.to_string()]).ok();
+    assert!(run.stdout.contains("succeeded"), "{}", run.stdout);
+    assert_eq!(deploy.wait_with_output().unwrap().status.code(), Some(0));
+    assert_eq!(pages(&fleet), ["v2\n", "v2\n", "v2\n"]);
+    let steps = |doc: &serde_json::Value, host: &str| -> usize {
+        doc["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host).unwrap()["steps"].as_array().unwrap().len()
+    };
+
+    // Abort: the canary goes back, the others are never touched.
+    let (deploy, n) = pause(&fleet, 3);
+    assert_eq!(pages(&fleet), ["v3\n", "v2\n", "v2\n"]);
+    fleet.slipctl(&["abort", &n.to_string()]).code(1);
+    assert_eq!(deploy.wait_with_output().unwrap().status.code(), Some(1));
+    assert_eq!(pages(&fleet), ["v2\n", "v2\n", "v2\n"]);
+    let doc = fleet.slipctl(&["--output", "json", "show", &n.to_string()]).ok().json();
+    assert_eq!(doc["status"], "cancelled");
+    assert_eq!(steps(&doc, "web-2"), 0, "web-2 was never touched: {doc}");
+
+    // The waiting process dies: the deploy stays paused (not interrupted), keeps its lock, and
+    // promote from another process carries it on.
+    let (mut deploy, n) = pause(&fleet, 4);
+    deploy.kill().unwrap();
+    deploy.wait().unwrap();
+    assert_eq!(latest(&fleet)["status"], "paused");
+    fleet.slipctl(&["deploy", "site", "test"]).code(3);
+    fleet.slipctl(&["unlock", "site", "test"]).code(2);
+    let run = fleet.slipctl(&["promote", &n.to_string()]).ok();
+    assert!(run.stdout.contains("succeeded"), "{}", run.stdout);
+    assert_eq!(pages(&fleet), ["v4\n", "v4\n", "v4\n"]);
+    fleet.slipctl(&["promote", &n.to_string()]).code(2);
+}
