@@ -90,7 +90,24 @@ pub(crate) async fn run_deploy(
         match next(&plan, &states, stopping) {
             Action::Done(outcome) => break outcome,
             Action::Pause => {
-                match pause(home, record, &results, reporter, &mut cancel, rollout.canary_pause_timeout_secs).await? {
+                let t = Instant::now();
+                let decided =
+                    pause(home, record, &results, reporter, &mut cancel, rollout.canary_pause_timeout_secs).await?;
+                // The pause is a step of each canary host, with how long it lasted and how it ended.
+                if let Some(d) = decided {
+                    let how = match d {
+                        Decision::Promote => "promoted",
+                        Decision::Abort => "aborted",
+                    };
+                    for host in &plan.batches[0] {
+                        if let Some(result) = results.get_mut(host) {
+                            let ok = result.ok;
+                            clock.step(result, "pause", t, Ok(format!("paused after the canary, then {how}")));
+                            result.ok = ok;
+                        }
+                    }
+                }
+                match decided {
                     Some(Decision::Promote) => {
                         plan.pause_after_canary = false;
                         // A canary kept out of the balancer for its tests goes back in now.

@@ -646,4 +646,30 @@ fn a_canary_pause_waits_for_promote_or_abort_and_outlives_its_process() {
     assert!(run.stdout.contains("succeeded"), "{}", run.stdout);
     assert_eq!(pages(&fleet), ["v4\n", "v4\n", "v4\n"]);
     fleet.slipctl(&["promote", &n.to_string()]).code(2);
+    let doc = fleet.slipctl(&["--output", "json", "show", &n.to_string()]).ok().json();
+    assert_eq!(
+        steps(&doc, "web-1"),
+        3,
+        "the canary keeps its connect, stage and activate; it is not staged again: {doc}"
+    );
+
+    // Nobody decides within canary_pause_timeout_secs: the deploy aborts by itself, and the
+    // pause is a step of the canary with its timing.
+    fleet.apply_project_full(
+        "site",
+        &repo.path,
+        "[rollout]\nstrategy = \"serial\"\ncanary_pause = true\ncanary_pause_timeout_secs = 1\n",
+        "",
+        "canary = [\"web-1\"]\n",
+    );
+    next_version(&repo, 5);
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(1).json();
+    assert_eq!(doc["status"], "cancelled", "{doc}");
+    assert_eq!(pages(&fleet), ["v4\n", "v4\n", "v4\n"]);
+    let web1 = doc["hosts"].as_array().unwrap().iter().find(|h| h["host"] == "web-1").unwrap().clone();
+    let pause = web1["steps"].as_array().unwrap().iter().find(|s| s["name"] == "pause").unwrap().clone();
+    assert!(
+        pause["elapsed_ms"].as_u64().unwrap() >= 1000 && pause["detail"].as_str().unwrap().contains("aborted"),
+        "{pause}"
+    );
 }
