@@ -322,6 +322,24 @@ pub(crate) async fn run_deploy(
             }
             Action::RollBack(hosts) => {
                 reporter.say(format!("rolling back {} host(s) to their previous release", hosts.len()));
+                // Hosts already back in the balancer (an earlier batch) leave it again for their relink.
+                if let Some(d) = &drainer {
+                    let serving: Vec<String> = hosts.iter().filter(|h| !drained.contains(*h)).cloned().collect();
+                    let out = fan_out(&serving, reporter, &mut None, |host, events| {
+                        drain_host(fan(events), d.clone(), agents[&host].clone(), results[&host].clone())
+                    })
+                    .await;
+                    for (host, (result, ok)) in out {
+                        let kept_ok = results[&host].ok;
+                        results.insert(host.clone(), result);
+                        if let Some(r) = results.get_mut(&host) {
+                            r.ok = kept_ok && ok;
+                        }
+                        if ok {
+                            drained.insert(host);
+                        }
+                    }
+                }
                 let owned_settings = Arc::new(settings.clone());
                 let mut back = record.clone();
                 back.kind = DeployKind::Rollback;

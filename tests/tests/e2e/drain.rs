@@ -256,6 +256,29 @@ fn draining_each_host_around_its_flip_keeps_every_request_served() {
     }
     assert!(statuses(&lb.socket).iter().all(|(_, s)| s == "UP"), "{:?}", statuses(&lb.socket));
 
+    // With auto_rollback, a health check failing on web-2 takes web-1 (already back in the
+    // balancer) out again for its relink: both go back to v3 and are put back, no request fails.
+    repo.write("index.html", "v4b\n");
+    repo.commit("v4b");
+    let health2 = "health = { command = \"test \\\"$SLIPWAY_HOST\\\" != web-2\", timeout_secs = 5, retries = 0, interval_secs = 0 }\n";
+    fleet.apply_project_full("site", &repo.path, &top(&format!("{health2}{drain}")), &target, "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = request_loop(lb.front, stop.clone());
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(1).json();
+    stop.store(true, Ordering::Relaxed);
+    let (total, failed, _) = requests.join().unwrap();
+    eprintln!("auto-rollback with the drain: {failed} of {total} requests failed");
+    assert_eq!(doc["status"], "rolled_back", "{doc}");
+    assert_eq!(failed, 0, "{failed} of {total} requests failed during the auto-rollback");
+    let web1: Vec<String> = doc["hosts"].as_array().unwrap().iter().find(|h| h["host"] == "web-1").unwrap()["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(web1, ["connect", "stage", "drain", "activate", "health", "undrain", "drain", "rollback", "undrain"]);
+    assert!(statuses(&lb.socket).iter().all(|(_, s)| s == "UP"), "{:?}", statuses(&lb.socket));
+
     // A canary kept out of the balancer while paused (to be tested against production's
     // interfaces), put back at promote.
     let keep = format!("[rollout]\nstrategy = \"serial\"\ncanary_pause = true\ncanary_keep_drained = true\n{drain}");
