@@ -651,3 +651,25 @@ pub fn processes_gone(marker: &str) -> bool {
     }
     true
 }
+
+/// A tiny tmpfs mounted over `dir` (root only), unmounted when dropped: a full disk on demand.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mount `size` (as mount's `size=` takes it, e.g. "1m") over `dir`, which must exist.
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tiny"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs over {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

@@ -451,22 +451,22 @@ pub(crate) async fn drain_host(
 ) -> (HostResult, bool) {
     let t = Instant::now();
     let outcome = drainer.drain(&agent).await;
-    match &outcome {
-        Ok(detail) => {
-            let _ = fan
-                .events
-                .send((result.host.clone(), HostEvent::Balancer { action: "drained", detail: detail.clone() }));
-        }
-        Err(e) => {
-            let _ = fan.events.send((result.host.clone(), HostEvent::Failed(e.clone())));
-        }
-    }
+    announce(&fan, &result.host, "drained", &outcome);
     let ok = outcome.is_ok();
     fan.clock.step(&mut result, "drain", t, outcome);
     if !ok {
         result.ok = false;
     }
     (result, ok)
+}
+
+/// Tell the event stream how a balancer step went.
+fn announce(fan: &Fanout, host: &str, action: &'static str, outcome: &std::result::Result<String, HostError>) {
+    let event = match outcome {
+        Ok(detail) => HostEvent::Balancer { action, detail: detail.clone() },
+        Err(e) => HostEvent::Failed(e.clone()),
+    };
+    let _ = fan.events.send((host.to_owned(), event));
 }
 
 /// Put a host back into its load balancer (after its health check, or after its rollback). A
@@ -480,16 +480,7 @@ pub(crate) async fn undrain_host(
     let t = Instant::now();
     let outcome = drainer.undrain(&agent).await;
     let ok = outcome.is_ok();
-    match &outcome {
-        Ok(detail) => {
-            let _ = fan
-                .events
-                .send((result.host.clone(), HostEvent::Balancer { action: "undrained", detail: detail.clone() }));
-        }
-        Err(e) => {
-            let _ = fan.events.send((result.host.clone(), HostEvent::Failed(e.clone())));
-        }
-    }
+    announce(&fan, &result.host, "undrained", &outcome);
     if result.ok {
         fan.clock.step(&mut result, "undrain", t, outcome);
         result.ok = ok;

@@ -256,15 +256,7 @@ fn a_full_disk_is_refused_with_bytes_needed_and_free() {
     let saved = fleet.path().join("saved-releases");
     std::fs::rename(&releases, &saved).unwrap();
     std::fs::create_dir(&releases).unwrap();
-    let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tiny"]).arg(&releases).status().unwrap();
-    assert!(status.success(), "mount tmpfs");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(releases.clone());
+    let _tmpfs = slipway_tests::Tmpfs::mount(&releases, "2m");
     let old = std::fs::read_dir(&saved).unwrap().next().unwrap().unwrap().file_name();
     let status = Command::new("cp").arg("-a").arg(saved.join(&old)).arg(&releases).status().unwrap();
     assert!(status.success());
@@ -461,15 +453,7 @@ fn packaging_failing_for_a_later_batch_fails_its_hosts_and_rolls_back_the_first(
     let artifacts = fleet.home.join("cache").join("artifacts");
     std::fs::rename(&artifacts, fleet.path().join("saved-artifacts")).unwrap();
     std::fs::create_dir(&artifacts).unwrap();
-    let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tiny"]).arg(&artifacts).status().unwrap();
-    assert!(status.success(), "mount tmpfs");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(artifacts.clone());
+    let _tmpfs = slipway_tests::Tmpfs::mount(&artifacts, "1m");
     fleet.apply_project_full("site", &repo.path, "[rollout]\nstrategy = \"serial\"\n", "", "canary = [\"web-1\"]\n");
 
     let run = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(1);
