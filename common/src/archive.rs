@@ -222,16 +222,38 @@ fn write_err(path: &str) -> impl Fn(rustix::io::Errno) -> ArchiveError + '_ {
 /// Opens directories beneath the staging root, never following a symlink, caching the last one.
 struct DirCache {
     root: OwnedFd,
-    last: Option<(String, OwnedFd)>,
+    /// Open directories on the way to the last one used, each an ancestor of the next (at most
+    /// `MAX_HELD`): entries come in path order, so most lookups are a pop or one component.
+    stack: Vec<(String, OwnedFd)>,
 }
 
+/// How many directories the extractor holds open at once (a deep tree must not exhaust fds).
+const MAX_HELD: usize = 32;
+
 impl DirCache {
+    fn new(root: OwnedFd) -> Self {
+        DirCache { root, stack: Vec::new() }
+    }
+
+    /// The directory `dir` (relative to the root), opened beneath the held directories: one
+    /// component at a time from the deepest held ancestor, never through a symlink.
     fn open(&mut self, dir: Option<&str>, for_path: &str) -> Result<&OwnedFd> {
         let Some(dir) = dir else { return Ok(&self.root) };
-        if self.last.as_ref().is_none_or(|(p, _)| p != dir) {
-            let fd = rustix::fs::openat2(
-                &self.root,
-                dir,
+        while let Some((held, _)) = self.stack.last() {
+            if dir == held || (dir.starts_with(held.as_str()) && dir.as_bytes().get(held.len()) == Some(&b'/')) {
+                break;
+            }
+            self.stack.pop();
+        }
+        if self.stack.last().is_some_and(|(held, _)| held == dir) {
+            return Ok(&self.stack.last().expect("just checked").1);
+        }
+        let start = self.stack.last().map_or(0, |(held, _)| held.len() + 1);
+        let rest = &dir[start..];
+        let open = |parent: &OwnedFd, rel: &str| {
+            rustix::fs::openat2(
+                parent,
+                rel,
                 OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
                 ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
@@ -241,10 +263,25 @@ impl DirCache {
                     ArchiveError::Parent(for_path.to_owned())
                 }
                 e => ArchiveError::Write { path: dir.to_owned(), source: e.into() },
-            })?;
-            self.last = Some((dir.to_owned(), fd));
+            })
+        };
+        if self.stack.len() + rest.split('/').count() <= MAX_HELD {
+            let mut at = start;
+            for component in rest.split('/') {
+                let fd = open(self.stack.last().map_or(&self.root, |(_, fd)| fd), component)?;
+                at += component.len();
+                self.stack.push((dir[..at].to_owned(), fd));
+                at += 1;
+            }
+        } else {
+            // Deeper than the directories held: the rest in one walk, beneath the deepest one.
+            let fd = open(self.stack.last().map_or(&self.root, |(_, fd)| fd), rest)?;
+            if self.stack.len() >= MAX_HELD {
+                self.stack.pop();
+            }
+            self.stack.push((dir.to_owned(), fd));
         }
-        Ok(&self.last.as_ref().expect("just set").1)
+        Ok(&self.stack.last().expect("just pushed").1)
     }
 }
 
@@ -457,7 +494,7 @@ pub fn extract_into(
     manifest.validate(&options.limits)?;
     let index: HashMap<&str, &ManifestEntry> = manifest.entries.iter().map(|e| (e.path.as_str(), e)).collect();
     let mut early = EarlyFlush::start(&root);
-    let mut dirs = DirCache { root, last: None };
+    let mut dirs = DirCache::new(root);
 
     let mut hashing = HashingReader { inner: compressed, hasher: Sha256::new(), bytes: 0 };
     let mut stats = ExtractStats::default();
