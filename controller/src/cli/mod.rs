@@ -81,7 +81,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Unlock { project, env } => {
             let store = Store::open(&home.state())?;
             if let Some(lock) = store.lock(&project, &env)?
-                && store.deploy(lock.deploy_id)?.is_some_and(|d| d.status == DeployStatus::Paused)
+                && store.held_by_paused(&lock)?
             {
                 let id = lock.deploy_id;
                 return Err(CtlError::bad(format!("{project}/{env} is held by deploy #{id}, paused after its canary"))
@@ -243,11 +243,11 @@ fn show_text(d: &DeployRecord) -> String {
         s.push_str(&hook_text("  ", hook));
     }
     // Steps of every host in one set of columns; each hook under the step it ran in.
-    let rows: Vec<[String; 4]> = d
+    let rows: Vec<[String; 3]> = d
         .hosts
         .iter()
         .flat_map(|h| &h.steps)
-        .map(|st| [st.name.clone(), format!("+{}", millis(st.started_ms)), millis(st.elapsed_ms), String::new()])
+        .map(|st| [st.name.clone(), format!("+{}", millis(st.started_ms)), millis(st.elapsed_ms)])
         .collect();
     let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0);
     let (w0, w1, w2) = (width(0), width(1), width(2));
@@ -326,29 +326,25 @@ fn summary_line(record: &DeployRecord) -> String {
 /// `promote`/`abort`: the decision goes into state; the process that waits (if it is still there)
 /// carries the deploy on and this one follows it to its end; otherwise this one carries it on.
 async fn decide(home: &Home, out: OutputFormat, id: u64, decision: crate::state::store::Decision) -> Result<u8> {
-    let mut record = engine::deploy::paused(home, id)?;
+    let record = Store::open(&home.state())?.decide(id, decision)?;
+    let mut reporter = Reporter::new(out);
     let waiter = record.pid;
     if crate::state::store::process_alive(waiter) && waiter != std::process::id() {
-        record.decision = Some(decision);
-        Store::open(&home.state())?.put_deploy(&record)?;
-        let mut reporter = Reporter::new(out);
         reporter.say(
             format!("deploy #{id}: {decision:?} sent to the slipctl that waits for it (pid {waiter})").to_lowercase(),
         );
-        // Follow it to its end.
-        let finished = loop {
+        // Follow it to its end; if the waiter dies before it takes the decision, carry on here.
+        loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let now = Store::open(&home.state())?.deploy(id)?.expect("the record stays");
             if !matches!(now.effective_status(), DeployStatus::Running | DeployStatus::Paused) {
-                break now;
+                return Ok(finish_operation(out, &now, false));
             }
-            if now.status == DeployStatus::Paused && now.decision.is_none() {
-                break now; // paused again? (not in this version: one canary batch)
+            if now.status == DeployStatus::Paused && !crate::state::store::process_alive(now.pid) {
+                break;
             }
-        };
-        return Ok(finish_operation(out, &finished, false));
+        }
     }
-    let mut reporter = Reporter::new(out);
     let args = DeployArgs {
         project: record.project.clone(),
         env: record.env.clone(),

@@ -39,18 +39,6 @@ pub struct DeployArgs {
     pub resume: Option<(u64, Decision)>,
 }
 
-/// A paused deploy, checked: the record to carry on.
-pub fn paused(home: &Home, n: u64) -> Result<DeployRecord> {
-    let record = Store::open(&home.state())?
-        .deploy(n)?
-        .ok_or_else(|| CtlError::bad(format!("unknown deploy #{n}")).fix("`slipctl history` lists them"))?;
-    if record.status != DeployStatus::Paused {
-        return Err(CtlError::bad(format!("deploy #{n} is not paused (it is {})", record.effective_status().word()))
-            .fix("promote and abort are for a deploy paused after its canary"));
-    }
-    Ok(record)
-}
-
 /// Deploy N's release, again, to the hosts of N that failed or were never reached.
 #[derive(Debug, Clone)]
 pub struct Retry {
@@ -90,7 +78,7 @@ pub fn retry_of(home: &Home, project: &str, env: &str, n: u64) -> Result<Option<
 pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result<DeployRecord> {
     let started = Instant::now();
     let resumed = match &args.resume {
-        Some((n, _)) => Some(paused(home, *n)?),
+        Some((n, _)) => Some(Store::open(&home.state())?.paused_deploy(*n)?),
         None => None,
     };
     let only: Option<Vec<String>> = match &resumed {

@@ -267,8 +267,7 @@ pub(crate) async fn run_deploy(
                 }
                 // Without a health check, a host goes back into the balancer once activated.
                 // A canary kept drained for its tests while paused goes back in at promote.
-                let keep_out =
-                    |h: &String| rollout.canary_keep_drained && plan.pause_after_canary && plan.batches[0].contains(h);
+                let keep_out = |h: &String| kept_drained(rollout, &plan, h);
                 if !plan.health_check {
                     let back: Vec<String> =
                         hosts.iter().filter(|h| states[*h] == HostState::Activated && !keep_out(h)).cloned().collect();
@@ -298,8 +297,7 @@ pub(crate) async fn run_deploy(
                     let state = if healthy { HostState::Healthy } else { HostState::Failed { activated: true } };
                     set(&mut states, &[host], state);
                 }
-                let keep_out =
-                    |h: &String| rollout.canary_keep_drained && plan.pause_after_canary && plan.batches[0].contains(h);
+                let keep_out = |h: &String| kept_drained(rollout, &plan, h);
                 let back: Vec<String> =
                     hosts.iter().filter(|h| states[*h] == HostState::Healthy && !keep_out(h)).cloned().collect();
                 undrain(&drainer, &mut drained, &back, &mut results, &mut states, &agents, reporter, &fan).await;
@@ -540,4 +538,9 @@ async fn pause(
         crate::state::store::Store::open(&home.state())?.put_deploy(record)?;
     }
     Ok(decision)
+}
+
+/// A canary kept out of the balancer for its tests while the deploy pauses (put back at promote).
+fn kept_drained(rollout: &slipway_common::config::RolloutSettings, plan: &Plan, host: &String) -> bool {
+    rollout.canary_keep_drained && plan.pause_after_canary && plan.batches[0].contains(host)
 }

@@ -8,7 +8,7 @@ use slipway_common::time::unix_now;
 use crate::engine::events::Emitter;
 use crate::error::{CtlError, Result};
 use crate::state::home::Home;
-use crate::state::store::{DeployKind, DeployRecord, DeployStatus, LockRecord, Store, hostname};
+use crate::state::store::{DeployKind, DeployRecord, LockRecord, Store, hostname};
 
 /// Holds the project+env lock; released when dropped (the deploy ended, however it ended).
 pub struct LockGuard {
@@ -52,8 +52,7 @@ pub(crate) fn take_lock(home: &Home, record: &DeployRecord, reporter: &Emitter) 
     let store = Store::open(&home.state())?;
     match store.acquire_lock(&lock_record(record))? {
         Err(holder) => {
-            let paused = store.deploy(holder.deploy_id)?.is_some_and(|d| d.status == DeployStatus::Paused);
-            let fix = if paused {
+            let fix = if store.held_by_paused(&holder)? {
                 format!(
                     "deploy #{id} is paused after its canary: `slipctl promote {id}` or `slipctl abort {id}`",
                     id = holder.deploy_id

@@ -157,7 +157,8 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
             for batch in batches(&names, &settings.canary, rollout.strategy, rollout.batch) {
                 let drained = fan_out(&batch, reporter, &mut None, |host, events| {
                     let (agent, _, target) = by_host[&host].clone();
-                    drain_host(fan(events), drainer.clone(), agent, new_host_result(&by_host[&host].0, Some(&target)))
+                    let result = new_host_result(&agent, Some(&target));
+                    drain_host(fan(events), drainer.clone(), agent, result)
                 })
                 .await;
                 let ready: Vec<String> = drained.iter().filter(|(_, (_, ok))| *ok).map(|(h, _)| h.clone()).collect();

@@ -470,10 +470,8 @@ impl Store {
             let ours = holder.as_ref().is_some_and(|h| h.pid == lock.pid && h.host == lock.host);
             // A paused deploy keeps its lock whether or not its process is there; only that
             // deploy itself (carried on by `promote`/`abort`) takes it over.
-            let paused_other = |h: &LockRecord| -> Result<bool> {
-                Ok(h.deploy_id != lock.deploy_id
-                    && self.deploy(h.deploy_id)?.is_some_and(|d| d.status == DeployStatus::Paused))
-            };
+            let paused_other =
+                |h: &LockRecord| -> Result<bool> { Ok(h.deploy_id != lock.deploy_id && self.held_by_paused(h)?) };
             if let Some(h) = &holder
                 && !ours
                 && (!h.holder_dead() || paused_other(h)?)
@@ -502,6 +500,36 @@ impl Store {
     }
 
     /// Remove a lock whoever holds it (`slipctl unlock`).
+    /// Whether `lock` is held by a deploy paused after its canary (it keeps the lock whether or
+    /// not its process lives).
+    pub fn held_by_paused(&self, lock: &LockRecord) -> Result<bool> {
+        Ok(self.deploy(lock.deploy_id)?.is_some_and(|d| d.status == DeployStatus::Paused))
+    }
+
+    /// Deploy `id`, which must be paused after its canary (bad input naming it otherwise).
+    pub fn paused_deploy(&self, id: u64) -> Result<DeployRecord> {
+        let record = self
+            .deploy(id)?
+            .ok_or_else(|| CtlError::bad(format!("unknown deploy #{id}")).fix("`slipctl history` lists them"))?;
+        if record.status != DeployStatus::Paused {
+            return Err(CtlError::bad(format!(
+                "deploy #{id} is not paused (it is {})",
+                record.effective_status().word()
+            ))
+            .fix("promote and abort are for a deploy paused after its canary"));
+        }
+        Ok(record)
+    }
+
+    /// Record a person's decision on paused deploy `id` (only that field changes, so the
+    /// process that waits keeps its own record); the record as it is now.
+    pub fn decide(&self, id: u64, decision: Decision) -> Result<DeployRecord> {
+        let mut record = self.paused_deploy(id)?;
+        record.decision = Some(decision);
+        self.put_deploy(&record)?;
+        Ok(record)
+    }
+
     /// Who holds the lock of project+env, if anyone.
     pub fn lock(&self, project: &str, env: &str) -> Result<Option<LockRecord>> {
         self.get("locks", format!("{project}/{env}").as_bytes())
