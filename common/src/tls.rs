@@ -263,3 +263,40 @@ pub fn agent_server_name(name: &str) -> Result<ServerName<'static>> {
     ServerName::try_from(Identity::Agent(name.to_owned()).dns_name())
         .map_err(|e| Error::Tls(format!("agent name '{name}' is not usable as a TLS name: {e}")))
 }
+
+/// The server's HTTPS config (`slipctl serve --tls-cert F --tls-key F`): an ordinary web
+/// server certificate, no client certificate, HTTP/1.1.
+pub fn https_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
+    let read = |p: &Path, what: &'static str| std::fs::read_to_string(p).map_err(|e| Error::io(what, p, e));
+    let material = TlsMaterial {
+        ca_pem: String::new(),
+        cert_pem: read(cert, "cannot read --tls-cert")?,
+        key_pem: read(key, "cannot read --tls-key")?,
+    };
+    let (chain, key) = material.chain()?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| Error::Tls(format!("--tls-cert/--tls-key: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A client config for HTTPS to the server (a remote `slipctl --server https://…`) or to
+/// notification sinks: trusts the CA certificates in `ca_pem`.
+pub fn https_client_config(ca_pem: &str) -> Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| Error::Tls(format!("CA PEM: {e}")))?;
+        roots.add(cert).map_err(|e| Error::Tls(format!("CA certificate: {e}")))?;
+    }
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

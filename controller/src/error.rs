@@ -16,7 +16,7 @@ pub enum Kind {
     Busy,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CtlError {
     pub kind: Kind,
     /// What is wrong, naming the thing.

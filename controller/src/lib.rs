@@ -16,6 +16,8 @@
 pub mod cli;
 pub mod engine;
 pub mod error;
+pub mod http_client;
+pub mod server;
 pub mod source;
 pub mod state;
 pub mod units;

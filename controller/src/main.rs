@@ -54,16 +54,6 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(slipway_controller::run(cli)) {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            if format.is_json() {
-                let mut doc = e.to_json();
-                if format == OutputFormat::Jsonl {
-                    doc["event"] = serde_json::json!("error");
-                }
-                format.print_doc(&doc);
-            }
-            eprintln!("error: {e}");
-            ExitCode::from(e.exit_code())
-        }
+        Err(e) => ExitCode::from(slipway_controller::cli::report_error(format, &e)),
     }
 }

@@ -11,6 +11,7 @@ use crate::{Error, Result};
 
 mod agent;
 mod drain;
+pub mod server;
 pub use agent::*;
 pub use drain::*;
 
@@ -85,6 +86,8 @@ macro_rules! settings_struct {
             pub config_dir: Option<String>,
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub reuse: Option<ReuseMode>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub approval: Option<server::ApprovalFile>,
         }
     };
 }
@@ -95,6 +98,10 @@ settings_struct! {
         pub name: String,
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         pub env: BTreeMap<String, EnvFile>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub webhook: Vec<server::WebhookRule>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub notify: Vec<server::NotifyFile>,
     }
 }
 
@@ -345,6 +352,7 @@ pub struct EnvSettings {
     pub canary: Vec<String>,
     pub config_dir: Option<String>,
     pub reuse: ReuseMode,
+    pub approval: server::Approval,
 }
 
 /// A parsed, validated project file. Every env is resolved at parse time so that a bad value
@@ -376,6 +384,13 @@ impl ProjectConfig {
             let settings = resolve_env(&parsed, env_name, env)
                 .map_err(|why| Error::config(file, format!("env '{env_name}': {why}")))?;
             envs.insert(env_name.clone(), settings);
+        }
+        let names: Vec<&str> = parsed.env.keys().map(String::as_str).collect();
+        for rule in &parsed.webhook {
+            rule.validate(&names).map_err(|why| Error::config(file, why))?;
+        }
+        for sink in &parsed.notify {
+            sink.validate().map_err(|why| Error::config(file, why))?;
         }
         Ok(ProjectConfig { file: parsed, envs })
     }
@@ -528,6 +543,7 @@ fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Res
         canary,
         config_dir,
         reuse,
+        approval: server::resolve_approval(&e.approval, &p.approval)?,
     })
 }
 

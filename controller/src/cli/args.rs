@@ -65,6 +65,9 @@ pub struct Cli {
     /// Output for people (text), scripts (json: one document) or streams (jsonl: events, then the result)
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    /// Send the command to this `slipctl serve` (with SLIPWAY_TOKEN) [default: the home's own server, when it runs]
+    #[arg(long, global = true, env = "SLIPWAY_SERVER")]
+    pub server: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -195,6 +198,31 @@ pub enum Command {
         /// The deploy number, as `slipctl history` shows it
         deploy_id: u64,
     },
+    /// Run the controller as the team's server: HTTP API, webhooks, metrics, the local socket
+    #[command(
+        after_help = "Examples:\n  slipctl serve\n  slipctl serve --listen 0.0.0.0:8443 --tls-cert server.pem --tls-key server.key\n\n\
+                            While it runs, every slipctl command given this home goes through it (its socket\n\
+                            <home>/slipctl.sock, mode 0600). SIGTERM stops running deploys cleanly first."
+    )]
+    Serve(super::args_team::ServeArgs),
+    /// Users of the server and their roles per project and env
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  slipctl user add alice\n  slipctl user grant alice web-demo test deployer"
+    )]
+    User(super::args_team::UserCommand),
+    /// API tokens for CI and remote slipctl (SLIPWAY_TOKEN)
+    #[command(subcommand, after_help = "Example:\n  slipctl token create ci --scope web-demo:test:deployer")]
+    Token(super::args_team::TokenCommand),
+    /// Deploy tickets (上线单): create, approve, deploy, roll back — through the server
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  slipctl ticket create web-demo prod --ref v1.4 --title \"checkout fix\"\n  slipctl ticket approve 7"
+    )]
+    Ticket(super::args_team::TicketCommand),
+    /// Webhook secrets for CI (GitHub, GitLab)
+    #[command(subcommand, after_help = "Example:\n  slipctl webhook secret web-demo")]
+    Webhook(super::args_team::WebhookCommand),
     /// A real demo on loopback: a CA, three agents, a git repo, two deploys and a rollback
     #[command(after_help = "Example:\n  slipctl quickstart --dir /tmp/slipway-demo")]
     Quickstart {

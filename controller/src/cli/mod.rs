@@ -2,8 +2,12 @@
 //! rollout: init, agents, projects, releases, history, show.
 
 pub mod args;
+pub mod args_team;
+pub mod console;
 pub mod output;
 pub mod quickstart;
+pub mod remote;
+pub mod team;
 
 pub use args::{AgentCommand, Cli, Command, ProjectCommand};
 
@@ -28,6 +32,12 @@ use std::collections::BTreeMap;
 pub async fn run(cli: Cli) -> Result<u8> {
     let home = Home::resolve(cli.home.clone())?;
     let out = cli.output;
+    // While a server runs for this home (or one is named), the command is carried out there.
+    if !console::remote()
+        && let Some(target) = remote::target(&cli, &home)?
+    {
+        return remote::run(target, &cli).await;
+    }
     let timeouts = Timeouts::default();
     match cli.command {
         Command::Init => {
@@ -62,7 +72,19 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 },
             };
             let hosts = retry.as_ref().map(|r| r.hosts.clone()).or(hosts);
-            let args = DeployArgs { project, env, git_ref, hosts, dry_run, full, cancel: None, retry, resume: None };
+            let args = DeployArgs {
+                project,
+                env,
+                git_ref,
+                hosts,
+                dry_run,
+                full,
+                cancel: None,
+                retry,
+                resume: None,
+                user: None,
+                commit: None,
+            };
             let running = engine::start_deploy(home.clone(), args);
             cancel_on_signals(running.canceller());
             let record = running.finish(|event| reporter.on(event)).await?;
@@ -73,7 +95,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Rollback { project, env, to, hosts } => {
             let mut reporter = Reporter::new(out);
             let to = to.as_deref().map(crate::engine::select::RollbackTo::parse).transpose()?;
-            let running = engine::start_rollback(home.clone(), RollbackArgs { project, env, to, hosts });
+            let running = engine::start_rollback(home.clone(), RollbackArgs { project, env, to, hosts, user: None });
             let record = running.finish(|event| reporter.on(event)).await?;
             Ok(finish_operation(out, &record, false))
         }
@@ -147,11 +169,19 @@ pub async fn run(cli: Cli) -> Result<u8> {
             let record = store.deploy(deploy_id)?.ok_or_else(|| {
                 CtlError::bad(format!("unknown deploy #{deploy_id}")).fix("`slipctl history` lists them")
             })?;
+            let events: Vec<serde_json::Value> = store.events(deploy_id, 0)?.into_iter().map(|(_, e)| e).collect();
             drop(store);
-            print(out, deploy_json(&record), || show_text(&record));
+            let mut doc = deploy_json(&record);
+            doc["events"] = json!(events);
+            print(out, doc, || show_text(&record));
             Ok(0)
         }
         Command::Quickstart { dir } => crate::cli::quickstart::run(dir, out).await,
+        Command::Serve(args) => crate::server::serve(home, args).await,
+        Command::User(cmd) => team::user_command(&home, out, cmd),
+        Command::Token(cmd) => team::token_command(&home, out, cmd),
+        Command::Webhook(cmd) => team::webhook_command(&home, out, cmd),
+        Command::Ticket(cmd) => team::ticket_command(out, cmd).await,
     }
 }
 
@@ -159,13 +189,16 @@ pub async fn run(cli: Cli) -> Result<u8> {
 /// The first Ctrl-C or SIGTERM cancels the operation cleanly; a second one exits at once.
 fn cancel_on_signals(canceller: engine::Canceller) {
     use tokio::signal::unix::{SignalKind, signal};
+    if console::register(&canceller) {
+        return;
+    }
     tokio::spawn(async move {
         let Ok(mut term) = signal(SignalKind::terminate()) else { return };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        eprintln!("cancelling: removing staged releases and rolling back activated hosts (again to quit at once)");
+        crate::errln!("cancelling: removing staged releases and rolling back activated hosts (again to quit at once)");
         canceller.cancel();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -175,11 +208,24 @@ fn cancel_on_signals(canceller: engine::Canceller) {
     });
 }
 
-fn print(out: OutputFormat, doc: serde_json::Value, text: impl FnOnce() -> String) {
-    if out.is_json() { out.print_doc(&doc) } else { println!("{}", text()) }
+/// Say what went wrong (one JSON document too, with `--output json`); the exit status.
+pub fn report_error(format: OutputFormat, e: &CtlError) -> u8 {
+    if format.is_json() {
+        let mut doc = e.to_json();
+        if format == OutputFormat::Jsonl {
+            doc["event"] = json!("error");
+        }
+        format.print_doc(&doc);
+    }
+    crate::errln!("error: {e}");
+    e.exit_code()
 }
 
-fn deploy_json(d: &DeployRecord) -> serde_json::Value {
+pub(crate) fn print(out: OutputFormat, doc: serde_json::Value, text: impl FnOnce() -> String) {
+    if out.is_json() { out.print_doc(&doc) } else { crate::outln!("{}", text()) }
+}
+
+pub fn deploy_json(d: &DeployRecord) -> serde_json::Value {
     let mut doc = serde_json::to_value(d).expect("record serialises");
     doc["status"] = json!(d.effective_status().word());
     if d.status == DeployStatus::Planned {
@@ -355,6 +401,8 @@ async fn decide(home: &Home, out: OutputFormat, id: u64, decision: crate::state:
         cancel: None,
         retry: None,
         resume: Some((id, decision)),
+        user: None,
+        commit: None,
     };
     let running = engine::start_deploy(home.clone(), args);
     cancel_on_signals(running.canceller());
@@ -391,7 +439,7 @@ fn outcome_fix(record: &DeployRecord) -> Option<String> {
     })
 }
 
-fn finish_operation(out: OutputFormat, record: &DeployRecord, dry_run: bool) -> u8 {
+pub(crate) fn finish_operation(out: OutputFormat, record: &DeployRecord, dry_run: bool) -> u8 {
     let code = if matches!(record.status, DeployStatus::Succeeded | DeployStatus::Planned | DeployStatus::Paused) {
         0
     } else if record.refused_by_agents() {
@@ -410,10 +458,10 @@ fn finish_operation(out: OutputFormat, record: &DeployRecord, dry_run: bool) -> 
         }
         out.print_doc(&doc);
     } else if !dry_run {
-        println!("{}", summary_line(record));
+        crate::outln!("{}", summary_line(record));
     }
     if code != 0 {
-        eprintln!("error: {}", record.error.clone().unwrap_or_else(|| "the operation failed".into()));
+        crate::errln!("error: {}", record.error.clone().unwrap_or_else(|| "the operation failed".into()));
     }
     code
 }
@@ -540,7 +588,7 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Res
                 return Err(CtlError::bad(format!("unknown agent '{name}'")).fix("`slipctl agent list` shows them"));
             }
             if !users.is_empty() {
-                eprintln!(
+                crate::errln!(
                     "warning: {} still select agent {name}: their deploys will fail on it until you take it out of \
                      their `hosts` (and `slipctl project apply`) or add it again",
                     users.join(", ")
@@ -582,7 +630,7 @@ fn project_command(home: &Home, out: OutputFormat, cmd: ProjectCommand) -> Resul
                 }
             }
             if !unknown.is_empty() {
-                eprintln!(
+                crate::errln!(
                     "warning: not registered agents: {}; register them with `slipctl agent add NAME --addr \
                      HOST:PORT --out DIR` before deploying",
                     unknown.join(", ")

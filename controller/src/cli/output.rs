@@ -35,7 +35,7 @@ impl OutputFormat {
             OutputFormat::Jsonl => serde_json::to_string(doc),
             _ => serde_json::to_string_pretty(doc),
         };
-        println!("{}", text.expect("json"));
+        crate::outln!("{}", text.expect("json"));
     }
 }
 
@@ -98,7 +98,7 @@ impl Reporter {
         let mode = match format {
             OutputFormat::Json => Mode::Quiet,
             OutputFormat::Jsonl => Mode::Lines,
-            OutputFormat::Text if std::io::stdout().is_terminal() => Mode::Live {
+            OutputFormat::Text if std::io::stdout().is_terminal() && !super::console::remote() => Mode::Live {
                 multi: MultiProgress::with_draw_target(ProgressDrawTarget::stdout()),
                 bars: HashMap::new(),
             },
@@ -113,7 +113,7 @@ impl Reporter {
             Mode::Live { multi, .. } => {
                 let _ = multi.println(line.to_string());
             }
-            Mode::Plain => println!("{line}"),
+            Mode::Plain => crate::outln!("{line}"),
             Mode::Quiet | Mode::Lines => {}
         }
     }
@@ -146,18 +146,18 @@ impl Reporter {
                     HostEvent::Failed(why) => format!("FAILED: {why}"),
                     HostEvent::Output { stage, data, stderr } => {
                         for line in self.lines.push(host, stage, *stderr, data) {
-                            println!("{line}");
+                            crate::outln!("{line}");
                         }
                         return;
                     }
                     HostEvent::Hook { stage, command, exit_code, timed_out, elapsed_ms } => {
                         for line in self.lines.flush(Some(host)) {
-                            println!("{line}");
+                            crate::outln!("{line}");
                         }
                         hook_line(stage, command, *exit_code, *timed_out, *elapsed_ms)
                     }
                 };
-                println!("  {host:<16} {text}");
+                crate::outln!("  {host:<16} {text}");
             }
             Mode::Live { multi, bars } => {
                 let bar = bars.entry(host.to_owned()).or_insert_with(|| {
@@ -216,13 +216,14 @@ impl Reporter {
     /// Show one event of the engine's stream.
     pub fn on(&mut self, event: Event) {
         if let Mode::Lines = self.mode {
-            println!("{}", event.to_json());
+            crate::outln!("{}", event.to_json());
             return;
         }
         match event {
             Event::Say(line) => self.say(line),
             Event::Hosts(names) => self.hosts(names.iter().map(String::as_str)),
             Event::Host { host, event } => self.host(&host, event),
+            Event::Started { .. } => {}
             Event::Finished => self.finish(),
         }
     }
@@ -233,7 +234,7 @@ impl Reporter {
                 Mode::Live { multi, .. } => {
                     let _ = multi.println(line);
                 }
-                Mode::Plain => println!("{line}"),
+                Mode::Plain => crate::outln!("{line}"),
                 Mode::Quiet | Mode::Lines => {}
             }
         }

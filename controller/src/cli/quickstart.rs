@@ -207,6 +207,8 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat) -> Result<u8> {
             cancel: None,
             retry: None,
             resume: None,
+            user: None,
+            commit: None,
         };
         let record = engine::start_deploy(home.clone(), args).finish(|event| reporter.on(event)).await?;
         check(&record, step)?;
@@ -214,7 +216,7 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat) -> Result<u8> {
         records.push(record);
     }
     say("\n== 3/3 rollback".to_owned());
-    let args = RollbackArgs { project: "web-demo".into(), env: "demo".into(), to: None, hosts: None };
+    let args = RollbackArgs { project: "web-demo".into(), env: "demo".into(), to: None, hosts: None, user: None };
     let record = engine::start_rollback(home.clone(), args).finish(|event| reporter.on(event)).await?;
     check(&record, "rollback")?;
     say(page_line(&hosts_root));

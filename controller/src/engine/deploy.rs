@@ -37,6 +37,10 @@ pub struct DeployArgs {
     pub retry: Option<Retry>,
     /// Carry on paused deploy N in this process (its waiting process is gone), as decided.
     pub resume: Option<(u64, Decision)>,
+    /// Who asks (the server's user); the OS user running `slipctl` when `None`.
+    pub user: Option<String>,
+    /// Ship exactly this commit (a ticket's, resolved when it was made); `git_ref` names it.
+    pub commit: Option<String>,
 }
 
 /// Deploy N's release, again, to the hosts of N that failed or were never reached.
@@ -105,8 +109,13 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
     // A busy project+env is answered before anything is fetched (exit 3); the deploy is numbered
     // and recorded once its commit is known.
     let probe = match &resumed {
-        Some(r) => r.clone(),
-        None => DeployRecord::start(DeployKind::Deploy, &settings.project, &settings.env, current_user()),
+        Some(r) => DeployRecord { op: crate::state::store::next_op(), ..r.clone() },
+        None => DeployRecord::start(
+            DeployKind::Deploy,
+            &settings.project,
+            &settings.env,
+            args.user.clone().unwrap_or_else(current_user),
+        ),
     };
     let lock = if args.dry_run { None } else { Some(take_lock(home, &probe, reporter)?) };
     let mirror = git::mirror_path(&home.cache(), &settings.project);
@@ -115,7 +124,12 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
     git::fetch(&url, &mirror).await?;
     // A retry (or a paused deploy carried on) ships the very commit of the deploy it continues,
     // whatever its ref points at now.
-    let exact = args.retry.as_ref().map(|r| r.commit.as_str()).or(resumed.as_ref().map(|r| r.commit.as_str()));
+    let exact = args
+        .retry
+        .as_ref()
+        .map(|r| r.commit.as_str())
+        .or(resumed.as_ref().map(|r| r.commit.as_str()))
+        .or(args.commit.as_deref());
     let resolved = git::resolve(&mirror, exact.unwrap_or(git_ref.as_str()), &url)?;
     reporter.say(format!(
         "{git_ref} is {} \"{}\" (fetched in {})",
@@ -146,6 +160,9 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
         Store::open(&home.state())?.put_deploy(&record)?;
     } else if !args.dry_run {
         number(home, &mut record)?;
+    }
+    if !args.dry_run {
+        reporter.started(record.id);
     }
     let packaged = package(home, &mirror, &recipe, &mut record, settings, reporter, args.dry_run).await;
     let result = match packaged {

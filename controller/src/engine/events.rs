@@ -61,6 +61,8 @@ pub enum Event {
     Hosts(Vec<String>),
     /// What happened to one host.
     Host { host: String, event: HostEvent },
+    /// The operation took its number (deploy id) and is recorded from now on.
+    Started { id: u64 },
     /// The per-host view is complete (the rollout is over; the outcome follows).
     Finished,
 }
@@ -106,6 +108,7 @@ impl Event {
                 doc["host"] = json!(host);
                 doc
             }
+            Event::Started { id } => json!({"event": "started", "id": id}),
             Event::Finished => json!({"event": "finished"}),
         }
     }
@@ -138,6 +141,15 @@ impl Emitter {
 
     pub fn host(&self, host: &str, event: HostEvent) {
         let _ = self.tx.send(Event::Host { host: host.to_owned(), event });
+    }
+
+    /// Pass on an event as it is.
+    pub fn forward(&self, event: Event) {
+        let _ = self.tx.send(event);
+    }
+
+    pub fn started(&self, id: u64) {
+        let _ = self.tx.send(Event::Started { id });
     }
 
     pub fn finish(&self) {

@@ -15,12 +15,13 @@ pub struct LockGuard {
     pub(crate) state: PathBuf,
     pub(crate) project: String,
     pub(crate) env: String,
+    pub(crate) op: u64,
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
         if let Ok(store) = Store::open(&self.state) {
-            let _ = store.release_lock(&self.project, &self.env, std::process::id());
+            let _ = store.release_lock(&self.project, &self.env, std::process::id(), self.op);
         }
     }
 }
@@ -44,6 +45,7 @@ pub(crate) fn lock_record(record: &DeployRecord) -> LockRecord {
         host: hostname(),
         pid: std::process::id(),
         since: unix_now(),
+        op: record.op,
     }
 }
 
@@ -74,7 +76,7 @@ pub(crate) fn take_lock(home: &Home, record: &DeployRecord, reporter: &Emitter) 
         Ok(Some(dead)) => reporter.say(format!("took over the lock of {}, whose process is gone", dead.describe())),
         Ok(None) => {}
     }
-    Ok(LockGuard { state: home.state(), project: record.project.clone(), env: record.env.clone() })
+    Ok(LockGuard { state: home.state(), project: record.project.clone(), env: record.env.clone(), op: record.op })
 }
 
 /// A release id newer than any this project+env has used, so ids stay unique and sortable.

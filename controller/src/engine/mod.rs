@@ -15,6 +15,7 @@ mod executor;
 pub mod fanout;
 pub mod host_error;
 pub mod host_ops;
+pub mod journal;
 pub mod lock;
 pub mod package;
 pub mod planner;
@@ -35,7 +36,7 @@ use crate::state::store::DeployRecord;
 /// Start a deploy: its events stream as it goes, `Running::canceller` stops it cleanly, and
 /// `Running::finish` returns the record (the same one history keeps).
 pub fn start_deploy(home: Home, mut args: DeployArgs) -> Running<DeployRecord> {
-    Running::start(move |events, cancel| async move {
+    journal::start(home.clone(), move |events, cancel| async move {
         args.cancel = Some(cancel);
         deploy::deploy(&home, args, &events).await
     })
@@ -58,5 +59,5 @@ pub fn start_check(
 
 /// Start a rollback (relink to each host's previous release, or to `--to`).
 pub fn start_rollback(home: Home, args: RollbackArgs) -> Running<DeployRecord> {
-    Running::start(move |events, _cancel| async move { rollback::rollback(&home, args, &events).await })
+    journal::start(home.clone(), move |events, _cancel| async move { rollback::rollback(&home, args, &events).await })
 }

@@ -27,6 +27,8 @@ pub struct RollbackArgs {
     pub env: String,
     pub to: Option<RollbackTo>,
     pub hosts: Option<Vec<String>>,
+    /// Who asks (the server's user); the OS user running `slipctl` when `None`.
+    pub user: Option<String>,
 }
 
 /// What one host answered to `Releases`, with the connection for what follows.
@@ -65,7 +67,12 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
     let tls = home.client_tls()?;
     let settings = &scope.settings;
     let drainer = crate::engine::drain::Drainer::of(&scope, tls.clone(), timeouts)?;
-    let mut record = DeployRecord::start(DeployKind::Rollback, &settings.project, &settings.env, current_user());
+    let mut record = DeployRecord::start(
+        DeployKind::Rollback,
+        &settings.project,
+        &settings.env,
+        args.user.clone().unwrap_or_else(current_user),
+    );
     // The targets are decided under the lock: no deploy can change what the hosts hold between
     // asking them and relinking.
     let _lock = take_lock(home, &record, reporter)?;
@@ -117,6 +124,7 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
     // Refused before any host is touched: nothing to record (like any other bad input).
     let (clients, targets) = decided?;
     number(home, &mut record)?;
+    reporter.started(record.id);
     let mut distinct: Vec<&ReleaseId> = targets.iter().map(|(_, t)| t).collect();
     distinct.sort();
     distinct.dedup();

@@ -68,7 +68,7 @@ pub fn pb_target(settings: &EnvSettings, host: &str) -> pb::Target {
 
 /// Who runs this operation, as history shows it: the account's name (from the system's user
 /// database, not `$USER`) at this machine's host name, and who ran `sudo` when that was it.
-pub(crate) fn current_user() -> String {
+pub fn current_user() -> String {
     let uid = rustix::process::getuid().as_raw();
     let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()

@@ -250,3 +250,49 @@ fn check_tree(repo: &Repository, tree: &git2::Tree<'_>, prefix: &str) -> Result<
     }
     Ok(())
 }
+
+/// Walle's ref picker: branches (newest commit first), the last 10 tags, and the last 50
+/// commits of `default_ref`, each with its subject, author and time.
+pub fn picker(mirror: &Path, default_ref: &str) -> Result<serde_json::Value> {
+    use serde_json::json;
+    let repo = Repository::open_bare(mirror).context(format_args!("cannot open mirror {}", mirror.display()))?;
+    let describe = |c: &git2::Commit<'_>| {
+        json!({
+            "commit": c.id().to_string(),
+            "subject": c.summary().ok().flatten().unwrap_or(""),
+            "author": c.author().name().unwrap_or(""),
+            "time": c.time().seconds(),
+        })
+    };
+    let named = |prefix: &str| -> Vec<(String, serde_json::Value, i64)> {
+        let mut out = Vec::new();
+        if let Ok(refs) = repo.references_glob(&format!("{prefix}*")) {
+            for r in refs.flatten() {
+                let (Some(name), Ok(commit)) = (r.name().ok().map(str::to_owned), r.peel_to_commit()) else { continue };
+                let mut doc = describe(&commit);
+                let short = name.trim_start_matches(prefix).to_owned();
+                doc["name"] = json!(short);
+                out.push((short, doc, commit.time().seconds()));
+            }
+        }
+        out.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+        out
+    };
+    let branches: Vec<_> = named("refs/heads/").into_iter().take(30).map(|(_, d, _)| d).collect();
+    let tags: Vec<_> = named("refs/tags/").into_iter().take(10).map(|(_, d, _)| d).collect();
+    let mut commits = Vec::new();
+    let head = [format!("refs/heads/{default_ref}"), format!("refs/tags/{default_ref}"), default_ref.to_owned()]
+        .iter()
+        .find_map(|c| repo.revparse_single(c).ok())
+        .and_then(|o| o.peel_to_commit().ok());
+    if let Some(head) = head {
+        let mut walk = repo.revwalk().context("git revwalk")?;
+        walk.push(head.id()).context("git revwalk")?;
+        for oid in walk.flatten().take(50) {
+            if let Ok(c) = repo.find_commit(oid) {
+                commits.push(describe(&c));
+            }
+        }
+    }
+    Ok(json!({"default_ref": default_ref, "branches": branches, "tags": tags, "commits": commits}))
+}

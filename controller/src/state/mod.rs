@@ -2,5 +2,9 @@
 //! narrow interface.
 
 pub mod agents;
+pub mod backend;
 pub mod home;
+pub mod journal;
 pub mod store;
+pub mod tickets;
+pub mod users;

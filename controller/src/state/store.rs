@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use slipway_common::ReleaseId;
 
 use crate::error::{CtlError, Result};
+use crate::state::backend::{Backend, Sled, pinned_for, store_err};
+use std::sync::Arc;
 
 const OPEN_WAIT: Duration = Duration::from_secs(15);
 
@@ -230,6 +232,9 @@ pub struct DeployRecord {
     pub paused_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
+    /// This process's number for the operation (its lock's), never stored.
+    #[serde(skip)]
+    pub op: u64,
 }
 
 /// What a `--dry-run` found: the rollout order and, per host, where the release would go.
@@ -290,6 +295,7 @@ impl DeployRecord {
             plan: None,
             paused_at: None,
             decision: None,
+            op: next_op(),
         }
     }
 
@@ -322,6 +328,15 @@ pub struct LockRecord {
     pub host: String,
     pub pid: u32,
     pub since: i64,
+    /// Which operation of that process holds it (a server runs many at once).
+    #[serde(default)]
+    pub op: u64,
+}
+
+/// A number for a new operation, unique in this process.
+pub fn next_op() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl LockRecord {
@@ -342,74 +357,88 @@ impl LockRecord {
     }
 }
 
-pub struct Store {
-    db: sled::Db,
+/// Open sled at `dir`, waiting while another process holds it.
+fn open_sled(dir: &Path) -> Result<sled::Db> {
+    crate::state::home::private_dir(dir)?;
+    let started = Instant::now();
+    let wait = open_wait();
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Ok(db) => {
+                // Vars, hook output and history are for the controller's user alone.
+                crate::state::home::restrict_tree(dir);
+                return Ok(db);
+            }
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") => {
+                if started.elapsed() > wait {
+                    return Err(CtlError::failed(format!(
+                        "controller state {} is held by another slipctl process (waited {}s); \
+                         let it finish, then run the command again",
+                        dir.display(),
+                        wait.as_secs()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(store_err(format!("cannot open {}: {e}", dir.display()))),
+        }
+    }
 }
 
-fn store_err(e: impl std::fmt::Display) -> CtlError {
-    CtlError::failed(format!("controller state: {e}"))
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<dyn Backend>,
 }
 
 impl Store {
-    /// Open the state, waiting (15 s by default) while another `slipctl` holds it.
+    /// Open the state, waiting (15 s by default) while another `slipctl` holds it. In a process
+    /// that pinned it (the server), the pinned handle.
     pub fn open(dir: &Path) -> Result<Store> {
-        crate::state::home::private_dir(dir)?;
-        let started = Instant::now();
-        let wait = open_wait();
-        loop {
-            match sled::Config::new().path(dir).open() {
-                Ok(db) => {
-                    // Vars, hook output and history are for the controller's user alone.
-                    crate::state::home::restrict_tree(dir);
-                    return Ok(Store { db });
-                }
-                Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
-                {
-                    if started.elapsed() > wait {
-                        return Err(CtlError::failed(format!(
-                            "controller state {} is held by another slipctl process (waited {}s); \
-                             let it finish, then run the command again",
-                            dir.display(),
-                            wait.as_secs()
-                        )));
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => return Err(store_err(format!("cannot open {}: {e}", dir.display()))),
-            }
+        if let Some(db) = pinned_for(dir) {
+            return Ok(Store { db });
         }
+        Ok(Store { db: Arc::new(Sled::new(open_sled(dir)?)) })
     }
 
-    fn tree(&self, name: &str) -> Result<sled::Tree> {
-        self.db.open_tree(name).map_err(store_err)
+    /// Open the state and keep it open in this process until [`Store::unpin`] (the server).
+    pub fn pin(dir: &Path) -> Result<Store> {
+        let store = Store::open(dir)?;
+        crate::state::backend::pin(dir, store.db.clone());
+        Ok(store)
     }
 
-    fn get<T: DeserializeOwned>(&self, tree: &str, key: &[u8]) -> Result<Option<T>> {
-        match self.tree(tree)?.get(key).map_err(store_err)? {
+    pub fn unpin(dir: &Path) {
+        crate::state::backend::unpin(dir);
+    }
+
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        &*self.db
+    }
+
+    pub(crate) fn get<T: DeserializeOwned>(&self, tree: &str, key: &[u8]) -> Result<Option<T>> {
+        match self.db.get(tree, key)? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v).map(Some).map_err(store_err),
         }
     }
 
-    fn put<T: Serialize>(&self, tree: &str, key: &[u8], value: &T) -> Result<()> {
+    pub(crate) fn put<T: Serialize>(&self, tree: &str, key: &[u8], value: &T) -> Result<()> {
         let bytes = serde_json::to_vec(value).map_err(store_err)?;
-        self.tree(tree)?.insert(key, bytes).map_err(store_err)?;
-        self.db.flush().map_err(store_err)?;
-        Ok(())
+        self.db.put(tree, key, &bytes)?;
+        self.db.flush()
     }
 
-    fn remove(&self, tree: &str, key: &[u8]) -> Result<bool> {
-        let existed = self.tree(tree)?.remove(key).map_err(store_err)?.is_some();
-        self.db.flush().map_err(store_err)?;
+    pub(crate) fn remove(&self, tree: &str, key: &[u8]) -> Result<bool> {
+        let existed = self.db.remove(tree, key)?.is_some();
+        self.db.flush()?;
         Ok(existed)
     }
 
-    fn all<T: DeserializeOwned>(&self, tree: &str) -> Result<Vec<T>> {
-        self.tree(tree)?
-            .iter()
-            .values()
-            .map(|v| v.map_err(store_err).and_then(|b| serde_json::from_slice(&b).map_err(store_err)))
+    pub(crate) fn all<T: DeserializeOwned>(&self, tree: &str) -> Result<Vec<T>> {
+        self.db
+            .scan(tree, b"", false)?
+            .into_iter()
+            .map(|(_, v)| serde_json::from_slice(&v).map_err(store_err))
             .collect()
     }
 
@@ -441,33 +470,23 @@ impl Store {
 
     /// The next deploy number: 1, 2, 3…
     pub fn next_deploy_id(&self) -> Result<u64> {
-        let meta = self.tree("meta")?;
-        let next = meta
-            .update_and_fetch("next_deploy_id", |old| {
-                let n = old.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0) + 1;
-                Some(n.to_be_bytes().to_vec())
-            })
-            .map_err(store_err)?
-            .and_then(|b| b.as_ref().try_into().ok())
-            .map(u64::from_be_bytes)
-            .ok_or_else(|| store_err("deploy counter"))?;
-        self.db.flush().map_err(store_err)?;
+        let next = self.db.increment("next_deploy_id")?;
+        self.db.flush()?;
         Ok(next)
     }
 
     /// Take the lock of `lock.project`/`lock.env`, or say who holds it. A lock whose holder
     /// died on this machine is taken over (returned as the second value).
     pub fn acquire_lock(&self, lock: &LockRecord) -> Result<std::result::Result<Option<LockRecord>, LockRecord>> {
-        let tree = self.tree("locks")?;
         let key = format!("{}/{}", lock.project, lock.env);
         let new = serde_json::to_vec(lock).map_err(store_err)?;
         loop {
-            let old = tree.get(&key).map_err(store_err)?;
+            let old = self.db.get("locks", key.as_bytes())?;
             let holder: Option<LockRecord> = match &old {
                 Some(bytes) => Some(serde_json::from_slice(bytes).map_err(store_err)?),
                 None => None,
             };
-            let ours = holder.as_ref().is_some_and(|h| h.pid == lock.pid && h.host == lock.host);
+            let ours = holder.as_ref().is_some_and(|h| h.pid == lock.pid && h.host == lock.host && h.op == lock.op);
             // A paused deploy keeps its lock whether or not its process is there; only that
             // deploy itself (carried on by `promote`/`abort`) takes it over.
             let paused_other =
@@ -478,22 +497,21 @@ impl Store {
             {
                 return Ok(Err(h.clone()));
             }
-            if tree.compare_and_swap(&key, old, Some(new.clone())).map_err(store_err)?.is_ok() {
-                self.db.flush().map_err(store_err)?;
+            if self.db.compare_and_swap("locks", key.as_bytes(), old.as_deref(), Some(&new))? {
+                self.db.flush()?;
                 return Ok(Ok(holder.filter(|_| !ours)));
             }
         }
     }
 
     /// Release the lock if `pid` still holds it.
-    pub fn release_lock(&self, project: &str, env: &str, pid: u32) -> Result<()> {
-        let tree = self.tree("locks")?;
+    pub fn release_lock(&self, project: &str, env: &str, pid: u32, op: u64) -> Result<()> {
         let key = format!("{project}/{env}");
-        if let Some(bytes) = tree.get(&key).map_err(store_err)? {
+        if let Some(bytes) = self.db.get("locks", key.as_bytes())? {
             let holder: LockRecord = serde_json::from_slice(&bytes).map_err(store_err)?;
-            if holder.pid == pid && holder.host == hostname() {
-                let _ = tree.compare_and_swap(&key, Some(bytes), None::<Vec<u8>>).map_err(store_err)?;
-                self.db.flush().map_err(store_err)?;
+            if holder.pid == pid && holder.op == op && holder.host == hostname() {
+                self.db.compare_and_swap("locks", key.as_bytes(), Some(&bytes), None)?;
+                self.db.flush()?;
             }
         }
         Ok(())
@@ -536,8 +554,8 @@ impl Store {
     }
 
     pub fn remove_lock(&self, project: &str, env: &str) -> Result<Option<LockRecord>> {
-        let old = self.tree("locks")?.remove(format!("{project}/{env}")).map_err(store_err)?;
-        self.db.flush().map_err(store_err)?;
+        let old = self.db.remove("locks", format!("{project}/{env}").as_bytes())?;
+        self.db.flush()?;
         old.map(|b| serde_json::from_slice(&b).map_err(store_err)).transpose()
     }
 
@@ -550,8 +568,8 @@ impl Store {
     /// Deploys newest first, filtered, at most `limit`.
     pub fn deploys(&self, project: Option<&str>, env: Option<&str>, limit: usize) -> Result<Vec<DeployRecord>> {
         let mut out = Vec::new();
-        for v in self.tree("deploys")?.iter().values().rev() {
-            let d: DeployRecord = serde_json::from_slice(&v.map_err(store_err)?).map_err(store_err)?;
+        for (_, v) in self.db.scan("deploys", b"", true)? {
+            let d: DeployRecord = serde_json::from_slice(&v).map_err(store_err)?;
             if project.is_some_and(|p| p != d.project) || env.is_some_and(|e| e != d.env) {
                 continue;
             }

@@ -12,3 +12,4 @@ mod hooks;
 mod hostile;
 mod mtls;
 mod rollout;
+mod server;

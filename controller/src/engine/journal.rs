@@ -1,0 +1,120 @@
+//! Every operation writes its events to the journal ([`crate::state::journal`]) on the way to
+//! its consumer: the command line, the server and tests all see one numbered record, and an
+//! operation that ends early is recorded as what it is, never left `running`.
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::engine::events::{Emitter, Event, Running};
+use crate::error::{CtlError, Result};
+use crate::state::home::Home;
+use crate::state::store::{DeployRecord, DeployStatus, Store};
+
+/// Numbers and writes one operation's events. In a process that holds the store open (the
+/// server) each event is written and its watchers woken as it comes; a lone `slipctl` keeps
+/// them until the end, so other commands can open the state meanwhile.
+struct Journal {
+    home: Home,
+    id: Option<u64>,
+    pending: Vec<Value>,
+    live: bool,
+}
+
+impl Journal {
+    fn new(home: Home) -> Journal {
+        let live = crate::state::backend::pinned_for(&home.state()).is_some();
+        Journal { home, id: None, pending: Vec::new(), live }
+    }
+
+    fn on(&mut self, event: &Event) {
+        if let Event::Started { id } = event {
+            self.id = Some(*id);
+            crate::state::journal::open(*id);
+        }
+        self.pending.push(event.to_json());
+        if self.live && self.id.is_some() {
+            self.write(false);
+        }
+    }
+
+    fn write(&mut self, done: bool) {
+        let Some(id) = self.id else {
+            return;
+        };
+        let written = Store::open(&self.home.state()).and_then(|store| {
+            let seq = store.append_events(id, &self.pending)?;
+            if done {
+                store.flush()?;
+            }
+            Ok(seq)
+        });
+        match written {
+            Ok(seq) => {
+                self.pending.clear();
+                crate::state::journal::notify(id, seq);
+            }
+            Err(e) => tracing::warn!("deploy #{id}: cannot write its events: {e}"),
+        }
+    }
+
+    /// The operation is over: record how it ended, as the journal's last event.
+    fn end(&mut self, result: &Result<DeployRecord>) {
+        let Some(id) = self.id else {
+            return;
+        };
+        let outcome = match result {
+            Ok(record) if record.status == DeployStatus::Paused => None,
+            Ok(record) => Some(outcome_json(record)),
+            Err(e) => settle_failed(&self.home, id, e).map(|r| outcome_json(&r)),
+        };
+        self.pending.extend(outcome);
+        self.write(true);
+        crate::state::journal::close(id);
+    }
+}
+
+/// The journal's last event: how the operation ended.
+pub fn outcome_json(record: &DeployRecord) -> Value {
+    json!({
+        "event": "outcome",
+        "id": record.id,
+        "kind": record.kind,
+        "status": record.effective_status().word(),
+        "release": record.release,
+        "error": record.error,
+    })
+}
+
+/// An operation that failed with an error after it was numbered: its record reads `failed`
+/// with that error, whatever step it had reached.
+fn settle_failed(home: &Home, id: u64, error: &CtlError) -> Option<DeployRecord> {
+    let store = Store::open(&home.state()).ok()?;
+    let mut record = store.deploy(id).ok()??;
+    if record.status == DeployStatus::Running {
+        record.status = DeployStatus::Failed;
+        record.error = Some(error.to_string());
+        record.finished_at = Some(slipway_common::time::unix_now());
+        store.put_deploy(&record).ok()?;
+    }
+    Some(record)
+}
+
+/// Start `operation` with its events journaled on their way to the consumer.
+pub fn start<F, Fut>(home: Home, operation: F) -> Running<DeployRecord>
+where
+    F: FnOnce(Emitter, watch::Receiver<bool>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<DeployRecord>> + Send + 'static,
+{
+    Running::start(move |outer, cancel| async move {
+        let (inner, mut events) = Emitter::channel();
+        let task = tokio::spawn(operation(inner, cancel));
+        let mut journal = Journal::new(home);
+        while let Some(event) = events.recv().await {
+            journal.on(&event);
+            outer.forward(event);
+        }
+        let result = task.await.map_err(|e| CtlError::failed(format!("the operation's task failed: {e}")))?;
+        journal.end(&result);
+        result
+    })
+}

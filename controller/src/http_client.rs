@@ -1,0 +1,128 @@
+//! A small HTTP/1.1 client on hyper (already in the graph through tonic) for the few requests
+//! the controller makes itself: a `slipctl` talking to `slipctl serve` (its unix socket, or a
+//! URL), and notifications to chat robots and webhooks. One request per connection.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::error::{CtlError, Result};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where requests go.
+#[derive(Clone)]
+pub enum Target {
+    Unix(PathBuf),
+    /// `host:port`, and TLS when set (with the server name to check).
+    Tcp {
+        addr: String,
+        tls: Option<(Arc<rustls::ClientConfig>, String)>,
+    },
+}
+
+impl Target {
+    /// `http://host:port` or `https://host:port` (HTTPS trusts the CA certificates of `ca_pem`).
+    pub fn from_url(url: &str, ca_pem: Option<&str>) -> Result<(Target, String)> {
+        let bad =
+            || CtlError::bad(format!("'{url}' is not a server URL")).fix("write http://HOST:PORT or https://HOST:PORT");
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(bad());
+        };
+        let (authority, base) = match rest.split_once('/') {
+            Some((a, p)) => (a, format!("/{}", p.trim_end_matches('/'))),
+            None => (rest, String::new()),
+        };
+        if authority.is_empty() {
+            return Err(bad());
+        }
+        let host = authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority).trim_matches(['[', ']']).to_owned();
+        let addr = if authority.contains(':') && !authority.ends_with(']') {
+            authority.to_owned()
+        } else {
+            format!("{authority}:{}", if tls { 443 } else { 80 })
+        };
+        let tls = if tls {
+            let ca = ca_pem.ok_or_else(|| {
+                CtlError::bad(format!("{url} is HTTPS and no CA to trust was given"))
+                    .fix("set SLIPWAY_CA_FILE to the PEM of the CA that signed the server's certificate")
+            })?;
+            Some((slipway_common::tls::https_client_config(ca)?, host))
+        } else {
+            None
+        };
+        Ok((Target::Tcp { addr, tls }, base))
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+async fn connect(target: &Target) -> Result<Box<dyn Io>> {
+    let io: Box<dyn Io> = match target {
+        Target::Unix(path) => Box::new(
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
+                .await
+                .map_err(|_| CtlError::failed(format!("{} did not answer", path.display())))?
+                .map_err(|e| CtlError::failed(format!("cannot connect to {}: {e}", path.display())))?,
+        ),
+        Target::Tcp { addr, tls } => {
+            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| CtlError::failed(format!("{addr} did not answer in {}s", CONNECT_TIMEOUT.as_secs())))?
+                .map_err(|e| CtlError::failed(format!("cannot connect to {addr}: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            match tls {
+                None => Box::new(tcp),
+                Some((config, host)) => {
+                    let name = rustls::pki_types::ServerName::try_from(host.clone())
+                        .map_err(|e| CtlError::bad(format!("'{host}' is not a server name: {e}")))?;
+                    let stream = tokio_rustls::TlsConnector::from(config.clone())
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| CtlError::failed(format!("TLS with {addr}: {e}")))?;
+                    Box::new(stream)
+                }
+            }
+        }
+    };
+    Ok(io)
+}
+
+/// Send one request; the response with its body still streaming.
+pub async fn send(target: &Target, request: hyper::Request<Full<Bytes>>) -> Result<hyper::Response<Incoming>> {
+    let io = connect(target).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| CtlError::failed(format!("HTTP handshake: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender.send_request(request).await.map_err(|e| CtlError::failed(format!("HTTP request: {e}")))
+}
+
+/// Send one request and read the whole answer: status and body.
+pub async fn call(target: &Target, request: hyper::Request<Full<Bytes>>, timeout: Duration) -> Result<(u16, Bytes)> {
+    tokio::time::timeout(timeout, async {
+        let response = send(target, request).await?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| CtlError::failed(format!("reading the answer: {e}")))?
+            .to_bytes();
+        Ok((status, body))
+    })
+    .await
+    .map_err(|_| CtlError::failed(format!("no answer in {}s", timeout.as_secs())))?
+}

@@ -1,0 +1,423 @@
+//! The HTTP API's routes (DESIGN.md "Server"), JSON under `/api/v1`, the same records as
+//! `--output json`. Access is decided before any handler runs ([`super::auth::authorize`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json, Router, routing};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use slipway_common::config::ProjectConfig;
+use slipway_common::time::unix_now;
+
+use crate::cli::deploy_json;
+use crate::engine::select::RollbackTo;
+use crate::engine::{DeployArgs, RollbackArgs};
+use crate::server::App;
+use crate::server::auth::{self, Caller, SESSION_COOKIE, SESSION_SECS, Via};
+use crate::server::error::{ApiError, ApiResult, Body};
+use crate::server::runs::{self, Begun, Op};
+use crate::state::store::{Decision, DeployRecord, DeployStatus};
+use crate::state::users::{Role, SessionRecord};
+
+pub fn unknown_deploy(id: u64) -> ApiError {
+    ApiError::not_found(format!("unknown deploy #{id}"), "GET /api/v1/deploys (or `slipctl history`) lists them")
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", routing::get(healthz))
+        .route("/api/v1/session", routing::post(login).delete(logout))
+        .route("/api/v1/me", routing::get(me))
+        .route("/api/v1/projects", routing::get(projects))
+        .route("/api/v1/projects/{p}", routing::get(project))
+        .route("/api/v1/projects/{p}/envs/{e}/refs", routing::get(refs))
+        .route("/api/v1/projects/{p}/envs/{e}/check", routing::post(check))
+        .route("/api/v1/agents", routing::get(agents))
+        .route("/api/v1/dashboard", routing::get(dashboard))
+        .route("/api/v1/deploys", routing::get(deploys).post(start_deploy))
+        .route("/api/v1/rollbacks", routing::post(start_rollback))
+        .route("/api/v1/deploys/{id}", routing::get(show_deploy))
+        .route("/api/v1/deploys/{id}/events", routing::get(super::sse::events))
+        .route("/api/v1/deploys/{id}/promote", routing::post(promote))
+        .route("/api/v1/deploys/{id}/abort", routing::post(abort))
+        .route("/api/v1/deploys/{id}/cancel", routing::post(cancel_deploy))
+        .route("/api/v1/cli", routing::post(super::exec::run))
+        .merge(super::tickets::routes())
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::authorize))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(super::BODY_LIMIT))
+        .with_state(app)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such API route", "see DESIGN.md \"Server\" for the routes")
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> Json<Value> {
+    Json(json!({"ok": true, "running": app.runs.count(), "since": app.started_at}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    user: String,
+    password: String,
+}
+
+fn roles_of(caller_admin: bool, grants: &[crate::state::users::Grant]) -> Value {
+    json!({"admin": caller_admin, "grants": grants})
+}
+
+async fn login(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<super::listen::Peer>,
+    Body(login): Body<Login>,
+) -> ApiResult<Response> {
+    let user = app.store.user(&login.user)?;
+    // The same work and the same answer whether the user exists or not.
+    let phc = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| dummy_phc().to_owned());
+    let phc = phc.as_str();
+    let ok = auth::verify_password(&login.password, phc) && user.is_some();
+    let Some(user) = user.filter(|_| ok) else {
+        return Err(ApiError::unauthorized("wrong user or password"));
+    };
+    let id = auth::random_hex();
+    let csrf = auth::random_hex();
+    let now = unix_now();
+    app.store.put_session(
+        &auth::sha256_hex(&id),
+        &SessionRecord {
+            user: user.name.clone(),
+            csrf_token: csrf.clone(),
+            created_at: now,
+            expires_at: now + SESSION_SECS,
+            from: peer.to_string(),
+        },
+    )?;
+    let secure = if app.secure_cookies { "; Secure" } else { "" };
+    let cookie = format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{secure}");
+    let mut response =
+        Json(json!({"user": user.name, "roles": roles_of(user.admin, &user.grants), "csrf_token": csrf}))
+            .into_response();
+    response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("cookie is ASCII"));
+    Ok(response)
+}
+
+/// An argon2id hash of a random password, checked when the user does not exist.
+fn dummy_phc() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| auth::hash_password(&auth::random_hex()).unwrap_or_default())
+}
+
+async fn logout(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> ApiResult<Response> {
+    if let Via::Session { digest, .. } = &caller.via {
+        app.store.remove_session(digest)?;
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("slipway_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    Ok(response)
+}
+
+async fn me(Extension(caller): Extension<Caller>) -> Json<Value> {
+    let csrf = match &caller.via {
+        Via::Session { csrf, .. } => Some(csrf.clone()),
+        _ => None,
+    };
+    Json(json!({"user": caller.name, "roles": roles_of(caller.admin, &caller.grants), "csrf_token": csrf}))
+}
+
+fn config_of(record: &crate::state::store::ProjectRecord) -> ApiResult<ProjectConfig> {
+    Ok(ProjectConfig::parse(&record.text, &record.source_file.display().to_string())
+        .map_err(crate::error::CtlError::from)?)
+}
+
+/// Projects with the envs the caller may see (a project with none is not listed).
+async fn projects(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
+    let mut out = Vec::new();
+    for p in app.store.projects()? {
+        let config = config_of(&p)?;
+        let envs: Vec<&String> = config.envs.keys().filter(|e| caller.allows(&p.name, e, Role::Viewer)).collect();
+        if !envs.is_empty() {
+            out.push(json!({"name": p.name, "envs": envs, "applied_at": p.applied_at}));
+        }
+    }
+    Ok(Json(json!(out)))
+}
+
+async fn project(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(p): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let record = app.store.project(&p)?;
+    let record = record
+        .ok_or_else(|| ApiError::not_found(format!("unknown project '{p}'"), "GET /api/v1/projects lists them"))?;
+    let config = config_of(&record)?;
+    let envs: BTreeMap<&String, Value> = config
+        .envs
+        .iter()
+        .filter(|(e, _)| caller.allows(&p, e, Role::Viewer))
+        .map(|(e, s)| (e, json!({"hosts": s.hosts, "canary": s.canary, "default_ref": s.default_ref, "approval": s.approval, "strategy": s.rollout.strategy})))
+        .collect();
+    if envs.is_empty() {
+        return Err(ApiError::forbidden(
+            format!("{} may not see project {p}", caller.name),
+            "an admin can grant a role on one of its envs",
+        ));
+    }
+    let mut doc = json!({"name": record.name, "envs": envs, "applied_at": record.applied_at});
+    if caller.admin {
+        doc["text"] = json!(record.text);
+    }
+    Ok(Json(doc))
+}
+
+/// Walle's picker: recent branches, the last 10 tags, the last 50 commits of the default ref.
+async fn refs(State(app): State<Arc<App>>, Path((p, e)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let scope = crate::engine::load_scope(&app.home, &p, &e, None)?;
+    let url = crate::engine::scope::repo_url(&scope.project, &scope.settings);
+    let mirror = crate::source::git::mirror_path(&app.home.cache(), &p);
+    crate::source::git::fetch(&url, &mirror).await?;
+    Ok(Json(crate::source::git::picker(&mirror, &scope.settings.default_ref)?))
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckBody {
+    #[serde(rename = "ref", default)]
+    git_ref: Option<String>,
+}
+
+async fn check(
+    State(app): State<Arc<App>>,
+    Path((p, e)): Path<(String, String)>,
+    Body(body): Body<CheckBody>,
+) -> ApiResult<Json<Value>> {
+    let rows =
+        crate::engine::start_check(app.home.clone(), p, e, body.git_ref, Default::default()).finish(|_| {}).await?;
+    let ok = rows.iter().all(|r| r.ok);
+    Ok(Json(json!({"ok": ok, "checks": rows})))
+}
+
+async fn agents(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(app.store.agents()?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployQuery {
+    project: Option<String>,
+    env: Option<String>,
+    status: Option<String>,
+    user: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn deploys(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<DeployQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = q.limit.unwrap_or(50).min(1000);
+    let out: Vec<Value> = app
+        .store
+        .deploys(q.project.as_deref(), q.env.as_deref(), usize::MAX)?
+        .into_iter()
+        .filter(|d| caller.allows(&d.project, &d.env, Role::Viewer))
+        .filter(|d| q.status.as_ref().is_none_or(|s| s == d.effective_status().word()))
+        .filter(|d| q.user.as_ref().is_none_or(|u| *u == d.user))
+        .take(limit)
+        .map(|d| deploy_json(&d))
+        .collect();
+    Ok(Json(json!(out)))
+}
+
+/// A deploy's record with its events: what `slipctl show --output json` prints.
+pub fn deploy_doc(app: &App, d: &DeployRecord) -> ApiResult<Value> {
+    let mut doc = deploy_json(d);
+    let events: Vec<Value> = app.store.events(d.id, 0)?.into_iter().map(|(_, e)| e).collect();
+    doc["events"] = json!(events);
+    Ok(doc)
+}
+
+async fn show_deploy(State(app): State<Arc<App>>, Path(id): Path<u64>) -> ApiResult<Json<Value>> {
+    let d = app.store.deploy(id)?.ok_or_else(|| unknown_deploy(id))?;
+    Ok(Json(deploy_doc(&app, &d)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployBody {
+    project: String,
+    env: String,
+    #[serde(rename = "ref", default)]
+    git_ref: Option<String>,
+    #[serde(default)]
+    hosts: Option<Vec<String>>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    full: bool,
+}
+
+/// An env that asks approval deploys by ticket; only an admin deploys it directly.
+fn direct_allowed(app: &App, caller: &Caller, project: &str, env: &str) -> ApiResult<()> {
+    let scope = crate::engine::load_scope(&app.home, project, env, None)?;
+    if scope.settings.approval.required > 0 && !caller.admin {
+        return Err(ApiError::forbidden(
+            format!("{project}/{env} deploys by approved ticket ({} approval(s))", scope.settings.approval.required),
+            "POST /api/v1/tickets (or `slipctl ticket create`), then deploy the ticket",
+        ));
+    }
+    Ok(())
+}
+
+fn started(begun: Begun) -> Response {
+    match begun {
+        Begun::Started(id) => {
+            (StatusCode::ACCEPTED, Json(json!({"id": id, "events": format!("/api/v1/deploys/{id}/events")})))
+                .into_response()
+        }
+        Begun::Planned(record) => Json(deploy_json(&record)).into_response(),
+    }
+}
+
+async fn start_deploy(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Body(b): Body<DeployBody>,
+) -> ApiResult<Response> {
+    direct_allowed(&app, &caller, &b.project, &b.env)?;
+    let args = DeployArgs {
+        project: b.project,
+        env: b.env,
+        git_ref: b.git_ref,
+        hosts: b.hosts,
+        dry_run: b.dry_run,
+        full: b.full,
+        cancel: None,
+        retry: None,
+        resume: None,
+        user: Some(caller.name.clone()),
+        commit: None,
+    };
+    Ok(started(runs::begin(&app, Op::Deploy(args), None).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    project: String,
+    env: String,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    hosts: Option<Vec<String>>,
+}
+
+async fn start_rollback(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Body(b): Body<RollbackBody>,
+) -> ApiResult<Response> {
+    let to = b.to.as_deref().map(RollbackTo::parse).transpose()?;
+    let args = RollbackArgs { project: b.project, env: b.env, to, hosts: b.hosts, user: Some(caller.name.clone()) };
+    Ok(started(runs::begin(&app, Op::Rollback(args), None).await?))
+}
+
+/// Promote or abort a paused deploy: its waiter here takes the decision; with none (the server
+/// restarted since), this server carries it on.
+async fn decide(app: &Arc<App>, caller: &Caller, id: u64, decision: Decision) -> ApiResult<Response> {
+    let record = app.store.decide(id, decision)?;
+    if crate::state::journal::is_live(id) {
+        return Ok((StatusCode::ACCEPTED, Json(json!({"id": id, "decision": decision}))).into_response());
+    }
+    let args = DeployArgs {
+        project: record.project,
+        env: record.env,
+        git_ref: None,
+        hosts: None,
+        dry_run: false,
+        full: false,
+        cancel: None,
+        retry: None,
+        resume: Some((id, decision)),
+        user: Some(caller.name.clone()),
+        commit: None,
+    };
+    Ok(started(runs::begin(app, Op::Deploy(args), None).await?))
+}
+
+async fn promote(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+) -> ApiResult<Response> {
+    decide(&app, &caller, id, Decision::Promote).await
+}
+
+async fn abort(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+) -> ApiResult<Response> {
+    decide(&app, &caller, id, Decision::Abort).await
+}
+
+async fn cancel_deploy(State(app): State<Arc<App>>, Path(id): Path<u64>) -> ApiResult<Json<Value>> {
+    let run = app.runs.get(id).ok_or_else(|| {
+        ApiError::conflict(
+            format!("deploy #{id} is not running in this server"),
+            "only a running deploy can be cancelled",
+        )
+    })?;
+    run.canceller.cancel();
+    Ok(Json(json!({"id": id, "cancelling": true})))
+}
+
+/// A cell per project × env the caller may see: what each host runs (as this controller's
+/// records say), how many hosts on each release, the last ticket and a deploy under way.
+async fn dashboard(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
+    let deploys = app.store.deploys(None, None, usize::MAX)?;
+    let tickets = app.store.tickets()?;
+    let mut cells = Vec::new();
+    for p in app.store.projects()? {
+        let config = config_of(&p)?;
+        for env in config.envs.keys().filter(|e| caller.allows(&p.name, e, Role::Viewer)) {
+            let mine = deploys.iter().filter(|d| d.project == p.name && d.env == *env);
+            let mut hosts: BTreeMap<String, Value> = BTreeMap::new();
+            let mut running = None;
+            for d in mine.clone() {
+                if running.is_none() && matches!(d.effective_status(), DeployStatus::Running | DeployStatus::Paused) {
+                    let done = d.hosts.iter().filter(|h| h.activated || h.error.is_some()).count();
+                    running = Some(
+                        json!({"id": d.id, "status": d.effective_status().word(), "hosts": d.hosts.len(), "done": done}),
+                    );
+                }
+                for h in d.hosts.iter().filter(|h| h.ok && h.activated) {
+                    hosts.entry(h.host.clone()).or_insert_with(|| json!(h.release));
+                }
+            }
+            let mut spread: BTreeMap<String, usize> = BTreeMap::new();
+            for r in hosts.values() {
+                *spread.entry(r.as_str().unwrap_or("none").to_owned()).or_default() += 1;
+            }
+            let last = mine.clone().next().map(
+                |d| json!({"id": d.id, "kind": d.kind, "status": d.effective_status().word(), "release": d.release}),
+            );
+            let ticket = tickets
+                .iter()
+                .find(|t| t.project == p.name && t.env == *env)
+                .map(|t| json!({"id": t.id, "title": t.title, "state": t.state}));
+            cells.push(json!({"project": p.name, "env": env, "hosts": hosts, "releases": spread, "last_deploy": last, "last_ticket": ticket, "running": running}));
+        }
+    }
+    Ok(Json(json!(cells)))
+}

@@ -1,0 +1,353 @@
+//! Who is calling, and whether they may: every API request passes [`authorize`] (one
+//! middleware), which authenticates the caller (session cookie + CSRF token, bearer token, or
+//! the owner's local socket), works out what the route needs from [`policy`], checks it, and
+//! hands the handler a [`Caller`]. Handlers never decide access by hand; list handlers filter
+//! what they return with the same [`Caller::allows`].
+
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
+use axum::http::{HeaderMap, Method, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use ring::rand::{SecureRandom, SystemRandom};
+use sha2::{Digest, Sha256};
+
+use crate::error::{CtlError, Result};
+use crate::server::App;
+use crate::server::error::{ApiError, ApiResult};
+use crate::server::listen::Peer;
+use crate::state::store::Store;
+use crate::state::users::{Grant, Role, SessionRecord, grants_allow};
+
+pub const SESSION_COOKIE: &str = "slipway_session";
+pub const SESSION_SECS: i64 = 12 * 3600;
+
+/// 32 random bytes, hex.
+pub fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new().fill(&mut bytes).expect("the system's random source");
+    hex::encode(bytes)
+}
+
+pub fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Equal bytes, in time that does not depend on where they differ.
+pub fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// argon2id with the crate's default cost (19 MiB, 2 passes), as a PHC string.
+pub fn hash_password(password: &str) -> Result<String> {
+    let mut salt = [0u8; 16];
+    SystemRandom::new().fill(&mut salt).map_err(|_| CtlError::failed("no random source for a salt"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| CtlError::failed(format!("salt: {e}")))?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| CtlError::failed(format!("cannot hash the password: {e}")))
+}
+
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc).is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Via {
+    /// A browser session; unsafe requests carry this CSRF token.
+    Session {
+        digest: String,
+        csrf: String,
+    },
+    Token {
+        id: String,
+    },
+    /// The server's own socket (`<home>/slipctl.sock`, 0600): the local operator, as admin.
+    Socket,
+}
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub admin: bool,
+    pub grants: Vec<Grant>,
+    pub via: Via,
+    /// Where the request came from (an address, or `local`), for the audit fields.
+    pub from: String,
+}
+
+impl Caller {
+    /// Whether the caller may act as `role` on exactly (project, env). Admins may do all.
+    pub fn allows(&self, project: &str, env: &str, role: Role) -> bool {
+        self.admin || grants_allow(&self.grants, project, env, role)
+    }
+
+    pub fn require(&self, project: &str, env: &str, role: Role) -> ApiResult<()> {
+        if self.allows(project, env, role) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                format!("{} may not act as {} on {project}/{env}", self.name, role.word()),
+                format!("an admin can grant it: slipctl user grant {} {project} {env} {}", self.name, role.word()),
+            ))
+        }
+    }
+}
+
+/// What a route needs of its caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Need {
+    /// No caller at all (health, metrics, logging in, CI webhooks with their own signature).
+    Public,
+    /// Any authenticated caller; what it returns is filtered by [`Caller::allows`].
+    Anyone,
+    Admin,
+    /// A `slipctl` command run here: what it needs depends on the command
+    /// ([`super::exec::authorize`]).
+    Command,
+    /// `role` on the (project, env) named by the path (`{p}`/`{e}`), the ticket or deploy
+    /// `{id}` it names, or the JSON body's `project`/`env`.
+    Role(Role, Pair),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pair {
+    Path,
+    Ticket,
+    Deploy,
+    Body,
+}
+
+/// The one table of who may call what.
+pub fn policy(method: &Method, route: &str) -> Need {
+    use crate::state::users::Role as R;
+    use Need::*;
+    use Pair::*;
+    let get = method == Method::GET;
+    match route {
+        "/healthz" | "/metrics" | "/api/v1/session" | "/hooks/{project}" if method != Method::DELETE => Public,
+        "/api/v1/session" => Anyone,
+        "/api/v1/projects" | "/api/v1/agents" | "/api/v1/dashboard" | "/api/v1/tickets" | "/api/v1/deploys" if get => {
+            Anyone
+        }
+        "/api/v1/me" => Anyone,
+        "/api/v1/cli" => Command,
+        "/api/v1/tickets" => Role(R::Deployer, Body),
+        "/api/v1/deploys" | "/api/v1/rollbacks" => Role(R::Deployer, Body),
+        "/api/v1/projects/{p}" if get => Anyone,
+        "/api/v1/projects/{p}/envs/{e}/refs"
+        | "/api/v1/projects/{p}/envs/{e}/releases"
+        | "/api/v1/projects/{p}/envs/{e}/check" => Role(R::Viewer, Path),
+        "/api/v1/projects/{p}/envs/{e}/lock" => Role(R::Deployer, Path),
+        "/api/v1/tickets/{id}" => Role(R::Viewer, Ticket),
+        "/api/v1/tickets/{id}/approve" | "/api/v1/tickets/{id}/reject" => Role(R::Approver, Ticket),
+        "/api/v1/tickets/{id}/deploy" | "/api/v1/tickets/{id}/cancel" | "/api/v1/tickets/{id}/rollback" => {
+            Role(R::Deployer, Ticket)
+        }
+        "/api/v1/deploys/{id}" | "/api/v1/deploys/{id}/events" => Role(R::Viewer, Deploy),
+        "/api/v1/deploys/{id}/promote" | "/api/v1/deploys/{id}/abort" | "/api/v1/deploys/{id}/cancel" => {
+            Role(R::Deployer, Deploy)
+        }
+        // Users, grants, tokens, agents, projects, webhook secrets: admins.
+        _ => Admin,
+    }
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Who sent the request, or why nobody can be believed.
+fn authenticate(store: &Store, peer: &Peer, headers: &HeaderMap) -> ApiResult<Option<Caller>> {
+    let from = peer.to_string();
+    if let Peer::Socket { user } = peer {
+        return Ok(Some(Caller { name: user.clone(), admin: true, grants: Vec::new(), via: Via::Socket, from }));
+    }
+    if let Some(auth) = headers.get(header::AUTHORIZATION) {
+        let text = auth.to_str().unwrap_or("");
+        let bearer = text
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| ApiError::unauthorized("Authorization is not a Bearer token"))?;
+        let (id, secret) = bearer
+            .strip_prefix("slw_")
+            .and_then(|t| t.split_once('_'))
+            .ok_or_else(|| ApiError::unauthorized("that is not a Slipway token (slw_…)"))?;
+        let token = store.token(id)?.ok_or_else(|| ApiError::unauthorized("unknown or removed token"))?;
+        if !same(sha256_hex(secret).as_bytes(), token.secret_sha256.as_bytes()) {
+            return Err(ApiError::unauthorized("unknown or removed token"));
+        }
+        let name = format!("token:{}", token.name);
+        return Ok(Some(Caller {
+            name,
+            admin: token.admin,
+            grants: token.scopes,
+            via: Via::Token { id: token.id },
+            from,
+        }));
+    }
+    if let Some(id) = cookie(headers, SESSION_COOKIE) {
+        let digest = sha256_hex(id);
+        let session: Option<SessionRecord> = store.session(&digest)?;
+        let Some(session) = session.filter(|s| s.expires_at > slipway_common::time::unix_now()) else {
+            return Err(ApiError::unauthorized("the session has ended"));
+        };
+        let user =
+            store.user(&session.user)?.ok_or_else(|| ApiError::unauthorized("the session's user was removed"))?;
+        return Ok(Some(Caller {
+            name: user.name,
+            admin: user.admin,
+            grants: user.grants,
+            via: Via::Session { digest, csrf: session.csrf_token },
+            from,
+        }));
+    }
+    Ok(None)
+}
+
+/// A cookie-authenticated unsafe request must carry the session's CSRF token.
+fn check_csrf(caller: &Caller, method: &Method, headers: &HeaderMap) -> ApiResult<()> {
+    let Via::Session { csrf, .. } = &caller.via else {
+        return Ok(());
+    };
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if same(sent.as_bytes(), csrf.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "missing or wrong CSRF token",
+            "send the session's csrf_token (from POST /api/v1/session) as X-CSRF-Token",
+        ))
+    }
+}
+
+/// The (project, env) a route's request is about.
+async fn pair_of(
+    app: &App,
+    pair: Pair,
+    params: &RawPathParams,
+    req: Request,
+) -> ApiResult<((String, String), Request)> {
+    let param = |name: &str| params.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_owned());
+    let id = || -> ApiResult<u64> {
+        param("id")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| ApiError::bad("the id in the path is not a number", "ids are 1, 2, 3…"))
+    };
+    match pair {
+        Pair::Path => Ok(((param("p").unwrap_or_default(), param("e").unwrap_or_default()), req)),
+        Pair::Ticket => {
+            let id = id()?;
+            let t = app.store.ticket(id)?.ok_or_else(|| super::tickets::unknown(id))?;
+            Ok(((t.project, t.env), req))
+        }
+        Pair::Deploy => {
+            let id = id()?;
+            let d = app.store.deploy(id)?.ok_or_else(|| super::api::unknown_deploy(id))?;
+            Ok(((d.project, d.env), req))
+        }
+        Pair::Body => {
+            let (parts, body) = req.into_parts();
+            let bytes = axum::body::to_bytes(body, super::BODY_LIMIT).await.map_err(|_| {
+                ApiError::new(
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "the request body is too large",
+                    format!("send at most {} bytes", super::BODY_LIMIT),
+                )
+            })?;
+            let doc: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::bad(format!("the body is not JSON: {e}"), "send a JSON object"))?;
+            let field = |k: &str| -> ApiResult<String> {
+                doc.get(k).and_then(|v| v.as_str()).map(str::to_owned).ok_or_else(|| {
+                    ApiError::bad(format!("missing field `{k}`"), "name the project and env in the body")
+                })
+            };
+            let pair = (field("project")?, field("env")?);
+            Ok((pair, Request::from_parts(parts, axum::body::Body::from(bytes))))
+        }
+    }
+}
+
+/// The middleware every route passes.
+pub async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req_route(&req);
+    match check(&app, route, req).await {
+        Ok(req) => next.run(req).await,
+        Err(e) => axum::response::IntoResponse::into_response(e),
+    }
+}
+
+fn req_route(req: &Request) -> String {
+    req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default()
+}
+
+async fn check(app: &App, route: String, taken: Request) -> ApiResult<Request> {
+    let need = policy(taken.method(), &route);
+    if need == Need::Public {
+        return Ok(taken);
+    }
+    let peer = taken.extensions().get::<Peer>().cloned().unwrap_or(Peer::Unknown);
+    let caller =
+        authenticate(&app.store, &peer, taken.headers())?.ok_or_else(|| ApiError::unauthorized("not logged in"))?;
+    check_csrf(&caller, taken.method(), taken.headers())?;
+    let mut taken = match need {
+        Need::Public | Need::Anyone => taken,
+        Need::Command => {
+            let (parts, body) = taken.into_parts();
+            let bytes = axum::body::to_bytes(body, super::BODY_LIMIT).await.map_err(|_| {
+                ApiError::new(
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "the request body is too large",
+                    format!("send at most {} bytes", super::BODY_LIMIT),
+                )
+            })?;
+            let exec: super::exec::ExecBody = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::bad(format!("bad request body: {e}"), "send {\"argv\": [...], \"cwd\": \"...\"}")
+            })?;
+            super::exec::authorize(app, &caller, &super::exec::parse(&exec)?)?;
+            Request::from_parts(parts, axum::body::Body::from(bytes))
+        }
+        Need::Admin if caller.admin => taken,
+        Need::Admin => {
+            return Err(ApiError::forbidden(
+                format!("{} is not an admin", caller.name),
+                "users, agents, projects and tokens are for admins",
+            ));
+        }
+        Need::Role(role, pair) => {
+            let (mut parts, body) = taken.into_parts();
+            let params = <RawPathParams as axum::extract::FromRequestParts<()>>::from_request_parts(&mut parts, &())
+                .await
+                .map_err(|_| ApiError::bad("bad path", "see DESIGN.md \"Server\""))?;
+            let ((project, env), taken) = pair_of(app, pair, &params, Request::from_parts(parts, body)).await?;
+            if !caller.allows(&project, &env, Role::Viewer) {
+                // Not even visible: answer as if it did not exist for ids, refuse for pairs.
+                return Err(match pair {
+                    Pair::Ticket | Pair::Deploy => ApiError::forbidden(
+                        format!("{} may not see {project}/{env}", caller.name),
+                        format!("an admin can grant it: slipctl user grant {} {project} {env} viewer", caller.name),
+                    ),
+                    _ => caller.require(&project, &env, role).expect_err("not allowed"),
+                });
+            }
+            caller.require(&project, &env, role)?;
+            taken
+        }
+    };
+    taken.extensions_mut().insert(caller);
+    Ok(taken)
+}

@@ -1,0 +1,101 @@
+//! The API's errors — `{"error", "fix"}` with 400/401/403/404/409/413 — and a JSON body
+//! extractor whose refusals name the field and the fix instead of axum's plain text.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::error::{CtlError, Kind};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: String,
+    pub fix: String,
+}
+
+pub type ApiResult<T> = std::result::Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: impl Into<String>, fix: impl Into<String>) -> ApiError {
+        ApiError { status, error: error.into(), fix: fix.into() }
+    }
+    pub fn bad(error: impl Into<String>, fix: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, error, fix)
+    }
+    pub fn unauthorized(error: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            error,
+            "log in (POST /api/v1/session) or send Authorization: Bearer <token>",
+        )
+    }
+    pub fn forbidden(error: impl Into<String>, fix: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, error, fix)
+    }
+    pub fn not_found(error: impl Into<String>, fix: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, error, fix)
+    }
+    pub fn conflict(error: impl Into<String>, fix: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, error, fix)
+    }
+}
+
+impl From<CtlError> for ApiError {
+    fn from(e: CtlError) -> ApiError {
+        let status = match e.kind {
+            Kind::BadInput if e.problem.starts_with("unknown ") => StatusCode::NOT_FOUND,
+            Kind::BadInput => StatusCode::BAD_REQUEST,
+            Kind::Busy => StatusCode::CONFLICT,
+            Kind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError { status, error: e.problem, fix: e.fix.unwrap_or_default() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": self.error, "fix": self.fix}))).into_response()
+    }
+}
+
+/// A JSON request body: unknown fields refused naming the field, oversized bodies 413.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Body(value)),
+            Err(rejection) => Err(refusal(rejection)),
+        }
+    }
+}
+
+fn refusal(rejection: JsonRejection) -> ApiError {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            status,
+            "the request body is too large",
+            format!("send at most {} bytes", super::BODY_LIMIT),
+        );
+    }
+    let text = rejection.body_text();
+    let detail = text.split_once(": ").map(|(_, d)| d).unwrap_or(&text).to_owned();
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::new(status, "the body is not JSON", "send Content-Type: application/json")
+        }
+        _ => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("bad request body: {detail}"),
+            "see DESIGN.md \"Server\" for the fields each call takes",
+        ),
+    }
+}

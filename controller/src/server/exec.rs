@@ -1,0 +1,209 @@
+//! `POST /api/v1/cli`: a `slipctl` command carried out by the server for a `slipctl` that found
+//! it (the home's socket) or was sent to it (`--server URL` with a token). The command runs
+//! here, on the server's store and engine, as the caller; its output streams back as JSON lines
+//! ([`Frame`]s) ending with the exit status. If the asking `slipctl` goes away (Ctrl-C), what it
+//! started is cancelled cleanly, as it would have been had it run there. Which command a caller
+//! may run is decided in [`authorize`], called by the one authorization middleware.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::cli::args::{AgentCommand, Cli, Command, ProjectCommand};
+use crate::cli::args_team::TicketCommand;
+use crate::cli::console::{self, Cancellers, Frame};
+use crate::server::App;
+use crate::server::auth::Caller;
+use crate::server::error::{ApiError, ApiResult, Body};
+use crate::server::listen::Peer;
+use crate::state::users::Role;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecBody {
+    /// The arguments after `slipctl`.
+    pub argv: Vec<String>,
+    /// The asking `slipctl`'s working directory (socket callers: relative paths resolve there).
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// What the command reads from stdin (`user add --password-stdin`).
+    #[serde(default)]
+    pub stdin: Option<String>,
+}
+
+/// The caller of a command run here, for the commands that act as someone (tickets).
+#[derive(Clone)]
+pub struct Context {
+    pub app: Arc<App>,
+    pub caller: Caller,
+    pub stdin: Option<String>,
+}
+
+tokio::task_local! {
+    static CONTEXT: Context;
+}
+
+/// The server and the caller, when this command runs inside `slipctl serve`.
+pub fn context() -> Option<Context> {
+    CONTEXT.try_with(Clone::clone).ok()
+}
+
+pub fn parse(body: &ExecBody) -> ApiResult<Cli> {
+    let argv = std::iter::once("slipctl".to_owned()).chain(body.argv.iter().cloned());
+    Cli::try_parse_from(argv).map_err(|e| {
+        let text = e.render().to_string();
+        let first = text.lines().next().unwrap_or("").trim_start_matches("error: ").to_owned();
+        ApiError::bad(first, "see `slipctl --help` and `slipctl COMMAND --help`")
+    })
+}
+
+fn deploy_pair(app: &App, id: u64) -> ApiResult<(String, String)> {
+    let d = app.store.deploy(id)?.ok_or_else(|| super::api::unknown_deploy(id))?;
+    Ok((d.project, d.env))
+}
+
+fn ticket_pair(app: &App, id: u64) -> ApiResult<(String, String)> {
+    let t = app.store.ticket(id)?.ok_or_else(|| super::tickets::unknown(id))?;
+    Ok((t.project, t.env))
+}
+
+fn admin(caller: &Caller) -> ApiResult<()> {
+    if caller.admin {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            format!("{} is not an admin", caller.name),
+            "users, agents, projects and tokens are for admins",
+        ))
+    }
+}
+
+/// Whether `caller` may run `cli` here (the command's own checks follow when it runs).
+pub fn authorize(app: &App, caller: &Caller, cli: &Cli) -> ApiResult<()> {
+    let on = |(p, e): (String, String), role: Role| caller.require(&p, &e, role);
+    match &cli.command {
+        Command::Init | Command::Quickstart { .. } | Command::Serve(_) => Err(ApiError::bad(
+            "this command runs by itself, not through a server",
+            "run it on the server's host without the server's home, or stop the server first",
+        )),
+        Command::Agent(_) | Command::Unlock { .. } | Command::User(_) | Command::Token(_) | Command::Webhook(_) => {
+            admin(caller)
+        }
+        Command::Project(ProjectCommand::List) => Ok(()),
+        Command::Project(_) => admin(caller),
+        Command::Deploy { project, env, .. } => {
+            on((project.clone(), env.clone()), Role::Deployer)?;
+            let scope = crate::engine::load_scope(&app.home, project, env, None)?;
+            if scope.settings.approval.required > 0 && !caller.admin {
+                return Err(ApiError::forbidden(
+                    format!("{project}/{env} deploys by approved ticket"),
+                    format!("slipctl ticket create {project} {env} --ref REF --title T"),
+                ));
+            }
+            Ok(())
+        }
+        Command::Rollback { project, env, .. } => on((project.clone(), env.clone()), Role::Deployer),
+        Command::Promote { deploy_id } | Command::Abort { deploy_id } => {
+            on(deploy_pair(app, *deploy_id)?, Role::Deployer)
+        }
+        Command::Releases { project, env } | Command::Check { project, env, .. } => {
+            on((project.clone(), env.clone()), Role::Viewer)
+        }
+        Command::History { project: Some(p), env: Some(e), .. } => on((p.clone(), e.clone()), Role::Viewer),
+        Command::History { .. } => admin(caller),
+        Command::Show { deploy_id } => on(deploy_pair(app, *deploy_id)?, Role::Viewer),
+        Command::Ticket(t) => match t {
+            TicketCommand::Create { project, env, .. } => on((project.clone(), env.clone()), Role::Deployer),
+            TicketCommand::List { .. } => Ok(()),
+            TicketCommand::Show { id } => on(ticket_pair(app, *id)?, Role::Viewer),
+            TicketCommand::Approve { id, .. } | TicketCommand::Reject { id, .. } => {
+                on(ticket_pair(app, *id)?, Role::Approver)
+            }
+            TicketCommand::Deploy { id } | TicketCommand::Cancel { id } | TicketCommand::Rollback { id } => {
+                on(ticket_pair(app, *id)?, Role::Deployer)
+            }
+        },
+    }
+}
+
+/// Paths in the command are the asking `slipctl`'s: resolve them against its directory (a
+/// socket caller shares this filesystem; a remote one does not, and is refused such commands).
+fn localise(cli: &mut Cli, peer: &Peer, cwd: Option<&PathBuf>) -> ApiResult<()> {
+    let path = match &mut cli.command {
+        Command::Project(ProjectCommand::Apply { file }) => file,
+        Command::Agent(AgentCommand::Add { out, .. }) => out,
+        _ => return Ok(()),
+    };
+    match (peer, cwd) {
+        (Peer::Socket { .. }, Some(cwd)) => {
+            if path.is_relative() {
+                *path = cwd.join(&*path);
+            }
+            Ok(())
+        }
+        (Peer::Socket { .. }, None) => Ok(()),
+        _ => Err(ApiError::bad(
+            "this command reads or writes files on the server's host",
+            "run it there (it goes through the server's socket), or use the HTTP API",
+        )),
+    }
+}
+
+pub async fn run(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Extension(peer): Extension<Peer>,
+    Body(body): Body<ExecBody>,
+) -> ApiResult<Response> {
+    let mut cli = parse(&body)?;
+    localise(&mut cli, &peer, body.cwd.as_ref())?;
+    cli.home = Some(app.home.root.clone());
+    cli.server = None;
+    let format = cli.output;
+    let (tx, rx) = mpsc::unbounded_channel::<Frame>();
+    let cancel: Cancellers = Default::default();
+    let context = Context { app: app.clone(), caller, stdin: body.stdin };
+    let sink = tx.clone();
+    let task = tokio::spawn(CONTEXT.scope(
+        context,
+        console::capture(sink.clone(), cancel.clone(), async move {
+            let code = match crate::cli::run(cli).await {
+                Ok(code) => code,
+                Err(e) => crate::cli::report_error(format, &e),
+            };
+            let _ = sink.send(Frame::Exit(code));
+        }),
+    ));
+    app.runs.keep(task, Some(cancel.clone()));
+    // The asking slipctl went away before the end: stop what it started, cleanly.
+    tokio::spawn(async move {
+        tx.closed().await;
+        for c in cancel.lock().expect("cancellers").iter() {
+            c.cancel();
+        }
+    });
+    let mut ended = false;
+    let stream = UnboundedReceiverStream::new(rx)
+        .take_while(move |frame| {
+            let go = !ended;
+            ended = ended || matches!(frame, Frame::Exit(_));
+            go
+        })
+        .map(|frame| {
+            let mut line = serde_json::to_vec(&frame).expect("frames serialise");
+            line.push(b'\n');
+            Ok::<_, Infallible>(Bytes::from(line))
+        });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(stream)).into_response())
+}

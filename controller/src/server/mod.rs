@@ -1,0 +1,132 @@
+//! `slipctl serve`: the controller as a team's service (DESIGN.md "Server"). It owns the home
+//! for as long as it runs (the store is pinned open in this process), serves the HTTP API on
+//! TCP (optionally TLS) and on `<home>/slipctl.sock`, through which every local `slipctl`
+//! command is carried out here, and stops cleanly on SIGTERM: running deploys are cancelled to
+//! a safe point and recorded, tickets read `interrupted`, never `deploying`.
+//!
+//! Split by job: `listen` (sockets, TLS, connection limits), `auth` (who calls and whether they
+//! may: one middleware), `api` (the routes), `tickets` (the approval workflow), `runs` (the
+//! operations this server carries out), `sse` (event streams), `exec` (slipctl commands run
+//! here for a client), `error` (the API's refusals).
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod exec;
+pub mod listen;
+pub mod runs;
+pub mod sse;
+pub mod tickets;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::cli::args_team::ServeArgs;
+use crate::error::{Context, CtlError, Result};
+use crate::state::home::Home;
+use crate::state::store::Store;
+
+/// The largest request body accepted (413 beyond).
+pub const BODY_LIMIT: usize = 1 << 20;
+/// How long SIGTERM waits for running deploys to reach a safe point.
+const STOP_WAIT: Duration = Duration::from_secs(120);
+
+/// What every handler shares.
+pub struct App {
+    pub home: Home,
+    pub store: Store,
+    /// Operations carried out by this server, by deploy id.
+    pub runs: runs::Runs,
+    /// Serialises ticket changes (each is a read-modify-write of one record).
+    pub ticket_lock: Mutex<()>,
+    /// Turns true when the server is stopping.
+    pub stopping: watch::Sender<bool>,
+    pub secure_cookies: bool,
+    pub started_at: i64,
+}
+
+impl App {
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+}
+
+/// Run the server until SIGTERM or Ctrl-C.
+pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
+    if !home.pki().join("ca.pem").exists() {
+        return Err(CtlError::bad(format!("{} is not initialised", home.root.display()))
+            .fix("run `slipctl init` first (or give --home)"));
+    }
+    let socket_path = home.root.join("slipctl.sock");
+    let unix = listen::bind_socket(&socket_path).await?;
+    let store = Store::pin(&home.state())?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(tokio_rustls::TlsAcceptor::from(slipway_common::tls::https_server_config(cert, key)?))
+        }
+        _ => None,
+    };
+    let tcp =
+        tokio::net::TcpListener::bind(args.listen).await.context(format_args!("cannot listen on {}", args.listen))?;
+    let local = tcp.local_addr().context("listen address")?;
+    let (stopping, stop_rx) = watch::channel(false);
+    let app = Arc::new(App {
+        home: home.clone(),
+        store,
+        runs: runs::Runs::default(),
+        ticket_lock: Mutex::new(()),
+        stopping,
+        secure_cookies: tls.is_some(),
+        started_at: slipway_common::time::unix_now(),
+    });
+    let recovered = tickets::recover(&app)?;
+    let router = api::router(app.clone());
+    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+    let serving = listen::Serving::new(router, stop_rx, graceful.clone());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let accepting = [tokio::spawn(serving.clone().tcp(tcp, tls)), tokio::spawn(serving.clone().unix(unix))];
+    // The line scripts and tests wait for: the server answers from now on.
+    crate::outln!("slipctl serve: listening on {scheme}://{local} and {}", socket_path.display());
+    if recovered > 0 {
+        crate::outln!("{recovered} ticket(s) whose deploy was interrupted by the last stop now read interrupted");
+    }
+
+    wait_for_stop().await;
+    crate::outln!("stopping: cancelling running deploys cleanly");
+    app.stopping.send_replace(true);
+    let stopped = runs::stop_all(&app, STOP_WAIT).await;
+    if !stopped {
+        crate::errln!("some deploys did not reach a safe point in {}s; they read interrupted", STOP_WAIT.as_secs());
+    }
+    drop(serving);
+    for task in accepting {
+        let _ = task.await;
+    }
+    // Open connections finish what they are answering (event streams end with the server).
+    if let Ok(graceful) = Arc::try_unwrap(graceful) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    app.store.flush()?;
+    Store::unpin(&home.state());
+    crate::outln!("stopped");
+    Ok(0)
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The operations started through this server, so SIGTERM can stop them.
+pub type RunMap = HashMap<u64, runs::Run>;

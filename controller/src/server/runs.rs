@@ -1,0 +1,134 @@
+//! The operations this server carries out: started for a ticket or an API call, watched to
+//! their end (the ticket follows the deploy's outcome), and stopped cleanly on SIGTERM.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::cli::console::Cancellers;
+use crate::engine::{self, Canceller, DeployArgs, Event, RollbackArgs};
+use crate::error::{CtlError, Result};
+use crate::server::App;
+use crate::server::tickets;
+use crate::state::store::DeployRecord;
+
+/// One running operation.
+#[derive(Clone)]
+pub struct Run {
+    pub canceller: Canceller,
+    pub ticket: Option<u64>,
+}
+
+#[derive(Default)]
+pub struct Runs {
+    running: Mutex<HashMap<u64, Run>>,
+    /// Cancel handles of commands run here for a `slipctl` (socket or `--server`).
+    commands: Mutex<Vec<Cancellers>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Runs {
+    pub fn get(&self, id: u64) -> Option<Run> {
+        self.running.lock().expect("runs").get(&id).cloned()
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.running.lock().expect("runs").contains_key(&id)
+    }
+
+    pub fn count(&self) -> usize {
+        self.running.lock().expect("runs").len()
+    }
+
+    /// Keep a task SIGTERM waits for, and the cancel handles of what it runs.
+    pub fn keep(&self, task: JoinHandle<()>, cancel: Option<Cancellers>) {
+        let mut tasks = self.tasks.lock().expect("runs");
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+        if let Some(c) = cancel {
+            let mut commands = self.commands.lock().expect("runs");
+            commands.retain(|c| Arc::strong_count(c) > 1);
+            commands.push(c);
+        }
+    }
+}
+
+pub enum Op {
+    Deploy(DeployArgs),
+    Rollback(RollbackArgs),
+}
+
+/// How a start went: numbered and running, or (a dry run) already done.
+pub enum Begun {
+    Started(u64),
+    Planned(Box<DeployRecord>),
+}
+
+/// Start `op` (for `ticket`, if any); answers once it is numbered, or with why it did not start
+/// (a busy lock: 409 naming the deploy that holds it).
+pub async fn begin(app: &Arc<App>, op: Op, for_ticket: Option<(u64, crate::state::tickets::Audit)>) -> Result<Begun> {
+    let ticket = for_ticket.as_ref().map(|(t, _)| *t);
+    let running = match op {
+        Op::Deploy(args) => engine::start_deploy(app.home.clone(), args),
+        Op::Rollback(args) => engine::start_rollback(app.home.clone(), args),
+    };
+    let canceller = running.canceller();
+    let (tx, rx) = oneshot::channel::<Result<Begun>>();
+    let this = app.clone();
+    let task = tokio::spawn(async move {
+        let mut tx = Some(tx);
+        let mut id = None;
+        let result = running
+            .finish(|event| {
+                if let Event::Started { id: n } = event {
+                    id = Some(n);
+                    this.runs.running.lock().expect("runs").insert(n, Run { canceller: canceller.clone(), ticket });
+                    if let Some((t, by)) = &for_ticket {
+                        tickets::on_started(&this, *t, n, by.clone());
+                    }
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(Ok(Begun::Started(n)));
+                    }
+                }
+            })
+            .await;
+        if let Some(n) = id {
+            this.runs.running.lock().expect("runs").remove(&n);
+        }
+        if let Some(tx) = tx.take() {
+            let _ = tx.send(match &result {
+                Ok(record) => Ok(Begun::Planned(Box::new(record.clone()))),
+                Err(e) => Err(e.clone()),
+            });
+        }
+        if let (Some(t), Some(n)) = (ticket, id) {
+            tickets::on_finished(&this, t, n, &result);
+        }
+    });
+    app.runs.keep(task, None);
+    rx.await.map_err(|_| CtlError::failed("the operation ended before it started"))?
+}
+
+/// Cancel everything running and wait (at most `wait`) for it to reach a safe point and be
+/// recorded; whether it all did.
+pub async fn stop_all(app: &App, wait: Duration) -> bool {
+    for run in app.runs.running.lock().expect("runs").values() {
+        run.canceller.cancel();
+    }
+    for cancellers in app.runs.commands.lock().expect("runs").iter() {
+        for c in cancellers.lock().expect("cancellers").iter() {
+            c.cancel();
+        }
+    }
+    let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *app.runs.tasks.lock().expect("runs"));
+    tokio::time::timeout(wait, async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    })
+    .await
+    .is_ok()
+}

@@ -1,0 +1,74 @@
+//! `GET /api/v1/deploys/{id}/events`: Server-Sent Events from the deploy's journal. Each event
+//! carries its number as `id:`; a client that sends `Last-Event-ID` gets what came after it,
+//! then live ones; the last is `event: outcome`. A watcher tails the journal (woken by its
+//! writer, never polling), so watchers cost the deploy one notification per event, however many
+//! there are.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::server::App;
+use crate::server::error::ApiResult;
+use crate::state::journal;
+use crate::state::store::DeployStatus;
+
+pub async fn events(
+    State(app): State<Arc<App>>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>>> {
+    app.store.deploy(id)?.ok_or_else(|| super::api::unknown_deploy(id))?;
+    let after: u32 =
+        headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    let (tx, rx) = mpsc::channel::<SseEvent>(64);
+    tokio::spawn(tail(app, id, after, tx));
+    Ok(Sse::new(ReceiverStream::new(rx).map(Ok)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Send deploy `id`'s events after `after` to `tx`, until its outcome, the client leaving or
+/// the server stopping.
+async fn tail(app: Arc<App>, id: u64, mut after: u32, tx: mpsc::Sender<SseEvent>) {
+    let mut stopping = app.stopping.subscribe();
+    loop {
+        let mut woken = journal::subscribe(id);
+        let Ok(events) = app.store.events(id, after) else { return };
+        for (seq, event) in events {
+            let kind = event["event"].as_str().unwrap_or("message").to_owned();
+            let sse = SseEvent::default().id(seq.to_string()).event(&kind).data(event.to_string());
+            if tx.send(sse).await.is_err() {
+                return;
+            }
+            after = seq;
+            if kind == "outcome" {
+                return;
+            }
+        }
+        // Over without an outcome in its journal (it ended in a process that is gone, or
+        // paused): say how it stands, from its record, and stop.
+        if !journal::is_live(id)
+            && app.store.last_event(id).unwrap_or(0) == after
+            && let Some(r) = app.store.deploy(id).ok().flatten()
+            && r.status != DeployStatus::Paused
+        {
+            let outcome = crate::engine::journal::outcome_json(&r);
+            let _ = tx.send(SseEvent::default().event("outcome").data(outcome.to_string())).await;
+            return;
+        }
+        let live = journal::is_live(id);
+        tokio::select! {
+            _ = woken.changed(), if live => {}
+            () = super::listen::until_stop(&mut stopping) => return,
+            _ = tx.closed() => return,
+            // Paused with nobody writing: a promote carries it on here; look again now and then.
+            () = tokio::time::sleep(Duration::from_secs(2)), if !live => {}
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! Deploy tickets (上线单): made with a ref that resolves to a commit there and then, approved by
+//! people other than the requester as the env asks (`approval = { required = N }`), deployed,
+//! cancelled, and taken back by a rollback ticket. Every change is a transition with who, when
+//! and from where. The functions here serve the API and `slipctl ticket` alike.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::{Extension, Router, routing};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use slipway_common::config::ProjectConfig;
+use slipway_common::time::unix_now;
+
+use crate::engine::{DeployArgs, RollbackArgs};
+use crate::error::{CtlError, Result};
+use crate::server::App;
+use crate::server::auth::Caller;
+use crate::server::error::{ApiError, ApiResult, Body};
+use crate::server::runs::{self, Begun, Op};
+use crate::state::store::{DeployRecord, DeployStatus};
+use crate::state::tickets::{Approval, Audit, TicketKind, TicketRecord, TicketState, Transition};
+use crate::state::users::Role;
+
+pub fn unknown(id: u64) -> ApiError {
+    ApiError::not_found(format!("unknown ticket #{id}"), "GET /api/v1/tickets (or `slipctl ticket list`) lists them")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTicket {
+    pub project: String,
+    pub env: String,
+    #[serde(rename = "ref", default)]
+    pub git_ref: Option<String>,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Comment {
+    #[serde(default)]
+    pub comment: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TicketQuery {
+    pub project: Option<String>,
+    pub env: Option<String>,
+    pub state: Option<String>,
+    pub limit: Option<usize>,
+}
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/api/v1/tickets", routing::get(list_h).post(create_h))
+        .route("/api/v1/tickets/{id}", routing::get(show_h))
+        .route("/api/v1/tickets/{id}/approve", routing::post(approve_h))
+        .route("/api/v1/tickets/{id}/reject", routing::post(reject_h))
+        .route("/api/v1/tickets/{id}/deploy", routing::post(deploy_h))
+        .route("/api/v1/tickets/{id}/cancel", routing::post(cancel_h))
+        .route("/api/v1/tickets/{id}/rollback", routing::post(rollback_h))
+}
+
+fn audit(caller: &Caller) -> Audit {
+    Audit { by: caller.name.clone(), at: unix_now(), from: caller.from.clone() }
+}
+
+fn system() -> Audit {
+    Audit { by: "slipway".into(), at: unix_now(), from: "server".into() }
+}
+
+fn move_to(t: &mut TicketRecord, state: TicketState, audit: Audit, comment: &str) {
+    t.state = state;
+    t.transitions.push(Transition { state, audit, comment: comment.to_owned() });
+}
+
+/// The project file's settings of an env, or bad input naming what exists.
+fn env_settings(
+    app: &App,
+    project: &str,
+    env: &str,
+) -> Result<(crate::state::store::ProjectRecord, slipway_common::config::EnvSettings)> {
+    let record = app.store.project(project)?.ok_or_else(|| {
+        CtlError::bad(format!("unknown project '{project}'"))
+            .fix("GET /api/v1/projects (or `slipctl project list`) lists them")
+    })?;
+    let config = ProjectConfig::parse(&record.text, &record.source_file.display().to_string())?;
+    let settings = config.env(env).cloned().ok_or_else(|| {
+        CtlError::bad(format!(
+            "unknown env '{env}' of project '{project}' (envs: {})",
+            config.envs.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+        .fix("use one of them")
+    })?;
+    Ok((record, settings))
+}
+
+/// Make a ticket; approved at once when its env needs no approval.
+pub async fn create(app: &Arc<App>, caller: &Caller, new: NewTicket, created: Audit) -> ApiResult<TicketRecord> {
+    caller.require(&new.project, &new.env, Role::Deployer)?;
+    if new.title.trim().is_empty() {
+        return Err(ApiError::bad("a ticket needs a title", "say in a line what it ships"));
+    }
+    let (project, settings) = env_settings(app, &new.project, &new.env)?;
+    let git_ref = new.git_ref.clone().unwrap_or_else(|| settings.default_ref.clone());
+    let url = crate::engine::scope::repo_url(&project, &settings);
+    let mirror = crate::source::git::mirror_path(&app.home.cache(), &project.name);
+    crate::source::git::fetch(&url, &mirror).await?;
+    let resolved = crate::source::git::resolve(&mirror, &git_ref, &url)?;
+    let mut ticket = TicketRecord {
+        id: app.store.next_ticket_id()?,
+        kind: TicketKind::Deploy,
+        project: new.project,
+        env: new.env,
+        git_ref,
+        commit: resolved.commit,
+        commit_summary: resolved.summary,
+        title: new.title,
+        description: new.description,
+        state: TicketState::Pending,
+        requester: caller.name.clone(),
+        created: created.clone(),
+        required: settings.approval.required,
+        approvals: Vec::new(),
+        deploys: Vec::new(),
+        rollback_of: None,
+        transitions: vec![Transition { state: TicketState::Pending, audit: created.clone(), comment: String::new() }],
+    };
+    if ticket.required == 0 {
+        move_to(&mut ticket, TicketState::Approved, created, "no approval required");
+    }
+    app.store.put_ticket(&ticket)?;
+    Ok(ticket)
+}
+
+/// Change ticket `id` under the ticket lock: `change` sees the record as it is now.
+fn update(app: &App, id: u64, change: impl FnOnce(&mut TicketRecord) -> ApiResult<()>) -> ApiResult<TicketRecord> {
+    let _held = app.ticket_lock.lock().expect("ticket lock");
+    let mut ticket = app.store.ticket(id)?.ok_or_else(|| unknown(id))?;
+    change(&mut ticket)?;
+    app.store.put_ticket(&ticket)?;
+    Ok(ticket)
+}
+
+fn not_in(t: &TicketRecord, what: &str, states: &[TicketState]) -> ApiResult<()> {
+    if states.contains(&t.state) {
+        Ok(())
+    } else {
+        Err(ApiError::conflict(
+            format!("ticket #{} is {}: it cannot be {what}", t.id, t.state.word()),
+            format!(
+                "only a ticket that is {} can be",
+                states.iter().map(|s| s.word()).collect::<Vec<_>>().join(" or ")
+            ),
+        ))
+    }
+}
+
+pub fn approve(app: &App, caller: &Caller, id: u64, comment: &str, yes: bool) -> ApiResult<TicketRecord> {
+    update(app, id, |t| {
+        caller.require(&t.project, &t.env, Role::Approver)?;
+        let what = if yes { "approved" } else { "rejected" };
+        not_in(t, what, &[TicketState::Pending])?;
+        if t.requester == caller.name {
+            return Err(ApiError::forbidden(
+                format!("{} made ticket #{id} and cannot {} it", caller.name, if yes { "approve" } else { "reject" }),
+                "another approver of this project and env has to",
+            ));
+        }
+        if t.approvals.iter().any(|a| a.audit.by == caller.name) {
+            return Err(ApiError::conflict(
+                format!("{} already approved ticket #{id}", caller.name),
+                "another approver has to",
+            ));
+        }
+        let audit = audit(caller);
+        if yes {
+            t.approvals.push(Approval { audit: audit.clone(), comment: comment.to_owned() });
+            if t.approvals.len() as u32 >= t.required {
+                move_to(t, TicketState::Approved, audit, comment);
+            } else {
+                t.transitions.push(Transition {
+                    state: TicketState::Pending,
+                    audit,
+                    comment: format!("approval {} of {}: {comment}", t.approvals.len(), t.required),
+                });
+            }
+        } else {
+            move_to(t, TicketState::Rejected, audit, comment);
+        }
+        Ok(())
+    })
+}
+
+/// Deploy a ticket's commit; answers once the deploy is numbered.
+pub async fn deploy(app: &Arc<App>, caller: &Caller, id: u64) -> ApiResult<(TicketRecord, u64)> {
+    let ticket = app.store.ticket(id)?.ok_or_else(|| unknown(id))?;
+    caller.require(&ticket.project, &ticket.env, Role::Deployer)?;
+    not_in(&ticket, "deployed", &[TicketState::Approved, TicketState::Failed, TicketState::Interrupted])?;
+    let op = match ticket.kind {
+        TicketKind::Deploy => Op::Deploy(DeployArgs {
+            project: ticket.project.clone(),
+            env: ticket.env.clone(),
+            git_ref: Some(ticket.git_ref.clone()),
+            commit: Some(ticket.commit.clone()),
+            hosts: None,
+            dry_run: false,
+            full: false,
+            cancel: None,
+            retry: None,
+            resume: None,
+            user: Some(caller.name.clone()),
+        }),
+        TicketKind::Rollback => Op::Rollback(RollbackArgs {
+            project: ticket.project.clone(),
+            env: ticket.env.clone(),
+            to: None,
+            hosts: None,
+            user: Some(caller.name.clone()),
+        }),
+    };
+    match runs::begin(app, op, Some((id, audit(caller)))).await? {
+        Begun::Started(n) => Ok((app.store.ticket(id)?.ok_or_else(|| unknown(id))?, n)),
+        Begun::Planned(_) => Err(ApiError::from(CtlError::failed("a ticket's deploy is never a dry run"))),
+    }
+}
+
+/// Cancel a ticket: before it deploys, it is simply cancelled; while it deploys, the deploy is
+/// stopped cleanly (and the ticket reads cancelled when it has).
+pub fn cancel(app: &App, caller: &Caller, id: u64) -> ApiResult<TicketRecord> {
+    let running = update(app, id, |t| {
+        caller.require(&t.project, &t.env, Role::Deployer)?;
+        not_in(t, "cancelled", &[TicketState::Pending, TicketState::Approved, TicketState::Deploying])?;
+        if t.state != TicketState::Deploying {
+            move_to(t, TicketState::Cancelled, audit(caller), "");
+        }
+        Ok(())
+    })?;
+    if running.state == TicketState::Deploying
+        && let Some(&n) = running.deploys.last()
+    {
+        match app.runs.get(n) {
+            Some(run) => run.canceller.cancel(),
+            None => {
+                if app.store.deploy(n)?.is_some_and(|d| d.status == DeployStatus::Paused) {
+                    app.store.decide(n, crate::state::store::Decision::Abort)?;
+                }
+            }
+        }
+    }
+    Ok(running)
+}
+
+/// Take a ticket's deploy back with a rollback ticket, started at once unless the env asks
+/// approval for rollbacks too.
+pub async fn rollback(app: &Arc<App>, caller: &Caller, id: u64) -> ApiResult<(TicketRecord, Option<u64>)> {
+    let original = app.store.ticket(id)?.ok_or_else(|| unknown(id))?;
+    caller.require(&original.project, &original.env, Role::Deployer)?;
+    if original.kind != TicketKind::Deploy || original.deploys.is_empty() {
+        return Err(ApiError::conflict(format!("ticket #{id} has deployed nothing to take back"), "deploy it first"));
+    }
+    not_in(&original, "rolled back", &[TicketState::Succeeded, TicketState::Failed, TicketState::Interrupted])?;
+    let (_, settings) = env_settings(app, &original.project, &original.env)?;
+    let created = audit(caller);
+    let required = if settings.approval.rollback { settings.approval.required } else { 0 };
+    let mut ticket = TicketRecord {
+        id: app.store.next_ticket_id()?,
+        kind: TicketKind::Rollback,
+        title: format!("roll back #{id}: {}", original.title),
+        description: String::new(),
+        state: TicketState::Pending,
+        requester: caller.name.clone(),
+        created: created.clone(),
+        required,
+        approvals: Vec::new(),
+        deploys: Vec::new(),
+        rollback_of: Some(id),
+        transitions: vec![Transition { state: TicketState::Pending, audit: created.clone(), comment: String::new() }],
+        ..original
+    };
+    if required == 0 {
+        move_to(&mut ticket, TicketState::Approved, created, "a rollback needs no approval");
+    }
+    app.store.put_ticket(&ticket)?;
+    if ticket.state != TicketState::Approved {
+        return Ok((ticket, None));
+    }
+    let (ticket, n) = deploy(app, caller, ticket.id).await?;
+    Ok((ticket, Some(n)))
+}
+
+/// The ticket's deploy was numbered: it is deploying.
+pub fn on_started(app: &App, id: u64, deploy: u64, by: Audit) {
+    let r = update(app, id, |t| {
+        t.deploys.push(deploy);
+        move_to(t, TicketState::Deploying, by, &format!("deploy #{deploy}"));
+        Ok(())
+    });
+    if let Err(e) = r {
+        tracing::warn!("ticket #{id}: cannot record deploy #{deploy}: {}", e.error);
+    }
+}
+
+/// What a ticket reads once its deploy ended as `status`.
+fn settled(status: DeployStatus, stopping: bool) -> Option<TicketState> {
+    Some(match status {
+        DeployStatus::Succeeded => TicketState::Succeeded,
+        DeployStatus::Cancelled if stopping => TicketState::Interrupted,
+        DeployStatus::Cancelled => TicketState::Cancelled,
+        DeployStatus::Interrupted | DeployStatus::Running => TicketState::Interrupted,
+        DeployStatus::Paused | DeployStatus::Planned => return None,
+        _ => TicketState::Failed,
+    })
+}
+
+/// The ticket's deploy ended: the ticket follows its outcome (a rollback ticket's success
+/// marks the ticket it took back `rolled_back`).
+pub fn on_finished(app: &App, id: u64, deploy: u64, result: &Result<DeployRecord>) {
+    let status = match result {
+        Ok(record) => record.effective_status(),
+        Err(_) => app.store.deploy(deploy).ok().flatten().map(|d| d.effective_status()).unwrap_or(DeployStatus::Failed),
+    };
+    let Some(state) = settled(status, app.is_stopping()) else { return };
+    let ticket = update(app, id, |t| {
+        if t.state == TicketState::Deploying {
+            move_to(t, state, system(), &format!("deploy #{deploy} {}", status.word()));
+        }
+        Ok(())
+    });
+    if let Ok(t) = ticket
+        && t.kind == TicketKind::Rollback
+        && state == TicketState::Succeeded
+        && let Some(of) = t.rollback_of
+    {
+        let _ = update(app, of, |o| {
+            move_to(o, TicketState::RolledBack, system(), &format!("rolled back by ticket #{id}"));
+            Ok(())
+        });
+    }
+}
+
+/// At start: deploys the last server left running read interrupted, and so do their tickets.
+pub fn recover(app: &App) -> Result<usize> {
+    for mut d in app.store.deploys(None, None, usize::MAX)? {
+        if d.status == DeployStatus::Running {
+            d.status = DeployStatus::Interrupted;
+            d.error.get_or_insert_with(|| "the controller stopped while it ran".into());
+            app.store.put_deploy(&d)?;
+        }
+    }
+    let mut recovered = 0;
+    for t in app.store.tickets()? {
+        if t.state != TicketState::Deploying {
+            continue;
+        }
+        let status = match t.deploys.last() {
+            Some(&n) => app.store.deploy(n)?.map(|d| d.status).unwrap_or(DeployStatus::Interrupted),
+            None => DeployStatus::Interrupted,
+        };
+        if let Some(state) = settled(status, true) {
+            let _ = update(app, t.id, |t| {
+                move_to(t, state, system(), "the server restarted");
+                Ok(())
+            });
+            recovered += usize::from(state == TicketState::Interrupted);
+        }
+    }
+    Ok(recovered)
+}
+
+/// Tickets the caller may see, newest first, filtered.
+pub fn list(app: &App, caller: &Caller, q: &TicketQuery) -> ApiResult<Vec<TicketRecord>> {
+    let mut out: Vec<TicketRecord> = app
+        .store
+        .tickets()?
+        .into_iter()
+        .filter(|t| caller.allows(&t.project, &t.env, Role::Viewer))
+        .filter(|t| q.project.as_ref().is_none_or(|p| *p == t.project))
+        .filter(|t| q.env.as_ref().is_none_or(|e| *e == t.env))
+        .filter(|t| q.state.as_ref().is_none_or(|s| s == t.state.word()))
+        .collect();
+    out.truncate(q.limit.unwrap_or(100));
+    Ok(out)
+}
+
+async fn list_h(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<TicketQuery>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(list(&app, &caller, &q)?)))
+}
+
+async fn create_h(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Body(new): Body<NewTicket>,
+) -> ApiResult<impl IntoResponse> {
+    let created = audit(&caller);
+    let ticket = create(&app, &caller, new, created).await?;
+    Ok((StatusCode::CREATED, Json(json!(ticket))))
+}
+
+async fn show_h(State(app): State<Arc<App>>, Path(id): Path<u64>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(app.store.ticket(id)?.ok_or_else(|| unknown(id))?)))
+}
+
+async fn approve_h(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+    Body(c): Body<Comment>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(approve(&app, &caller, id, &c.comment, true)?)))
+}
+
+async fn reject_h(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+    Body(c): Body<Comment>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(approve(&app, &caller, id, &c.comment, false)?)))
+}
+
+async fn deploy_h(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+) -> ApiResult<impl IntoResponse> {
+    let (ticket, n) = deploy(&app, &caller, id).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"ticket": ticket, "deploy": n}))))
+}
+
+async fn cancel_h(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(cancel(&app, &caller, id)?)))
+}
+
+async fn rollback_h(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+) -> ApiResult<impl IntoResponse> {
+    let (ticket, n) = rollback(&app, &caller, id).await?;
+    Ok((StatusCode::CREATED, Json(json!({"ticket": ticket, "deploy": n}))))
+}

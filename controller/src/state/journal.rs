@@ -1,0 +1,104 @@
+//! Each operation's event journal: every engine event as the JSON of `--output jsonl`,
+//! numbered 1, 2, 3… per deploy (the SSE `id:`), ending with an `outcome` event. `show` and the
+//! server's event stream read it; a watcher is woken through [`subscribe`], never by polling.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::error::Result;
+use crate::state::backend::store_err;
+use crate::state::store::Store;
+
+const TREE: &str = "events";
+
+fn key(id: u64, seq: u32) -> Vec<u8> {
+    let mut k = id.to_be_bytes().to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+impl Store {
+    /// Append `events` to deploy `id`'s journal after its last one; the last number written.
+    pub fn append_events(&self, id: u64, events: &[Value]) -> Result<u32> {
+        let db = self.backend();
+        let mut seq = self.last_event(id)?;
+        for event in events {
+            seq += 1;
+            db.put(TREE, &key(id, seq), &serde_json::to_vec(event).map_err(store_err)?)?;
+        }
+        Ok(seq)
+    }
+
+    /// The number of deploy `id`'s last event (0: none).
+    pub fn last_event(&self, id: u64) -> Result<u32> {
+        let last = self.backend().scan(TREE, &id.to_be_bytes(), true)?.into_iter().next();
+        Ok(last.and_then(|(k, _)| k[8..].try_into().ok()).map(u32::from_be_bytes).unwrap_or(0))
+    }
+
+    /// Deploy `id`'s events numbered after `after`, in order.
+    pub fn events(&self, id: u64, after: u32) -> Result<Vec<(u32, Value)>> {
+        let mut out = Vec::new();
+        for (k, v) in self.backend().scan(TREE, &id.to_be_bytes(), false)? {
+            let seq = k[8..].try_into().map(u32::from_be_bytes).map_err(store_err)?;
+            if seq > after {
+                out.push((seq, serde_json::from_slice(&v).map_err(store_err)?));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.backend().flush()
+    }
+}
+
+/// Deploys whose journal a running operation of this process still writes.
+fn live() -> &'static Mutex<std::collections::HashSet<u64>> {
+    static LIVE: OnceLock<Mutex<std::collections::HashSet<u64>>> = OnceLock::new();
+    LIVE.get_or_init(Default::default)
+}
+
+/// Whether an operation of this process still writes deploy `id`'s journal.
+pub fn is_live(id: u64) -> bool {
+    live().lock().expect("live journals").contains(&id)
+}
+
+/// An operation of this process writes deploy `id`'s journal from now on.
+pub fn open(id: u64) {
+    live().lock().expect("live journals").insert(id);
+}
+
+/// The operation writing deploy `id`'s journal is over; its watchers are told.
+pub fn close(id: u64) {
+    let mut live = live().lock().expect("live journals");
+    live.remove(&id);
+    if let Some(tx) = watchers().lock().expect("journal watchers").remove(&id) {
+        tx.send_modify(|_| {});
+    }
+}
+
+fn watchers() -> &'static Mutex<HashMap<u64, watch::Sender<u32>>> {
+    static WATCHERS: OnceLock<Mutex<HashMap<u64, watch::Sender<u32>>>> = OnceLock::new();
+    WATCHERS.get_or_init(Default::default)
+}
+
+/// Woken with the last event's number each time deploy `id`'s journal grows in this process.
+/// Subscribe before reading the journal, then nothing written in between is missed.
+/// (For a journal nobody in this process writes, the receiver's sender is already gone.)
+pub fn subscribe(id: u64) -> watch::Receiver<u32> {
+    let live = live().lock().expect("live journals");
+    if !live.contains(&id) {
+        return watch::channel(0).1;
+    }
+    watchers().lock().expect("journal watchers").entry(id).or_insert_with(|| watch::channel(0).0).subscribe()
+}
+
+/// Tell this process's watchers of deploy `id` that its journal reached `seq`.
+pub fn notify(id: u64, seq: u32) {
+    if let Some(tx) = watchers().lock().expect("journal watchers").get(&id) {
+        tx.send_replace(seq);
+    }
+}

@@ -1,0 +1,132 @@
+//! Deploy tickets (Walle's 上线单): what is asked, who approved it, what it started.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::state::store::Store;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketKind {
+    Deploy,
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketState {
+    Pending,
+    Approved,
+    Rejected,
+    Deploying,
+    Succeeded,
+    Failed,
+    RolledBack,
+    Cancelled,
+    /// The server stopped (or died) while the ticket's deploy ran; the deploy's record says
+    /// what each host is.
+    Interrupted,
+}
+
+impl TicketState {
+    pub fn word(self) -> &'static str {
+        match self {
+            TicketState::Pending => "pending",
+            TicketState::Approved => "approved",
+            TicketState::Rejected => "rejected",
+            TicketState::Deploying => "deploying",
+            TicketState::Succeeded => "succeeded",
+            TicketState::Failed => "failed",
+            TicketState::RolledBack => "rolled_back",
+            TicketState::Cancelled => "cancelled",
+            TicketState::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// Who did something to a ticket, when and from where.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Audit {
+    pub by: String,
+    pub at: i64,
+    pub from: String,
+}
+
+/// One change of a ticket's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub state: TicketState,
+    #[serde(flatten)]
+    pub audit: Audit,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub comment: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    #[serde(flatten)]
+    pub audit: Audit,
+    pub comment: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TicketRecord {
+    pub id: u64,
+    pub kind: TicketKind,
+    pub project: String,
+    pub env: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// What the ref was when the ticket was made: what it deploys, whatever the ref moves to.
+    pub commit: String,
+    pub commit_summary: String,
+    pub title: String,
+    pub description: String,
+    pub state: TicketState,
+    pub requester: String,
+    pub created: Audit,
+    /// Approvals it needs (the env's `approval.required` when it was made).
+    pub required: u32,
+    pub approvals: Vec<Approval>,
+    pub deploys: Vec<u64>,
+    /// A rollback ticket: the ticket whose deploy it takes back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
+    pub transitions: Vec<Transition>,
+}
+
+impl Store {
+    pub fn next_ticket_id(&self) -> Result<u64> {
+        let id = self.backend().increment("next_ticket_id")?;
+        self.flush()?;
+        Ok(id)
+    }
+    pub fn ticket(&self, id: u64) -> Result<Option<TicketRecord>> {
+        self.get("tickets", &id.to_be_bytes())
+    }
+    pub fn put_ticket(&self, ticket: &TicketRecord) -> Result<()> {
+        self.put("tickets", &ticket.id.to_be_bytes(), ticket)
+    }
+    /// Tickets newest first.
+    pub fn tickets(&self) -> Result<Vec<TicketRecord>> {
+        let mut all: Vec<TicketRecord> = self.all("tickets")?;
+        all.reverse();
+        Ok(all)
+    }
+
+    /// A project's webhook secret, if one was made.
+    pub fn webhook_secret(&self, project: &str) -> Result<Option<String>> {
+        self.get("webhook_secrets", project.as_bytes())
+    }
+    pub fn put_webhook_secret(&self, project: &str, secret: &str) -> Result<()> {
+        self.put("webhook_secrets", project.as_bytes(), &secret)
+    }
+
+    /// The ticket a webhook delivery made, if that delivery was seen before.
+    pub fn delivery(&self, key: &str) -> Result<Option<u64>> {
+        self.get("deliveries", key.as_bytes())
+    }
+    pub fn put_delivery(&self, key: &str, ticket: u64) -> Result<()> {
+        self.put("deliveries", key.as_bytes(), &ticket)
+    }
+}
