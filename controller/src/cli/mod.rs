@@ -391,19 +391,7 @@ async fn decide(home: &Home, out: OutputFormat, id: u64, decision: crate::state:
             }
         }
     }
-    let args = DeployArgs {
-        project: record.project.clone(),
-        env: record.env.clone(),
-        git_ref: None,
-        hosts: None,
-        dry_run: false,
-        full: false,
-        cancel: None,
-        retry: None,
-        resume: Some((id, decision)),
-        user: None,
-        commit: None,
-    };
+    let args = DeployArgs { resume: Some((id, decision)), ..DeployArgs::of(&record.project, &record.env) };
     let running = engine::start_deploy(home.clone(), args);
     cancel_on_signals(running.canceller());
     let record = running.finish(|event| reporter.on(event)).await?;

@@ -197,19 +197,7 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat) -> Result<u8> {
     let mut records = Vec::new();
     for (step, git_ref) in [("1/3 deploy v1", Some("v1")), ("2/3 deploy main (v2)", None)] {
         say(format!("\n== {step}"));
-        let args = DeployArgs {
-            project: "web-demo".into(),
-            env: "demo".into(),
-            git_ref: git_ref.map(str::to_owned),
-            hosts: None,
-            dry_run: false,
-            full: false,
-            cancel: None,
-            retry: None,
-            resume: None,
-            user: None,
-            commit: None,
-        };
+        let args = DeployArgs { git_ref: git_ref.map(str::to_owned), ..DeployArgs::of("web-demo", "demo") };
         let record = engine::start_deploy(home.clone(), args).finish(|event| reporter.on(event)).await?;
         check(&record, step)?;
         say(page_line(&hosts_root));

@@ -43,6 +43,25 @@ pub struct DeployArgs {
     pub commit: Option<String>,
 }
 
+impl DeployArgs {
+    /// A deploy of `project`/`env` at its default ref, every host, nothing else asked.
+    pub fn of(project: &str, env: &str) -> DeployArgs {
+        DeployArgs {
+            project: project.to_owned(),
+            env: env.to_owned(),
+            git_ref: None,
+            hosts: None,
+            dry_run: false,
+            full: false,
+            cancel: None,
+            retry: None,
+            resume: None,
+            user: None,
+            commit: None,
+        }
+    }
+}
+
 /// Deploy N's release, again, to the hosts of N that failed or were never reached.
 #[derive(Debug, Clone)]
 pub struct Retry {

@@ -296,17 +296,12 @@ async fn start_deploy(
 ) -> ApiResult<Response> {
     direct_allowed(&app, &caller, &b.project, &b.env)?;
     let args = DeployArgs {
-        project: b.project,
-        env: b.env,
         git_ref: b.git_ref,
         hosts: b.hosts,
         dry_run: b.dry_run,
         full: b.full,
-        cancel: None,
-        retry: None,
-        resume: None,
         user: Some(caller.name.clone()),
-        commit: None,
+        ..DeployArgs::of(&b.project, &b.env)
     };
     Ok(started(runs::begin(&app, Op::Deploy(args), None).await?))
 }
@@ -340,17 +335,9 @@ async fn decide(app: &Arc<App>, caller: &Caller, id: u64, decision: Decision) ->
         return Ok((StatusCode::ACCEPTED, Json(json!({"id": id, "decision": decision}))).into_response());
     }
     let args = DeployArgs {
-        project: record.project,
-        env: record.env,
-        git_ref: None,
-        hosts: None,
-        dry_run: false,
-        full: false,
-        cancel: None,
-        retry: None,
         resume: Some((id, decision)),
         user: Some(caller.name.clone()),
-        commit: None,
+        ..DeployArgs::of(&record.project, &record.env)
     };
     Ok(started(runs::begin(app, Op::Deploy(args), None).await?))
 }

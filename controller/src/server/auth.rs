@@ -235,6 +235,17 @@ fn check_csrf(caller: &Caller, method: &Method, headers: &HeaderMap) -> ApiResul
     }
 }
 
+/// The whole body (at most [`super::BODY_LIMIT`], 413 beyond), for a look before the handler.
+async fn buffered(body: axum::body::Body) -> ApiResult<axum::body::Bytes> {
+    axum::body::to_bytes(body, super::BODY_LIMIT).await.map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is too large",
+            format!("send at most {} bytes", super::BODY_LIMIT),
+        )
+    })
+}
+
 /// The (project, env) a route's request is about.
 async fn pair_of(
     app: &App,
@@ -262,13 +273,7 @@ async fn pair_of(
         }
         Pair::Body => {
             let (parts, body) = req.into_parts();
-            let bytes = axum::body::to_bytes(body, super::BODY_LIMIT).await.map_err(|_| {
-                ApiError::new(
-                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "the request body is too large",
-                    format!("send at most {} bytes", super::BODY_LIMIT),
-                )
-            })?;
+            let bytes = buffered(body).await?;
             let doc: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|e| ApiError::bad(format!("the body is not JSON: {e}"), "send a JSON object"))?;
             let field = |k: &str| -> ApiResult<String> {
@@ -308,13 +313,7 @@ async fn check(app: &App, route: String, taken: Request) -> ApiResult<Request> {
         Need::Public | Need::Anyone => taken,
         Need::Command => {
             let (parts, body) = taken.into_parts();
-            let bytes = axum::body::to_bytes(body, super::BODY_LIMIT).await.map_err(|_| {
-                ApiError::new(
-                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "the request body is too large",
-                    format!("send at most {} bytes", super::BODY_LIMIT),
-                )
-            })?;
+            let bytes = buffered(body).await?;
             let exec: super::exec::ExecBody = serde_json::from_slice(&bytes).map_err(|e| {
                 ApiError::bad(format!("bad request body: {e}"), "send {\"argv\": [...], \"cwd\": \"...\"}")
             })?;

@@ -206,17 +206,10 @@ pub async fn deploy(app: &Arc<App>, caller: &Caller, id: u64) -> ApiResult<(Tick
     not_in(&ticket, "deployed", &[TicketState::Approved, TicketState::Failed, TicketState::Interrupted])?;
     let op = match ticket.kind {
         TicketKind::Deploy => Op::Deploy(DeployArgs {
-            project: ticket.project.clone(),
-            env: ticket.env.clone(),
             git_ref: Some(ticket.git_ref.clone()),
             commit: Some(ticket.commit.clone()),
-            hosts: None,
-            dry_run: false,
-            full: false,
-            cancel: None,
-            retry: None,
-            resume: None,
             user: Some(caller.name.clone()),
+            ..DeployArgs::of(&ticket.project, &ticket.env)
         }),
         TicketKind::Rollback => Op::Rollback(RollbackArgs {
             project: ticket.project.clone(),
