@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -108,21 +108,4 @@ pub async fn send(target: &Target, request: hyper::Request<Full<Bytes>>) -> Resu
         let _ = conn.await;
     });
     sender.send_request(request).await.map_err(|e| CtlError::failed(format!("HTTP request: {e}")))
-}
-
-/// Send one request and read the whole answer: status and body.
-pub async fn call(target: &Target, request: hyper::Request<Full<Bytes>>, timeout: Duration) -> Result<(u16, Bytes)> {
-    tokio::time::timeout(timeout, async {
-        let response = send(target, request).await?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| CtlError::failed(format!("reading the answer: {e}")))?
-            .to_bytes();
-        Ok((status, body))
-    })
-    .await
-    .map_err(|_| CtlError::failed(format!("no answer in {}s", timeout.as_secs())))?
 }

@@ -43,14 +43,16 @@ pub fn remote() -> bool {
 }
 
 pub fn out(line: String) {
-    if SINK.try_with(|s| s.send(Frame::Out(line.clone()))).is_err() {
-        println!("{line}");
+    match SINK.try_with(Clone::clone) {
+        Ok(sink) => drop(sink.send(Frame::Out(line))),
+        Err(_) => println!("{line}"),
     }
 }
 
 pub fn err(line: String) {
-    if SINK.try_with(|s| s.send(Frame::Err(line.clone()))).is_err() {
-        eprintln!("{line}");
+    match SINK.try_with(Clone::clone) {
+        Ok(sink) => drop(sink.send(Frame::Err(line))),
+        Err(_) => eprintln!("{line}"),
     }
 }
 

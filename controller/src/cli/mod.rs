@@ -36,7 +36,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
     if !console::remote()
         && let Some(target) = remote::target(&cli, &home)?
     {
-        return remote::run(target, &cli).await;
+        return remote::run(target).await;
     }
     let timeouts = Timeouts::default();
     match cli.command {

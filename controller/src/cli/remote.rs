@@ -60,7 +60,7 @@ fn forwarded_args() -> Vec<String> {
     out
 }
 
-pub async fn run(remote: Remote, cli: &Cli) -> Result<u8> {
+pub async fn run(remote: Remote) -> Result<u8> {
     let argv = forwarded_args();
     let stdin = if argv.iter().any(|a| a == "--password-stdin") {
         let mut line = String::new();
@@ -69,7 +69,6 @@ pub async fn run(remote: Remote, cli: &Cli) -> Result<u8> {
     } else {
         None
     };
-    let _ = cli;
     let body = ExecBody { argv, cwd: std::env::current_dir().ok(), stdin };
     let mut request = hyper::Request::post(format!("{}/api/v1/cli", remote.base))
         .header(hyper::header::HOST, "slipway")

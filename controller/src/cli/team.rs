@@ -61,14 +61,7 @@ fn new_password(from_stdin: bool) -> Result<(String, bool)> {
 
 /// `role` on (project, env): the project and env must exist.
 fn grant_of(store: &Store, project: &str, env: &str, role: &str) -> Result<Grant> {
-    let record = store.project(project)?.ok_or_else(|| {
-        CtlError::bad(format!("unknown project '{project}'")).fix("`slipctl project list` shows them")
-    })?;
-    let config = slipway_common::config::ProjectConfig::parse(&record.text, &record.source_file.display().to_string())?;
-    if config.env(env).is_none() {
-        return Err(CtlError::bad(format!("project '{project}' has no env '{env}'"))
-            .fix(format!("envs: {}", config.envs.keys().cloned().collect::<Vec<_>>().join(", "))));
-    }
+    crate::engine::scope::env_of(store, project, env)?;
     Ok(Grant { project: project.to_owned(), env: env.to_owned(), role: Role::parse(role)? })
 }
 
@@ -102,15 +95,9 @@ pub fn user_command(home: &Home, out: OutputFormat, cmd: UserCommand) -> Result<
                 None => format!("added user {name}{}", if admin { " (admin)" } else { "" }),
             });
         }
-        UserCommand::Grant { name, project, env, role } | UserCommand::Revoke { name, project, env, role }
-            if store.user(&name)?.is_none() =>
-        {
-            let _ = (project, env, role);
-            return Err(unknown_user(&name));
-        }
         UserCommand::Grant { name, project, env, role } => {
-            let grant = grant_of(&store, &project, &env, &role)?;
             let mut user = store.user(&name)?.ok_or_else(|| unknown_user(&name))?;
+            let grant = grant_of(&store, &project, &env, &role)?;
             if !user.grants.contains(&grant) {
                 user.grants.push(grant);
                 user.grants.sort();

@@ -22,6 +22,15 @@ pub struct Scope {
 /// Load project, env and hosts; every unknown name is bad input naming the fix.
 pub fn load_scope(home: &Home, project: &str, env: &str, only: Option<&[String]>) -> Result<Scope> {
     let store = Store::open(&home.state())?;
+    let (record, settings) = env_of(&store, project, env)?;
+    let agents = store.agents()?;
+    let hosts = select_hosts(project, env, &settings.hosts, &agents, only)?;
+    Ok(Scope { project: record, settings, hosts, registered: agents })
+}
+
+/// A project's record and the settings of one of its envs (hosts not looked at); every unknown
+/// name is bad input naming the fix.
+pub fn env_of(store: &Store, project: &str, env: &str) -> Result<(ProjectRecord, EnvSettings)> {
     let record = store.project(project)?.ok_or_else(|| {
         let known: Vec<String> = store.projects().unwrap_or_default().into_iter().map(|p| p.name).collect();
         CtlError::bad(format!(
@@ -38,9 +47,7 @@ pub fn load_scope(home: &Home, project: &str, env: &str, only: Option<&[String]>
         ))
         .fix(format!("use one of them, or add [env.{env}] to {} and apply it", record.source_file.display()))
     })?;
-    let agents = store.agents()?;
-    let hosts = select_hosts(project, env, &settings.hosts, &agents, only)?;
-    Ok(Scope { project: record, settings, hosts, registered: agents })
+    Ok((record, settings))
 }
 
 pub fn hook_context(settings: &EnvSettings, host: &str, commit: &str, git_ref: &str) -> pb::HookContext {

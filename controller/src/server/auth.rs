@@ -63,9 +63,7 @@ pub enum Via {
         digest: String,
         csrf: String,
     },
-    Token {
-        id: String,
-    },
+    Token,
     /// The server's own socket (`<home>/slipctl.sock`, 0600): the local operator, as admin.
     Socket,
 }
@@ -110,6 +108,9 @@ pub enum Need {
     /// A `slipctl` command run here: what it needs depends on the command
     /// ([`super::exec::authorize`]).
     Command,
+    /// Deploying an env directly (not by ticket): a deployer there, and the env must not ask
+    /// approval unless the caller is an admin ([`direct_deploy`]).
+    DirectDeploy,
     /// `role` on the (project, env) named by the path (`{p}`/`{e}`), the ticket or deploy
     /// `{id}` it names, or the JSON body's `project`/`env`.
     Role(Role, Pair),
@@ -138,7 +139,8 @@ pub fn policy(method: &Method, route: &str) -> Need {
         "/api/v1/me" => Anyone,
         "/api/v1/cli" => Command,
         "/api/v1/tickets" => Role(R::Deployer, Body),
-        "/api/v1/deploys" | "/api/v1/rollbacks" => Role(R::Deployer, Body),
+        "/api/v1/deploys" => DirectDeploy,
+        "/api/v1/rollbacks" => Role(R::Deployer, Body),
         "/api/v1/projects/{p}" if get => Anyone,
         "/api/v1/projects/{p}/envs/{e}/refs"
         | "/api/v1/projects/{p}/envs/{e}/releases"
@@ -189,13 +191,7 @@ fn authenticate(store: &Store, peer: &Peer, headers: &HeaderMap) -> ApiResult<Op
             return Err(ApiError::unauthorized("unknown or removed token"));
         }
         let name = format!("token:{}", token.name);
-        return Ok(Some(Caller {
-            name,
-            admin: token.admin,
-            grants: token.scopes,
-            via: Via::Token { id: token.id },
-            from,
-        }));
+        return Ok(Some(Caller { name, admin: token.admin, grants: token.scopes, via: Via::Token, from }));
     }
     if let Some(id) = cookie(headers, SESSION_COOKIE) {
         let digest = sha256_hex(id);
@@ -214,6 +210,21 @@ fn authenticate(store: &Store, peer: &Peer, headers: &HeaderMap) -> ApiResult<Op
         }));
     }
     Ok(None)
+}
+
+/// An env that asks approval deploys by approved ticket; only an admin deploys it directly (the
+/// API's `POST /deploys` and `slipctl deploy` through the server alike).
+pub fn direct_deploy(app: &App, caller: &Caller, project: &str, env: &str) -> ApiResult<()> {
+    let (_, settings) = crate::engine::scope::env_of(&app.store, project, env)?;
+    if settings.approval.required > 0 && !caller.admin {
+        return Err(ApiError::forbidden(
+            format!("{project}/{env} deploys by approved ticket ({} approval(s))", settings.approval.required),
+            format!(
+                "slipctl ticket create {project} {env} --ref REF --title T (or POST /api/v1/tickets), then deploy the ticket"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A cookie-authenticated unsafe request must carry the session's CSRF token.
@@ -327,23 +338,26 @@ async fn check(app: &App, route: String, taken: Request) -> ApiResult<Request> {
                 "users, agents, projects and tokens are for admins",
             ));
         }
-        Need::Role(role, pair) => {
+        Need::Role(..) | Need::DirectDeploy => {
+            let (role, pair) = match need {
+                Need::Role(role, pair) => (role, pair),
+                _ => (Role::Deployer, Pair::Body),
+            };
             let (mut parts, body) = taken.into_parts();
             let params = <RawPathParams as axum::extract::FromRequestParts<()>>::from_request_parts(&mut parts, &())
                 .await
                 .map_err(|_| ApiError::bad("bad path", "see DESIGN.md \"Server\""))?;
             let ((project, env), taken) = pair_of(app, pair, &params, Request::from_parts(parts, body)).await?;
-            if !caller.allows(&project, &env, Role::Viewer) {
-                // Not even visible: answer as if it did not exist for ids, refuse for pairs.
-                return Err(match pair {
-                    Pair::Ticket | Pair::Deploy => ApiError::forbidden(
-                        format!("{} may not see {project}/{env}", caller.name),
-                        format!("an admin can grant it: slipctl user grant {} {project} {env} viewer", caller.name),
-                    ),
-                    _ => caller.require(&project, &env, role).expect_err("not allowed"),
-                });
+            if matches!(pair, Pair::Ticket | Pair::Deploy) && !caller.allows(&project, &env, Role::Viewer) {
+                return Err(ApiError::forbidden(
+                    format!("{} may not see {project}/{env}", caller.name),
+                    format!("an admin can grant it: slipctl user grant {} {project} {env} viewer", caller.name),
+                ));
             }
             caller.require(&project, &env, role)?;
+            if need == Need::DirectDeploy {
+                direct_deploy(app, &caller, &project, &env)?;
+            }
             taken
         }
     };

@@ -18,7 +18,6 @@ pub mod runs;
 pub mod sse;
 pub mod tickets;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,6 +45,8 @@ pub struct App {
     pub stopping: watch::Sender<bool>,
     pub secure_cookies: bool,
     pub started_at: i64,
+    /// Where people reach the server (`--public-url`, else the listen address), for links.
+    pub public_url: String,
 }
 
 impl App {
@@ -73,6 +74,8 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
         tokio::net::TcpListener::bind(args.listen).await.context(format_args!("cannot listen on {}", args.listen))?;
     let local = tcp.local_addr().context("listen address")?;
     let (stopping, stop_rx) = watch::channel(false);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let public_url = args.public_url.clone().unwrap_or_else(|| format!("{scheme}://{local}"));
     let app = Arc::new(App {
         home: home.clone(),
         store,
@@ -81,15 +84,19 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
         stopping,
         secure_cookies: tls.is_some(),
         started_at: slipway_common::time::unix_now(),
+        public_url: public_url.trim_end_matches('/').to_owned(),
     });
     let recovered = tickets::recover(&app)?;
     let router = api::router(app.clone());
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let serving = listen::Serving::new(router, stop_rx, graceful.clone());
-    let scheme = if tls.is_some() { "https" } else { "http" };
     let accepting = [tokio::spawn(serving.clone().tcp(tcp, tls)), tokio::spawn(serving.clone().unix(unix))];
     // The line scripts and tests wait for: the server answers from now on.
-    crate::outln!("slipctl serve: listening on {scheme}://{local} and {}", socket_path.display());
+    crate::outln!(
+        "slipctl serve: listening on {scheme}://{local} and {} (people reach it at {})",
+        socket_path.display(),
+        app.public_url
+    );
     if recovered > 0 {
         crate::outln!("{recovered} ticket(s) whose deploy was interrupted by the last stop now read interrupted");
     }
@@ -127,6 +134,3 @@ async fn wait_for_stop() {
         _ = term.recv() => {}
     }
 }
-
-/// The operations started through this server, so SIGTERM can stop them.
-pub type RunMap = HashMap<u64, runs::Run>;

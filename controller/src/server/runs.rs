@@ -19,7 +19,6 @@ use crate::state::store::DeployRecord;
 #[derive(Clone)]
 pub struct Run {
     pub canceller: Canceller,
-    pub ticket: Option<u64>,
 }
 
 #[derive(Default)]
@@ -33,10 +32,6 @@ pub struct Runs {
 impl Runs {
     pub fn get(&self, id: u64) -> Option<Run> {
         self.running.lock().expect("runs").get(&id).cloned()
-    }
-
-    pub fn is_running(&self, id: u64) -> bool {
-        self.running.lock().expect("runs").contains_key(&id)
     }
 
     pub fn count(&self) -> usize {
@@ -70,7 +65,6 @@ pub enum Begun {
 /// Start `op` (for `ticket`, if any); answers once it is numbered, or with why it did not start
 /// (a busy lock: 409 naming the deploy that holds it).
 pub async fn begin(app: &Arc<App>, op: Op, for_ticket: Option<(u64, crate::state::tickets::Audit)>) -> Result<Begun> {
-    let ticket = for_ticket.as_ref().map(|(t, _)| *t);
     let running = match op {
         Op::Deploy(args) => engine::start_deploy(app.home.clone(), args),
         Op::Rollback(args) => engine::start_rollback(app.home.clone(), args),
@@ -85,7 +79,7 @@ pub async fn begin(app: &Arc<App>, op: Op, for_ticket: Option<(u64, crate::state
             .finish(|event| {
                 if let Event::Started { id: n } = event {
                     id = Some(n);
-                    this.runs.running.lock().expect("runs").insert(n, Run { canceller: canceller.clone(), ticket });
+                    this.runs.running.lock().expect("runs").insert(n, Run { canceller: canceller.clone() });
                     if let Some((t, by)) = &for_ticket {
                         tickets::on_started(&this, *t, n, by.clone());
                     }
@@ -104,8 +98,8 @@ pub async fn begin(app: &Arc<App>, op: Op, for_ticket: Option<(u64, crate::state
                 Err(e) => Err(e.clone()),
             });
         }
-        if let (Some(t), Some(n)) = (ticket, id) {
-            tickets::on_finished(&this, t, n, &result);
+        if let (Some((t, _)), Some(n)) = (&for_ticket, id) {
+            tickets::on_finished(&this, *t, n, &result);
         }
     });
     app.runs.keep(task, None);
