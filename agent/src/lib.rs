@@ -9,6 +9,7 @@ pub mod health;
 pub mod hooks;
 pub mod kept;
 pub mod layout;
+pub mod metrics;
 pub mod preflight;
 mod privdrop;
 pub mod receive;
@@ -151,6 +152,17 @@ pub async fn run(
     let state = AgentState::open(&config.state_dir)?;
     let service = AgentService::new(config.clone(), state);
     service.reconcile();
+    let metrics = match config.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {addr} for metrics: {e}; change `metrics_listen` in the config")
+            })?;
+            info!(addr = %listener.local_addr()?, "metrics on /metrics");
+            let (m, state, roots) = service.metrics();
+            Some(tokio::spawn(metrics::serve(listener, m, state, roots)))
+        }
+    };
 
     let local = listener.local_addr()?;
     info!(name = %config.name, addr = %local, version = slipway_common::VERSION, "slipd listening");
@@ -209,6 +221,9 @@ pub async fn run(
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown)
         .await;
     accept_loop.abort();
+    if let Some(task) = metrics {
+        task.abort();
+    }
     info!("slipd stopped");
     result.context("grpc server")
 }

@@ -54,6 +54,7 @@ impl TargetRecord {
 }
 
 /// sled behind a small interface, so the store can be swapped.
+#[derive(Clone)]
 pub struct AgentState {
     db: sled::Db,
     targets: sled::Tree,

@@ -191,8 +191,9 @@ pub struct ExtractStats {
     pub entries: u64,
     pub file_bytes: u64,
     pub compressed_bytes: u64,
-    /// Files taken from retained releases instead of the archive.
+    /// Files taken from retained releases instead of the archive, and their bytes.
     pub reused: u64,
+    pub reused_bytes: u64,
     /// sha256 of the compressed stream.
     pub sha256: [u8; 32],
 }
@@ -658,6 +659,7 @@ pub fn extract_into(
                     reuse.sources.get(&entry.sha256).ok_or_else(|| ArchiveError::Missing(entry.path.clone()))?;
                 reuse_file(&mut dirs, entry, source, reuse.hardlink, options, &mut buf)?;
                 stats.reused += 1;
+                stats.reused_bytes += entry.size;
                 stats.file_bytes += entry.size;
             }
             _ => return Err(ArchiveError::Missing(entry.path.clone())),

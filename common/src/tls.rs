@@ -300,3 +300,16 @@ pub fn https_client_config(ca_pem: &str) -> Result<Arc<ClientConfig>> {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// A client config for HTTPS to public services (chat robots, webhooks): the Mozilla roots
+/// shipped with `webpki-roots`, so no system store is needed.
+pub fn https_public_client_config() -> Result<Arc<ClientConfig>> {
+    let roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

@@ -26,9 +26,17 @@ pub enum Target {
     },
 }
 
+/// Whom an HTTPS URL's certificate must chain to.
+pub enum Trust<'a> {
+    /// The CA certificates of this PEM (a server with its own CA), if given.
+    Ca(Option<&'a str>),
+    /// The public web's roots (chat robots, public webhooks).
+    Public,
+}
+
 impl Target {
-    /// `http://host:port` or `https://host:port` (HTTPS trusts the CA certificates of `ca_pem`).
-    pub fn from_url(url: &str, ca_pem: Option<&str>) -> Result<(Target, String)> {
+    /// `http://host:port[/path]` or `https://…`: where to connect, and the path (with its query).
+    pub fn from_url(url: &str, trust: Trust<'_>) -> Result<(Target, String)> {
         let bad =
             || CtlError::bad(format!("'{url}' is not a server URL")).fix("write http://HOST:PORT or https://HOST:PORT");
         let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
@@ -51,14 +59,16 @@ impl Target {
         } else {
             format!("{authority}:{}", if tls { 443 } else { 80 })
         };
-        let tls = if tls {
-            let ca = ca_pem.ok_or_else(|| {
-                CtlError::bad(format!("{url} is HTTPS and no CA to trust was given"))
-                    .fix("set SLIPWAY_CA_FILE to the PEM of the CA that signed the server's certificate")
-            })?;
-            Some((slipway_common::tls::https_client_config(ca)?, host))
-        } else {
-            None
+        let tls = match (tls, trust) {
+            (false, _) => None,
+            (true, Trust::Public) => Some((slipway_common::tls::https_public_client_config()?, host)),
+            (true, Trust::Ca(ca)) => {
+                let ca = ca.ok_or_else(|| {
+                    CtlError::bad(format!("{url} is HTTPS and no CA to trust was given"))
+                        .fix("set SLIPWAY_CA_FILE to the PEM of the CA that signed the server's certificate")
+                })?;
+                Some((slipway_common::tls::https_client_config(ca)?, host))
+            }
         };
         Ok((Target::Tcp { addr, tls }, base))
     }

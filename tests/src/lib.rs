@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod server;
-pub use server::{Server, Sse, SseReader, http};
+pub use server::{Server, Sse, SseReader, have_metrics_parser, http, parse_metrics, sample, sink};
 
 /// A built binary of this workspace (`cargo test --workspace` builds them before tests run).
 pub fn bin(name: &str) -> PathBuf {

@@ -4,7 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{Fleet, bin, free_port, terminate};
+use crate::{Fleet, bin, terminate};
 
 /// A running `slipctl serve` for a fleet's home, stopped (SIGTERM) on drop.
 pub struct Server {
@@ -16,23 +16,23 @@ impl Server {
     /// Start `slipctl serve` and wait for the line saying it answers.
     pub fn start(fleet: &Fleet) -> Server {
         use std::io::BufRead;
-        let port = free_port();
+        // Port 0: the server picks one and says which (no race with other tests for a port).
         let mut child = Command::new(bin("slipctl"))
             .arg("--home")
             .arg(&fleet.home)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["serve", "--listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        loop {
+        let port = loop {
             let line = lines.next().expect("slipctl serve exited before it listened").unwrap();
-            if line.starts_with("slipctl serve: listening") {
-                break;
+            if let Some(rest) = line.strip_prefix("slipctl serve: listening on http://127.0.0.1:") {
+                break rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
             }
-        }
+        };
         // Keep draining its output so it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines.by_ref() {});
         Server { port, child }
@@ -170,4 +170,100 @@ impl SseReader {
         }
         None
     }
+}
+
+/// A metric sample: its name, labels and value.
+pub type Sample = (String, std::collections::BTreeMap<String, String>, f64);
+
+/// One sample of a metrics page, as a real Prometheus parser (Python's `prometheus_client`,
+/// OpenMetrics) reads it: (name, labels, value). Panics when the page does not parse.
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    use std::io::Write;
+    let script = "import sys, json\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        out = []\n\
+        for family in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   for s in family.samples:\n\
+        \x20       out.append([s.name, s.labels, s.value])\n\
+        print(json.dumps(out))\n";
+    let mut child = Command::new(python())
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the metrics page does not parse: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+    let doc: Vec<(String, std::collections::BTreeMap<String, String>, f64)> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    doc
+}
+
+/// Debian's Python, where `apt-get install python3-prometheus-client` puts the parser (a
+/// `python3` earlier in PATH, e.g. pyenv's, may not have it).
+fn python() -> &'static str {
+    if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" }
+}
+
+/// Whether Python's Prometheus parser is here.
+pub fn have_metrics_parser() -> bool {
+    Command::new(python()).args(["-c", "import prometheus_client"]).status().is_ok_and(|s| s.success())
+}
+
+/// The value of sample `name` whose labels include all of `labels` (summed over the rest).
+pub fn sample(
+    samples: &[(String, std::collections::BTreeMap<String, String>, f64)],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    let matching: Vec<f64> = samples
+        .iter()
+        .filter(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+        .map(|(_, _, v)| *v)
+        .collect();
+    if matching.is_empty() { None } else { Some(matching.iter().sum()) }
+}
+
+/// One request a [`sink`] got: its path, its headers (names lowercased) and its body.
+pub type Received = (String, std::collections::BTreeMap<String, String>, String);
+
+/// A small HTTP sink that records every request and answers 200, or 500 on paths starting
+/// with `/fail`: (port, the requests as (path, headers lowercased, body)).
+pub fn sink() -> (u16, std::sync::mpsc::Receiver<Received>) {
+    use std::io::{BufRead, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let mut reader = std::io::BufReader::new(stream);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let mut headers = std::collections::BTreeMap::new();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    headers.insert(k.trim().to_lowercase(), v.trim().to_owned());
+                }
+            }
+            let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            let status = if path.starts_with("/fail") { "500 Internal Server Error" } else { "200 OK" };
+            let _ = write!(reader.get_mut(), "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if tx.send((path, headers, String::from_utf8_lossy(&body).into_owned())).is_err() {
+                return;
+            }
+        }
+    });
+    (port, rx)
 }

@@ -53,6 +53,7 @@ pub struct Inner {
     staging: Mutex<HashSet<String>>,
     /// Stages in progress on this agent, bounded by `max_concurrent_stages`.
     stages: Arc<tokio::sync::Semaphore>,
+    metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 /// What an `Inventory` offered: the stage of the same deploy uses it instead of stat-ing every
@@ -152,8 +153,14 @@ impl AgentService {
                 broken: Mutex::new(HashMap::new()),
                 staging: Mutex::new(HashSet::new()),
                 stages,
+                metrics: Arc::default(),
             }),
         }
+    }
+
+    /// The agent's metrics, and what `/metrics` reads besides them (the targets, the roots).
+    pub fn metrics(&self) -> (Arc<crate::metrics::AgentMetrics>, AgentState, Vec<std::path::PathBuf>) {
+        (self.inner.metrics.clone(), self.inner.state.clone(), self.inner.config.allowed_roots.clone())
     }
 
     /// At start: for each known target, remove staging and trash leftovers and take `current`
@@ -555,7 +562,11 @@ impl pb::agent_server::Agent for AgentService {
         let (events_tx, events_rx) = mpsc::channel(16);
         let inner = self.inner.clone();
         tokio::spawn(async move {
+            let metrics = inner.metrics.clone();
             let result = inner.stage(header, stream, events_tx.clone()).await;
+            if result.is_err() {
+                metrics.stage_failed();
+            }
             let last = result.map(|s| pb::StageEvent { kind: Some(EventKind::Staged(s)) }).map_err(Status::from);
             let _ = events_tx.send(last).await;
         });
@@ -569,7 +580,9 @@ impl pb::agent_server::Agent for AgentService {
         let inner = self.inner.clone();
         let req = req.into_inner();
         tokio::spawn(async move {
+            let metrics = inner.metrics.clone();
             let result = inner.activate(req, events_tx.clone()).await;
+            metrics.activated(result.is_ok(), result.as_ref().map_or(0, |r| r.elapsed_ms));
             let last = result
                 .map(|r| pb::ActivateEvent { kind: Some(pb::activate_event::Kind::Done(r)) })
                 .map_err(Status::from);

@@ -113,6 +113,7 @@ impl Inner {
             if held.is_some_and(|kept| kept.digest() == manifest.digest()) {
                 self.state.put(&record)?;
                 info!(project = %target.project, env = %target.env, release = %id, "already staged");
+                self.metrics.staged(started.elapsed().as_millis() as u64, 0, manifest.file_bytes());
                 let files =
                     manifest.entries.iter().filter(|e| e.kind == slipway_common::archive::EntryKind::File).count()
                         as u64;
@@ -255,6 +256,7 @@ impl Inner {
         }
         let elapsed_ms = started.elapsed().as_millis() as u64;
         info!(release = %id, entries = stats.entries, bytes = stats.file_bytes, elapsed_ms, "staged");
+        self.metrics.staged(elapsed_ms, stats.compressed_bytes, stats.reused_bytes);
         Ok(pb::Staged {
             release_path: final_path.display().to_string(),
             entries: stats.entries,

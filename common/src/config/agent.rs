@@ -32,6 +32,9 @@ struct AgentFile {
     stage_timeout_secs: Option<u64>,
     #[serde(default)]
     limits: LimitsFile,
+    /// Serve Prometheus metrics over plain HTTP here (keep it on loopback or a management
+    /// network); none by default.
+    metrics_listen: Option<String>,
 }
 
 /// Groups that give their members root or its equivalent: hook users in them are refused.
@@ -74,6 +77,8 @@ pub struct AgentConfig {
     pub allowed_hook_users: Vec<String>,
     pub denied_hook_groups: Vec<String>,
     pub max_concurrent_stages: usize,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     pub stage_timeout_secs: u64,
     pub limits: Limits,
 }
@@ -132,6 +137,12 @@ impl AgentConfig {
             max_concurrent_stages: raw.max_concurrent_stages.unwrap_or(4).max(1),
             stage_timeout_secs: raw.stage_timeout_secs.unwrap_or(3600).max(1),
             limits,
+            metrics_listen: match &raw.metrics_listen {
+                None => None,
+                Some(text) => Some(text.parse().map_err(|_| {
+                    Error::config(file, format!("metrics_listen = \"{text}\" is not an address like 127.0.0.1:9101"))
+                })?),
+            },
         })
     }
 

@@ -32,7 +32,7 @@ pub fn target(cli: &Cli, home: &Home) -> Result<Option<Remote>> {
             })?),
             None => None,
         };
-        let (target, base) = Target::from_url(url, ca.as_deref())?;
+        let (target, base) = Target::from_url(url, http_client::Trust::Ca(ca.as_deref()))?;
         let token = std::env::var("SLIPWAY_TOKEN").ok().filter(|t| !t.is_empty()).ok_or_else(|| {
             CtlError::bad(format!("--server {url} needs a token"))
                 .fix("set SLIPWAY_TOKEN to one made by `slipctl token create` on the server")

@@ -10,14 +10,15 @@ use crate::cli::args_team::{TicketCommand, TokenCommand, UserCommand, WebhookCom
 use crate::cli::output::{OutputFormat, table};
 use crate::cli::{finish_operation, print};
 use crate::error::{CtlError, Result};
-use crate::server::auth::{hash_password, random_hex, sha256_hex};
+use crate::server::admin;
+use crate::server::auth::random_hex;
 use crate::server::error::ApiError;
 use crate::server::exec::{self, Context};
 use crate::server::tickets::{self, NewTicket, TicketQuery};
 use crate::state::home::Home;
 use crate::state::store::{DeployStatus, Store};
 use crate::state::tickets::{Audit, TicketKind, TicketRecord};
-use crate::state::users::{Grant, Role, TokenRecord, UserRecord};
+use crate::state::users::{Grant, Role, UserRecord};
 
 impl From<ApiError> for CtlError {
     fn from(e: ApiError) -> CtlError {
@@ -29,10 +30,6 @@ impl From<ApiError> for CtlError {
         };
         if e.fix.is_empty() { err } else { err.fix(e.fix) }
     }
-}
-
-fn unknown_user(name: &str) -> CtlError {
-    CtlError::bad(format!("unknown user '{name}'")).fix("`slipctl user list` shows them")
 }
 
 /// The password for `user add`: stdin's first line, or a new random one.
@@ -50,19 +47,8 @@ fn new_password(from_stdin: bool) -> Result<(String, bool)> {
             line
         }
     };
-    let password = text.lines().next().unwrap_or("").to_owned();
-    if password.chars().count() < 8 {
-        return Err(
-            CtlError::bad("the password is shorter than 8 characters").fix("pipe a longer one to --password-stdin")
-        );
-    }
-    Ok((password, false))
-}
-
-/// `role` on (project, env): the project and env must exist.
-fn grant_of(store: &Store, project: &str, env: &str, role: &str) -> Result<Grant> {
-    crate::engine::scope::env_of(store, project, env)?;
-    Ok(Grant { project: project.to_owned(), env: env.to_owned(), role: Role::parse(role)? })
+    // Its length is checked where every password is (`admin::add_user`).
+    Ok((text.lines().next().unwrap_or("").to_owned(), false))
 }
 
 fn grants_text(u: &UserRecord) -> String {
@@ -74,19 +60,8 @@ pub fn user_command(home: &Home, out: OutputFormat, cmd: UserCommand) -> Result<
     let store = Store::open(&home.state())?;
     match cmd {
         UserCommand::Add { name, admin, password_stdin } => {
-            slipway_common::names::validate_name("user name", &name).map_err(|e| CtlError::bad(e.to_string()))?;
-            if store.user(&name)?.is_some() {
-                return Err(CtlError::bad(format!("user '{name}' exists"))
-                    .fix(format!("`slipctl user rm {name}` first, or pick another name")));
-            }
             let (password, generated) = new_password(password_stdin)?;
-            store.put_user(&UserRecord {
-                name: name.clone(),
-                password_hash: hash_password(&password)?,
-                admin,
-                grants: Vec::new(),
-                created_at: unix_now(),
-            })?;
+            admin::add_user(&store, &name, admin, &password)?;
             let shown = generated.then(|| password.clone());
             print(out, json!({"user": name, "admin": admin, "password": shown}), || match &shown {
                 Some(p) => {
@@ -96,33 +71,16 @@ pub fn user_command(home: &Home, out: OutputFormat, cmd: UserCommand) -> Result<
             });
         }
         UserCommand::Grant { name, project, env, role } => {
-            let mut user = store.user(&name)?.ok_or_else(|| unknown_user(&name))?;
-            let grant = grant_of(&store, &project, &env, &role)?;
-            if !user.grants.contains(&grant) {
-                user.grants.push(grant);
-                user.grants.sort();
-            }
-            store.put_user(&user)?;
+            let user = admin::grant(&store, &name, &project, &env, Role::parse(&role)?)?;
             print(out, json!({"user": name, "grants": user.grants}), || format!("{name}: {}", grants_text(&user)));
         }
         UserCommand::Revoke { name, project, env, role } => {
-            let role = Role::parse(&role)?;
-            let mut user = store.user(&name)?.ok_or_else(|| unknown_user(&name))?;
-            let before = user.grants.len();
-            user.grants.retain(|g| !(g.project == project && g.env == env && g.role == role));
-            if user.grants.len() == before {
-                return Err(CtlError::bad(format!("{name} holds no {} role on {project}/{env}", role.word()))
-                    .fix("`slipctl user list` shows the grants"));
-            }
-            store.put_user(&user)?;
+            let user = admin::revoke(&store, &name, &project, &env, Role::parse(&role)?)?;
             print(out, json!({"user": name, "grants": user.grants}), || format!("{name}: {}", grants_text(&user)));
         }
         UserCommand::List => {
             let users = store.users()?;
-            let docs: Vec<_> = users
-                .iter()
-                .map(|u| json!({"user": u.name, "admin": u.admin, "grants": u.grants, "created_at": u.created_at}))
-                .collect();
+            let docs: Vec<_> = users.iter().map(admin::user_json).collect();
             let rows: Vec<Vec<String>> = users
                 .iter()
                 .map(|u| {
@@ -143,10 +101,7 @@ pub fn user_command(home: &Home, out: OutputFormat, cmd: UserCommand) -> Result<
             });
         }
         UserCommand::Rm { name } => {
-            if !store.remove_user(&name)? {
-                return Err(unknown_user(&name));
-            }
-            store.remove_sessions_of(&name)?;
+            admin::remove_user(&store, &name)?;
             print(out, json!({"removed": name}), || format!("removed user {name} (their sessions ended)"));
         }
     }
@@ -157,29 +112,10 @@ pub fn token_command(home: &Home, out: OutputFormat, cmd: TokenCommand) -> Resul
     let store = Store::open(&home.state())?;
     match cmd {
         TokenCommand::Create { name, scopes, admin } => {
-            slipway_common::names::validate_name("token name", &name).map_err(|e| CtlError::bad(e.to_string()))?;
-            if scopes.is_empty() && !admin {
-                return Err(CtlError::bad("a token needs --scope PROJECT:ENV:ROLE (or --admin)")
-                    .fix("e.g. --scope web-demo:test:deployer"));
-            }
-            let mut grants = Vec::new();
-            for s in &scopes {
-                let g = Grant::parse_scope(s)?;
-                grants.push(grant_of(&store, &g.project, &g.env, g.role.word())?);
-            }
-            let id = random_hex()[..12].to_owned();
-            let secret = random_hex();
+            let grants = scopes.iter().map(|s| Grant::parse_scope(s)).collect::<Result<Vec<_>>>()?;
             let by = exec::context().map(|c| c.caller.name).unwrap_or_else(crate::engine::scope::current_user);
-            store.put_token(&TokenRecord {
-                id: id.clone(),
-                name: name.clone(),
-                secret_sha256: sha256_hex(&secret),
-                scopes: grants.clone(),
-                admin,
-                created_by: by,
-                created_at: unix_now(),
-            })?;
-            let token = format!("slw_{id}_{secret}");
+            let (record, token) = admin::create_token(&store, &name, &grants, admin, &by)?;
+            let (id, grants) = (record.id, record.scopes);
             print(out, json!({"id": id, "name": name, "token": token, "scopes": grants, "admin": admin}), || {
                 format!(
                     "token {id} ({name}), shown once:\n{token}\nuse it as SLIPWAY_TOKEN, or Authorization: Bearer <token>"
@@ -188,7 +124,7 @@ pub fn token_command(home: &Home, out: OutputFormat, cmd: TokenCommand) -> Resul
         }
         TokenCommand::List => {
             let tokens = store.tokens()?;
-            let docs: Vec<_> = tokens.iter().map(|t| json!({"id": t.id, "name": t.name, "scopes": t.scopes, "admin": t.admin, "created_by": t.created_by, "created_at": t.created_at})).collect();
+            let docs: Vec<_> = tokens.iter().map(admin::token_json).collect();
             let rows: Vec<Vec<String>> = tokens
                 .iter()
                 .map(|t| {
@@ -212,9 +148,7 @@ pub fn token_command(home: &Home, out: OutputFormat, cmd: TokenCommand) -> Resul
             });
         }
         TokenCommand::Rm { id } => {
-            if !store.remove_token(&id)? {
-                return Err(CtlError::bad(format!("unknown token '{id}'")).fix("`slipctl token list` shows them"));
-            }
+            admin::remove_token(&store, &id)?;
             print(out, json!({"removed": id}), || format!("removed token {id}: it no longer works"));
         }
     }
@@ -312,8 +246,14 @@ pub async fn ticket_command(out: OutputFormat, cmd: TicketCommand) -> Result<u8>
     let show = |t: &TicketRecord| print(out, json!(t), || ticket_text(t));
     match cmd {
         TicketCommand::Create { project, env, git_ref, title, description } => {
-            let t = tickets::create(app, caller, NewTicket { project, env, git_ref, title, description }, audit(&ctx))
-                .await?;
+            let t = tickets::create(
+                app,
+                caller,
+                NewTicket { project, env, git_ref, title, description },
+                audit(&ctx),
+                None,
+            )
+            .await?;
             show(&t);
         }
         TicketCommand::List { project, env, state } => {

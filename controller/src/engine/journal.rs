@@ -10,12 +10,32 @@ use crate::error::{CtlError, Result};
 use crate::state::home::Home;
 use crate::state::store::{DeployRecord, DeployStatus, Store};
 
+/// What an observer hears of the operations of this process.
+pub enum Happened<'a> {
+    /// Deploy `id` is numbered and recorded.
+    Started(u64),
+    /// It ended as this record says (not paused: a paused deploy has not ended).
+    Ended(&'a DeployRecord),
+}
+
+type Observer = Box<dyn Fn(Happened<'_>) + Send + Sync>;
+static OBSERVER: std::sync::OnceLock<Observer> = std::sync::OnceLock::new();
+
+/// Have `observer` told when each operation of this process starts and ends (the server's
+/// metrics and notifications); the first one set stays.
+pub fn observe(observer: impl Fn(Happened<'_>) + Send + Sync + 'static) {
+    let _ = OBSERVER.set(Box::new(observer));
+}
+
 /// Numbers and writes one operation's events. In a process that holds the store open (the
 /// server) each event is written and its watchers woken as it comes; a lone `slipctl` keeps
 /// them until the end, so other commands can open the state meanwhile.
 struct Journal {
     home: Home,
     id: Option<u64>,
+    /// The number of the last event written (read once from the store: a resumed deploy's
+    /// journal goes on where it was).
+    last: Option<u32>,
     pending: Vec<Value>,
     live: bool,
 }
@@ -23,13 +43,16 @@ struct Journal {
 impl Journal {
     fn new(home: Home) -> Journal {
         let live = crate::state::backend::pinned_for(&home.state()).is_some();
-        Journal { home, id: None, pending: Vec::new(), live }
+        Journal { home, id: None, last: None, pending: Vec::new(), live }
     }
 
     fn on(&mut self, event: &Event) {
         if let Event::Started { id } = event {
             self.id = Some(*id);
             crate::state::journal::open(*id);
+            if let Some(observer) = OBSERVER.get() {
+                observer(Happened::Started(*id));
+            }
         }
         self.pending.push(event.to_json());
         if self.live && self.id.is_some() {
@@ -42,7 +65,11 @@ impl Journal {
             return;
         };
         let written = Store::open(&self.home.state()).and_then(|store| {
-            let seq = store.append_events(id, &self.pending)?;
+            let last = match self.last {
+                Some(n) => n,
+                None => store.last_event(id)?,
+            };
+            let seq = store.append_events(id, last, &self.pending)?;
             if done {
                 store.flush()?;
             }
@@ -50,6 +77,7 @@ impl Journal {
         });
         match written {
             Ok(seq) => {
+                self.last = Some(seq);
                 self.pending.clear();
                 crate::state::journal::notify(id, seq);
             }
@@ -62,11 +90,15 @@ impl Journal {
         let Some(id) = self.id else {
             return;
         };
-        let outcome = match result {
+        let ended = match result {
             Ok(record) if record.status == DeployStatus::Paused => None,
-            Ok(record) => Some(outcome_json(record)),
-            Err(e) => settle_failed(&self.home, id, e).map(|r| outcome_json(&r)),
+            Ok(record) => Some(record.clone()),
+            Err(e) => settle_failed(&self.home, id, e),
         };
+        if let (Some(record), Some(observer)) = (&ended, OBSERVER.get()) {
+            observer(Happened::Ended(record));
+        }
+        let outcome = ended.as_ref().map(outcome_json);
         self.pending.extend(outcome);
         self.write(true);
         crate::state::journal::close(id);

@@ -30,6 +30,11 @@ pub fn unknown_deploy(id: u64) -> ApiError {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", routing::get(healthz))
+        .route("/metrics", routing::get(metrics))
+        .route(
+            "/hooks/{project}",
+            routing::post(super::webhooks::receive).layer(DefaultBodyLimit::max(super::WEBHOOK_BODY_LIMIT)),
+        )
         .route("/api/v1/session", routing::post(login).delete(logout))
         .route("/api/v1/me", routing::get(me))
         .route("/api/v1/projects", routing::get(projects))
@@ -47,10 +52,16 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/deploys/{id}/cancel", routing::post(cancel_deploy))
         .route("/api/v1/cli", routing::post(super::exec::run))
         .merge(super::tickets::routes())
+        .merge(super::admin::routes())
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::authorize))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(super::BODY_LIMIT))
         .with_state(app)
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], app.metrics.encode()).into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -206,8 +217,20 @@ async fn check(
     Ok(Json(json!({"ok": ok, "checks": rows})))
 }
 
+/// Registered agents, each with what the last probe (every 30 s) found.
 async fn agents(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(app.store.agents()?)))
+    let probes = app.probes.lock().expect("probes").clone();
+    let out: Vec<Value> = app
+        .store
+        .agents()?
+        .into_iter()
+        .map(|a| {
+            let mut doc = json!(a);
+            doc["probe"] = json!(probes.get(&a.name));
+            doc
+        })
+        .collect();
+    Ok(Json(json!(out)))
 }
 
 #[derive(Deserialize)]

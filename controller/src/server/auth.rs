@@ -66,6 +66,8 @@ pub enum Via {
     Token,
     /// The server's own socket (`<home>/slipctl.sock`, 0600): the local operator, as admin.
     Socket,
+    /// A CI webhook, checked against the project's secret.
+    Webhook,
 }
 
 /// The authenticated caller of one request.

@@ -9,14 +9,18 @@
 //! operations this server carries out), `sse` (event streams), `exec` (slipctl commands run
 //! here for a client), `error` (the API's refusals).
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod error;
 pub mod exec;
 pub mod listen;
+pub mod metrics;
+pub mod notify;
 pub mod runs;
 pub mod sse;
 pub mod tickets;
+pub mod webhooks;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +34,8 @@ use crate::state::store::Store;
 
 /// The largest request body accepted (413 beyond).
 pub const BODY_LIMIT: usize = 1 << 20;
+/// CI push payloads list commits and can be larger.
+pub const WEBHOOK_BODY_LIMIT: usize = 16 << 20;
 /// How long SIGTERM waits for running deploys to reach a safe point.
 const STOP_WAIT: Duration = Duration::from_secs(120);
 
@@ -47,6 +53,9 @@ pub struct App {
     pub started_at: i64,
     /// Where people reach the server (`--public-url`, else the listen address), for links.
     pub public_url: String,
+    pub metrics: metrics::Metrics,
+    /// What the last agent probe found, by agent.
+    pub probes: Mutex<std::collections::BTreeMap<String, metrics::Probe>>,
 }
 
 impl App {
@@ -85,8 +94,24 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
         secure_cookies: tls.is_some(),
         started_at: slipway_common::time::unix_now(),
         public_url: public_url.trim_end_matches('/').to_owned(),
+        metrics: metrics::Metrics::new(),
+        probes: Mutex::default(),
     });
     let recovered = tickets::recover(&app)?;
+    // The counters start from history, then follow every operation that ends here.
+    for d in app.store.deploys(None, None, usize::MAX)?.iter().rev() {
+        app.metrics.observe(d);
+    }
+    let observing = Arc::downgrade(&app);
+    crate::engine::journal::observe(move |happened| {
+        if let Some(app) = observing.upgrade() {
+            if let crate::engine::journal::Happened::Ended(record) = &happened {
+                app.metrics.observe(record);
+            }
+            notify::on_operation(&app, &happened);
+        }
+    });
+    tokio::spawn(metrics::probe_agents(app.clone(), Duration::from_secs(30)));
     let router = api::router(app.clone());
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let serving = listen::Serving::new(router, stop_rx, graceful.clone());

@@ -32,16 +32,26 @@ pub async fn events(
     Ok(Sse::new(ReceiverStream::new(rx).map(Ok)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
+/// Only the `event` field of a journal entry (the SSE `event:` name).
+#[derive(serde::Deserialize)]
+struct Kind<'a> {
+    #[serde(borrow)]
+    event: &'a str,
+}
+
 /// Send deploy `id`'s events after `after` to `tx`, until its outcome, the client leaving or
 /// the server stopping.
 async fn tail(app: Arc<App>, id: u64, mut after: u32, tx: mpsc::Sender<SseEvent>) {
     let mut stopping = app.stopping.subscribe();
     loop {
         let mut woken = journal::subscribe(id);
-        let Ok(events) = app.store.events(id, after) else { return };
-        for (seq, event) in events {
-            let kind = event["event"].as_str().unwrap_or("message").to_owned();
-            let sse = SseEvent::default().id(seq.to_string()).event(&kind).data(event.to_string());
+        let Ok(events) = app.store.raw_events(id, after) else { return };
+        for (seq, raw) in events {
+            let kind = serde_json::from_slice::<Kind<'_>>(&raw)
+                .map(|k| k.event.to_owned())
+                .unwrap_or_else(|_| "message".into());
+            let Ok(text) = String::from_utf8(raw) else { continue };
+            let sse = SseEvent::default().id(seq.to_string()).event(&kind).data(text);
             if tx.send(sse).await.is_err() {
                 return;
             }

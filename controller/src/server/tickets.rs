@@ -82,8 +82,15 @@ fn move_to(t: &mut TicketRecord, state: TicketState, audit: Audit, comment: &str
     t.transitions.push(Transition { state, audit, comment: comment.to_owned() });
 }
 
-/// Make a ticket; approved at once when its env needs no approval.
-pub async fn create(app: &Arc<App>, caller: &Caller, new: NewTicket, created: Audit) -> ApiResult<TicketRecord> {
+/// Make a ticket; approved at once when its env needs no approval. `exact`: the commit it ships
+/// (a webhook's pushed commit), else what the ref points at now.
+pub async fn create(
+    app: &Arc<App>,
+    caller: &Caller,
+    new: NewTicket,
+    created: Audit,
+    exact: Option<&str>,
+) -> ApiResult<TicketRecord> {
     if new.title.trim().is_empty() {
         return Err(ApiError::bad("a ticket needs a title", "say in a line what it ships"));
     }
@@ -92,7 +99,7 @@ pub async fn create(app: &Arc<App>, caller: &Caller, new: NewTicket, created: Au
     let url = crate::engine::scope::repo_url(&project, &settings);
     let mirror = crate::source::git::mirror_path(&app.home.cache(), &project.name);
     crate::source::git::fetch(&url, &mirror).await?;
-    let resolved = crate::source::git::resolve(&mirror, &git_ref, &url)?;
+    let resolved = crate::source::git::resolve(&mirror, exact.unwrap_or(&git_ref), &url)?;
     let mut ticket = TicketRecord {
         id: app.store.next_ticket_id()?,
         kind: TicketKind::Deploy,
@@ -116,6 +123,7 @@ pub async fn create(app: &Arc<App>, caller: &Caller, new: NewTicket, created: Au
         move_to(&mut ticket, TicketState::Approved, created, "no approval required");
     }
     app.store.put_ticket(&ticket)?;
+    super::notify::on_ticket(app, "ticket_created", &ticket, &caller.name);
     Ok(ticket)
 }
 
@@ -142,8 +150,8 @@ fn not_in(t: &TicketRecord, what: &str, states: &[TicketState]) -> ApiResult<()>
     }
 }
 
-pub fn approve(app: &App, caller: &Caller, id: u64, comment: &str, yes: bool) -> ApiResult<TicketRecord> {
-    update(app, id, |t| {
+pub fn approve(app: &Arc<App>, caller: &Caller, id: u64, comment: &str, yes: bool) -> ApiResult<TicketRecord> {
+    let ticket = update(app, id, |t| {
         let what = if yes { "approved" } else { "rejected" };
         not_in(t, what, &[TicketState::Pending])?;
         if t.requester == caller.name {
@@ -174,7 +182,13 @@ pub fn approve(app: &App, caller: &Caller, id: u64, comment: &str, yes: bool) ->
             move_to(t, TicketState::Rejected, audit, comment);
         }
         Ok(())
-    })
+    })?;
+    match ticket.state {
+        TicketState::Approved => super::notify::on_ticket(app, "ticket_approved", &ticket, &caller.name),
+        TicketState::Rejected => super::notify::on_ticket(app, "ticket_rejected", &ticket, &caller.name),
+        _ => {}
+    }
+    Ok(ticket)
 }
 
 /// Deploy a ticket's commit; answers once the deploy is numbered.
@@ -372,7 +386,7 @@ async fn create_h(
     Body(new): Body<NewTicket>,
 ) -> ApiResult<impl IntoResponse> {
     let created = audit(&caller);
-    let ticket = create(&app, &caller, new, created).await?;
+    let ticket = create(&app, &caller, new, created, None).await?;
     Ok((StatusCode::CREATED, Json(json!(ticket))))
 }
 

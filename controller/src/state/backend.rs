@@ -1,7 +1,7 @@
 //! The narrow interface the typed [`Store`](super::store::Store) is built on: named trees of
 //! byte keys and JSON values, with compare-and-swap and a counter. sled implements it today; a
 //! PostgreSQL backend is one table `(tree text, key bytea, value bytea, primary key (tree, key))`
-//! implementing the same seven operations, and nothing above this file changes.
+//! implementing the same nine operations, and nothing above this file changes.
 //!
 //! sled lets one process open a database. A process that serves (`slipctl serve`) [`pin`]s the
 //! state open for its lifetime, so every `Store::open` in it (the engine opens the store for
@@ -27,6 +27,10 @@ pub trait Backend: Send + Sync {
     fn compare_and_swap(&self, tree: &str, key: &[u8], old: Option<&[u8]>, new: Option<&[u8]>) -> Result<bool>;
     /// Entries whose key starts with `prefix`, in key order (or reversed).
     fn scan(&self, tree: &str, prefix: &[u8], reverse: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Entries whose key starts with `prefix` and sorts after `after`, in key order.
+    fn scan_after(&self, tree: &str, prefix: &[u8], after: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// The last entry whose key starts with `prefix`.
+    fn last(&self, tree: &str, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
     /// Add one to the counter `name` and return it (1, 2, 3…).
     fn increment(&self, name: &str) -> Result<u64>;
     /// Make every write so far durable.
@@ -74,6 +78,24 @@ impl Backend for Sled {
         let pairs =
             |r: sled::Result<(sled::IVec, sled::IVec)>| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(store_err);
         if reverse { iter.rev().map(pairs).collect() } else { iter.map(pairs).collect() }
+    }
+
+    fn scan_after(&self, tree: &str, prefix: &[u8], after: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        use std::ops::Bound;
+        self.tree(tree)?
+            .range::<&[u8], _>((Bound::Excluded(after), Bound::Unbounded))
+            .take_while(|r| r.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(store_err))
+            .collect()
+    }
+
+    fn last(&self, tree: &str, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        self.tree(tree)?
+            .scan_prefix(prefix)
+            .next_back()
+            .transpose()
+            .map(|o| o.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .map_err(store_err)
     }
 
     fn increment(&self, name: &str) -> Result<u64> {

@@ -21,10 +21,11 @@ fn key(id: u64, seq: u32) -> Vec<u8> {
 }
 
 impl Store {
-    /// Append `events` to deploy `id`'s journal after its last one; the last number written.
-    pub fn append_events(&self, id: u64, events: &[Value]) -> Result<u32> {
+    /// Write `events` to deploy `id`'s journal numbered after `last` (its last event, as the
+    /// one writer knows); the last number written.
+    pub fn append_events(&self, id: u64, last: u32, events: &[Value]) -> Result<u32> {
         let db = self.backend();
-        let mut seq = self.last_event(id)?;
+        let mut seq = last;
         for event in events {
             seq += 1;
             db.put(TREE, &key(id, seq), &serde_json::to_vec(event).map_err(store_err)?)?;
@@ -34,18 +35,25 @@ impl Store {
 
     /// The number of deploy `id`'s last event (0: none).
     pub fn last_event(&self, id: u64) -> Result<u32> {
-        let last = self.backend().scan(TREE, &id.to_be_bytes(), true)?.into_iter().next();
+        let last = self.backend().last(TREE, &id.to_be_bytes())?;
         Ok(last.and_then(|(k, _)| k[8..].try_into().ok()).map(u32::from_be_bytes).unwrap_or(0))
     }
 
     /// Deploy `id`'s events numbered after `after`, in order.
     pub fn events(&self, id: u64, after: u32) -> Result<Vec<(u32, Value)>> {
+        self.raw_events(id, after)?
+            .into_iter()
+            .map(|(seq, raw)| serde_json::from_slice(&raw).map(|v| (seq, v)).map_err(store_err))
+            .collect()
+    }
+
+    /// The same, each event as the JSON text it was written as (an event stream sends it on
+    /// without parsing it into a tree and printing it again per watcher).
+    pub fn raw_events(&self, id: u64, after: u32) -> Result<Vec<(u32, Vec<u8>)>> {
         let mut out = Vec::new();
-        for (k, v) in self.backend().scan(TREE, &id.to_be_bytes(), false)? {
+        for (k, v) in self.backend().scan_after(TREE, &id.to_be_bytes(), &key(id, after))? {
             let seq = k[8..].try_into().map(u32::from_be_bytes).map_err(store_err)?;
-            if seq > after {
-                out.push((seq, serde_json::from_slice(&v).map_err(store_err)?));
-            }
+            out.push((seq, v));
         }
         Ok(out)
     }
@@ -100,5 +108,29 @@ pub fn subscribe(id: u64) -> watch::Receiver<u32> {
 pub fn notify(id: u64, seq: u32) {
     if let Some(tx) = watchers().lock().expect("journal watchers").get(&id) {
         tx.send_replace(seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn journals_are_numbered_per_deploy_and_read_after_a_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.last_event(7).unwrap(), 0);
+        let last = s.append_events(7, 0, &[json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]).unwrap();
+        assert_eq!(last, 3);
+        s.append_events(8, 0, &[json!({"other": true})]).unwrap();
+        s.append_events(6, 0, &[json!({"before": true})]).unwrap();
+        assert_eq!(s.append_events(7, last, &[json!({"n": 4})]).unwrap(), 4);
+        assert_eq!(s.last_event(7).unwrap(), 4);
+        let after: Vec<u32> = s.events(7, 2).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(after, vec![3, 4], "only deploy 7's, only after 2");
+        assert_eq!(s.events(7, 0).unwrap().len(), 4);
+        assert_eq!(s.events(7, 4).unwrap().len(), 0);
+        assert_eq!(s.events(8, 0).unwrap()[0].1, json!({"other": true}));
     }
 }

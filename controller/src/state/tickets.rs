@@ -130,3 +130,33 @@ impl Store {
         self.put("deliveries", key.as_bytes(), &ticket)
     }
 }
+
+impl Store {
+    /// Claim webhook delivery `key` for this request: `None` when it is new (now claimed),
+    /// else the ticket it made (0: another request is making it right now).
+    pub fn claim_delivery(&self, key: &str) -> Result<Option<u64>> {
+        let claim = serde_json::to_vec(&0u64).map_err(crate::state::backend::store_err)?;
+        if self.backend().compare_and_swap("deliveries", key.as_bytes(), None, Some(&claim))? {
+            self.flush()?;
+            return Ok(None);
+        }
+        Ok(Some(self.delivery(key)?.unwrap_or(0)))
+    }
+
+    /// Give a claimed delivery up (its ticket could not be made: a redelivery may try again).
+    pub fn forget_delivery(&self, key: &str) -> Result<()> {
+        self.remove("deliveries", key.as_bytes()).map(|_| ())
+    }
+}
+
+impl Store {
+    /// Keep a notification that was given up on (newest last).
+    pub fn record_failed_notification(&self, record: &serde_json::Value) -> Result<()> {
+        let n = self.backend().increment("next_failed_notification")?;
+        self.put("failed_notifications", &n.to_be_bytes(), record)
+    }
+
+    pub fn failed_notifications(&self) -> Result<Vec<serde_json::Value>> {
+        self.all("failed_notifications")
+    }
+}

@@ -13,3 +13,4 @@ mod hostile;
 mod mtls;
 mod rollout;
 mod server;
+mod server_ci;

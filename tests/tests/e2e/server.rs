@@ -112,6 +112,17 @@ fn roles_tickets_approvals_tokens_and_bad_input_through_the_api() {
     assert_eq!(t["created"]["from"], "127.0.0.1");
     let test_ticket = t["id"].as_u64().unwrap();
 
+    // Nor can they deploy (a, prod) directly or see the events of a deploy there (the local
+    // admin deploys it through the server's socket).
+    let prod_deploy = fleet.slipctl(&["--output", "json", "deploy", "a", "prod"]).ok().json()["id"].as_u64().unwrap();
+    let prod_body = json!({"project": "a", "env": "prod"}).to_string();
+    assert_eq!(server.call("POST", "/api/v1/deploys", &dev, Some(&prod_body)).0, 403);
+    let (status, doc) = server.call("GET", &format!("/api/v1/deploys/{prod_deploy}/events"), &dev, None);
+    assert_eq!(status, 403, "{doc}");
+    assert_eq!(server.call("GET", &format!("/api/v1/deploys/{prod_deploy}"), &dev, None).0, 403);
+    let (_, listed) = server.call("GET", "/api/v1/deploys", &dev, None);
+    assert!(listed.as_array().unwrap().iter().all(|d| d["env"] != "prod" || d["project"] != "a"), "{listed}");
+
     // A viewer sees the ticket but cannot deploy it.
     let (vc, vt) = server.login("viewer", "viewer-password");
     assert_eq!(server.call("GET", &format!("/api/v1/tickets/{test_ticket}"), &session(&vc, &vt), None).0, 200);

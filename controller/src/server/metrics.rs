@@ -1,0 +1,316 @@
+//! `GET /metrics` (Prometheus/OpenMetrics text, through `prometheus-client`): deploys by project,
+//! env, kind and outcome; deploy and per-host stage durations; hosts per release per env (the
+//! version spread); the last switch skew; agent reachability and certificate seconds-to-expiry
+//! (an agent probe every 30 s); webhook deliveries and notification failures.
+//!
+//! Counts come from every operation that ends in this process (the engine's journal reports
+//! each outcome here), seeded at start from history, so they are what history says.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::state::store::{DeployKind, DeployRecord, DeployStatus};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    project: String,
+    env: String,
+    kind: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Pair {
+    project: String,
+    env: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PairKind {
+    project: String,
+    env: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Stage {
+    stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OnRelease {
+    project: String,
+    env: String,
+    release: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Agent {
+    agent: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Delivery {
+    project: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Sink {
+    kind: String,
+}
+
+fn seconds_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.05, 2.0, 14))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    deploys: Family<Outcome, Counter>,
+    deploy_seconds: Family<PairKind, Histogram, fn() -> Histogram>,
+    stage_seconds: Family<Stage, Histogram, fn() -> Histogram>,
+    hosts_on_release: Family<OnRelease, Gauge>,
+    switch_skew: Family<Pair, Gauge<f64, AtomicU64>>,
+    agent_up: Family<Agent, Gauge>,
+    agent_cert_seconds: Family<Agent, Gauge>,
+    webhooks: Family<Delivery, Counter>,
+    notifications_failed: Family<Sink, Counter>,
+    notifications_sent: Family<Sink, Counter>,
+    /// What each host of each env runs, as the records say: (project, env) → host → release.
+    runs: Mutex<BTreeMap<(String, String), BTreeMap<String, String>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("slipway");
+        let m = Metrics {
+            deploys: Family::default(),
+            deploy_seconds: Family::new_with_constructor(seconds_buckets),
+            stage_seconds: Family::new_with_constructor(seconds_buckets),
+            hosts_on_release: Family::default(),
+            switch_skew: Family::default(),
+            agent_up: Family::default(),
+            agent_cert_seconds: Family::default(),
+            webhooks: Family::default(),
+            notifications_failed: Family::default(),
+            notifications_sent: Family::default(),
+            runs: Mutex::default(),
+            registry: Registry::default(),
+        };
+        registry.register("deploys", "Deploys and rollbacks that ended, by outcome", m.deploys.clone());
+        registry.register("deploy_duration_seconds", "Wall time of a deploy or rollback", m.deploy_seconds.clone());
+        registry.register(
+            "stage_duration_seconds",
+            "Wall time of one host's step (stage, activate, health…)",
+            m.stage_seconds.clone(),
+        );
+        registry.register(
+            "hosts_on_release",
+            "Hosts of an env on each release (the version spread)",
+            m.hosts_on_release.clone(),
+        );
+        registry.register(
+            "last_switch_skew_seconds",
+            "Spread between the first and last host's flip in the last deploy",
+            m.switch_skew.clone(),
+        );
+        registry.register("agent_up", "Whether the agent answered the last probe", m.agent_up.clone());
+        registry.register(
+            "agent_certificate_expiry_seconds",
+            "Seconds until the agent's certificate expires",
+            m.agent_cert_seconds.clone(),
+        );
+        registry.register("webhook_deliveries", "Webhook deliveries by answer status", m.webhooks.clone());
+        registry.register(
+            "notifications_failed",
+            "Notifications given up on after their retries",
+            m.notifications_failed.clone(),
+        );
+        registry.register("notifications_sent", "Notifications delivered", m.notifications_sent.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// An operation ended as `record` says.
+    pub fn observe(&self, record: &DeployRecord) {
+        if matches!(record.status, DeployStatus::Running | DeployStatus::Paused | DeployStatus::Planned) {
+            return;
+        }
+        let kind = match record.kind {
+            DeployKind::Deploy => "deploy",
+            DeployKind::Rollback => "rollback",
+        };
+        let (project, env) = (record.project.clone(), record.env.clone());
+        self.deploys
+            .get_or_create(&Outcome {
+                project: project.clone(),
+                env: env.clone(),
+                kind: kind.into(),
+                outcome: record.effective_status().word().into(),
+            })
+            .inc();
+        self.deploy_seconds
+            .get_or_create(&PairKind { project: project.clone(), env: env.clone(), kind: kind.into() })
+            .observe(record.duration_ms as f64 / 1000.0);
+        let mut flips = Vec::new();
+        for host in &record.hosts {
+            for step in &host.steps {
+                self.stage_seconds
+                    .get_or_create(&Stage { stage: step.name.clone() })
+                    .observe(step.elapsed_ms as f64 / 1000.0);
+                if step.name == "activate" && step.ok {
+                    flips.push(step.started_ms + step.elapsed_ms);
+                }
+            }
+        }
+        if flips.len() > 1 {
+            let skew = flips.iter().max().unwrap_or(&0) - flips.iter().min().unwrap_or(&0);
+            self.switch_skew
+                .get_or_create(&Pair { project: project.clone(), env: env.clone() })
+                .set(skew as f64 / 1000.0);
+        }
+        let mut runs = self.runs.lock().expect("metrics");
+        let hosts = runs.entry((project, env)).or_default();
+        for h in record.hosts.iter().filter(|h| h.ok && h.activated) {
+            if let Some(release) = &h.release {
+                hosts.insert(h.host.clone(), release.to_string());
+            }
+        }
+    }
+
+    pub fn webhook(&self, project: &str, status: &str) {
+        self.webhooks.get_or_create(&Delivery { project: project.into(), status: status.into() }).inc();
+    }
+
+    pub fn notification(&self, kind: &str, delivered: bool) {
+        let family = if delivered { &self.notifications_sent } else { &self.notifications_failed };
+        family.get_or_create(&Sink { kind: kind.into() }).inc();
+    }
+
+    /// What the last probe of `agent` found: reachable, and its certificate's expiry (unix s).
+    pub fn agent(&self, agent: &str, up: bool, cert_not_after: Option<i64>) {
+        let labels = Agent { agent: agent.into() };
+        self.agent_up.get_or_create(&labels).set(i64::from(up));
+        if let Some(at) = cert_not_after {
+            self.agent_cert_seconds.get_or_create(&labels).set(at - slipway_common::time::unix_now());
+        }
+    }
+
+    /// Forget what the last probe found (agents removed since drop out).
+    pub fn clear_agents(&self) {
+        self.agent_up.clear();
+        self.agent_cert_seconds.clear();
+    }
+
+    /// What each host of (project, env) runs, as this controller's records say.
+    pub fn hosts_of(&self, project: &str, env: &str) -> BTreeMap<String, String> {
+        self.runs.lock().expect("metrics").get(&(project.to_owned(), env.to_owned())).cloned().unwrap_or_default()
+    }
+
+    /// The text `/metrics` answers.
+    pub fn encode(&self) -> String {
+        self.hosts_on_release.clear();
+        for ((project, env), hosts) in self.runs.lock().expect("metrics").iter() {
+            for release in hosts.values() {
+                self.hosts_on_release
+                    .get_or_create(&OnRelease { project: project.clone(), env: env.clone(), release: release.clone() })
+                    .inc();
+            }
+        }
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// What the last probe of an agent found (`GET /api/v1/agents`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Probe {
+    pub reachable: bool,
+    pub checked_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_not_after: Option<i64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub broken_targets: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Probe {
+    fn of(answer: std::result::Result<slipway_proto::pb::InfoReply, String>) -> Probe {
+        let checked_at = slipway_common::time::unix_now();
+        match answer {
+            Ok(i) => Probe {
+                reachable: true,
+                checked_at,
+                version: Some(i.version),
+                cert_not_after: (i.cert_not_after > 0).then_some(i.cert_not_after),
+                broken_targets: i.broken_targets,
+                error: None,
+            },
+            Err(e) => Probe {
+                reachable: false,
+                checked_at,
+                version: None,
+                cert_not_after: None,
+                broken_targets: Vec::new(),
+                error: Some(e),
+            },
+        }
+    }
+}
+
+/// Ask every registered agent for its info every `every`, for `agent_up` and the certificate
+/// gauge, until the server stops.
+pub async fn probe_agents(app: std::sync::Arc<super::App>, every: Duration) {
+    let mut stopping = app.stopping.subscribe();
+    loop {
+        if let (Ok(agents), Ok(tls)) = (app.store.agents(), app.home.client_tls()) {
+            let names: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
+            let by_name: BTreeMap<String, _> = agents.into_iter().map(|a| (a.name.clone(), a)).collect();
+            let quick =
+                crate::engine::client::Timeouts { connect: Duration::from_secs(3), call: Duration::from_secs(5) };
+            let answers = crate::engine::fanout::ask_all(&names, |name| {
+                let (tls, agent) = (tls.clone(), by_name[&name].clone());
+                async move {
+                    let mut client =
+                        crate::engine::client::connect(tls, &agent, quick).await.map_err(|e| e.to_string())?;
+                    let info = tokio::time::timeout(quick.call, client.info(slipway_proto::pb::InfoRequest {}))
+                        .await
+                        .map_err(|_| "no answer".to_owned())?
+                        .map_err(|s| crate::engine::client::status_text(&s))?;
+                    Ok::<_, String>(info.into_inner())
+                }
+            })
+            .await;
+            app.metrics.clear_agents();
+            let mut probes = app.probes.lock().expect("probes");
+            probes.clear();
+            for (name, answer) in answers {
+                let cert = answer.as_ref().ok().map(|i| i.cert_not_after).filter(|t| *t > 0);
+                app.metrics.agent(&name, answer.is_ok(), cert);
+                probes.insert(name, Probe::of(answer));
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = super::listen::until_stop(&mut stopping) => return,
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! `POST /hooks/{project}`: push and tag events from GitHub and GitLab (DESIGN.md "Server").
+//! A delivery is checked against the project's own secret in constant time (GitHub's
+//! `X-Hub-Signature-256` HMAC-SHA256 of the body, GitLab's `X-Gitlab-Token`), deduplicated by
+//! its delivery id, matched against the project file's `[[webhook]]` rules, and becomes a
+//! ticket by `webhook:<source>` for the pushed commit, which deploys by itself when its env
+//! needs no approval. Answers: 401 bad signature, 404 unknown project, 202 nothing to do (with
+//! the reason), 200 a replayed delivery (with the first ticket), 201 a new ticket.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use slipway_common::config::ProjectConfig;
+
+use crate::server::App;
+use crate::server::auth::{Caller, Via, same};
+use crate::server::error::{ApiError, ApiResult};
+use crate::server::tickets::{self, NewTicket};
+use crate::state::tickets::{Audit, TicketState};
+
+/// Where a delivery came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Github,
+    Gitlab,
+}
+
+impl Source {
+    pub fn word(self) -> &'static str {
+        match self {
+            Source::Github => "github",
+            Source::Gitlab => "gitlab",
+        }
+    }
+}
+
+/// What a push or tag event asks, once read.
+#[derive(Debug, PartialEq)]
+pub struct Push {
+    /// The branch or tag name (without `refs/heads/` or `refs/tags/`).
+    pub name: String,
+    pub tag: bool,
+    pub commit: String,
+    pub summary: String,
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Which CI sent it, checked against `secret`; the delivery id when it has one.
+pub fn verify(headers: &HeaderMap, body: &[u8], secret: &str) -> ApiResult<(Source, Option<String>)> {
+    let bad = |why: &str| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!("webhook refused: {why}"),
+            "set the webhook's secret to the one `slipctl webhook secret PROJECT` shows",
+        )
+    };
+    if header(headers, "x-github-event").is_some() {
+        let sig = header(headers, "x-hub-signature-256").ok_or_else(|| bad("no X-Hub-Signature-256"))?;
+        let sig =
+            sig.strip_prefix("sha256=").and_then(|h| hex::decode(h).ok()).ok_or_else(|| bad("malformed signature"))?;
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        ring::hmac::verify(&key, body, &sig).map_err(|_| bad("the signature does not match"))?;
+        return Ok((Source::Github, header(headers, "x-github-delivery").map(str::to_owned)));
+    }
+    if header(headers, "x-gitlab-event").is_some() {
+        let token = header(headers, "x-gitlab-token").ok_or_else(|| bad("no X-Gitlab-Token"))?;
+        if !same(token.as_bytes(), secret.as_bytes()) {
+            return Err(bad("the token does not match"));
+        }
+        let id = header(headers, "x-gitlab-event-uuid").or(header(headers, "idempotency-key")).map(str::to_owned);
+        return Ok((Source::Gitlab, id));
+    }
+    Err(ApiError::bad(
+        "not a GitHub or GitLab webhook (no X-GitHub-Event or X-Gitlab-Event)",
+        "point a GitHub or GitLab push webhook here",
+    ))
+}
+
+/// The push or tag a verified delivery is about; `Err` with why there is nothing to deploy.
+pub fn read_push(source: Source, headers: &HeaderMap, doc: &Value) -> std::result::Result<Push, String> {
+    let event = match source {
+        Source::Github => header(headers, "x-github-event").unwrap_or(""),
+        Source::Gitlab => header(headers, "x-gitlab-event").unwrap_or(""),
+    };
+    let is_push = match source {
+        Source::Github => event == "push",
+        Source::Gitlab => event == "Push Hook" || event == "Tag Push Hook",
+    };
+    if !is_push {
+        return Err(format!("{} event '{event}' is not a push or a tag", source.word()));
+    }
+    let reference = doc["ref"].as_str().ok_or("the event names no ref")?;
+    let (name, tag) = if let Some(b) = reference.strip_prefix("refs/heads/") {
+        (b, false)
+    } else if let Some(t) = reference.strip_prefix("refs/tags/") {
+        (t, true)
+    } else {
+        return Err(format!("ref '{reference}' is neither a branch nor a tag"));
+    };
+    let commit = match source {
+        Source::Github => doc["after"].as_str(),
+        Source::Gitlab => doc["checkout_sha"].as_str().or(doc["after"].as_str()),
+    }
+    .unwrap_or("");
+    if commit.is_empty() || commit.bytes().all(|b| b == b'0') || doc["deleted"] == true {
+        return Err(format!("{} was deleted: nothing to deploy", name));
+    }
+    if commit.len() != 40 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("'{commit}' is not a commit id"));
+    }
+    let summary = match source {
+        Source::Github => doc["head_commit"]["message"].as_str(),
+        Source::Gitlab => doc["commits"].as_array().and_then(|c| c.last()).and_then(|c| c["message"].as_str()),
+    }
+    .unwrap_or("")
+    .lines()
+    .next()
+    .unwrap_or("")
+    .to_owned();
+    Ok(Push { name: name.to_owned(), tag, commit: commit.to_owned(), summary })
+}
+
+fn accepted(reason: String) -> Response {
+    (StatusCode::ACCEPTED, Json(json!({"ticket": null, "reason": reason}))).into_response()
+}
+
+pub async fn receive(
+    State(app): State<Arc<App>>,
+    Path(project): Path<String>,
+    axum::Extension(peer): axum::Extension<super::listen::Peer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let answer = handle(&app, &project, &peer, &headers, &body).await;
+    let result = match &answer {
+        Ok(r) => r.status().as_u16().to_string(),
+        Err(e) => e.status.as_u16().to_string(),
+    };
+    app.metrics.webhook(&project, &result);
+    answer
+}
+
+async fn handle(
+    app: &Arc<App>,
+    project: &str,
+    peer: &super::listen::Peer,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<Response> {
+    let record = app.store.project(project)?.ok_or_else(|| {
+        ApiError::not_found(format!("unknown project '{project}'"), "the webhook URL is <server>/hooks/<project name>")
+    })?;
+    let secret = app.store.webhook_secret(project)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!("project '{project}' has no webhook secret yet"),
+            format!("run `slipctl webhook secret {project}` and set it in the CI's webhook"),
+        )
+    })?;
+    let (source, delivery) = verify(headers, body, &secret)?;
+    let doc: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad(format!("the body is not JSON: {e}"), "send application/json"))?;
+    if source == Source::Github && header(headers, "x-github-event") == Some("ping") {
+        return Ok(Json(json!({"pong": true})).into_response());
+    }
+    let push = match read_push(source, headers, &doc) {
+        Ok(push) => push,
+        Err(reason) => return Ok(accepted(reason)),
+    };
+    let config = ProjectConfig::parse(&record.text, &record.source_file.display().to_string())
+        .map_err(crate::error::CtlError::from)?;
+    let Some(rule) = config.file.webhook.iter().find(|r| r.matches(&push.name, push.tag)) else {
+        let what = if push.tag { "tag" } else { "branch" };
+        return Ok(accepted(format!("no [[webhook]] rule of {project} matches {what} '{}'", push.name)));
+    };
+    // One ticket per delivery, even when two copies arrive at once.
+    let key = delivery.as_ref().map(|d| format!("{project}/{}/{d}", source.word()));
+    if let Some(key) = &key
+        && let Some(first) = app.store.claim_delivery(key)?
+    {
+        return Ok(Json(json!({"ticket": first, "replayed": true})).into_response());
+    }
+    let caller = Caller {
+        name: format!("webhook:{}", source.word()),
+        admin: false,
+        grants: Vec::new(),
+        via: Via::Webhook,
+        from: peer.to_string(),
+    };
+    let audit = Audit { by: caller.name.clone(), at: slipway_common::time::unix_now(), from: caller.from.clone() };
+    let what = if push.tag { "tag" } else { "push to" };
+    let new = NewTicket {
+        project: project.to_owned(),
+        env: rule.env.clone(),
+        git_ref: Some(push.name.clone()),
+        title: format!("{} {what} {}: {}", source.word(), push.name, push.summary),
+        description: delivery.clone().map(|d| format!("delivery {d}")).unwrap_or_default(),
+    };
+    let ticket = match tickets::create(app, &caller, new, audit, Some(&push.commit)).await {
+        Ok(t) => t,
+        Err(e) => {
+            if let Some(key) = &key {
+                app.store.forget_delivery(key)?;
+            }
+            return Err(e);
+        }
+    };
+    if let Some(key) = &key {
+        app.store.put_delivery(key, ticket.id)?;
+    }
+    let mut answer = json!({"ticket": ticket.id, "state": ticket.state, "env": ticket.env, "commit": ticket.commit});
+    if ticket.state == TicketState::Approved {
+        match tickets::deploy(app, &caller, ticket.id).await {
+            Ok((_, n)) => answer["deploy"] = json!(n),
+            Err(e) => answer["deploy_error"] = json!({"error": e.error, "fix": e.fix}),
+        }
+    }
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn github_signatures_are_checked_and_gitlab_tokens_compared() {
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"s3cret");
+        let sig = format!("sha256={}", hex::encode(ring::hmac::sign(&key, body).as_ref()));
+        let good = headers(&[("x-github-event", "push"), ("x-hub-signature-256", &sig), ("x-github-delivery", "d-1")]);
+        assert_eq!(verify(&good, body, "s3cret").unwrap(), (Source::Github, Some("d-1".into())));
+        assert_eq!(verify(&good, body, "other").unwrap_err().status, StatusCode::UNAUTHORIZED);
+        assert_eq!(verify(&good, b"{}", "s3cret").unwrap_err().status, StatusCode::UNAUTHORIZED, "a changed body");
+        let gl = headers(&[("x-gitlab-event", "Push Hook"), ("x-gitlab-token", "s3cret")]);
+        assert_eq!(verify(&gl, body, "s3cret").unwrap().0, Source::Gitlab);
+        assert_eq!(verify(&gl, body, "s3cre").unwrap_err().status, StatusCode::UNAUTHORIZED);
+        assert_eq!(verify(&headers(&[]), body, "s3cret").unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn pushes_tags_and_deletions_read_as_they_are() {
+        let c = "a".repeat(40);
+        let gh = headers(&[("x-github-event", "push")]);
+        let push = read_push(
+            Source::Github,
+            &gh,
+            &json!({"ref": "refs/tags/v1.2", "after": c, "head_commit": {"message": "fix\nmore"}}),
+        )
+        .unwrap();
+        assert_eq!(push, Push { name: "v1.2".into(), tag: true, commit: c.clone(), summary: "fix".into() });
+        let deleted = json!({"ref": "refs/heads/main", "after": "0".repeat(40), "deleted": true});
+        assert!(read_push(Source::Github, &gh, &deleted).unwrap_err().contains("deleted"));
+        let issue = headers(&[("x-github-event", "issues")]);
+        assert!(read_push(Source::Github, &issue, &json!({})).is_err());
+        let gl = headers(&[("x-gitlab-event", "Tag Push Hook")]);
+        let push = read_push(Source::Gitlab, &gl, &json!({"ref": "refs/tags/v2", "checkout_sha": c})).unwrap();
+        assert!(push.tag && push.name == "v2");
+    }
+}
