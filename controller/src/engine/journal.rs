@@ -85,8 +85,10 @@ impl Journal {
         }
     }
 
-    /// The operation is over: record how it ended, as the journal's last event.
-    fn end(&mut self, result: &Result<DeployRecord>) {
+    /// The operation is over: record how it ended, as the journal's last event — after
+    /// `on_end` and the observer heard of it, so whoever sees the outcome sees what they did
+    /// (a ticket that follows the deploy).
+    fn end(&mut self, result: &Result<DeployRecord>, on_end: Option<OnEnd>) {
         let Some(id) = self.id else {
             return;
         };
@@ -95,8 +97,13 @@ impl Journal {
             Ok(record) => Some(record.clone()),
             Err(e) => settle_failed(&self.home, id, e),
         };
-        if let (Some(record), Some(observer)) = (&ended, OBSERVER.get()) {
-            observer(Happened::Ended(record));
+        if let Some(record) = &ended {
+            if let Some(on_end) = on_end {
+                on_end(record);
+            }
+            if let Some(observer) = OBSERVER.get() {
+                observer(Happened::Ended(record));
+            }
         }
         let outcome = ended.as_ref().map(outcome_json);
         self.pending.extend(outcome);
@@ -131,8 +138,11 @@ fn settle_failed(home: &Home, id: u64, error: &CtlError) -> Option<DeployRecord>
     Some(record)
 }
 
+/// What to do, once, when an operation has ended (not paused), before its outcome is written.
+pub type OnEnd = Box<dyn FnOnce(&DeployRecord) + Send>;
+
 /// Start `operation` with its events journaled on their way to the consumer.
-pub fn start<F, Fut>(home: Home, operation: F) -> Running<DeployRecord>
+pub fn start<F, Fut>(home: Home, on_end: Option<OnEnd>, operation: F) -> Running<DeployRecord>
 where
     F: FnOnce(Emitter, watch::Receiver<bool>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<DeployRecord>> + Send + 'static,
@@ -146,7 +156,7 @@ where
             outer.forward(event);
         }
         let result = task.await.map_err(|e| CtlError::failed(format!("the operation's task failed: {e}")))?;
-        journal.end(&result);
+        journal.end(&result, on_end);
         result
     })
 }

@@ -111,8 +111,11 @@ pub enum Need {
     /// ([`super::exec::authorize`]).
     Command,
     /// Deploying an env directly (not by ticket): a deployer there, and the env must not ask
-    /// approval unless the caller is an admin ([`direct_deploy`]).
-    DirectDeploy,
+    /// approval unless the caller is an admin ([`direct_deploy`]); a rollback only when the
+    /// env asks approval for rollbacks too.
+    DirectDeploy {
+        rollback: bool,
+    },
     /// `role` on the (project, env) named by the path (`{p}`/`{e}`), the ticket or deploy
     /// `{id}` it names, or the JSON body's `project`/`env`.
     Role(Role, Pair),
@@ -141,8 +144,8 @@ pub fn policy(method: &Method, route: &str) -> Need {
         "/api/v1/me" => Anyone,
         "/api/v1/cli" => Command,
         "/api/v1/tickets" => Role(R::Deployer, Body),
-        "/api/v1/deploys" => DirectDeploy,
-        "/api/v1/rollbacks" => Role(R::Deployer, Body),
+        "/api/v1/deploys" => DirectDeploy { rollback: false },
+        "/api/v1/rollbacks" => DirectDeploy { rollback: true },
         "/api/v1/projects/{p}" if get => Anyone,
         "/api/v1/projects/{p}/envs/{e}/refs"
         | "/api/v1/projects/{p}/envs/{e}/releases"
@@ -215,12 +218,15 @@ fn authenticate(store: &Store, peer: &Peer, headers: &HeaderMap) -> ApiResult<Op
 }
 
 /// An env that asks approval deploys by approved ticket; only an admin deploys it directly (the
-/// API's `POST /deploys` and `slipctl deploy` through the server alike).
-pub fn direct_deploy(app: &App, caller: &Caller, project: &str, env: &str) -> ApiResult<()> {
+/// API's `POST /deploys` and `slipctl deploy` through the server alike). A rollback needs a
+/// ticket only where the env asks approval for rollbacks (`approval.rollback = true`).
+pub fn direct_deploy(app: &App, caller: &Caller, project: &str, env: &str, rollback: bool) -> ApiResult<()> {
     let (_, settings) = crate::engine::scope::env_of(&app.store, project, env)?;
-    if settings.approval.required > 0 && !caller.admin {
+    let asks = settings.approval.required > 0 && (!rollback || settings.approval.rollback);
+    if asks && !caller.admin {
+        let what = if rollback { "rolls back" } else { "deploys" };
         return Err(ApiError::forbidden(
-            format!("{project}/{env} deploys by approved ticket ({} approval(s))", settings.approval.required),
+            format!("{project}/{env} {what} by approved ticket ({} approval(s))", settings.approval.required),
             format!(
                 "slipctl ticket create {project} {env} --ref REF --title T (or POST /api/v1/tickets), then deploy the ticket"
             ),
@@ -340,7 +346,7 @@ async fn check(app: &App, route: String, taken: Request) -> ApiResult<Request> {
                 "users, agents, projects and tokens are for admins",
             ));
         }
-        Need::Role(..) | Need::DirectDeploy => {
+        Need::Role(..) | Need::DirectDeploy { .. } => {
             let (role, pair) = match need {
                 Need::Role(role, pair) => (role, pair),
                 _ => (Role::Deployer, Pair::Body),
@@ -357,8 +363,8 @@ async fn check(app: &App, route: String, taken: Request) -> ApiResult<Request> {
                 ));
             }
             caller.require(&project, &env, role)?;
-            if need == Need::DirectDeploy {
-                direct_deploy(app, &caller, &project, &env)?;
+            if let Need::DirectDeploy { rollback } = need {
+                direct_deploy(app, &caller, &project, &env, rollback)?;
             }
             taken
         }

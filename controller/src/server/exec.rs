@@ -104,9 +104,12 @@ pub fn authorize(app: &App, caller: &Caller, cli: &Cli) -> ApiResult<()> {
         Command::Project(_) => admin(caller),
         Command::Deploy { project, env, .. } => {
             on((project.clone(), env.clone()), Role::Deployer)?;
-            super::auth::direct_deploy(app, caller, project, env)
+            super::auth::direct_deploy(app, caller, project, env, false)
         }
-        Command::Rollback { project, env, .. } => on((project.clone(), env.clone()), Role::Deployer),
+        Command::Rollback { project, env, .. } => {
+            on((project.clone(), env.clone()), Role::Deployer)?;
+            super::auth::direct_deploy(app, caller, project, env, true)
+        }
         Command::Promote { deploy_id } | Command::Abort { deploy_id } => {
             on(deploy_pair(app, *deploy_id)?, Role::Deployer)
         }

@@ -65,9 +65,14 @@ pub enum Begun {
 /// Start `op` (for `ticket`, if any); answers once it is numbered, or with why it did not start
 /// (a busy lock: 409 naming the deploy that holds it).
 pub async fn begin(app: &Arc<App>, op: Op, for_ticket: Option<(u64, crate::state::tickets::Audit)>) -> Result<Begun> {
+    // The ticket follows its deploy's end before the outcome is published.
+    let on_end: Option<engine::journal::OnEnd> = for_ticket.as_ref().map(|(t, _)| {
+        let (app, t) = (app.clone(), *t);
+        Box::new(move |record: &DeployRecord| tickets::on_finished(&app, t, record)) as engine::journal::OnEnd
+    });
     let running = match op {
-        Op::Deploy(args) => engine::start_deploy(app.home.clone(), args),
-        Op::Rollback(args) => engine::start_rollback(app.home.clone(), args),
+        Op::Deploy(args) => engine::start_deploy_then(app.home.clone(), args, on_end),
+        Op::Rollback(args) => engine::start_rollback_then(app.home.clone(), args, on_end),
     };
     let canceller = running.canceller();
     let (tx, rx) = oneshot::channel::<Result<Begun>>();
@@ -97,9 +102,6 @@ pub async fn begin(app: &Arc<App>, op: Op, for_ticket: Option<(u64, crate::state
                 Ok(record) => Ok(Begun::Planned(Box::new(record.clone()))),
                 Err(e) => Err(e.clone()),
             });
-        }
-        if let (Some((t, _)), Some(n)) = (&for_ticket, id) {
-            tickets::on_finished(&this, *t, n, &result);
         }
     });
     app.runs.keep(task, None);

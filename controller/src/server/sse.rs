@@ -1,8 +1,8 @@
 //! `GET /api/v1/deploys/{id}/events`: Server-Sent Events from the deploy's journal. Each event
 //! carries its number as `id:`; a client that sends `Last-Event-ID` gets what came after it,
 //! then live ones; the last is `event: outcome`. A watcher tails the journal (woken by its
-//! writer, never polling), so watchers cost the deploy one notification per event, however many
-//! there are.
+//! writer, never polling) and sends what gathered within 50 ms of a wake-up at once, so
+//! watchers cost the deploy one notification per event and the server a write per batch.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -31,6 +31,9 @@ pub async fn events(
     tokio::spawn(tail(app, id, after, tx));
     Ok(Sse::new(ReceiverStream::new(rx).map(Ok)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
+
+/// How long a woken watcher lets events gather before it sends them.
+const BATCH: Duration = Duration::from_millis(50);
 
 /// Only the `event` field of a journal entry (the SSE `event:` name).
 #[derive(serde::Deserialize)]
@@ -73,7 +76,9 @@ async fn tail(app: Arc<App>, id: u64, mut after: u32, tx: mpsc::Sender<SseEvent>
         }
         let live = journal::is_live(id);
         tokio::select! {
-            _ = woken.changed(), if live => {}
+            // Woken by the writer; let a few more events come so they go out in one write
+            // (a watcher then costs the server a syscall per batch, not per event).
+            _ = woken.changed(), if live => tokio::time::sleep(BATCH).await,
             () = super::listen::until_stop(&mut stopping) => return,
             _ = tx.closed() => return,
             // Paused with nobody writing: a promote carries it on here; look again now and then.

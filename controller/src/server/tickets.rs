@@ -304,11 +304,8 @@ fn settled(status: DeployStatus, stopping: bool) -> Option<TicketState> {
 
 /// The ticket's deploy ended: the ticket follows its outcome (a rollback ticket's success
 /// marks the ticket it took back `rolled_back`).
-pub fn on_finished(app: &App, id: u64, deploy: u64, result: &Result<DeployRecord>) {
-    let status = match result {
-        Ok(record) => record.effective_status(),
-        Err(_) => app.store.deploy(deploy).ok().flatten().map(|d| d.effective_status()).unwrap_or(DeployStatus::Failed),
-    };
+pub fn on_finished(app: &App, id: u64, record: &DeployRecord) {
+    let (deploy, status) = (record.id, record.effective_status());
     let Some(state) = settled(status, app.is_stopping()) else { return };
     let ticket = update(app, id, |t| {
         if t.state == TicketState::Deploying {

@@ -17,7 +17,7 @@ fn project(fleet: &Fleet, name: &str, repo: &Path, pre: &str) {
         "name = \"{name}\"\nrepo = \"{}\"\nkeep_releases = 3\n\
          [target]\ndeploy_to = \"{root}/{{host}}/{name}\"\ncurrent = \"{root}/{{host}}/www/{name}\"\npre_release = [{pre}]\n{user}\n\
          [env.test]\nhosts = [\"role=web\"]\n\
-         [env.prod]\nhosts = [\"role=web\"]\napproval = {{ required = 2 }}\n",
+         [env.prod]\nhosts = [\"role=web\"]\napproval = {{ required = 2, rollback = true }}\n",
         repo.display(),
         root = root.display(),
         user = slipway_tests::hook_user_line()
@@ -117,6 +117,11 @@ fn roles_tickets_approvals_tokens_and_bad_input_through_the_api() {
     let prod_deploy = fleet.slipctl(&["--output", "json", "deploy", "a", "prod"]).ok().json()["id"].as_u64().unwrap();
     let prod_body = json!({"project": "a", "env": "prod"}).to_string();
     assert_eq!(server.call("POST", "/api/v1/deploys", &dev, Some(&prod_body)).0, 403);
+    // (b, prod) asks approval for rollbacks too: its deployer goes through a ticket.
+    let b_prod = json!({"project": "b", "env": "prod"}).to_string();
+    let (status, doc) = server.call("POST", "/api/v1/rollbacks", &dev, Some(&b_prod));
+    assert_eq!(status, 403, "{doc}");
+    assert!(doc["error"].as_str().unwrap().contains("rolls back by approved ticket"), "{doc}");
     let (status, doc) = server.call("GET", &format!("/api/v1/deploys/{prod_deploy}/events"), &dev, None);
     assert_eq!(status, 403, "{doc}");
     assert_eq!(server.call("GET", &format!("/api/v1/deploys/{prod_deploy}"), &dev, None).0, 403);
@@ -260,6 +265,24 @@ fn the_cli_goes_through_the_server_events_stream_to_late_and_resuming_watchers_a
     assert_eq!(t["state"], "succeeded", "{t}");
     assert_eq!(t["deploys"], json!([id]));
     assert_eq!(data(&read(&mut SseReader::open(server.port, &events, &auth), usize::MAX)), recorded);
+
+    // Rollback from the ticket: a rollback ticket, started at once (test asks no approval); when
+    // it has gone through, the ticket it took back reads rolled_back.
+    let (status, back) = server.call("POST", &format!("/api/v1/tickets/{ticket}/rollback"), &dev, Some(""));
+    assert_eq!(status, 201, "{back}");
+    assert_eq!(
+        (back["ticket"]["kind"].as_str(), back["ticket"]["rollback_of"].as_u64()),
+        (Some("rollback"), Some(ticket))
+    );
+    let rollback = back["deploy"].as_u64().expect("started at once");
+    let ended =
+        read(&mut SseReader::open(server.port, &format!("/api/v1/deploys/{rollback}/events"), &auth), usize::MAX);
+    assert_eq!(ended.last().unwrap().data["status"], "succeeded", "{:?}", ended.last());
+    assert_eq!(ended.last().unwrap().data["kind"], "rollback");
+    let (_, t) = server.call("GET", &format!("/api/v1/tickets/{ticket}"), &dev, None);
+    assert_eq!(t["state"], "rolled_back", "{t}");
+    let (_, rb) = server.call("GET", &format!("/api/v1/tickets/{}", back["ticket"]["id"]), &dev, None);
+    assert_eq!(rb["state"], "succeeded", "{rb}");
 
     // (a, prod) is only viewable: its events are, a deploy is not.
     let prod = json!({"project": "a", "env": "prod"}).to_string();
