@@ -54,15 +54,7 @@ impl TlsMaterial {
     }
 
     fn roots(&self) -> Result<Arc<RootCertStore>> {
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
-            let cert = cert.map_err(|e| Error::Tls(format!("CA PEM: {e}")))?;
-            roots.add(cert).map_err(|e| Error::Tls(format!("CA certificate: {e}")))?;
-        }
-        if roots.is_empty() {
-            return Err(Error::Tls("the CA file holds no certificate".into()));
-        }
-        Ok(Arc::new(roots))
+        roots_of(&self.ca_pem).map(Arc::new)
     }
 
     fn chain(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
@@ -284,27 +276,32 @@ pub fn https_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>>
     Ok(Arc::new(config))
 }
 
-/// A client config for HTTPS to the server (a remote `slipctl --server https://…`) or to
-/// notification sinks: trusts the CA certificates in `ca_pem`.
-pub fn https_client_config(ca_pem: &str) -> Result<Arc<ClientConfig>> {
+/// The CA certificates of a PEM text (at least one).
+fn roots_of(ca_pem: &str) -> Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         let cert = cert.map_err(|e| Error::Tls(format!("CA PEM: {e}")))?;
         roots.add(cert).map_err(|e| Error::Tls(format!("CA certificate: {e}")))?;
     }
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    if roots.is_empty() {
+        return Err(Error::Tls("the CA file holds no certificate".into()));
+    }
+    Ok(roots)
+}
+
+/// A client config for HTTPS to the server (a remote `slipctl --server https://…`): trusts
+/// the CA certificates in `ca_pem`.
+pub fn https_client_config(ca_pem: &str) -> Result<Arc<ClientConfig>> {
+    https_client_trusting(roots_of(ca_pem)?)
 }
 
 /// A client config for HTTPS to public services (chat robots, webhooks): the Mozilla roots
 /// shipped with `webpki-roots`, so no system store is needed.
 pub fn https_public_client_config() -> Result<Arc<ClientConfig>> {
-    let roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    https_client_trusting(RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() })
+}
+
+fn https_client_trusting(roots: RootCertStore) -> Result<Arc<ClientConfig>> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?
