@@ -1,5 +1,6 @@
 //! Users, grants and tokens as operations on the store, for `slipctl user|token` and the
-//! admin API (`/api/v1/users`, `/api/v1/tokens`) alike. Whoever calls them has been checked
+//! admin API (`/api/v1/users`, `/api/v1/tokens`) alike; and the notifications given up on
+//! (`/api/v1/notifications/failed`). Whoever calls them has been checked
 //! to be an admin already.
 
 use std::sync::Arc;
@@ -165,6 +166,12 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/v1/users/{name}/grants", routing::post(grant_h).delete(revoke_h))
         .route("/api/v1/tokens", routing::get(tokens_h).post(create_token_h))
         .route("/api/v1/tokens/{id}", routing::delete(remove_token_h))
+        .route("/api/v1/notifications/failed", routing::get(failed_notifications_h))
+}
+
+/// Notifications given up on after their retries, oldest first.
+async fn failed_notifications_h(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(app.store.failed_notifications()?)))
 }
 
 async fn users_h(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {

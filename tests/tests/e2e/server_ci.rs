@@ -231,6 +231,11 @@ fn webhooks_notifications_and_metrics() {
         401,
         "a removed token stops at once"
     );
+    let (status, failed) = server.call("GET", "/api/v1/notifications/failed", &admin, None);
+    assert_eq!((status, failed.as_array().map(Vec::len)), (200, Some(1)), "{failed}");
+    assert_eq!((failed[0]["kind"].as_str(), failed[0]["event"].as_str()), (Some("slack"), Some("deploy_succeeded")));
+    assert_eq!(failed[0]["attempts"], 4);
+    assert!(failed[0]["error"].as_str().unwrap().contains("500"), "{failed}");
     let (_, agents) = server.call("GET", "/api/v1/agents", &admin, None);
     assert!(agents.as_array().unwrap().iter().all(|a| a["probe"]["reachable"] == true), "{agents}");
 
