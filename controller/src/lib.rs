@@ -21,6 +21,7 @@ pub mod server;
 pub mod source;
 pub mod state;
 pub mod units;
+pub mod web;
 
 pub use cli::{Cli, run};
 pub use engine::client;

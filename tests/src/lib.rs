@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod browser;
 mod server;
 pub use server::{Server, Sse, SseReader, have_metrics_parser, http, parse_metrics, sample, sink};
 

@@ -53,6 +53,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/cli", routing::post(super::exec::run))
         .merge(super::tickets::routes())
         .merge(super::admin::routes())
+        .merge(crate::web::routes())
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::authorize))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(super::BODY_LIMIT))
@@ -88,11 +89,26 @@ async fn login(
     Extension(peer): Extension<super::listen::Peer>,
     Body(login): Body<Login>,
 ) -> ApiResult<Response> {
-    let user = app.store.user(&login.user)?;
+    let (user, csrf, cookie) = open_session(&app, &login.user, &login.password, &peer)?;
+    let mut response =
+        Json(json!({"user": user.name, "roles": roles_of(user.admin, &user.grants), "csrf_token": csrf}))
+            .into_response();
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(response)
+}
+
+/// Check a user's password and open a session: the user, the session's CSRF token, and the
+/// `Set-Cookie` value (the API's `POST /session` and the login page alike).
+pub fn open_session(
+    app: &App,
+    name: &str,
+    password: &str,
+    peer: &super::listen::Peer,
+) -> ApiResult<(crate::state::users::UserRecord, String, HeaderValue)> {
+    let user = app.store.user(name)?;
     // The same work and the same answer whether the user exists or not.
     let phc = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| dummy_phc().to_owned());
-    let phc = phc.as_str();
-    let ok = auth::verify_password(&login.password, phc) && user.is_some();
+    let ok = auth::verify_password(password, &phc) && user.is_some();
     let Some(user) = user.filter(|_| ok) else {
         return Err(ApiError::unauthorized("wrong user or password"));
     };
@@ -111,11 +127,7 @@ async fn login(
     )?;
     let secure = if app.secure_cookies { "; Secure" } else { "" };
     let cookie = format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{secure}");
-    let mut response =
-        Json(json!({"user": user.name, "roles": roles_of(user.admin, &user.grants), "csrf_token": csrf}))
-            .into_response();
-    response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("cookie is ASCII"));
-    Ok(response)
+    Ok((user, csrf, HeaderValue::from_str(&cookie).expect("cookie is ASCII")))
 }
 
 /// An argon2id hash of a random password, checked when the user does not exist.
@@ -382,6 +394,11 @@ async fn cancel_deploy(State(app): State<Arc<App>>, Path(id): Path<u64>) -> ApiR
 /// A cell per project × env the caller may see: what each host runs (as this controller's
 /// records say), how many hosts on each release, the last ticket and a deploy under way.
 async fn dashboard(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(dashboard_cells(&app, &caller)?)))
+}
+
+/// The dashboard's cells (the API's `GET /dashboard` and the web page alike).
+pub fn dashboard_cells(app: &App, caller: &Caller) -> ApiResult<Vec<Value>> {
     let deploys = app.store.deploys(None, None, usize::MAX)?;
     let tickets = app.store.tickets()?;
     let mut cells = Vec::new();
@@ -416,5 +433,5 @@ async fn dashboard(State(app): State<Arc<App>>, Extension(caller): Extension<Cal
             cells.push(json!({"project": p.name, "env": env, "hosts": hosts, "releases": spread, "last_deploy": last, "last_ticket": ticket, "running": running}));
         }
     }
-    Ok(Json(json!(cells)))
+    Ok(cells)
 }

@@ -106,6 +106,9 @@ pub enum Need {
     Public,
     /// Any authenticated caller; what it returns is filtered by [`Caller::allows`].
     Anyone,
+    /// A web page: like `Anyone`, but a visitor who is not logged in is sent to the login page,
+    /// and a form posted with the session cookie carries its CSRF token as `csrf_token`.
+    Page,
     Admin,
     /// A `slipctl` command run here: what it needs depends on the command
     /// ([`super::exec::authorize`]).
@@ -137,6 +140,8 @@ pub fn policy(method: &Method, route: &str) -> Need {
     let get = method == Method::GET;
     match route {
         "/healthz" | "/metrics" | "/api/v1/session" | "/hooks/{project}" if method != Method::DELETE => Public,
+        "/login" | "/assets/app.css" | "/lang/{lang}" => Public,
+        "/" | "/logout" => Page,
         "/api/v1/session" => Anyone,
         "/api/v1/projects" | "/api/v1/agents" | "/api/v1/dashboard" | "/api/v1/tickets" | "/api/v1/deploys" if get => {
             Anyone
@@ -236,14 +241,14 @@ pub fn direct_deploy(app: &App, caller: &Caller, project: &str, env: &str, rollb
 }
 
 /// A cookie-authenticated unsafe request must carry the session's CSRF token.
-fn check_csrf(caller: &Caller, method: &Method, headers: &HeaderMap) -> ApiResult<()> {
+fn check_csrf(caller: &Caller, method: &Method, headers: &HeaderMap, form: Option<&str>) -> ApiResult<()> {
     let Via::Session { csrf, .. } = &caller.via else {
         return Ok(());
     };
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(());
     }
-    let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).or(form).unwrap_or("");
     if same(sent.as_bytes(), csrf.as_bytes()) {
         Ok(())
     } else {
@@ -309,10 +314,35 @@ async fn pair_of(
 /// The middleware every route passes.
 pub async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let route = req_route(&req);
+    let page = policy(req.method(), &route) == Need::Page;
     match check(&app, route, req).await {
         Ok(req) => next.run(req).await,
+        Err(e) if page && e.status == axum::http::StatusCode::UNAUTHORIZED => {
+            axum::response::IntoResponse::into_response(axum::response::Redirect::to("/login"))
+        }
         Err(e) => axum::response::IntoResponse::into_response(e),
     }
+}
+
+/// A form's `csrf_token` field (a page's POST), and the request with its body put back.
+async fn form_csrf(req: Request) -> ApiResult<(Option<String>, Request)> {
+    let is_form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !is_form || req.method() != Method::POST {
+        return Ok((None, req));
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = buffered(body).await?;
+    let token = std::str::from_utf8(&bytes)
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "csrf_token")
+        .map(|(_, v)| v.to_owned());
+    Ok((token, Request::from_parts(parts, axum::body::Body::from(bytes))))
 }
 
 fn req_route(req: &Request) -> String {
@@ -327,9 +357,10 @@ async fn check(app: &App, route: String, taken: Request) -> ApiResult<Request> {
     let peer = taken.extensions().get::<Peer>().cloned().unwrap_or(Peer::Unknown);
     let caller =
         authenticate(&app.store, &peer, taken.headers())?.ok_or_else(|| ApiError::unauthorized("not logged in"))?;
-    check_csrf(&caller, taken.method(), taken.headers())?;
+    let (form_token, taken) = if need == Need::Page { form_csrf(taken).await? } else { (None, taken) };
+    check_csrf(&caller, taken.method(), taken.headers(), form_token.as_deref())?;
     let mut taken = match need {
-        Need::Public | Need::Anyone => taken,
+        Need::Public | Need::Anyone | Need::Page => taken,
         Need::Command => {
             let (parts, body) = taken.into_parts();
             let bytes = buffered(body).await?;

@@ -14,3 +14,4 @@ mod mtls;
 mod rollout;
 mod server;
 mod server_ci;
+mod web;
