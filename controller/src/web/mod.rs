@@ -138,18 +138,21 @@ async fn logout(State(app): State<Arc<App>>, Extension(caller): Extension<Caller
 
 async fn switch_lang(Path(lang): Path<String>, headers: HeaderMap) -> Response {
     let code = if lang == "zh" { "zh" } else { "en" };
-    let back = headers
-        .get(header::REFERER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|r| r.starts_with('/') || r.contains("://"))
-        .unwrap_or("/");
-    // Only back to a page of this server: a referer elsewhere goes to the dashboard.
-    let back =
-        back.split_once("://").map(|(_, rest)| rest.find('/').map_or("/", |i| &rest[i..])).unwrap_or(back).to_owned();
-    let mut r = Redirect::to(&back).into_response();
+    let back = back_to(headers.get(header::REFERER).and_then(|v| v.to_str().ok()));
+    let mut r = Redirect::to(back).into_response();
     let cookie = format!("lang={code}; Path=/; SameSite=Strict; Max-Age=31536000");
     r.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("ascii"));
     r
+}
+
+/// Where the language switch returns to: the path of the page it was pressed on, on this
+/// server only (a path that would leave it, like `//elsewhere`, goes to the dashboard).
+fn back_to(referer: Option<&str>) -> &str {
+    let path = referer.map(|r| match r.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => r,
+    });
+    path.filter(|p| p.starts_with('/') && !p.starts_with("//") && !p.contains('\\')).unwrap_or("/")
 }
 
 /// A status word as shown: translated, and marked with its class (colour) and a symbol, so it
@@ -212,5 +215,20 @@ fn cell_view(lang: Lang, cell: &Value) -> Markup {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::back_to;
+
+    #[test]
+    fn the_language_switch_returns_to_this_server_only() {
+        assert_eq!(back_to(Some("http://ops.example:8080/tickets/7?x=1")), "/tickets/7?x=1");
+        assert_eq!(back_to(Some("https://ops.example")), "/");
+        assert_eq!(back_to(Some("http://ops.example//evil.example/x")), "/");
+        assert_eq!(back_to(Some("/\\evil.example")), "/");
+        assert_eq!(back_to(Some("javascript:alert(1)")), "/");
+        assert_eq!(back_to(None), "/");
     }
 }
