@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod browser;
 mod server;
-pub use server::{Server, Sse, SseReader, have_metrics_parser, http, parse_metrics, sample, sink};
+pub use server::{Server, Sse, SseReader, add_user, have_metrics_parser, http, parse_metrics, sample, sink};
 
 /// A built binary of this workspace (`cargo test --workspace` builds them before tests run).
 pub fn bin(name: &str) -> PathBuf {
@@ -544,6 +544,68 @@ impl Drop for Racer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A child process stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        terminate(&mut self.0);
+    }
+}
+
+/// Wait (at most 10 s) until `ok`, looking every 20 ms: for a process outside the test's
+/// control (nginx, HAProxy) to be ready.
+pub fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether nginx is installed.
+pub fn have_nginx() -> bool {
+    Command::new("nginx").arg("-v").stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// A real nginx (config and logs in `dir`) with one server per root, each on a port of its
+/// own on loopback; the process and the ports, once every one answers.
+pub fn nginx(dir: &Path, roots: &[PathBuf]) -> (Proc, Vec<u16>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ports: Vec<u16> = roots.iter().map(|_| free_port()).collect();
+    let servers: String = ports
+        .iter()
+        .zip(roots)
+        .map(|(p, root)| {
+            format!(
+                "server {{ listen 127.0.0.1:{p}; root {}; location / {{ try_files $uri =404; }} }}\n",
+                root.display()
+            )
+        })
+        .collect();
+    let user = if is_root() { "user root;\n" } else { "" };
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "{user}daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
+             http {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n{servers}}}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("nginx")
+        .args(["-p", dir.to_str().unwrap(), "-c", dir.join("nginx.conf").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    let proc = Proc(child);
+    for p in &ports {
+        wait_for("nginx", || http_get(*p, "/").is_ok());
+    }
+    (proc, ports)
 }
 
 /// One plain HTTP/1.0 GET on loopback: (status, body).

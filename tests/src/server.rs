@@ -15,11 +15,16 @@ pub struct Server {
 impl Server {
     /// Start `slipctl serve` and wait for the line saying it answers.
     pub fn start(fleet: &Fleet) -> Server {
+        Server::start_home(&fleet.home, &bin("slipctl"))
+    }
+
+    /// The same, for controller home `home` with this `slipctl`.
+    pub fn start_home(home: &std::path::Path, slipctl: &std::path::Path) -> Server {
         use std::io::BufRead;
         // Port 0: the server picks one and says which (no race with other tests for a port).
-        let mut child = Command::new(bin("slipctl"))
+        let mut child = Command::new(slipctl)
             .arg("--home")
-            .arg(&fleet.home)
+            .arg(home)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -266,4 +271,18 @@ pub fn sink() -> (u16, std::sync::mpsc::Receiver<Received>) {
         }
     });
     (port, rx)
+}
+
+/// Add user `name` (password `<name>-password`) with `grants` (project, env, role).
+pub fn add_user(fleet: &Fleet, name: &str, grants: &[(&str, &str, &str)]) {
+    let mut cmd = std::process::Command::new(crate::bin("slipctl"));
+    cmd.arg("--home").arg(&fleet.home).args(["user", "add", name, "--password-stdin"]);
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    use std::io::Write;
+    writeln!(child.stdin.take().unwrap(), "{name}-password").unwrap();
+    assert!(child.wait().unwrap().success(), "user add {name}");
+    for (p, e, role) in grants {
+        fleet.slipctl(&["user", "grant", name, p, e, role]).ok();
+    }
 }

@@ -59,6 +59,83 @@ pub async fn query_releases(
     answers.into_iter().map(|(host, answer)| (agents[&host].clone(), answer)).collect()
 }
 
+/// Where a rollback takes each host, decided from what the hosts answer (with the connections,
+/// for the relinks that follow).
+struct Decided {
+    clients: Vec<(AgentRecord, AgentClient)>,
+    targets: Vec<(String, ReleaseId)>,
+    /// What each host runs now.
+    currents: BTreeMap<String, String>,
+}
+
+async fn decide(
+    home: &Home,
+    scope: &Scope,
+    args: &RollbackArgs,
+    tls: Arc<rustls::ClientConfig>,
+    timeouts: Timeouts,
+    reporter: &Emitter,
+) -> Result<Decided> {
+    let settings = &scope.settings;
+    let answers = query_releases(scope, tls, timeouts).await;
+    let unreachable: Vec<String> =
+        answers.iter().filter_map(|(a, r)| r.as_ref().err().map(|e| format!("{}: {e}", a.name))).collect();
+    if !unreachable.is_empty() {
+        return Err(CtlError::failed(format!("rollback not started, no host touched: {}", unreachable.join("; "))));
+    }
+    let mut clients = Vec::new();
+    let mut replies = Vec::new();
+    for (agent, answer) in answers {
+        let (client, reply) = answer.expect("checked above");
+        replies.push((agent.name.clone(), reply));
+        clients.push((agent, client));
+    }
+    // Undoing the last deploy: a host it did not reach (a `--hosts` deploy went to others)
+    // already runs what the fleet ran before, and stays there.
+    if args.to.is_none() && args.hosts.is_none() {
+        let keep = on_newest(&replies);
+        for (host, current) in replies.iter().filter(|(h, _)| !keep.contains(h)).map(|(h, r)| (h, &r.current)) {
+            reporter.say(format!("{host} runs {current}, not the newest release: nothing to undo there"));
+        }
+        clients.retain(|(a, _)| keep.contains(&a.name));
+        replies.retain(|(h, _)| keep.contains(h));
+    }
+    let to = match &args.to {
+        None => None,
+        Some(RollbackTo::Release(id)) => Some(id.clone()),
+        Some(RollbackTo::Deploy(n)) => Some(deploy_release(home, settings, *n)?),
+        Some(RollbackTo::Name(name)) => {
+            let mirror = crate::source::git::mirror_path(&home.cache(), &settings.project);
+            let url = repo_url(&scope.project, settings);
+            let commit = crate::source::git::resolve(&mirror, name, &url).ok().map(|r| r.commit);
+            Some(release_named(&replies, name, commit.as_deref())?)
+        }
+    };
+    if let Some(to) = &to
+        && args.to != Some(RollbackTo::Release(to.clone()))
+    {
+        reporter.say(format!("--to {}: release {to}", shown_to(args.to.as_ref())));
+    }
+    let targets = rollback_targets(&replies, to.as_ref())
+        .map_err(|problems| CtlError::bad(format!("rollback refused, no host touched: {}", problems.join("; "))))?;
+    let currents = replies.into_iter().map(|(h, r)| (h, r.current)).collect();
+    Ok(Decided { clients, targets, currents })
+}
+
+/// What a rollback would do, host by host, as it stands now: (host, its current release, the
+/// release it would go to). Nothing is touched; the rollback itself decides again under the
+/// lock. For a confirmation that names what changes where.
+pub async fn preview(home: &Home, args: &RollbackArgs) -> Result<Vec<(String, String, ReleaseId)>> {
+    let scope = load_scope(home, &args.project, &args.env, args.hosts.as_deref())?;
+    let timeouts = Timeouts::host(scope.settings.rollout.host_timeout_secs);
+    let decided = decide(home, &scope, args, home.client_tls()?, timeouts, &Emitter::discard()).await?;
+    Ok(decided
+        .targets
+        .into_iter()
+        .map(|(h, to)| (h.clone(), decided.currents.get(&h).cloned().unwrap_or_default(), to))
+        .collect())
+}
+
 /// `slipctl rollback`.
 pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Result<DeployRecord> {
     let started = Instant::now();
@@ -76,53 +153,9 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
     // The targets are decided under the lock: no deploy can change what the hosts hold between
     // asking them and relinking.
     let _lock = take_lock(home, &record, reporter)?;
-    let decided = async {
-        let answers = query_releases(&scope, tls.clone(), timeouts).await;
-        let unreachable: Vec<String> =
-            answers.iter().filter_map(|(a, r)| r.as_ref().err().map(|e| format!("{}: {e}", a.name))).collect();
-        if !unreachable.is_empty() {
-            return Err(CtlError::failed(format!("rollback not started, no host touched: {}", unreachable.join("; "))));
-        }
-        let mut clients = Vec::new();
-        let mut replies = Vec::new();
-        for (agent, answer) in answers {
-            let (client, reply) = answer.expect("checked above");
-            replies.push((agent.name.clone(), reply));
-            clients.push((agent, client));
-        }
-        // Undoing the last deploy: a host it did not reach (a `--hosts` deploy went to others)
-        // already runs what the fleet ran before, and stays there.
-        if args.to.is_none() && args.hosts.is_none() {
-            let keep = on_newest(&replies);
-            for (host, current) in replies.iter().filter(|(h, _)| !keep.contains(h)).map(|(h, r)| (h, &r.current)) {
-                reporter.say(format!("{host} runs {current}, not the newest release: nothing to undo there"));
-            }
-            clients.retain(|(a, _)| keep.contains(&a.name));
-            replies.retain(|(h, _)| keep.contains(h));
-        }
-        let to = match &args.to {
-            None => None,
-            Some(RollbackTo::Release(id)) => Some(id.clone()),
-            Some(RollbackTo::Deploy(n)) => Some(deploy_release(home, settings, *n)?),
-            Some(RollbackTo::Name(name)) => {
-                let mirror = crate::source::git::mirror_path(&home.cache(), &settings.project);
-                let url = repo_url(&scope.project, settings);
-                let commit = crate::source::git::resolve(&mirror, name, &url).ok().map(|r| r.commit);
-                Some(release_named(&replies, name, commit.as_deref())?)
-            }
-        };
-        if let Some(to) = &to
-            && args.to != Some(RollbackTo::Release(to.clone()))
-        {
-            reporter.say(format!("--to {}: release {to}", shown_to(args.to.as_ref())));
-        }
-        let targets = rollback_targets(&replies, to.as_ref())
-            .map_err(|problems| CtlError::bad(format!("rollback refused, no host touched: {}", problems.join("; "))))?;
-        Ok((clients, targets))
-    }
-    .await;
+    let decided = decide(home, &scope, &args, tls.clone(), timeouts, reporter).await;
     // Refused before any host is touched: nothing to record (like any other bad input).
-    let (clients, targets) = decided?;
+    let Decided { clients, targets, .. } = decided?;
     number(home, &mut record)?;
     reporter.started(record.id);
     let mut distinct: Vec<&ReleaseId> = targets.iter().map(|(_, t)| t).collect();

@@ -20,7 +20,7 @@ use crate::server::App;
 use crate::server::auth::{self, Caller, SESSION_COOKIE, SESSION_SECS, Via};
 use crate::server::error::{ApiError, ApiResult, Body};
 use crate::server::runs::{self, Begun, Op};
-use crate::state::store::{Decision, DeployRecord, DeployStatus};
+use crate::state::store::{Decision, DeployRecord};
 use crate::state::users::{Role, SessionRecord};
 
 pub fn unknown_deploy(id: u64) -> ApiError {
@@ -397,40 +397,41 @@ async fn dashboard(State(app): State<Arc<App>>, Extension(caller): Extension<Cal
     Ok(Json(json!(dashboard_cells(&app, &caller)?)))
 }
 
-/// The dashboard's cells (the API's `GET /dashboard` and the web page alike).
+/// The dashboard's cells (the API's `GET /dashboard` and the web page alike), from what the
+/// server keeps in memory (what each host runs, each env's last operation, the operations
+/// running here) and the tickets: no walk through deploy history, however long it is.
 pub fn dashboard_cells(app: &App, caller: &Caller) -> ApiResult<Vec<Value>> {
-    let deploys = app.store.deploys(None, None, usize::MAX)?;
-    let tickets = app.store.tickets()?;
+    let mut running: BTreeMap<(String, String), Value> = BTreeMap::new();
+    for id in app.runs.ids() {
+        if let Some(d) = app.store.deploy(id)? {
+            let done = d.hosts.iter().filter(|h| h.activated || h.error.is_some()).count();
+            running.insert(
+                (d.project.clone(), d.env.clone()),
+                json!({"id": d.id, "status": d.effective_status().word(), "hosts": d.hosts.len(), "done": done}),
+            );
+        }
+    }
+    let mut last_ticket: BTreeMap<(String, String), Value> = BTreeMap::new();
+    for t in app.store.tickets()? {
+        last_ticket
+            .entry((t.project, t.env))
+            .or_insert_with(|| json!({"id": t.id, "title": t.title, "state": t.state}));
+    }
     let mut cells = Vec::new();
     for p in app.store.projects()? {
         let config = config_of(&p)?;
         for env in config.envs.keys().filter(|e| caller.allows(&p.name, e, Role::Viewer)) {
-            let mine = deploys.iter().filter(|d| d.project == p.name && d.env == *env);
-            let mut hosts: BTreeMap<String, Value> = BTreeMap::new();
-            let mut running = None;
-            for d in mine.clone() {
-                if running.is_none() && matches!(d.effective_status(), DeployStatus::Running | DeployStatus::Paused) {
-                    let done = d.hosts.iter().filter(|h| h.activated || h.error.is_some()).count();
-                    running = Some(
-                        json!({"id": d.id, "status": d.effective_status().word(), "hosts": d.hosts.len(), "done": done}),
-                    );
-                }
-                for h in d.hosts.iter().filter(|h| h.ok && h.activated) {
-                    hosts.entry(h.host.clone()).or_insert_with(|| json!(h.release));
-                }
-            }
-            let mut spread: BTreeMap<String, usize> = BTreeMap::new();
+            let pair = (p.name.clone(), env.clone());
+            let hosts = app.metrics.hosts_of(&p.name, env);
+            let mut spread: BTreeMap<&str, usize> = BTreeMap::new();
             for r in hosts.values() {
-                *spread.entry(r.as_str().unwrap_or("none").to_owned()).or_default() += 1;
+                *spread.entry(r).or_default() += 1;
             }
-            let last = mine.clone().next().map(
-                |d| json!({"id": d.id, "kind": d.kind, "status": d.effective_status().word(), "release": d.release}),
-            );
-            let ticket = tickets
-                .iter()
-                .find(|t| t.project == p.name && t.env == *env)
-                .map(|t| json!({"id": t.id, "title": t.title, "state": t.state}));
-            cells.push(json!({"project": p.name, "env": env, "hosts": hosts, "releases": spread, "last_deploy": last, "last_ticket": ticket, "running": running}));
+            cells.push(json!({
+                "project": p.name, "env": env, "hosts": hosts, "releases": spread,
+                "last_deploy": app.metrics.last_of(&p.name, env), "last_ticket": last_ticket.get(&pair),
+                "running": running.get(&pair),
+            }));
         }
     }
     Ok(cells)

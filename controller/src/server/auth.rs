@@ -118,6 +118,7 @@ pub enum Need {
     /// env asks approval for rollbacks too.
     DirectDeploy {
         rollback: bool,
+        pair: Pair,
     },
     /// `role` on the (project, env) named by the path (`{p}`/`{e}`), the ticket or deploy
     /// `{id}` it names, or the JSON body's `project`/`env`.
@@ -140,8 +141,15 @@ pub fn policy(method: &Method, route: &str) -> Need {
     let get = method == Method::GET;
     match route {
         "/healthz" | "/metrics" | "/api/v1/session" | "/hooks/{project}" if method != Method::DELETE => Public,
-        "/login" | "/assets/app.css" | "/lang/{lang}" => Public,
-        "/" | "/logout" => Page,
+        "/login" | "/assets/app.css" | "/assets/live.js" | "/lang/{lang}" => Public,
+        "/" | "/logout" | "/history" | "/agents" | "/live/dashboard" => Page,
+        "/projects/{p}/envs/{e}" | "/projects/{p}/envs/{e}/check" => Role(R::Viewer, Path),
+        "/projects/{p}/envs/{e}/tickets/new" | "/projects/{p}/envs/{e}/tickets" => Role(R::Deployer, Path),
+        "/projects/{p}/envs/{e}/rollback" => DirectDeploy { rollback: true, pair: Path },
+        "/tickets/{id}" | "/tickets/{id}/live" => Role(R::Viewer, Ticket),
+        "/tickets/{id}/approve" | "/tickets/{id}/reject" => Role(R::Approver, Ticket),
+        "/tickets/{id}/deploy" | "/tickets/{id}/cancel" | "/tickets/{id}/rollback" => Role(R::Deployer, Ticket),
+        "/deploys/{id}" | "/deploys/{id}/live" => Role(R::Viewer, Deploy),
         "/api/v1/session" => Anyone,
         "/api/v1/projects" | "/api/v1/agents" | "/api/v1/dashboard" | "/api/v1/tickets" | "/api/v1/deploys" if get => {
             Anyone
@@ -149,8 +157,8 @@ pub fn policy(method: &Method, route: &str) -> Need {
         "/api/v1/me" => Anyone,
         "/api/v1/cli" => Command,
         "/api/v1/tickets" => Role(R::Deployer, Body),
-        "/api/v1/deploys" => DirectDeploy { rollback: false },
-        "/api/v1/rollbacks" => DirectDeploy { rollback: true },
+        "/api/v1/deploys" => DirectDeploy { rollback: false, pair: Body },
+        "/api/v1/rollbacks" => DirectDeploy { rollback: true, pair: Body },
         "/api/v1/projects/{p}" if get => Anyone,
         "/api/v1/projects/{p}/envs/{e}/refs"
         | "/api/v1/projects/{p}/envs/{e}/releases"
@@ -311,15 +319,24 @@ async fn pair_of(
     }
 }
 
-/// The middleware every route passes.
+/// Whether `route` is a web page (HTML, forms) rather than the API: everything not under
+/// `/api/`, the CI hooks and the health and metrics routes.
+pub fn is_page(route: &str) -> bool {
+    !(route.starts_with("/api/") || route.starts_with("/hooks/") || route == "/healthz" || route == "/metrics")
+}
+
+/// The middleware every route passes. A page refused for want of a login goes to the login
+/// page; a page refused otherwise says why in HTML, in the viewer's language.
 pub async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let route = req_route(&req);
-    let page = policy(req.method(), &route) == Need::Page;
+    let page = is_page(&route);
+    let lang = crate::web::i18n::Lang::of(req.headers());
     match check(&app, route, req).await {
         Ok(req) => next.run(req).await,
         Err(e) if page && e.status == axum::http::StatusCode::UNAUTHORIZED => {
             axum::response::IntoResponse::into_response(axum::response::Redirect::to("/login"))
         }
+        Err(e) if page => crate::web::error_page(lang, None, &e),
         Err(e) => axum::response::IntoResponse::into_response(e),
     }
 }
@@ -357,7 +374,7 @@ async fn check(app: &App, route: String, taken: Request) -> ApiResult<Request> {
     let peer = taken.extensions().get::<Peer>().cloned().unwrap_or(Peer::Unknown);
     let caller =
         authenticate(&app.store, &peer, taken.headers())?.ok_or_else(|| ApiError::unauthorized("not logged in"))?;
-    let (form_token, taken) = if need == Need::Page { form_csrf(taken).await? } else { (None, taken) };
+    let (form_token, taken) = if is_page(&route) { form_csrf(taken).await? } else { (None, taken) };
     check_csrf(&caller, taken.method(), taken.headers(), form_token.as_deref())?;
     let mut taken = match need {
         Need::Public | Need::Anyone | Need::Page => taken,
@@ -380,7 +397,8 @@ async fn check(app: &App, route: String, taken: Request) -> ApiResult<Request> {
         Need::Role(..) | Need::DirectDeploy { .. } => {
             let (role, pair) = match need {
                 Need::Role(role, pair) => (role, pair),
-                _ => (Role::Deployer, Pair::Body),
+                Need::DirectDeploy { pair, .. } => (Role::Deployer, pair),
+                _ => unreachable!("matched above"),
             };
             let (mut parts, body) = taken.into_parts();
             let params = <RawPathParams as axum::extract::FromRequestParts<()>>::from_request_parts(&mut parts, &())
@@ -394,7 +412,7 @@ async fn check(app: &App, route: String, taken: Request) -> ApiResult<Request> {
                 ));
             }
             caller.require(&project, &env, role)?;
-            if let Need::DirectDeploy { rollback } = need {
+            if let Need::DirectDeploy { rollback, .. } = need {
                 direct_deploy(app, &caller, &project, &env, rollback)?;
             }
             taken

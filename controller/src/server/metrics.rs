@@ -87,6 +87,8 @@ pub struct Metrics {
     notifications_sent: Family<Sink, Counter>,
     /// What each host of each env runs, as the records say: (project, env) → host → release.
     runs: Mutex<BTreeMap<(String, String), BTreeMap<String, String>>>,
+    /// The last operation that ended (or paused) per env, as the dashboard shows it.
+    last: Mutex<BTreeMap<(String, String), serde_json::Value>>,
 }
 
 impl Default for Metrics {
@@ -110,6 +112,7 @@ impl Metrics {
             notifications_failed: Family::default(),
             notifications_sent: Family::default(),
             runs: Mutex::default(),
+            last: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register("deploys", "Deploys and rollbacks that ended, by outcome", m.deploys.clone());
@@ -147,7 +150,14 @@ impl Metrics {
 
     /// An operation ended as `record` says.
     pub fn observe(&self, record: &DeployRecord) {
-        if matches!(record.status, DeployStatus::Running | DeployStatus::Paused | DeployStatus::Planned) {
+        if matches!(record.status, DeployStatus::Running | DeployStatus::Planned) {
+            return;
+        }
+        self.last.lock().expect("metrics").insert(
+            (record.project.clone(), record.env.clone()),
+            serde_json::json!({"id": record.id, "kind": record.kind, "status": record.effective_status().word(), "release": record.release}),
+        );
+        if record.status == DeployStatus::Paused {
             return;
         }
         let kind = match record.kind {
@@ -219,6 +229,11 @@ impl Metrics {
     /// What each host of (project, env) runs, as this controller's records say.
     pub fn hosts_of(&self, project: &str, env: &str) -> BTreeMap<String, String> {
         self.runs.lock().expect("metrics").get(&(project.to_owned(), env.to_owned())).cloned().unwrap_or_default()
+    }
+
+    /// The last operation of (project, env) that ended or paused: id, kind, status, release.
+    pub fn last_of(&self, project: &str, env: &str) -> Option<serde_json::Value> {
+        self.last.lock().expect("metrics").get(&(project.to_owned(), env.to_owned())).cloned()
     }
 
     /// The text `/metrics` answers.

@@ -34,6 +34,11 @@ impl Runs {
         self.running.lock().expect("runs").get(&id).cloned()
     }
 
+    /// The deploys running here now.
+    pub fn ids(&self) -> Vec<u64> {
+        self.running.lock().expect("runs").keys().copied().collect()
+    }
+
     pub fn count(&self) -> usize {
         self.running.lock().expect("runs").len()
     }

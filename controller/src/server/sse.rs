@@ -28,7 +28,11 @@ pub async fn events(
     let after: u32 =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
     let (tx, rx) = mpsc::channel::<SseEvent>(64);
-    tokio::spawn(tail(app, id, after, tx));
+    tokio::spawn(tail(app, id, after, tx, |seq, kind, raw| {
+        let text = String::from_utf8(raw).ok()?;
+        let sse = SseEvent::default().event(kind).data(text);
+        Some(if seq == 0 { sse } else { sse.id(seq.to_string()) })
+    }));
     Ok(Sse::new(ReceiverStream::new(rx).map(Ok)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -42,9 +46,16 @@ struct Kind<'a> {
     event: &'a str,
 }
 
-/// Send deploy `id`'s events after `after` to `tx`, until its outcome, the client leaving or
-/// the server stopping.
-async fn tail(app: Arc<App>, id: u64, mut after: u32, tx: mpsc::Sender<SseEvent>) {
+/// Send deploy `id`'s events after `after` to `tx`, each as `map` makes it of its number, its
+/// `event` name and its JSON text (none: skipped), until its outcome, the client leaving or the
+/// server stopping. An outcome made from the record (none in the journal) has number 0.
+pub async fn tail(
+    app: Arc<App>,
+    id: u64,
+    mut after: u32,
+    tx: mpsc::Sender<SseEvent>,
+    map: impl Fn(u32, &str, Vec<u8>) -> Option<SseEvent>,
+) {
     let mut stopping = app.stopping.subscribe();
     loop {
         let mut woken = journal::subscribe(id);
@@ -53,12 +64,11 @@ async fn tail(app: Arc<App>, id: u64, mut after: u32, tx: mpsc::Sender<SseEvent>
             let kind = serde_json::from_slice::<Kind<'_>>(&raw)
                 .map(|k| k.event.to_owned())
                 .unwrap_or_else(|_| "message".into());
-            let Ok(text) = String::from_utf8(raw) else { continue };
-            let sse = SseEvent::default().id(seq.to_string()).event(&kind).data(text);
+            after = seq;
+            let Some(sse) = map(seq, &kind, raw) else { continue };
             if tx.send(sse).await.is_err() {
                 return;
             }
-            after = seq;
             if kind == "outcome" {
                 return;
             }
@@ -71,7 +81,9 @@ async fn tail(app: Arc<App>, id: u64, mut after: u32, tx: mpsc::Sender<SseEvent>
             && r.status != DeployStatus::Paused
         {
             let outcome = crate::engine::journal::outcome_json(&r);
-            let _ = tx.send(SseEvent::default().event("outcome").data(outcome.to_string())).await;
+            if let Some(sse) = map(0, "outcome", outcome.to_string().into_bytes()) {
+                let _ = tx.send(sse).await;
+            }
             return;
         }
         let live = journal::is_live(id);

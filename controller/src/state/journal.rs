@@ -86,6 +86,7 @@ pub fn close(id: u64) {
     if let Some(tx) = watchers().lock().expect("journal watchers").remove(&id) {
         tx.send_modify(|_| {});
     }
+    changed();
 }
 
 fn watchers() -> &'static Mutex<HashMap<u64, watch::Sender<u32>>> {
@@ -109,6 +110,23 @@ pub fn notify(id: u64, seq: u32) {
     if let Some(tx) = watchers().lock().expect("journal watchers").get(&id) {
         tx.send_replace(seq);
     }
+    changed();
+}
+
+fn change_signal() -> &'static watch::Sender<u64> {
+    static CHANGES: OnceLock<watch::Sender<u64>> = OnceLock::new();
+    CHANGES.get_or_init(|| watch::channel(0).0)
+}
+
+/// Woken when anything a page shows changed in this process: a deploy's record or journal, a
+/// ticket. The web pages' live streams wait on it (and then send at most once a second).
+pub fn changes() -> watch::Receiver<u64> {
+    change_signal().subscribe()
+}
+
+/// Something a page shows changed.
+pub fn changed() {
+    change_signal().send_modify(|n| *n = n.wrapping_add(1));
 }
 
 #[cfg(test)]

@@ -560,7 +560,9 @@ impl Store {
     }
 
     pub fn put_deploy(&self, deploy: &DeployRecord) -> Result<()> {
-        self.put("deploys", &deploy.id.to_be_bytes(), deploy)
+        self.put("deploys", &deploy.id.to_be_bytes(), deploy)?;
+        crate::state::journal::changed();
+        Ok(())
     }
     pub fn deploy(&self, id: u64) -> Result<Option<DeployRecord>> {
         self.get("deploys", &id.to_be_bytes())

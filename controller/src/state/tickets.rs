@@ -105,7 +105,9 @@ impl Store {
         self.get("tickets", &id.to_be_bytes())
     }
     pub fn put_ticket(&self, ticket: &TicketRecord) -> Result<()> {
-        self.put("tickets", &ticket.id.to_be_bytes(), ticket)
+        self.put("tickets", &ticket.id.to_be_bytes(), ticket)?;
+        crate::state::journal::changed();
+        Ok(())
     }
     /// Tickets newest first.
     pub fn tickets(&self) -> Result<Vec<TicketRecord>> {

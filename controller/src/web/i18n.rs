@@ -71,6 +71,100 @@ impl Lang {
             "approved" => ("approved", "已审核"),
             "rejected" => ("rejected", "已驳回"),
             "deploying" => ("deploying", "上线中"),
+            "nav" => ("Main", "主导航"),
+            "skip" => ("Skip to the content", "跳到正文"),
+            "history" => ("History", "上线记录"),
+            "agents" => ("Agents", "主机"),
+            "users" => ("Users", "用户"),
+            "problem" => ("That did not work", "操作未完成"),
+            "fix" => ("What to do:", "解决办法："),
+            "back" => ("Back", "返回"),
+            "env" => ("Environment", "环境"),
+            "ref" => ("Ref", "版本"),
+            "requester" => ("Requested by", "申请人"),
+            "rolls_back" => ("Takes back", "回滚的上线单"),
+            "approvals" => ("Approvals", "审核"),
+            "comment" => ("Comment", "意见"),
+            "approve" => ("Approve", "审核通过"),
+            "reject" => ("Reject", "驳回"),
+            "deploy" => ("Deploy", "上线"),
+            "cancel" => ("Cancel", "取消"),
+            "rollback" => ("Roll back", "回滚"),
+            "timeline" => ("Timeline", "流转记录"),
+            "ticket" => ("Ticket", "上线单"),
+            "tickets" => ("Tickets", "上线单"),
+            "earlier" => ("Earlier deploys", "之前的上线"),
+            "new_ticket" => ("New ticket", "创建上线单"),
+            "title_field" => ("Title", "标题"),
+            "description" => ("Description", "描述"),
+            "ref_pick" => ("Branch, tag or commit", "分支、标签或提交"),
+            "resolves" => ("Resolves to", "对应提交"),
+            "needs_approval" => ("Approvals this env needs:", "此环境需要的审核数："),
+            "create" => ("Create ticket", "提交上线单"),
+            "branches" => ("Branches", "分支"),
+            "tags" => ("Tags (last 10)", "标签（最近 10 个）"),
+            "commits" => ("Commits (last 50)", "提交（最近 50 个）"),
+            "status" => ("Status", "状态"),
+            "kind" => ("Kind", "类型"),
+            "who" => ("Who", "操作人"),
+            "started" => ("Started", "开始时间"),
+            "took" => ("Took", "耗时"),
+            "controller" => ("Controller", "控制端"),
+            "outcome" => ("Outcome", "结果"),
+            "waiting" => ("waiting", "等待中"),
+            "connecting" => ("connecting", "连接中"),
+            "uploading" => ("uploading", "上传中"),
+            "unpacking" => ("unpacking", "解包中"),
+            "staged" => ("staged", "已就绪"),
+            "activating" => ("switching current", "切换 current"),
+            "activated" => ("live", "已上线"),
+            "live" => ("live", "已上线"),
+            "was" => ("was", "之前为"),
+            "aborted" => ("aborted", "已中止"),
+            "drained" => ("out of the load balancer", "已摘出负载均衡"),
+            "undrained" => ("back in the load balancer", "已加回负载均衡"),
+            "hook" => ("hook", "钩子"),
+            "exit" => ("exit", "退出码"),
+            "timed_out" => ("timed out", "超时"),
+            "default_ref" => ("Default ref", "默认版本"),
+            "strategy" => ("Rollout", "发布方式"),
+            "keep" => ("Releases kept", "保留版本数"),
+            "check" => ("Check", "检测"),
+            "check_item" => ("Item", "检测项"),
+            "result" => ("Result", "结果"),
+            "detail" => ("Detail", "详情"),
+            "fix_col" => ("Fix", "解决办法"),
+            "hooks" => ("running hooks", "执行钩子"),
+            "passed" => ("passed", "通过"),
+            "ok" => ("ok", "正常"),
+            "hosts" => ("Hosts", "主机"),
+            "host" => ("Host", "主机"),
+            "reachable" => ("reachable", "在线"),
+            "unreachable" => ("unreachable", "离线"),
+            "not_probed" => ("not probed yet", "尚未探测"),
+            "version" => ("Agent version", "Agent 版本"),
+            "cert_days" => ("Certificate days left", "证书剩余天数"),
+            "current" => ("Current release", "当前版本"),
+            "retained" => ("Retained releases", "保留的版本"),
+            "rollback_to" => ("Roll back to", "回滚到"),
+            "previous" => ("each host's previous release", "各主机的上一个版本"),
+            "recent" => ("Recent deploys", "最近上线"),
+            "confirm_changes" => ("These hosts change:", "以下主机将改变："),
+            "confirm_rollback" => ("Yes, roll back", "确认回滚"),
+            "any" => ("any", "全部"),
+            "filter" => ("Filter", "筛选"),
+            "no_history" => ("Nothing matches.", "没有符合条件的记录。"),
+            "address" => ("Address", "地址"),
+            "checked" => ("Probed", "探测时间"),
+            "admin" => ("Admin", "管理员"),
+            "yes" => ("yes", "是"),
+            "grants" => ("Grants", "权限"),
+            "grant" => ("Grant", "授权"),
+            "revoke" => ("Revoke", "收回"),
+            "role" => ("Role", "角色"),
+            "viewer" => ("viewer", "查看者"),
+            "deployer" => ("deployer", "上线者"),
+            "approver" => ("approver", "审核者"),
             _ => ("?", "?"),
         };
         match self {
@@ -100,5 +194,28 @@ mod tests {
         let both = headers(&[(header::ACCEPT_LANGUAGE, "zh-CN"), (header::COOKIE, "a=1; lang=en")]);
         assert_eq!(Lang::of(&both), Lang::En, "the switch wins");
         assert_eq!(Lang::Zh.t("login"), "登录");
+    }
+
+    #[test]
+    fn every_label_the_pages_use_is_translated() {
+        let sources = [
+            include_str!("mod.rs"),
+            include_str!("dashboard.rs"),
+            include_str!("ticket.rs"),
+            include_str!("panes.rs"),
+            include_str!("project.rs"),
+            include_str!("lists.rs"),
+        ];
+        let mut missing = Vec::new();
+        for src in sources {
+            for (i, _) in src.match_indices(".t(\"") {
+                let rest = &src[i + 4..];
+                let key = &rest[..rest.find('"').unwrap()];
+                if Lang::En.t(key) == "?" || Lang::Zh.t(key) == "?" {
+                    missing.push(key.to_owned());
+                }
+            }
+        }
+        assert!(missing.is_empty(), "labels without a translation: {missing:?}");
     }
 }

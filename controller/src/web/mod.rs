@@ -1,41 +1,183 @@
 //! The web dashboard (DESIGN.md "Server"), served by `slipctl serve` at `/`: server-rendered
 //! HTML from compiled templates (`maud`: the markup is Rust, checked by the compiler, with no
-//! template files and no build step outside cargo), one stylesheet built into the binary, and
-//! no JavaScript needed to read a page. Access goes through the same authorization middleware as
-//! the API (`Need::Page`: a visitor not logged in is sent to `/login`).
+//! template files and no build step outside cargo), one stylesheet and one small script built
+//! into the binary. Every page reads and works without JavaScript (actions are plain forms);
+//! the script adds live updates from Server-Sent Events (fragments rendered here, so markup is
+//! made in one place) and shows times in the viewer's zone. Access goes through the same
+//! authorization middleware as the API (`auth::is_page`: a visitor not logged in is sent to
+//! `/login`, forms carry the session's CSRF token as `csrf_token`, refusals are HTML).
 //!
-//! This first slice: log in and out, the projects × envs dashboard, English and Chinese.
+//! Split by job: `dashboard` (the grid), `ticket` (new ticket with the ref picker, the ticket
+//! page and its actions), `panes` (a deploy's journal as one pane per host), `project` (hosts,
+//! releases, 检测 check, rollback with confirmation), `lists` (history, agents, users and
+//! grants), `live` (the event streams), `i18n` (English and Chinese).
 
+mod dashboard;
 pub mod i18n;
+mod lists;
+mod live;
+mod panes;
+mod project;
+mod ticket;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form, Router, routing};
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::server::App;
 use crate::server::auth::{Caller, Via};
-use crate::server::error::ApiResult;
+use crate::server::error::{ApiError, ApiResult};
 use crate::server::listen::Peer;
 use i18n::Lang;
 
 const CSS: &str = include_str!("app.css");
+const JS: &str = include_str!("live.js");
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
-        .route("/", routing::get(dashboard))
+        .route("/", routing::get(dashboard::page))
+        .route("/live/dashboard", routing::get(dashboard::live))
         .route("/login", routing::get(login_page).post(login))
         .route("/logout", routing::post(logout))
         .route("/lang/{lang}", routing::get(switch_lang))
+        .route("/projects/{p}/envs/{e}", routing::get(project::page))
+        .route("/projects/{p}/envs/{e}/check", routing::post(project::check))
+        .route("/projects/{p}/envs/{e}/rollback", routing::post(project::rollback))
+        .route("/projects/{p}/envs/{e}/tickets/new", routing::get(ticket::new_page))
+        .route("/projects/{p}/envs/{e}/tickets", routing::post(ticket::create))
+        .route("/tickets/{id}", routing::get(ticket::page))
+        .route("/tickets/{id}/live", routing::get(ticket::live))
+        .route("/tickets/{id}/approve", routing::post(ticket::approve))
+        .route("/tickets/{id}/reject", routing::post(ticket::reject))
+        .route("/tickets/{id}/deploy", routing::post(ticket::deploy))
+        .route("/tickets/{id}/cancel", routing::post(ticket::cancel))
+        .route("/tickets/{id}/rollback", routing::post(ticket::rollback))
+        .route("/deploys/{id}", routing::get(panes::deploy_page))
+        .route("/deploys/{id}/live", routing::get(panes::live))
+        .route("/history", routing::get(lists::history))
+        .route("/agents", routing::get(lists::agents))
+        .route("/users", routing::get(lists::users))
+        .route("/users/grant", routing::post(lists::grant))
+        .route("/users/revoke", routing::post(lists::revoke))
         .route("/assets/app.css", routing::get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
+        .route(
+            "/assets/live.js",
+            routing::get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], JS) }),
+        )
 }
 
-/// The page around every view: header with the product, the caller and the language switch.
+/// Who is looking at a page, in which language.
+#[derive(Clone)]
+pub struct Viewer {
+    pub lang: Lang,
+    pub caller: Caller,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Viewer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let caller =
+            parts.extensions.get::<Caller>().cloned().ok_or_else(|| ApiError::unauthorized("not logged in"))?;
+        Ok(Viewer { lang: Lang::of(&parts.headers), caller })
+    }
+}
+
+impl Viewer {
+    pub fn t(&self, key: &str) -> &'static str {
+        self.lang.t(key)
+    }
+
+    /// A whole page around `body`.
+    pub fn page(&self, title: &str, body: Markup) -> Response {
+        page(self.lang, title, Some(&self.caller), body).into_response()
+    }
+
+    /// `error` shown as a page (its status kept).
+    pub fn fail(&self, error: impl Into<ApiError>) -> Shown {
+        Shown(Box::new(error_page(self.lang, Some(&self.caller), &error.into())))
+    }
+
+    /// The session's CSRF token, for forms.
+    pub fn csrf(&self) -> String {
+        match &self.caller.via {
+            Via::Session { csrf, .. } => csrf.clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// A form that posts to `action` with the CSRF token, `fields` and one submit button.
+    pub fn button(&self, action: &str, label: &str, class: &str, fields: Markup) -> Markup {
+        html! {
+            form.action method="post" action=(action) {
+                input type="hidden" name="csrf_token" value=(self.csrf());
+                (fields)
+                button type="submit" class=(class) { (label) }
+            }
+        }
+    }
+}
+
+/// A page that could not be shown: the error page, as the response (boxed: it travels in
+/// every page handler's `Err`).
+pub struct Shown(Box<Response>);
+
+impl IntoResponse for Shown {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+pub type PageResult = Result<Response, Shown>;
+
+/// `?` on store and engine results inside a page handler: the error shown as a page.
+pub trait OrShow<T> {
+    fn or_show(self, v: &Viewer) -> Result<T, Shown>;
+}
+
+impl<T, E: Into<ApiError>> OrShow<T> for Result<T, E> {
+    fn or_show(self, v: &Viewer) -> Result<T, Shown> {
+        self.map_err(|e| v.fail(e))
+    }
+}
+
+/// An error as a page: what went wrong and the fix, with the error's status.
+pub fn error_page(lang: Lang, caller: Option<&Caller>, e: &ApiError) -> Response {
+    let body = html! {
+        section.panel.problem role="alert" {
+            h1 { (lang.t("problem")) " " span.muted { (e.status.as_u16()) } }
+            p.error { (e.error) }
+            @if !e.fix.is_empty() { p { strong { (lang.t("fix")) } " " (e.fix) } }
+            p { a href="/" { "← " (lang.t("dashboard")) } }
+        }
+    };
+    (e.status, page(lang, lang.t("problem"), caller, body)).into_response()
+}
+
+/// A time as the server knows it (UTC), turned into the viewer's zone by the script.
+pub fn when(secs: i64) -> Markup {
+    let text = slipway_common::time::format_utc(secs);
+    html! { time datetime=(text.replace(' ', "T")) data-ts=(secs) { (text) } }
+}
+
+/// The label key of a deploy record's kind.
+pub fn kind_key(d: &crate::state::store::DeployRecord) -> &'static str {
+    if d.kind == crate::state::store::DeployKind::Rollback { "rollback" } else { "deploy" }
+}
+
+/// The first 7 characters of a commit.
+pub fn short(commit: &str) -> &str {
+    commit.get(..7).unwrap_or(commit)
+}
+
+/// The page around every view: header with the product, navigation, the caller and the
+/// language switch.
 fn page(lang: Lang, title: &str, caller: Option<&Caller>, body: Markup) -> Markup {
     let csrf = caller.and_then(|c| match &c.via {
         Via::Session { csrf, .. } => Some(csrf.clone()),
@@ -50,12 +192,19 @@ fn page(lang: Lang, title: &str, caller: Option<&Caller>, body: Markup) -> Marku
                 @if let Some(token) = &csrf { meta name="csrf-token" content=(token); }
                 title { (title) " · " (lang.t("title")) }
                 link rel="stylesheet" href="/assets/app.css";
+                script src="/assets/live.js" defer {}
             }
             body {
+                a.skip href="#main" { (lang.t("skip")) }
                 header.top {
                     a.brand href="/" { "Slipway" }
-                    nav {
-                        @if caller.is_some() { a href="/" { (lang.t("dashboard")) } }
+                    nav aria-label=(lang.t("nav")) {
+                        @if let Some(c) = caller {
+                            a href="/" { (lang.t("dashboard")) }
+                            a href="/history" { (lang.t("history")) }
+                            a href="/agents" { (lang.t("agents")) }
+                            @if c.admin { a href="/users" { (lang.t("users")) } }
+                        }
                     }
                     div.who {
                         a.lang href={ "/lang/" (if lang == Lang::Zh { "en" } else { "zh" }) } { (lang.t("switch")) }
@@ -70,7 +219,7 @@ fn page(lang: Lang, title: &str, caller: Option<&Caller>, body: Markup) -> Marku
                         }
                     }
                 }
-                main { (body) }
+                main #main { (body) }
             }
         }
     }
@@ -157,65 +306,17 @@ fn back_to(referer: Option<&str>) -> &str {
 
 /// A status word as shown: translated, and marked with its class (colour) and a symbol, so it
 /// is never told by colour alone.
-fn status(lang: Lang, word: &str) -> Markup {
+pub fn status(lang: Lang, word: &str) -> Markup {
     let (class, mark) = match word {
-        "succeeded" | "approved" => ("ok", "✓"),
-        "failed" | "incomplete" | "rejected" => ("bad", "✗"),
-        "running" | "deploying" | "paused" | "pending" => ("busy", "…"),
+        "succeeded" | "approved" | "live" | "passed" | "ok" | "reachable" | "yes" => ("ok", "✓"),
+        "failed" | "incomplete" | "rejected" | "aborted" | "unreachable" => ("bad", "✗"),
+        "running" | "deploying" | "paused" | "pending" | "connecting" | "uploading" | "staged" | "hooks" => {
+            ("busy", "…")
+        }
         _ => ("muted", "•"),
     };
     let label = if word == "running" { lang.t("running") } else { lang.t(word) };
     html! { span class={ "status " (class) } { span aria-hidden="true" { (mark) } " " (if label == "?" { word } else { label }) } }
-}
-
-async fn dashboard(
-    State(app): State<Arc<App>>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-) -> ApiResult<Markup> {
-    let lang = Lang::of(&headers);
-    let cells = crate::server::api::dashboard_cells(&app, &caller)?;
-    let body = html! {
-        h1 { (lang.t("dashboard")) }
-        @if cells.is_empty() { p.empty { (lang.t("no_projects")) } }
-        div.grid {
-            @for cell in &cells { (cell_view(lang, cell)) }
-        }
-    };
-    Ok(page(lang, lang.t("dashboard"), Some(&caller), body))
-}
-
-fn cell_view(lang: Lang, cell: &Value) -> Markup {
-    let releases = cell["releases"].as_object().cloned().unwrap_or_default();
-    html! {
-        article.cell data-project=(cell["project"].as_str().unwrap_or("")) data-env=(cell["env"].as_str().unwrap_or("")) {
-            header {
-                h2 { (cell["project"].as_str().unwrap_or("")) }
-                span.env { (cell["env"].as_str().unwrap_or("")) }
-            }
-            dl {
-                dt { (lang.t("release")) }
-                dd.releases {
-                    @if releases.is_empty() { span.muted { (lang.t("no_hosts")) } }
-                    @for (release, n) in &releases {
-                        div.release { strong { (n) } " " (lang.t("hosts_on")) " " code { (release) } }
-                    }
-                }
-                @if let Some(r) = cell["running"].as_object() {
-                    dt { (lang.t("running")) }
-                    dd { "#" (r["id"]) " " (status(lang, r["status"].as_str().unwrap_or(""))) " " (r["done"]) "/" (r["hosts"]) }
-                }
-                @if let Some(d) = cell["last_deploy"].as_object() {
-                    dt { (lang.t("last_deploy")) }
-                    dd { "#" (d["id"]) " " (status(lang, d["status"].as_str().unwrap_or(""))) }
-                }
-                @if let Some(t) = cell["last_ticket"].as_object() {
-                    dt { (lang.t("last_ticket")) }
-                    dd { "#" (t["id"]) " " (t["title"].as_str().unwrap_or("")) " " (status(lang, t["state"].as_str().unwrap_or(""))) }
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

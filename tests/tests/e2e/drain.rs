@@ -2,28 +2,12 @@
 //! backends (one per host, serving its `current`), a request loop through HAProxy, and a
 //! `post_release` that makes the backend fail for a second (a Tomcat-style restart).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use slipway_tests::{Fleet, Repo, free_port, hook_user_line, http_get, is_root, require, terminate};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        terminate(&mut self.0);
-    }
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use slipway_tests::{Fleet, Proc, Repo, free_port, hook_user_line, http_get, is_root, nginx, require, wait_for};
 
 /// nginx serving each host's `current` on its own port, and HAProxy (backend `web`, one server
 /// per host, named as the host) in front; returns the front port and the admin socket.
@@ -35,38 +19,8 @@ struct Cluster {
 
 fn cluster(fleet: &Fleet) -> Cluster {
     let dir = fleet.path().join("lb");
-    std::fs::create_dir_all(&dir).unwrap();
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let servers: String = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            format!(
-                "server {{ listen 127.0.0.1:{p}; root {}; location / {{ try_files $uri =404; }} }}\n",
-                fleet.current(&format!("web-{}", i + 1), "site").display()
-            )
-        })
-        .collect();
-    let user = if is_root() { "user root;\n" } else { "" };
-    std::fs::write(
-        dir.join("nginx.conf"),
-        format!(
-            "{user}daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
-             http {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n{servers}}}\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    let nginx = Command::new("nginx")
-        .args(["-p", dir.to_str().unwrap(), "-c", dir.join("nginx.conf").to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nginx");
-    let nginx = Proc(nginx);
-    for p in &ports {
-        wait_for("nginx", || http_get(*p, "/").is_ok());
-    }
+    let roots: Vec<_> = (1..=3).map(|i| fleet.current(&format!("web-{i}"), "site")).collect();
+    let (nginx, ports) = nginx(&dir, &roots);
     let front = free_port();
     let socket = dir.join("admin.sock");
     let backends: String = ports

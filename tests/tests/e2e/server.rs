@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use serde_json::{Value, json};
-use slipway_tests::{Fleet, Repo, Server, SseReader};
+use slipway_tests::{Fleet, Repo, Server, SseReader, add_user};
 
 /// Project `name` with envs `test` and `prod` on every role=web agent; `prod` wants approval
 /// by two; `pre` is the pre_release hook (a slow one keeps a deploy running).
@@ -32,19 +32,6 @@ fn repo(fleet: &Fleet) -> Repo {
     repo.commit("v1");
     repo.git(&["tag", "v1"]);
     repo
-}
-
-fn user(fleet: &Fleet, name: &str, grants: &[(&str, &str, &str)]) {
-    let mut cmd = std::process::Command::new(slipway_tests::bin("slipctl"));
-    cmd.arg("--home").arg(&fleet.home).args(["user", "add", name, "--password-stdin"]);
-    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    use std::io::Write;
-    writeln!(child.stdin.take().unwrap(), "{name}-password").unwrap();
-    assert!(child.wait().unwrap().success(), "user add {name}");
-    for (p, e, role) in grants {
-        fleet.slipctl(&["user", "grant", name, p, e, role]).ok();
-    }
 }
 
 /// Headers of a cookie session, with the CSRF token.
@@ -74,11 +61,11 @@ fn roles_tickets_approvals_tokens_and_bad_input_through_the_api() {
     let repo = repo(&fleet);
     project(&fleet, "a", &repo.path, "");
     project(&fleet, "b", &repo.path, "");
-    user(&fleet, "dev", &[("a", "test", "deployer"), ("b", "prod", "deployer")]);
-    user(&fleet, "viewer", &[("a", "test", "viewer")]);
-    user(&fleet, "req", &[("a", "prod", "deployer"), ("a", "prod", "approver")]);
-    user(&fleet, "ap1", &[("a", "prod", "approver")]);
-    user(&fleet, "ap2", &[("a", "prod", "approver")]);
+    add_user(&fleet, "dev", &[("a", "test", "deployer"), ("b", "prod", "deployer")]);
+    add_user(&fleet, "viewer", &[("a", "test", "viewer")]);
+    add_user(&fleet, "req", &[("a", "prod", "deployer"), ("a", "prod", "approver")]);
+    add_user(&fleet, "ap1", &[("a", "prod", "approver")]);
+    add_user(&fleet, "ap2", &[("a", "prod", "approver")]);
     let token = fleet.slipctl(&["--output", "json", "token", "create", "ci", "--scope", "a:test:deployer"]).ok().json()
         ["token"]
         .as_str()
@@ -206,7 +193,7 @@ fn the_cli_goes_through_the_server_events_stream_to_late_and_resuming_watchers_a
     // Each host's pre_release prints lines over a second: the deploy is still going while
     // watchers join and leave.
     project(&fleet, "a", &repo.path, r#""for i in 1 2 3 4 5; do echo step $i; sleep 0.2; done""#);
-    user(&fleet, "dev", &[("a", "test", "deployer"), ("a", "prod", "viewer")]);
+    add_user(&fleet, "dev", &[("a", "test", "deployer"), ("a", "prod", "viewer")]);
     let server = Server::start(&fleet);
 
     // A CLI deploy while the server runs goes through it: the server's history shows it.
@@ -294,7 +281,7 @@ fn sigterm_mid_deploy_then_restart_leaves_nothing_deploying() {
     let fleet = Fleet::new(1);
     let repo = repo(&fleet);
     project(&fleet, "a", &repo.path, r#""echo begin; sleep 30""#);
-    user(&fleet, "dev", &[("a", "test", "deployer")]);
+    add_user(&fleet, "dev", &[("a", "test", "deployer")]);
     let mut server = Server::start(&fleet);
     let (cookie, csrf) = server.login("dev", "dev-password");
     let dev = session(&cookie, &csrf);

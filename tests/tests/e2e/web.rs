@@ -4,7 +4,7 @@
 
 use fantoccini::Locator;
 use slipway_tests::browser::{Driver, have_browser, screenshot};
-use slipway_tests::{Fleet, Repo, Server, require};
+use slipway_tests::{Fleet, Repo, Server, add_user, http_get, require};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
@@ -98,5 +98,220 @@ fn log_in_see_the_dashboard_in_english_and_chinese_and_log_out() {
         let h1 = zh.wait().for_element(Locator::Css("main h1")).await.unwrap();
         assert_eq!(h1.text().await.unwrap(), "Dashboard");
         zh.close().await.unwrap();
+    });
+}
+
+/// Text of the first element `css` matches, once it contains `text` (the page updates itself).
+async fn wait_text(c: &fantoccini::Client, css: &str, text: &str) -> String {
+    let xpath = css_to_contains(css, text);
+    let el = c
+        .wait()
+        .at_most(std::time::Duration::from_secs(60))
+        .for_element(Locator::XPath(&xpath))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} containing {text:?}: {e}"));
+    el.text().await.unwrap()
+}
+
+/// An XPath for "an element with this class (or tag) containing this text".
+fn css_to_contains(css: &str, text: &str) -> String {
+    let node = match css.split_once('.') {
+        Some((tag, class)) => {
+            let tag = if tag.is_empty() { "*" } else { tag };
+            format!("//{tag}[contains(concat(' ', normalize-space(@class), ' '), ' {class} ')]")
+        }
+        None => format!("//{css}"),
+    };
+    format!("{node}[contains(., '{text}')]")
+}
+
+async fn log_in(c: &fantoccini::Client, base: &str, user: &str) {
+    c.goto(&format!("{base}/login")).await.unwrap();
+    c.find(Locator::Css("#user")).await.unwrap().send_keys(user).await.unwrap();
+    c.find(Locator::Css("#password")).await.unwrap().send_keys(&format!("{user}-password")).await.unwrap();
+    c.find(Locator::Css("form button[type=submit]")).await.unwrap().click().await.unwrap();
+    c.wait().for_element(Locator::Css("main h1")).await.unwrap();
+}
+
+async fn has(c: &fantoccini::Client, css: &str) -> bool {
+    !c.find_all(Locator::Css(css)).await.unwrap().is_empty()
+}
+
+/// Walle's go-live flow, all in the browser, with nginx serving `current`: a developer makes a
+/// ticket for a tag picked in the picker, an approver approves in a second session, the
+/// developer deploys and watches the host panes fill live (a hook's line, then the outcome),
+/// nginx serves the new page, rollback from the ticket (after a confirmation naming the hosts)
+/// brings the old page back; a viewer gets no buttons and a direct POST is refused; the
+/// approver's Chinese browser shows Chinese; the project page runs 检测.
+#[test]
+fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() {
+    if !require("chromium, chromium-driver and nginx", have_browser() && slipway_tests::have_nginx()) {
+        return;
+    }
+    let fleet = Fleet::new(2);
+    let gate_dir = fleet.path().join("gate");
+    std::fs::create_dir_all(&gate_dir).unwrap();
+    slipway_tests::traversable(&gate_dir);
+    let gate = gate_dir.join("go");
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "old page\n");
+    repo.commit("the old page");
+    // The deploy waits in its hook until the test has seen it mid-way (an event, not a clock).
+    let hook = format!(
+        "pre_release = [\"echo hook says hello; while [ ! -e {} ]; do sleep 0.05; done\"]\n{}",
+        gate.display(),
+        slipway_tests::hook_user_line()
+    );
+    fleet.apply_project_full("shop", &repo.path, "", &hook, "approval = { required = 1 }\n");
+    std::fs::write(&gate, "").unwrap();
+    fleet.deploy_ok("shop");
+    std::fs::remove_file(&gate).unwrap();
+    repo.write("index.html", "new page\n");
+    let new_commit = repo.commit("the new page");
+    repo.git(&["tag", "v2.0"]);
+    add_user(&fleet, "dev", &[("shop", "test", "deployer")]);
+    add_user(&fleet, "boss", &[("shop", "test", "approver")]);
+    add_user(&fleet, "guest", &[("shop", "test", "viewer")]);
+    let roots: Vec<_> = ["web-1", "web-2"].iter().map(|h| fleet.current(h, "shop")).collect();
+    let (_nginx, ports) = slipway_tests::nginx(&fleet.path().join("nginx"), &roots);
+    assert_eq!(http_get(ports[0], "/index.html").unwrap().1, "old page\n");
+    let server = Server::start(&fleet);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let driver = Driver::start();
+
+    runtime().block_on(async {
+        // The viewer keeps the dashboard open throughout: it follows the deploy without a reload.
+        let guest = driver.session("en-US", 1280, 900).await;
+        log_in(&guest, &base, "guest").await;
+        guest.execute("window.slipwayMarker = 'not reloaded'", vec![]).await.unwrap();
+        assert!(!has(&guest, "a[href$='/tickets/new']").await, "a viewer is offered no new ticket");
+
+        // The developer: a new ticket from the dashboard, the tag picked in the picker.
+        let dev = driver.session("en-US", 1280, 900).await;
+        log_in(&dev, &base, "dev").await;
+        dev.find(Locator::Css("article.cell[data-project=shop] a[href$='/tickets/new']"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        dev.wait().for_element(Locator::Css("select#ref")).await.unwrap();
+        dev.find(Locator::Css("#title")).await.unwrap().send_keys("Ship the new page").await.unwrap();
+        dev.find(Locator::Css("#description")).await.unwrap().send_keys("v2.0 for the spring sale").await.unwrap();
+        let tags = dev.find(Locator::Css("optgroup[label^='Tags'] option")).await.unwrap();
+        assert_eq!(tags.attr("value").await.unwrap().as_deref(), Some("v2.0"));
+        dev.find(Locator::Css("select#ref")).await.unwrap().select_by_value("v2.0").await.unwrap();
+        let resolved = dev.find(Locator::Css("#resolved")).await.unwrap().text().await.unwrap();
+        assert_eq!(resolved, new_commit[..7], "the picker shows the commit the tag resolves to");
+        screenshot(&dev, "new-ticket").await;
+        dev.find(Locator::Css("form.ticket-form button[type=submit]")).await.unwrap().click().await.unwrap();
+        let head = wait_text(&dev, "div.ticket-head", "pending approval").await;
+        assert!(head.contains(&new_commit[..7]) && head.contains("v2.0"), "{head}");
+        let ticket_url = dev.current_url().await.unwrap();
+        let id: u64 = ticket_url.path().rsplit('/').next().unwrap().parse().unwrap();
+        assert!(!has(&dev, "form[action$='/deploy']").await, "nothing to deploy before approval");
+        assert!(!has(&dev, "form[action$='/approve']").await, "the requester cannot approve");
+
+        // The approver, in a second browser session (Chinese): approves with a comment.
+        let boss = driver.session("zh-CN", 1280, 900).await;
+        log_in(&boss, &base, "boss").await;
+        boss.goto(ticket_url.as_str()).await.unwrap();
+        let h1 = boss.find(Locator::Css("main h1")).await.unwrap().text().await.unwrap();
+        assert!(h1.starts_with("上线单"), "Chinese labels: {h1}");
+        boss.find(Locator::Css("#comment")).await.unwrap().send_keys("looks good").await.unwrap();
+        let approve = boss.find(Locator::Css("form.approve button.primary")).await.unwrap();
+        assert_eq!(approve.text().await.unwrap(), "审核通过");
+        approve.click().await.unwrap();
+        wait_text(&boss, "div.ticket-head", "已审核").await;
+
+        // The developer's page shows the approval and the deploy button without a reload.
+        wait_text(&dev, "div.ticket-head", "looks good").await;
+        let deploy = dev.wait().for_element(Locator::Css("form[action$='/deploy'] button")).await.unwrap();
+        deploy.click().await.unwrap();
+        // Mid-deploy: the hook's line in each host's pane while the hook holds the deploy.
+        for host in ["web-1", "web-2"] {
+            let pane = format!("article.pane[data-host='{host}']");
+            dev.wait().for_element(Locator::Css(&pane)).await.unwrap();
+            let xpath =
+                format!("//article[@data-host='{host}']//div[contains(@class,'log')][contains(., 'hook says hello')]");
+            dev.wait().at_most(std::time::Duration::from_secs(60)).for_element(Locator::XPath(&xpath)).await.unwrap();
+        }
+        assert_eq!(http_get(ports[0], "/index.html").unwrap().1, "old page\n", "nothing live yet");
+        screenshot(&dev, "ticket-mid-deploy").await;
+        std::fs::write(&gate, "").unwrap();
+        let outcome = wait_text(&dev, "div.outcome", "succeeded").await;
+        assert!(outcome.contains("Outcome"), "{outcome}");
+        for host in ["web-1", "web-2"] {
+            let xpath = format!("//article[@data-host='{host}']//span[contains(@class,'state')][contains(., 'live')]");
+            dev.wait().for_element(Locator::XPath(&xpath)).await.unwrap();
+        }
+        for port in &ports {
+            assert_eq!(http_get(*port, "/index.html").unwrap().1, "new page\n");
+        }
+        wait_text(&dev, "div.ticket-head", "succeeded").await;
+        screenshot(&dev, "ticket-deployed").await;
+        let new_release = fleet.current_release("web-1", "shop").unwrap();
+        let cell = wait_text(&guest, "article.cell", &format!("2 on {new_release}")).await;
+        assert!(cell.contains("Ship the new page"), "the last ticket, live: {cell}");
+        let marker = guest.execute("return window.slipwayMarker", vec![]).await.unwrap();
+        assert_eq!(marker, "not reloaded", "the dashboard updated in place");
+
+        // A finished ticket replays its output on a fresh load.
+        dev.goto(ticket_url.as_str()).await.unwrap();
+        let log = dev.find(Locator::Css("article.pane[data-host='web-1'] .log")).await.unwrap().text().await.unwrap();
+        assert!(log.contains("hook says hello") && log.contains("live"), "{log}");
+
+        // The viewer: no buttons, and a direct POST is refused.
+        guest.goto(ticket_url.as_str()).await.unwrap();
+        guest.wait().for_element(Locator::Css("div.ticket-head")).await.unwrap();
+        for form in ["deploy", "rollback", "cancel", "approve"] {
+            assert!(!has(&guest, &format!("form[action$='/{form}']")).await, "a viewer has no {form} button");
+        }
+        let (cookie, csrf) = server.login("guest", "guest-password");
+        let form = format!("csrf_token={csrf}");
+        let headers = [("Cookie", cookie.as_str()), ("Content-Type", "application/x-www-form-urlencoded")];
+        let (status, _, body) =
+            slipway_tests::http(server.port, "POST", &format!("/tickets/{id}/deploy"), &headers, Some(&form));
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("guest may not act as deployer"), "the refusal says why: {body}");
+        guest.close().await.unwrap();
+
+        // Rollback from the ticket: a confirmation naming what changes where, then the old page.
+        dev.find(Locator::Css("form[action$='/rollback'] button")).await.unwrap().click().await.unwrap();
+        let confirm = dev.wait().for_element(Locator::Css("section.confirm")).await.unwrap().text().await.unwrap();
+        assert!(confirm.contains("web-1") && confirm.contains("web-2"), "{confirm}");
+        let current = fleet.current_release("web-1", "shop").unwrap();
+        assert!(confirm.contains(&current), "names the release leaving: {confirm}");
+        dev.find(Locator::Css("section.confirm button.danger")).await.unwrap().click().await.unwrap();
+        wait_text(&dev, "div.outcome", "succeeded").await;
+        for port in &ports {
+            assert_eq!(http_get(*port, "/index.html").unwrap().1, "old page\n");
+        }
+        dev.goto(ticket_url.as_str()).await.unwrap();
+        wait_text(&dev, "div.ticket-head", "rolled back").await;
+
+        // The project page: hosts with what they run and keep, and 检测 with its table.
+        boss.goto(&format!("{base}/projects/shop/envs/test")).await.unwrap();
+        let hosts = boss.find(Locator::Css("table.hosts")).await.unwrap().text().await.unwrap();
+        assert!(hosts.contains("web-1") && hosts.contains(&fleet.current_release("web-1", "shop").unwrap()), "{hosts}");
+        boss.find(Locator::Css("form[action$='/check'] button")).await.unwrap().click().await.unwrap();
+        let check = boss.wait().for_element(Locator::Css("section.check")).await.unwrap().text().await.unwrap();
+        assert!(check.contains("检测") && check.contains("web-2"), "{check}");
+        screenshot(&boss, "project-zh").await;
+        dev.goto(&format!("{base}/projects/shop/envs/test")).await.unwrap();
+        dev.wait().for_element(Locator::Css("table.hosts")).await.unwrap();
+        screenshot(&dev, "project").await;
+
+        // History, filtered by outcome and person; the agents page.
+        dev.goto(&format!("{base}/history?outcome=succeeded&who=dev")).await.unwrap();
+        let rows = dev.find_all(Locator::Css("table.history tbody tr")).await.unwrap();
+        assert_eq!(rows.len(), 2, "dev's deploy and rollback");
+        dev.goto(&format!("{base}/agents")).await.unwrap();
+        let agents = dev.find(Locator::Css("table.agents")).await.unwrap().text().await.unwrap();
+        assert!(agents.contains("web-1") && agents.contains("web-2"), "{agents}");
+        dev.goto(&format!("{base}/")).await.unwrap();
+        screenshot(&dev, "dashboard-after").await;
+        boss.close().await.unwrap();
+        dev.close().await.unwrap();
     });
 }

@@ -1,0 +1,213 @@
+//! History (filtered by project, env, outcome and who), agents (what the last probe found), and
+//! users with their grants (admins: grant and revoke here).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Redirect};
+use maud::html;
+use serde::Deserialize;
+
+use super::{OrShow, PageResult, Viewer, short, status, when};
+use crate::server::App;
+use crate::state::users::Role;
+
+#[derive(Default, Deserialize)]
+pub struct HistoryQuery {
+    #[serde(default)]
+    project: String,
+    #[serde(default)]
+    env: String,
+    #[serde(default)]
+    outcome: String,
+    #[serde(default)]
+    who: String,
+}
+
+/// How many deploys the history page lists at most.
+const HISTORY_ROWS: usize = 200;
+
+/// `GET /history`.
+pub async fn history(State(app): State<Arc<App>>, v: Viewer, Query(q): Query<HistoryQuery>) -> PageResult {
+    let pick = |s: &str| Some(s.trim()).filter(|s| !s.is_empty()).map(str::to_owned);
+    let (project, env, outcome, who) = (pick(&q.project), pick(&q.env), pick(&q.outcome), pick(&q.who));
+    let all = app.store.deploys(project.as_deref(), env.as_deref(), usize::MAX).or_show(&v)?;
+    let mut projects = BTreeSet::new();
+    let mut envs = BTreeSet::new();
+    let mut people = BTreeSet::new();
+    let mut rows = Vec::new();
+    for d in all.into_iter().filter(|d| v.caller.allows(&d.project, &d.env, Role::Viewer)) {
+        projects.insert(d.project.clone());
+        envs.insert(d.env.clone());
+        people.insert(d.user.clone());
+        let word = d.effective_status().word();
+        if outcome.as_ref().is_some_and(|o| o != word) || who.as_ref().is_some_and(|w| *w != d.user) {
+            continue;
+        }
+        if rows.len() < HISTORY_ROWS {
+            rows.push(d);
+        }
+    }
+    for p in [&project].into_iter().flatten() {
+        projects.insert(p.clone());
+    }
+    let ticket_of: BTreeMap<u64, u64> =
+        app.store.tickets().or_show(&v)?.iter().flat_map(|t| t.deploys.iter().map(move |d| (*d, t.id))).collect();
+    let outcomes =
+        ["succeeded", "failed", "rolled_back", "cancelled", "interrupted", "incomplete", "running", "paused"];
+    let select = |name: &str, label: &str, values: &BTreeSet<String>, chosen: &Option<String>| {
+        html! {
+            label for=(name) { (label) }
+            select #(name) name=(name) {
+                option value="" { (v.t("any")) }
+                @for val in values { option value=(val) selected[chosen.as_deref() == Some(val.as_str())] { (val) } }
+            }
+        }
+    };
+    let body = html! {
+        h1 { (v.t("history")) }
+        form.filters method="get" action="/history" {
+            (select("project", v.t("project"), &projects, &project))
+            (select("env", v.t("env"), &envs, &env))
+            label for="outcome" { (v.t("outcome")) }
+            select #outcome name="outcome" {
+                option value="" { (v.t("any")) }
+                @for o in outcomes { option value=(o) selected[outcome.as_deref() == Some(o)] { (v.t(o)) } }
+            }
+            (select("who", v.t("who"), &people, &who))
+            button type="submit" { (v.t("filter")) }
+        }
+        @if rows.is_empty() { p.empty { (v.t("no_history")) } }
+        div.scroll { table.history {
+            thead { tr {
+                th scope="col" { "#" } th scope="col" { (v.t("kind")) } th scope="col" { (v.t("env")) }
+                th scope="col" { (v.t("ref")) } th scope="col" { (v.t("release")) } th scope="col" { (v.t("status")) }
+                th scope="col" { (v.t("hosts")) } th scope="col" { (v.t("who")) } th scope="col" { (v.t("started")) } th scope="col" { (v.t("ticket")) }
+            } }
+            tbody { @for d in &rows { tr {
+                td { a href={ "/deploys/" (d.id) } { "#" (d.id) } }
+                td { (v.t(super::kind_key(d))) }
+                td { (d.project) " / " (d.env) }
+                td { @if !d.commit.is_empty() { code { (d.git_ref) } " " code { (short(&d.commit)) } } }
+                td { @if let Some(r) = &d.release { code { (r.to_string()) } } }
+                td { (status(v.lang, d.effective_status().word())) }
+                td { (d.hosts.iter().filter(|h| h.ok).count()) "/" (d.hosts.len()) }
+                td { (d.user) }
+                td { (when(d.started_at)) }
+                td { @if let Some(t) = ticket_of.get(&d.id) { a href={ "/tickets/" (t) } { "#" (t) } } }
+            } } }
+        } }
+    };
+    Ok(v.page(v.t("history"), body))
+}
+
+/// `GET /agents`.
+pub async fn agents(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
+    let agents = app.store.agents().or_show(&v)?;
+    let probes = app.probes.lock().expect("probes").clone();
+    let now = slipway_common::time::unix_now();
+    let body = html! {
+        h1 { (v.t("agents")) }
+        div.scroll { table.agents {
+            thead { tr {
+                th scope="col" { (v.t("host")) } th scope="col" { (v.t("address")) } th scope="col" { (v.t("reachable")) }
+                th scope="col" { (v.t("version")) } th scope="col" { (v.t("cert_days")) } th scope="col" { (v.t("checked")) } th scope="col" { (v.t("detail")) }
+            } }
+            tbody { @for a in &agents {
+                @let p = probes.get(&a.name);
+                tr {
+                    th scope="row" { (a.name) }
+                    td { code { (a.addr) } }
+                    td { @match p { Some(p) if p.reachable => { (status(v.lang, "reachable")) } Some(_) => { (status(v.lang, "unreachable")) } None => { span.muted { (v.t("not_probed")) } } } }
+                    td { (p.and_then(|p| p.version.clone()).unwrap_or_default()) }
+                    td { @if let Some(t) = p.and_then(|p| p.cert_not_after) { ((t - now) / 86400) } }
+                    td { @if let Some(p) = p { (when(p.checked_at)) } }
+                    td {
+                        @if let Some(e) = p.and_then(|p| p.error.clone()) { span.error { (e) } }
+                        @for t in p.map(|p| p.broken_targets.clone()).unwrap_or_default() { div.error { (t) } }
+                    }
+                }
+            } }
+        } }
+    };
+    Ok(v.page(v.t("agents"), body))
+}
+
+/// `GET /users` (admins): users, their grants with a revoke button each, and a grant form.
+pub async fn users(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
+    let users = app.store.users().or_show(&v)?;
+    let mut pairs = Vec::new();
+    for p in app.store.projects().or_show(&v)? {
+        if let Ok(config) = slipway_common::config::ProjectConfig::parse(&p.text, &p.source_file.display().to_string())
+        {
+            pairs.extend(config.envs.keys().map(|e| (p.name.clone(), e.clone())));
+        }
+    }
+    let body = html! {
+        h1 { (v.t("users")) }
+        div.scroll { table.users {
+            thead { tr { th scope="col" { (v.t("user")) } th scope="col" { (v.t("admin")) } th scope="col" { (v.t("grants")) } } }
+            tbody { @for u in &users { tr data-user=(u.name) {
+                th scope="row" { (u.name) }
+                td { @if u.admin { (status(v.lang, "yes")) } }
+                td { ul.grants { @for g in &u.grants { li {
+                    code { (g.project) "/" (g.env) } " " (v.t(g.role.word()))
+                    (v.button("/users/revoke", v.t("revoke"), "small", html! {
+                        input type="hidden" name="user" value=(u.name);
+                        input type="hidden" name="pair" value={ (g.project) "/" (g.env) };
+                        input type="hidden" name="role" value=(g.role.word());
+                    }))
+                } } } }
+            } } }
+        } }
+        section.panel {
+            h2 { (v.t("grant")) }
+            (v.button("/users/grant", v.t("grant"), "primary", html! {
+                label for="g-user" { (v.t("user")) }
+                select #g-user name="user" { @for u in &users { option value=(u.name) { (u.name) } } }
+                label for="g-pair" { (v.t("env")) }
+                select #g-pair name="pair" { @for (p, e) in &pairs { option value={ (p) "/" (e) } { (p) " / " (e) } } }
+                label for="g-role" { (v.t("role")) }
+                select #g-role name="role" { @for r in ["viewer", "deployer", "approver"] { option value=(r) { (v.t(r)) } } }
+            }))
+        }
+    };
+    Ok(v.page(v.t("users"), body))
+}
+
+#[derive(Deserialize)]
+pub struct GrantForm {
+    #[serde(default)]
+    user: String,
+    /// `project/env`.
+    #[serde(default)]
+    pair: String,
+    #[serde(default)]
+    role: String,
+}
+
+fn grant_parts(v: &Viewer, f: &GrantForm) -> Result<(String, String, Role), super::Shown> {
+    let role = Role::parse(&f.role).or_show(v)?;
+    let (p, e) = f
+        .pair
+        .split_once('/')
+        .ok_or_else(|| {
+            crate::server::error::ApiError::bad(format!("'{}' is not project/env", f.pair), "pick an env from the list")
+        })
+        .or_show(v)?;
+    Ok((p.to_owned(), e.to_owned(), role))
+}
+
+pub async fn grant(State(app): State<Arc<App>>, v: Viewer, Form(f): Form<GrantForm>) -> PageResult {
+    let (p, e, role) = grant_parts(&v, &f)?;
+    crate::server::admin::grant(&app.store, &f.user, &p, &e, role).or_show(&v)?;
+    Ok(Redirect::to("/users").into_response())
+}
+
+pub async fn revoke(State(app): State<Arc<App>>, v: Viewer, Form(f): Form<GrantForm>) -> PageResult {
+    let (p, e, role) = grant_parts(&v, &f)?;
+    crate::server::admin::revoke(&app.store, &f.user, &p, &e, role).or_show(&v)?;
+    Ok(Redirect::to("/users").into_response())
+}

@@ -1,0 +1,98 @@
+// Slipway's one script: times in the viewer's zone, live fragments and deploy panes from
+// Server-Sent Events (the markup comes from the server), and the ref picker's "resolves to".
+// Every page works without it; it only keeps pages current without reloading them.
+"use strict";
+(function () {
+  var lang = document.documentElement.lang || undefined;
+  var fmt = new Intl.DateTimeFormat(lang, { dateStyle: "medium", timeStyle: "medium" });
+
+  function localTimes(root) {
+    root.querySelectorAll("time[data-ts]").forEach(function (t) {
+      var d = new Date(Number(t.dataset.ts) * 1000);
+      t.title = t.textContent.indexOf("UTC") < 0 ? t.textContent + " UTC" : t.textContent;
+      t.textContent = fmt.format(d);
+    });
+  }
+
+  function replace(el, html) {
+    var tpl = document.createElement("template");
+    tpl.innerHTML = html;
+    var fresh = tpl.content.firstElementChild;
+    if (!fresh) return;
+    el.replaceWith(fresh);
+    localTimes(fresh);
+  }
+
+  // Fragments by key (dashboard cells, a ticket's head); "reload" when the set changed.
+  function fragments(root) {
+    var source = new EventSource(root.dataset.live);
+    source.addEventListener("fragment", function (ev) {
+      var f = JSON.parse(ev.data);
+      root.querySelectorAll("[data-key]").forEach(function (el) {
+        if (el.dataset.key === f.key) replace(el, f.html);
+      });
+    });
+    source.addEventListener("reload", function () {
+      source.close();
+      window.location.reload();
+    });
+  }
+
+  function pane(section, host) {
+    var found = null;
+    section.querySelectorAll(".panes .pane").forEach(function (p) {
+      if (p.dataset.host === host) found = p;
+    });
+    return found;
+  }
+
+  // One pane per host, filled from the deploy's journal after the events already shown.
+  function panes(section) {
+    if (section.querySelector(".outcome-slot").children.length) return; // over: replayed
+    var url = "/deploys/" + section.dataset.deploy + "/live?after=" + section.dataset.after;
+    var source = new EventSource(url);
+    source.addEventListener("piece", function (ev) {
+      var p = JSON.parse(ev.data);
+      (p.panes || []).forEach(function (hp) {
+        if (!pane(section, hp[0])) section.querySelector(".panes").insertAdjacentHTML("beforeend", hp[1]);
+      });
+      var box = p.host ? pane(section, p.host) : section.querySelector(".pane.controller");
+      if (box && p.line) {
+        var log = box.querySelector(".log");
+        log.insertAdjacentHTML("beforeend", p.line);
+        log.scrollTop = log.scrollHeight;
+      }
+      if (box && p.progress) {
+        var bar = box.querySelector(".bar");
+        bar.hidden = false;
+        bar.querySelector("progress").value = p.progress.pct;
+        bar.querySelector(".label").textContent = p.progress.label;
+      }
+      if (box && p.state) box.querySelector(".state").innerHTML = p.state;
+      if (p.outcome) {
+        section.querySelector(".outcome-slot").innerHTML = p.outcome;
+        source.close();
+      }
+    });
+  }
+
+  // The ref picker: the commit the chosen branch, tag or commit resolves to.
+  function picker(select) {
+    function show() {
+      var o = select.options[select.selectedIndex];
+      if (!o) return;
+      document.getElementById("resolved").textContent = (o.dataset.commit || "").slice(0, 7);
+      document.getElementById("resolved-subject").textContent = o.dataset.subject || "";
+    }
+    select.addEventListener("change", show);
+    show();
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    localTimes(document);
+    document.querySelectorAll("[data-live]").forEach(fragments);
+    document.querySelectorAll("section.deploy[data-deploy]").forEach(panes);
+    var ref = document.querySelector("select#ref");
+    if (ref) picker(ref);
+  });
+})();

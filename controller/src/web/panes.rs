@@ -1,0 +1,345 @@
+//! A deploy's journal as one pane per host: steps, upload and unpack progress, every hook line
+//! (stderr marked), failures in red with a ✗, the outcome. The same function renders an event
+//! for a finished deploy's replay and for the live stream, so both read alike.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::response::sse::Event as SseEvent;
+use maud::{Markup, PreEscaped, html};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::i18n::Lang;
+use super::live::{EventStream, stream};
+use super::{OrShow, PageResult, Viewer, short, status, when};
+use crate::server::App;
+use crate::server::api::unknown_deploy;
+use crate::state::store::DeployRecord;
+
+/// What one journal event changes on the page.
+#[derive(Debug, Default, PartialEq)]
+pub struct Piece {
+    /// The host's pane (none: the controller's own pane).
+    pub host: Option<String>,
+    /// A line (or a chunk of hook output) to append.
+    pub line: Option<String>,
+    /// The pane's progress bar: percent and what it counts.
+    pub progress: Option<(u8, String)>,
+    /// The pane's state word, as markup.
+    pub state: Option<String>,
+    /// The hosts of the deploy, in plan order (panes are made for them).
+    pub hosts: Vec<String>,
+    /// The outcome, as markup.
+    pub outcome: Option<String>,
+}
+
+fn secs(ms: &Value) -> String {
+    format!("{:.1} s", ms.as_u64().unwrap_or(0) as f64 / 1000.0)
+}
+
+fn size(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes} B"),
+        1024..1048576 => format!("{:.0} KiB", bytes as f64 / 1024.0),
+        _ => format!("{:.1} MiB", bytes as f64 / 1048576.0),
+    }
+}
+
+fn pct(done: u64, total: u64) -> u8 {
+    (done.min(total) * 100).checked_div(total).map_or(100, |p| p as u8)
+}
+
+fn line(class: &str, mark: &str, text: Markup) -> String {
+    html! { div class={ "line " (class) } { span.mark aria-hidden="true" { (mark) } " " (text) } }.into_string()
+}
+
+fn state(lang: Lang, word: &str) -> String {
+    status(lang, word).into_string()
+}
+
+/// What journal event `e` changes on the page.
+pub fn piece(lang: Lang, e: &Value) -> Piece {
+    let s = |k: &str| e[k].as_str().unwrap_or("").to_owned();
+    let n = |k: &str| e[k].as_u64().unwrap_or(0);
+    match e["event"].as_str().unwrap_or("") {
+        "say" => Piece { line: Some(line("say", "›", html! { (s("line")) })), ..Piece::default() },
+        "hosts" => Piece {
+            hosts: e["hosts"].as_array().into_iter().flatten().filter_map(|h| h.as_str()).map(str::to_owned).collect(),
+            ..Piece::default()
+        },
+        "outcome" => Piece { outcome: Some(outcome(lang, e).into_string()), ..Piece::default() },
+        "host" => {
+            let mut p = Piece { host: Some(s("host")), ..Piece::default() };
+            match e["kind"].as_str().unwrap_or("") {
+                "connecting" => {
+                    p.line = Some(line("step", "→", html! { (lang.t("connecting")) }));
+                    p.state = Some(state(lang, "connecting"));
+                }
+                "uploading" => {
+                    let (sent, total) = (n("sent"), n("total"));
+                    p.progress =
+                        Some((pct(sent, total), format!("{} {} / {}", lang.t("uploading"), size(sent), size(total))));
+                    p.state = Some(state(lang, "uploading"));
+                }
+                "unpacking" => {
+                    let (done, total) = (n("entries"), n("total"));
+                    p.progress = Some((pct(done, total), format!("{} {done} / {total}", lang.t("unpacking"))));
+                }
+                "staged" => {
+                    p.line = Some(line("step", "✓", html! { (lang.t("staged")) " · " (secs(&e["elapsed_ms"])) }));
+                    p.progress = Some((100, lang.t("staged").to_owned()));
+                    p.state = Some(state(lang, "staged"));
+                }
+                "activating" => p.line = Some(line("step", "→", html! { (lang.t("activating")) })),
+                "activated" => {
+                    let was = e["previous"].as_str().map(str::to_owned);
+                    p.line = Some(line(
+                        "ok",
+                        "✓",
+                        html! {
+                            (lang.t("activated")) " · " (secs(&e["elapsed_ms"]))
+                            @if let Some(w) = &was { " · " (lang.t("was")) " " code { (w) } }
+                        },
+                    ));
+                    p.state = Some(state(lang, "live"));
+                }
+                "aborted" => {
+                    p.line = Some(line("bad", "✗", html! { (lang.t("aborted")) }));
+                    p.state = Some(state(lang, "aborted"));
+                }
+                "drained" | "undrained" => {
+                    let key = if e["kind"] == "drained" { "drained" } else { "undrained" };
+                    p.line = Some(line("step", "⇄", html! { (lang.t(key)) " · " (s("detail")) }));
+                }
+                "failed" => {
+                    p.line = Some(line("bad", "✗", html! { strong { (lang.t("failed")) } " " (s("error")) }));
+                    p.state = Some(state(lang, "failed"));
+                }
+                "output" => {
+                    let class = if e["stream"] == "stderr" { "out stderr" } else { "out" };
+                    p.line = Some(html! { span class=(class) { (s("text")) } }.into_string());
+                    p.state = Some(state(lang, "hooks"));
+                }
+                "hook" => {
+                    let ok = e["exit_code"].as_i64() == Some(0) && e["timed_out"] != true;
+                    let (class, mark) = if ok { ("ok", "✓") } else { ("bad", "✗") };
+                    p.line = Some(line(
+                        class,
+                        mark,
+                        html! {
+                            (lang.t("hook")) " " strong { (s("stage")) } " " code { (s("command")) }
+                            " · " (lang.t("exit")) " " (e["exit_code"]) @if e["timed_out"] == true { " · " (lang.t("timed_out")) }
+                            " · " (secs(&e["elapsed_ms"]))
+                        },
+                    ));
+                }
+                _ => {}
+            }
+            p
+        }
+        _ => Piece::default(),
+    }
+}
+
+/// The outcome box of an `outcome` event (or a record's outcome).
+pub fn outcome(lang: Lang, e: &Value) -> Markup {
+    let word = e["status"].as_str().unwrap_or("");
+    html! {
+        div class={ "outcome " (if word == "succeeded" { "ok" } else { "bad" }) } role="status" {
+            strong { (lang.t("outcome")) } " " (status(lang, word))
+            @if let Some(r) = e["release"].as_str() { " · " code { (r) } }
+            @if let Some(err) = e["error"].as_str() { p.error { (err) } }
+        }
+    }
+}
+
+/// One host's pane as the replay leaves it.
+#[derive(Default)]
+struct Pane {
+    lines: String,
+    progress: Option<(u8, String)>,
+    state: Option<String>,
+}
+
+fn pane(lang: Lang, host: &str, p: &Pane) -> Markup {
+    html! {
+        article.pane data-host=(host) {
+            header {
+                h3 { (host) }
+                span.state { @if let Some(s) = &p.state { (PreEscaped(s)) } @else { (status(lang, "waiting")) } }
+            }
+            div.bar hidden[p.progress.is_none()] {
+                @let (n, label) = p.progress.clone().unwrap_or((0, String::new()));
+                progress max="100" value=(n) aria-label=(label) {}
+                span.label { (label) }
+            }
+            div.log role="log" aria-live="polite" { (PreEscaped(&p.lines)) }
+        }
+    }
+}
+
+/// An empty pane for `host` (the live stream sends it when the deploy names its hosts).
+pub fn empty_pane(lang: Lang, host: &str) -> String {
+    pane(lang, host, &Pane::default()).into_string()
+}
+
+/// Deploy `d`'s panes, replayed from its journal, and the number of the last event read (the
+/// live stream carries on after it). `expected`: hosts to show a pane for before the journal
+/// names them.
+pub fn panes(app: &App, lang: Lang, d: &DeployRecord, expected: &[String]) -> crate::error::Result<(Markup, u32)> {
+    let events = app.store.events(d.id, 0)?;
+    let mut order: Vec<String> = expected.to_vec();
+    let mut by_host: BTreeMap<String, Pane> = BTreeMap::new();
+    let mut controller = String::new();
+    let mut result = None;
+    let mut last = 0;
+    for (seq, e) in &events {
+        last = *seq;
+        let p = piece(lang, e);
+        for h in &p.hosts {
+            if !order.contains(h) {
+                order.push(h.clone());
+            }
+        }
+        if p.outcome.is_some() {
+            result = p.outcome.clone();
+        }
+        match &p.host {
+            None => controller.push_str(p.line.as_deref().unwrap_or("")),
+            Some(h) => {
+                if !order.contains(h) {
+                    order.push(h.clone());
+                }
+                let pane = by_host.entry(h.clone()).or_default();
+                if let Some(l) = &p.line {
+                    pane.lines.push_str(l);
+                }
+                if p.progress.is_some() {
+                    pane.progress = p.progress.clone();
+                }
+                if p.state.is_some() {
+                    pane.state = p.state.clone();
+                }
+            }
+        }
+    }
+    // A deploy that ended elsewhere (or before journals) still shows its outcome.
+    if result.is_none() && d.finished_at.is_some() {
+        result = Some(outcome(lang, &crate::engine::journal::outcome_json(d)).into_string());
+    }
+    let none = Pane::default();
+    let markup = html! {
+        section.deploy data-deploy=(d.id) data-after=(last) {
+            div.outcome-slot { @if let Some(o) = &result { (PreEscaped(o)) } }
+            div.panes {
+                @for h in &order { (pane(lang, h, by_host.get(h).unwrap_or(&none))) }
+            }
+            div.pane.controller { header { h3 { (lang.t("controller")) } } div.log role="log" { (PreEscaped(&controller)) } }
+        }
+    };
+    Ok((markup, last))
+}
+
+/// A deploy's summary line: kind, ref, commit, who, when, how long.
+pub fn summary(lang: Lang, d: &DeployRecord) -> Markup {
+    html! {
+        dl.facts {
+            dt { (lang.t("status")) } dd { (status(lang, d.effective_status().word())) }
+            dt { (lang.t("kind")) } dd { (lang.t(super::kind_key(d))) }
+            @if !d.git_ref.is_empty() { dt { (lang.t("ref")) } dd { code { (d.git_ref) } " " code { (short(&d.commit)) } } }
+            @if let Some(r) = &d.release { dt { (lang.t("release")) } dd { code { (r.to_string()) } } }
+            dt { (lang.t("who")) } dd { (d.user) }
+            dt { (lang.t("started")) } dd { (when(d.started_at)) }
+            @if d.finished_at.is_some() { dt { (lang.t("took")) } dd { (format!("{:.1} s", d.duration_ms as f64 / 1000.0)) } }
+        }
+    }
+}
+
+/// `GET /deploys/{id}`: one deploy or rollback (those started without a ticket have this page).
+pub async fn deploy_page(State(app): State<Arc<App>>, v: Viewer, Path(id): Path<u64>) -> PageResult {
+    let d = app.store.deploy(id).or_show(&v)?.ok_or_else(|| unknown_deploy(id)).or_show(&v)?;
+    let (panes, _) = panes(&app, v.lang, &d, &[]).or_show(&v)?;
+    let title = format!("#{id} {}/{}", d.project, d.env);
+    Ok(v.page(
+        &title,
+        html! {
+            p.crumbs { a href={ "/projects/" (d.project) "/envs/" (d.env) } { (d.project) " / " (d.env) } }
+            h1 { (v.t(super::kind_key(&d))) " #" (id) }
+            (summary(v.lang, &d))
+            (panes)
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct After {
+    #[serde(default)]
+    after: u32,
+}
+
+/// `GET /deploys/{id}/live?after=N`: the deploy's pieces after event N, as SSE `piece` events
+/// (`{"host", "line", "progress", "state", "panes", "outcome"}`, markup rendered here); the
+/// stream ends after the outcome.
+pub async fn live(
+    State(app): State<Arc<App>>,
+    v: Viewer,
+    Path(id): Path<u64>,
+    Query(q): Query<After>,
+    headers: axum::http::HeaderMap,
+) -> EventStream {
+    // A reconnecting browser says what it has seen (`Last-Event-ID`), past the page's `after`.
+    let seen = headers.get("last-event-id").and_then(|h| h.to_str().ok()).and_then(|h| h.trim().parse().ok());
+    let after = seen.unwrap_or(0).max(q.after);
+    let (tx, rx) = mpsc::channel::<SseEvent>(64);
+    let lang = v.lang;
+    tokio::spawn(crate::server::sse::tail(app, id, after, tx, move |seq, _kind, raw| {
+        let e: Value = serde_json::from_slice(&raw).ok()?;
+        let p = piece(lang, &e);
+        if p == Piece::default() {
+            return None;
+        }
+        let panes: Vec<(String, String)> = p.hosts.iter().map(|h| (h.clone(), empty_pane(lang, h))).collect();
+        let doc = json!({
+            "host": p.host, "line": p.line, "state": p.state, "outcome": p.outcome,
+            "progress": p.progress.map(|(n, label)| json!({"pct": n, "label": label})),
+            "panes": panes,
+        });
+        let sse = SseEvent::default().event("piece").data(doc.to_string());
+        Some(if seq == 0 { sse } else { sse.id(seq.to_string()) })
+    }));
+    stream(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_become_pieces_of_the_host_pane() {
+        let lang = Lang::En;
+        let up =
+            piece(lang, &json!({"event": "host", "host": "web-1", "kind": "uploading", "sent": 512, "total": 2048}));
+        assert_eq!(up.host.as_deref(), Some("web-1"));
+        assert_eq!(up.progress.as_ref().map(|p| p.0), Some(25));
+        let out = piece(
+            lang,
+            &json!({"event": "host", "host": "web-1", "kind": "output", "stage": "pre_activate", "stream": "stderr", "text": "<b>warn</b>\n"}),
+        );
+        let text = out.line.unwrap();
+        assert!(text.contains("stderr") && text.contains("&lt;b&gt;warn"), "escaped and marked: {text}");
+        let failed =
+            piece(lang, &json!({"event": "host", "host": "web-2", "kind": "failed", "error": "health check: 502"}));
+        assert!(failed.line.unwrap().contains("line bad"), "failures are red and marked");
+        let hook = piece(
+            lang,
+            &json!({"event": "host", "host": "web-2", "kind": "hook", "stage": "post_activate", "command": "false", "exit_code": 1, "timed_out": false, "elapsed_ms": 20}),
+        );
+        assert!(hook.line.unwrap().contains("line bad"), "a failed hook is a failure");
+        let hosts = piece(lang, &json!({"event": "hosts", "hosts": ["a", "b"]}));
+        assert_eq!(hosts.hosts, ["a", "b"]);
+        assert_eq!(piece(lang, &json!({"event": "started", "id": 3})), Piece::default());
+    }
+}

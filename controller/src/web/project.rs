@@ -1,0 +1,268 @@
+//! A project's env: its hosts (reachable, agent version, certificate days left, from the last
+//! probe), what each host runs now and what it keeps (asked of the agents as the page renders),
+//! Walle's 检测 check with its table of results and fixes, rollback to the previous or a chosen
+//! retained release after a confirmation that names what changes on which hosts, and the env's
+//! recent deploys and tickets.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Redirect};
+use maud::{Markup, html};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{OrShow, PageResult, Viewer, short, status, when};
+use crate::engine::RollbackArgs;
+use crate::engine::client::Timeouts;
+use crate::engine::select::RollbackTo;
+use crate::server::App;
+use crate::server::runs::{self, Begun, Op};
+use crate::state::users::Role;
+
+/// How long the page waits for an agent's answer about its releases.
+const ASK_SECS: u64 = 5;
+
+/// Per host: what it runs and keeps, or why it did not answer.
+async fn releases(app: &App, p: &str, e: &str) -> crate::error::Result<Vec<(String, Result<Value, String>)>> {
+    let scope = crate::engine::load_scope(&app.home, p, e, None)?;
+    let keep = scope.settings.keep_releases;
+    let answers =
+        crate::engine::rollback::query_releases(&scope, app.home.client_tls()?, Timeouts::host(ASK_SECS)).await;
+    Ok(answers
+        .into_iter()
+        .map(|(agent, answer)| {
+            let doc = answer.map_err(|e| e.to_string()).map(|(_, reply)| {
+                let kept = crate::engine::select::retention(&reply, keep);
+                json!({"current": reply.current, "releases": reply.releases.iter().zip(&kept).rev().map(|(r, why)| json!({
+                    "id": r.id, "commit": r.commit, "deploy_id": r.deploy_id, "git_ref": r.git_ref,
+                    "activated_at": r.activated_at, "current": r.current, "kept": why.key(), "why": why.words(keep),
+                })).collect::<Vec<_>>()})
+            });
+            (agent.name, doc)
+        })
+        .collect())
+}
+
+/// `GET /projects/{p}/envs/{e}`.
+pub async fn page(State(app): State<Arc<App>>, v: Viewer, Path((p, e)): Path<(String, String)>) -> PageResult {
+    view(&app, &v, &p, &e, None).await
+}
+
+async fn view(app: &App, v: &Viewer, p: &str, e: &str, check: Option<Markup>) -> PageResult {
+    let (_, settings) = crate::engine::scope::env_of(&app.store, p, e).or_show(v)?;
+    let hosts = releases(app, p, e).await.or_show(v)?;
+    let probes = app.probes.lock().expect("probes").clone();
+    let now = slipway_common::time::unix_now();
+    let deployer = v.caller.allows(p, e, Role::Deployer);
+    let direct_rollback =
+        deployer && (settings.approval.required == 0 || !settings.approval.rollback || v.caller.admin);
+    let base = format!("/projects/{p}/envs/{e}");
+    let mut retained = BTreeSet::new();
+    for (_, r) in &hosts {
+        if let Ok(doc) = r {
+            for rel in doc["releases"].as_array().into_iter().flatten() {
+                if rel["current"] != true {
+                    let label = format!(
+                        "{} · {} {}",
+                        rel["id"].as_str().unwrap_or(""),
+                        rel["git_ref"].as_str().unwrap_or(""),
+                        short(rel["commit"].as_str().unwrap_or(""))
+                    );
+                    retained.insert((rel["id"].as_str().unwrap_or("").to_owned(), label));
+                }
+            }
+        }
+    }
+    let deploys = app.store.deploys(Some(p), Some(e), 10).or_show(v)?;
+    let tickets: Vec<_> =
+        app.store.tickets().or_show(v)?.into_iter().filter(|t| t.project == p && t.env == e).take(10).collect();
+    let body = html! {
+        p.crumbs { a href="/" { (v.t("dashboard")) } }
+        h1 { (p) " / " (e) }
+        dl.facts.inline {
+            dt { (v.t("default_ref")) } dd { code { (settings.default_ref) } }
+            dt { (v.t("strategy")) } dd { (format!("{:?}", settings.rollout.strategy).to_lowercase()) }
+            dt { (v.t("keep")) } dd { (settings.keep_releases) }
+            dt { (v.t("approvals")) } dd { (settings.approval.required) }
+        }
+        div.actions {
+            @if deployer { a.button.primary href={ (base) "/tickets/new" } { (v.t("new_ticket")) } }
+            (v.button(&format!("{base}/check"), v.t("check"), "", html! {}))
+        }
+        @if let Some(c) = check { (c) }
+        section.panel {
+            h2 { (v.t("hosts")) }
+            div.scroll {
+                table.hosts {
+                    thead { tr {
+                        th scope="col" { (v.t("host")) } th scope="col" { (v.t("reachable")) } th scope="col" { (v.t("version")) }
+                        th scope="col" { (v.t("cert_days")) } th scope="col" { (v.t("current")) } th scope="col" { (v.t("retained")) }
+                    } }
+                    tbody {
+                        @for (host, r) in &hosts {
+                            @let probe = probes.get(host);
+                            tr data-host=(host) {
+                                th scope="row" { (host) }
+                                td { @match probe {
+                                    Some(pr) if pr.reachable => { (status(v.lang, "reachable")) }
+                                    Some(_) => { (status(v.lang, "unreachable")) }
+                                    None => { span.muted { (v.t("not_probed")) } }
+                                } }
+                                td { (probe.and_then(|pr| pr.version.clone()).unwrap_or_else(|| "–".into())) }
+                                td { @match probe.and_then(|pr| pr.cert_not_after) {
+                                    Some(t) => { @let days = (t - now) / 86400; span class=(if days < 14 { "status bad" } else { "" }) { (days) } }
+                                    None => { "–" }
+                                } }
+                                @match r {
+                                    Ok(doc) => {
+                                        td { code { (doc["current"].as_str().filter(|c| !c.is_empty()).unwrap_or("–")) } }
+                                        td { ul.releases {
+                                            @for rel in doc["releases"].as_array().into_iter().flatten().filter(|r| r["current"] != true) {
+                                                li { code { (rel["id"].as_str().unwrap_or("")) } " " span.muted { (rel["why"].as_str().unwrap_or("")) } }
+                                            }
+                                        } }
+                                    }
+                                    Err(err) => { td colspan="2" { span.status.bad { "✗ " } (err) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if direct_rollback {
+            section.panel {
+                h2 { (v.t("rollback")) }
+                form.action.rollback method="post" action={ (base) "/rollback" } {
+                    input type="hidden" name="csrf_token" value=(v.csrf());
+                    label for="to" { (v.t("rollback_to")) }
+                    select #to name="to" {
+                        option value="" { (v.t("previous")) }
+                        @for (id, label) in &retained { option value=(id) { (label) } }
+                    }
+                    button.danger type="submit" { (v.t("rollback")) "…" }
+                }
+            }
+        }
+        section.panel {
+            h2 { (v.t("recent")) }
+            div.scroll { table {
+                thead { tr { th scope="col" { "#" } th scope="col" { (v.t("kind")) } th scope="col" { (v.t("ref")) } th scope="col" { (v.t("status")) } th scope="col" { (v.t("who")) } th scope="col" { (v.t("started")) } } }
+                tbody { @for d in &deploys { tr {
+                    td { a href={ "/deploys/" (d.id) } { "#" (d.id) } }
+                    td { (v.t(super::kind_key(d))) }
+                    td { @if !d.commit.is_empty() { code { (d.git_ref) } " " code { (short(&d.commit)) } } }
+                    td { (status(v.lang, d.effective_status().word())) }
+                    td { (d.user) } td { (when(d.started_at)) }
+                } } }
+            } }
+            @if !tickets.is_empty() {
+                h3 { (v.t("tickets")) }
+                ul.tickets { @for t in &tickets { li { a href={ "/tickets/" (t.id) } { "#" (t.id) " " (t.title) } " " (status(v.lang, t.state.word())) } } }
+            }
+        }
+    };
+    Ok(v.page(&format!("{p} / {e}"), body))
+}
+
+#[derive(Default, Deserialize)]
+pub struct CheckForm {
+    #[serde(rename = "ref", default)]
+    git_ref: String,
+}
+
+/// `POST /projects/{p}/envs/{e}/check`: Walle's 检测, its table on the env's page.
+pub async fn check(
+    State(app): State<Arc<App>>,
+    v: Viewer,
+    Path((p, e)): Path<(String, String)>,
+    Form(f): Form<CheckForm>,
+) -> PageResult {
+    let git_ref = Some(f.git_ref.trim().to_owned()).filter(|r| !r.is_empty());
+    let rows = crate::engine::start_check(app.home.clone(), p.clone(), e.clone(), git_ref, Default::default())
+        .finish(|_| {})
+        .await
+        .or_show(&v)?;
+    let ok = rows.iter().all(|r| r.ok);
+    let table = html! {
+        section.panel.check #check {
+            h2 { (v.t("check")) " " (status(v.lang, if ok { "passed" } else { "failed" })) }
+            div.scroll { table {
+                thead { tr { th scope="col" { (v.t("host")) } th scope="col" { (v.t("check_item")) } th scope="col" { (v.t("result")) } th scope="col" { (v.t("detail")) } th scope="col" { (v.t("fix_col")) } } }
+                tbody { @for r in &rows { tr class=(if r.ok { "" } else { "bad" }) {
+                    td { (r.host) } td { (r.check) }
+                    td { (status(v.lang, if r.ok { "ok" } else { "failed" })) }
+                    td { (r.detail) } td { (r.fix) }
+                } } }
+            } }
+        }
+    };
+    view(&app, &v, &p, &e, Some(table)).await
+}
+
+#[derive(Default, Deserialize)]
+pub struct RollbackForm {
+    #[serde(default)]
+    to: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// `POST /projects/{p}/envs/{e}/rollback`: the confirmation first; confirmed, the rollback
+/// starts and its page shows it.
+pub async fn rollback(
+    State(app): State<Arc<App>>,
+    v: Viewer,
+    Path((p, e)): Path<(String, String)>,
+    Form(f): Form<RollbackForm>,
+) -> PageResult {
+    let to = f.to.trim();
+    if f.confirm != "yes" {
+        let question = format!("{} {p} / {e}", v.t("rollback"));
+        let to = Some(to).filter(|t| !t.is_empty());
+        return confirm(&app, &v, &p, &e, to, &format!("/projects/{p}/envs/{e}/rollback"), &question).await;
+    }
+    let to = Some(to).filter(|t| !t.is_empty()).map(RollbackTo::parse).transpose().or_show(&v)?;
+    let args = RollbackArgs { project: p, env: e, to, hosts: None, user: Some(v.caller.name.clone()) };
+    match runs::begin(&app, Op::Rollback(args), None).await.or_show(&v)? {
+        Begun::Started(n) => Ok(Redirect::to(&format!("/deploys/{n}")).into_response()),
+        Begun::Planned(d) => Ok(Redirect::to(&format!("/deploys/{}", d.id)).into_response()),
+    }
+}
+
+/// The confirmation of a rollback of (p, e) to `to` (none: each host's previous release):
+/// what changes on which hosts, as the hosts answer now, and the button that posts `confirm`.
+pub async fn confirm(
+    app: &App,
+    v: &Viewer,
+    p: &str,
+    e: &str,
+    to: Option<&str>,
+    action: &str,
+    question: &str,
+) -> PageResult {
+    let target = to.map(RollbackTo::parse).transpose().or_show(v)?;
+    let args = RollbackArgs { project: p.to_owned(), env: e.to_owned(), to: target, hosts: None, user: None };
+    let changes = crate::engine::rollback::preview(&app.home, &args).await.or_show(v)?;
+    let body = html! {
+        section.panel.confirm {
+            h1 { (question) }
+            p { (v.t("confirm_changes")) }
+            table {
+                thead { tr { th scope="col" { (v.t("host")) } th scope="col" { (v.t("current")) } th scope="col" { "→" } } }
+                tbody { @for (host, from, goes) in &changes { tr {
+                    th scope="row" { (host) } td { code { (from) } } td { code { (goes.to_string()) } }
+                } } }
+            }
+            (v.button(action, v.t("confirm_rollback"), "danger", html! {
+                input type="hidden" name="confirm" value="yes";
+                input type="hidden" name="to" value=(to.unwrap_or(""));
+            }))
+            p { a href={ "/projects/" (p) "/envs/" (e) } { (v.t("back")) } }
+        }
+    };
+    Ok(v.page(question, body))
+}

@@ -1,0 +1,314 @@
+//! Tickets in the browser (Walle's 上线单): the new-ticket page with its ref picker (recent
+//! branches, the last 10 tags, the last 50 commits with subject, author and time, and the
+//! commit the choice resolves to), the ticket page (state, approvals, the actions the caller's
+//! grants allow, the latest deploy's panes, live), and the actions as forms. The actions are
+//! the same functions the API calls (`server::tickets`); the middleware has checked the role.
+
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Redirect};
+use maud::{Markup, html};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::live::{self, EventStream, Fragments};
+use super::{OrShow, PageResult, Viewer, short, status, when};
+use crate::server::App;
+use crate::server::tickets::{self as ops, NewTicket};
+use crate::state::tickets::{TicketKind, TicketRecord, TicketState};
+use crate::state::users::Role;
+
+fn ticket_of(app: &App, v: &Viewer, id: u64) -> Result<TicketRecord, super::Shown> {
+    app.store.ticket(id).or_show(v)?.ok_or_else(|| ops::unknown(id)).or_show(v)
+}
+
+/// What the caller may do to `t` now.
+struct Allowed {
+    approve: bool,
+    deploy: bool,
+    cancel: bool,
+    rollback: bool,
+}
+
+fn allowed(v: &Viewer, t: &TicketRecord) -> Allowed {
+    let c = &v.caller;
+    let deployer = c.allows(&t.project, &t.env, Role::Deployer);
+    use TicketState::*;
+    Allowed {
+        approve: c.allows(&t.project, &t.env, Role::Approver)
+            && t.state == Pending
+            && t.requester != c.name
+            && !t.approvals.iter().any(|a| a.audit.by == c.name),
+        deploy: deployer && matches!(t.state, Approved | Failed | Interrupted),
+        cancel: deployer && matches!(t.state, Pending | Approved | Deploying),
+        rollback: deployer
+            && t.kind == TicketKind::Deploy
+            && !t.deploys.is_empty()
+            && matches!(t.state, Succeeded | Failed | Interrupted),
+    }
+}
+
+/// The ticket's facts, approvals, history and actions (sent again live when any of it changes).
+fn head(v: &Viewer, t: &TicketRecord) -> Markup {
+    let may = allowed(v, t);
+    let base = format!("/tickets/{}", t.id);
+    html! {
+        div.ticket-head data-key="head" {
+            div.summary {
+                (status(v.lang, t.state.word()))
+                dl.facts {
+                    dt { (v.t("env")) } dd { a href={ "/projects/" (t.project) "/envs/" (t.env) } { (t.project) " / " (t.env) } }
+                    dt { (v.t("ref")) } dd { code { (t.git_ref) } " → " code.commit { (short(&t.commit)) } " " (t.commit_summary) }
+                    dt { (v.t("requester")) } dd { (t.requester) " · " (when(t.created.at)) }
+                    @if let Some(of) = t.rollback_of { dt { (v.t("rolls_back")) } dd { a href={ "/tickets/" (of) } { "#" (of) } } }
+                    dt { (v.t("approvals")) } dd { (t.approvals.len()) " / " (t.required) }
+                }
+                @if !t.description.is_empty() { p.description { (t.description) } }
+            }
+            @if !t.approvals.is_empty() {
+                ul.approvals {
+                    @for a in &t.approvals {
+                        li { span.status.ok { "✓ " } strong { (a.audit.by) } " " (when(a.audit.at)) @if !a.comment.is_empty() { " — " (a.comment) } }
+                    }
+                }
+            }
+            div.actions {
+                @if may.approve {
+                    form.action.approve method="post" action={ (base) "/approve" } {
+                        input type="hidden" name="csrf_token" value=(v.csrf());
+                        label for="comment" { (v.t("comment")) }
+                        textarea #comment name="comment" rows="2" {}
+                        div.buttons {
+                            button.primary type="submit" { (v.t("approve")) }
+                            button.danger type="submit" formaction={ (base) "/reject" } { (v.t("reject")) }
+                        }
+                    }
+                }
+                @if may.deploy { (v.button(&format!("{base}/deploy"), v.t("deploy"), "primary", html! {})) }
+                @if may.cancel { (v.button(&format!("{base}/cancel"), v.t("cancel"), "", html! {})) }
+                @if may.rollback { (v.button(&format!("{base}/rollback"), v.t("rollback"), "danger", html! {})) }
+            }
+            details.timeline {
+                summary { (v.t("timeline")) " (" (t.transitions.len()) ")" }
+                ol {
+                    @for tr in &t.transitions {
+                        li { (when(tr.audit.at)) " " (status(v.lang, tr.state.word())) " " (tr.audit.by)
+                             @if !tr.comment.is_empty() { " — " (tr.comment) } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn deploys_key(t: &TicketRecord) -> String {
+    t.deploys.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// `GET /tickets/{id}`.
+pub async fn page(State(app): State<Arc<App>>, v: Viewer, Path(id): Path<u64>) -> PageResult {
+    let t = ticket_of(&app, &v, id)?;
+    let latest = match t.deploys.last() {
+        Some(&n) => app.store.deploy(n).or_show(&v)?,
+        None => None,
+    };
+    let hosts: Vec<String> = crate::engine::load_scope(&app.home, &t.project, &t.env, None)
+        .map(|s| s.hosts.iter().map(|a| a.name.clone()).collect())
+        .unwrap_or_default();
+    let panes = match &latest {
+        Some(d) => Some(super::panes::panes(&app, v.lang, d, &hosts).or_show(&v)?.0),
+        None => None,
+    };
+    let body = html! {
+        div data-live={ "/tickets/" (id) "/live" } data-deploys=(deploys_key(&t)) {
+            p.crumbs { a href={ "/projects/" (t.project) "/envs/" (t.env) } { (t.project) " / " (t.env) } }
+            h1 { (v.t("ticket")) " #" (t.id) " " (t.title) }
+            (head(&v, &t))
+            @if let Some(d) = &latest {
+                h2 { (v.t(super::kind_key(d)))
+                     " " a href={ "/deploys/" (d.id) } { "#" (d.id) } }
+                @if t.deploys.len() > 1 {
+                    p.muted { (v.t("earlier")) ": "
+                        @for n in &t.deploys[..t.deploys.len() - 1] { a href={ "/deploys/" (n) } { "#" (n) } " " } }
+                }
+            }
+            @if let Some(p) = panes { (p) }
+        }
+    };
+    Ok(v.page(&format!("#{} {}", t.id, t.title), body))
+}
+
+/// `GET /tickets/{id}/live`: the ticket's head when it changes; `reload` when it starts
+/// another deploy (its panes are new).
+pub async fn live(State(app): State<Arc<App>>, v: Viewer, Path(id): Path<u64>) -> EventStream {
+    live::fragments(app, move |app| {
+        let t = app.store.ticket(id).ok()??;
+        let mut f = Fragments::new();
+        f.insert("head".into(), head(&v, &t).into_string());
+        f.insert(format!("deploys:{}", deploys_key(&t)), String::new());
+        Some(f)
+    })
+}
+
+/// `GET /projects/{p}/envs/{e}/tickets/new`: title, description, and the ref picker.
+pub async fn new_page(State(app): State<Arc<App>>, v: Viewer, Path((p, e)): Path<(String, String)>) -> PageResult {
+    let scope = crate::engine::load_scope(&app.home, &p, &e, None).or_show(&v)?;
+    let url = crate::engine::scope::repo_url(&scope.project, &scope.settings);
+    let mirror = crate::source::git::mirror_path(&app.home.cache(), &p);
+    crate::source::git::fetch(&url, &mirror).await.or_show(&v)?;
+    let picker = crate::source::git::picker(&mirror, &scope.settings.default_ref).or_show(&v)?;
+    let default_ref = scope.settings.default_ref.clone();
+    let body = html! {
+        p.crumbs { a href={ "/projects/" (p) "/envs/" (e) } { (p) " / " (e) } }
+        h1 { (v.t("new_ticket")) }
+        form.panel.ticket-form method="post" action={ "/projects/" (p) "/envs/" (e) "/tickets" } {
+            input type="hidden" name="csrf_token" value=(v.csrf());
+            label for="title" { (v.t("title_field")) }
+            input #title name="title" type="text" required maxlength="200";
+            label for="description" { (v.t("description")) }
+            textarea #description name="description" rows="3" {}
+            label for="ref" { (v.t("ref_pick")) }
+            select #ref name="ref" {
+                (options(&v, &picker, &default_ref))
+            }
+            p.resolves aria-live="polite" { (v.t("resolves")) " " code #resolved {} " " span #resolved-subject {} }
+            @if scope.settings.approval.required > 0 {
+                p.muted { (v.t("needs_approval")) " " (scope.settings.approval.required) }
+            }
+            button.primary type="submit" { (v.t("create")) }
+        }
+    };
+    Ok(v.page(v.t("new_ticket"), body))
+}
+
+fn options(v: &Viewer, picker: &Value, default_ref: &str) -> Markup {
+    let list = |k: &str| picker[k].as_array().cloned().unwrap_or_default();
+    let label = |c: &Value| {
+        let time = slipway_common::time::format_utc(c["time"].as_i64().unwrap_or(0));
+        format!(
+            "{} · {} · {} · {}",
+            short(c["commit"].as_str().unwrap_or("")),
+            c["subject"].as_str().unwrap_or(""),
+            c["author"].as_str().unwrap_or(""),
+            time
+        )
+    };
+    html! {
+        optgroup label=(v.t("branches")) {
+            @for b in list("branches") {
+                @let name = b["name"].as_str().unwrap_or("");
+                option value=(name) selected[name == default_ref] data-commit=(b["commit"].as_str().unwrap_or("")) data-subject=(b["subject"].as_str().unwrap_or("")) {
+                    (name) " — " (label(&b))
+                }
+            }
+        }
+        optgroup label=(v.t("tags")) {
+            @for t in list("tags") {
+                option value=(t["name"].as_str().unwrap_or("")) data-commit=(t["commit"].as_str().unwrap_or("")) data-subject=(t["subject"].as_str().unwrap_or("")) {
+                    (t["name"].as_str().unwrap_or("")) " — " (label(&t))
+                }
+            }
+        }
+        optgroup label=(v.t("commits")) {
+            @for c in list("commits") {
+                option value=(c["commit"].as_str().unwrap_or("")) data-commit=(c["commit"].as_str().unwrap_or("")) data-subject=(c["subject"].as_str().unwrap_or("")) {
+                    (label(&c))
+                }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct TicketForm {
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    description: String,
+    #[serde(rename = "ref", default)]
+    git_ref: String,
+}
+
+/// `POST /projects/{p}/envs/{e}/tickets`: make the ticket, then show it.
+pub async fn create(
+    State(app): State<Arc<App>>,
+    v: Viewer,
+    Path((p, e)): Path<(String, String)>,
+    Form(f): Form<TicketForm>,
+) -> PageResult {
+    let git_ref = Some(f.git_ref.trim().to_owned()).filter(|r| !r.is_empty());
+    let new = NewTicket { project: p, env: e, git_ref, title: f.title, description: f.description };
+    let created = crate::state::tickets::Audit {
+        by: v.caller.name.clone(),
+        at: slipway_common::time::unix_now(),
+        from: v.caller.from.clone(),
+    };
+    let t = ops::create(&app, &v.caller, new, created, None).await.or_show(&v)?;
+    Ok(Redirect::to(&format!("/tickets/{}", t.id)).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct CommentForm {
+    #[serde(default)]
+    comment: String,
+}
+
+fn back(id: u64) -> axum::response::Response {
+    Redirect::to(&format!("/tickets/{id}")).into_response()
+}
+
+pub async fn approve(
+    State(app): State<Arc<App>>,
+    v: Viewer,
+    Path(id): Path<u64>,
+    Form(f): Form<CommentForm>,
+) -> PageResult {
+    ops::approve(&app, &v.caller, id, &f.comment, true).or_show(&v)?;
+    Ok(back(id))
+}
+
+pub async fn reject(
+    State(app): State<Arc<App>>,
+    v: Viewer,
+    Path(id): Path<u64>,
+    Form(f): Form<CommentForm>,
+) -> PageResult {
+    ops::approve(&app, &v.caller, id, &f.comment, false).or_show(&v)?;
+    Ok(back(id))
+}
+
+pub async fn deploy(State(app): State<Arc<App>>, v: Viewer, Path(id): Path<u64>) -> PageResult {
+    ops::deploy(&app, &v.caller, id).await.or_show(&v)?;
+    Ok(back(id))
+}
+
+pub async fn cancel(State(app): State<Arc<App>>, v: Viewer, Path(id): Path<u64>) -> PageResult {
+    ops::cancel(&app, &v.caller, id).or_show(&v)?;
+    Ok(back(id))
+}
+
+#[derive(Deserialize)]
+pub struct ConfirmForm {
+    #[serde(default)]
+    confirm: String,
+}
+
+/// `POST /tickets/{id}/rollback`: first a confirmation naming what changes on which hosts;
+/// confirmed, the rollback ticket is made (and started unless the env asks approval for it).
+pub async fn rollback(
+    State(app): State<Arc<App>>,
+    v: Viewer,
+    Path(id): Path<u64>,
+    Form(f): Form<ConfirmForm>,
+) -> PageResult {
+    let t = ticket_of(&app, &v, id)?;
+    if f.confirm != "yes" {
+        let action = format!("/tickets/{id}/rollback");
+        let question = format!("{} #{} {}", v.t("rollback"), t.id, t.title);
+        return super::project::confirm(&app, &v, &t.project, &t.env, None, &action, &question).await;
+    }
+    let (rollback, _) = ops::rollback(&app, &v.caller, id).await.or_show(&v)?;
+    Ok(back(rollback.id))
+}
