@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod browser;
 mod server;
-pub use server::{Server, Sse, SseReader, add_user, have_metrics_parser, http, parse_metrics, sample, sink};
+pub use server::{Server, Sse, SseReader, add_admin, add_user, have_metrics_parser, http, parse_metrics, sample, sink};
 
 /// A built binary of this workspace (`cargo test --workspace` builds them before tests run).
 pub fn bin(name: &str) -> PathBuf {

@@ -275,8 +275,20 @@ pub fn sink() -> (u16, std::sync::mpsc::Receiver<Received>) {
 
 /// Add user `name` (password `<name>-password`) with `grants` (project, env, role).
 pub fn add_user(fleet: &Fleet, name: &str, grants: &[(&str, &str, &str)]) {
+    add(fleet, name, false, grants);
+}
+
+/// Add admin `name` (password `<name>-password`).
+pub fn add_admin(fleet: &Fleet, name: &str) {
+    add(fleet, name, true, &[]);
+}
+
+fn add(fleet: &Fleet, name: &str, admin: bool, grants: &[(&str, &str, &str)]) {
     let mut cmd = std::process::Command::new(crate::bin("slipctl"));
     cmd.arg("--home").arg(&fleet.home).args(["user", "add", name, "--password-stdin"]);
+    if admin {
+        cmd.arg("--admin");
+    }
     cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
     let mut child = cmd.spawn().unwrap();
     use std::io::Write;

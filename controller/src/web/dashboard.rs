@@ -70,7 +70,11 @@ pub fn cell_view(lang: Lang, caller: &Caller, cell: &Value) -> Markup {
                 }
                 @if let Some(d) = cell["last_deploy"].as_object() {
                     dt { (lang.t("last_deploy")) }
-                    dd { a href={ "/deploys/" (d["id"]) } { "#" (d["id"]) } " " (status(lang, d["status"].as_str().unwrap_or(""))) }
+                    dd {
+                        a href={ "/deploys/" (d["id"]) } { "#" (d["id"]) }
+                        @if d["kind"] == "rollback" { " " (lang.t("rollback")) }
+                        " " (status(lang, d["status"].as_str().unwrap_or("")))
+                    }
                 }
                 @if let Some(t) = cell["last_ticket"].as_object() {
                     dt { (lang.t("last_ticket")) }

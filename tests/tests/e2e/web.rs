@@ -21,6 +21,12 @@ fn log_in_see_the_dashboard_in_english_and_chinese_and_log_out() {
     repo.commit("v1");
     fleet.apply_project("shop", &repo.path, "");
     let release = fleet.deploy_ok("shop");
+    // A deploy whose hook fails, for its replay: the failure marked, stderr kept.
+    let broken = format!("pre_release = [\"echo about to fail; echo boom >&2; exit 3\"]\n{}", slipway_tests::hook_user_line());
+    fleet.apply_project_full("broken", &repo.path, "", &broken, "");
+    let failed = fleet.slipctl(&["--output", "json", "deploy", "broken", "test"]).code(1).json();
+    let failed_id = failed["id"].as_u64().expect("the failed deploy is numbered");
+    slipway_tests::add_admin(&fleet, "ops");
     let mut cmd = std::process::Command::new(slipway_tests::bin("slipctl"));
     cmd.arg("--home").arg(&fleet.home).args(["user", "add", "dev", "--password-stdin"]);
     let mut child = cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().unwrap();
@@ -97,7 +103,47 @@ fn log_in_see_the_dashboard_in_english_and_chinese_and_log_out() {
         zh.find(Locator::Css("a.lang")).await.unwrap().click().await.unwrap();
         let h1 = zh.wait().for_element(Locator::Css("main h1")).await.unwrap();
         assert_eq!(h1.text().await.unwrap(), "Dashboard");
+        assert!(!has(&zh, "nav a[href='/users']").await, "no users page for a non-admin");
+        zh.goto(&format!("{base}/users")).await.unwrap();
+        let refused = zh.find(Locator::Css("[role=alert]")).await.unwrap().text().await.unwrap();
+        assert!(refused.contains("403") && refused.contains("dev is not an admin"), "{refused}");
         zh.close().await.unwrap();
+
+        // The failed deploy replays: the hook's stderr kept and marked, the failure in red, the
+        // outcome in words.
+        let c = driver.session("en-US", 1280, 800).await;
+        log_in(&c, &base, "ops").await;
+        c.goto(&format!("{base}/deploys/{failed_id}")).await.unwrap();
+        let pane = c.find(Locator::Css("article.pane[data-host='web-1']")).await.unwrap();
+        let stderr = pane.find(Locator::Css(".out.stderr")).await.unwrap().text().await.unwrap();
+        assert!(stderr.contains("boom"), "{stderr}");
+        let bad = pane.find(Locator::Css(".line.bad")).await.unwrap().text().await.unwrap();
+        assert!(bad.starts_with('✗'), "a failure is marked, not only coloured: {bad}");
+        let outcome = c.find(Locator::Css("div.outcome.bad")).await.unwrap().text().await.unwrap();
+        assert!(outcome.contains("failed"), "{outcome}");
+        screenshot(&c, "deploy-failed").await;
+
+        // The admin's users page: grant the developer deployer on shop/test, then revoke it.
+        c.find(Locator::Css("nav a[href='/users']")).await.unwrap().click().await.unwrap();
+        c.wait().for_element(Locator::Css("table.users")).await.unwrap();
+        c.find(Locator::Css("#g-user")).await.unwrap().select_by_value("dev").await.unwrap();
+        c.find(Locator::Css("#g-pair")).await.unwrap().select_by_value("shop/test").await.unwrap();
+        c.find(Locator::Css("#g-role")).await.unwrap().select_by_value("deployer").await.unwrap();
+        c.find(Locator::Css("form[action='/users/grant'] button")).await.unwrap().click().await.unwrap();
+        let row = wait_text(&c, "tr", "deployer").await;
+        assert!(row.contains("dev") && row.contains("shop/test"), "{row}");
+        screenshot(&c, "users").await;
+        let revoke = "tr[data-user='dev'] form[action='/users/revoke'] input[name=role][value=deployer]";
+        assert!(has(&c, revoke).await);
+        c.find(Locator::XPath("//tr[@data-user='dev']//form[.//input[@name='role'][@value='deployer']]//button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        c.wait().for_element(Locator::Css("table.users")).await.unwrap();
+        assert!(!has(&c, revoke).await, "revoked");
+        c.close().await.unwrap();
     });
 }
 
@@ -274,6 +320,12 @@ fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() 
             slipway_tests::http(server.port, "POST", &format!("/tickets/{id}/deploy"), &headers, Some(&form));
         assert_eq!(status, 403, "{body}");
         assert!(body.contains("guest may not act as deployer"), "the refusal says why: {body}");
+        // A form posted without the session's CSRF token is refused too, even for a deployer.
+        let (cookie, _) = server.login("dev", "dev-password");
+        let headers = [("Cookie", cookie.as_str()), ("Content-Type", "application/x-www-form-urlencoded")];
+        let (status, _, body) = slipway_tests::http(server.port, "POST", &format!("/tickets/{id}/cancel"), &headers, Some("x=1"));
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("CSRF"), "{body}");
         guest.close().await.unwrap();
 
         // Rollback from the ticket: a confirmation naming what changes where, then the old page.
@@ -289,6 +341,12 @@ fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() 
         }
         dev.goto(ticket_url.as_str()).await.unwrap();
         wait_text(&dev, "div.ticket-head", "rolled back").await;
+        // At phone width the ticket page is one column, nothing cut off.
+        dev.set_window_size(360, 800).await.unwrap();
+        let overflow = dev.execute("return document.documentElement.scrollWidth > window.innerWidth", vec![]).await.unwrap();
+        assert_eq!(overflow, false, "no sideways scrolling at 360 px");
+        screenshot(&dev, "ticket-phone").await;
+        dev.set_window_size(1280, 900).await.unwrap();
 
         // The project page: hosts with what they run and keep, and 检测 with its table.
         boss.goto(&format!("{base}/projects/shop/envs/test")).await.unwrap();
@@ -298,14 +356,25 @@ fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() 
         let check = boss.wait().for_element(Locator::Css("section.check")).await.unwrap().text().await.unwrap();
         assert!(check.contains("检测") && check.contains("web-2"), "{check}");
         screenshot(&boss, "project-zh").await;
+        // From the project page, back to the new release (retained on both hosts), by name,
+        // after a confirmation naming each host's change; the new page is served again.
         dev.goto(&format!("{base}/projects/shop/envs/test")).await.unwrap();
         dev.wait().for_element(Locator::Css("table.hosts")).await.unwrap();
         screenshot(&dev, "project").await;
+        dev.find(Locator::Css("select#to")).await.unwrap().select_by_value(&new_release).await.unwrap();
+        dev.find(Locator::Css("form.rollback button")).await.unwrap().click().await.unwrap();
+        let confirm = dev.wait().for_element(Locator::Css("section.confirm")).await.unwrap().text().await.unwrap();
+        assert!(confirm.contains(&new_release) && confirm.contains("web-2"), "{confirm}");
+        dev.find(Locator::Css("section.confirm button.danger")).await.unwrap().click().await.unwrap();
+        wait_text(&dev, "div.outcome", "succeeded").await;
+        for port in &ports {
+            assert_eq!(http_get(*port, "/index.html").unwrap().1, "new page\n");
+        }
 
         // History, filtered by outcome and person; the agents page.
         dev.goto(&format!("{base}/history?outcome=succeeded&who=dev")).await.unwrap();
         let rows = dev.find_all(Locator::Css("table.history tbody tr")).await.unwrap();
-        assert_eq!(rows.len(), 2, "dev's deploy and rollback");
+        assert_eq!(rows.len(), 3, "dev's deploy and two rollbacks");
         dev.goto(&format!("{base}/agents")).await.unwrap();
         let agents = dev.find(Locator::Css("table.agents")).await.unwrap().text().await.unwrap();
         assert!(agents.contains("web-1") && agents.contains("web-2"), "{agents}");
