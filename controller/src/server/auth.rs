@@ -150,6 +150,7 @@ pub fn policy(method: &Method, route: &str) -> Need {
         "/tickets/{id}/approve" | "/tickets/{id}/reject" => Role(R::Approver, Ticket),
         "/tickets/{id}/deploy" | "/tickets/{id}/cancel" | "/tickets/{id}/rollback" => Role(R::Deployer, Ticket),
         "/deploys/{id}" | "/deploys/{id}/live" => Role(R::Viewer, Deploy),
+        "/deploys/{id}/promote" | "/deploys/{id}/abort" => Role(R::Deployer, Deploy),
         "/api/v1/session" => Anyone,
         "/api/v1/projects" | "/api/v1/agents" | "/api/v1/dashboard" | "/api/v1/tickets" | "/api/v1/deploys" if get => {
             Anyone
@@ -420,4 +421,38 @@ async fn check(app: &App, route: String, taken: Request) -> ApiResult<Request> {
     };
     taken.extensions_mut().insert(caller);
     Ok(taken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_action_needs_what_its_api_twin_needs() {
+        let post = Method::POST;
+        for action in ["approve", "reject", "deploy", "cancel", "rollback"] {
+            assert_eq!(
+                policy(&post, &format!("/tickets/{{id}}/{action}")),
+                policy(&post, &format!("/api/v1/tickets/{{id}}/{action}")),
+                "{action}"
+            );
+        }
+        for action in ["promote", "abort"] {
+            assert_eq!(
+                policy(&post, &format!("/deploys/{{id}}/{action}")),
+                policy(&post, &format!("/api/v1/deploys/{{id}}/{action}"))
+            );
+        }
+        assert_eq!(policy(&post, "/projects/{p}/envs/{e}/tickets"), Need::Role(Role::Deployer, Pair::Path));
+        assert_eq!(
+            policy(&post, "/projects/{p}/envs/{e}/rollback"),
+            Need::DirectDeploy { rollback: true, pair: Pair::Path }
+        );
+        assert_eq!(policy(&Method::GET, "/users"), Need::Admin);
+        assert_eq!(policy(&post, "/users/grant"), Need::Admin);
+        assert_eq!(policy(&Method::GET, "/tickets/{id}"), Need::Role(Role::Viewer, Pair::Ticket));
+        assert_eq!(policy(&Method::GET, "/"), Need::Page);
+        assert!(is_page("/tickets/{id}") && is_page("/") && is_page("/login"));
+        assert!(!is_page("/api/v1/tickets") && !is_page("/hooks/{project}") && !is_page("/metrics"));
+    }
 }

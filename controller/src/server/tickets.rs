@@ -69,7 +69,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/v1/tickets/{id}/rollback", routing::post(rollback_h))
 }
 
-fn audit(caller: &Caller) -> Audit {
+pub fn audit(caller: &Caller) -> Audit {
     Audit { by: caller.name.clone(), at: unix_now(), from: caller.from.clone() }
 }
 
@@ -281,8 +281,13 @@ pub async fn rollback(app: &Arc<App>, caller: &Caller, id: u64) -> ApiResult<(Ti
 /// The ticket's deploy was numbered: it is deploying.
 pub fn on_started(app: &App, id: u64, deploy: u64, by: Audit) {
     let r = update(app, id, |t| {
-        t.deploys.push(deploy);
-        move_to(t, TicketState::Deploying, by, &format!("deploy #{deploy}"));
+        // A paused deploy carried on by this server (after a restart) is the same deploy.
+        if t.deploys.last() != Some(&deploy) {
+            t.deploys.push(deploy);
+        }
+        if t.state != TicketState::Deploying {
+            move_to(t, TicketState::Deploying, by, &format!("deploy #{deploy}"));
+        }
         Ok(())
     });
     if let Err(e) = r {

@@ -124,6 +124,12 @@ pub fn changes() -> watch::Receiver<u64> {
     change_signal().subscribe()
 }
 
+/// How many changes there have been in this process: a page records it when it renders, and
+/// its live stream, opened later, sends what changed in between.
+pub fn change_count() -> u64 {
+    *change_signal().borrow()
+}
+
 /// Something a page shows changed.
 pub fn changed() {
     change_signal().send_modify(|n| *n = n.wrapping_add(1));

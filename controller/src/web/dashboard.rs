@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use maud::{Markup, html};
 use serde_json::Value;
 
@@ -15,11 +15,12 @@ use crate::server::App;
 use crate::server::auth::Caller;
 
 pub async fn page(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
+    let live = live::url("/live/dashboard");
     let cells = crate::server::api::dashboard_cells(&app, &v.caller).or_show(&v)?;
     let body = html! {
         h1 { (v.t("dashboard")) }
         @if cells.is_empty() { p.empty { (v.t("no_projects")) } }
-        div.grid data-live="/live/dashboard" {
+        div.grid data-live=(live) {
             @for cell in &cells { (cell_view(v.lang, &v.caller, cell)) }
         }
     };
@@ -27,8 +28,8 @@ pub async fn page(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
 }
 
 /// `GET /live/dashboard`: a cell's new markup each time it changes.
-pub async fn live(State(app): State<Arc<App>>, v: Viewer) -> EventStream {
-    live::fragments(app, move |app| cells(app, &v))
+pub async fn live(State(app): State<Arc<App>>, v: Viewer, Query(q): Query<live::Since>) -> EventStream {
+    live::fragments(app, q.since, move |app| cells(app, &v))
 }
 
 fn cells(app: &App, v: &Viewer) -> Option<Fragments> {

@@ -28,6 +28,12 @@
     var source = new EventSource(root.dataset.live);
     source.addEventListener("fragment", function (ev) {
       var f = JSON.parse(ev.data);
+      // A ticket that started another deploy since its page was drawn: new panes, a new page.
+      if (f.key.indexOf("deploys:") === 0 && root.dataset.deploys !== undefined && f.key.slice(8) !== root.dataset.deploys) {
+        source.close();
+        window.location.reload();
+        return;
+      }
       root.querySelectorAll("[data-key]").forEach(function (el) {
         if (el.dataset.key === f.key) replace(el, f.html);
       });

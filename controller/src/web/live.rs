@@ -27,14 +27,44 @@ pub type Fragments = BTreeMap<String, String>;
 /// An event stream, as the response it is.
 pub type EventStream = axum::response::Response;
 
+/// The query of a live stream: the change count its page was rendered at.
+#[derive(serde::Deserialize)]
+pub struct Since {
+    #[serde(default)]
+    pub since: Option<u64>,
+}
+
+/// The `data-live` URL of a page's stream: `path`, with the change count now (read before the
+/// page renders, so a change made while it renders is sent when the stream opens).
+pub fn url(path: &str) -> String {
+    format!("{path}?since={}", journal::change_count())
+}
+
+fn fragment(key: &str, html: &str) -> SseEvent {
+    SseEvent::default().event("fragment").data(serde_json::json!({"key": key, "html": html}).to_string())
+}
+
 /// A stream of `fragment` events (`{"key", "html"}`) from `render`; `reload` when the set of
-/// keys changes (something appeared or went: the page is rendered again whole).
-pub fn fragments(app: Arc<App>, render: impl Fn(&App) -> Option<Fragments> + Send + 'static) -> EventStream {
+/// keys changes (something appeared or went: the page is rendered again whole). When anything
+/// changed since the page was rendered (`since`), every fragment is sent at once.
+pub fn fragments(
+    app: Arc<App>,
+    since: Option<u64>,
+    render: impl Fn(&App) -> Option<Fragments> + Send + 'static,
+) -> EventStream {
     let (tx, rx) = mpsc::channel::<SseEvent>(16);
     tokio::spawn(async move {
         let mut changes = journal::changes();
+        let stale = since != Some(*changes.borrow_and_update());
         let mut stopping = app.stopping.subscribe();
         let Some(mut sent) = render(&app) else { return };
+        if stale {
+            for (key, html) in &sent {
+                if tx.send(fragment(key, html)).await.is_err() {
+                    return;
+                }
+            }
+        }
         let mut last = Instant::now();
         loop {
             tokio::select! {
@@ -51,11 +81,8 @@ pub fn fragments(app: Arc<App>, render: impl Fn(&App) -> Option<Fragments> + Sen
                 return;
             }
             for (key, html) in &now {
-                if sent.get(key) != Some(html) {
-                    let data = serde_json::json!({"key": key, "html": html}).to_string();
-                    if tx.send(SseEvent::default().event("fragment").data(data)).await.is_err() {
-                        return;
-                    }
+                if sent.get(key) != Some(html) && tx.send(fragment(key, html)).await.is_err() {
+                    return;
                 }
             }
             sent = now;

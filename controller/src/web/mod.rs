@@ -60,6 +60,8 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/tickets/{id}/rollback", routing::post(ticket::rollback))
         .route("/deploys/{id}", routing::get(panes::deploy_page))
         .route("/deploys/{id}/live", routing::get(panes::live))
+        .route("/deploys/{id}/promote", routing::post(panes::promote))
+        .route("/deploys/{id}/abort", routing::post(panes::abort))
         .route("/history", routing::get(lists::history))
         .route("/agents", routing::get(lists::agents))
         .route("/users", routing::get(lists::users))
@@ -296,7 +298,7 @@ async fn switch_lang(Path(lang): Path<String>, headers: HeaderMap) -> Response {
 
 /// Where the language switch returns to: the path of the page it was pressed on, on this
 /// server only (a path that would leave it, like `//elsewhere`, goes to the dashboard).
-fn back_to(referer: Option<&str>) -> &str {
+pub fn back_to(referer: Option<&str>) -> &str {
     let path = referer.map(|r| match r.split_once("://") {
         Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
         None => r,

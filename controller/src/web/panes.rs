@@ -17,7 +17,11 @@ use super::live::{EventStream, stream};
 use super::{OrShow, PageResult, Viewer, short, status, when};
 use crate::server::App;
 use crate::server::api::unknown_deploy;
-use crate::state::store::DeployRecord;
+use axum::Form;
+use axum::response::IntoResponse;
+
+use crate::state::store::{Decision, DeployRecord, DeployStatus};
+use crate::state::users::Role;
 
 /// What one journal event changes on the page.
 #[derive(Debug, Default, PartialEq)]
@@ -258,6 +262,51 @@ pub fn summary(lang: Lang, d: &DeployRecord) -> Markup {
     }
 }
 
+/// Promote and abort for deploy `n`, paused after its canary; the page `back` shows the result.
+pub fn decide_buttons(v: &Viewer, n: u64, back: &str) -> Markup {
+    let field = html! { input type="hidden" name="back" value=(back); };
+    html! {
+        div.paused role="status" {
+            strong { (v.t("paused_canary")) }
+            (v.button(&format!("/deploys/{n}/promote"), v.t("promote"), "primary", field.clone()))
+            (v.button(&format!("/deploys/{n}/abort"), v.t("abort"), "danger", field))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DecideForm {
+    #[serde(default)]
+    back: String,
+}
+
+async fn decide(app: Arc<App>, v: Viewer, id: u64, decision: Decision, back: &str) -> PageResult {
+    crate::server::api::decide_paused(&app, &v.caller, id, decision).await.or_show(&v)?;
+    let back = super::back_to(Some(back));
+    let back = if back == "/" { format!("/deploys/{id}") } else { back.to_owned() };
+    Ok(axum::response::Redirect::to(&back).into_response())
+}
+
+/// `POST /deploys/{id}/promote`: carry a paused deploy on past its canary.
+pub async fn promote(
+    State(app): State<Arc<App>>,
+    v: Viewer,
+    Path(id): Path<u64>,
+    Form(f): Form<DecideForm>,
+) -> PageResult {
+    decide(app, v, id, Decision::Promote, &f.back).await
+}
+
+/// `POST /deploys/{id}/abort`: take the canary back; the other hosts stay untouched.
+pub async fn abort(
+    State(app): State<Arc<App>>,
+    v: Viewer,
+    Path(id): Path<u64>,
+    Form(f): Form<DecideForm>,
+) -> PageResult {
+    decide(app, v, id, Decision::Abort, &f.back).await
+}
+
 /// `GET /deploys/{id}`: one deploy or rollback (those started without a ticket have this page).
 pub async fn deploy_page(State(app): State<Arc<App>>, v: Viewer, Path(id): Path<u64>) -> PageResult {
     let d = app.store.deploy(id).or_show(&v)?.ok_or_else(|| unknown_deploy(id)).or_show(&v)?;
@@ -269,6 +318,9 @@ pub async fn deploy_page(State(app): State<Arc<App>>, v: Viewer, Path(id): Path<
             p.crumbs { a href={ "/projects/" (d.project) "/envs/" (d.env) } { (d.project) " / " (d.env) } }
             h1 { (v.t(super::kind_key(&d))) " #" (id) }
             (summary(v.lang, &d))
+            @if d.status == DeployStatus::Paused && v.caller.allows(&d.project, &d.env, Role::Deployer) {
+                (decide_buttons(&v, id, &format!("/deploys/{id}")))
+            }
             (panes)
         },
     ))

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::Form;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect};
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -50,8 +50,15 @@ fn allowed(v: &Viewer, t: &TicketRecord) -> Allowed {
     }
 }
 
+/// The deploy of `t` that waits for a person after its canary, if any.
+fn paused(app: &App, t: &TicketRecord) -> Option<u64> {
+    let n = *t.deploys.last()?;
+    let d = app.store.deploy(n).ok()??;
+    (d.status == crate::state::store::DeployStatus::Paused).then_some(n)
+}
+
 /// The ticket's facts, approvals, history and actions (sent again live when any of it changes).
-fn head(v: &Viewer, t: &TicketRecord) -> Markup {
+fn head(v: &Viewer, t: &TicketRecord, paused: Option<u64>) -> Markup {
     let may = allowed(v, t);
     let base = format!("/tickets/{}", t.id);
     html! {
@@ -63,7 +70,8 @@ fn head(v: &Viewer, t: &TicketRecord) -> Markup {
                     dt { (v.t("ref")) } dd { code { (t.git_ref) } " → " code.commit { (short(&t.commit)) } " " (t.commit_summary) }
                     dt { (v.t("requester")) } dd { (t.requester) " · " (when(t.created.at)) }
                     @if let Some(of) = t.rollback_of { dt { (v.t("rolls_back")) } dd { a href={ "/tickets/" (of) } { "#" (of) } } }
-                    dt { (v.t("approvals")) } dd { (t.approvals.len()) " / " (t.required) }
+                    dt { (v.t("approvals")) }
+                    dd { @if t.required == 0 { (v.t("not_required")) } @else { (t.approvals.len()) " / " (t.required) } }
                 }
                 @if !t.description.is_empty() { p.description { (t.description) } }
             }
@@ -75,6 +83,9 @@ fn head(v: &Viewer, t: &TicketRecord) -> Markup {
                 }
             }
             div.actions {
+                @if let Some(n) = paused.filter(|_| v.caller.allows(&t.project, &t.env, Role::Deployer)) {
+                    (super::panes::decide_buttons(v, n, &base))
+                }
                 @if may.approve {
                     form.action.approve method="post" action={ (base) "/approve" } {
                         input type="hidden" name="csrf_token" value=(v.csrf());
@@ -109,6 +120,7 @@ fn deploys_key(t: &TicketRecord) -> String {
 
 /// `GET /tickets/{id}`.
 pub async fn page(State(app): State<Arc<App>>, v: Viewer, Path(id): Path<u64>) -> PageResult {
+    let live = live::url(&format!("/tickets/{id}/live"));
     let t = ticket_of(&app, &v, id)?;
     let latest = match t.deploys.last() {
         Some(&n) => app.store.deploy(n).or_show(&v)?,
@@ -122,10 +134,10 @@ pub async fn page(State(app): State<Arc<App>>, v: Viewer, Path(id): Path<u64>) -
         None => None,
     };
     let body = html! {
-        div data-live={ "/tickets/" (id) "/live" } data-deploys=(deploys_key(&t)) {
+        div data-live=(live) data-deploys=(deploys_key(&t)) {
             p.crumbs { a href={ "/projects/" (t.project) "/envs/" (t.env) } { (t.project) " / " (t.env) } }
             h1 { (v.t("ticket")) " #" (t.id) " " (t.title) }
-            (head(&v, &t))
+            (head(&v, &t, paused(&app, &t)))
             @if let Some(d) = &latest {
                 h2 { (v.t(super::kind_key(d)))
                      " " a href={ "/deploys/" (d.id) } { "#" (d.id) } }
@@ -142,11 +154,16 @@ pub async fn page(State(app): State<Arc<App>>, v: Viewer, Path(id): Path<u64>) -
 
 /// `GET /tickets/{id}/live`: the ticket's head when it changes; `reload` when it starts
 /// another deploy (its panes are new).
-pub async fn live(State(app): State<Arc<App>>, v: Viewer, Path(id): Path<u64>) -> EventStream {
-    live::fragments(app, move |app| {
+pub async fn live(
+    State(app): State<Arc<App>>,
+    v: Viewer,
+    Path(id): Path<u64>,
+    Query(q): Query<live::Since>,
+) -> EventStream {
+    live::fragments(app, q.since, move |app| {
         let t = app.store.ticket(id).ok()??;
         let mut f = Fragments::new();
-        f.insert("head".into(), head(&v, &t).into_string());
+        f.insert("head".into(), head(&v, &t, paused(app, &t)).into_string());
         f.insert(format!("deploys:{}", deploys_key(&t)), String::new());
         Some(f)
     })

@@ -22,7 +22,8 @@ fn log_in_see_the_dashboard_in_english_and_chinese_and_log_out() {
     fleet.apply_project("shop", &repo.path, "");
     let release = fleet.deploy_ok("shop");
     // A deploy whose hook fails, for its replay: the failure marked, stderr kept.
-    let broken = format!("pre_release = [\"echo about to fail; echo boom >&2; exit 3\"]\n{}", slipway_tests::hook_user_line());
+    let broken =
+        format!("pre_release = [\"echo about to fail; echo boom >&2; exit 3\"]\n{}", slipway_tests::hook_user_line());
     fleet.apply_project_full("broken", &repo.path, "", &broken, "");
     let failed = fleet.slipctl(&["--output", "json", "deploy", "broken", "test"]).code(1).json();
     let failed_id = failed["id"].as_u64().expect("the failed deploy is numbered");
@@ -323,7 +324,8 @@ fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() 
         // A form posted without the session's CSRF token is refused too, even for a deployer.
         let (cookie, _) = server.login("dev", "dev-password");
         let headers = [("Cookie", cookie.as_str()), ("Content-Type", "application/x-www-form-urlencoded")];
-        let (status, _, body) = slipway_tests::http(server.port, "POST", &format!("/tickets/{id}/cancel"), &headers, Some("x=1"));
+        let (status, _, body) =
+            slipway_tests::http(server.port, "POST", &format!("/tickets/{id}/cancel"), &headers, Some("x=1"));
         assert_eq!(status, 403, "{body}");
         assert!(body.contains("CSRF"), "{body}");
         guest.close().await.unwrap();
@@ -343,7 +345,8 @@ fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() 
         wait_text(&dev, "div.ticket-head", "rolled back").await;
         // At phone width the ticket page is one column, nothing cut off.
         dev.set_window_size(360, 800).await.unwrap();
-        let overflow = dev.execute("return document.documentElement.scrollWidth > window.innerWidth", vec![]).await.unwrap();
+        let overflow =
+            dev.execute("return document.documentElement.scrollWidth > window.innerWidth", vec![]).await.unwrap();
         assert_eq!(overflow, false, "no sideways scrolling at 360 px");
         screenshot(&dev, "ticket-phone").await;
         dev.set_window_size(1280, 900).await.unwrap();
@@ -381,6 +384,57 @@ fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() 
         dev.goto(&format!("{base}/")).await.unwrap();
         screenshot(&dev, "dashboard-after").await;
         boss.close().await.unwrap();
+        dev.close().await.unwrap();
+    });
+}
+
+/// A canary pause in the browser: the ticket's page shows, live, that the canary is up and the
+/// others wait, with promote and abort for a deployer; promote carries the rollout on.
+#[test]
+fn a_paused_canary_is_promoted_from_the_ticket_page() {
+    if !require("chromium and chromium-driver", have_browser()) {
+        return;
+    }
+    let fleet = Fleet::new(2);
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "v1\n");
+    repo.commit("v1");
+    fleet.apply_project("site", &repo.path, "");
+    fleet.deploy_ok("site");
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
+    let rollout = "[rollout]\nstrategy = \"serial\"\ncanary_pause = true\n";
+    fleet.apply_project_full("site", &repo.path, rollout, "", "canary = [\"web-1\"]\n");
+    add_user(&fleet, "dev", &[("site", "test", "deployer")]);
+    add_user(&fleet, "guest", &[("site", "test", "viewer")]);
+    let server = Server::start(&fleet);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let page = |host: &str| std::fs::read_to_string(fleet.current(host, "site").join("index.html")).unwrap();
+    let driver = Driver::start();
+    runtime().block_on(async {
+        let dev = driver.session("en-US", 1280, 900).await;
+        log_in(&dev, &base, "dev").await;
+        dev.goto(&format!("{base}/projects/site/envs/test/tickets/new")).await.unwrap();
+        dev.find(Locator::Css("#title")).await.unwrap().send_keys("v2 behind a canary").await.unwrap();
+        dev.find(Locator::Css("form.ticket-form button[type=submit]")).await.unwrap().click().await.unwrap();
+        // No approval asked in test: the ticket is approved at once and can be deployed.
+        dev.wait().for_element(Locator::Css("form[action$='/deploy'] button")).await.unwrap().click().await.unwrap();
+        let paused = wait_text(&dev, "div.paused", "The canary is live").await;
+        assert!(paused.contains("Promote"), "{paused}");
+        assert_eq!((page("web-1"), page("web-2")), ("v2\n".to_owned(), "v1\n".to_owned()), "only the canary moved");
+        screenshot(&dev, "ticket-paused").await;
+
+        // A viewer sees the pause but no buttons for it.
+        let guest = driver.session("en-US", 1280, 900).await;
+        log_in(&guest, &base, "guest").await;
+        guest.goto(dev.current_url().await.unwrap().as_str()).await.unwrap();
+        guest.wait().for_element(Locator::Css("div.ticket-head")).await.unwrap();
+        assert!(!has(&guest, "form[action$='/promote']").await, "a viewer cannot promote");
+        guest.close().await.unwrap();
+
+        dev.find(Locator::Css("form[action$='/promote'] button")).await.unwrap().click().await.unwrap();
+        wait_text(&dev, "div.ticket-head", "succeeded").await;
+        assert_eq!((page("web-1"), page("web-2")), ("v2\n".to_owned(), "v2\n".to_owned()));
         dev.close().await.unwrap();
     });
 }
