@@ -16,10 +16,13 @@ pub fn have_browser() -> bool {
 }
 
 impl Driver {
-    /// Start chromedriver on a port of its choosing.
+    /// Start chromedriver on a port of its choosing. Its browsers live in UTC+8
+    /// (`Asia/Shanghai`), so a page that shows times in the viewer's zone can be told from one
+    /// that prints the server's UTC.
     pub fn start() -> Driver {
         let mut child = Command::new("chromedriver")
             .arg("--port=0")
+            .env("TZ", "Asia/Shanghai")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -1,9 +1,9 @@
 //! Building on the controller, excludes and overlays, dry runs, `check`, concurrent projects,
 //! and nginx serving `current` across deploys and a rollback.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
-use slipway_tests::{Fleet, Repo, free_port, hook_user_line, http_get, is_root, require};
+use slipway_tests::{Fleet, Repo, hook_user_line, http_get, is_root, require};
 
 fn repo(fleet: &Fleet, name: &str) -> Repo {
     let repo = Repo::new(fleet.path().join(name));
@@ -145,58 +145,9 @@ fn two_projects_deploy_at_once_without_interfering() {
     }
 }
 
-/// nginx serving `current` of web-1 on a loopback port; stopped on drop.
-struct Nginx {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        slipway_tests::terminate(&mut self.child);
-    }
-}
-
-fn start_nginx(fleet: &Fleet, root: &std::path::Path) -> Nginx {
-    let port = free_port();
-    let dir = fleet.path().join("nginx");
-    std::fs::create_dir_all(&dir).unwrap();
-    let user = if is_root() { "user root;\n" } else { "" };
-    let conf = format!(
-        "{user}daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-         events {{ worker_connections 64; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-         server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    location / {{ try_files $uri =404; }}\n  }}\n}}\n",
-        d = dir.display(),
-        root = root.display()
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = Command::new("nginx")
-        .args(["-p", dir.to_str().unwrap(), "-c", dir.join("nginx.conf").to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nginx");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while http_get(port, "/").is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nginx did not start: {}",
-            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    Nginx { child, port }
-}
-
-fn nginx_available() -> bool {
-    Command::new("nginx").arg("-v").stderr(Stdio::null()).status().is_ok_and(|s| s.success())
-}
-
 #[test]
 fn nginx_serves_the_new_page_after_deploy_and_the_old_after_rollback() {
-    if !require("nginx (apt-get install nginx)", nginx_available()) {
+    if !require("nginx (apt-get install nginx)", slipway_tests::have_nginx()) {
         return;
     }
     let fleet = Fleet::new(1);
@@ -205,17 +156,17 @@ fn nginx_serves_the_new_page_after_deploy_and_the_old_after_rollback() {
     repo.commit("v1");
     fleet.apply_project("site", &repo.path, "");
     fleet.slipctl(&["deploy", "site", "test"]).ok();
-    let nginx = start_nginx(&fleet, &fleet.current("web-1", "site"));
-    assert_eq!(http_get(nginx.port, "/index.html").unwrap(), (200, "<h1>v1</h1>\n".to_owned()));
+    let (_nginx, ports) = slipway_tests::nginx(&fleet.path().join("nginx"), &[fleet.current("web-1", "site")]);
+    assert_eq!(http_get(ports[0], "/index.html").unwrap(), (200, "<h1>v1</h1>\n".to_owned()));
 
     repo.write("index.html", "<h1>v2</h1>\n");
     repo.commit("v2");
     fleet.slipctl(&["deploy", "site", "test"]).ok();
-    assert_eq!(http_get(nginx.port, "/index.html").unwrap(), (200, "<h1>v2</h1>\n".to_owned()));
+    assert_eq!(http_get(ports[0], "/index.html").unwrap(), (200, "<h1>v2</h1>\n".to_owned()));
 
     fleet.slipctl(&["rollback", "site", "test"]).ok();
-    assert_eq!(http_get(nginx.port, "/index.html").unwrap(), (200, "<h1>v1</h1>\n".to_owned()));
-    assert_eq!(http_get(nginx.port, "/missing.html").unwrap().0, 404);
+    assert_eq!(http_get(ports[0], "/index.html").unwrap(), (200, "<h1>v1</h1>\n".to_owned()));
+    assert_eq!(http_get(ports[0], "/missing.html").unwrap().0, 404);
 }
 
 #[test]

@@ -315,8 +315,7 @@ fn cancel_removes_staged_releases_and_rolls_back() {
 
 #[test]
 fn zero_downtime_under_nginx_through_20_deploys_and_rollbacks() {
-    let nginx_ok = Command::new("nginx").arg("-v").stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-    if !require("nginx (apt-get install nginx)", nginx_ok) {
+    if !require("nginx (apt-get install nginx)", slipway_tests::have_nginx()) {
         return;
     }
     let fleet = Fleet::new(1);

@@ -10,17 +10,23 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
+/// Two agents with `project` deployed at v1 (index.html); its repository and the release.
+fn deployed(project: &str) -> (Fleet, Repo, String) {
+    let fleet = Fleet::new(2);
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "v1\n");
+    repo.commit("v1");
+    fleet.apply_project(project, &repo.path, "");
+    let release = fleet.deploy_ok(project);
+    (fleet, repo, release)
+}
+
 #[test]
 fn log_in_see_the_dashboard_in_english_and_chinese_and_log_out() {
     if !require("chromium and chromium-driver", have_browser()) {
         return;
     }
-    let fleet = Fleet::new(2);
-    let repo = Repo::new(fleet.path().join("repo"));
-    repo.write("index.html", "v1\n");
-    repo.commit("v1");
-    fleet.apply_project("shop", &repo.path, "");
-    let release = fleet.deploy_ok("shop");
+    let (fleet, repo, release) = deployed("shop");
     // A deploy whose hook fails, for its replay: the failure marked, stderr kept.
     let broken =
         format!("pre_release = [\"echo about to fail; echo boom >&2; exit 3\"]\n{}", slipway_tests::hook_user_line());
@@ -265,6 +271,13 @@ fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() 
         boss.goto(ticket_url.as_str()).await.unwrap();
         let h1 = boss.find(Locator::Css("main h1")).await.unwrap().text().await.unwrap();
         assert!(h1.starts_with("上线单"), "Chinese labels: {h1}");
+        // Times in the viewer's zone (this browser's is UTC+8), not the server's UTC.
+        let time = boss.find(Locator::Css("div.ticket-head time[data-ts]")).await.unwrap();
+        let ts: i64 = time.attr("data-ts").await.unwrap().unwrap().parse().unwrap();
+        let shown = time.text().await.unwrap();
+        let (_, _, _, h, m, sec) = slipway_common::time::civil_from_unix(ts + 8 * 3600);
+        assert!(shown.contains(&format!("{h}:{m:02}:{sec:02}")), "{shown} is not {h}:{m:02}:{sec:02} in UTC+8");
+        assert!(!shown.contains("UTC"), "{shown}");
         boss.find(Locator::Css("#comment")).await.unwrap().send_keys("looks good").await.unwrap();
         let approve = boss.find(Locator::Css("form.approve button.primary")).await.unwrap();
         assert_eq!(approve.text().await.unwrap(), "审核通过");
@@ -395,12 +408,7 @@ fn a_paused_canary_is_promoted_from_the_ticket_page() {
     if !require("chromium and chromium-driver", have_browser()) {
         return;
     }
-    let fleet = Fleet::new(2);
-    let repo = Repo::new(fleet.path().join("repo"));
-    repo.write("index.html", "v1\n");
-    repo.commit("v1");
-    fleet.apply_project("site", &repo.path, "");
-    fleet.deploy_ok("site");
+    let (fleet, repo, _) = deployed("site");
     repo.write("index.html", "v2\n");
     repo.commit("v2");
     let rollout = "[rollout]\nstrategy = \"serial\"\ncanary_pause = true\n";
