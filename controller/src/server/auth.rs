@@ -106,8 +106,10 @@ pub enum Need {
     Public,
     /// Any authenticated caller; what it returns is filtered by [`Caller::allows`].
     Anyone,
-    /// A web page: like `Anyone`, but a visitor who is not logged in is sent to the login page,
-    /// and a form posted with the session cookie carries its CSRF token as `csrf_token`.
+    /// A web page any logged-in caller may open (what it shows is filtered). Every page route
+    /// ([`is_page`], whatever it needs) sends a visitor who is not logged in to the login page,
+    /// takes the CSRF token of a posted form from its `csrf_token` field, and answers a refusal
+    /// in HTML.
     Page,
     Admin,
     /// A `slipctl` command run here: what it needs depends on the command

@@ -65,6 +65,10 @@ fn log_in_see_the_dashboard_in_english_and_chinese_and_log_out() {
         let text = cell.text().await.unwrap();
         assert!(text.contains(&format!("2 on {release}")), "{text}");
         assert!(text.contains("succeeded"), "status in words, not colour alone: {text}");
+        // Keyboard first: the first Tab reaches the link that skips to the content.
+        c.find(Locator::Css("body")).await.unwrap().send_keys("\u{e004}").await.unwrap();
+        let focused = c.active_element().await.unwrap().text().await.unwrap();
+        assert_eq!(focused, "Skip to the content");
         let csrf = c.find(Locator::Css("meta[name=csrf-token]")).await.unwrap().attr("content").await.unwrap();
         assert_eq!(csrf.map(|t| t.len()), Some(64), "the page carries the session's CSRF token");
         screenshot(&c, "dashboard").await;
