@@ -135,8 +135,14 @@ pub async fn agents(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
     Ok(v.page(v.t("agents"), body))
 }
 
-/// `GET /users` (admins): users, their grants with a revoke button each, and a grant form.
+/// `GET /users` (admins): users, their grants with a revoke button each, a grant form, and
+/// adding and removing users.
 pub async fn users(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
+    users_view(&app, &v, None)
+}
+
+fn users_view(app: &App, v: &Viewer, notice: Option<maud::Markup>) -> PageResult {
+    let v = v.clone();
     let users = app.store.users().or_show(&v)?;
     let mut pairs = Vec::new();
     for p in app.store.projects().or_show(&v)? {
@@ -147,8 +153,9 @@ pub async fn users(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
     }
     let body = html! {
         h1 { (v.t("users")) }
+        @if let Some(n) = notice { div.notice role="status" { (n) } }
         div.scroll { table.users {
-            thead { tr { th scope="col" { (v.t("user")) } th scope="col" { (v.t("admin")) } th scope="col" { (v.t("grants")) } } }
+            thead { tr { th scope="col" { (v.t("user")) } th scope="col" { (v.t("admin")) } th scope="col" { (v.t("grants")) } th scope="col" { span.sr { (v.t("remove")) } } } }
             tbody { @for u in &users { tr data-user=(u.name) {
                 th scope="row" { (u.name) }
                 td { @if u.admin { (status(v.lang, "yes")) } }
@@ -160,8 +167,19 @@ pub async fn users(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
                         input type="hidden" name="role" value=(g.role.word());
                     }))
                 } } } }
+                td { @if u.name != v.caller.name {
+                    (v.button("/users/remove", v.t("remove"), "small", html! { input type="hidden" name="user" value=(u.name); }))
+                } }
             } } }
         } }
+        section.panel {
+            h2 { (v.t("add_user")) }
+            (v.button("/users/add", v.t("add_user"), "primary", html! {
+                label for="u-name" { (v.t("user")) }
+                input #u-name name="name" type="text" required pattern="[A-Za-z0-9._-]+" maxlength="64";
+                label for="u-admin" { input #u-admin name="admin" type="checkbox" value="yes"; " " (v.t("admin")) }
+            }))
+        }
         section.panel {
             h2 { (v.t("grant")) }
             (v.button("/users/grant", v.t("grant"), "primary", html! {
@@ -175,6 +193,41 @@ pub async fn users(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
         }
     };
     Ok(v.page(v.t("users"), body))
+}
+
+#[derive(Deserialize)]
+pub struct AddUserForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    admin: String,
+}
+
+/// `POST /users/add`: a new user with a generated password, shown on this page once.
+pub async fn add_user(State(app): State<Arc<App>>, v: Viewer, Form(f): Form<AddUserForm>) -> PageResult {
+    let password = crate::server::auth::random_hex()[..20].to_owned();
+    let admin = f.admin == "yes";
+    crate::server::admin::add_user(&app.store, f.name.trim(), admin, &password).or_show(&v)?;
+    let notice = html! { (v.t("added")) " " strong { (f.name.trim()) } ". " (v.t("password_once")) " " code.password { (password) } };
+    users_view(&app, &v, Some(notice))
+}
+
+#[derive(Deserialize)]
+pub struct UserForm {
+    #[serde(default)]
+    user: String,
+}
+
+/// `POST /users/remove`: the user and their sessions go (not oneself: that is the CLI's job).
+pub async fn remove_user(State(app): State<Arc<App>>, v: Viewer, Form(f): Form<UserForm>) -> PageResult {
+    if f.user == v.caller.name {
+        return Err(v.fail(crate::server::error::ApiError::conflict(
+            format!("{} cannot remove themselves here", f.user),
+            format!("another admin can, or `slipctl user rm {}` on the server", f.user),
+        )));
+    }
+    crate::server::admin::remove_user(&app.store, &f.user).or_show(&v)?;
+    Ok(Redirect::to("/users").into_response())
 }
 
 #[derive(Deserialize)]

@@ -67,6 +67,8 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/users", routing::get(lists::users))
         .route("/users/grant", routing::post(lists::grant))
         .route("/users/revoke", routing::post(lists::revoke))
+        .route("/users/add", routing::post(lists::add_user))
+        .route("/users/remove", routing::post(lists::remove_user))
         .route("/assets/app.css", routing::get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
         .route(
             "/assets/live.js",

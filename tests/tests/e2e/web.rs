@@ -154,6 +154,22 @@ fn log_in_see_the_dashboard_in_english_and_chinese_and_log_out() {
             .unwrap();
         c.wait().for_element(Locator::Css("table.users")).await.unwrap();
         assert!(!has(&c, revoke).await, "revoked");
+
+        // Add a user: the generated password is shown once and logs in; then remove the user.
+        c.find(Locator::Css("#u-name")).await.unwrap().send_keys("newbie").await.unwrap();
+        c.find(Locator::Css("form[action='/users/add'] button")).await.unwrap().click().await.unwrap();
+        let password = c.wait().for_element(Locator::Css(".notice code.password")).await.unwrap().text().await.unwrap();
+        assert_eq!(password.len(), 20);
+        server.login("newbie", &password);
+        assert!(!has(&c, "tr[data-user='ops'] form[action='/users/remove']").await, "no removing oneself");
+        c.find(Locator::Css("tr[data-user='newbie'] form[action='/users/remove'] button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        c.wait().for_element(Locator::Css("table.users")).await.unwrap();
+        assert!(!has(&c, "tr[data-user='newbie']").await, "removed");
         c.close().await.unwrap();
     });
 }
