@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::engine::events::{Emitter, Event, Running};
+use crate::engine::events::{Emitter, Event, HostEvent, Running};
 use crate::error::{CtlError, Result};
 use crate::state::home::Home;
 use crate::state::store::{DeployRecord, DeployStatus, Store};
@@ -38,12 +38,15 @@ struct Journal {
     last: Option<u32>,
     pending: Vec<Value>,
     live: bool,
+    /// The operation's hosts, and those done with (live, failed or aborted), for its progress.
+    hosts: usize,
+    done: std::collections::BTreeSet<String>,
 }
 
 impl Journal {
     fn new(home: Home) -> Journal {
         let live = crate::state::backend::pinned_for(&home.state()).is_some();
-        Journal { home, id: None, last: None, pending: Vec::new(), live }
+        Journal { home, id: None, last: None, pending: Vec::new(), live, hosts: 0, done: Default::default() }
     }
 
     fn on(&mut self, event: &Event) {
@@ -53,6 +56,20 @@ impl Journal {
             if let Some(observer) = OBSERVER.get() {
                 observer(Happened::Started(*id));
             }
+        }
+        let counted = match event {
+            Event::Started { .. } => true,
+            Event::Hosts(names) => {
+                self.hosts = names.len();
+                true
+            }
+            Event::Host { host, event: HostEvent::Activated { .. } | HostEvent::Failed(_) | HostEvent::Aborted } => {
+                self.done.insert(host.clone())
+            }
+            _ => false,
+        };
+        if counted && let Some(id) = self.id {
+            crate::state::journal::set_progress(id, self.done.len(), self.hosts);
         }
         self.pending.push(event.to_json());
         if self.live && self.id.is_some() {

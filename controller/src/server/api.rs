@@ -413,10 +413,11 @@ pub fn dashboard_cells(app: &App, caller: &Caller) -> ApiResult<Vec<Value>> {
     let mut running: BTreeMap<(String, String), Value> = BTreeMap::new();
     for id in app.runs.ids() {
         if let Some(d) = app.store.deploy(id)? {
-            let done = d.hosts.iter().filter(|h| h.activated || h.error.is_some()).count();
+            // The record's hosts fill in at the end; the journal's writer counts as it goes.
+            let (done, hosts) = crate::state::journal::progress(id).unwrap_or((0, 0));
             running.insert(
                 (d.project.clone(), d.env.clone()),
-                json!({"id": d.id, "status": d.effective_status().word(), "hosts": d.hosts.len(), "done": done}),
+                json!({"id": d.id, "status": d.effective_status().word(), "hosts": hosts, "done": done}),
             );
         }
     }

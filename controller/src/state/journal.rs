@@ -79,8 +79,24 @@ pub fn open(id: u64) {
     live().lock().expect("live journals").insert(id);
 }
 
+fn progress_map() -> &'static Mutex<HashMap<u64, (usize, usize)>> {
+    static PROGRESS: OnceLock<Mutex<HashMap<u64, (usize, usize)>>> = OnceLock::new();
+    PROGRESS.get_or_init(Default::default)
+}
+
+/// A running operation of this process has `done` of its `total` hosts done (live or failed).
+pub fn set_progress(id: u64, done: usize, total: usize) {
+    progress_map().lock().expect("progress").insert(id, (done, total));
+}
+
+/// How far a running operation of this process is: (hosts done, hosts in all).
+pub fn progress(id: u64) -> Option<(usize, usize)> {
+    progress_map().lock().expect("progress").get(&id).copied()
+}
+
 /// The operation writing deploy `id`'s journal is over; its watchers are told.
 pub fn close(id: u64) {
+    progress_map().lock().expect("progress").remove(&id);
     let mut live = live().lock().expect("live journals");
     live.remove(&id);
     if let Some(tx) = watchers().lock().expect("journal watchers").remove(&id) {

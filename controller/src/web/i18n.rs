@@ -134,6 +134,7 @@ impl Lang {
             "result" => ("Result", "结果"),
             "detail" => ("Detail", "详情"),
             "fix_col" => ("Fix", "解决办法"),
+            "in_progress" => ("in progress", "进行中"),
             "remove" => ("Remove", "删除"),
             "add_user" => ("Add user", "添加用户"),
             "added" => ("Added", "已添加"),

@@ -319,7 +319,7 @@ pub fn status(lang: Lang, word: &str) -> Markup {
         }
         _ => ("muted", "•"),
     };
-    let label = if word == "running" { lang.t("running") } else { lang.t(word) };
+    let label = if word == "running" { lang.t("in_progress") } else { lang.t(word) };
     html! { span class={ "status " (class) } { span aria-hidden="true" { (mark) } " " (if label == "?" { word } else { label }) } }
 }
 

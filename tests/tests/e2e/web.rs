@@ -318,6 +318,10 @@ fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() 
         }
         assert_eq!(http_get(ports[0], "/index.html").unwrap().1, "old page\n", "nothing live yet");
         screenshot(&dev, "ticket-mid-deploy").await;
+        // Meanwhile the viewer's dashboard shows the deploy under way, with its progress.
+        let running = wait_text(&guest, "dd.running", "in progress").await;
+        assert!(running.contains("0/2"), "no host done yet: {running}");
+        screenshot(&guest, "dashboard-mid-deploy").await;
         std::fs::write(&gate, "").unwrap();
         let outcome = wait_text(&dev, "div.outcome", "succeeded").await;
         assert!(outcome.contains("Outcome"), "{outcome}");
