@@ -734,11 +734,7 @@ async fn releases(home: &Home, out: OutputFormat, project: &str, env: &str, time
                     rows.push(vec![agent.name.clone(), "(none)".into(), "".into(), "".into(), "".into(), "".into()]);
                 }
                 docs.push(json!({"host": agent.name, "current": reply.current, "keep_releases": keep,
-                    "releases": reply.releases.iter().zip(&kept).map(|(r, why)| json!({
-                    "id": r.id, "commit": r.commit, "deploy_id": r.deploy_id, "git_ref": r.git_ref,
-                    "activated_at": r.activated_at, "previous": r.previous, "current": r.current,
-                    "rolled_back_at": r.rolled_back_at, "kept": why.key(), "why": why.words(keep),
-                })).collect::<Vec<_>>()}));
+                    "releases": crate::engine::select::releases_json(reply, keep)}));
             }
             Err(e) => {
                 all_ok = false;

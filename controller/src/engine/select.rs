@@ -248,6 +248,24 @@ pub fn retention(reply: &pb::ReleasesReply, keep: u32) -> Vec<Kept> {
         .collect()
 }
 
+/// A host's releases as `slipctl releases --output json` and the env page show them, oldest
+/// first, each with why it is kept.
+pub fn releases_json(reply: &pb::ReleasesReply, keep: u32) -> Vec<serde_json::Value> {
+    let kept = retention(reply, keep);
+    reply
+        .releases
+        .iter()
+        .zip(&kept)
+        .map(|(r, why)| {
+            serde_json::json!({
+                "id": r.id, "commit": r.commit, "deploy_id": r.deploy_id, "git_ref": r.git_ref,
+                "activated_at": r.activated_at, "previous": r.previous, "current": r.current,
+                "rolled_back_at": r.rolled_back_at, "kept": why.key(), "why": why.words(keep),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

@@ -35,11 +35,9 @@ async fn releases(app: &App, p: &str, e: &str) -> crate::error::Result<Vec<(Stri
         .into_iter()
         .map(|(agent, answer)| {
             let doc = answer.map_err(|e| e.to_string()).map(|(_, reply)| {
-                let kept = crate::engine::select::retention(&reply, keep);
-                json!({"current": reply.current, "releases": reply.releases.iter().zip(&kept).rev().map(|(r, why)| json!({
-                    "id": r.id, "commit": r.commit, "deploy_id": r.deploy_id, "git_ref": r.git_ref,
-                    "activated_at": r.activated_at, "current": r.current, "kept": why.key(), "why": why.words(keep),
-                })).collect::<Vec<_>>()})
+                let mut releases = crate::engine::select::releases_json(&reply, keep);
+                releases.reverse(); // newest first
+                json!({"current": reply.current, "releases": releases})
             });
             (agent.name, doc)
         })

@@ -257,12 +257,7 @@ pub async fn create(
 ) -> PageResult {
     let git_ref = Some(f.git_ref.trim().to_owned()).filter(|r| !r.is_empty());
     let new = NewTicket { project: p, env: e, git_ref, title: f.title, description: f.description };
-    let created = crate::state::tickets::Audit {
-        by: v.caller.name.clone(),
-        at: slipway_common::time::unix_now(),
-        from: v.caller.from.clone(),
-    };
-    let t = ops::create(&app, &v.caller, new, created, None).await.or_show(&v)?;
+    let t = ops::create(&app, &v.caller, new, ops::audit(&v.caller), None).await.or_show(&v)?;
     Ok(Redirect::to(&format!("/tickets/{}", t.id)).into_response())
 }
 
