@@ -569,15 +569,20 @@ impl Store {
     }
     /// Deploys newest first, filtered, at most `limit`.
     pub fn deploys(&self, project: Option<&str>, env: Option<&str>, limit: usize) -> Result<Vec<DeployRecord>> {
+        self.deploys_where(limit, |d| project.is_none_or(|p| p == d.project) && env.is_none_or(|e| e == d.env))
+    }
+
+    /// The newest `limit` deploys that `keep` accepts, newest first (records past the last one
+    /// needed are not read).
+    pub fn deploys_where(&self, limit: usize, keep: impl Fn(&DeployRecord) -> bool) -> Result<Vec<DeployRecord>> {
         let mut out = Vec::new();
         for (_, v) in self.db.scan("deploys", b"", true)? {
-            let d: DeployRecord = serde_json::from_slice(&v).map_err(store_err)?;
-            if project.is_some_and(|p| p != d.project) || env.is_some_and(|e| e != d.env) {
-                continue;
-            }
-            out.push(d);
             if out.len() >= limit {
                 break;
+            }
+            let d: DeployRecord = serde_json::from_slice(&v).map_err(store_err)?;
+            if keep(&d) {
+                out.push(d);
             }
         }
         Ok(out)

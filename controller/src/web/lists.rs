@@ -26,6 +26,19 @@ pub struct HistoryQuery {
     who: String,
 }
 
+/// Every (project, env) the viewer may see.
+fn visible_pairs(app: &App, v: &Viewer) -> Result<Vec<(String, String)>, super::Shown> {
+    let mut pairs = Vec::new();
+    for p in app.store.projects().or_show(v)? {
+        let config = slipway_common::config::ProjectConfig::parse(&p.text, &p.source_file.display().to_string())
+            .map_err(crate::error::CtlError::from)
+            .or_show(v)?;
+        let mine = config.envs.keys().filter(|e| v.caller.allows(&p.name, e, Role::Viewer));
+        pairs.extend(mine.map(|e| (p.name.clone(), e.clone())));
+    }
+    Ok(pairs)
+}
+
 /// How many deploys the history page lists at most.
 const HISTORY_ROWS: usize = 200;
 
@@ -33,26 +46,24 @@ const HISTORY_ROWS: usize = 200;
 pub async fn history(State(app): State<Arc<App>>, v: Viewer, Query(q): Query<HistoryQuery>) -> PageResult {
     let pick = |s: &str| Some(s.trim()).filter(|s| !s.is_empty()).map(str::to_owned);
     let (project, env, outcome, who) = (pick(&q.project), pick(&q.env), pick(&q.outcome), pick(&q.who));
-    let all = app.store.deploys(project.as_deref(), env.as_deref(), usize::MAX).or_show(&v)?;
-    let mut projects = BTreeSet::new();
-    let mut envs = BTreeSet::new();
-    let mut people = BTreeSet::new();
-    let mut rows = Vec::new();
-    for d in all.into_iter().filter(|d| v.caller.allows(&d.project, &d.env, Role::Viewer)) {
-        projects.insert(d.project.clone());
-        envs.insert(d.env.clone());
-        people.insert(d.user.clone());
-        let word = d.effective_status().word();
-        if outcome.as_ref().is_some_and(|o| o != word) || who.as_ref().is_some_and(|w| *w != d.user) {
-            continue;
-        }
-        if rows.len() < HISTORY_ROWS {
-            rows.push(d);
-        }
-    }
-    for p in [&project].into_iter().flatten() {
-        projects.insert(p.clone());
-    }
+    let rows = app
+        .store
+        .deploys_where(HISTORY_ROWS, |d| {
+            v.caller.allows(&d.project, &d.env, Role::Viewer)
+                && project.as_ref().is_none_or(|p| *p == d.project)
+                && env.as_ref().is_none_or(|e| *e == d.env)
+                && outcome.as_ref().is_none_or(|o| o == d.effective_status().word())
+                && who.as_ref().is_none_or(|w| *w == d.user)
+        })
+        .or_show(&v)?;
+    // The choices: every project and env the caller may see, and every user (plus whoever
+    // appears in the rows shown: tokens and the OS users of local deploys).
+    let pairs = visible_pairs(&app, &v)?;
+    let projects: BTreeSet<String> = pairs.iter().map(|(p, _)| p.clone()).collect();
+    let envs: BTreeSet<String> = pairs.iter().map(|(_, e)| e.clone()).collect();
+    let mut people: BTreeSet<String> = app.store.users().or_show(&v)?.into_iter().map(|u| u.name).collect();
+    people.extend(rows.iter().map(|d| d.user.clone()));
+    people.extend(who.clone());
     let ticket_of: BTreeMap<u64, u64> =
         app.store.tickets().or_show(&v)?.iter().flat_map(|t| t.deploys.iter().map(move |d| (*d, t.id))).collect();
     let outcomes =
@@ -144,13 +155,7 @@ pub async fn users(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
 fn users_view(app: &App, v: &Viewer, notice: Option<maud::Markup>) -> PageResult {
     let v = v.clone();
     let users = app.store.users().or_show(&v)?;
-    let mut pairs = Vec::new();
-    for p in app.store.projects().or_show(&v)? {
-        if let Ok(config) = slipway_common::config::ProjectConfig::parse(&p.text, &p.source_file.display().to_string())
-        {
-            pairs.extend(config.envs.keys().map(|e| (p.name.clone(), e.clone())));
-        }
-    }
+    let pairs = visible_pairs(app, &v)?;
     let body = html! {
         h1 { (v.t("users")) }
         @if let Some(n) = notice { div.notice role="status" { (n) } }

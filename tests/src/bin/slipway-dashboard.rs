@@ -2,7 +2,8 @@
 //! envs on HOSTS agents each (every env with DEPLOYS finished deploys and as many tickets in history,
 //! its hosts on two releases), starts `slipctl serve` on it, and times ROUNDS requests of the
 //! dashboard page over loopback, printing one JSON line: the page's bytes and the latency
-//! percentiles (the server's render and the HTTP exchange; the client is a plain HTTP/1.0 GET).
+//! percentiles (the server's render and the HTTP exchange; the client is a plain HTTP/1.0 GET),
+//! and the history page's median.
 //!
 //!   slipway-dashboard SLIPCTL HOME PROJECTS ENVS HOSTS DEPLOYS ROUNDS
 
@@ -142,12 +143,22 @@ fn main() {
         assert_eq!(status, 200, "{body}");
         bytes = body.len();
     }
+    // The history page (newest 200, unfiltered), for comparison.
+    let mut history = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let (status, _, body) = http(server.port, "GET", "/history", &[("Cookie", &cookie)], None);
+        history.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(status, 200, "{body}");
+    }
+    history.sort_by(f64::total_cmp);
     latencies.sort_by(f64::total_cmp);
     let pct = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
     println!(
         "{}",
         json!({"projects": projects, "envs": envs, "hosts": hosts, "deploys_per_env": deploys, "tickets": tickets,
                "filled_ms": filled_ms, "bytes": bytes, "rounds": rounds,
-               "ms_p50": pct(0.5), "ms_p90": pct(0.9), "ms_max": pct(1.0)})
+               "ms_p50": pct(0.5), "ms_p90": pct(0.9), "ms_max": pct(1.0),
+               "history_ms_p50": history[history.len() / 2]})
     );
 }
