@@ -53,12 +53,12 @@ fn log_in_see_the_dashboard_in_english_and_chinese_and_log_out() {
         // A wrong password says so, in the page.
         c.find(Locator::Css("#user")).await.unwrap().send_keys("dev").await.unwrap();
         c.find(Locator::Css("#password")).await.unwrap().send_keys("nope-nope").await.unwrap();
-        c.find(Locator::Css("form button[type=submit]")).await.unwrap().click().await.unwrap();
+        click(&c, "form button[type=submit]").await;
         let alert = c.wait().for_element(Locator::Css("[role=alert]")).await.unwrap();
         assert!(alert.text().await.unwrap().contains("Wrong user or password"));
         c.find(Locator::Css("#user")).await.unwrap().send_keys("dev").await.unwrap();
         c.find(Locator::Css("#password")).await.unwrap().send_keys("dev-password").await.unwrap();
-        c.find(Locator::Css("form button[type=submit]")).await.unwrap().click().await.unwrap();
+        click(&c, "form button[type=submit]").await;
 
         // The grid: the cell of (shop, test) says both hosts run the release just deployed.
         let cell = c.wait().for_element(Locator::Css("article.cell[data-project=shop][data-env=test]")).await.unwrap();
@@ -93,7 +93,7 @@ fn log_in_see_the_dashboard_in_english_and_chinese_and_log_out() {
 
         // Log out: back to the login page, and the dashboard is closed again.
         c.set_window_size(1280, 800).await.unwrap();
-        c.find(Locator::Css("header form[action='/logout'] button")).await.unwrap().click().await.unwrap();
+        click(&c, "header form[action='/logout'] button").await;
         c.wait().for_element(Locator::Css("#password")).await.unwrap();
         c.goto(&format!("{base}/")).await.unwrap();
         assert!(c.current_url().await.unwrap().path().ends_with("/login"));
@@ -106,12 +106,12 @@ fn log_in_see_the_dashboard_in_english_and_chinese_and_log_out() {
         assert_eq!(heading, "登录");
         zh.find(Locator::Css("#user")).await.unwrap().send_keys("dev").await.unwrap();
         zh.find(Locator::Css("#password")).await.unwrap().send_keys("dev-password").await.unwrap();
-        zh.find(Locator::Css("form button[type=submit]")).await.unwrap().click().await.unwrap();
+        click(&zh, "form button[type=submit]").await;
         let cell = zh.wait().for_element(Locator::Css("article.cell")).await.unwrap();
         let text = cell.text().await.unwrap();
         assert!(text.contains("主机上的版本") && text.contains("成功"), "{text}");
         screenshot(&zh, "dashboard-zh").await;
-        zh.find(Locator::Css("a.lang")).await.unwrap().click().await.unwrap();
+        click(&zh, "a.lang").await;
         let h1 = zh.wait().for_element(Locator::Css("main h1")).await.unwrap();
         assert_eq!(h1.text().await.unwrap(), "Dashboard");
         assert!(!has(&zh, "nav a[href='/users']").await, "no users page for a non-admin");
@@ -135,39 +135,29 @@ fn log_in_see_the_dashboard_in_english_and_chinese_and_log_out() {
         screenshot(&c, "deploy-failed").await;
 
         // The admin's users page: grant the developer deployer on shop/test, then revoke it.
-        c.find(Locator::Css("nav a[href='/users']")).await.unwrap().click().await.unwrap();
+        click(&c, "nav a[href='/users']").await;
         c.wait().for_element(Locator::Css("table.users")).await.unwrap();
         c.find(Locator::Css("#g-user")).await.unwrap().select_by_value("dev").await.unwrap();
         c.find(Locator::Css("#g-pair")).await.unwrap().select_by_value("shop/test").await.unwrap();
         c.find(Locator::Css("#g-role")).await.unwrap().select_by_value("deployer").await.unwrap();
-        c.find(Locator::Css("form[action='/users/grant'] button")).await.unwrap().click().await.unwrap();
+        click(&c, "form[action='/users/grant'] button").await;
         let row = wait_text(&c, "tr", "deployer").await;
         assert!(row.contains("dev") && row.contains("shop/test"), "{row}");
         screenshot(&c, "users").await;
         let revoke = "tr[data-user='dev'] form[action='/users/revoke'] input[name=role][value=deployer]";
         assert!(has(&c, revoke).await);
-        c.find(Locator::XPath("//tr[@data-user='dev']//form[.//input[@name='role'][@value='deployer']]//button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click_xpath(&c, "//tr[@data-user='dev']//form[.//input[@name='role'][@value='deployer']]//button").await;
         c.wait().for_element(Locator::Css("table.users")).await.unwrap();
         assert!(!has(&c, revoke).await, "revoked");
 
         // Add a user: the generated password is shown once and logs in; then remove the user.
         c.find(Locator::Css("#u-name")).await.unwrap().send_keys("newbie").await.unwrap();
-        c.find(Locator::Css("form[action='/users/add'] button")).await.unwrap().click().await.unwrap();
+        click(&c, "form[action='/users/add'] button").await;
         let password = c.wait().for_element(Locator::Css(".notice code.password")).await.unwrap().text().await.unwrap();
         assert_eq!(password.len(), 20);
         server.login("newbie", &password);
         assert!(!has(&c, "tr[data-user='ops'] form[action='/users/remove']").await, "no removing oneself");
-        c.find(Locator::Css("tr[data-user='newbie'] form[action='/users/remove'] button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "tr[data-user='newbie'] form[action='/users/remove'] button").await;
         c.wait().for_element(Locator::Css("table.users")).await.unwrap();
         assert!(!has(&c, "tr[data-user='newbie']").await, "removed");
         c.close().await.unwrap();
@@ -202,8 +192,16 @@ async fn log_in(c: &fantoccini::Client, base: &str, user: &str) {
     c.goto(&format!("{base}/login")).await.unwrap();
     c.find(Locator::Css("#user")).await.unwrap().send_keys(user).await.unwrap();
     c.find(Locator::Css("#password")).await.unwrap().send_keys(&format!("{user}-password")).await.unwrap();
-    c.find(Locator::Css("form button[type=submit]")).await.unwrap().click().await.unwrap();
+    click(c, "form button[type=submit]").await;
     c.wait().for_element(Locator::Css("main h1")).await.unwrap();
+}
+
+async fn click(c: &fantoccini::Client, css: &str) {
+    c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css}: {e}")).click().await.unwrap();
+}
+
+async fn click_xpath(c: &fantoccini::Client, xpath: &str) {
+    c.find(Locator::XPath(xpath)).await.unwrap_or_else(|e| panic!("no {xpath}: {e}")).click().await.unwrap();
 }
 
 async fn has(c: &fantoccini::Client, css: &str) -> bool {
@@ -262,12 +260,7 @@ fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() 
         // The developer: a new ticket from the dashboard, the tag picked in the picker.
         let dev = driver.session("en-US", 1280, 900).await;
         log_in(&dev, &base, "dev").await;
-        dev.find(Locator::Css("article.cell[data-project=shop] a[href$='/tickets/new']"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&dev, "article.cell[data-project=shop] a[href$='/tickets/new']").await;
         dev.wait().for_element(Locator::Css("select#ref")).await.unwrap();
         dev.find(Locator::Css("#title")).await.unwrap().send_keys("Ship the new page").await.unwrap();
         dev.find(Locator::Css("#description")).await.unwrap().send_keys("v2.0 for the spring sale").await.unwrap();
@@ -277,7 +270,7 @@ fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() 
         let resolved = dev.find(Locator::Css("#resolved")).await.unwrap().text().await.unwrap();
         assert_eq!(resolved, new_commit[..7], "the picker shows the commit the tag resolves to");
         screenshot(&dev, "new-ticket").await;
-        dev.find(Locator::Css("form.ticket-form button[type=submit]")).await.unwrap().click().await.unwrap();
+        click(&dev, "form.ticket-form button[type=submit]").await;
         let head = wait_text(&dev, "div.ticket-head", "pending approval").await;
         assert!(head.contains(&new_commit[..7]) && head.contains("v2.0"), "{head}");
         let ticket_url = dev.current_url().await.unwrap();
@@ -368,12 +361,12 @@ fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() 
         guest.close().await.unwrap();
 
         // Rollback from the ticket: a confirmation naming what changes where, then the old page.
-        dev.find(Locator::Css("form[action$='/rollback'] button")).await.unwrap().click().await.unwrap();
+        click(&dev, "form[action$='/rollback'] button").await;
         let confirm = dev.wait().for_element(Locator::Css("section.confirm")).await.unwrap().text().await.unwrap();
         assert!(confirm.contains("web-1") && confirm.contains("web-2"), "{confirm}");
         let current = fleet.current_release("web-1", "shop").unwrap();
         assert!(confirm.contains(&current), "names the release leaving: {confirm}");
-        dev.find(Locator::Css("section.confirm button.danger")).await.unwrap().click().await.unwrap();
+        click(&dev, "section.confirm button.danger").await;
         wait_text(&dev, "div.outcome", "succeeded").await;
         for port in &ports {
             assert_eq!(http_get(*port, "/index.html").unwrap().1, "old page\n");
@@ -392,7 +385,7 @@ fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() 
         boss.goto(&format!("{base}/projects/shop/envs/test")).await.unwrap();
         let hosts = boss.find(Locator::Css("table.hosts")).await.unwrap().text().await.unwrap();
         assert!(hosts.contains("web-1") && hosts.contains(&fleet.current_release("web-1", "shop").unwrap()), "{hosts}");
-        boss.find(Locator::Css("form[action$='/check'] button")).await.unwrap().click().await.unwrap();
+        click(&boss, "form[action$='/check'] button").await;
         let check = boss.wait().for_element(Locator::Css("section.check")).await.unwrap().text().await.unwrap();
         assert!(check.contains("检测") && check.contains("web-2"), "{check}");
         screenshot(&boss, "project-zh").await;
@@ -402,10 +395,10 @@ fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() 
         dev.wait().for_element(Locator::Css("table.hosts")).await.unwrap();
         screenshot(&dev, "project").await;
         dev.find(Locator::Css("select#to")).await.unwrap().select_by_value(&new_release).await.unwrap();
-        dev.find(Locator::Css("form.rollback button")).await.unwrap().click().await.unwrap();
+        click(&dev, "form.rollback button").await;
         let confirm = dev.wait().for_element(Locator::Css("section.confirm")).await.unwrap().text().await.unwrap();
         assert!(confirm.contains(&new_release) && confirm.contains("web-2"), "{confirm}");
-        dev.find(Locator::Css("section.confirm button.danger")).await.unwrap().click().await.unwrap();
+        click(&dev, "section.confirm button.danger").await;
         wait_text(&dev, "div.outcome", "succeeded").await;
         for port in &ports {
             assert_eq!(http_get(*port, "/index.html").unwrap().1, "new page\n");
@@ -448,7 +441,7 @@ fn a_paused_canary_is_promoted_from_the_ticket_page() {
         log_in(&dev, &base, "dev").await;
         dev.goto(&format!("{base}/projects/site/envs/test/tickets/new")).await.unwrap();
         dev.find(Locator::Css("#title")).await.unwrap().send_keys("v2 behind a canary").await.unwrap();
-        dev.find(Locator::Css("form.ticket-form button[type=submit]")).await.unwrap().click().await.unwrap();
+        click(&dev, "form.ticket-form button[type=submit]").await;
         // No approval asked in test: the ticket is approved at once and can be deployed.
         dev.wait().for_element(Locator::Css("form[action$='/deploy'] button")).await.unwrap().click().await.unwrap();
         let paused = wait_text(&dev, "div.paused", "The canary is live").await;
@@ -464,7 +457,7 @@ fn a_paused_canary_is_promoted_from_the_ticket_page() {
         assert!(!has(&guest, "form[action$='/promote']").await, "a viewer cannot promote");
         guest.close().await.unwrap();
 
-        dev.find(Locator::Css("form[action$='/promote'] button")).await.unwrap().click().await.unwrap();
+        click(&dev, "form[action$='/promote'] button").await;
         wait_text(&dev, "div.ticket-head", "succeeded").await;
         assert_eq!((page("web-1"), page("web-2")), ("v2\n".to_owned(), "v2\n".to_owned()));
         dev.close().await.unwrap();
