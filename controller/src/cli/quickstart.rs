@@ -238,6 +238,11 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat) -> Result<u8> {
                 home.root.display(),
                 home.root.display()
             );
+            println!(
+                "  in a browser:         slipctl --home {h} user add me --admin; slipctl --home {h} serve\n                        \
+                 then http://127.0.0.1:8080 (the demo's dashboard and history; its agents have stopped)",
+                h = home.root.display()
+            );
             println!("  remove the demo:      rm -rf {}", dir.display());
         }
     }
