@@ -233,6 +233,21 @@ fn authenticate(store: &Store, peer: &Peer, headers: &HeaderMap) -> ApiResult<Op
     Ok(None)
 }
 
+/// The caller as the store says now, for a stream that outlives its request: a session's user
+/// with their grants of this moment (none: the session ended or the user is gone). Tokens and
+/// the socket are as they were.
+pub fn refreshed(store: &Store, caller: &Caller) -> Option<Caller> {
+    let Via::Session { digest, .. } = &caller.via else {
+        return Some(caller.clone());
+    };
+    let session = store.session(digest).ok()??;
+    if session.expires_at <= slipway_common::time::unix_now() {
+        return None;
+    }
+    let user = store.user(&session.user).ok()??;
+    Some(Caller { admin: user.admin, grants: user.grants, ..caller.clone() })
+}
+
 /// An env that asks approval deploys by approved ticket; only an admin deploys it directly (the
 /// API's `POST /deploys` and `slipctl deploy` through the server alike). A rollback needs a
 /// ticket only where the env asks approval for rollbacks (`approval.rollback = true`).

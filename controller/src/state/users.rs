@@ -103,11 +103,16 @@ impl Store {
     pub fn user(&self, name: &str) -> Result<Option<UserRecord>> {
         self.get("users", name.as_bytes())
     }
+    /// (Who may see what changed: live pages look again.)
     pub fn put_user(&self, user: &UserRecord) -> Result<()> {
-        self.put("users", user.name.as_bytes(), user)
+        self.put("users", user.name.as_bytes(), user)?;
+        crate::state::journal::changed();
+        Ok(())
     }
     pub fn remove_user(&self, name: &str) -> Result<bool> {
-        self.remove("users", name.as_bytes())
+        let removed = self.remove("users", name.as_bytes())?;
+        crate::state::journal::changed();
+        Ok(removed)
     }
     pub fn users(&self) -> Result<Vec<UserRecord>> {
         self.all("users")
@@ -121,7 +126,9 @@ impl Store {
         self.put("sessions", digest.as_bytes(), session)
     }
     pub fn remove_session(&self, digest: &str) -> Result<bool> {
-        self.remove("sessions", digest.as_bytes())
+        let removed = self.remove("sessions", digest.as_bytes())?;
+        crate::state::journal::changed();
+        Ok(removed)
     }
     /// End every session of `user` (removed, or a new password).
     pub fn remove_sessions_of(&self, user: &str) -> Result<()> {

@@ -32,9 +32,11 @@ pub async fn live(State(app): State<Arc<App>>, v: Viewer, Query(q): Query<live::
     live::fragments(app, q.since, move |app| cells(app, &v))
 }
 
+/// The cells as the viewer may see them now (grants revoked since the page opened count).
 fn cells(app: &App, v: &Viewer) -> Option<Fragments> {
-    let cells = crate::server::api::dashboard_cells(app, &v.caller).ok()?;
-    Some(cells.iter().map(|c| (key(c), cell_view(v.lang, &v.caller, c).into_string())).collect())
+    let caller = crate::server::auth::refreshed(&app.store, &v.caller)?;
+    let cells = crate::server::api::dashboard_cells(app, &caller).ok()?;
+    Some(cells.iter().map(|c| (key(c), cell_view(v.lang, &caller, c).into_string())).collect())
 }
 
 fn key(cell: &Value) -> String {

@@ -77,7 +77,8 @@ pub fn fragments(
             last = Instant::now();
             let Some(now) = render(&app) else { return };
             if now.keys().ne(sent.keys()) {
-                let _ = tx.send(SseEvent::default().event("reload").data("")).await;
+                // (Data, however little: a browser drops an event whose data is empty.)
+                let _ = tx.send(SseEvent::default().event("reload").data("{}")).await;
                 return;
             }
             for (key, html) in &now {

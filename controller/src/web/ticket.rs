@@ -161,7 +161,13 @@ pub async fn live(
     Query(q): Query<live::Since>,
 ) -> EventStream {
     live::fragments(app, q.since, move |app| {
+        // As the viewer stands now: a grant revoked since the page opened ends the stream.
+        let caller = crate::server::auth::refreshed(&app.store, &v.caller)?;
+        let v = Viewer { lang: v.lang, caller };
         let t = app.store.ticket(id).ok()??;
+        if !v.caller.allows(&t.project, &t.env, Role::Viewer) {
+            return None;
+        }
         let mut f = Fragments::new();
         f.insert("head".into(), head(&v, &t, paused(app, &t)).into_string());
         f.insert(format!("deploys:{}", deploys_key(&t)), String::new());

@@ -463,3 +463,35 @@ fn a_paused_canary_is_promoted_from_the_ticket_page() {
         dev.close().await.unwrap();
     });
 }
+
+/// A live page's stream follows the viewer's grants as they are now: revoking the grant (or
+/// logging out) while the dashboard is open stops its cells at once (`reload`, and the page
+/// then shows nothing of that env), instead of streaming them with the grants of the moment the
+/// page opened.
+#[test]
+fn a_live_dashboard_stops_showing_an_env_when_its_grant_is_revoked() {
+    let (fleet, _repo, release) = deployed("shop");
+    add_user(&fleet, "dev", &[("shop", "test", "viewer")]);
+    let server = Server::start(&fleet);
+    let (cookie, _) = server.login("dev", "dev-password");
+    let headers = [("Cookie", cookie.as_str())];
+    let mut live = slipway_tests::SseReader::open(server.port, "/live/dashboard", &headers);
+    assert_eq!(live.status, 200);
+    // Opened without the page's change count: every cell is sent first.
+    let first = live.next_event().expect("the cells");
+    assert_eq!(first.event, "fragment");
+    assert!(first.data["html"].as_str().unwrap().contains(&release), "{:?}", first.data);
+    // The stream's keep-alives would hold a blocking read forever: read on a thread, and give
+    // up (failing) if nothing comes within 20 s.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(live.next_event());
+    });
+    fleet.slipctl(&["user", "revoke", "dev", "shop", "test", "viewer"]).ok();
+    let next = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("an event within 20 s of the revoke");
+    let next = next.expect("an event, not the stream's end");
+    assert_eq!(next.event, "reload", "the cell went with the grant: {next:?}");
+    let (status, _, page) = slipway_tests::http(server.port, "GET", "/", &headers, None);
+    assert_eq!(status, 200);
+    assert!(!page.contains("data-key=\"shop/test\""), "the reloaded page shows nothing of shop/test");
+}
