@@ -161,16 +161,26 @@ fn config_of(record: &crate::state::store::ProjectRecord) -> ApiResult<ProjectCo
         .map_err(crate::error::CtlError::from)?)
 }
 
-/// Projects with the envs the caller may see (a project with none is not listed).
-async fn projects(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
+/// Every project with the envs `caller` may see, in order (a project with none is left out):
+/// the projects list, the dashboard and the pages' choices alike.
+pub fn visible_envs(app: &App, caller: &Caller) -> ApiResult<Vec<(crate::state::store::ProjectRecord, Vec<String>)>> {
     let mut out = Vec::new();
     for p in app.store.projects()? {
         let config = config_of(&p)?;
-        let envs: Vec<&String> = config.envs.keys().filter(|e| caller.allows(&p.name, e, Role::Viewer)).collect();
+        let envs: Vec<String> = config.envs.into_keys().filter(|e| caller.allows(&p.name, e, Role::Viewer)).collect();
         if !envs.is_empty() {
-            out.push(json!({"name": p.name, "envs": envs, "applied_at": p.applied_at}));
+            out.push((p, envs));
         }
     }
+    Ok(out)
+}
+
+/// Projects with the envs the caller may see (a project with none is not listed).
+async fn projects(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
+    let out: Vec<Value> = visible_envs(&app, &caller)?
+        .into_iter()
+        .map(|(p, envs)| json!({"name": p.name, "envs": envs, "applied_at": p.applied_at}))
+        .collect();
     Ok(Json(json!(out)))
 }
 
@@ -428,9 +438,8 @@ pub fn dashboard_cells(app: &App, caller: &Caller) -> ApiResult<Vec<Value>> {
             .or_insert_with(|| json!({"id": t.id, "title": t.title, "state": t.state}));
     }
     let mut cells = Vec::new();
-    for p in app.store.projects()? {
-        let config = config_of(&p)?;
-        for env in config.envs.keys().filter(|e| caller.allows(&p.name, e, Role::Viewer)) {
+    for (p, envs) in visible_envs(app, caller)? {
+        for env in &envs {
             let pair = (p.name.clone(), env.clone());
             let hosts = app.metrics.hosts_of(&p.name, env);
             let mut spread: BTreeMap<&str, usize> = BTreeMap::new();

@@ -348,13 +348,14 @@ pub fn is_page(route: &str) -> bool {
 pub async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let route = req_route(&req);
     let page = is_page(&route);
-    let lang = crate::web::i18n::Lang::of(req.headers());
+    // (Only a page answers in the viewer's language.)
+    let lang = page.then(|| crate::web::i18n::Lang::of(req.headers()));
     match check(&app, route, req).await {
         Ok(req) => next.run(req).await,
         Err(e) if page && e.status == axum::http::StatusCode::UNAUTHORIZED => {
             axum::response::IntoResponse::into_response(axum::response::Redirect::to("/login"))
         }
-        Err(e) if page => crate::web::error_page(lang, None, &e),
+        Err(e) if let Some(lang) = lang => crate::web::error_page(lang, None, &e),
         Err(e) => axum::response::IntoResponse::into_response(e),
     }
 }

@@ -28,15 +28,8 @@ pub struct HistoryQuery {
 
 /// Every (project, env) the viewer may see.
 fn visible_pairs(app: &App, v: &Viewer) -> Result<Vec<(String, String)>, super::Shown> {
-    let mut pairs = Vec::new();
-    for p in app.store.projects().or_show(v)? {
-        let config = slipway_common::config::ProjectConfig::parse(&p.text, &p.source_file.display().to_string())
-            .map_err(crate::error::CtlError::from)
-            .or_show(v)?;
-        let mine = config.envs.keys().filter(|e| v.caller.allows(&p.name, e, Role::Viewer));
-        pairs.extend(mine.map(|e| (p.name.clone(), e.clone())));
-    }
-    Ok(pairs)
+    let visible = crate::server::api::visible_envs(app, &v.caller).or_show(v)?;
+    Ok(visible.into_iter().flat_map(|(p, envs)| envs.into_iter().map(move |e| (p.name.clone(), e))).collect())
 }
 
 /// How many deploys the history page lists at most.
@@ -153,9 +146,8 @@ pub async fn users(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
 }
 
 fn users_view(app: &App, v: &Viewer, notice: Option<maud::Markup>) -> PageResult {
-    let v = v.clone();
-    let users = app.store.users().or_show(&v)?;
-    let pairs = visible_pairs(app, &v)?;
+    let users = app.store.users().or_show(v)?;
+    let pairs = visible_pairs(app, v)?;
     let body = html! {
         h1 { (v.t("users")) }
         @if let Some(n) = notice { div.notice role="status" { (n) } }

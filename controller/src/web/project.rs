@@ -26,11 +26,13 @@ use crate::state::users::Role;
 const ASK_SECS: u64 = 5;
 
 /// Per host: what it runs and keeps, or why it did not answer.
-async fn releases(app: &App, p: &str, e: &str) -> crate::error::Result<Vec<(String, Result<Value, String>)>> {
-    let scope = crate::engine::load_scope(&app.home, p, e, None)?;
+async fn releases(
+    app: &App,
+    scope: &crate::engine::Scope,
+) -> crate::error::Result<Vec<(String, Result<Value, String>)>> {
     let keep = scope.settings.keep_releases;
     let answers =
-        crate::engine::rollback::query_releases(&scope, app.home.client_tls()?, Timeouts::host(ASK_SECS)).await;
+        crate::engine::rollback::query_releases(scope, app.home.client_tls()?, Timeouts::host(ASK_SECS)).await;
     Ok(answers
         .into_iter()
         .map(|(agent, answer)| {
@@ -50,8 +52,9 @@ pub async fn page(State(app): State<Arc<App>>, v: Viewer, Path((p, e)): Path<(St
 }
 
 async fn view(app: &App, v: &Viewer, p: &str, e: &str, check: Option<Markup>) -> PageResult {
-    let (_, settings) = crate::engine::scope::env_of(&app.store, p, e).or_show(v)?;
-    let hosts = releases(app, p, e).await.or_show(v)?;
+    let scope = crate::engine::load_scope(&app.home, p, e, None).or_show(v)?;
+    let hosts = releases(app, &scope).await.or_show(v)?;
+    let settings = &scope.settings;
     let probes = app.probes.lock().expect("probes").clone();
     let now = slipway_common::time::unix_now();
     let deployer = v.caller.allows(p, e, Role::Deployer);
