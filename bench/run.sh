@@ -24,6 +24,7 @@
 set -euo pipefail
 export LC_ALL=C
 HERE=$(cd "$(dirname "$0")/.." && pwd)
+. "$HERE/bench/agents.sh"
 BASELINE=${BASELINE:-$HERE/../shared/bench/walle_baseline.sh}
 NS="1 4 16"; PRESETS="small"; RUN_BASELINE=1; REPS=1
 REUSE=${REUSE:-copy}   # REUSE=hardlink: unchanged files hard-linked (then hooks run as www)
@@ -106,13 +107,7 @@ for preset in $PRESETS; do
       fresh_fs "$inodes" "$gib"
       "$SLIPCTL" --home "$home" init > /dev/null
       PIDS=()
-      for i in $(seq 1 "$n"); do
-        port=$((17000 + i)); bundle=$FS/agents/h$i; root=$FS/hosts/h$i; mkdir -p "$root"
-        "$SLIPCTL" --home "$home" agent add "h$i" --addr "127.0.0.1:$port" --listen "127.0.0.1:$port" \
-          --label role=web --out "$bundle" --state-dir "$bundle/state" --allowed-root "$root" > /dev/null
-        SLIPWAY_LOG=warn "$SLIPD" --config "$bundle/agent.toml" 2> "$bundle/slipd.log" & PIDS+=($!)
-      done
-      for i in $(seq 1 "$n"); do timeout 30 bash -c "until (exec 3<>/dev/tcp/127.0.0.1/$((17000 + i))) 2>/dev/null; do sleep 0.05; done"; done
+      start_agents "$home" "$n" 17000 "$FS"
       cat > "$run/project.toml" <<TOML
 name = "bench"
 repo = "$REPO"

@@ -19,6 +19,7 @@
 set -euo pipefail
 export LC_ALL=C
 HERE=$(cd "$(dirname "$0")/.." && pwd)
+. "$HERE/bench/agents.sh"
 BASELINE=${BASELINE:-$HERE/../shared/bench/walle_baseline.sh}
 N=16; ROUNDS=3; POLL_MS=${POLL_MS:-1000}
 while [ $# -gt 0 ]; do
@@ -39,13 +40,7 @@ trap cleanup EXIT
 
 home=$BENCH_DIR/home
 "$SLIPCTL" --home "$home" init > /dev/null
-for i in $(seq 1 "$N"); do
-  port=$((18000 + i)); bundle=$BENCH_DIR/agents/h$i; root=$BENCH_DIR/hosts/h$i; mkdir -p "$root"
-  "$SLIPCTL" --home "$home" agent add "h$i" --addr "127.0.0.1:$port" --listen "127.0.0.1:$port" \
-    --label role=web --out "$bundle" --state-dir "$bundle/state" --allowed-root "$root" > /dev/null
-  SLIPWAY_LOG=warn "$SLIPD" --config "$bundle/agent.toml" 2> "$bundle/slipd.log" & PIDS+=($!)
-done
-for i in $(seq 1 "$N"); do timeout 30 bash -c "until (exec 3<>/dev/tcp/127.0.0.1/$((18000 + i))) 2>/dev/null; do sleep 0.05; done"; done
+start_agents "$home" "$N" 18000 "$BENCH_DIR"
 cat > "$BENCH_DIR/project.toml" <<TOML
 name = "bench"
 repo = "$REPO"
