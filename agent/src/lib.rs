@@ -39,19 +39,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_PENDING_HANDSHAKES: usize = 256;
 const MAX_PENDING_PER_ADDRESS: usize = 16;
 
-/// Raise this process's open-file limit to its hard limit (systemd gives services 1,024 soft).
-pub fn raise_fd_limit() {
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    if let Some(max) = limit.maximum
-        && limit.current.is_none_or(|c| c < max)
-    {
-        let new = rustix::process::Rlimit { current: Some(max), maximum: Some(max) };
-        if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Nofile, new) {
-            warn!(error = %e, "cannot raise the open-file limit");
-        }
-    }
-}
-
 /// Handshakes in progress, in total and per peer address.
 #[derive(Default)]
 struct Pending {
@@ -148,7 +135,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let material = TlsMaterial::load(&config.tls)?;
     let acceptor = TlsAcceptor::from(agent_server_config(&material)?);
-    raise_fd_limit();
+    slipway_common::process::raise_fd_limit();
     let state = AgentState::open(&config.state_dir)?;
     let service = AgentService::new(config.clone(), state);
     service.reconcile();

@@ -11,6 +11,7 @@ pub mod names;
 pub mod pack;
 pub mod pki;
 pub mod process;
+pub mod redact;
 pub mod tar_guard;
 pub mod telemetry;
 pub mod time;

@@ -319,3 +319,17 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap().data, out.as_bytes());
     }
 }
+
+/// Raise this process's open-file limit to its hard limit (systemd gives services 1,024 soft;
+/// a server holding a thousand connections needs more).
+pub fn raise_fd_limit() {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if let Some(max) = limit.maximum
+        && limit.current.is_none_or(|c| c < max)
+    {
+        let new = rustix::process::Rlimit { current: Some(max), maximum: Some(max) };
+        if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Nofile, new) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+}

@@ -36,6 +36,13 @@ impl fmt::Display for CtlError {
 
 impl std::error::Error for CtlError {}
 
+fn redacted(text: String) -> String {
+    match slipway_common::redact::redact(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(clean) => clean,
+    }
+}
+
 impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self.kind {
@@ -45,8 +52,10 @@ impl CtlError {
         }
     }
 
+    /// Every message is [`redact`](slipway_common::redact::redact)ed: a repository URL's
+    /// credentials never reach an answer, a terminal or a log through an error.
     fn new(kind: Kind, problem: impl Into<String>) -> Self {
-        CtlError { kind, problem: problem.into(), fix: None }
+        CtlError { kind, problem: redacted(problem.into()), fix: None }
     }
 
     pub fn bad(msg: impl Into<String>) -> Self {
@@ -63,7 +72,7 @@ impl CtlError {
 
     /// Say what to do about it (printed after the problem, and apart in JSON).
     pub fn fix(mut self, fix: impl Into<String>) -> Self {
-        self.fix = Some(fix.into());
+        self.fix = Some(redacted(fix.into()));
         self
     }
 

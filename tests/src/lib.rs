@@ -13,7 +13,12 @@ mod server;
 pub use server::{Server, Sse, SseReader, add_admin, add_user, have_metrics_parser, http, parse_metrics, sample, sink};
 
 /// A built binary of this workspace (`cargo test --workspace` builds them before tests run).
+/// `SLIPWAY_TEST_BIN_DIR` points the tests at other builds of `slipctl` and `slipd` (an
+/// older commit's, to see an attacker's test fail before its fix).
 pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("SLIPWAY_TEST_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     let exe = std::env::current_exe().expect("test exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);

@@ -38,6 +38,19 @@ pub enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Give a user a new password (a one-time one is printed unless --password-stdin); their
+    /// sessions end
+    #[command(
+        after_help = "Examples:\n  slipctl user passwd alice\n  echo \"$PW\" | slipctl user passwd alice --password-stdin\n\n\
+                            Users change their own password on the web page /account (or POST /api/v1/me/password)."
+    )]
+    Passwd {
+        /// The login name
+        name: String,
+        /// Read the password from stdin (one line) instead of generating one
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// Give a user a role on one exact project and env
     #[command(after_help = "Example:\n  slipctl user grant alice web-demo prod deployer\n\n\
                             Roles: viewer (sees), deployer (tickets, deploy, rollback, cancel), approver (approves\n\

@@ -82,7 +82,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 cancel: None,
                 retry,
                 resume: None,
-                user: None,
+                user: served_caller(),
                 commit: None,
             };
             let running = engine::start_deploy(home.clone(), args);
@@ -95,7 +95,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Rollback { project, env, to, hosts } => {
             let mut reporter = Reporter::new(out);
             let to = to.as_deref().map(crate::engine::select::RollbackTo::parse).transpose()?;
-            let running = engine::start_rollback(home.clone(), RollbackArgs { project, env, to, hosts, user: None });
+            let running =
+                engine::start_rollback(home.clone(), RollbackArgs { project, env, to, hosts, user: served_caller() });
             let record = running.finish(|event| reporter.on(event)).await?;
             Ok(finish_operation(out, &record, false))
         }
@@ -185,7 +186,12 @@ pub async fn run(cli: Cli) -> Result<u8> {
     }
 }
 
-/// Ctrl-C or SIGTERM asks the running deploy to stop cleanly; a second one exits at once.
+/// Who an operation is recorded as: the server's caller (`dev`, `token:ci`, the socket's declared
+/// user) when the server carries this command out, else `None` (the OS user here).
+fn served_caller() -> Option<String> {
+    crate::server::exec::context().map(|c| c.caller.name)
+}
+
 /// The first Ctrl-C or SIGTERM cancels the operation cleanly; a second one exits at once.
 fn cancel_on_signals(canceller: engine::Canceller) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -391,7 +397,11 @@ async fn decide(home: &Home, out: OutputFormat, id: u64, decision: crate::state:
             }
         }
     }
-    let args = DeployArgs { resume: Some((id, decision)), ..DeployArgs::of(&record.project, &record.env) };
+    let args = DeployArgs {
+        resume: Some((id, decision)),
+        user: served_caller(),
+        ..DeployArgs::of(&record.project, &record.env)
+    };
     let running = engine::start_deploy(home.clone(), args);
     cancel_on_signals(running.canceller());
     let record = running.finish(|event| reporter.on(event)).await?;
@@ -632,6 +642,12 @@ fn project_command(home: &Home, out: OutputFormat, cmd: ProjectCommand) -> Resul
         }
         ProjectCommand::List => {
             let projects = Store::open(&home.state())?.projects()?;
+            // Through the server, a caller sees the projects and envs their grants show them;
+            // the project file's path is for admins. Repository URLs never carry credentials.
+            let caller = crate::server::exec::context().map(|c| c.caller);
+            let sees =
+                |p: &str, e: &str| caller.as_ref().is_none_or(|c| c.allows(p, e, crate::state::users::Role::Viewer));
+            let admin = caller.as_ref().is_none_or(|c| c.admin);
             let mut rows = Vec::new();
             let mut docs = Vec::new();
             for p in &projects {
@@ -639,12 +655,21 @@ fn project_command(home: &Home, out: OutputFormat, cmd: ProjectCommand) -> Resul
                 let (repo, envs) = match &parsed {
                     Ok(c) => (
                         c.envs.values().next().map(|e| e.repo.clone()).unwrap_or_default(),
-                        c.envs.keys().cloned().collect::<Vec<_>>(),
+                        c.envs.keys().filter(|e| sees(&p.name, e)).cloned().collect::<Vec<_>>(),
                     ),
-                    Err(e) => (format!("invalid: {e}"), vec![]),
+                    Err(e) if admin => (format!("invalid: {e}"), vec![]),
+                    Err(_) => continue,
                 };
+                if envs.is_empty() && !admin {
+                    continue;
+                }
+                let repo = slipway_common::redact::redact(&repo).into_owned();
                 rows.push(vec![p.name.clone(), repo.clone(), envs.join(","), format_utc(p.applied_at)]);
-                docs.push(json!({"name": p.name, "repo": repo, "envs": envs, "source_file": p.source_file}));
+                let mut doc = json!({"name": p.name, "repo": repo, "envs": envs});
+                if admin {
+                    doc["source_file"] = json!(p.source_file);
+                }
+                docs.push(doc);
             }
             print(out, json!(docs), || {
                 if rows.is_empty() {
@@ -676,7 +701,15 @@ fn project_command(home: &Home, out: OutputFormat, cmd: ProjectCommand) -> Resul
                 .iter()
                 .map(|(env, h)| (*env, h.as_ref().map_or_else(|e| json!({"error": e}), |names| json!(names))))
                 .collect();
-            let doc = json!({"name": p.name, "source_file": p.source_file, "envs": config.envs, "hosts": hosts_doc});
+            let mut envs = json!(config.envs);
+            if let Some(map) = envs.as_object_mut() {
+                for env in map.values_mut() {
+                    if let Some(repo) = env["repo"].as_str() {
+                        env["repo"] = json!(slipway_common::redact::redact(repo));
+                    }
+                }
+            }
+            let doc = json!({"name": p.name, "source_file": p.source_file, "envs": envs, "hosts": hosts_doc});
             print(out, doc.clone(), || {
                 let mut text = format!("# {} (from {})\n", p.name, p.source_file.display());
                 for (env, hosts) in &selected {

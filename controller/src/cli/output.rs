@@ -252,7 +252,20 @@ impl Reporter {
 }
 
 /// Columns aligned to their widest cell.
+/// `text` safe to print on a terminal on one line: every control character (escape sequences,
+/// carriage returns, newlines, bells) becomes `�`, so text that someone else wrote (a ticket's
+/// title, a comment, a description) can neither move the cursor nor fake another line.
+pub fn clean(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
+}
+
+/// Columns of cells, each [`clean`]ed.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| clean(c)).collect()).collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -293,5 +306,8 @@ mod tests {
         assert_eq!(millis(1500), "1.50 s");
         let t = table(&["A", "BB"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "A    BB\nxyz  1\n");
+        let t = table(&["A"], &[vec!["x\x1b]0;owned\x07\ny".into()]]);
+        assert_eq!(t, "A\nx\u{fffd}]0;owned\u{fffd}\u{fffd}y\n", "escapes and newlines in cells are replaced");
+        assert_eq!(clean("plain ünïcode 上线"), "plain ünïcode 上线");
     }
 }

@@ -75,6 +75,9 @@ pub async fn run(remote: Remote) -> Result<u8> {
         .header(hyper::header::CONTENT_TYPE, "application/json");
     if let Some(token) = &remote.token {
         request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    } else if let Some(user) = std::env::var("SLIPWAY_USER").ok().filter(|u| !u.is_empty()) {
+        // On the server's socket: the Slipway user this operator acts as (records, approvals).
+        request = request.header(crate::server::auth::DECLARED_USER, user);
     }
     let request = request
         .body(Full::new(Bytes::from(serde_json::to_vec(&body).expect("json"))))

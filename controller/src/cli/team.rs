@@ -7,7 +7,7 @@ use serde_json::json;
 use slipway_common::time::{format_utc, unix_now};
 
 use crate::cli::args_team::{TicketCommand, TokenCommand, UserCommand, WebhookCommand};
-use crate::cli::output::{OutputFormat, table};
+use crate::cli::output::{OutputFormat, clean, table};
 use crate::cli::{finish_operation, print};
 use crate::error::{CtlError, Result};
 use crate::server::admin;
@@ -70,6 +70,15 @@ pub fn user_command(home: &Home, out: OutputFormat, cmd: UserCommand) -> Result<
                 None => format!("added user {name}{}", if admin { " (admin)" } else { "" }),
             });
         }
+        UserCommand::Passwd { name, password_stdin } => {
+            let (password, generated) = new_password(password_stdin)?;
+            admin::set_password(&store, &name, &password, None)?;
+            let shown = generated.then(|| password.clone());
+            print(out, json!({"user": name, "password": shown, "sessions_ended": true}), || match &shown {
+                Some(p) => format!("new password for {name} (shown once): {p}\ntheir sessions ended"),
+                None => format!("new password for {name}; their sessions ended"),
+            });
+        }
         UserCommand::Grant { name, project, env, role } => {
             let user = admin::grant(&store, &name, &project, &env, Role::parse(&role)?)?;
             print(out, json!({"user": name, "grants": user.grants}), || format!("{name}: {}", grants_text(&user)));
@@ -113,8 +122,10 @@ pub fn token_command(home: &Home, out: OutputFormat, cmd: TokenCommand) -> Resul
     match cmd {
         TokenCommand::Create { name, scopes, admin } => {
             let grants = scopes.iter().map(|s| Grant::parse_scope(s)).collect::<Result<Vec<_>>>()?;
-            let by = exec::context().map(|c| c.caller.name).unwrap_or_else(crate::engine::scope::current_user);
-            let (record, token) = admin::create_token(&store, &name, &grants, admin, &by)?;
+            let caller = exec::context().map(|c| c.caller);
+            let by = caller.as_ref().map(|c| c.name.clone()).unwrap_or_else(crate::engine::scope::current_user);
+            let owner = caller.and_then(|c| c.user);
+            let (record, token) = admin::create_token(&store, &name, &grants, admin, &by, owner.as_deref())?;
             let (id, grants) = (record.id, record.scopes);
             print(out, json!({"id": id, "name": name, "token": token, "scopes": grants, "admin": admin}), || {
                 format!(
@@ -190,25 +201,27 @@ fn ticket_row(t: &TicketRecord) -> Vec<String> {
 }
 
 fn ticket_text(t: &TicketRecord) -> String {
+    // Titles, comments and descriptions are other people's words: no control characters reach
+    // the terminal ([`clean`]).
     let mut s = format!(
         "ticket #{} ({}) {}/{}: {}\n  state     {}\n  ref       {} = {} \"{}\"\n  requester {} at {} from {}\n  approvals {}/{}\n",
         t.id,
         if t.kind == TicketKind::Deploy { "deploy" } else { "rollback" },
         t.project,
         t.env,
-        t.title,
+        clean(&t.title),
         t.state.word(),
-        t.git_ref,
+        clean(&t.git_ref),
         t.commit,
-        t.commit_summary,
-        t.requester,
+        clean(&t.commit_summary),
+        clean(&t.requester),
         format_utc(t.created.at),
-        t.created.from,
+        clean(&t.created.from),
         t.approvals.len(),
         t.required
     );
     if !t.description.is_empty() {
-        s.push_str(&format!("  about     {}\n", t.description));
+        s.push_str(&format!("  about     {}\n", clean(&t.description)));
     }
     if !t.deploys.is_empty() {
         s.push_str(&format!(
@@ -217,13 +230,13 @@ fn ticket_text(t: &TicketRecord) -> String {
         ));
     }
     for tr in &t.transitions {
-        let c = if tr.comment.is_empty() { String::new() } else { format!(": {}", tr.comment) };
+        let c = if tr.comment.is_empty() { String::new() } else { format!(": {}", clean(&tr.comment)) };
         s.push_str(&format!(
             "  {} {:<11} by {} from {}{c}\n",
             format_utc(tr.audit.at),
             tr.state.word(),
-            tr.audit.by,
-            tr.audit.from
+            clean(&tr.audit.by),
+            clean(&tr.audit.from)
         ));
     }
     s.trim_end().to_owned()

@@ -29,7 +29,8 @@ fn row(host: &str, check: &str, result: std::result::Result<String, (String, Str
         Ok(d) => (true, d, String::new()),
         Err((d, f)) => (false, d, f),
     };
-    CheckRow { host: host.into(), check: check.into(), ok, detail, fix }
+    let clean = |t: String| slipway_common::redact::redact(&t).into_owned();
+    CheckRow { host: host.into(), check: check.into(), ok, detail: clean(detail), fix: clean(fix) }
 }
 
 fn days_left(not_after: i64) -> std::result::Result<String, (String, String)> {

@@ -131,8 +131,9 @@ impl Emitter {
         Emitter::channel().0
     }
 
+    /// A controller line; URLs in it lose their credentials ([`redact`](slipway_common::redact::redact)).
     pub fn say(&self, line: impl std::fmt::Display) {
-        let _ = self.tx.send(Event::Say(line.to_string()));
+        let _ = self.tx.send(Event::Say(slipway_common::redact::redact(&line.to_string()).into_owned()));
     }
 
     pub fn hosts<'a>(&self, names: impl IntoIterator<Item = &'a str>) {

@@ -78,6 +78,15 @@ pub fn revoke(store: &Store, name: &str, project: &str, env: &str, role: Role) -
     Ok(user)
 }
 
+/// Give `name` a new password and end their sessions (but `keep`, the session that changed it).
+pub fn set_password(store: &Store, name: &str, password: &str, keep: Option<&str>) -> Result<()> {
+    let mut user = store.user(name)?.ok_or_else(|| unknown_user(name))?;
+    check_password(password)?;
+    user.password_hash = hash_password(password)?;
+    store.put_user(&user)?;
+    store.remove_sessions_but(name, keep)
+}
+
 /// Remove a user and end their sessions.
 pub fn remove_user(store: &Store, name: &str) -> Result<()> {
     if !store.remove_user(name)? {
@@ -93,6 +102,7 @@ pub fn create_token(
     scopes: &[Grant],
     admin: bool,
     by: &str,
+    owner: Option<&str>,
 ) -> Result<(TokenRecord, String)> {
     slipway_common::names::validate_name("token name", name).map_err(|e| CtlError::bad(e.to_string()))?;
     if scopes.is_empty() && !admin {
@@ -110,6 +120,7 @@ pub fn create_token(
         admin,
         created_by: by.to_owned(),
         created_at: unix_now(),
+        owner: owner.map(str::to_owned),
     };
     store.put_token(&record)?;
     Ok((record, format!("slw_{id}_{secret}")))
@@ -129,7 +140,7 @@ pub fn user_json(u: &UserRecord) -> Value {
 
 /// A token as listed (never its secret or digest).
 pub fn token_json(t: &TokenRecord) -> Value {
-    json!({"id": t.id, "name": t.name, "scopes": t.scopes, "admin": t.admin, "created_by": t.created_by, "created_at": t.created_at})
+    json!({"id": t.id, "name": t.name, "scopes": t.scopes, "admin": t.admin, "created_by": t.created_by, "owner": t.owner, "created_at": t.created_at})
 }
 
 #[derive(Deserialize)]
@@ -164,6 +175,8 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/v1/users", routing::get(users_h).post(add_user_h))
         .route("/api/v1/users/{name}", routing::delete(remove_user_h))
         .route("/api/v1/users/{name}/grants", routing::post(grant_h).delete(revoke_h))
+        .route("/api/v1/users/{name}/password", routing::post(reset_password_h))
+        .route("/api/v1/me/password", routing::post(change_password_h))
         .route("/api/v1/tokens", routing::get(tokens_h).post(create_token_h))
         .route("/api/v1/tokens/{id}", routing::delete(remove_token_h))
         .route("/api/v1/notifications/failed", routing::get(failed_notifications_h))
@@ -204,6 +217,66 @@ async fn revoke_h(
     Ok(Json(user_json(&revoke(&app.store, &name, &g.project, &g.env, g.role)?)))
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ResetPassword {
+    /// The new password; none: one is made and shown once.
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// `POST /api/v1/users/{name}/password` (admins): a new password for a user, whose sessions end.
+async fn reset_password_h(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    Body(b): Body<ResetPassword>,
+) -> ApiResult<Json<Value>> {
+    let generated = b.password.is_none();
+    let password = b.password.unwrap_or_else(|| random_hex()[..20].to_owned());
+    set_password(&app.store, &name, &password, None)?;
+    Ok(Json(json!({"user": name, "password": generated.then_some(password), "sessions_ended": true})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangePassword {
+    current: String,
+    new: String,
+}
+
+/// Change the logged-in user's own password, given the current one; their other sessions end.
+pub async fn change_own_password(app: &App, caller: &Caller, current: &str, new: &str) -> ApiResult<()> {
+    let crate::server::auth::Via::Session { digest, .. } = &caller.via else {
+        return Err(crate::server::error::ApiError::bad(
+            "only a logged-in user changes their own password",
+            "log in (POST /api/v1/session), or ask an admin: slipctl user passwd NAME",
+        ));
+    };
+    let user = app.store.user(&caller.name)?.ok_or_else(|| unknown_user(&caller.name))?;
+    let peer = crate::server::listen::Peer::Unknown;
+    if let Err(refusal) = app.logins.verify(&user.name, true, user.password_hash.clone(), current, &peer).await {
+        app.metrics.login_failure(refusal.word());
+        return Err(match refusal {
+            crate::server::login::Refusal::Wrong => crate::server::error::ApiError::forbidden(
+                "the current password is wrong",
+                "type the password you log in with now",
+            ),
+            other => other.to_api(),
+        });
+    }
+    set_password(&app.store, &user.name, new, Some(digest))?;
+    Ok(())
+}
+
+async fn change_password_h(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Body(b): Body<ChangePassword>,
+) -> ApiResult<StatusCode> {
+    change_own_password(&app, &caller, &b.current, &b.new).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn tokens_h(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
     Ok(Json(json!(app.store.tokens()?.iter().map(token_json).collect::<Vec<_>>())))
 }
@@ -215,7 +288,7 @@ async fn create_token_h(
 ) -> ApiResult<impl IntoResponse> {
     let scopes: Vec<Grant> =
         b.scopes.into_iter().map(|g| Grant { project: g.project, env: g.env, role: g.role }).collect();
-    let (record, token) = create_token(&app.store, &b.name, &scopes, b.admin, &caller.name)?;
+    let (record, token) = create_token(&app.store, &b.name, &scopes, b.admin, &caller.name, caller.user.as_deref())?;
     let mut doc = token_json(&record);
     doc["token"] = json!(token);
     Ok((StatusCode::CREATED, Json(doc)))

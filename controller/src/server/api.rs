@@ -57,7 +57,32 @@ pub fn router(app: Arc<App>) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::authorize))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(super::BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), security_headers))
         .with_state(app)
+}
+
+/// The pages' Content-Security-Policy: scripts, styles, streams and forms of this server only
+/// (one built-in script and stylesheet, no inline code), never in a frame.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Headers every answer carries: no sniffing, no framing, a CSP, no referrer to other sites,
+/// and HSTS when people reach the server over TLS.
+async fn security_headers(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(req).await;
+    let h = response.headers_mut();
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    if app.secure_cookies {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+    }
+    response
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
@@ -87,9 +112,11 @@ fn roles_of(caller_admin: bool, grants: &[crate::state::users::Grant]) -> Value 
 async fn login(
     State(app): State<Arc<App>>,
     Extension(peer): Extension<super::listen::Peer>,
+    headers: axum::http::HeaderMap,
     Body(login): Body<Login>,
 ) -> ApiResult<Response> {
-    let (user, csrf, cookie) = open_session(&app, &login.user, &login.password, &peer)?;
+    super::login::same_origin(&headers, &app.public_url)?;
+    let (user, csrf, cookie) = open_session(&app, &login.user, &login.password, &peer).await?;
     let mut response =
         Json(json!({"user": user.name, "roles": roles_of(user.admin, &user.grants), "csrf_token": csrf}))
             .into_response();
@@ -98,8 +125,9 @@ async fn login(
 }
 
 /// Check a user's password and open a session: the user, the session's CSRF token, and the
-/// `Set-Cookie` value (the API's `POST /session` and the login page alike).
-pub fn open_session(
+/// `Set-Cookie` value (the API's `POST /session` and the login page alike). The password is
+/// checked within the login budgets ([`super::login`]); a failure is logged and counted.
+pub async fn open_session(
     app: &App,
     name: &str,
     password: &str,
@@ -108,8 +136,13 @@ pub fn open_session(
     let user = app.store.user(name)?;
     // The same work and the same answer whether the user exists or not.
     let phc = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| dummy_phc().to_owned());
-    let ok = auth::verify_password(password, &phc) && user.is_some();
-    let Some(user) = user.filter(|_| ok) else {
+    if let Err(refusal) = app.logins.verify(name, user.is_some(), phc, password, peer).await {
+        let shown = slipway_common::archive::clip(name, 64);
+        tracing::warn!(user = %shown, from = %peer, reason = refusal.word(), "login refused");
+        app.metrics.login_failure(refusal.word());
+        return Err(refusal.to_api());
+    }
+    let Some(user) = user else {
         return Err(ApiError::unauthorized("wrong user or password"));
     };
     let id = auth::random_hex();
@@ -239,12 +272,30 @@ async fn check(
     Ok(Json(json!({"ok": ok, "checks": rows})))
 }
 
-/// Registered agents, each with what the last probe (every 30 s) found.
-async fn agents(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
+/// The registered agents `caller` may know of: all of them for an admin, else those that an env
+/// the caller may see selects now (a prod host's name, address and labels are inventory).
+pub fn visible_agents(app: &App, caller: &Caller) -> ApiResult<Vec<crate::state::store::AgentRecord>> {
+    let agents = app.store.agents()?;
+    if caller.admin {
+        return Ok(agents);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (p, envs) in visible_envs(app, caller)? {
+        let config = config_of(&p)?;
+        for env in envs {
+            let Some(settings) = config.envs.get(&env) else { continue };
+            if let Ok(hosts) = crate::engine::select::select_hosts(&p.name, &env, &settings.hosts, &agents, None) {
+                seen.extend(hosts.into_iter().map(|a| a.name));
+            }
+        }
+    }
+    Ok(agents.into_iter().filter(|a| seen.contains(&a.name)).collect())
+}
+
+/// Registered agents the caller may know of, each with what the last probe (every 30 s) found.
+async fn agents(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
     let probes = app.probes.lock().expect("probes").clone();
-    let out: Vec<Value> = app
-        .store
-        .agents()?
+    let out: Vec<Value> = visible_agents(&app, &caller)?
         .into_iter()
         .map(|a| {
             let mut doc = json!(a);

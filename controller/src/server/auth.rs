@@ -63,7 +63,9 @@ pub enum Via {
         digest: String,
         csrf: String,
     },
-    Token,
+    Token {
+        id: String,
+    },
     /// The server's own socket (`<home>/slipctl.sock`, 0600): the local operator, as admin.
     Socket,
     /// A CI webhook, checked against the project's secret.
@@ -73,7 +75,15 @@ pub enum Via {
 /// The authenticated caller of one request.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// The name every record carries (`dev`, `token:ci`, `webhook:github`, the OS user of a
+    /// socket caller that declared no Slipway user).
     pub name: String,
+    /// Who this is for the four-eyes rule: the Slipway user behind the caller (a session's
+    /// user, a token's owner, the user a socket caller declared), else `token:<name>` or
+    /// `local:<os user>`. Approvals compare principals, never display names.
+    pub principal: String,
+    /// The Slipway user behind the caller, if there is one.
+    pub user: Option<String>,
     pub admin: bool,
     pub grants: Vec<Grant>,
     pub via: Via,
@@ -157,7 +167,8 @@ pub fn policy(method: &Method, route: &str) -> Need {
         "/api/v1/projects" | "/api/v1/agents" | "/api/v1/dashboard" | "/api/v1/tickets" | "/api/v1/deploys" if get => {
             Anyone
         }
-        "/api/v1/me" => Anyone,
+        "/api/v1/me" | "/api/v1/me/password" => Anyone,
+        "/account" | "/account/password" => Page,
         "/api/v1/cli" => Command,
         "/api/v1/tickets" => Role(R::Deployer, Body),
         "/api/v1/deploys" => DirectDeploy { rollback: false, pair: Body },
@@ -192,11 +203,29 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// The header in which a `slipctl` on the server's socket names the Slipway user it acts for
+/// (`SLIPWAY_USER`): the socket's caller is the host's operator, trusted as admin, and says
+/// who they are so that records and the four-eyes rule name a person, not `root`.
+pub const DECLARED_USER: &str = "x-slipway-user";
+
 /// Who sent the request, or why nobody can be believed.
-fn authenticate(store: &Store, peer: &Peer, headers: &HeaderMap) -> ApiResult<Option<Caller>> {
+pub fn authenticate(store: &Store, peer: &Peer, headers: &HeaderMap) -> ApiResult<Option<Caller>> {
     let from = peer.to_string();
-    if let Peer::Socket { user } = peer {
-        return Ok(Some(Caller { name: user.clone(), admin: true, grants: Vec::new(), via: Via::Socket, from }));
+    if let Peer::Socket { user: os_user } = peer {
+        let declared = headers.get(DECLARED_USER).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+        let (name, principal, user) = match declared {
+            Some(name) => {
+                let user = store.user(name)?.ok_or_else(|| {
+                    ApiError::bad(
+                        format!("SLIPWAY_USER names '{name}', who is not a Slipway user"),
+                        "set SLIPWAY_USER to your Slipway user name (`slipctl user list`), or unset it",
+                    )
+                })?;
+                (user.name.clone(), user.name.clone(), Some(user.name))
+            }
+            None => (os_user.clone(), format!("local:{os_user}"), None),
+        };
+        return Ok(Some(Caller { name, principal, user, admin: true, grants: Vec::new(), via: Via::Socket, from }));
     }
     if let Some(auth) = headers.get(header::AUTHORIZATION) {
         let text = auth.to_str().unwrap_or("");
@@ -212,7 +241,16 @@ fn authenticate(store: &Store, peer: &Peer, headers: &HeaderMap) -> ApiResult<Op
             return Err(ApiError::unauthorized("unknown or removed token"));
         }
         let name = format!("token:{}", token.name);
-        return Ok(Some(Caller { name, admin: token.admin, grants: token.scopes, via: Via::Token, from }));
+        let principal = token.owner.clone().unwrap_or_else(|| name.clone());
+        return Ok(Some(Caller {
+            name,
+            principal,
+            user: token.owner.clone(),
+            admin: token.admin,
+            grants: token.scopes,
+            via: Via::Token { id: token.id },
+            from,
+        }));
     }
     if let Some(id) = cookie(headers, SESSION_COOKIE) {
         let digest = sha256_hex(id);
@@ -223,6 +261,8 @@ fn authenticate(store: &Store, peer: &Peer, headers: &HeaderMap) -> ApiResult<Op
         let user =
             store.user(&session.user)?.ok_or_else(|| ApiError::unauthorized("the session's user was removed"))?;
         return Ok(Some(Caller {
+            principal: user.name.clone(),
+            user: Some(user.name.clone()),
             name: user.name,
             admin: user.admin,
             grants: user.grants,
@@ -234,18 +274,24 @@ fn authenticate(store: &Store, peer: &Peer, headers: &HeaderMap) -> ApiResult<Op
 }
 
 /// The caller as the store says now, for a stream that outlives its request: a session's user
-/// with their grants of this moment (none: the session ended or the user is gone). Tokens and
-/// the socket are as they were.
+/// with their grants of this moment, a token with its scopes of this moment (none: the
+/// session ended, the user or the token is gone). The socket's caller is as it was.
 pub fn refreshed(store: &Store, caller: &Caller) -> Option<Caller> {
-    let Via::Session { digest, .. } = &caller.via else {
-        return Some(caller.clone());
-    };
-    let session = store.session(digest).ok()??;
-    if session.expires_at <= slipway_common::time::unix_now() {
-        return None;
+    match &caller.via {
+        Via::Session { digest, .. } => {
+            let session = store.session(digest).ok()??;
+            if session.expires_at <= slipway_common::time::unix_now() {
+                return None;
+            }
+            let user = store.user(&session.user).ok()??;
+            Some(Caller { admin: user.admin, grants: user.grants, ..caller.clone() })
+        }
+        Via::Token { id } => {
+            let token = store.token(id).ok()??;
+            Some(Caller { admin: token.admin, grants: token.scopes, ..caller.clone() })
+        }
+        Via::Socket | Via::Webhook => Some(caller.clone()),
     }
-    let user = store.user(&session.user).ok()??;
-    Some(Caller { admin: user.admin, grants: user.grants, ..caller.clone() })
 }
 
 /// An env that asks approval deploys by approved ticket; only an admin deploys it directly (the
@@ -424,11 +470,14 @@ async fn check(app: &App, route: String, taken: Request) -> ApiResult<Request> {
                 .await
                 .map_err(|_| ApiError::bad("bad path", "see DESIGN.md \"Server\""))?;
             let ((project, env), taken) = pair_of(app, pair, &params, Request::from_parts(parts, body)).await?;
+            // A ticket or deploy the caller may not see is answered as one that does not exist:
+            // a 403 naming its project and env would let anyone walk the ids to map them.
             if matches!(pair, Pair::Ticket | Pair::Deploy) && !caller.allows(&project, &env, Role::Viewer) {
-                return Err(ApiError::forbidden(
-                    format!("{} may not see {project}/{env}", caller.name),
-                    format!("an admin can grant it: slipctl user grant {} {project} {env} viewer", caller.name),
-                ));
+                let id = params.iter().find(|(k, _)| *k == "id").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+                return Err(match pair {
+                    Pair::Ticket => super::tickets::unknown(id),
+                    _ => super::api::unknown_deploy(id),
+                });
             }
             caller.require(&project, &env, role)?;
             if let Need::DirectDeploy { rollback, .. } = need {

@@ -16,13 +16,19 @@ pub struct ApiError {
     pub status: StatusCode,
     pub error: String,
     pub fix: String,
+    /// Seconds for a `Retry-After` header (429 and 503).
+    pub retry_after: Option<u64>,
 }
 
 pub type ApiResult<T> = std::result::Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, error: impl Into<String>, fix: impl Into<String>) -> ApiError {
-        ApiError { status, error: error.into(), fix: fix.into() }
+        ApiError { status, error: error.into(), fix: fix.into(), retry_after: None }
+    }
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
     }
     pub fn bad(error: impl Into<String>, fix: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, error, fix)
@@ -53,13 +59,17 @@ impl From<CtlError> for ApiError {
             Kind::Busy => StatusCode::CONFLICT,
             Kind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError { status, error: e.problem, fix: e.fix.unwrap_or_default() }
+        ApiError { status, error: e.problem, fix: e.fix.unwrap_or_default(), retry_after: None }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": self.error, "fix": self.fix}))).into_response()
+        let mut response = (self.status, Json(json!({"error": self.error, "fix": self.fix}))).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+        }
+        response
     }
 }
 

@@ -18,7 +18,6 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::cli::args::{AgentCommand, Cli, Command, ProjectCommand};
 use crate::cli::args_team::TicketCommand;
@@ -68,13 +67,17 @@ pub fn parse(body: &ExecBody) -> ApiResult<Cli> {
     })
 }
 
-fn deploy_pair(app: &App, id: u64) -> ApiResult<(String, String)> {
-    let d = app.store.deploy(id)?.ok_or_else(|| super::api::unknown_deploy(id))?;
+/// The (project, env) of deploy `id`, if `caller` may see it: one they may not is unknown to them.
+fn deploy_pair(app: &App, caller: &Caller, id: u64) -> ApiResult<(String, String)> {
+    let d = app.store.deploy(id)?.filter(|d| caller.allows(&d.project, &d.env, Role::Viewer));
+    let d = d.ok_or_else(|| super::api::unknown_deploy(id))?;
     Ok((d.project, d.env))
 }
 
-fn ticket_pair(app: &App, id: u64) -> ApiResult<(String, String)> {
-    let t = app.store.ticket(id)?.ok_or_else(|| super::tickets::unknown(id))?;
+/// The (project, env) of ticket `id`, if `caller` may see it.
+fn ticket_pair(app: &App, caller: &Caller, id: u64) -> ApiResult<(String, String)> {
+    let t = app.store.ticket(id)?.filter(|t| caller.allows(&t.project, &t.env, Role::Viewer));
+    let t = t.ok_or_else(|| super::tickets::unknown(id))?;
     Ok((t.project, t.env))
 }
 
@@ -111,23 +114,23 @@ pub fn authorize(app: &App, caller: &Caller, cli: &Cli) -> ApiResult<()> {
             super::auth::direct_deploy(app, caller, project, env, true)
         }
         Command::Promote { deploy_id } | Command::Abort { deploy_id } => {
-            on(deploy_pair(app, *deploy_id)?, Role::Deployer)
+            on(deploy_pair(app, caller, *deploy_id)?, Role::Deployer)
         }
         Command::Releases { project, env } | Command::Check { project, env, .. } => {
             on((project.clone(), env.clone()), Role::Viewer)
         }
         Command::History { project: Some(p), env: Some(e), .. } => on((p.clone(), e.clone()), Role::Viewer),
         Command::History { .. } => admin(caller),
-        Command::Show { deploy_id } => on(deploy_pair(app, *deploy_id)?, Role::Viewer),
+        Command::Show { deploy_id } => on(deploy_pair(app, caller, *deploy_id)?, Role::Viewer),
         Command::Ticket(t) => match t {
             TicketCommand::Create { project, env, .. } => on((project.clone(), env.clone()), Role::Deployer),
             TicketCommand::List { .. } => Ok(()),
-            TicketCommand::Show { id } => on(ticket_pair(app, *id)?, Role::Viewer),
+            TicketCommand::Show { id } => on(ticket_pair(app, caller, *id)?, Role::Viewer),
             TicketCommand::Approve { id, .. } | TicketCommand::Reject { id, .. } => {
-                on(ticket_pair(app, *id)?, Role::Approver)
+                on(ticket_pair(app, caller, *id)?, Role::Approver)
             }
             TicketCommand::Deploy { id } | TicketCommand::Cancel { id } | TicketCommand::Rollback { id } => {
-                on(ticket_pair(app, *id)?, Role::Deployer)
+                on(ticket_pair(app, caller, *id)?, Role::Deployer)
             }
         },
     }
@@ -189,17 +192,36 @@ pub async fn run(
             c.cancel();
         }
     });
-    let mut ended = false;
-    let stream = UnboundedReceiverStream::new(rx)
-        .take_while(move |frame| {
-            let go = !ended;
-            ended = ended || matches!(frame, Frame::Exit(_));
-            go
-        })
-        .map(|frame| {
-            let mut line = serde_json::to_vec(&frame).expect("frames serialise");
-            line.push(b'\n');
-            Ok::<_, Infallible>(Bytes::from(line))
-        });
+    let stream = UntilExit { frames: rx, ended: false }.map(|frame| {
+        let mut line = serde_json::to_vec(&frame).expect("frames serialise");
+        line.push(b'\n');
+        Ok::<_, Infallible>(Bytes::from(line))
+    });
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(stream)).into_response())
+}
+
+/// A command's frames up to and including its exit status, then the end of the answer: the
+/// channel itself stays open as long as anything holds a sender (the watcher for the asking
+/// `slipctl` going away does), and a client that reads to the end must not wait for that.
+struct UntilExit {
+    frames: mpsc::UnboundedReceiver<Frame>,
+    ended: bool,
+}
+
+impl tokio_stream::Stream for UntilExit {
+    type Item = Frame;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Frame>> {
+        if self.ended {
+            return std::task::Poll::Ready(None);
+        }
+        let polled = self.frames.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(Frame::Exit(_))) = &polled {
+            self.ended = true;
+        }
+        polled
+    }
 }

@@ -1,8 +1,14 @@
 //! The server's listeners: TCP (optionally TLS through the one TLS stack) and the owner's unix
-//! socket. Each connection is served by hyper with a header timeout, a bounded number at a time,
-//! and tagged with its [`Peer`] for authentication and the audit fields.
+//! socket. Each connection is served by hyper with a header timeout, a bounded number at a time
+//! ([`MAX_CONNECTIONS`] on TCP, at most [`PER_ADDRESS`] from one address), and tagged with its
+//! [`Peer`] for authentication and the audit fields. Every request's body must arrive within
+//! [`BODY_TIMEOUT`] and every answer must start within [`REQUEST_TIMEOUT`] (an event stream's
+//! answer starts at once and then lasts), so a client that trickles bytes holds a slot for
+//! seconds, not for ever. The owner's socket has slots of its own: no TCP flood keeps the
+//! operator from deploying, rolling back or cancelling.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,9 +25,17 @@ use tower::ServiceExt;
 
 use crate::error::{Context, Result};
 
-/// At most this many connections are served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 1024;
+/// At most this many TCP connections are served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// At most this many of them from one address (IPv6: one /64); more are closed at once.
+pub const PER_ADDRESS: usize = 64;
+/// The owner's socket's own connections.
+pub const SOCKET_CONNECTIONS: usize = 256;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a request's body may take to arrive.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a request may take before its answer starts (a check of every host, a fetch).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a request came from.
@@ -52,12 +66,33 @@ pub struct Serving {
     pub stop: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
     slots: Arc<Semaphore>,
+    socket_slots: Arc<Semaphore>,
+    by_address: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl Serving {
     /// Serving with `router` until `stop`; `graceful` lets the open connections finish.
     pub fn new(router: Router, stop: watch::Receiver<bool>, graceful: Arc<GracefulShutdown>) -> Serving {
-        Serving { router, stop, graceful, slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)) }
+        Serving {
+            router,
+            stop,
+            graceful,
+            slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            socket_slots: Arc::new(Semaphore::new(SOCKET_CONNECTIONS)),
+            by_address: Arc::default(),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or `None` when it has [`PER_ADDRESS`].
+    fn address_slot(&self, ip: IpAddr) -> Option<AddressSlot> {
+        let ip = per_address_key(ip);
+        let mut open = self.by_address.lock().expect("connections by address");
+        let n = open.entry(ip).or_default();
+        if *n >= PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot { ip, open: self.by_address.clone() })
     }
 
     fn connection<S>(&self, stream: S, peer: Peer)
@@ -67,7 +102,18 @@ impl Serving {
         let router = self.router.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(peer.clone());
-            router.clone().oneshot(req.map(axum::body::Body::new))
+            let req = req.map(|body| axum::body::Body::new(Deadlined::new(body, BODY_TIMEOUT)));
+            let answer = router.clone().oneshot(req);
+            async move {
+                match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+                    Ok(answer) => answer,
+                    Err(_) => Ok(axum::response::IntoResponse::into_response(super::error::ApiError::new(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+                        "try again; if it keeps happening, the server's log says what it waited for",
+                    ))),
+                }
+            }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -98,17 +144,22 @@ impl Serving {
                 },
                 () = until_stop(&mut stop) => return,
             };
+            let Some(address) = self.address_slot(addr.ip()) else {
+                tracing::debug!("closed a connection from {addr}: it has {PER_ADDRESS} open already");
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let this = self.clone();
+            let held = (permit, address);
             match &tls {
                 None => {
-                    this.connection(Held { inner: stream, _permit: permit }, Peer::Tcp(addr));
+                    this.connection(Held { inner: stream, _slots: held }, Peer::Tcp(addr));
                 }
                 Some(acceptor) => {
                     let acceptor = acceptor.clone();
                     tokio::spawn(async move {
                         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => this.connection(Held { inner: tls, _permit: permit }, Peer::Tcp(addr)),
+                            Ok(Ok(tls)) => this.connection(Held { inner: tls, _slots: held }, Peer::Tcp(addr)),
                             Ok(Err(e)) => tracing::debug!("TLS handshake from {addr}: {e}"),
                             Err(_) => tracing::debug!("TLS handshake from {addr} timed out"),
                         }
@@ -144,8 +195,13 @@ impl Serving {
                 .flatten()
                 .map(|u| u.name)
                 .unwrap_or_else(|| format!("uid {}", cred.uid()));
-            let Ok(permit) = self.slots.clone().try_acquire_owned() else { continue };
-            self.connection(Held { inner: stream, _permit: permit }, Peer::Socket { user });
+            // The socket's own slots: a flood on TCP never takes them. When all are busy the
+            // operator's command waits for one instead of being dropped.
+            let permit = tokio::select! {
+                p = self.socket_slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                () = until_stop(&mut stop) => return,
+            };
+            self.connection(Held { inner: stream, _slots: permit }, Peer::Socket { user });
         }
     }
 }
@@ -172,13 +228,89 @@ pub async fn bind_socket(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// A stream that holds its connection slot for as long as it lives.
-struct Held<S> {
-    inner: S,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+/// IPv4 (and IPv4-mapped IPv6) by address; IPv6 by /64, which one host usually has whole.
+fn per_address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Held<S> {
+/// One open connection from an address; the count goes down when it closes.
+struct AddressSlot {
+    ip: IpAddr,
+    open: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().expect("connections by address");
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A request body that must arrive by a deadline: past it, reading fails (the handler answers
+/// 408 or gives up, and the connection closes).
+struct Deadlined {
+    inner: Incoming,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Deadlined {
+    fn new(inner: Incoming, within: Duration) -> Deadlined {
+        Deadlined { inner, deadline: Box::pin(tokio::time::sleep(within)) }
+    }
+}
+
+impl hyper::body::Body for Deadlined {
+    type Data = hyper::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future;
+        let late = || format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()).into();
+        if self.deadline.is_elapsed() {
+            return std::task::Poll::Ready(Some(Err(late())));
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            std::task::Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                std::task::Poll::Ready(()) => std::task::Poll::Ready(Some(Err(late()))),
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            },
+            ready => ready.map(|frame| frame.map(|f| f.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A stream that holds its connection slots for as long as it lives.
+struct Held<S, T> {
+    inner: S,
+    _slots: T,
+}
+
+impl<S: AsyncRead + Unpin, T: Unpin> AsyncRead for Held<S, T> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -188,7 +320,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Held<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Held<S> {
+impl<S: AsyncWrite + Unpin, T: Unpin> AsyncWrite for Held<S, T> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,

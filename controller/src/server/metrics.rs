@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -20,53 +20,95 @@ use prometheus_client::registry::Registry;
 
 use crate::state::store::{DeployKind, DeployRecord, DeployStatus};
 
+/// A label value, written escaped as OpenMetrics asks (`\\`, `\"`, `\n`): `prometheus-client`
+/// writes label values as they are, so a value with a quote or a newline in it would end the
+/// label and forge series. Every label of every family is a `Text`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Text(String);
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Text {
+        Text(s.to_owned())
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Text {
+        Text(s)
+    }
+}
+
+impl EncodeLabelValue for Text {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The label of a webhook delivery's project: only a project that exists is named (anyone can
+/// post to `/hooks/<anything>`, and a label per made-up name would grow without bound).
+pub const UNKNOWN_PROJECT: &str = "_unknown";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
-    project: String,
-    env: String,
-    kind: String,
-    outcome: String,
+    project: Text,
+    env: Text,
+    kind: Text,
+    outcome: Text,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Pair {
-    project: String,
-    env: String,
+    project: Text,
+    env: Text,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PairKind {
-    project: String,
-    env: String,
-    kind: String,
+    project: Text,
+    env: Text,
+    kind: Text,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Stage {
-    stage: String,
+    stage: Text,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OnRelease {
-    project: String,
-    env: String,
-    release: String,
+    project: Text,
+    env: Text,
+    release: Text,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Agent {
-    agent: String,
+    agent: Text,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Delivery {
-    project: String,
-    status: String,
+    project: Text,
+    status: Text,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: Text,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Sink {
-    kind: String,
+    kind: Text,
 }
 
 fn seconds_buckets() -> Histogram {
@@ -85,6 +127,7 @@ pub struct Metrics {
     webhooks: Family<Delivery, Counter>,
     notifications_failed: Family<Sink, Counter>,
     notifications_sent: Family<Sink, Counter>,
+    login_failures: Family<Reason, Counter>,
     /// What each host of each env runs, as the records say: (project, env) → host → release.
     runs: Mutex<BTreeMap<(String, String), BTreeMap<String, String>>>,
     /// The last operation that ended (or paused) per env, as the dashboard shows it.
@@ -111,6 +154,7 @@ impl Metrics {
             webhooks: Family::default(),
             notifications_failed: Family::default(),
             notifications_sent: Family::default(),
+            login_failures: Family::default(),
             runs: Mutex::default(),
             last: Mutex::default(),
             registry: Registry::default(),
@@ -145,6 +189,11 @@ impl Metrics {
             m.notifications_failed.clone(),
         );
         registry.register("notifications_sent", "Notifications delivered", m.notifications_sent.clone());
+        registry.register(
+            "login_failures",
+            "Logins refused: wrong password, throttled after failures, or every verifier busy",
+            m.login_failures.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -167,20 +216,20 @@ impl Metrics {
         let (project, env) = (record.project.clone(), record.env.clone());
         self.deploys
             .get_or_create(&Outcome {
-                project: project.clone(),
-                env: env.clone(),
+                project: project.as_str().into(),
+                env: env.as_str().into(),
                 kind: kind.into(),
                 outcome: record.effective_status().word().into(),
             })
             .inc();
         self.deploy_seconds
-            .get_or_create(&PairKind { project: project.clone(), env: env.clone(), kind: kind.into() })
+            .get_or_create(&PairKind { project: project.as_str().into(), env: env.as_str().into(), kind: kind.into() })
             .observe(record.duration_ms as f64 / 1000.0);
         let mut flips = Vec::new();
         for host in &record.hosts {
             for step in &host.steps {
                 self.stage_seconds
-                    .get_or_create(&Stage { stage: step.name.clone() })
+                    .get_or_create(&Stage { stage: step.name.as_str().into() })
                     .observe(step.elapsed_ms as f64 / 1000.0);
                 if step.name == "activate" && step.ok {
                     flips.push(step.started_ms + step.elapsed_ms);
@@ -190,7 +239,7 @@ impl Metrics {
         if flips.len() > 1 {
             let skew = flips.iter().max().unwrap_or(&0) - flips.iter().min().unwrap_or(&0);
             self.switch_skew
-                .get_or_create(&Pair { project: project.clone(), env: env.clone() })
+                .get_or_create(&Pair { project: project.as_str().into(), env: env.as_str().into() })
                 .set(skew as f64 / 1000.0);
         }
         let mut runs = self.runs.lock().expect("metrics");
@@ -202,8 +251,13 @@ impl Metrics {
         }
     }
 
+    /// A webhook delivery was answered `status`; `project` is [`UNKNOWN_PROJECT`] unless it exists.
     pub fn webhook(&self, project: &str, status: &str) {
         self.webhooks.get_or_create(&Delivery { project: project.into(), status: status.into() }).inc();
+    }
+
+    pub fn login_failure(&self, reason: &str) {
+        self.login_failures.get_or_create(&Reason { reason: reason.into() }).inc();
     }
 
     pub fn notification(&self, kind: &str, delivered: bool) {
@@ -242,7 +296,11 @@ impl Metrics {
         for ((project, env), hosts) in self.runs.lock().expect("metrics").iter() {
             for release in hosts.values() {
                 self.hosts_on_release
-                    .get_or_create(&OnRelease { project: project.clone(), env: env.clone(), release: release.clone() })
+                    .get_or_create(&OnRelease {
+                        project: project.as_str().into(),
+                        env: env.as_str().into(),
+                        release: release.as_str().into(),
+                    })
                     .inc();
             }
         }

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod error;
 pub mod exec;
 pub mod listen;
+pub mod login;
 pub mod metrics;
 pub mod notify;
 pub mod runs;
@@ -36,6 +37,8 @@ use crate::state::store::Store;
 pub const BODY_LIMIT: usize = 1 << 20;
 /// CI push payloads list commits and can be larger.
 pub const WEBHOOK_BODY_LIMIT: usize = 16 << 20;
+/// Webhook body bytes held in memory at once, across all deliveries (503 beyond: CI retries).
+pub const WEBHOOK_BYTES_IN_FLIGHT: usize = 32 << 20;
 /// How long SIGTERM waits for running deploys to reach a safe point.
 const STOP_WAIT: Duration = Duration::from_secs(120);
 
@@ -49,6 +52,8 @@ pub struct App {
     pub ticket_lock: Mutex<()>,
     /// Turns true when the server is stopping.
     pub stopping: watch::Sender<bool>,
+    /// Cookies are `Secure` and HSTS is sent: the server speaks TLS, or people reach it by an
+    /// `https://` `--public-url` (TLS ends at a proxy in front).
     pub secure_cookies: bool,
     pub started_at: i64,
     /// Where people reach the server (`--public-url`, else the listen address), for links.
@@ -56,6 +61,12 @@ pub struct App {
     pub metrics: metrics::Metrics,
     /// What the last agent probe found, by agent.
     pub probes: Mutex<std::collections::BTreeMap<String, metrics::Probe>>,
+    /// Webhook body bytes in memory now, out of [`WEBHOOK_BYTES_IN_FLIGHT`].
+    pub webhook_budget: Arc<tokio::sync::Semaphore>,
+    /// Password checks and the failed-login budgets.
+    pub logins: login::Logins,
+    /// Event streams open per principal.
+    pub streams: sse::Streams,
 }
 
 impl App {
@@ -70,6 +81,7 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
         return Err(CtlError::bad(format!("{} is not initialised", home.root.display()))
             .fix("run `slipctl init` first (or give --home)"));
     }
+    slipway_common::process::raise_fd_limit();
     let socket_path = home.root.join("slipctl.sock");
     let unix = listen::bind_socket(&socket_path).await?;
     let store = Store::pin(&home.state())?;
@@ -85,17 +97,21 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
     let (stopping, stop_rx) = watch::channel(false);
     let scheme = if tls.is_some() { "https" } else { "http" };
     let public_url = args.public_url.clone().unwrap_or_else(|| format!("{scheme}://{local}"));
+    let secure_cookies = tls.is_some() || public_url.starts_with("https://");
     let app = Arc::new(App {
         home: home.clone(),
         store,
         runs: runs::Runs::default(),
         ticket_lock: Mutex::new(()),
         stopping,
-        secure_cookies: tls.is_some(),
+        secure_cookies,
         started_at: slipway_common::time::unix_now(),
         public_url: public_url.trim_end_matches('/').to_owned(),
         metrics: metrics::Metrics::new(),
         probes: Mutex::default(),
+        webhook_budget: Arc::new(tokio::sync::Semaphore::new(WEBHOOK_BYTES_IN_FLIGHT)),
+        logins: login::Logins::default(),
+        streams: sse::Streams::default(),
     });
     let recovered = tickets::recover(&app)?;
     // The counters start from history, then follow every operation that ends here.

@@ -42,8 +42,24 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// `text` as plain words for a chat robot, whatever people typed into it (a ticket's title, a
+/// ref, an error): Slack reads `<!channel>`, `<!here>` and `<https://x|disguised>` in its
+/// text, so `&`, `<` and `>` become entities; Feishu reads `<at user_id="all">` and DingTalk
+/// and WeCom `@all`/`@mobile`, so there `@` becomes the full-width `＠` and `<`/`>` their
+/// full-width forms. The signed generic webhook carries JSON and is sent as it is.
+pub fn escape_for(kind: NotifyKind, text: &str) -> String {
+    match kind {
+        NotifyKind::Webhook => text.to_owned(),
+        NotifyKind::Slack => text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;"),
+        NotifyKind::Dingtalk | NotifyKind::Wecom | NotifyKind::Feishu => {
+            text.replace('@', "\u{ff20}").replace('<', "\u{ff1c}").replace('>', "\u{ff1e}")
+        }
+    }
+}
+
 /// What goes on the wire for `sink`: the URL (DingTalk signs in its query), headers, body.
 pub fn message(sink: &NotifyFile, note: &Note, now_ms: i64) -> (String, Vec<(&'static str, String)>, Vec<u8>) {
+    let text = escape_for(sink.kind, &note.text);
     let secret = sink.secret.clone().unwrap_or_default();
     let mut url = sink.url.clone();
     let mut headers = vec![("content-type", "application/json".to_owned())];
@@ -59,20 +75,20 @@ pub fn message(sink: &NotifyFile, note: &Note, now_ms: i64) -> (String, Vec<(&'s
             ));
             return (url, headers, body);
         }
-        NotifyKind::Slack => json!({"text": note.text}),
-        NotifyKind::Wecom => json!({"msgtype": "text", "text": {"content": note.text}}),
+        NotifyKind::Slack => json!({"text": text}),
+        NotifyKind::Wecom => json!({"msgtype": "text", "text": {"content": text}}),
         NotifyKind::Dingtalk => {
             // DingTalk's robot: sign = base64(HMAC-SHA256(secret, "<ms>\n<secret>")), in the query.
             let sign = b64(&hmac_sha256(secret.as_bytes(), format!("{now_ms}\n{secret}").as_bytes()));
             let sep = if url.contains('?') { '&' } else { '?' };
             url = format!("{url}{sep}timestamp={now_ms}&sign={}", query_escape(&sign));
-            json!({"msgtype": "text", "text": {"content": note.text}})
+            json!({"msgtype": "text", "text": {"content": text}})
         }
         NotifyKind::Feishu => {
             // Feishu's robot: sign = base64(HMAC-SHA256(key = "<s>\n<secret>", message = "")).
             let secs = now_ms / 1000;
             let sign = b64(&hmac_sha256(format!("{secs}\n{secret}").as_bytes(), b""));
-            json!({"timestamp": secs.to_string(), "sign": sign, "msg_type": "text", "content": {"text": note.text}})
+            json!({"timestamp": secs.to_string(), "sign": sign, "msg_type": "text", "content": {"text": text}})
         }
     };
     (url, headers, serde_json::to_vec(&body).expect("json"))
@@ -233,5 +249,33 @@ mod tests {
         assert_eq!(doc["sign"], b64(&hmac_sha256(b"1700000000\nSEC", b"")));
         let (_, _, body) = message(&sink(NotifyKind::Slack, "https://hooks.slack.com/x"), &note(), 0);
         assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), json!({"text": "web/prod: ok"}));
+    }
+
+    #[test]
+    fn what_people_typed_cannot_ping_everyone_or_disguise_a_link() {
+        let hostile = Note {
+            text: "<!channel> <https://evil.example|docs> @all <at user_id=\"all\">x</at> & co".into(),
+            ..note()
+        };
+        let text_of = |kind, pointer: &str| {
+            let (_, _, body) = message(&sink(kind, "https://robot.example/x"), &hostile, 0);
+            serde_json::from_slice::<Value>(&body).unwrap().pointer(pointer).unwrap().as_str().unwrap().to_owned()
+        };
+        let slack = text_of(NotifyKind::Slack, "/text");
+        assert_eq!(
+            slack,
+            "&lt;!channel&gt; &lt;https://evil.example|docs&gt; @all &lt;at user_id=\"all\"&gt;x&lt;/at&gt; &amp; co"
+        );
+        for (kind, pointer) in [
+            (NotifyKind::Dingtalk, "/text/content"),
+            (NotifyKind::Wecom, "/text/content"),
+            (NotifyKind::Feishu, "/content/text"),
+        ] {
+            let text = text_of(kind, pointer);
+            assert!(!text.contains('@') && !text.contains('<') && !text.contains('>'), "{kind:?}: {text}");
+            assert!(text.contains("\u{ff20}all"), "{kind:?}: {text}");
+        }
+        let (_, _, body) = message(&sink(NotifyKind::Webhook, "https://h/x"), &hostile, 0);
+        assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["text"], hostile.text, "JSON carries it as it is");
     }
 }

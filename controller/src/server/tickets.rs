@@ -69,6 +69,23 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/v1/tickets/{id}/rollback", routing::post(rollback_h))
 }
 
+/// Longest title, description and comment the server keeps (in characters).
+pub const TITLE_MAX: usize = 200;
+pub const DESCRIPTION_MAX: usize = 10_000;
+pub const COMMENT_MAX: usize = 2_000;
+
+/// `text` (the ticket's `field`) fits in `max` characters, or a 400 that says so.
+pub fn within(field: &str, text: &str, max: usize) -> ApiResult<()> {
+    let n = text.chars().count();
+    if n > max {
+        return Err(ApiError::bad(
+            format!("the {field} has {n} characters; at most {max} are kept"),
+            format!("shorten the {field} to {max} characters or fewer"),
+        ));
+    }
+    Ok(())
+}
+
 pub fn audit(caller: &Caller) -> Audit {
     Audit { by: caller.name.clone(), at: unix_now(), from: caller.from.clone() }
 }
@@ -91,9 +108,31 @@ pub async fn create(
     created: Audit,
     exact: Option<&str>,
 ) -> ApiResult<TicketRecord> {
+    create_pushed(app, caller, new, created, exact, None).await
+}
+
+/// Who pushed the commit a webhook's ticket ships: the name in the payload and the Slipway
+/// user of that name, if any.
+#[derive(Debug, Clone, Default)]
+pub struct Pusher {
+    pub named: String,
+    pub user: Option<String>,
+}
+
+/// [`create`], for a webhook's push by `pusher`.
+pub async fn create_pushed(
+    app: &Arc<App>,
+    caller: &Caller,
+    new: NewTicket,
+    created: Audit,
+    exact: Option<&str>,
+    pusher: Option<Pusher>,
+) -> ApiResult<TicketRecord> {
     if new.title.trim().is_empty() {
         return Err(ApiError::bad("a ticket needs a title", "say in a line what it ships"));
     }
+    within("title", &new.title, TITLE_MAX)?;
+    within("description", &new.description, DESCRIPTION_MAX)?;
     let (project, settings) = crate::engine::scope::env_of(&app.store, &new.project, &new.env)?;
     let git_ref = new.git_ref.clone().unwrap_or_else(|| settings.default_ref.clone());
     let url = crate::engine::scope::repo_url(&project, &settings);
@@ -112,6 +151,9 @@ pub async fn create(
         description: new.description,
         state: TicketState::Pending,
         requester: caller.name.clone(),
+        requester_principal: Some(caller.principal.clone()),
+        pushed_by: None,
+        pusher_user: None,
         created: created.clone(),
         required: settings.approval.required,
         approvals: Vec::new(),
@@ -119,6 +161,10 @@ pub async fn create(
         rollback_of: None,
         transitions: vec![Transition { state: TicketState::Pending, audit: created.clone(), comment: String::new() }],
     };
+    if let Some(p) = pusher {
+        ticket.pushed_by = Some(p.named);
+        ticket.pusher_user = p.user;
+    }
     if ticket.required == 0 {
         move_to(&mut ticket, TicketState::Approved, created, "no approval required");
     }
@@ -151,24 +197,37 @@ fn not_in(t: &TicketRecord, what: &str, states: &[TicketState]) -> ApiResult<()>
 }
 
 pub fn approve(app: &Arc<App>, caller: &Caller, id: u64, comment: &str, yes: bool) -> ApiResult<TicketRecord> {
+    within("comment", comment, COMMENT_MAX)?;
+    if caller.via == crate::server::auth::Via::Socket && caller.user.is_none() {
+        return Err(ApiError::forbidden(
+            format!("the socket's caller ({}) names no Slipway user, and an approval is a person's", caller.name),
+            "say who you are: SLIPWAY_USER=<your slipway user> slipctl ticket approve …",
+        ));
+    }
     let ticket = update(app, id, |t| {
         let what = if yes { "approved" } else { "rejected" };
         not_in(t, what, &[TicketState::Pending])?;
-        if t.requester == caller.name {
+        let verb = if yes { "approve" } else { "reject" };
+        if t.interested().contains(&caller.principal.as_str()) {
+            let why = if t.pusher_user.as_deref() == Some(caller.principal.as_str()) { "pushed" } else { "made" };
             return Err(ApiError::forbidden(
-                format!("{} made ticket #{id} and cannot {} it", caller.name, if yes { "approve" } else { "reject" }),
+                format!("{} {why} ticket #{id} and cannot {verb} it", caller.principal),
                 "another approver of this project and env has to",
             ));
         }
-        if t.approvals.iter().any(|a| a.audit.by == caller.name) {
+        if t.approvals.iter().any(|a| a.principal() == caller.principal) {
             return Err(ApiError::conflict(
-                format!("{} already approved ticket #{id}", caller.name),
+                format!("{} already approved ticket #{id}", caller.principal),
                 "another approver has to",
             ));
         }
         let audit = audit(caller);
         if yes {
-            t.approvals.push(Approval { audit: audit.clone(), comment: comment.to_owned() });
+            t.approvals.push(Approval {
+                audit: audit.clone(),
+                comment: comment.to_owned(),
+                principal: Some(caller.principal.clone()),
+            });
             if t.approvals.len() as u32 >= t.required {
                 move_to(t, TicketState::Approved, audit, comment);
             } else {
@@ -259,6 +318,9 @@ pub async fn rollback(app: &Arc<App>, caller: &Caller, id: u64) -> ApiResult<(Ti
         description: String::new(),
         state: TicketState::Pending,
         requester: caller.name.clone(),
+        requester_principal: Some(caller.principal.clone()),
+        pushed_by: None,
+        pusher_user: None,
         created: created.clone(),
         required,
         approvals: Vec::new(),

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -52,35 +51,130 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Which CI sent it, checked against `secret`; the delivery id when it has one.
-pub fn verify(headers: &HeaderMap, body: &[u8], secret: &str) -> ApiResult<(Source, Option<String>)> {
-    let bad = |why: &str| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            format!("webhook refused: {why}"),
-            "set the webhook's secret to the one `slipctl webhook secret PROJECT` shows",
-        )
-    };
+/// What a delivery's headers claim, checked as far as can be before its body is read.
+pub enum Claim {
+    /// GitHub: the body's HMAC-SHA256 must equal this.
+    Github { signature: Vec<u8>, delivery: Option<String> },
+    /// GitLab: its token matched the secret.
+    Gitlab { delivery: Option<String> },
+}
+
+impl Claim {
+    pub fn source(&self) -> Source {
+        match self {
+            Claim::Github { .. } => Source::Github,
+            Claim::Gitlab { .. } => Source::Gitlab,
+        }
+    }
+    pub fn delivery(&self) -> Option<&str> {
+        match self {
+            Claim::Github { delivery, .. } | Claim::Gitlab { delivery } => delivery.as_deref(),
+        }
+    }
+}
+
+fn refused(why: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        format!("webhook refused: {why}"),
+        "set the webhook's secret to the one `slipctl webhook secret PROJECT` shows",
+    )
+}
+
+/// Which CI sent it, from its headers alone: a GitLab token is compared with `secret` here; a
+/// GitHub signature must at least be present and well-formed. Nothing of the body is read
+/// before this passes.
+pub fn precheck(headers: &HeaderMap, secret: &str) -> ApiResult<Claim> {
     if header(headers, "x-github-event").is_some() {
-        let sig = header(headers, "x-hub-signature-256").ok_or_else(|| bad("no X-Hub-Signature-256"))?;
-        let sig =
-            sig.strip_prefix("sha256=").and_then(|h| hex::decode(h).ok()).ok_or_else(|| bad("malformed signature"))?;
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-        ring::hmac::verify(&key, body, &sig).map_err(|_| bad("the signature does not match"))?;
-        return Ok((Source::Github, header(headers, "x-github-delivery").map(str::to_owned)));
+        let sig = header(headers, "x-hub-signature-256").ok_or_else(|| refused("no X-Hub-Signature-256"))?;
+        let signature = sig
+            .strip_prefix("sha256=")
+            .and_then(|h| hex::decode(h).ok())
+            .filter(|s| s.len() == 32)
+            .ok_or_else(|| refused("malformed signature"))?;
+        return Ok(Claim::Github { signature, delivery: header(headers, "x-github-delivery").map(str::to_owned) });
     }
     if header(headers, "x-gitlab-event").is_some() {
-        let token = header(headers, "x-gitlab-token").ok_or_else(|| bad("no X-Gitlab-Token"))?;
+        let token = header(headers, "x-gitlab-token").ok_or_else(|| refused("no X-Gitlab-Token"))?;
         if !same(token.as_bytes(), secret.as_bytes()) {
-            return Err(bad("the token does not match"));
+            return Err(refused("the token does not match"));
         }
         let id = header(headers, "x-gitlab-event-uuid").or(header(headers, "idempotency-key")).map(str::to_owned);
-        return Ok((Source::Gitlab, id));
+        return Ok(Claim::Gitlab { delivery: id });
     }
     Err(ApiError::bad(
         "not a GitHub or GitLab webhook (no X-GitHub-Event or X-Gitlab-Event)",
         "point a GitHub or GitLab push webhook here",
     ))
+}
+
+/// Which CI sent it, checked against `secret`; the delivery id when it has one.
+pub fn verify(headers: &HeaderMap, body: &[u8], secret: &str) -> ApiResult<(Source, Option<String>)> {
+    let claim = precheck(headers, secret)?;
+    if let Claim::Github { signature, .. } = &claim {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        ring::hmac::verify(&key, body, signature).map_err(|_| refused("the signature does not match"))?;
+    }
+    Ok((claim.source(), claim.delivery().map(str::to_owned)))
+}
+
+/// Who pushed, as the (signed) payload names them: GitHub's `sender.login` (else
+/// `pusher.name`), GitLab's `user_username`.
+pub fn pusher_of(source: Source, doc: &Value) -> Option<String> {
+    let name = match source {
+        Source::Github => doc["sender"]["login"].as_str().or(doc["pusher"]["name"].as_str()),
+        Source::Gitlab => doc["user_username"].as_str(),
+    }?;
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// Read a delivery's body: at most [`super::WEBHOOK_BODY_LIMIT`] bytes, each held against the
+/// server-wide budget of webhook bytes in memory (`budget`; 503 when it is spent), hashed as it
+/// comes (the HMAC of GitHub's signature), and its SHA-256 (what makes it one delivery).
+pub async fn read_body(
+    body: axum::body::Body,
+    claim: &Claim,
+    secret: &str,
+    budget: &Arc<tokio::sync::Semaphore>,
+) -> ApiResult<(Vec<u8>, String, Vec<tokio::sync::OwnedSemaphorePermit>)> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut hmac = ring::hmac::Context::with_key(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes()));
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut bytes = Vec::new();
+    let mut held = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive: {e}"), "send it at once")
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        if bytes.len() + data.len() > super::WEBHOOK_BODY_LIMIT {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the webhook's body is too large",
+                format!("send at most {} bytes", super::WEBHOOK_BODY_LIMIT),
+            ));
+        }
+        let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        let permit = budget.clone().try_acquire_many_owned(n).map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many webhook bytes in flight",
+                "deliver it again in a few seconds (GitHub and GitLab retry by themselves)",
+            )
+        })?;
+        held.push(permit);
+        hmac.update(&data);
+        digest.update(&data);
+        bytes.extend_from_slice(&data);
+    }
+    if let Claim::Github { signature, .. } = claim {
+        let mac = hmac.sign();
+        if !same(mac.as_ref(), signature) {
+            return Err(refused("the signature does not match"));
+        }
+    }
+    Ok((bytes, hex::encode(digest.finish()), held))
 }
 
 /// The push or tag a verified delivery is about; `Err` with why there is nothing to deploy.
@@ -136,15 +230,31 @@ pub async fn receive(
     Path(project): Path<String>,
     axum::Extension(peer): axum::Extension<super::listen::Peer>,
     headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Response> {
-    let answer = handle(&app, &project, &peer, &headers, &body).await;
-    let result = match &answer {
-        Ok(r) => r.status().as_u16().to_string(),
-        Err(e) => e.status.as_u16().to_string(),
+    body: axum::body::Body,
+) -> Response {
+    let known = matches!(app.store.project(&project), Ok(Some(_)));
+    let answer = handle(&app, &project, &peer, &headers, body).await;
+    let response = match answer {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
     };
-    app.metrics.webhook(&project, &result);
-    answer
+    let label = if known { project.as_str() } else { super::metrics::UNKNOWN_PROJECT };
+    app.metrics.webhook(label, response.status().as_str());
+    response
+}
+
+/// The commit `env` runs now, as this controller's history says (its last deploy that went
+/// through), if any.
+fn running_commit(app: &App, project: &str, env: &str) -> ApiResult<Option<String>> {
+    use crate::state::store::{DeployKind, DeployStatus};
+    Ok(app
+        .store
+        .deploys(Some(project), Some(env), 200)?
+        .into_iter()
+        .find(|d| {
+            d.kind == DeployKind::Deploy && d.effective_status() == DeployStatus::Succeeded && !d.commit.is_empty()
+        })
+        .map(|d| d.commit))
 }
 
 async fn handle(
@@ -152,8 +262,10 @@ async fn handle(
     project: &str,
     peer: &super::listen::Peer,
     headers: &HeaderMap,
-    body: &[u8],
+    body: axum::body::Body,
 ) -> ApiResult<Response> {
+    // Who may make this server read a body: a known project, with a secret, whose signature
+    // header is there (GitLab's token is checked before anything is read).
     let record = app.store.project(project)?.ok_or_else(|| {
         ApiError::not_found(format!("unknown project '{project}'"), "the webhook URL is <server>/hooks/<project name>")
     })?;
@@ -164,8 +276,11 @@ async fn handle(
             format!("run `slipctl webhook secret {project}` and set it in the CI's webhook"),
         )
     })?;
-    let (source, delivery) = verify(headers, body, &secret)?;
-    let doc: Value = serde_json::from_slice(body)
+    let claim = precheck(headers, &secret)?;
+    let (body, digest, _held) = read_body(body, &claim, &secret, &app.webhook_budget).await?;
+    let source = claim.source();
+    let delivery = claim.delivery().map(str::to_owned);
+    let doc: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad(format!("the body is not JSON: {e}"), "send application/json"))?;
     if source == Source::Github && header(headers, "x-github-event") == Some("ping") {
         return Ok(Json(json!({"pong": true})).into_response());
@@ -180,15 +295,22 @@ async fn handle(
         let what = if push.tag { "tag" } else { "branch" };
         return Ok(accepted(format!("no [[webhook]] rule of {project} matches {what} '{}'", push.name)));
     };
-    // One ticket per delivery, even when two copies arrive at once.
-    let key = delivery.as_ref().map(|d| format!("{project}/{}/{d}", source.word()));
-    if let Some(key) = &key
-        && let Some(first) = app.store.claim_delivery(key)?
-    {
+    // One ticket per signed body, whatever its delivery id says (the id is not signed: a
+    // captured push sent again under a new id is the same body), even when two copies
+    // arrive at once.
+    let key = format!("{project}/sha256/{digest}");
+    if let Some(first) = app.store.claim_delivery(&key)? {
         return Ok(Json(json!({"ticket": first, "replayed": true})).into_response());
     }
+    let pusher = pusher_of(source, &doc).map(|named| {
+        let user = app.store.user(&named).ok().flatten().map(|u| u.name);
+        tickets::Pusher { named: format!("{}:{named}", source.word()), user }
+    });
+    let name = format!("webhook:{}", source.word());
     let caller = Caller {
-        name: format!("webhook:{}", source.word()),
+        principal: name.clone(),
+        user: None,
+        name,
         admin: false,
         grants: Vec::new(),
         via: Via::Webhook,
@@ -196,33 +318,59 @@ async fn handle(
     };
     let audit = Audit { by: caller.name.clone(), at: slipway_common::time::unix_now(), from: caller.from.clone() };
     let what = if push.tag { "tag" } else { "push to" };
+    let by = pusher.as_ref().map(|p| format!(" by {}", p.named)).unwrap_or_default();
     let new = NewTicket {
         project: project.to_owned(),
         env: rule.env.clone(),
         git_ref: Some(push.name.clone()),
-        title: format!("{} {what} {}: {}", source.word(), push.name, push.summary),
+        title: clip_title(&format!("{} {what} {}{by}: {}", source.word(), push.name, push.summary)),
         description: delivery.clone().map(|d| format!("delivery {d}")).unwrap_or_default(),
     };
-    let ticket = match tickets::create(app, &caller, new, audit, Some(&push.commit)).await {
+    let ticket = match tickets::create_pushed(app, &caller, new, audit, Some(&push.commit), pusher).await {
         Ok(t) => t,
         Err(e) => {
-            if let Some(key) = &key {
-                app.store.forget_delivery(key)?;
-            }
+            app.store.forget_delivery(&key)?;
             return Err(e);
         }
     };
-    if let Some(key) = &key {
-        app.store.put_delivery(key, ticket.id)?;
-    }
+    app.store.put_delivery(&key, ticket.id)?;
     let mut answer = json!({"ticket": ticket.id, "state": ticket.state, "env": ticket.env, "commit": ticket.commit});
     if ticket.state == TicketState::Approved {
-        match tickets::deploy(app, &caller, ticket.id).await {
-            Ok((_, n)) => answer["deploy"] = json!(n),
-            Err(e) => answer["deploy_error"] = json!({"error": e.error, "fix": e.fix}),
+        // A push older than what the env runs (a delivery late or out of order) is kept as a
+        // ticket, but does not move the env back by itself.
+        let mirror = crate::source::git::mirror_path(&app.home.cache(), project);
+        let older = match running_commit(app, project, &ticket.env)? {
+            Some(running) if running != ticket.commit => {
+                crate::source::git::is_ancestor(&mirror, &ticket.commit, &running).unwrap_or(false).then_some(running)
+            }
+            _ => None,
+        };
+        if let Some(running) = older {
+            answer["not_deployed"] = json!(format!(
+                "{} is older than what {} runs ({}): deploy ticket #{} by hand if that is meant",
+                &ticket.commit[..ticket.commit.len().min(12)],
+                ticket.env,
+                &running[..running.len().min(12)],
+                ticket.id
+            ));
+        } else {
+            match tickets::deploy(app, &caller, ticket.id).await {
+                Ok((_, n)) => answer["deploy"] = json!(n),
+                Err(e) => answer["deploy_error"] = json!({"error": e.error, "fix": e.fix}),
+            }
         }
     }
     Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// A title that fits [`tickets::TITLE_MAX`] (a commit's first line can be long).
+fn clip_title(title: &str) -> String {
+    if title.chars().count() <= tickets::TITLE_MAX {
+        return title.to_owned();
+    }
+    let mut out: String = title.chars().take(tickets::TITLE_MAX - 1).collect();
+    out.push('…');
+    out
 }
 
 #[cfg(test)]

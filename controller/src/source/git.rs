@@ -123,6 +123,14 @@ pub fn resolve(mirror: &Path, reference: &str, repo_url: &str) -> Result<Resolve
     })
 }
 
+/// Whether commit `older` is an ancestor of commit `newer` (and not the same commit).
+pub fn is_ancestor(mirror: &Path, older: &str, newer: &str) -> Result<bool> {
+    let repo = Repository::open_bare(mirror).context(format_args!("cannot open mirror {}", mirror.display()))?;
+    let oid = |c: &str| git2::Oid::from_str(c).map_err(|e| CtlError::bad(format!("'{c}' is not a commit id: {e}")));
+    let (older, newer) = (oid(older)?, oid(newer)?);
+    Ok(older != newer && repo.graph_descendant_of(newer, older).unwrap_or(false))
+}
+
 fn join_or_none(items: &[String]) -> String {
     if items.is_empty() { "none".into() } else { items.join(", ") }
 }

@@ -67,6 +67,16 @@ pub struct Approval {
     #[serde(flatten)]
     pub audit: Audit,
     pub comment: String,
+    /// Who approved for the four-eyes rule (a token's owner, a declared socket user); records
+    /// made before principals existed read their `by`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+}
+
+impl Approval {
+    pub fn principal(&self) -> &str {
+        self.principal.as_deref().unwrap_or(&self.audit.by)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +94,16 @@ pub struct TicketRecord {
     pub description: String,
     pub state: TicketState,
     pub requester: String,
+    /// The requester as a principal (see `server::auth::Caller::principal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester_principal: Option<String>,
+    /// For a webhook's ticket: who pushed, as the signed payload names them
+    /// (`github:alice`), and the Slipway user of that name when there is one: neither may
+    /// approve it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pusher_user: Option<String>,
     pub created: Audit,
     /// Approvals it needs (the env's `approval.required` when it was made).
     pub required: u32,
@@ -93,6 +113,16 @@ pub struct TicketRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_of: Option<u64>,
     pub transitions: Vec<Transition>,
+}
+
+impl TicketRecord {
+    /// The principals who may not approve or reject this ticket: its requester, and for a
+    /// webhook's ticket the Slipway user who pushed.
+    pub fn interested(&self) -> Vec<&str> {
+        let mut out = vec![self.requester_principal.as_deref().unwrap_or(&self.requester)];
+        out.extend(self.pusher_user.as_deref());
+        out
+    }
 }
 
 impl Store {

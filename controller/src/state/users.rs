@@ -97,6 +97,10 @@ pub struct TokenRecord {
     pub admin: bool,
     pub created_by: String,
     pub created_at: i64,
+    /// The Slipway user the token acts for (who made it, when a user did): approvals by the
+    /// token count as theirs, so one person with a session and a token is still one approver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl Store {
@@ -132,13 +136,21 @@ impl Store {
     }
     /// End every session of `user` (removed, or a new password).
     pub fn remove_sessions_of(&self, user: &str) -> Result<()> {
+        self.remove_sessions_but(user, None)
+    }
+
+    /// End every session of `user` except the one of digest `keep` (the one that changed the
+    /// password goes on).
+    pub fn remove_sessions_but(&self, user: &str, keep: Option<&str>) -> Result<()> {
         for (k, v) in self.backend().scan("sessions", b"", false)? {
             let s: SessionRecord = serde_json::from_slice(&v).map_err(crate::state::backend::store_err)?;
-            if s.user == user {
+            if s.user == user && keep.is_none_or(|d| d.as_bytes() != k.as_slice()) {
                 self.backend().remove("sessions", &k)?;
             }
         }
-        self.flush()
+        self.flush()?;
+        crate::state::journal::changed();
+        Ok(())
     }
 
     pub fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
@@ -147,8 +159,11 @@ impl Store {
     pub fn put_token(&self, token: &TokenRecord) -> Result<()> {
         self.put("tokens", token.id.as_bytes(), token)
     }
+    /// (Streams opened with it end: they look again.)
     pub fn remove_token(&self, id: &str) -> Result<bool> {
-        self.remove("tokens", id.as_bytes())
+        let removed = self.remove("tokens", id.as_bytes())?;
+        crate::state::journal::changed();
+        Ok(removed)
     }
     pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
         self.all("tokens")

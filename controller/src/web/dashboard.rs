@@ -29,7 +29,8 @@ pub async fn page(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
 
 /// `GET /live/dashboard`: a cell's new markup each time it changes.
 pub async fn live(State(app): State<Arc<App>>, v: Viewer, Query(q): Query<live::Since>) -> EventStream {
-    live::fragments(app, q.since, move |app| cells(app, &v))
+    let caller = v.caller.clone();
+    live::fragments(app, &caller, q.since, move |app| cells(app, &v))
 }
 
 /// The cells as the viewer may see them now (grants revoked since the page opened count).

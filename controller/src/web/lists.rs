@@ -49,12 +49,16 @@ pub async fn history(State(app): State<Arc<App>>, v: Viewer, Query(q): Query<His
                 && who.as_ref().is_none_or(|w| *w == d.user)
         })
         .or_show(&v)?;
-    // The choices: every project and env the caller may see, and every user (plus whoever
-    // appears in the rows shown: tokens and the OS users of local deploys).
+    // The choices: every project and env the caller may see, whoever appears in the rows shown
+    // (tokens and the OS users of local deploys too), and for an admin every user.
     let pairs = visible_pairs(&app, &v)?;
     let projects: BTreeSet<String> = pairs.iter().map(|(p, _)| p.clone()).collect();
     let envs: BTreeSet<String> = pairs.iter().map(|(_, e)| e.clone()).collect();
-    let mut people: BTreeSet<String> = app.store.users().or_show(&v)?.into_iter().map(|u| u.name).collect();
+    let mut people: BTreeSet<String> = if v.caller.admin {
+        app.store.users().or_show(&v)?.into_iter().map(|u| u.name).collect()
+    } else {
+        BTreeSet::new()
+    };
     people.extend(rows.iter().map(|d| d.user.clone()));
     people.extend(who.clone());
     let ticket_of: BTreeMap<u64, u64> =
@@ -109,7 +113,7 @@ pub async fn history(State(app): State<Arc<App>>, v: Viewer, Query(q): Query<His
 
 /// `GET /agents`.
 pub async fn agents(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
-    let agents = app.store.agents().or_show(&v)?;
+    let agents = crate::server::api::visible_agents(&app, &v.caller).or_show(&v)?;
     let probes = app.probes.lock().expect("probes").clone();
     let now = slipway_common::time::unix_now();
     let body = html! {
@@ -164,9 +168,12 @@ fn users_view(app: &App, v: &Viewer, notice: Option<maud::Markup>) -> PageResult
                         input type="hidden" name="role" value=(g.role.word());
                     }))
                 } } } }
-                td { @if u.name != v.caller.name {
-                    (v.button("/users/remove", v.t("remove"), "small", html! { input type="hidden" name="user" value=(u.name); }))
-                } }
+                td {
+                    (v.button("/users/password", v.t("reset_password"), "small", html! { input type="hidden" name="user" value=(u.name); }))
+                    @if u.name != v.caller.name {
+                        (v.button("/users/remove", v.t("remove"), "small", html! { input type="hidden" name="user" value=(u.name); }))
+                    }
+                }
             } } }
         } }
         section.panel {
@@ -260,4 +267,49 @@ pub async fn revoke(State(app): State<Arc<App>>, v: Viewer, Form(f): Form<GrantF
     let (p, e, role) = grant_parts(&v, &f)?;
     crate::server::admin::revoke(&app.store, &f.user, &p, &e, role).or_show(&v)?;
     Ok(Redirect::to("/users").into_response())
+}
+
+/// `POST /users/password` (admins): a generated password for a user, shown once; their
+/// sessions end.
+pub async fn reset_password(State(app): State<Arc<App>>, v: Viewer, Form(f): Form<UserForm>) -> PageResult {
+    let password = crate::server::auth::random_hex()[..20].to_owned();
+    crate::server::admin::set_password(&app.store, &f.user, &password, None).or_show(&v)?;
+    let notice = html! { (v.t("password_reset")) " " strong { (f.user) } ". " (v.t("password_once")) " " code.password { (password) } };
+    users_view(&app, &v, Some(notice))
+}
+
+/// `GET /account`: who is logged in, and a form to change one's password.
+pub async fn account(v: Viewer) -> PageResult {
+    account_view(&v, None)
+}
+
+fn account_view(v: &Viewer, notice: Option<maud::Markup>) -> PageResult {
+    let body = html! {
+        h1 { (v.t("account")) " · " (v.caller.name) }
+        @if let Some(n) = notice { div.notice role="status" { (n) } }
+        section.panel {
+            h2 { (v.t("change_password")) }
+            (v.button("/account/password", v.t("change_password"), "primary", html! {
+                label for="pw-current" { (v.t("current_password")) }
+                input #pw-current name="current" type="password" autocomplete="current-password" required;
+                label for="pw-new" { (v.t("new_password")) }
+                input #pw-new name="new" type="password" autocomplete="new-password" required minlength="8";
+            }))
+        }
+    };
+    Ok(v.page(v.t("account"), body))
+}
+
+#[derive(Deserialize)]
+pub struct PasswordForm {
+    #[serde(default)]
+    current: String,
+    #[serde(default)]
+    new: String,
+}
+
+/// `POST /account/password`: the logged-in user's new password; their other sessions end.
+pub async fn change_password(State(app): State<Arc<App>>, v: Viewer, Form(f): Form<PasswordForm>) -> PageResult {
+    crate::server::admin::change_own_password(&app, &v.caller, &f.current, &f.new).await.or_show(&v)?;
+    account_view(&v, Some(html! { (v.t("password_changed")) }))
 }

@@ -49,11 +49,18 @@ fn fragment(key: &str, html: &str) -> SseEvent {
 /// changed since the page was rendered (`since`), every fragment is sent at once.
 pub fn fragments(
     app: Arc<App>,
+    caller: &crate::server::auth::Caller,
     since: Option<u64>,
     render: impl Fn(&App) -> Option<Fragments> + Send + 'static,
 ) -> EventStream {
+    // (Each stream holds a connection: a caller has at most so many.)
+    let slot = match crate::server::sse::open_stream(&app, caller) {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
     let (tx, rx) = mpsc::channel::<SseEvent>(16);
     tokio::spawn(async move {
+        let _slot = slot;
         let mut changes = journal::changes();
         let stale = since != Some(*changes.borrow_and_update());
         let mut stopping = app.stopping.subscribe();

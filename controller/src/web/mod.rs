@@ -69,6 +69,9 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/users/revoke", routing::post(lists::revoke))
         .route("/users/add", routing::post(lists::add_user))
         .route("/users/remove", routing::post(lists::remove_user))
+        .route("/users/password", routing::post(lists::reset_password))
+        .route("/account", routing::get(lists::account))
+        .route("/account/password", routing::post(lists::change_password))
         .route("/assets/app.css", routing::get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
         .route(
             "/assets/live.js",
@@ -213,7 +216,7 @@ fn page(lang: Lang, title: &str, caller: Option<&Caller>, body: Markup) -> Marku
                     div.who {
                         a.lang href={ "/lang/" (if lang == Lang::Zh { "en" } else { "zh" }) } { (lang.t("switch")) }
                         @if let Some(c) = caller {
-                            span { (lang.t("signed_in")) " " strong { (c.name) } }
+                            span { (lang.t("signed_in")) " " a href="/account" { strong { (c.name) } } }
                             @if let Some(token) = &csrf {
                                 form method="post" action="/logout" {
                                     input type="hidden" name="csrf_token" value=(token);
@@ -267,13 +270,25 @@ async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let lang = Lang::of(&headers);
-    match crate::server::api::open_session(&app, &form.user, &form.password, &peer) {
+    if let Err(e) = crate::server::login::same_origin(&headers, &app.public_url) {
+        return (e.status, login_view(lang, Some(&e.error))).into_response();
+    }
+    match crate::server::api::open_session(&app, &form.user, &form.password, &peer).await {
         Ok((_, _, cookie)) => {
             let mut r = Redirect::to("/").into_response();
             r.headers_mut().insert(header::SET_COOKIE, cookie);
             r
         }
-        Err(_) => (axum::http::StatusCode::UNAUTHORIZED, login_view(lang, Some(lang.t("wrong")))).into_response(),
+        Err(e) if e.status == axum::http::StatusCode::UNAUTHORIZED => {
+            (axum::http::StatusCode::UNAUTHORIZED, login_view(lang, Some(lang.t("wrong")))).into_response()
+        }
+        Err(e) => {
+            let mut r = (e.status, login_view(lang, Some(&format!("{}: {}", e.error, e.fix)))).into_response();
+            if let Some(secs) = e.retry_after {
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            r
+        }
     }
 }
 
@@ -299,13 +314,16 @@ async fn switch_lang(Path(lang): Path<String>, headers: HeaderMap) -> Response {
 }
 
 /// Where the language switch returns to: the path of the page it was pressed on, on this
-/// server only (a path that would leave it, like `//elsewhere`, goes to the dashboard).
+/// server only (a path that would leave it, like `//elsewhere`, goes to the dashboard). A path
+/// with a control character is refused too: browsers drop tabs and newlines from a URL, so
+/// `/\t/evil.example` would be `//evil.example` to them.
 pub fn back_to(referer: Option<&str>) -> &str {
     let path = referer.map(|r| match r.split_once("://") {
         Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
         None => r,
     });
-    path.filter(|p| p.starts_with('/') && !p.starts_with("//") && !p.contains('\\')).unwrap_or("/")
+    path.filter(|p| p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') && !p.chars().any(char::is_control))
+        .unwrap_or("/")
 }
 
 /// A status word as shown: translated, and marked with its class (colour) and a symbol, so it
@@ -335,5 +353,7 @@ mod tests {
         assert_eq!(back_to(Some("/\\evil.example")), "/");
         assert_eq!(back_to(Some("javascript:alert(1)")), "/");
         assert_eq!(back_to(None), "/");
+        assert_eq!(back_to(Some("/\t/evil.example")), "/", "a tab is dropped by browsers: //evil.example");
+        assert_eq!(back_to(Some("http://ops.example/\n/evil.example")), "/");
     }
 }

@@ -345,9 +345,14 @@ pub async fn live(
     // A reconnecting browser says what it has seen (`Last-Event-ID`), past the page's `after`.
     let seen = headers.get("last-event-id").and_then(|h| h.to_str().ok()).and_then(|h| h.trim().parse().ok());
     let after = seen.unwrap_or(0).max(q.after);
+    let slot = match crate::server::sse::open_stream(&app, &v.caller) {
+        Ok(slot) => slot,
+        Err(e) => return axum::response::IntoResponse::into_response(e),
+    };
+    let watcher = crate::server::sse::Watcher { caller: v.caller.clone(), slot };
     let (tx, rx) = mpsc::channel::<SseEvent>(64);
     let lang = v.lang;
-    tokio::spawn(crate::server::sse::tail(app, id, after, tx, move |seq, _kind, raw| {
+    tokio::spawn(crate::server::sse::tail(app, id, after, watcher, tx, move |seq, _kind, raw| {
         let e: Value = serde_json::from_slice(&raw).ok()?;
         let p = piece(lang, &e);
         if p == Piece::default() {

@@ -39,7 +39,7 @@ fn allowed(v: &Viewer, t: &TicketRecord) -> Allowed {
     Allowed {
         approve: c.allows(&t.project, &t.env, Role::Approver)
             && t.state == Pending
-            && t.requester != c.name
+            && !t.interested().contains(&c.principal.as_str())
             && !t.approvals.iter().any(|a| a.audit.by == c.name),
         deploy: deployer && matches!(t.state, Approved | Failed | Interrupted),
         cancel: deployer && matches!(t.state, Pending | Approved | Deploying),
@@ -160,7 +160,8 @@ pub async fn live(
     Path(id): Path<u64>,
     Query(q): Query<live::Since>,
 ) -> EventStream {
-    live::fragments(app, q.since, move |app| {
+    let caller = v.caller.clone();
+    live::fragments(app, &caller, q.since, move |app| {
         // As the viewer stands now: a grant revoked since the page opened ends the stream.
         let caller = crate::server::auth::refreshed(&app.store, &v.caller)?;
         let v = Viewer { lang: v.lang, caller };

@@ -1,0 +1,291 @@
+//! Logging in without letting anyone flood it (DESIGN.md "Server", SECURITY.md): a password is
+//! checked by argon2id on a blocking thread, at most [`VERIFIERS`] at a time (busy: 429 with
+//! `Retry-After`, never a stalled async worker), and failures are budgeted per address, per
+//! (user, address) and per user with a back-off that doubles: one address guessing is slowed
+//! to a crawl, while the back-off of a user attacked from everywhere is capped at
+//! [`USER_CAP`] so that nobody can lock a real user out for long. A login from a page of
+//! another site is refused (login CSRF). Every failure is logged and counted.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode, header};
+use tokio::sync::Semaphore;
+
+use crate::server::error::ApiError;
+use crate::server::listen::Peer;
+
+/// Passwords checked at once (argon2id: 19 MiB and tens of milliseconds each).
+pub const VERIFIERS: usize = 2;
+/// How long a login waits for a verifier before it is told to come back.
+const VERIFIER_WAIT: Duration = Duration::from_millis(500);
+/// Failures forgiven before the back-off starts, and the longest back-off.
+const ADDR_FREE: u32 = 10;
+const PAIR_FREE: u32 = 5;
+const USER_FREE: u32 = 20;
+const ADDR_CAP: Duration = Duration::from_secs(300);
+const PAIR_CAP: Duration = Duration::from_secs(300);
+pub const USER_CAP: Duration = Duration::from_secs(30);
+/// A key with no failure for this long is forgotten.
+const FORGET: Duration = Duration::from_secs(900);
+/// At most this many keys are kept (the oldest go first).
+const MAX_KEYS: usize = 100_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Addr(String),
+    Pair(String, String),
+    User(String),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+    until: Instant,
+}
+
+pub struct Logins {
+    verifiers: Arc<Semaphore>,
+    failures: Mutex<HashMap<Key, Failures>>,
+}
+
+impl Default for Logins {
+    fn default() -> Self {
+        Logins { verifiers: Arc::new(Semaphore::new(VERIFIERS)), failures: Mutex::default() }
+    }
+}
+
+/// Why a login was refused before its password was looked at, or after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Too many failures: come back after this long.
+    Throttled(Duration),
+    /// Every verifier is busy.
+    Busy,
+    /// Wrong user or password.
+    Wrong,
+}
+
+impl Refusal {
+    pub fn word(self) -> &'static str {
+        match self {
+            Refusal::Throttled(_) => "throttled",
+            Refusal::Busy => "busy",
+            Refusal::Wrong => "password",
+        }
+    }
+
+    pub fn to_api(self) -> ApiError {
+        match self {
+            Refusal::Wrong => ApiError::unauthorized("wrong user or password"),
+            Refusal::Busy => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "the server is checking many logins",
+                "try again in a second",
+            )
+            .retry_after(1),
+            Refusal::Throttled(wait) => {
+                let secs = wait.as_secs().max(1);
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many failed logins from here or for this user",
+                    format!("wait {secs} s and try again"),
+                )
+                .retry_after(secs)
+            }
+        }
+    }
+}
+
+/// The address a budget counts for: the IP of a TCP peer, else the local socket.
+fn addr_of(peer: &Peer) -> String {
+    match peer {
+        Peer::Tcp(addr) => canonical(addr.ip()).to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// IPv4-mapped IPv6 counts as IPv4; IPv6 counts per /64 (one host has the whole prefix).
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+fn backoff(count: u32, free: u32, cap: Duration) -> Duration {
+    if count < free {
+        return Duration::ZERO;
+    }
+    let doublings = (count - free).min(16);
+    Duration::from_secs(1 << doublings).min(cap)
+}
+
+impl Logins {
+    fn keys(user: &str, addr: &str) -> [(Key, u32, Duration); 3] {
+        [
+            (Key::Addr(addr.to_owned()), ADDR_FREE, ADDR_CAP),
+            (Key::Pair(user.to_owned(), addr.to_owned()), PAIR_FREE, PAIR_CAP),
+            (Key::User(user.to_owned()), USER_FREE, USER_CAP),
+        ]
+    }
+
+    /// How long `user` from `peer` must wait before trying again (zero: go on).
+    fn wait(&self, user: &str, addr: &str, now: Instant) -> Duration {
+        let failures = self.failures.lock().expect("logins");
+        Self::keys(user, addr)
+            .iter()
+            .filter_map(|(k, _, _)| failures.get(k))
+            .map(|f| f.until.saturating_duration_since(now))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    fn failed(&self, user: &str, addr: &str, now: Instant) {
+        let mut failures = self.failures.lock().expect("logins");
+        if failures.len() >= MAX_KEYS {
+            failures.retain(|_, f| now.duration_since(f.last) < FORGET);
+            if failures.len() >= MAX_KEYS {
+                let oldest = failures.iter().min_by_key(|(_, f)| f.last).map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    failures.remove(&k);
+                }
+            }
+        }
+        for (key, free, cap) in Self::keys(user, addr) {
+            let f = failures.entry(key).or_insert(Failures { count: 0, last: now, until: now });
+            if now.duration_since(f.last) >= FORGET {
+                f.count = 0;
+            }
+            f.count += 1;
+            f.last = now;
+            f.until = now + backoff(f.count, free, cap);
+        }
+    }
+
+    fn succeeded(&self, user: &str, addr: &str) {
+        self.failures.lock().expect("logins").remove(&Key::Pair(user.to_owned(), addr.to_owned()));
+    }
+
+    /// Check `password` for `user` against `phc` (a dummy hash when the user does not exist:
+    /// the same work and the same answer), within the budgets.
+    pub async fn verify(
+        &self,
+        user: &str,
+        exists: bool,
+        phc: String,
+        password: &str,
+        peer: &Peer,
+    ) -> Result<(), Refusal> {
+        let addr = addr_of(peer);
+        let wait = self.wait(user, &addr, Instant::now());
+        if !wait.is_zero() {
+            return Err(Refusal::Throttled(wait));
+        }
+        let permit = tokio::time::timeout(VERIFIER_WAIT, self.verifiers.clone().acquire_owned())
+            .await
+            .map_err(|_| Refusal::Busy)?
+            .map_err(|_| Refusal::Busy)?;
+        let password = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            super::auth::verify_password(&password, &phc)
+        })
+        .await
+        .unwrap_or(false)
+            && exists;
+        if ok {
+            self.succeeded(user, &addr);
+            Ok(())
+        } else {
+            self.failed(user, &addr, Instant::now());
+            Err(Refusal::Wrong)
+        }
+    }
+}
+
+/// A login must come from this server's own pages (or a client that is no browser): a page of
+/// another site that posts a login form would sign its visitor in as the attacker (login CSRF).
+/// Browsers say where a request comes from in `Sec-Fetch-Site` and `Origin`.
+pub fn same_origin(headers: &HeaderMap, public_url: &str) -> Result<(), ApiError> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let refused = |why: String| {
+        ApiError::forbidden(
+            format!("a login from another site is refused ({why})"),
+            "log in from this server's own page",
+        )
+    };
+    if let Some(site) = text("sec-fetch-site")
+        && !matches!(site, "same-origin" | "none")
+    {
+        return Err(refused(format!("Sec-Fetch-Site: {site}")));
+    }
+    if let Some(origin) = text(header::ORIGIN.as_str()) {
+        let host = text(header::HOST.as_str()).unwrap_or("");
+        let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
+        let public = public_url.trim_end_matches('/');
+        if origin != public && origin_host != host {
+            return Err(refused(format!("Origin: {origin}")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_doubles_and_is_capped() {
+        assert_eq!(backoff(4, 5, PAIR_CAP), Duration::ZERO);
+        assert_eq!(backoff(5, 5, PAIR_CAP), Duration::from_secs(1));
+        assert_eq!(backoff(7, 5, PAIR_CAP), Duration::from_secs(4));
+        assert_eq!(backoff(60, 5, PAIR_CAP), PAIR_CAP);
+        assert_eq!(backoff(1000, USER_FREE, USER_CAP), USER_CAP, "a user is never held out longer than the cap");
+    }
+
+    #[test]
+    fn one_address_guessing_is_held_back_but_the_user_elsewhere_is_not_for_long() {
+        let logins = Logins::default();
+        let now = Instant::now();
+        for _ in 0..12 {
+            logins.failed("alice", "203.0.113.9", now);
+        }
+        assert!(logins.wait("alice", "203.0.113.9", now) >= Duration::from_secs(4), "the guessing address waits");
+        assert!(logins.wait("bob", "203.0.113.9", now) >= Duration::from_secs(2), "whoever it tries next");
+        assert_eq!(logins.wait("alice", "198.51.100.1", now), Duration::ZERO, "alice from her own address");
+        for i in 0..200 {
+            logins.failed("alice", &format!("198.18.0.{i}"), now);
+        }
+        assert_eq!(logins.wait("alice", "192.0.2.1", now), USER_CAP, "spread over addresses: at most the cap");
+        assert_eq!(logins.wait("alice", "192.0.2.1", now + USER_CAP), Duration::ZERO);
+    }
+
+    #[test]
+    fn logins_from_other_sites_are_refused() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            }
+            m
+        };
+        let url = "https://ops.example";
+        assert!(same_origin(&h(&[]), url).is_ok(), "curl and slipctl send neither");
+        assert!(same_origin(&h(&[("sec-fetch-site", "same-origin"), ("origin", url)]), url).is_ok());
+        assert!(same_origin(&h(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080")]), url).is_ok());
+        assert!(same_origin(&h(&[("sec-fetch-site", "cross-site")]), url).is_err());
+        assert!(same_origin(&h(&[("sec-fetch-site", "same-site")]), url).is_err());
+        assert!(same_origin(&h(&[("host", "ops.example"), ("origin", "https://evil.example")]), url).is_err());
+        assert!(same_origin(&h(&[("host", "ops.example"), ("origin", "null")]), url).is_err());
+    }
+}
