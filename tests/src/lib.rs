@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 pub mod browser;
 mod server;
-pub use server::{Server, Sse, SseReader, add_admin, add_user, have_metrics_parser, http, parse_metrics, sample, sink};
+pub use server::{
+    Server, Sse, SseReader, add_admin, add_user, connect_from, have_metrics_parser, http, http_from, parse_metrics,
+    raise_fd_limit, sample, sink,
+};
 
 /// A built binary of this workspace (`cargo test --workspace` builds them before tests run).
 /// `SLIPWAY_TEST_BIN_DIR` points the tests at other builds of `slipctl` and `slipd` (an

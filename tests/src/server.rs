@@ -20,12 +20,18 @@ impl Server {
 
     /// The same, for controller home `home` with this `slipctl`.
     pub fn start_home(home: &std::path::Path, slipctl: &std::path::Path) -> Server {
+        Server::start_with(home, slipctl, &[])
+    }
+
+    /// The same, with more `serve` arguments (`--public-url …`).
+    pub fn start_with(home: &std::path::Path, slipctl: &std::path::Path, args: &[&str]) -> Server {
         use std::io::BufRead;
         // Port 0: the server picks one and says which (no race with other tests for a port).
         let mut child = Command::new(slipctl)
             .arg("--home")
             .arg(home)
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -88,6 +94,27 @@ impl Drop for Server {
     }
 }
 
+/// A TCP connection to 127.0.0.1:`port` from loopback address `from` (127.0.0.0/8 is all
+/// loopback: tests play many clients from many addresses on this machine alone).
+pub fn connect_from(from: std::net::Ipv4Addr, port: u16) -> std::io::Result<std::net::TcpStream> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    let rt = RUNTIME.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap());
+    rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((from, 0).into())?;
+        let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    })
+}
+
+/// Raise this test process's open-file limit to its hard limit (a test holding a thousand
+/// connections needs more than 1,024).
+pub fn raise_fd_limit() {
+    slipway_common::process::raise_fd_limit();
+}
+
 /// One HTTP/1.0 request on loopback: (status, head, body).
 pub fn http(
     port: u16,
@@ -96,8 +123,20 @@ pub fn http(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> (u16, String, String) {
+    http_from(std::net::Ipv4Addr::LOCALHOST, port, method, path, headers, body)
+}
+
+/// [`http`] from loopback address `from`.
+pub fn http_from(
+    from: std::net::Ipv4Addr,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String, String) {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut stream = connect_from(from, port).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n");
     for (k, v) in headers {

@@ -1,5 +1,5 @@
 //! Logging in without letting anyone flood it (DESIGN.md "Server", SECURITY.md): a password is
-//! checked by argon2id on a blocking thread, at most [`VERIFIERS`] at a time (busy: 429 with
+//! checked by argon2id on a blocking thread, at most [`verifiers`] at a time (busy: 429 with
 //! `Retry-After`, never a stalled async worker), and failures are budgeted per address, per
 //! (user, address) and per user with a back-off that doubles: one address guessing is slowed
 //! to a crawl, while the back-off of a user attacked from everywhere is capped at
@@ -17,8 +17,11 @@ use tokio::sync::Semaphore;
 use crate::server::error::ApiError;
 use crate::server::listen::Peer;
 
-/// Passwords checked at once (argon2id: 19 MiB and tens of milliseconds each).
-pub const VERIFIERS: usize = 2;
+/// Passwords checked at once (argon2id: 19 MiB and tens of milliseconds of a core each): half
+/// the cores, at least one, so a flood of logins leaves the rest to everything else.
+pub fn verifiers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
 /// How long a login waits for a verifier before it is told to come back.
 const VERIFIER_WAIT: Duration = Duration::from_millis(500);
 /// Failures forgiven before the back-off starts, and the longest back-off.
@@ -54,7 +57,7 @@ pub struct Logins {
 
 impl Default for Logins {
     fn default() -> Self {
-        Logins { verifiers: Arc::new(Semaphore::new(VERIFIERS)), failures: Mutex::default() }
+        Logins { verifiers: Arc::new(Semaphore::new(verifiers())), failures: Mutex::default() }
     }
 }
 

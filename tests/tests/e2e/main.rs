@@ -13,5 +13,6 @@ mod hostile;
 mod mtls;
 mod rollout;
 mod server;
+mod server_attacks;
 mod server_ci;
 mod web;
