@@ -138,7 +138,13 @@ pub async fn open_session(
     let phc = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| dummy_phc().to_owned());
     if let Err(refusal) = app.logins.verify(name, user.is_some(), phc, password, peer).await {
         let shown = slipway_common::archive::clip(name, 64);
-        tracing::warn!(user = %shown, from = %peer, reason = refusal.word(), "login refused");
+        // (A refusal before any check costs nothing and is only counted: a flood of them must
+        // not flood the log too.)
+        if refusal == super::login::Refusal::Wrong {
+            tracing::warn!(user = %shown, from = %peer, "login failed: wrong user or password");
+        } else {
+            tracing::debug!(user = %shown, from = %peer, reason = refusal.word(), "login refused");
+        }
         app.metrics.login_failure(refusal.word());
         return Err(refusal.to_api());
     }

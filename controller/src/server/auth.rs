@@ -51,6 +51,40 @@ pub fn hash_password(password: &str) -> Result<String> {
         .map_err(|e| CtlError::failed(format!("cannot hash the password: {e}")))
 }
 
+/// The most memory a stored hash may ask a check for (64 MiB): a hash is ours, but a check is
+/// never a way to make the server allocate without bound.
+const MAX_BLOCKS: usize = 64 * 1024;
+
+/// [`verify_password`] in `blocks`, kept by the caller between checks: argon2id's 19 MiB are
+/// allocated once per verifier thread, not once per check (a fresh allocation per check left
+/// the allocator holding tens of MiB after a login flood).
+pub fn verify_password_in(password: &str, phc: &str, blocks: &mut Vec<argon2::Block>) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else { return false };
+    let (Ok(params), Ok(algorithm)) = (argon2::Params::try_from(&hash), argon2::Algorithm::try_from(hash.algorithm))
+    else {
+        return false;
+    };
+    let version = match hash.version.map(argon2::Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else { return false };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else { return false };
+    let needed = params.block_count();
+    if needed > MAX_BLOCKS {
+        return false;
+    }
+    if blocks.len() < needed {
+        blocks.resize(needed, argon2::Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    argon2::Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut blocks[..])
+        .is_ok()
+        && same(&out, expected.as_bytes())
+}
+
 pub fn verify_password(password: &str, phc: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
@@ -493,6 +527,17 @@ async fn check(app: &App, route: String, taken: Request) -> ApiResult<Request> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_checks_the_same_in_kept_memory() {
+        let phc = hash_password("correct horse").unwrap();
+        let mut blocks = Vec::new();
+        assert!(verify_password_in("correct horse", &phc, &mut blocks));
+        assert!(!verify_password_in("correct hors", &phc, &mut blocks));
+        assert!(verify_password_in("correct horse", &phc, &mut blocks), "again, in the same memory");
+        assert!(!verify_password_in("correct horse", "not a hash", &mut blocks));
+        assert_eq!(blocks.len(), 19 * 1024, "19 MiB of 1 KiB blocks, kept");
+    }
 
     #[test]
     fn a_page_action_needs_what_its_api_twin_needs() {

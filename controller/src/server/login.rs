@@ -1,6 +1,6 @@
 //! Logging in without letting anyone flood it (DESIGN.md "Server", SECURITY.md): a password is
-//! checked by argon2id on a blocking thread, at most [`verifiers`] at a time (busy: 429 with
-//! `Retry-After`, never a stalled async worker), and failures are budgeted per address, per
+//! checked by argon2id on one of [`verifiers`] threads of its own, with at most a few logins
+//! waiting (busy: 429 with `Retry-After`, never a stalled async worker), and failures are budgeted per address, per
 //! (user, address) and per user with a back-off that doubles: one address guessing is slowed
 //! to a crawl, while the back-off of a user attacked from everywhere is capped at
 //! [`USER_CAP`] so that nobody can lock a real user out for long. A login from a page of
@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode, header};
-use tokio::sync::Semaphore;
 
 use crate::server::error::ApiError;
 use crate::server::listen::Peer;
@@ -22,8 +21,8 @@ use crate::server::listen::Peer;
 pub fn verifiers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
-/// How long a login waits for a verifier before it is told to come back.
-const VERIFIER_WAIT: Duration = Duration::from_millis(500);
+/// Logins that may wait for a verifier; more are told to come back.
+const QUEUE: usize = 8;
 /// Failures forgiven before the back-off starts, and the longest back-off.
 const ADDR_FREE: u32 = 10;
 const PAIR_FREE: u32 = 5;
@@ -50,14 +49,37 @@ struct Failures {
     until: Instant,
 }
 
+/// A password to check against a PHC string, and where to say whether it matched.
+type Job = (String, String, tokio::sync::oneshot::Sender<bool>);
+
 pub struct Logins {
-    verifiers: Arc<Semaphore>,
+    /// The verifier threads' queue: a full queue is a busy server.
+    jobs: std::sync::mpsc::SyncSender<Job>,
     failures: Mutex<HashMap<Key, Failures>>,
 }
 
 impl Default for Logins {
+    /// [`verifiers`] threads of their own check passwords, one at a time each: argon2id takes
+    /// 19 MiB a check, and a thread that keeps its memory reuses it (checks on the runtime's
+    /// blocking pool left a 19 MiB allocator arena on each of its many threads).
     fn default() -> Self {
-        Logins { verifiers: Arc::new(Semaphore::new(verifiers())), failures: Mutex::default() }
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+        let queue = Arc::new(Mutex::new(queue));
+        for n in 0..verifiers() {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new().name(format!("verify-{n}")).spawn(move || {
+                let mut blocks = Vec::new();
+                loop {
+                    let job = queue.lock().expect("verifier queue").recv();
+                    let Ok((password, phc, answer)) = job else { return };
+                    let _ = answer.send(super::auth::verify_password_in(&password, &phc, &mut blocks));
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start a password verifier thread");
+            }
+        }
+        Logins { jobs, failures: Mutex::default() }
     }
 }
 
@@ -142,11 +164,15 @@ impl Logins {
         ]
     }
 
-    /// How long `user` from `peer` must wait before trying again (zero: go on).
+    /// How long `user` from `peer` must wait before trying again (zero: go on). The user's own
+    /// back-off holds only for addresses that failed for that user: the real user, from an
+    /// address that never guessed wrong, is not held out by what others do.
     fn wait(&self, user: &str, addr: &str, now: Instant) -> Duration {
         let failures = self.failures.lock().expect("logins");
+        let guessed_here = failures.contains_key(&Key::Pair(user.to_owned(), addr.to_owned()));
         Self::keys(user, addr)
             .iter()
+            .filter(|(k, _, _)| guessed_here || !matches!(k, Key::User(_)))
             .filter_map(|(k, _, _)| failures.get(k))
             .map(|f| f.until.saturating_duration_since(now))
             .max()
@@ -194,18 +220,9 @@ impl Logins {
         if !wait.is_zero() {
             return Err(Refusal::Throttled(wait));
         }
-        let permit = tokio::time::timeout(VERIFIER_WAIT, self.verifiers.clone().acquire_owned())
-            .await
-            .map_err(|_| Refusal::Busy)?
-            .map_err(|_| Refusal::Busy)?;
-        let password = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            super::auth::verify_password(&password, &phc)
-        })
-        .await
-        .unwrap_or(false)
-            && exists;
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.jobs.try_send((password.to_owned(), phc, answer)).map_err(|_| Refusal::Busy)?;
+        let ok = answered.await.unwrap_or(false) && exists;
         if ok {
             self.succeeded(user, &addr);
             Ok(())
@@ -269,8 +286,9 @@ mod tests {
         for i in 0..200 {
             logins.failed("alice", &format!("198.18.0.{i}"), now);
         }
-        assert_eq!(logins.wait("alice", "192.0.2.1", now), USER_CAP, "spread over addresses: at most the cap");
-        assert_eq!(logins.wait("alice", "192.0.2.1", now + USER_CAP), Duration::ZERO);
+        assert_eq!(logins.wait("alice", "198.18.0.7", now), USER_CAP, "spread over addresses: at most the cap");
+        assert_eq!(logins.wait("alice", "198.18.0.7", now + USER_CAP), Duration::ZERO);
+        assert_eq!(logins.wait("alice", "192.0.2.1", now), Duration::ZERO, "alice, who never guessed wrong");
     }
 
     #[test]

@@ -128,6 +128,44 @@ pub fn pusher_of(source: Source, doc: &Value) -> Option<String> {
     (!name.is_empty()).then(|| name.to_owned())
 }
 
+/// A body as it arrived, in its chunks: never copied into one buffer (growing one by doubling
+/// held up to three times the bytes at a time), read as one stream of bytes by the JSON parser.
+#[derive(Default)]
+pub struct Chunks {
+    parts: Vec<axum::body::Bytes>,
+    len: usize,
+}
+
+impl Chunks {
+    fn reader(&self) -> impl std::io::Read + '_ {
+        ChunkReader { parts: &self.parts, at: 0, offset: 0 }
+    }
+}
+
+struct ChunkReader<'a> {
+    parts: &'a [axum::body::Bytes],
+    at: usize,
+    offset: usize,
+}
+
+impl std::io::Read for ChunkReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some(part) = self.parts.get(self.at) {
+            let rest = &part[self.offset..];
+            if rest.is_empty() {
+                self.at += 1;
+                self.offset = 0;
+                continue;
+            }
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            self.offset += n;
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
 /// Read a delivery's body: at most [`super::WEBHOOK_BODY_LIMIT`] bytes, each held against the
 /// server-wide budget of webhook bytes in memory (`budget`; 503 when it is spent), hashed as it
 /// comes (the HMAC of GitHub's signature), and its SHA-256 (what makes it one delivery).
@@ -136,19 +174,19 @@ pub async fn read_body(
     claim: &Claim,
     secret: &str,
     budget: &Arc<tokio::sync::Semaphore>,
-) -> ApiResult<(Vec<u8>, String, Vec<tokio::sync::OwnedSemaphorePermit>)> {
+) -> ApiResult<(Chunks, String, Vec<tokio::sync::OwnedSemaphorePermit>)> {
     use http_body_util::BodyExt;
     let mut body = body;
     let mut hmac = ring::hmac::Context::with_key(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes()));
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut bytes = Vec::new();
+    let mut bytes = Chunks::default();
     let mut held = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive: {e}"), "send it at once")
         })?;
         let Ok(data) = frame.into_data() else { continue };
-        if bytes.len() + data.len() > super::WEBHOOK_BODY_LIMIT {
+        if bytes.len + data.len() > super::WEBHOOK_BODY_LIMIT {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "the webhook's body is too large",
@@ -166,7 +204,8 @@ pub async fn read_body(
         held.push(permit);
         hmac.update(&data);
         digest.update(&data);
-        bytes.extend_from_slice(&data);
+        bytes.len += data.len();
+        bytes.parts.push(data);
     }
     if let Claim::Github { signature, .. } = claim {
         let mac = hmac.sign();
@@ -280,8 +319,9 @@ async fn handle(
     let (body, digest, _held) = read_body(body, &claim, &secret, &app.webhook_budget).await?;
     let source = claim.source();
     let delivery = claim.delivery().map(str::to_owned);
-    let doc: Value = serde_json::from_slice(&body)
+    let doc: Value = serde_json::from_reader(body.reader())
         .map_err(|e| ApiError::bad(format!("the body is not JSON: {e}"), "send application/json"))?;
+    drop(body);
     if source == Source::Github && header(headers, "x-github-event") == Some("ping") {
         return Ok(Json(json!({"pong": true})).into_response());
     }

@@ -15,4 +15,5 @@ mod rollout;
 mod server;
 mod server_attacks;
 mod server_ci;
+mod server_load;
 mod web;
