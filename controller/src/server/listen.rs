@@ -228,8 +228,9 @@ pub async fn bind_socket(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// IPv4 (and IPv4-mapped IPv6) by address; IPv6 by /64, which one host usually has whole.
-fn per_address_key(ip: IpAddr) -> IpAddr {
+/// What counts as one address (connection slots, login budgets): IPv4 (and IPv4-mapped IPv6)
+/// by address; IPv6 by /64, which one host usually has whole.
+pub fn per_address_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

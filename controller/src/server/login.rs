@@ -7,7 +7,6 @@
 //! another site is refused (login CSRF). Every failure is logged and counted.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -128,22 +127,8 @@ impl Refusal {
 /// The address a budget counts for: the IP of a TCP peer, else the local socket.
 fn addr_of(peer: &Peer) -> String {
     match peer {
-        Peer::Tcp(addr) => canonical(addr.ip()).to_string(),
+        Peer::Tcp(addr) => crate::server::listen::per_address_key(addr.ip()).to_string(),
         other => other.to_string(),
-    }
-}
-
-/// IPv4-mapped IPv6 counts as IPv4; IPv6 counts per /64 (one host has the whole prefix).
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-        v4 => v4,
     }
 }
 
