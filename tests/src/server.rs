@@ -97,15 +97,28 @@ impl Drop for Server {
 /// A TCP connection to 127.0.0.1:`port` from loopback address `from` (127.0.0.0/8 is all
 /// loopback: tests play many clients from many addresses on this machine alone).
 pub fn connect_from(from: std::net::Ipv4Addr, port: u16) -> std::io::Result<std::net::TcpStream> {
+    if from == std::net::Ipv4Addr::LOCALHOST {
+        return std::net::TcpStream::connect(("127.0.0.1", port));
+    }
+    // (std cannot bind before it connects; tokio can. On a thread of its own, so that callers
+    // inside a runtime — the browser tests — may use it too.)
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    let rt = RUNTIME.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap());
-    rt.block_on(async {
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.bind((from, 0).into())?;
-        let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
-        let stream = stream.into_std()?;
-        stream.set_nonblocking(false)?;
-        Ok(stream)
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let rt =
+                    RUNTIME.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap());
+                rt.block_on(async {
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind((from, 0).into())?;
+                    let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
+                    let stream = stream.into_std()?;
+                    stream.set_nonblocking(false)?;
+                    Ok(stream)
+                })
+            })
+            .join()
+            .expect("the connecting thread")
     })
 }
 

@@ -540,7 +540,10 @@ fn f16_a_cli_answer_ends_after_its_exit_status() {
 
 #[test]
 fn f17_users_change_their_password_and_admins_reset_one() {
-    let s = Setup::new("", "", |fleet| add_user(fleet, "dev", &[("a", "test", "deployer")]));
+    let s = Setup::new("", "", |fleet| {
+        add_user(fleet, "dev", &[("a", "test", "deployer")]);
+        add_admin(fleet, "boss");
+    });
     let dev = s.login("dev");
     let (other, _) = s.login("dev");
     let change = json!({"current": "dev-password", "new": "dev-new-password"}).to_string();
@@ -558,7 +561,26 @@ fn f17_users_change_their_password_and_admins_reset_one() {
     let headers = [("Authorization", s.admin.as_str()), ("Content-Type", "application/json")];
     let (status, doc) = s.server.call("POST", "/api/v1/users/dev/password", &headers, Some("{}"));
     assert_eq!(status, 200, "{doc}");
-    s.server.login("dev", doc["password"].as_str().unwrap());
+    let (cookie, csrf) = s.server.login("dev", doc["password"].as_str().unwrap());
+
+    // The same on the pages: the account form, and an admin's reset button.
+    let form = [("Cookie", cookie.as_str()), ("Content-Type", "application/x-www-form-urlencoded")];
+    let body = format!("csrf_token={csrf}&current={}&new=from-the-page", doc["password"].as_str().unwrap());
+    let (status, _, page) = http(s.server.port, "POST", "/account/password", &form, Some(&body));
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Password changed"), "{page}");
+    s.server.login("dev", "from-the-page");
+    let (cookie, csrf) = s.server.login("boss", "boss-password");
+    let form = [("Cookie", cookie.as_str()), ("Content-Type", "application/x-www-form-urlencoded")];
+    let (status, _, page) =
+        http(s.server.port, "POST", "/users/password", &form, Some(&format!("csrf_token={csrf}&user=dev")));
+    assert_eq!(status, 200, "{page}");
+    let shown = page
+        .split("<code class=\"password\">")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .expect("the new password, once");
+    s.server.login("dev", shown);
 }
 
 #[test]
