@@ -242,6 +242,20 @@ impl Drop for KillGroup {
     }
 }
 
+/// Raise this process's open-file limit to its hard limit (systemd gives services 1,024 soft;
+/// a server holding a thousand connections needs more).
+pub fn raise_fd_limit() {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if let Some(max) = limit.maximum
+        && limit.current.is_none_or(|c| c < max)
+    {
+        let new = rustix::process::Rlimit { current: Some(max), maximum: Some(max) };
+        if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Nofile, new) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,19 +331,5 @@ mod tests {
         let out = String::from_utf8(r.head).unwrap();
         assert!(out.starts_with("production /"), "{out}");
         assert_eq!(rx.recv().await.unwrap().data, out.as_bytes());
-    }
-}
-
-/// Raise this process's open-file limit to its hard limit (systemd gives services 1,024 soft;
-/// a server holding a thousand connections needs more).
-pub fn raise_fd_limit() {
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    if let Some(max) = limit.maximum
-        && limit.current.is_none_or(|c| c < max)
-    {
-        let new = rustix::process::Rlimit { current: Some(max), maximum: Some(max) };
-        if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Nofile, new) {
-            tracing::warn!(error = %e, "cannot raise the open-file limit");
-        }
     }
 }
