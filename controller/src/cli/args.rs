@@ -65,7 +65,8 @@ pub struct Cli {
     /// Output for people (text), scripts (json: one document) or streams (jsonl: events, then the result)
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
-    /// Send the command to this `slipctl serve` (with SLIPWAY_TOKEN) [default: the home's own server, when it runs]
+    /// Send the command to this `slipctl serve` (with SLIPWAY_TOKEN) [default: the home's own server, when it runs;
+    /// there SLIPWAY_USER names the Slipway user you act as, for records and approvals]
     #[arg(long, global = true, env = "SLIPWAY_SERVER")]
     pub server: Option<String>,
     #[command(subcommand)]
