@@ -87,7 +87,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             };
             let running = engine::start_deploy(home.clone(), args);
             cancel_on_signals(running.canceller());
-            let record = running.finish(|event| reporter.on(event)).await?;
+            let record = finish_served(running, &mut reporter).await?;
             Ok(finish_operation(out, &record, dry_run))
         }
         Command::Promote { deploy_id } => decide(&home, out, deploy_id, crate::state::store::Decision::Promote).await,
@@ -97,7 +97,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             let to = to.as_deref().map(crate::engine::select::RollbackTo::parse).transpose()?;
             let running =
                 engine::start_rollback(home.clone(), RollbackArgs { project, env, to, hosts, user: served_caller() });
-            let record = running.finish(|event| reporter.on(event)).await?;
+            let record = finish_served(running, &mut reporter).await?;
             Ok(finish_operation(out, &record, false))
         }
         Command::Releases { project, env } => releases(&home, out, &project, &env, timeouts).await,
@@ -377,22 +377,33 @@ fn summary_line(record: &DeployRecord) -> String {
 
 /// `promote`/`abort`: the decision goes into state; the process that waits (if it is still there)
 /// carries the deploy on and this one follows it to its end; otherwise this one carries it on.
+/// Inside the server the waiter may be the server itself (same pid): its journal being live
+/// says so, and then the server's own waiter takes the decision — it is never resumed twice.
 async fn decide(home: &Home, out: OutputFormat, id: u64, decision: crate::state::store::Decision) -> Result<u8> {
+    use crate::state::store::{Decision, process_alive};
     let record = Store::open(&home.state())?.decide(id, decision)?;
+    let finish = |record: &DeployRecord| match decision {
+        Decision::Abort => finish_abort(out, record),
+        Decision::Promote => finish_operation(out, record, false),
+    };
     let mut reporter = Reporter::new(out);
     let waiter = record.pid;
-    if crate::state::store::process_alive(waiter) && waiter != std::process::id() {
-        reporter.say(
-            format!("deploy #{id}: {decision:?} sent to the slipctl that waits for it (pid {waiter})").to_lowercase(),
-        );
+    let waited_here = crate::server::exec::context().is_some() && crate::state::journal::is_live(id);
+    let waiter_is_live = |pid: u32| {
+        if waited_here { crate::state::journal::is_live(id) } else { process_alive(pid) && pid != std::process::id() }
+    };
+    if waiter_is_live(waiter) {
+        let whom =
+            if waited_here { "the server".to_owned() } else { format!("the slipctl that waits for it (pid {waiter})") };
+        reporter.say(format!("deploy #{id}: {decision:?} sent to {whom}").to_lowercase());
         // Follow it to its end; if the waiter dies before it takes the decision, carry on here.
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let now = Store::open(&home.state())?.deploy(id)?.expect("the record stays");
             if !matches!(now.effective_status(), DeployStatus::Running | DeployStatus::Paused) {
-                return Ok(finish_operation(out, &now, false));
+                return Ok(finish(&now));
             }
-            if now.status == DeployStatus::Paused && !crate::state::store::process_alive(now.pid) {
+            if now.status == DeployStatus::Paused && !waiter_is_live(now.pid) {
                 break;
             }
         }
@@ -404,8 +415,32 @@ async fn decide(home: &Home, out: OutputFormat, id: u64, decision: crate::state:
     };
     let running = engine::start_deploy(home.clone(), args);
     cancel_on_signals(running.canceller());
-    let record = running.finish(|event| reporter.on(event)).await?;
-    Ok(finish_operation(out, &record, false))
+    let record = finish_served(running, &mut reporter).await?;
+    Ok(finish(&record))
+}
+
+/// Follow an operation to its end, showing its events. In the server (a command through its
+/// socket or `--server`), the operation is one of the server's runs while it lasts: the API's
+/// cancel reaches it, the dashboard and `/healthz` count it.
+async fn finish_served(running: engine::Running<DeployRecord>, reporter: &mut Reporter) -> Result<DeployRecord> {
+    let Some(ctx) = crate::server::exec::context() else {
+        return running.finish(|event| reporter.on(event)).await;
+    };
+    let canceller = running.canceller();
+    let mut started = None;
+    let result = running
+        .finish(|event| {
+            if let engine::Event::Started { id } = &event {
+                started = Some(*id);
+                ctx.app.runs.track(*id, canceller.clone());
+            }
+            reporter.on(event)
+        })
+        .await;
+    if let Some(id) = started {
+        ctx.app.runs.untrack(id);
+    }
+    result
 }
 
 /// What to do after an operation that did not succeed, for people and for JSON.
@@ -438,7 +473,20 @@ fn outcome_fix(record: &DeployRecord) -> Option<String> {
 }
 
 pub(crate) fn finish_operation(out: OutputFormat, record: &DeployRecord, dry_run: bool) -> u8 {
-    let code = if matches!(record.status, DeployStatus::Succeeded | DeployStatus::Planned | DeployStatus::Paused) {
+    let done = matches!(record.status, DeployStatus::Succeeded | DeployStatus::Planned | DeployStatus::Paused);
+    finish_with(out, record, dry_run, done)
+}
+
+/// After `slipctl abort`: it did what was asked when the deploy stopped with no host left on the
+/// new release (the canary went back, the others were never touched): exit 0 then, 1 only
+/// when a host could not be taken back.
+fn finish_abort(out: OutputFormat, record: &DeployRecord) -> u8 {
+    let back = record.status == DeployStatus::Cancelled && record.hosts.iter().all(|h| !h.activated);
+    finish_with(out, record, false, back)
+}
+
+fn finish_with(out: OutputFormat, record: &DeployRecord, dry_run: bool, done: bool) -> u8 {
+    let code = if done {
         0
     } else if record.refused_by_agents() {
         2

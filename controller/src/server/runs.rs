@@ -43,6 +43,16 @@ impl Runs {
         self.running.lock().expect("runs").len()
     }
 
+    /// An operation a command run here started (`slipctl deploy` through the socket): running
+    /// here like any other until [`Runs::untrack`].
+    pub fn track(&self, id: u64, canceller: Canceller) {
+        self.running.lock().expect("runs").insert(id, Run { canceller });
+    }
+
+    pub fn untrack(&self, id: u64) {
+        self.running.lock().expect("runs").remove(&id);
+    }
+
     /// Keep a task SIGTERM waits for, and the cancel handles of what it runs.
     pub fn keep(&self, task: JoinHandle<()>, cancel: Option<Cancellers>) {
         let mut tasks = self.tasks.lock().expect("runs");

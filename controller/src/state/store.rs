@@ -345,12 +345,18 @@ impl LockRecord {
         self.host == hostname() && !process_alive(self.pid)
     }
 
+    /// `deploy #N by root@vm (pid P) since …`: the host is named once, whether the user names
+    /// it (`root@vm`, a local slipctl) or not (`dev` through the server: `dev on vm`).
     pub fn describe(&self) -> String {
+        let user = self.user.split(' ').next().unwrap_or("");
+        let who = if user.ends_with(&format!("@{}", self.host)) {
+            self.user.clone()
+        } else {
+            format!("{} on {}", self.user, self.host)
+        };
         format!(
-            "deploy #{} by {}@{} (pid {}) since {}",
+            "deploy #{} by {who} (pid {}) since {}",
             self.deploy_id,
-            self.user,
-            self.host,
             self.pid,
             slipway_common::time::format_utc(self.since)
         )

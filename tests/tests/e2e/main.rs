@@ -12,6 +12,7 @@ mod hooks;
 mod hostile;
 mod mtls;
 mod rollout;
+mod served_cli;
 mod server;
 mod server_attacks;
 mod server_ci;

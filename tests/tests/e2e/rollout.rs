@@ -610,7 +610,8 @@ fn a_canary_pause_waits_for_promote_or_abort_and_outlives_its_process() {
     // Abort: the canary goes back, the others are never touched.
     let (deploy, n) = pause(&fleet, 3);
     assert_eq!(pages(&fleet), ["v3\n", "v2\n", "v2\n"]);
-    fleet.slipctl(&["abort", &n.to_string()]).code(1);
+    // (It did what was asked: exit 0; 1 only when a host could not be taken back.)
+    fleet.slipctl(&["abort", &n.to_string()]).ok();
     assert_eq!(deploy.wait_with_output().unwrap().status.code(), Some(1));
     assert_eq!(pages(&fleet), ["v2\n", "v2\n", "v2\n"]);
     let doc = fleet.slipctl(&["--output", "json", "show", &n.to_string()]).ok().json();
