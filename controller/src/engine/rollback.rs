@@ -190,6 +190,8 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
                 activate_host(fan(events), client, request, result)
             })
             .await;
+            let relinked: Vec<String> = results.iter().filter(|(_, r)| r.activated).map(|(h, _)| h.clone()).collect();
+            check_health(&relinked, settings, &record, &by_host, &mut results, reporter, &fan).await;
         }
         // With a balancer: batch by batch as the rollout goes, each host drained, relinked,
         // and put back once relinked (one whose drain fails is not touched).
@@ -211,8 +213,13 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
                     activate_host(fan(events), client, request, partial[&host].clone())
                 })
                 .await;
-                let back: Vec<String> = relinked.iter().filter(|(_, r)| r.activated).map(|(h, _)| h.clone()).collect();
+                let relinked_ok: Vec<String> =
+                    relinked.iter().filter(|(_, r)| r.activated).map(|(h, _)| h.clone()).collect();
                 partial.extend(relinked);
+                // Back into the balancer only once healthy (seed 004: 移除集群 → 回滚 → 重启和测试
+                // → 加入集群): a service still starting after its restart gets no traffic, and a
+                // host that fails its check stays out and says so.
+                let back = check_health(&relinked_ok, settings, &record, &by_host, &mut partial, reporter, &fan).await;
                 let undrained = fan_out(&back, reporter, &mut None, |host, events| {
                     undrain_host(fan(events), drainer.clone(), by_host[&host].0.clone(), partial[&host].clone())
                 })
@@ -254,6 +261,50 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
     let store = Store::open(&home.state())?;
     store.put_deploy(&record)?;
     Ok(record)
+}
+
+/// Health-check `hosts` with the env's check, as a deploy does after a flip (none set: every host
+/// passes); the healthy ones. A host that fails keeps its failure in `results` (its step and an
+/// error saying it stays out of the balancer).
+async fn check_health(
+    hosts: &[String],
+    settings: &slipway_common::config::EnvSettings,
+    record: &DeployRecord,
+    by_host: &BTreeMap<String, (AgentRecord, AgentClient, ReleaseId)>,
+    results: &mut BTreeMap<String, HostResult>,
+    reporter: &Emitter,
+    fan: &impl Fn(Events) -> Fanout,
+) -> Vec<String> {
+    let Some(spec) = health_spec(settings) else { return hosts.to_vec() };
+    let checked = fan_out(hosts, reporter, &mut None, |host, events| {
+        let request = pb::HealthRequest {
+            target: Some(pb_target(settings, &host)),
+            spec: Some(spec.clone()),
+            hook_context: Some(hook_context(settings, &host, &record.commit, &record.git_ref)),
+            generation: record.id,
+            deploy_id: record.id,
+        };
+        let (client, mut result) = (by_host[&host].1.clone(), results[&host].clone());
+        let fan = fan(events);
+        async move {
+            let healthy = health_host(fan, client, request, &mut result).await;
+            if !healthy {
+                result.error.get_or_insert_with(|| {
+                    "rolled back but unhealthy: kept out of the balancer (`slipctl show` has the check's answer)".into()
+                });
+            }
+            (result, healthy)
+        }
+    })
+    .await;
+    let mut healthy = Vec::new();
+    for (host, (result, ok)) in checked {
+        if ok {
+            healthy.push(host.clone());
+        }
+        results.insert(host, result);
+    }
+    healthy
 }
 
 /// The release deploy #`n` of this project+env shipped.

@@ -21,12 +21,21 @@ fn cluster(fleet: &Fleet) -> Cluster {
     let dir = fleet.path().join("lb");
     let roots: Vec<_> = (1..=3).map(|i| fleet.current(&format!("web-{i}"), "site")).collect();
     let (nginx, ports) = nginx(&dir, &roots);
+    let servers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let (front, socket, haproxy) = haproxy(&dir, &servers);
+    Cluster { front, socket, _procs: vec![nginx, haproxy] }
+}
+
+/// HAProxy in front of `servers` (backend `web`, servers web-1, web-2, … in order, TCP-checked,
+/// no retries): its front port, admin socket and process.
+fn haproxy(dir: &std::path::Path, servers: &[String]) -> (u16, std::path::PathBuf, Proc) {
+    std::fs::create_dir_all(dir).unwrap();
     let front = free_port();
     let socket = dir.join("admin.sock");
-    let backends: String = ports
+    let backends: String = servers
         .iter()
         .enumerate()
-        .map(|(i, p)| format!("  server web-{} 127.0.0.1:{p} check inter 500ms\n", i + 1))
+        .map(|(i, addr)| format!("  server web-{} {addr} check inter 500ms\n", i + 1))
         .collect();
     std::fs::write(
         dir.join("haproxy.cfg"),
@@ -47,7 +56,7 @@ fn cluster(fleet: &Fleet) -> Cluster {
         .expect("start haproxy");
     let haproxy = Proc(haproxy);
     wait_for("haproxy", || socket.exists() && http_get(front, "/").is_ok());
-    Cluster { front, socket, _procs: vec![nginx, haproxy] }
+    (front, socket, haproxy)
 }
 
 fn show_stat(socket: &std::path::Path) -> String {
@@ -319,4 +328,103 @@ fn drain_command_lines_run_on_the_host_or_on_a_named_agent() {
     fleet.apply_project_full("site", &repo.path, &drain("lb-9"), "", "");
     let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test", "--hosts", "web-1,web-2"]).code(2).json();
     assert!(doc["error"].as_str().unwrap().contains("lb-9"), "{doc}");
+}
+
+/// A service like a JVM: serves its host's `current/index.html`, but answers 503 for two seconds
+/// after `current` changes (it restarts with the release and takes that long to answer).
+fn slow_starting_backend(addr: std::net::SocketAddr, current: std::path::PathBuf, stop: Arc<AtomicBool>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    std::thread::spawn(move || {
+        let mut last = std::fs::read_link(&current).ok();
+        let mut ready_at = std::time::Instant::now();
+        for conn in listener.incoming() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            // The whole request head first (closing with unread bytes would reset the connection).
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            let now = std::fs::read_link(&current).ok();
+            if now != last {
+                last = now;
+                ready_at = std::time::Instant::now() + Duration::from_secs(2);
+            }
+            let answer = if std::time::Instant::now() < ready_at {
+                "HTTP/1.0 503 Service Unavailable\r\nContent-Length: 8\r\n\r\nstarting".to_owned()
+            } else {
+                let body = std::fs::read_to_string(current.join("index.html")).unwrap_or_default();
+                format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            };
+            let _ = conn.write_all(answer.as_bytes());
+            let _ = conn.shutdown(std::net::Shutdown::Write);
+        }
+    });
+}
+
+/// Seed 004's rollback is 移除集群 → 回滚 → 重启和测试 → 加入集群: each host goes back into
+/// the balancer only once the env's health check passes, so a service that takes two seconds to
+/// answer after its restart loses no request (before, a rollback put it back right after the
+/// relink, and the balancer sent it requests it answered 503).
+#[test]
+fn a_rollback_puts_each_host_back_only_once_its_service_answers() {
+    let have = |bin: &str| Command::new(bin).arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if !require("haproxy (apt-get install haproxy)", have("haproxy")) {
+        return;
+    }
+    let fleet = Fleet::new(3);
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "v1\n");
+    repo.commit("v1");
+    fleet.apply_project("site", &repo.path, "");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    // One backend per host, on 127.0.10.N and one port.
+    let port = free_port();
+    let (stop, backends_stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let mut servers = Vec::new();
+    for i in 1..=3u8 {
+        let addr = std::net::SocketAddr::from(([127, 0, 10, i], port));
+        slow_starting_backend(addr, fleet.current(&format!("web-{i}"), "site"), backends_stop.clone());
+        servers.push(addr.to_string());
+    }
+    let (front, socket, _haproxy) = haproxy(&fleet.path().join("lb"), &servers);
+    // The env's check asks the host's own service, as a deploy's does.
+    let check = format!(
+        "python3 -c 'import os, urllib.request; urllib.request.urlopen(\\\"http://127.0.10.%s:{port}/index.html\\\" % os.environ[\\\"SLIPWAY_HOST\\\"][-1], timeout=2)'"
+    );
+    let rollout = format!(
+        "[rollout]\nstrategy = \"serial\"\nhealth = {{ command = \"{check}\", timeout_secs = 5, retries = 10, interval_secs = 1 }}\n\
+         [rollout.drain]\nhaproxy = {{ socket = \"{}\", backend = \"web\" }}\ntimeout_secs = 5\n",
+        socket.display()
+    );
+    fleet.apply_project_full("site", &repo.path, &rollout, &hook_user_line(), "");
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
+    let requests = request_loop(front, stop.clone());
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    let doc = fleet.slipctl(&["--output", "json", "rollback", "site", "test"]).ok().json();
+    stop.store(true, Ordering::Relaxed);
+    let (total, failed, bodies) = requests.join().unwrap();
+    backends_stop.store(true, Ordering::Relaxed);
+    eprintln!("deploy and rollback of a slow-starting service behind HAProxy: {failed} of {total} requests failed");
+    assert!(total > 50, "the request loop ran ({total})");
+    assert_eq!(failed, 0, "{failed} of {total} requests failed: a host took traffic before it answered");
+    for h in doc["hosts"].as_array().unwrap() {
+        let steps: Vec<_> = h["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+        assert_eq!(steps, ["drain", "activate", "health", "undrain"], "{h}");
+    }
+    assert!(bodies.iter().all(|b| b == "v1\n" || b == "v2\n"), "{bodies:?}");
+    for i in 1..=3 {
+        let page = std::fs::read_to_string(fleet.current(&format!("web-{i}"), "site").join("index.html")).unwrap();
+        assert_eq!(page, "v1\n");
+    }
+    assert!(statuses(&socket).iter().all(|(_, s)| s == "UP"), "{:?}", statuses(&socket));
 }
