@@ -23,9 +23,21 @@
     localTimes(fresh);
   }
 
+  // The streams this page has open. A page left for another is closed (pagehide): the
+  // browser's back/forward cache keeps left pages alive, and their streams would hold
+  // HTTP/1.1's six connections until the next page could not load. A page restored from that
+  // cache opens them again (pageshow), from where it had got to.
+  var open = [];
+
+  function stream(url) {
+    var source = new EventSource(url);
+    open.push(source);
+    return source;
+  }
+
   // Fragments by key (dashboard cells, a ticket's head); "reload" when the set changed.
   function fragments(root) {
-    var source = new EventSource(root.dataset.live);
+    var source = stream(root.dataset.live);
     source.addEventListener("fragment", function (ev) {
       var f = JSON.parse(ev.data);
       // A ticket that started another deploy since its page was drawn: new panes, a new page.
@@ -56,9 +68,10 @@
   function panes(section) {
     if (section.querySelector(".outcome-slot").children.length) return; // over: replayed
     var url = "/deploys/" + section.dataset.deploy + "/live?after=" + section.dataset.after;
-    var source = new EventSource(url);
+    var source = stream(url);
     source.addEventListener("piece", function (ev) {
       var p = JSON.parse(ev.data);
+      if (ev.lastEventId) section.dataset.after = ev.lastEventId; // (where a reopened stream resumes)
       (p.panes || []).forEach(function (hp) {
         if (!pane(section, hp[0])) section.querySelector(".panes").insertAdjacentHTML("beforeend", hp[1]);
       });
@@ -94,10 +107,22 @@
     show();
   }
 
-  document.addEventListener("DOMContentLoaded", function () {
-    localTimes(document);
+  function listen() {
     document.querySelectorAll("[data-live]").forEach(fragments);
     document.querySelectorAll("section.deploy[data-deploy]").forEach(panes);
+  }
+
+  window.addEventListener("pagehide", function () {
+    open.forEach(function (s) { s.close(); });
+    open = [];
+  });
+  window.addEventListener("pageshow", function (ev) {
+    if (ev.persisted) listen();
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    localTimes(document);
+    listen();
     var ref = document.querySelector("select#ref");
     if (ref) picker(ref);
   });

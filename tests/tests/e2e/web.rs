@@ -495,3 +495,51 @@ fn a_live_dashboard_stops_showing_an_env_when_its_grant_is_revoked() {
     assert_eq!(status, 200);
     assert!(!page.contains("data-key=\"shop/test\""), "the reloaded page shows nothing of shop/test");
 }
+
+/// With the browser's back/forward cache, a live page left for another keeps its event stream
+/// unless it closes it: about six such pages held every HTTP/1.1 connection to the server and
+/// the next page never loaded. Eight live pages and back: every page loads, and one more after.
+#[test]
+fn eight_live_pages_and_back_every_page_loads() {
+    if !require("chromium and chromium-driver", have_browser()) {
+        return;
+    }
+    let (fleet, _repo, _release) = deployed("shop");
+    add_user(&fleet, "dev", &[("shop", "test", "deployer")]);
+    let server = Server::start(&fleet);
+    let (cookie, csrf) = server.login("dev", "dev-password");
+    let headers = [("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str()), ("Content-Type", "application/json")];
+    let tickets: Vec<u64> = (1..=7)
+        .map(|i| {
+            let body =
+                serde_json::json!({"project": "shop", "env": "test", "title": format!("change {i}")}).to_string();
+            let (status, t) = server.call("POST", "/api/v1/tickets", &headers, Some(&body));
+            assert_eq!(status, 201, "{t}");
+            t["id"].as_u64().unwrap()
+        })
+        .collect();
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let driver = Driver::start();
+    runtime().block_on(async {
+        let c = driver.session("en-US", 1280, 800).await;
+        // A page that cannot load fails the test in seconds, not after WebDriver's 300.
+        let timeouts = fantoccini::wd::TimeoutConfiguration::new(None, Some(std::time::Duration::from_secs(15)), None);
+        c.update_timeouts(timeouts).await.unwrap();
+        log_in(&c, &base, "dev").await;
+        let mut pages = vec![format!("{base}/")];
+        pages.extend(tickets.iter().map(|t| format!("{base}/tickets/{t}")));
+        for (i, url) in pages.iter().enumerate() {
+            c.goto(url).await.unwrap_or_else(|e| panic!("live page {} ({url}) did not load: {e}", i + 1));
+            c.wait().for_element(Locator::Css("main h1")).await.unwrap();
+        }
+        for back in 1..pages.len() {
+            c.back().await.unwrap_or_else(|e| panic!("going back {back} page(s) did not load: {e}"));
+            let h1 = c.wait().for_element(Locator::Css("main h1")).await.unwrap().text().await.unwrap();
+            assert!(!h1.is_empty(), "page {back} back has its heading");
+        }
+        assert_eq!(c.current_url().await.unwrap().as_str(), pages[0], "back at the first page");
+        c.goto(&format!("{base}/history")).await.expect("one more page loads after them all");
+        c.wait().for_element(Locator::Css("main h1")).await.unwrap();
+        c.close().await.unwrap();
+    });
+}
