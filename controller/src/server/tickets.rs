@@ -159,6 +159,7 @@ pub async fn create_pushed(
         approvals: Vec::new(),
         deploys: Vec::new(),
         rollback_of: None,
+        restores: None,
         transitions: vec![Transition { state: TicketState::Pending, audit: created.clone(), comment: String::new() }],
     };
     if let Some(p) = pusher {
@@ -311,9 +312,20 @@ pub async fn rollback(app: &Arc<App>, caller: &Caller, id: u64) -> ApiResult<(Ti
     let (_, settings) = crate::engine::scope::env_of(&app.store, &original.project, &original.env)?;
     let created = audit(caller);
     let required = if settings.approval.rollback { settings.approval.required } else { 0 };
+    // What the hosts ran before the deploy it takes back (one release, when they agree).
+    let before: std::collections::BTreeSet<String> = match original.deploys.last() {
+        Some(&n) => app.store.deploy(n)?.map(|d| d.hosts).unwrap_or_default(),
+        None => Vec::new(),
+    }
+    .into_iter()
+    .filter(|h| h.activated)
+    .filter_map(|h| h.previous_release.map(|r| r.to_string()))
+    .collect();
+    let restores = (before.len() == 1).then(|| before.into_iter().next().unwrap_or_default());
     let mut ticket = TicketRecord {
         id: app.store.next_ticket_id()?,
         kind: TicketKind::Rollback,
+        restores,
         title: format!("roll back #{id}: {}", original.title),
         description: String::new(),
         state: TicketState::Pending,

@@ -112,6 +112,10 @@ pub struct TicketRecord {
     /// A rollback ticket: the ticket whose deploy it takes back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_of: Option<u64>,
+    /// A rollback ticket: the release it restores (what the hosts ran before the deploy it takes
+    /// back), when the hosts agree on one; none: each host's previous release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restores: Option<String>,
     pub transitions: Vec<Transition>,
 }
 

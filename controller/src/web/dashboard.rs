@@ -67,7 +67,7 @@ pub fn cell_view(lang: Lang, caller: &Caller, cell: &Value) -> Markup {
                     @let (done, hosts) = (r["done"].as_u64().unwrap_or(0), r["hosts"].as_u64().unwrap_or(0));
                     dt { (lang.t("running")) }
                     dd.running {
-                        a href={ "/deploys/" (r["id"]) } { "#" (r["id"]) } " " (status(lang, r["status"].as_str().unwrap_or("")))
+                        (super::deploy_link(lang, &r["id"])) " " (status(lang, r["status"].as_str().unwrap_or("")))
                         " " (done) "/" (hosts)
                         progress max=(hosts.max(1)) value=(done) aria-label=(lang.t("running")) {}
                     }
@@ -75,14 +75,14 @@ pub fn cell_view(lang: Lang, caller: &Caller, cell: &Value) -> Markup {
                 @if let Some(d) = cell["last_deploy"].as_object() {
                     dt { (lang.t("last_deploy")) }
                     dd {
-                        a href={ "/deploys/" (d["id"]) } { "#" (d["id"]) }
+                        (super::deploy_link(lang, &d["id"]))
                         @if d["kind"] == "rollback" { " " (lang.t("rollback")) }
                         " " (status(lang, d["status"].as_str().unwrap_or("")))
                     }
                 }
                 @if let Some(t) = cell["last_ticket"].as_object() {
                     dt { (lang.t("last_ticket")) }
-                    dd { a href={ "/tickets/" (t["id"]) } { "#" (t["id"]) " " (t["title"].as_str().unwrap_or("")) } " " (status(lang, t["state"].as_str().unwrap_or(""))) }
+                    dd { (super::ticket_link(lang, &t["id"])) " " (t["title"].as_str().unwrap_or("")) " " (status(lang, t["state"].as_str().unwrap_or(""))) }
                 }
             }
             @if deployer {

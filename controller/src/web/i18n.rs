@@ -90,6 +90,23 @@ impl Lang {
             "ref" => ("Ref", "版本"),
             "requester" => ("Requested by", "申请人"),
             "rolls_back" => ("Takes back", "回滚的上线单"),
+            "restores" => ("Restores", "回滚到"),
+            "their_previous" => ("each host's previous release", "各主机的上一个版本"),
+            "roll_back_ticket" => ("Roll back ticket", "回滚上线单"),
+            "will_touch" => ("Hosts it deploys to", "将上线的主机"),
+            "ticket_no" => ("Ticket #", "上线单 #"),
+            "deploy_no" => ("Deploy #", "部署 #"),
+            "parallel" => ("parallel", "并行"),
+            "serial" => ("serial (one host after another)", "串行（逐台）"),
+            "batch" => ("in batches", "分批"),
+            "why_rollback_target" => ("rollback target", "回滚目标"),
+            "why_beyond_keep" => {
+                ("beyond keep_releases: removed at the next deploy", "超出保留数量（keep_releases），下次部署时删除")
+            }
+            "why_rolled_back" => {
+                ("rolled back from: removed at the next deploy", "已回滚，不计入保留数量，下次部署时删除")
+            }
+            "why_never_activated" => ("never activated: removed at the next deploy", "从未上线，下次部署时删除"),
             "approvals" => ("Approvals", "审核"),
             "comment" => ("Comment", "意见"),
             "approve" => ("Approve", "审核通过"),

@@ -95,7 +95,7 @@ pub async fn history(State(app): State<Arc<App>>, v: Viewer, Query(q): Query<His
                 th scope="col" { (v.t("hosts")) } th scope="col" { (v.t("who")) } th scope="col" { (v.t("started")) } th scope="col" { (v.t("ticket")) }
             } }
             tbody { @for d in &rows { tr {
-                td { a href={ "/deploys/" (d.id) } { "#" (d.id) } }
+                td { (super::deploy_link(v.lang, d.id)) }
                 td { (v.t(super::kind_key(d))) }
                 td { (d.project) " / " (d.env) }
                 td { @if !d.commit.is_empty() { code { (d.git_ref) } " " code { (short(&d.commit)) } } }
@@ -104,7 +104,7 @@ pub async fn history(State(app): State<Arc<App>>, v: Viewer, Query(q): Query<His
                 td { (d.hosts.iter().filter(|h| h.ok).count()) "/" (d.hosts.len()) }
                 td { (d.user) }
                 td { (when(d.started_at)) }
-                td { @if let Some(t) = ticket_of.get(&d.id) { a href={ "/tickets/" (t) } { "#" (t) } } }
+                td { @if let Some(t) = ticket_of.get(&d.id) { (super::ticket_link(v.lang, t)) } }
             } } }
         } }
     };

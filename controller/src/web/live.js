@@ -12,6 +12,10 @@
       t.title = t.textContent.indexOf("UTC") < 0 ? t.textContent + " UTC" : t.textContent;
       t.textContent = fmt.format(d);
     });
+    // The ref picker's options carry their commit's time in the text (options hold no markup).
+    root.querySelectorAll("option[data-ts][data-utc]").forEach(function (o) {
+      o.textContent = o.textContent.replace(o.dataset.utc, fmt.format(new Date(Number(o.dataset.ts) * 1000)));
+    });
   }
 
   function replace(el, html) {

@@ -178,6 +178,17 @@ pub fn kind_key(d: &crate::state::store::DeployRecord) -> &'static str {
     if d.kind == crate::state::store::DeployKind::Rollback { "rollback" } else { "deploy" }
 }
 
+/// A link to ticket `id`, read as one (`ticket #5`, `上线单 #5`): ticket and deploy numbers
+/// are counted apart and often stand side by side.
+pub fn ticket_link(lang: Lang, id: impl std::fmt::Display) -> Markup {
+    html! { a.ticket-no href={ "/tickets/" (id) } { (lang.t("ticket_no")) (id) } }
+}
+
+/// A link to deploy `id` (`deploy #3`, `部署 #3`).
+pub fn deploy_link(lang: Lang, id: impl std::fmt::Display) -> Markup {
+    html! { a.deploy-no href={ "/deploys/" (id) } { (lang.t("deploy_no")) (id) } }
+}
+
 /// The first 7 characters of a commit.
 pub fn short(commit: &str) -> &str {
     commit.get(..7).unwrap_or(commit)

@@ -82,13 +82,15 @@ pub fn piece(lang: Lang, e: &Value) -> Piece {
                     p.line = Some(line("step", "→", html! { (lang.t("connecting")) }));
                     p.state = Some(state(lang, "connecting"));
                 }
-                "uploading" => {
+                // (Nothing to send or unpack — the host holds the release already — is no
+                // progress: a full bar reading "0 B / 0 B" while hooks run says what is not.)
+                "uploading" if n("total") > 0 => {
                     let (sent, total) = (n("sent"), n("total"));
                     p.progress =
                         Some((pct(sent, total), format!("{} {} / {}", lang.t("uploading"), size(sent), size(total))));
                     p.state = Some(state(lang, "uploading"));
                 }
-                "unpacking" => {
+                "unpacking" if n("total") > 0 => {
                     let (done, total) = (n("entries"), n("total"));
                     p.progress = Some((pct(done, total), format!("{} {done} / {total}", lang.t("unpacking"))));
                 }
@@ -381,6 +383,9 @@ mod tests {
             piece(lang, &json!({"event": "host", "host": "web-1", "kind": "uploading", "sent": 512, "total": 2048}));
         assert_eq!(up.host.as_deref(), Some("web-1"));
         assert_eq!(up.progress.as_ref().map(|p| p.0), Some(25));
+        let nothing =
+            piece(lang, &json!({"event": "host", "host": "web-1", "kind": "uploading", "sent": 0, "total": 0}));
+        assert_eq!(nothing.progress, None, "nothing to send is no bar reading 0 B / 0 B");
         let out = piece(
             lang,
             &json!({"event": "host", "host": "web-1", "kind": "output", "stage": "pre_activate", "stream": "stderr", "text": "<b>warn</b>\n"}),

@@ -85,7 +85,7 @@ async fn view(app: &App, v: &Viewer, p: &str, e: &str, check: Option<Markup>) ->
         h1 { (p) " / " (e) }
         dl.facts.inline {
             dt { (v.t("default_ref")) } dd { code { (settings.default_ref) } }
-            dt { (v.t("strategy")) } dd { (format!("{:?}", settings.rollout.strategy).to_lowercase()) }
+            dt { (v.t("strategy")) } dd { (v.t(strategy_key(settings.rollout.strategy))) }
             dt { (v.t("keep")) } dd { (settings.keep_releases) }
             dt { (v.t("approvals")) } dd { (settings.approval.required) }
         }
@@ -122,7 +122,7 @@ async fn view(app: &App, v: &Viewer, p: &str, e: &str, check: Option<Markup>) ->
                                         td { code { (doc["current"].as_str().filter(|c| !c.is_empty()).unwrap_or("–")) } }
                                         td { ul.releases {
                                             @for rel in doc["releases"].as_array().into_iter().flatten().filter(|r| r["current"] != true) {
-                                                li { code { (rel["id"].as_str().unwrap_or("")) } " " span.muted { (rel["why"].as_str().unwrap_or("")) } }
+                                                li { code { (rel["id"].as_str().unwrap_or("")) } " " span.muted { (why_kept(v, rel)) } }
                                             }
                                         } }
                                     }
@@ -153,7 +153,7 @@ async fn view(app: &App, v: &Viewer, p: &str, e: &str, check: Option<Markup>) ->
             div.scroll { table {
                 thead { tr { th scope="col" { "#" } th scope="col" { (v.t("kind")) } th scope="col" { (v.t("ref")) } th scope="col" { (v.t("status")) } th scope="col" { (v.t("who")) } th scope="col" { (v.t("started")) } } }
                 tbody { @for d in &deploys { tr {
-                    td { a href={ "/deploys/" (d.id) } { "#" (d.id) } }
+                    td { (super::deploy_link(v.lang, d.id)) }
                     td { (v.t(super::kind_key(d))) }
                     td { @if !d.commit.is_empty() { code { (d.git_ref) } " " code { (short(&d.commit)) } } }
                     td { (status(v.lang, d.effective_status().word())) }
@@ -162,7 +162,7 @@ async fn view(app: &App, v: &Viewer, p: &str, e: &str, check: Option<Markup>) ->
             } }
             @if !tickets.is_empty() {
                 h3 { (v.t("tickets")) }
-                ul.tickets { @for t in &tickets { li { a href={ "/tickets/" (t.id) } { "#" (t.id) " " (t.title) } " " (status(v.lang, t.state.word())) } } }
+                ul.tickets { @for t in &tickets { li { (super::ticket_link(v.lang, t.id)) " " (t.title) " " (status(v.lang, t.state.word())) } } }
             }
         }
     };
@@ -266,4 +266,32 @@ pub async fn confirm(
         }
     };
     Ok(v.page(question, body))
+}
+
+/// The label of a rollout strategy.
+fn strategy_key(strategy: slipway_common::config::Strategy) -> &'static str {
+    use slipway_common::config::Strategy;
+    match strategy {
+        Strategy::Parallel => "parallel",
+        Strategy::Serial => "serial",
+        Strategy::Batch => "batch",
+    }
+}
+
+/// Why a retained release is kept, in the viewer's language: English has the engine's words
+/// (with the numbers in them), other languages the label of its reason.
+fn why_kept(v: &Viewer, rel: &serde_json::Value) -> String {
+    let words = rel["why"].as_str().unwrap_or("");
+    match (v.lang, rel["kept"].as_str()) {
+        (crate::web::i18n::Lang::En, _) | (_, None | Some("kept" | "current")) => words.to_owned(),
+        (_, Some(key)) => {
+            let label = v.t(match key {
+                "rollback_target" => "why_rollback_target",
+                "beyond_keep" => "why_beyond_keep",
+                "rolled_back" => "why_rolled_back",
+                _ => "why_never_activated",
+            });
+            label.to_owned()
+        }
+    }
 }

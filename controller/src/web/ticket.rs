@@ -40,7 +40,7 @@ fn allowed(v: &Viewer, t: &TicketRecord) -> Allowed {
         approve: c.allows(&t.project, &t.env, Role::Approver)
             && t.state == Pending
             && !t.interested().contains(&c.principal.as_str())
-            && !t.approvals.iter().any(|a| a.audit.by == c.name),
+            && !t.approvals.iter().any(|a| a.principal() == c.principal),
         deploy: deployer && matches!(t.state, Approved | Failed | Interrupted),
         cancel: deployer && matches!(t.state, Pending | Approved | Deploying),
         rollback: deployer
@@ -67,9 +67,14 @@ fn head(v: &Viewer, t: &TicketRecord, paused: Option<u64>) -> Markup {
                 (status(v.lang, t.state.word()))
                 dl.facts {
                     dt { (v.t("env")) } dd { a href={ "/projects/" (t.project) "/envs/" (t.env) } { (t.project) " / " (t.env) } }
-                    dt { (v.t("ref")) } dd { code { (t.git_ref) } " → " code.commit { (short(&t.commit)) } " " (t.commit_summary) }
+                    @if t.kind == TicketKind::Rollback {
+                        dt { (v.t("restores")) }
+                        dd { @match &t.restores { Some(r) => { code { (r) } } None => { (v.t("their_previous")) } } }
+                    } @else {
+                        dt { (v.t("ref")) } dd { code { (t.git_ref) } " → " code.commit { (short(&t.commit)) } " " (t.commit_summary) }
+                    }
                     dt { (v.t("requester")) } dd { (t.requester) " · " (when(t.created.at)) }
-                    @if let Some(of) = t.rollback_of { dt { (v.t("rolls_back")) } dd { a href={ "/tickets/" (of) } { "#" (of) } } }
+                    @if let Some(of) = t.rollback_of { dt { (v.t("rolls_back")) } dd { (super::ticket_link(v.lang, of)) } }
                     dt { (v.t("approvals")) }
                     dd { @if t.required == 0 { (v.t("not_required")) } @else { (t.approvals.len()) " / " (t.required) } }
                 }
@@ -136,14 +141,16 @@ pub async fn page(State(app): State<Arc<App>>, v: Viewer, Path(id): Path<u64>) -
     let body = html! {
         div data-live=(live) data-deploys=(deploys_key(&t)) {
             p.crumbs { a href={ "/projects/" (t.project) "/envs/" (t.env) } { (t.project) " / " (t.env) } }
-            h1 { (v.t("ticket")) " #" (t.id) " " (t.title) }
+            h1 { (title(&v, &t)) }
+            @if latest.is_none() && !hosts.is_empty() {
+                p.will-touch { (v.t("will_touch")) ": " @for (i, h) in hosts.iter().enumerate() { @if i > 0 { ", " } code { (h) } } }
+            }
             (head(&v, &t, paused(&app, &t)))
             @if let Some(d) = &latest {
-                h2 { (v.t(super::kind_key(d)))
-                     " " a href={ "/deploys/" (d.id) } { "#" (d.id) } }
+                h2 { @if d.kind == crate::state::store::DeployKind::Rollback { (v.t("rollback")) " · " } (super::deploy_link(v.lang, d.id)) }
                 @if t.deploys.len() > 1 {
                     p.muted { (v.t("earlier")) ": "
-                        @for n in &t.deploys[..t.deploys.len() - 1] { a href={ "/deploys/" (n) } { "#" (n) } " " } }
+                        @for n in &t.deploys[..t.deploys.len() - 1] { (super::deploy_link(v.lang, *n)) " " } }
                 }
             }
             @if let Some(p) = panes { (p) }
@@ -209,8 +216,12 @@ pub async fn new_page(State(app): State<Arc<App>>, v: Viewer, Path((p, e)): Path
 
 fn options(v: &Viewer, picker: &Value, default_ref: &str) -> Markup {
     let list = |k: &str| picker[k].as_array().cloned().unwrap_or_default();
+    // (The time is the server's UTC in the text, and its seconds in `data-ts`: the script
+    // shows it in the viewer's zone, as every other time on the pages.)
+    let ts = |c: &Value| c["time"].as_i64().unwrap_or(0);
+    let utc = |c: &Value| slipway_common::time::format_utc(ts(c));
     let label = |c: &Value| {
-        let time = slipway_common::time::format_utc(c["time"].as_i64().unwrap_or(0));
+        let time = utc(c);
         format!(
             "{} · {} · {} · {}",
             short(c["commit"].as_str().unwrap_or("")),
@@ -223,21 +234,21 @@ fn options(v: &Viewer, picker: &Value, default_ref: &str) -> Markup {
         optgroup label=(v.t("branches")) {
             @for b in list("branches") {
                 @let name = b["name"].as_str().unwrap_or("");
-                option value=(name) selected[name == default_ref] data-commit=(b["commit"].as_str().unwrap_or("")) data-subject=(b["subject"].as_str().unwrap_or("")) {
+                option value=(name) selected[name == default_ref] data-commit=(b["commit"].as_str().unwrap_or("")) data-subject=(b["subject"].as_str().unwrap_or("")) data-ts=(ts(&b)) data-utc=(utc(&b)) {
                     (name) " — " (label(&b))
                 }
             }
         }
         optgroup label=(v.t("tags")) {
             @for t in list("tags") {
-                option value=(t["name"].as_str().unwrap_or("")) data-commit=(t["commit"].as_str().unwrap_or("")) data-subject=(t["subject"].as_str().unwrap_or("")) {
+                option value=(t["name"].as_str().unwrap_or("")) data-commit=(t["commit"].as_str().unwrap_or("")) data-subject=(t["subject"].as_str().unwrap_or("")) data-ts=(ts(&t)) data-utc=(utc(&t)) {
                     (t["name"].as_str().unwrap_or("")) " — " (label(&t))
                 }
             }
         }
         optgroup label=(v.t("commits")) {
             @for c in list("commits") {
-                option value=(c["commit"].as_str().unwrap_or("")) data-commit=(c["commit"].as_str().unwrap_or("")) data-subject=(c["subject"].as_str().unwrap_or("")) {
+                option value=(c["commit"].as_str().unwrap_or("")) data-commit=(c["commit"].as_str().unwrap_or("")) data-subject=(c["subject"].as_str().unwrap_or("")) data-ts=(ts(&c)) data-utc=(utc(&c)) {
                     (label(&c))
                 }
             }
@@ -330,4 +341,16 @@ pub async fn rollback(
     }
     let (rollback, _) = ops::rollback(&app, &v.caller, id).await.or_show(&v)?;
     Ok(back(rollback.id))
+}
+
+/// A ticket's heading in the viewer's language: `Ticket #5 ship v2`, and for a rollback
+/// ticket `Roll back ticket #6: #5 ship v2` (its stored title is the English one).
+fn title(v: &Viewer, t: &TicketRecord) -> String {
+    match t.rollback_of {
+        Some(of) if t.kind == TicketKind::Rollback => {
+            let original = t.title.strip_prefix(&format!("roll back #{of}: ")).unwrap_or(&t.title);
+            format!("{} #{}: #{of} {original}", v.t("roll_back_ticket"), t.id)
+        }
+        _ => format!("{} #{} {}", v.t("ticket"), t.id, t.title),
+    }
 }

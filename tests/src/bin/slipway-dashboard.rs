@@ -114,6 +114,7 @@ fn main() {
                         approvals: Vec::new(),
                         deploys: Vec::new(),
                         rollback_of: None,
+                        restores: None,
                         transitions: vec![Transition { state: TicketState::Succeeded, audit, comment: String::new() }],
                     };
                     store.put_ticket(&ticket).unwrap();

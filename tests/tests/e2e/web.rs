@@ -269,12 +269,20 @@ fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() 
         dev.find(Locator::Css("select#ref")).await.unwrap().select_by_value("v2.0").await.unwrap();
         let resolved = dev.find(Locator::Css("#resolved")).await.unwrap().text().await.unwrap();
         assert_eq!(resolved, new_commit[..7], "the picker shows the commit the tag resolves to");
+        // Its times are in the viewer's zone (UTC+8 here), as every other time on the pages.
+        let utc = tags.attr("data-utc").await.unwrap().unwrap();
+        let text = tags.text().await.unwrap();
+        assert!(!text.contains(&utc), "the picker shows the server's UTC ({utc}): {text}");
         screenshot(&dev, "new-ticket").await;
         click(&dev, "form.ticket-form button[type=submit]").await;
         let head = wait_text(&dev, "div.ticket-head", "pending approval").await;
         assert!(head.contains(&new_commit[..7]) && head.contains("v2.0"), "{head}");
         let ticket_url = dev.current_url().await.unwrap();
         let id: u64 = ticket_url.path().rsplit('/').next().unwrap().parse().unwrap();
+        // Before it deploys, the ticket says which hosts it will touch.
+        let touch = wait_text(&dev, "p.will-touch", "web-2").await;
+        assert!(touch.contains("web-1"), "{touch}");
+        let old_release = fleet.current_release("web-1", "shop").unwrap();
         assert!(!has(&dev, "form[action$='/deploy']").await, "nothing to deploy before approval");
         assert!(!has(&dev, "form[action$='/approve']").await, "the requester cannot approve");
 
@@ -330,6 +338,7 @@ fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() 
         let new_release = fleet.current_release("web-1", "shop").unwrap();
         let cell = wait_text(&guest, "article.cell", &format!("2 on {new_release}")).await;
         assert!(cell.contains("Ship the new page"), "the last ticket, live: {cell}");
+        assert!(cell.contains(&format!("Ticket #{id}")) && cell.contains("Deploy #"), "numbers told apart: {cell}");
         let marker = guest.execute("return window.slipwayMarker", vec![]).await.unwrap();
         assert_eq!(marker, "not reloaded", "the dashboard updated in place");
 
@@ -371,6 +380,16 @@ fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() 
         for port in &ports {
             assert_eq!(http_get(*port, "/index.html").unwrap().1, "old page\n");
         }
+        // The rollback ticket names the release it restores, not the ticket's ref and commit.
+        let h1 = dev.find(Locator::Css("main h1")).await.unwrap().text().await.unwrap();
+        assert!(h1.starts_with("Roll back ticket") && h1.contains(&format!("#{id}")), "{h1}");
+        let head = dev.find(Locator::Css("div.ticket-head")).await.unwrap().text().await.unwrap();
+        assert!(head.contains("Restores") && head.contains(&old_release), "{head}");
+        assert!(!head.contains("v2.0"), "{head}");
+        let rollback_url = dev.current_url().await.unwrap();
+        boss.goto(rollback_url.as_str()).await.unwrap();
+        let h1 = boss.find(Locator::Css("main h1")).await.unwrap().text().await.unwrap();
+        assert!(h1.starts_with("回滚上线单") && !h1.contains("roll back"), "{h1}");
         dev.goto(ticket_url.as_str()).await.unwrap();
         wait_text(&dev, "div.ticket-head", "rolled back").await;
         // At phone width the ticket page is one column, nothing cut off.
@@ -385,6 +404,9 @@ fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() 
         boss.goto(&format!("{base}/projects/shop/envs/test")).await.unwrap();
         let hosts = boss.find(Locator::Css("table.hosts")).await.unwrap().text().await.unwrap();
         assert!(hosts.contains("web-1") && hosts.contains(&fleet.current_release("web-1", "shop").unwrap()), "{hosts}");
+        let facts = boss.find(Locator::Css("dl.facts")).await.unwrap().text().await.unwrap();
+        assert!(facts.contains("并行") && !facts.contains("parallel"), "the strategy in Chinese: {facts}");
+        assert!(!hosts.contains("rolled back from") && hosts.contains("已回滚"), "why each is kept: {hosts}");
         click(&boss, "form[action$='/check'] button").await;
         let check = boss.wait().for_element(Locator::Css("section.check")).await.unwrap().text().await.unwrap();
         assert!(check.contains("检测") && check.contains("web-2"), "{check}");
