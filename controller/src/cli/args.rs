@@ -225,11 +225,20 @@ pub enum Command {
     #[command(subcommand, after_help = "Example:\n  slipctl webhook secret web-demo")]
     Webhook(super::args_team::WebhookCommand),
     /// A real demo on loopback: a CA, three agents, a git repo, two deploys and a rollback
-    #[command(after_help = "Example:\n  slipctl quickstart --dir /tmp/slipway-demo")]
+    #[command(
+        after_help = "Examples:\n  slipctl quickstart --dir /tmp/slipway-demo\n  slipctl quickstart --serve          # then open http://127.0.0.1:8080"
+    )]
     Quickstart {
         /// Where to put the demo [default: a new temporary directory]
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Then keep the demo's agents running and serve it in a browser (an admin with a
+        /// one-time password is made); Ctrl-C stops it all
+        #[arg(long)]
+        serve: bool,
+        /// With --serve: where the server listens (port 0: any free one)
+        #[arg(long, default_value = "127.0.0.1:8080", requires = "serve")]
+        listen: std::net::SocketAddr,
     },
 }
 

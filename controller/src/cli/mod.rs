@@ -177,7 +177,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
             print(out, doc, || show_text(&record));
             Ok(0)
         }
-        Command::Quickstart { dir } => crate::cli::quickstart::run(dir, out).await,
+        Command::Quickstart { dir, serve, listen } => {
+            crate::cli::quickstart::run(dir, out, serve.then_some(listen)).await
+        }
         Command::Serve(args) => crate::server::serve(home, args).await,
         Command::User(cmd) => team::user_command(&home, out, cmd),
         Command::Token(cmd) => team::token_command(&home, out, cmd),

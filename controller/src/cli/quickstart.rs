@@ -1,7 +1,8 @@
 //! `slipctl quickstart`: a real demo on loopback with nothing to set up. In one directory it
 //! creates a CA, three agents (child `slipd` processes with their own roots), a git repository
 //! with two commits, then deploys the first, deploys the second and rolls back, printing what
-//! happened and where to look.
+//! happened and where to look. With `--serve` it then keeps the agents running and serves the
+//! demo to a browser, with an admin whose one-time password it prints.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -116,7 +117,9 @@ fn check(record: &DeployRecord, what: &str) -> Result<()> {
     }
 }
 
-pub async fn run(dir: Option<PathBuf>, out: OutputFormat) -> Result<u8> {
+/// The demo; with `serve`, then the server on that address with the agents kept running, until
+/// SIGTERM or Ctrl-C.
+pub async fn run(dir: Option<PathBuf>, out: OutputFormat, serve: Option<std::net::SocketAddr>) -> Result<u8> {
     let started = Instant::now();
     let dir = match dir {
         Some(d) => {
@@ -209,7 +212,13 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat) -> Result<u8> {
     check(&record, "rollback")?;
     say(page_line(&hosts_root));
     records.push(record);
-    drop(agents);
+    let agents = match serve {
+        Some(_) => Some(agents),
+        None => {
+            drop(agents);
+            None
+        }
+    };
 
     let total_ms = started.elapsed().as_millis() as u64;
     let deploy_ms: Vec<String> =
@@ -238,15 +247,41 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat) -> Result<u8> {
                 home.root.display(),
                 home.root.display()
             );
-            println!(
-                "  in a browser:         slipctl --home {h} user add me --admin; slipctl --home {h} serve\n                        \
-                 then http://127.0.0.1:8080 (the demo's dashboard and history; its agents have stopped)",
-                h = home.root.display()
-            );
+            println!("  in a browser:         slipctl quickstart --serve (the demo, its agents kept running)");
             println!("  remove the demo:      rm -rf {}", dir.display());
         }
     }
-    Ok(0)
+    match (serve, agents) {
+        (Some(listen), Some(agents)) => serve_demo(&home, listen, agents, out).await,
+        _ => Ok(0),
+    }
+}
+
+/// The demo in a browser: an admin with a one-time password, the server on `listen` (a free
+/// port for port 0), the agents running until the server stops.
+async fn serve_demo(home: &Home, mut listen: std::net::SocketAddr, agents: Agents, out: OutputFormat) -> Result<u8> {
+    if listen.port() == 0 {
+        listen.set_port(free_port()?);
+    }
+    let store = Store::open(&home.state())?;
+    let password = crate::server::auth::random_hex()[..20].to_owned();
+    let name = "admin";
+    match store.user(name)? {
+        Some(_) => crate::server::admin::set_password(&store, name, &password, None)?,
+        None => drop(crate::server::admin::add_user(&store, name, true, &password)?),
+    }
+    drop(store);
+    let url = format!("http://{listen}/");
+    if out.is_json() {
+        out.print_doc(&serde_json::json!({"url": url, "user": name, "password": password}));
+    } else {
+        println!("\n== the demo in a browser (its three agents keep running; Ctrl-C stops it all)");
+        println!("open {url} and log in as {name} with password {password} (shown once)");
+    }
+    let args = crate::cli::args_team::ServeArgs { listen, tls_cert: None, tls_key: None, public_url: None };
+    let code = crate::server::serve(home.clone(), args).await?;
+    drop(agents);
+    Ok(code)
 }
 
 /// What each host's `current/index.html` says now.

@@ -243,3 +243,66 @@ fn scripts_get_json_for_every_outcome_and_jsonl_events_as_they_happen() {
     assert_eq!((doc["status"].as_str(), doc["exit_code"].as_i64()), (Some("failed"), Some(1)));
     assert!(doc["fix"].as_str().unwrap().contains("slipctl show"), "{doc}");
 }
+
+/// A newcomer sees it in a minute: `quickstart --serve` runs the demo, keeps its agents
+/// running, serves it with a printed one-time admin password and says which URL to open.
+#[test]
+fn quickstart_serve_keeps_the_demo_running_for_a_browser() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let mut child = std::process::Command::new(bin("slipctl"))
+        .args(["quickstart", "--serve", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(&demo)
+        .env_remove("SLIPWAY_HOME")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let open = loop {
+        let line = lines.next().expect("quickstart --serve says which URL to open").unwrap();
+        if line.starts_with("open http://") {
+            break line;
+        }
+    };
+    // Then the server's own line: it answers from now on.
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("slipctl serve: listening on") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    // "open http://127.0.0.1:PORT/ and log in as admin with password PW (shown once)"
+    let port: u16 = open.split(':').nth(2).unwrap().split('/').next().unwrap().parse().unwrap();
+    let password = open.split("with password ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    assert!(open.contains("log in as admin"), "{open}");
+    let body = serde_json::json!({"user": "admin", "password": password}).to_string();
+    let (status, head, _) =
+        slipway_tests::http(port, "POST", "/api/v1/session", &[("Content-Type", "application/json")], Some(&body));
+    assert_eq!(status, 200, "the printed password logs in: {head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_owned();
+    // The agents are still running: the server's probe reaches all three.
+    let mut agents = serde_json::Value::Null;
+    slipway_tests::wait_for("the agents' probe", || {
+        let (_, _, text) = slipway_tests::http(port, "GET", "/api/v1/agents", &[("Cookie", &cookie)], None);
+        agents = serde_json::from_str(&text).unwrap_or_default();
+        agents.as_array().is_some_and(|a| a.len() == 3 && a.iter().all(|a| a["probe"]["reachable"] == true))
+    });
+    let (_, _, text) = slipway_tests::http(port, "GET", "/api/v1/dashboard", &[("Cookie", &cookie)], None);
+    let cells: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(cells[0]["project"], "web-demo", "{cells}");
+    assert_eq!(cells[0]["hosts"].as_object().map(|h| h.len()), Some(3), "{cells}");
+    // Ctrl-C (SIGTERM here) stops the server and the agents.
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    let addr = agents[0]["addr"].as_str().unwrap().to_owned();
+    assert!(std::net::TcpStream::connect(&addr).is_err(), "the demo's agent at {addr} stopped with it");
+}
