@@ -307,6 +307,30 @@ pub enum ProjectCommand {
         /// The project
         name: String,
     },
+    /// Every saved revision of the project file: number, who, when, what it was
+    #[command(after_help = "Example:\n  slipctl project history web-demo")]
+    History {
+        /// The project
+        name: String,
+    },
+    /// What changed between two revisions of the project file (a unified diff)
+    #[command(after_help = "Example:\n  slipctl project diff web-demo 3 4")]
+    Diff {
+        /// The project
+        name: String,
+        /// The older revision
+        from: u64,
+        /// The newer revision
+        to: u64,
+    },
+    /// Save an earlier revision again as the newest (the next deploy runs with it)
+    #[command(after_help = "Example:\n  slipctl project revert web-demo 3")]
+    Revert {
+        /// The project
+        name: String,
+        /// The revision to go back to
+        revision: u64,
+    },
 }
 
 #[cfg(test)]

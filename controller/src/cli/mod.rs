@@ -5,27 +5,27 @@ pub mod args;
 pub mod args_team;
 pub mod console;
 pub mod output;
+pub mod projects;
 pub mod quickstart;
 pub mod remote;
 pub mod team;
 
 pub use args::{AgentCommand, Cli, Command, ProjectCommand};
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
 use slipway_common::config::ProjectConfig;
-use slipway_common::time::{format_utc, unix_now};
+use slipway_common::time::format_utc;
 
 use crate::cli::output::{OutputFormat, Reporter, bytes, millis, table};
 use crate::engine::client::{self, Timeouts, status_text};
 use crate::engine::fanout::fan_out;
 use crate::engine::{self, DeployArgs, RollbackArgs};
-use crate::error::{Context, CtlError, Result};
+use crate::error::{CtlError, Result};
 use crate::state::home::Home;
 use crate::state::store::AgentRecord;
-use crate::state::store::{DeployRecord, DeployStatus, ProjectRecord, Store};
+use crate::state::store::{DeployRecord, DeployStatus, Store};
 use std::collections::BTreeMap;
 
 /// Run a command; the returned code is the process exit status.
@@ -56,7 +56,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Agent(cmd) => agent_command(&home, out, cmd).await,
-        Command::Project(cmd) => project_command(&home, out, cmd),
+        Command::Project(cmd) => projects::project_command(&home, out, cmd),
         Command::Deploy { project, env, git_ref, hosts, dry_run, full, retry_failed } => {
             let mut reporter = Reporter::new(out);
             let retry = match retry_failed {
@@ -190,7 +190,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
 
 /// Who an operation is recorded as: the server's caller (`dev`, `token:ci`, the socket's declared
 /// user) when the server carries this command out, else `None` (the OS user here).
-fn served_caller() -> Option<String> {
+pub(crate) fn served_caller() -> Option<String> {
     crate::server::exec::context().map(|c| c.caller.name)
 }
 
@@ -292,6 +292,9 @@ fn show_text(d: &DeployRecord) -> String {
     }
     if let Some(o) = &d.overlay_sha256 {
         s.push_str(&format!("  overlay sha256 {o}\n"));
+    }
+    if let Some(r) = d.project_revision {
+        s.push_str(&format!("  project revision {r} (slipctl project history {})\n", d.project));
     }
     for hook in &d.build {
         s.push_str(&hook_text("  ", hook));
@@ -646,148 +649,6 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Res
             Ok(0)
         }
     }
-}
-
-fn project_command(home: &Home, out: OutputFormat, cmd: ProjectCommand) -> Result<u8> {
-    match cmd {
-        ProjectCommand::Apply { file } => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| CtlError::bad(format!("cannot read project file {}: {e}", file.display())))?;
-            let config = ProjectConfig::parse(&text, &file.display().to_string())?;
-            let file = std::path::absolute(&file).context("project file path")?;
-            let record = ProjectRecord {
-                name: config.name().to_owned(),
-                source_dir: file.parent().unwrap_or(Path::new("/")).to_path_buf(),
-                source_file: file,
-                text,
-                applied_at: unix_now(),
-            };
-            let store = Store::open(&home.state())?;
-            store.put_project(&record)?;
-            // Hosts named that are not registered: the project applies (the agent may be added
-            // later), but a deploy will refuse until they are.
-            let agents = store.agents()?;
-            let mut unknown = Vec::new();
-            for (env, s) in &config.envs {
-                for sel in &s.hosts {
-                    if let slipway_common::config::HostSelector::Name(n) = sel
-                        && !agents.iter().any(|a| a.name == *n)
-                    {
-                        unknown.push(format!("{n} (env {env})"));
-                    }
-                }
-            }
-            if !unknown.is_empty() {
-                crate::errln!(
-                    "warning: not registered agents: {}; register them with `slipctl agent add NAME --addr \
-                     HOST:PORT --out DIR` before deploying",
-                    unknown.join(", ")
-                );
-            }
-            let envs: Vec<_> = config.envs.keys().cloned().collect();
-            print(out, json!({"project": record.name, "envs": envs, "unregistered_hosts": unknown}), || {
-                format!("project {} applied (envs: {})", record.name, envs.join(", "))
-            });
-            Ok(0)
-        }
-        ProjectCommand::List => {
-            let projects = Store::open(&home.state())?.projects()?;
-            // Through the server, a caller sees the projects and envs their grants show them;
-            // the project file's path is for admins. Repository URLs never carry credentials.
-            let caller = crate::server::exec::context().map(|c| c.caller);
-            let sees =
-                |p: &str, e: &str| caller.as_ref().is_none_or(|c| c.allows(p, e, crate::state::users::Role::Viewer));
-            let admin = caller.as_ref().is_none_or(|c| c.admin);
-            let mut rows = Vec::new();
-            let mut docs = Vec::new();
-            for p in &projects {
-                let parsed = ProjectConfig::parse(&p.text, &p.source_file.display().to_string());
-                let (repo, envs) = match &parsed {
-                    Ok(c) => (
-                        c.envs.values().next().map(|e| e.repo.clone()).unwrap_or_default(),
-                        c.envs.keys().filter(|e| sees(&p.name, e)).cloned().collect::<Vec<_>>(),
-                    ),
-                    Err(e) if admin => (format!("invalid: {e}"), vec![]),
-                    Err(_) => continue,
-                };
-                if envs.is_empty() && !admin {
-                    continue;
-                }
-                let repo = slipway_common::redact::redact(&repo).into_owned();
-                rows.push(vec![p.name.clone(), repo.clone(), envs.join(","), format_utc(p.applied_at)]);
-                let mut doc = json!({"name": p.name, "repo": repo, "envs": envs});
-                if admin {
-                    doc["source_file"] = json!(p.source_file);
-                }
-                docs.push(doc);
-            }
-            print(out, json!(docs), || {
-                if rows.is_empty() {
-                    "no projects; add one with `slipctl project apply -f FILE`".into()
-                } else {
-                    table(&["NAME", "REPO", "ENVS", "APPLIED"], &rows).trim_end().to_owned()
-                }
-            });
-            Ok(0)
-        }
-        ProjectCommand::Show { name } => {
-            let p = Store::open(&home.state())?.project(&name)?.ok_or_else(|| {
-                CtlError::bad(format!("unknown project '{name}'")).fix("`slipctl project list` shows them")
-            })?;
-            let config = ProjectConfig::parse(&p.text, &p.source_file.display().to_string())?;
-            // The hosts each env selects now, by name (or why it selects none).
-            let agents = Store::open(&home.state())?.agents()?;
-            let selected: BTreeMap<&String, std::result::Result<Vec<String>, String>> = config
-                .envs
-                .iter()
-                .map(|(env, s)| {
-                    let hosts = crate::engine::select::select_hosts(&p.name, env, &s.hosts, &agents, None)
-                        .map(|a| a.into_iter().map(|a| a.name).collect())
-                        .map_err(|e| e.to_string());
-                    (env, hosts)
-                })
-                .collect();
-            let hosts_doc: BTreeMap<&String, serde_json::Value> = selected
-                .iter()
-                .map(|(env, h)| (*env, h.as_ref().map_or_else(|e| json!({"error": e}), |names| json!(names))))
-                .collect();
-            let mut envs = json!(config.envs);
-            if let Some(map) = envs.as_object_mut() {
-                for env in map.values_mut() {
-                    if let Some(repo) = env["repo"].as_str() {
-                        env["repo"] = json!(slipway_common::redact::redact(repo));
-                    }
-                }
-            }
-            let doc = json!({"name": p.name, "source_file": p.source_file, "envs": envs, "hosts": hosts_doc});
-            print(out, doc.clone(), || {
-                let mut text = format!("# {} (from {})\n", p.name, p.source_file.display());
-                for (env, hosts) in &selected {
-                    match hosts {
-                        Ok(names) => {
-                            text.push_str(&format!("# env {env}: {} host(s): {}\n", names.len(), names.join(", ")))
-                        }
-                        Err(e) => text.push_str(&format!("# env {env}: {e}\n")),
-                    }
-                }
-                text.push_str(&toml_of(&doc["envs"]));
-                text
-            });
-            Ok(0)
-        }
-        ProjectCommand::Rm { name } => {
-            if !Store::open(&home.state())?.remove_project(&name)? {
-                return Err(CtlError::bad(format!("unknown project '{name}'")).fix("`slipctl project list` shows them"));
-            }
-            print(out, json!({"removed": name}), || format!("removed project {name}"));
-            Ok(0)
-        }
-    }
-}
-
-fn toml_of(value: &serde_json::Value) -> String {
-    let wrapped = json!({ "env": value });
-    toml::to_string(&wrapped).unwrap_or_else(|_| serde_json::to_string_pretty(value).unwrap_or_default())
 }
 
 async fn releases(home: &Home, out: OutputFormat, project: &str, env: &str, timeouts: Timeouts) -> Result<u8> {

@@ -13,7 +13,7 @@ use crate::cli::output::{OutputFormat, Reporter};
 use crate::engine::{self, DeployArgs, RollbackArgs};
 use crate::error::{Context, CtlError, Result};
 use crate::state::home::Home;
-use crate::state::store::{DeployRecord, DeployStatus, ProjectRecord, Store};
+use crate::state::store::{DeployRecord, DeployStatus, Store};
 
 const HOSTS: [&str; 3] = ["web-1", "web-2", "web-3"];
 
@@ -186,14 +186,15 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat, serve: Option<std::net
         ),
     )?;
     let text = std::fs::read_to_string(&project_file).context("project file")?;
-    slipway_common::config::ProjectConfig::parse(&text, &project_file.display().to_string())?;
-    Store::open(&home.state())?.put_project(&ProjectRecord {
-        name: "web-demo".into(),
-        source_dir: dir.clone(),
-        source_file: project_file.clone(),
-        text,
-        applied_at: slipway_common::time::unix_now(),
-    })?;
+    let save = crate::ops::projects::Save {
+        text: &text,
+        source_file: &project_file,
+        by: "quickstart",
+        base: None,
+        create: false,
+        note: "",
+    };
+    crate::ops::projects::save(&Store::open(&home.state())?, save)?;
     say(format!("project web-demo, env demo: {}", project_file.display()));
 
     let mut reporter = Reporter::new(out);

@@ -170,6 +170,7 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
         commit: resolved.commit.clone(),
         release: Some(release.clone()),
         overlay_sha256: recipe.overlay.as_ref().map(|(_, d)| d.clone()),
+        project_revision: probe.project_revision.or((scope.project.revision > 0).then_some(scope.project.revision)),
         ..probe
     };
     if resumed.is_some() {

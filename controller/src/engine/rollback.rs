@@ -150,6 +150,7 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
         &settings.env,
         args.user.clone().unwrap_or_else(current_user),
     );
+    record.project_revision = (scope.project.revision > 0).then_some(scope.project.revision);
     // The targets are decided under the lock: no deploy can change what the hosts hold between
     // asking them and relinking.
     let _lock = take_lock(home, &record, reporter)?;

@@ -24,8 +24,19 @@ pub fn unknown_user(name: &str) -> CtlError {
     CtlError::bad(format!("unknown user '{name}'")).fix("`slipctl user list` (GET /api/v1/users) shows them")
 }
 
-/// `role` on (project, env): the project and env must exist.
+/// `role` on (project, env): the project and env must exist; a maintainer's is the whole
+/// project's (env `*`).
 pub fn grant_of(store: &Store, project: &str, env: &str, role: Role) -> Result<Grant> {
+    if role == Role::Maintainer || env == "*" {
+        if role != Role::Maintainer || env != "*" {
+            return Err(CtlError::bad(format!("a {} role is not granted on env '{env}'", role.word()))
+                .fix("a maintainer is one of a whole project: PROJECT * maintainer; other roles name an env"));
+        }
+        store.project(project)?.ok_or_else(|| {
+            CtlError::bad(format!("unknown project '{project}'")).fix("`slipctl project list` shows them")
+        })?;
+        return Ok(Grant { project: project.to_owned(), env: env.to_owned(), role });
+    }
     crate::engine::scope::env_of(store, project, env)?;
     Ok(Grant { project: project.to_owned(), env: env.to_owned(), role })
 }

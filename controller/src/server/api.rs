@@ -53,6 +53,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/cli", routing::post(super::exec::run))
         .merge(super::tickets::routes())
         .merge(super::admin::routes())
+        .merge(super::projects::routes())
         .merge(crate::web::routes())
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::authorize))
         .fallback(not_found)
@@ -223,11 +224,13 @@ async fn projects(State(app): State<Arc<App>>, Extension(caller): Extension<Call
     Ok(Json(json!(out)))
 }
 
+/// A project as the caller may see it; its maintainers and admins get the file too (secrets
+/// masked) with its revision as the `ETag` (for `If-Match` on `PUT`).
 async fn project(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     Path(p): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let record = app.store.project(&p)?;
     let record = record
         .ok_or_else(|| ApiError::not_found(format!("unknown project '{p}'"), "GET /api/v1/projects lists them"))?;
@@ -244,11 +247,14 @@ async fn project(
             "an admin can grant a role on one of its envs",
         ));
     }
-    let mut doc = json!({"name": record.name, "envs": envs, "applied_at": record.applied_at});
-    if caller.admin {
-        doc["text"] = json!(record.text);
+    let mut doc =
+        json!({"name": record.name, "envs": envs, "applied_at": record.applied_at, "revision": record.revision});
+    if caller.maintains(&p) {
+        doc["text"] = json!(crate::ops::projects::masked(&record.text));
     }
-    Ok(Json(doc))
+    let mut response = Json(doc).into_response();
+    response.headers_mut().insert(header::ETAG, super::projects::etag(record.revision));
+    Ok(response)
 }
 
 /// Walle's picker: recent branches, the last 10 tags, the last 50 commits of the default ref.

@@ -131,6 +131,25 @@ impl Caller {
         self.admin || grants_allow(&self.grants, project, env, role)
     }
 
+    /// Whether the caller may edit `project`'s file: a maintainer of it, or an admin.
+    pub fn maintains(&self, project: &str) -> bool {
+        self.admin || crate::state::users::maintains(&self.grants, project)
+    }
+
+    pub fn require_maintainer(&self, project: &str) -> ApiResult<()> {
+        if self.maintains(project) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                format!("{} may not change project {project}", self.name),
+                format!(
+                    "its hooks run on every host: an admin can grant it: slipctl user grant {} {project} '*' maintainer",
+                    self.name
+                ),
+            ))
+        }
+    }
+
     pub fn require(&self, project: &str, env: &str, role: Role) -> ApiResult<()> {
         if self.allows(project, env, role) {
             Ok(())
@@ -169,6 +188,8 @@ pub enum Need {
     /// `role` on the (project, env) named by the path (`{p}`/`{e}`), the ticket or deploy
     /// `{id}` it names, or the JSON body's `project`/`env`.
     Role(Role, Pair),
+    /// A maintainer of the project the path names (`{p}`), or an admin.
+    Maintainer,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -208,6 +229,7 @@ pub fn policy(method: &Method, route: &str) -> Need {
         "/api/v1/deploys" => DirectDeploy { rollback: false, pair: Body },
         "/api/v1/rollbacks" => DirectDeploy { rollback: true, pair: Body },
         "/api/v1/projects/{p}" if get => Anyone,
+        "/api/v1/projects/{p}" | "/api/v1/projects/{p}/revisions" | "/api/v1/projects/{p}/revisions/{n}" => Maintainer,
         "/api/v1/projects/{p}/envs/{e}/refs"
         | "/api/v1/projects/{p}/envs/{e}/releases"
         | "/api/v1/projects/{p}/envs/{e}/check" => Role(R::Viewer, Path),
@@ -485,6 +507,15 @@ async fn check(app: &App, route: String, taken: Request) -> ApiResult<Request> {
             })?;
             super::exec::authorize(app, &caller, &super::exec::parse(&exec)?)?;
             Request::from_parts(parts, axum::body::Body::from(bytes))
+        }
+        Need::Maintainer => {
+            let (mut parts, body) = taken.into_parts();
+            let params = <RawPathParams as axum::extract::FromRequestParts<()>>::from_request_parts(&mut parts, &())
+                .await
+                .map_err(|_| ApiError::bad("bad path", "see DESIGN.md \"Server\""))?;
+            let project = params.iter().find(|(k, _)| *k == "p").map(|(_, v)| v.to_owned()).unwrap_or_default();
+            caller.require_maintainer(&project)?;
+            Request::from_parts(parts, body)
         }
         Need::Admin if caller.admin => taken,
         Need::Admin => {

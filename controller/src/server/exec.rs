@@ -104,6 +104,9 @@ pub fn authorize(app: &App, caller: &Caller, cli: &Cli) -> ApiResult<()> {
             admin(caller)
         }
         Command::Project(ProjectCommand::List) => Ok(()),
+        Command::Project(
+            ProjectCommand::History { name } | ProjectCommand::Diff { name, .. } | ProjectCommand::Revert { name, .. },
+        ) => caller.require_maintainer(name),
         Command::Project(_) => admin(caller),
         Command::Deploy { project, env, .. } => {
             on((project.clone(), env.clone()), Role::Deployer)?;

@@ -18,6 +18,7 @@ pub mod listen;
 pub mod login;
 pub mod metrics;
 pub mod notify;
+pub mod projects;
 pub mod runs;
 pub mod sse;
 pub mod tickets;

@@ -5,6 +5,7 @@ pub mod agents;
 pub mod backend;
 pub mod home;
 pub mod journal;
+pub mod revisions;
 pub mod store;
 pub mod tickets;
 pub mod users;

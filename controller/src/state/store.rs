@@ -42,6 +42,9 @@ pub struct ProjectRecord {
     pub source_file: PathBuf,
     pub text: String,
     pub applied_at: i64,
+    /// The revision this text is (`state::revisions`); 0: applied before revisions were kept.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,6 +225,9 @@ pub struct DeployRecord {
     /// Digest of the env's config_dir overlay, when it has one.
     #[serde(default)]
     pub overlay_sha256: Option<String>,
+    /// The revision of the project file the operation ran with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_revision: Option<u64>,
     pub hosts: Vec<HostResult>,
     pub error: Option<String>,
     /// `--dry-run` only (never stored): what the deploy would do.
@@ -290,6 +296,7 @@ impl DeployRecord {
             artifact: None,
             build: Vec::new(),
             overlay_sha256: None,
+            project_revision: None,
             hosts: Vec::new(),
             error: None,
             plan: None,

@@ -16,6 +16,9 @@ pub enum Role {
     Deployer,
     /// Approves or rejects the tickets of others.
     Approver,
+    /// Edits the project file (its hooks run on every host as the app user: a right of its
+    /// own). Granted for a whole project (env `*`); sees every env of it.
+    Maintainer,
 }
 
 impl Role {
@@ -24,7 +27,9 @@ impl Role {
             "viewer" => Ok(Role::Viewer),
             "deployer" => Ok(Role::Deployer),
             "approver" => Ok(Role::Approver),
-            _ => Err(CtlError::bad(format!("'{text}' is not a role")).fix("a role is viewer, deployer or approver")),
+            "maintainer" => Ok(Role::Maintainer),
+            _ => Err(CtlError::bad(format!("'{text}' is not a role"))
+                .fix("a role is viewer, deployer, approver, or maintainer (of a whole project: env *)")),
         }
     }
 
@@ -33,6 +38,7 @@ impl Role {
             Role::Viewer => "viewer",
             Role::Deployer => "deployer",
             Role::Approver => "approver",
+            Role::Maintainer => "maintainer",
         }
     }
 }
@@ -62,9 +68,19 @@ impl Grant {
 }
 
 /// Whether `grants` allow `need` on exactly (project, env): any role there lets one see it; a
-/// deployer or approver role allows only itself. Grants on other pairs never add up.
+/// deployer or approver role allows only itself. A maintainer of the project (env `*`) sees
+/// every env of it, and deploys or approves nowhere by that. Grants on other pairs never add up.
 pub fn grants_allow(grants: &[Grant], project: &str, env: &str, need: Role) -> bool {
-    grants.iter().any(|g| g.project == project && g.env == env && (need == Role::Viewer || g.role == need))
+    grants.iter().any(|g| {
+        g.project == project
+            && (g.env == env || (g.env == "*" && g.role == Role::Maintainer))
+            && (need == Role::Viewer || g.role == need)
+    })
+}
+
+/// Whether `grants` let one edit `project`'s file.
+pub fn maintains(grants: &[Grant], project: &str) -> bool {
+    grants.iter().any(|g| g.project == project && g.role == Role::Maintainer)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -54,6 +54,7 @@ fn main() {
             let file = home.join(format!("{name}.toml"));
             store
                 .put_project(&ProjectRecord {
+                    revision: 0,
                     name: name.clone(),
                     source_dir: home.clone(),
                     source_file: file,

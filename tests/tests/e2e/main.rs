@@ -11,6 +11,7 @@ mod faults;
 mod hooks;
 mod hostile;
 mod mtls;
+mod projects;
 mod rollout;
 mod served_cli;
 mod server;
