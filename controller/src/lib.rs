@@ -17,6 +17,7 @@ pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod http_client;
+mod layering;
 pub mod ops;
 pub mod server;
 pub mod source;
