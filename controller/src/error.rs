@@ -14,6 +14,9 @@ pub enum Kind {
     Failed,
     /// Another operation holds the project+env's lock: exit 3 (retry later; nothing was done).
     Busy,
+    /// A project, env, deploy, ticket, user, token or agent of that name or number does not
+    /// exist: bad input (exit 2) to the command line, 404 to the API.
+    NotFound,
 }
 
 #[derive(Debug, Clone)]
@@ -46,7 +49,7 @@ fn redacted(text: String) -> String {
 impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self.kind {
-            Kind::BadInput => 2,
+            Kind::BadInput | Kind::NotFound => 2,
             Kind::Failed => 1,
             Kind::Busy => 3,
         }
@@ -60,6 +63,10 @@ impl CtlError {
 
     pub fn bad(msg: impl Into<String>) -> Self {
         Self::new(Kind::BadInput, msg)
+    }
+
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Self::new(Kind::NotFound, msg)
     }
 
     pub fn busy(msg: impl Into<String>) -> Self {
@@ -79,7 +86,8 @@ impl CtlError {
     /// The word for the kind, in JSON.
     pub fn kind_word(&self) -> &'static str {
         match self.kind {
-            Kind::BadInput => "bad_input",
+            // (Scripts have read `bad_input` for unknown names since the first release.)
+            Kind::BadInput | Kind::NotFound => "bad_input",
             Kind::Failed => "failed",
             Kind::Busy => "busy",
         }

@@ -168,7 +168,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Show { deploy_id } => {
             let store = Store::open(&home.state())?;
             let record = store.deploy(deploy_id)?.ok_or_else(|| {
-                CtlError::bad(format!("unknown deploy #{deploy_id}")).fix("`slipctl history` lists them")
+                CtlError::not_found(format!("unknown deploy #{deploy_id}")).fix("`slipctl history` lists them")
             })?;
             let events: Vec<serde_json::Value> = store.events(deploy_id, 0)?.into_iter().map(|(_, e)| e).collect();
             drop(store);
@@ -636,7 +636,9 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Res
                 }
             }
             if !store.remove_agent(&name)? {
-                return Err(CtlError::bad(format!("unknown agent '{name}'")).fix("`slipctl agent list` shows them"));
+                return Err(
+                    CtlError::not_found(format!("unknown agent '{name}'")).fix("`slipctl agent list` shows them")
+                );
             }
             if !users.is_empty() {
                 crate::errln!(

@@ -103,7 +103,7 @@ pub(crate) fn project_command(home: &Home, out: OutputFormat, cmd: ProjectComman
         }
         ProjectCommand::Show { name } => {
             let p = Store::open(&home.state())?.project(&name)?.ok_or_else(|| {
-                CtlError::bad(format!("unknown project '{name}'")).fix("`slipctl project list` shows them")
+                CtlError::not_found(format!("unknown project '{name}'")).fix("`slipctl project list` shows them")
             })?;
             let config = ProjectConfig::parse(&p.text, &p.source_file.display().to_string())?;
             // The hosts each env selects now, by name (or why it selects none).
@@ -149,7 +149,7 @@ pub(crate) fn project_command(home: &Home, out: OutputFormat, cmd: ProjectComman
         ProjectCommand::History { name } => {
             let store = Store::open(&home.state())?;
             store.project(&name)?.ok_or_else(|| {
-                CtlError::bad(format!("unknown project '{name}'")).fix("`slipctl project list` shows them")
+                CtlError::not_found(format!("unknown project '{name}'")).fix("`slipctl project list` shows them")
             })?;
             let revisions = store.revisions(&name)?;
             let rows: Vec<Vec<String>> = revisions
@@ -192,7 +192,9 @@ pub(crate) fn project_command(home: &Home, out: OutputFormat, cmd: ProjectComman
         }
         ProjectCommand::Rm { name } => {
             if !Store::open(&home.state())?.remove_project(&name)? {
-                return Err(CtlError::bad(format!("unknown project '{name}'")).fix("`slipctl project list` shows them"));
+                return Err(
+                    CtlError::not_found(format!("unknown project '{name}'")).fix("`slipctl project list` shows them")
+                );
             }
             print(out, json!({"removed": name}), || format!("removed project {name}"));
             Ok(0)

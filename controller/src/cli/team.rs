@@ -25,6 +25,7 @@ impl From<ApiError> for CtlError {
         let code = e.status.as_u16();
         let err = match code {
             409 => CtlError::busy(e.error),
+            404 => CtlError::not_found(e.error),
             400..=499 => CtlError::bad(e.error),
             _ => CtlError::failed(e.error),
         };
@@ -170,7 +171,7 @@ pub fn webhook_command(home: &Home, out: OutputFormat, cmd: WebhookCommand) -> R
     let WebhookCommand::Secret { project, rotate } = cmd;
     let store = Store::open(&home.state())?;
     store.project(&project)?.ok_or_else(|| {
-        CtlError::bad(format!("unknown project '{project}'")).fix("`slipctl project list` shows them")
+        CtlError::not_found(format!("unknown project '{project}'")).fix("`slipctl project list` shows them")
     })?;
     let secret = match store.webhook_secret(&project)? {
         Some(s) if !rotate => s,

@@ -77,7 +77,7 @@ pub struct Retry {
 pub fn retry_of(home: &Home, project: &str, env: &str, n: u64) -> Result<Option<Retry>> {
     let record = Store::open(&home.state())?
         .deploy(n)?
-        .ok_or_else(|| CtlError::bad(format!("unknown deploy #{n}")).fix("`slipctl history` lists them"))?;
+        .ok_or_else(|| CtlError::not_found(format!("unknown deploy #{n}")).fix("`slipctl history` lists them"))?;
     if record.project != project || record.env != env || record.kind != DeployKind::Deploy {
         return Err(CtlError::bad(format!(
             "#{n} is a {} of {}/{}, not a deploy of {project}/{env}",

@@ -313,7 +313,7 @@ fn deploy_release(home: &Home, settings: &slipway_common::config::EnvSettings, n
     let store = Store::open(&home.state())?;
     let record = store
         .deploy(n)?
-        .ok_or_else(|| CtlError::bad(format!("unknown deploy #{n}")).fix("`slipctl history` lists them"))?;
+        .ok_or_else(|| CtlError::not_found(format!("unknown deploy #{n}")).fix("`slipctl history` lists them"))?;
     if record.project != settings.project || record.env != settings.env {
         return Err(CtlError::bad(format!(
             "deploy #{n} was of {}/{}, not {}/{}",

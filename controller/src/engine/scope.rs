@@ -33,7 +33,7 @@ pub fn load_scope(home: &Home, project: &str, env: &str, only: Option<&[String]>
 pub fn env_of(store: &Store, project: &str, env: &str) -> Result<(ProjectRecord, EnvSettings)> {
     let record = store.project(project)?.ok_or_else(|| {
         let known: Vec<String> = store.projects().unwrap_or_default().into_iter().map(|p| p.name).collect();
-        CtlError::bad(format!(
+        CtlError::not_found(format!(
             "unknown project '{project}' (projects: {})",
             if known.is_empty() { "none".into() } else { known.join(", ") }
         ))

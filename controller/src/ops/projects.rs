@@ -121,7 +121,7 @@ pub fn revision(store: &Store, project: &str, n: u64) -> Result<Revision> {
 }
 
 fn unknown(project: &str) -> CtlError {
-    CtlError::bad(format!("unknown project '{project}'")).fix("`slipctl project list` shows them")
+    CtlError::not_found(format!("unknown project '{project}'")).fix("`slipctl project list` shows them")
 }
 
 /// A unified diff of two texts, `a` and `b` named as given.

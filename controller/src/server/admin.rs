@@ -21,7 +21,7 @@ use crate::state::store::Store;
 use crate::state::users::{Grant, Role, TokenRecord, UserRecord};
 
 pub fn unknown_user(name: &str) -> CtlError {
-    CtlError::bad(format!("unknown user '{name}'")).fix("`slipctl user list` (GET /api/v1/users) shows them")
+    CtlError::not_found(format!("unknown user '{name}'")).fix("`slipctl user list` (GET /api/v1/users) shows them")
 }
 
 /// `role` on (project, env): the project and env must exist; a maintainer's is the whole
@@ -33,7 +33,7 @@ pub fn grant_of(store: &Store, project: &str, env: &str, role: Role) -> Result<G
                 .fix("a maintainer is one of a whole project: PROJECT * maintainer; other roles name an env"));
         }
         store.project(project)?.ok_or_else(|| {
-            CtlError::bad(format!("unknown project '{project}'")).fix("`slipctl project list` shows them")
+            CtlError::not_found(format!("unknown project '{project}'")).fix("`slipctl project list` shows them")
         })?;
         return Ok(Grant { project: project.to_owned(), env: env.to_owned(), role });
     }
@@ -139,7 +139,7 @@ pub fn create_token(
 
 pub fn remove_token(store: &Store, id: &str) -> Result<()> {
     if !store.remove_token(id)? {
-        return Err(CtlError::bad(format!("unknown token '{id}'")).fix("`slipctl token list` shows them"));
+        return Err(CtlError::not_found(format!("unknown token '{id}'")).fix("`slipctl token list` shows them"));
     }
     Ok(())
 }

@@ -54,7 +54,7 @@ impl ApiError {
 impl From<CtlError> for ApiError {
     fn from(e: CtlError) -> ApiError {
         let status = match e.kind {
-            Kind::BadInput if e.problem.starts_with("unknown ") => StatusCode::NOT_FOUND,
+            Kind::NotFound => StatusCode::NOT_FOUND,
             Kind::BadInput => StatusCode::BAD_REQUEST,
             Kind::Busy => StatusCode::CONFLICT,
             Kind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
@@ -107,5 +107,26 @@ fn refusal(rejection: JsonRejection) -> ApiError {
             format!("bad request body: {detail}"),
             "see DESIGN.md \"Server\" for the fields each call takes",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status is chosen by the error's kind, never by its words; the CLI's exit code by
+    /// the same kind.
+    #[test]
+    fn each_kind_has_its_status_and_exit_code() {
+        let cases = [
+            (CtlError::bad("a thing called unknown"), StatusCode::BAD_REQUEST, 2),
+            (CtlError::not_found("no such deploy #9"), StatusCode::NOT_FOUND, 2),
+            (CtlError::busy("unknown words, busy kind"), StatusCode::CONFLICT, 3),
+            (CtlError::failed("unknown failure"), StatusCode::INTERNAL_SERVER_ERROR, 1),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!(e.exit_code(), code, "{e}");
+            assert_eq!(ApiError::from(e).status, status);
+        }
     }
 }

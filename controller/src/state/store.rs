@@ -541,7 +541,7 @@ impl Store {
     pub fn paused_deploy(&self, id: u64) -> Result<DeployRecord> {
         let record = self
             .deploy(id)?
-            .ok_or_else(|| CtlError::bad(format!("unknown deploy #{id}")).fix("`slipctl history` lists them"))?;
+            .ok_or_else(|| CtlError::not_found(format!("unknown deploy #{id}")).fix("`slipctl history` lists them"))?;
         if record.status != DeployStatus::Paused {
             return Err(CtlError::bad(format!(
                 "deploy #{id} is not paused (it is {})",
