@@ -224,6 +224,11 @@ pub fn policy(method: &Method, route: &str) -> Need {
         }
         "/api/v1/me" | "/api/v1/me/password" => Anyone,
         "/account" | "/account/password" => Page,
+        // (The form shows itself read-only to whoever may see the project; saving is a
+        // maintainer's, making one an admin's.)
+        "/projects/{p}/edit" if get => Page,
+        "/projects/{p}/edit" => Maintainer,
+        "/projects/new" => Admin,
         "/api/v1/cli" => Command,
         "/api/v1/tickets" => Role(R::Deployer, Body),
         "/api/v1/deploys" => DirectDeploy { rollback: false, pair: Body },

@@ -19,6 +19,7 @@ pub async fn page(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
     let cells = crate::server::api::dashboard_cells(&app, &v.caller).or_show(&v)?;
     let body = html! {
         h1 { (v.t("dashboard")) }
+        @if v.caller.admin { p.actions { a.button href="/projects/new" { (v.t("new_project")) } } }
         @if cells.is_empty() { p.empty { (v.t("no_projects")) } }
         div.grid data-live=(live) {
             @for cell in &cells { (cell_view(v.lang, &v.caller, cell)) }

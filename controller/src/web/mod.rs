@@ -13,6 +13,7 @@
 //! grants), `live` (the event streams), `i18n` (English and Chinese).
 
 mod dashboard;
+mod form;
 pub mod i18n;
 mod lists;
 mod live;
@@ -71,6 +72,8 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/users/remove", routing::post(lists::remove_user))
         .route("/users/password", routing::post(lists::reset_password))
         .route("/account", routing::get(lists::account))
+        .route("/projects/new", routing::get(form::new_page).post(form::create))
+        .route("/projects/{p}/edit", routing::get(form::edit_page).post(form::edit))
         .route("/account/password", routing::post(lists::change_password))
         .route("/assets/app.css", routing::get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
         .route(

@@ -92,6 +92,7 @@ async fn view(app: &App, v: &Viewer, p: &str, e: &str, check: Option<Markup>) ->
         div.actions {
             @if deployer { a.button.primary href={ (base) "/tickets/new" } { (v.t("new_ticket")) } }
             (v.button(&format!("{base}/check"), v.t("check"), "", html! {}))
+            a.button href={ "/projects/" (p) "/edit" } { (v.t("edit_project")) }
         }
         @if let Some(c) = check { (c) }
         section.panel {
@@ -187,21 +188,25 @@ pub async fn check(
         .finish(|_| {})
         .await
         .or_show(&v)?;
+    view(&app, &v, &p, &e, Some(check_table(&v, &rows))).await
+}
+
+/// 检测's table: one row per host and item, with the result, the detail and the fix.
+pub fn check_table(v: &Viewer, rows: &[crate::engine::check::CheckRow]) -> Markup {
     let ok = rows.iter().all(|r| r.ok);
-    let table = html! {
+    html! {
         section.panel.check #check {
             h2 { (v.t("check")) " " (status(v.lang, if ok { "passed" } else { "failed" })) }
             div.scroll { table {
                 thead { tr { th scope="col" { (v.t("host")) } th scope="col" { (v.t("check_item")) } th scope="col" { (v.t("result")) } th scope="col" { (v.t("detail")) } th scope="col" { (v.t("fix_col")) } } }
-                tbody { @for r in &rows { tr class=(if r.ok { "" } else { "bad" }) {
+                tbody { @for r in rows { tr class=(if r.ok { "" } else { "bad" }) {
                     td { (r.host) } td { (r.check) }
                     td { (status(v.lang, if r.ok { "ok" } else { "failed" })) }
                     td { (r.detail) } td { (r.fix) }
                 } } }
             } }
         }
-    };
-    view(&app, &v, &p, &e, Some(table)).await
+    }
 }
 
 #[derive(Default, Deserialize)]

@@ -565,3 +565,168 @@ fn eight_live_pages_and_back_every_page_loads() {
         c.close().await.unwrap();
     });
 }
+
+/// Walle's 项目配置 in the browser: an admin makes a project through the form for a real
+/// repository, with an env of two registered agents ticked from the list and hooks one a
+/// line; a bad value is shown at its field and nothing is saved; then 保存并检测; a deployer
+/// reads the form and cannot save it (nor PUT); two editors — the second is refused, naming
+/// the first; a ticket deploys it through nginx; a revert to revision 1 runs the old hooks.
+#[test]
+fn a_project_is_configured_in_the_form_checked_and_deployed() {
+    if !require("chromium and chromium-driver, nginx", have_browser() && slipway_tests::have_nginx()) {
+        return;
+    }
+    let fleet = Fleet::new(2);
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "made in the form\n");
+    repo.commit("v1");
+    slipway_tests::add_admin(&fleet, "ops");
+    add_user(&fleet, "mia", &[]);
+    add_user(&fleet, "dev", &[]);
+    let roots: Vec<_> = ["web-1", "web-2"].iter().map(|h| fleet.current(h, "site")).collect();
+    let (_nginx, ports) = slipway_tests::nginx(&fleet.path().join("nginx"), &roots);
+    let server = Server::start(&fleet);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let hosts_root = fleet.path().join("hosts");
+    let driver = Driver::start();
+    let user = if slipway_tests::is_root() {
+        slipway_tests::ensure_www();
+        "www"
+    } else {
+        ""
+    };
+    runtime().block_on(async {
+        let ops = driver.session("en-US", 1280, 1000).await;
+        log_in(&ops, &base, "ops").await;
+        click(&ops, "a[href='/projects/new']").await;
+        let type_in = |c: &fantoccini::Client, css: &str, text: &str| {
+            let (c, css, text) = (c.clone(), css.to_owned(), text.to_owned());
+            async move {
+                let el = c.find(Locator::Css(&css)).await.unwrap_or_else(|e| panic!("no {css}: {e}"));
+                el.clear().await.unwrap();
+                el.send_keys(&text).await.unwrap();
+            }
+        };
+        type_in(&ops, "#name", "site").await;
+        type_in(&ops, "#repo", repo.path.to_str().unwrap()).await;
+        type_in(&ops, "#keep_releases", "many").await;
+        type_in(&ops, "#target-user", user).await;
+        type_in(&ops, "#target-deploy_to", &format!("{}/{{host}}/site", hosts_root.display())).await;
+        type_in(&ops, "#target-current", &format!("{}/{{host}}/www/site", hosts_root.display())).await;
+        type_in(&ops, "#target-post_release", "echo first hook\necho second hook").await;
+        type_in(&ops, "#new_env", "test").await;
+        click(&ops, "input[name='env.+new.host'][value='web-1']").await;
+        click(&ops, "input[name='env.+new.host'][value='web-2']").await;
+        screenshot(&ops, "project-form-new").await;
+        click(&ops, "button[value='save']").await;
+        // The bad value is shown at its field, and nothing is saved.
+        let field = match ops
+            .wait()
+            .at_most(std::time::Duration::from_secs(10))
+            .for_element(Locator::Css(".field.invalid"))
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => panic!("no field marked invalid ({e}): {}", ops.source().await.unwrap()),
+        };
+        let text = field.text().await.unwrap();
+        assert!(text.contains("keep_releases"), "the error at its field: {text}");
+        let (status, _) = server.call("GET", "/api/v1/projects/site", &[("Authorization", "x")], None);
+        assert_ne!(status, 200);
+        assert!(!fleet.slipctl(&["project", "list"]).ok().stdout.contains("site"), "nothing saved");
+        // Fixed: saved as revision 1, then saved again and checked (检测 with what was saved).
+        type_in(&ops, "#name", "site").await;
+        type_in(&ops, "#repo", repo.path.to_str().unwrap()).await;
+        type_in(&ops, "#keep_releases", "3").await;
+        type_in(&ops, "#target-user", user).await;
+        type_in(&ops, "#target-deploy_to", &format!("{}/{{host}}/site", hosts_root.display())).await;
+        type_in(&ops, "#target-current", &format!("{}/{{host}}/www/site", hosts_root.display())).await;
+        type_in(&ops, "#target-post_release", "echo first hook\necho second hook").await;
+        type_in(&ops, "#new_env", "test").await;
+        for h in ["web-1", "web-2"] {
+            let css = format!("input[name='env.+new.host'][value='{h}']");
+            if !ops.find(Locator::Css(&css)).await.unwrap().is_selected().await.unwrap() {
+                click(&ops, &css).await;
+            }
+        }
+        click(&ops, "button[value='save']").await;
+        let h1 = wait_text(&ops, "h1", "revision 1").await;
+        assert!(h1.contains("site"), "{h1}");
+        click(&ops, "button[value='save_check']").await;
+        let check = ops.wait().for_element(Locator::Css("section.check")).await.unwrap().text().await.unwrap();
+        assert!(check.contains("web-1") && check.contains("web-2") && check.contains("passed"), "{check}");
+        screenshot(&ops, "project-form").await;
+        let doc = fleet.slipctl(&["--output", "json", "project", "show", "site"]).ok().json();
+        assert_eq!(doc["hosts"]["test"], serde_json::json!(["web-1", "web-2"]), "{doc}");
+        assert_eq!(
+            doc["envs"]["test"]["target"]["post_release"],
+            serde_json::json!(["echo first hook", "echo second hook"])
+        );
+
+        // A deployer reads the form, cannot save it, and a direct PUT is refused.
+        fleet.slipctl(&["user", "grant", "dev", "site", "test", "deployer"]).ok();
+        fleet.slipctl(&["user", "grant", "mia", "site", "*", "maintainer"]).ok();
+        let dev = driver.session("en-US", 1280, 1000).await;
+        log_in(&dev, &base, "dev").await;
+        dev.goto(&format!("{base}/projects/site/edit")).await.unwrap();
+        dev.wait().for_element(Locator::Css("p.readonly")).await.unwrap();
+        assert!(!has(&dev, "button[value='save']").await, "a deployer has no save button");
+        let (cookie, csrf) = server.login("dev", "dev-password");
+        let headers = [("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str()), ("If-Match", "\"r2\"")];
+        assert_eq!(server.call("PUT", "/api/v1/projects/site", &headers, Some("name = \"site\"")).0, 403);
+        dev.close().await.unwrap();
+
+        // Two editors on revision 2: mia (in Chinese) saves first; ops's save is refused, naming her.
+        let mia = driver.session("zh-CN", 1280, 1000).await;
+        log_in(&mia, &base, "mia").await;
+        mia.goto(&format!("{base}/projects/site/edit")).await.unwrap();
+        ops.goto(&format!("{base}/projects/site/edit")).await.unwrap();
+        let legend = mia.find(Locator::Css("fieldset legend")).await.unwrap().text().await.unwrap();
+        assert_eq!(legend, "项目", "Chinese labels");
+        screenshot(&mia, "project-form-zh").await;
+        type_in(&mia, "#target-post_release", "echo mia hook").await;
+        click(&mia, "button[value='save']").await;
+        wait_text(&mia, "h1", "3").await;
+        type_in(&ops, "#target-post_release", "echo ops hook").await;
+        click(&ops, "button[value='save']").await;
+        let refused = ops.wait().for_element(Locator::Css("div.error")).await.unwrap().text().await.unwrap();
+        assert!(refused.contains("changed by mia"), "{refused}");
+        mia.set_window_size(360, 900).await.unwrap();
+        mia.goto(&format!("{base}/projects/site/edit")).await.unwrap();
+        let overflow =
+            mia.execute("return document.documentElement.scrollWidth > window.innerWidth", vec![]).await.unwrap();
+        assert_eq!(overflow, false, "no sideways scrolling at 360 px");
+        screenshot(&mia, "project-form-phone").await;
+        mia.close().await.unwrap();
+        ops.close().await.unwrap();
+    });
+
+    // A ticket deploys it (mia's hook), nginx serves it; revert to revision 1: the old hooks run.
+    let (cookie, csrf) = server.login("dev", "dev-password");
+    let headers = [("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str()), ("Content-Type", "application/json")];
+    let deploy = |title: &str| -> u64 {
+        let body = serde_json::json!({"project": "site", "env": "test", "title": title}).to_string();
+        let (_, t) = server.call("POST", "/api/v1/tickets", &headers, Some(&body));
+        let (status, d) = server.call("POST", &format!("/api/v1/tickets/{}/deploy", t["id"]), &headers, Some("{}"));
+        assert_eq!(status, 202, "{d}");
+        let id = d["deploy"].as_u64().unwrap();
+        let mut events = slipway_tests::SseReader::open(
+            server.port,
+            &format!("/api/v1/deploys/{id}/events"),
+            &[("Cookie", cookie.as_str())],
+        );
+        while events.next_event().is_some() {}
+        id
+    };
+    let id = deploy("from the form");
+    let shown = fleet.slipctl(&["show", &id.to_string()]).ok().stdout;
+    assert!(shown.contains("mia hook") && shown.contains("project revision 3"), "{shown}");
+    for port in &ports {
+        assert_eq!(http_get(*port, "/index.html").unwrap().1, "made in the form\n");
+    }
+    fleet.slipctl_env(&["project", "revert", "site", "1"], &[("SLIPWAY_USER", "ops")]).ok();
+    let id = deploy("back to revision 1");
+    let shown = fleet.slipctl(&["show", &id.to_string()]).ok().stdout;
+    assert!(shown.contains("first hook") && shown.contains("second hook"), "{shown}");
+    assert!(shown.contains("project revision 4"), "{shown}");
+}
