@@ -227,7 +227,8 @@ pub fn policy(method: &Method, route: &str) -> Need {
         // (The form shows itself read-only to whoever may see the project; saving is a
         // maintainer's, making one an admin's.)
         "/projects/{p}/edit" if get => Page,
-        "/projects/{p}/edit" => Maintainer,
+        "/projects/{p}/edit" | "/projects/{p}/revert" => Maintainer,
+        "/projects/{p}/revisions/{n}" => Maintainer,
         "/projects/new" => Admin,
         "/api/v1/cli" => Command,
         "/api/v1/tickets" => Role(R::Deployer, Body),

@@ -420,7 +420,71 @@ pub async fn edit_page(State(app): State<Arc<App>>, v: Viewer, Path(p): Path<Str
     let agents = agents_of(&app, &v)?;
     let names: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
     let fields = fields_of(&record.text, &names);
-    Ok(page(&v, &p, record.revision, &fields, &agents, Extras::default()))
+    let revisions = app.store.revisions(&p).or_show(&v)?;
+    Ok(page(&v, &p, record.revision, &fields, &agents, Extras::default(), &revisions))
+}
+
+/// The project's revisions, newest first: who, when, what; each one's change as a diff, and
+/// (maintainers) a revert to it.
+fn history(v: &Viewer, p: &str, revisions: &[crate::state::revisions::Revision], editable: bool) -> Markup {
+    html! {
+        section.panel.revisions {
+            h2 { (v.t("revisions")) }
+            ol.revisions reversed {
+                @for r in revisions.iter().rev() {
+                    li data-revision=(r.n) {
+                        strong { (v.t("revision")) " " (r.n) } " · " (r.by) " · " (super::when(r.at))
+                        @if !r.note.is_empty() { " · " em { (r.note) } }
+                        @if r.n > 1 { " " a href={ "/projects/" (p) "/revisions/" (r.n) } { (v.t("what_changed")) } }
+                        @if editable && Some(r.n) != revisions.last().map(|l| l.n) {
+                            (v.button(&format!("/projects/{p}/revert"), v.t("revert_to"), "small", html! {
+                                input type="hidden" name="revision" value=(r.n);
+                            }))
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `GET /projects/{p}/revisions/{n}`: what revision N changed (a diff from N-1; secrets masked).
+pub async fn revision_page(State(app): State<Arc<App>>, v: Viewer, Path((p, n)): Path<(String, u64)>) -> PageResult {
+    let this = projects::revision(&app.store, &p, n).or_show(&v)?;
+    let before = match n.checked_sub(1).filter(|b| *b > 0) {
+        Some(b) => projects::revision(&app.store, &p, b).or_show(&v)?.text,
+        None => String::new(),
+    };
+    let diff = projects::diff(
+        &projects::masked(&before),
+        &projects::masked(&this.text),
+        &format!("revision {}", n.saturating_sub(1)),
+        &format!("revision {n}"),
+    );
+    let body = html! {
+        p.crumbs { a href={ "/projects/" (p) "/edit" } { (v.t("project_settings")) " " (p) } }
+        h1 { (v.t("revision")) " " (n) " · " (this.by) " · " (super::when(this.at)) }
+        @if !this.note.is_empty() { p { em { (this.note) } } }
+        section.panel.preview { pre.diff { (diff) } }
+    };
+    Ok(v.page(&format!("{p} {} {n}", v.t("revision")), body))
+}
+
+#[derive(serde::Deserialize)]
+pub struct RevertForm {
+    #[serde(default)]
+    revision: u64,
+}
+
+/// `POST /projects/{p}/revert` (maintainers): revision N saved again as the newest.
+pub async fn revert(
+    State(app): State<Arc<App>>,
+    v: Viewer,
+    Path(p): Path<String>,
+    Form(f): Form<RevertForm>,
+) -> PageResult {
+    projects::revert(&app.store, &p, f.revision, &v.caller.name).or_show(&v)?;
+    Ok(Redirect::to(&format!("/projects/{p}/edit")).into_response())
 }
 
 fn page(
@@ -430,12 +494,14 @@ fn page(
     fields: &Fields,
     agents: &[crate::state::store::AgentRecord],
     shown: Extras,
+    revisions: &[crate::state::revisions::Revision],
 ) -> axum::response::Response {
     let editable = v.caller.maintains(p);
     let body = html! {
         p.crumbs { a href="/" { (v.t("dashboard")) } }
         h1 { (v.t("project_settings")) " " code { (p) } " " span.muted { (v.t("revision")) " " (revision) } }
         (form_view(v, Some(p), revision, fields, agents, editable, shown))
+        (history(v, p, revisions, editable))
     };
     v.page(&format!("{} {p}", v.t("project_settings")), body)
 }
@@ -491,10 +557,11 @@ async fn submit(
     let names: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
     let base: u64 = get(form, "revision").parse().unwrap_or(0);
     let action = get(form, "action");
+    let revisions = app.store.revisions(name).unwrap_or_default();
     let again = |text: &str, shown: Extras| -> axum::response::Response {
         let fields = fields_of(text, &names);
         match &record {
-            Some(r) => page(v, name, r.revision.max(base), &fields, &agents, shown),
+            Some(r) => page(v, name, r.revision.max(base), &fields, &agents, shown, &revisions),
             None => {
                 let body = html! { h1 { (v.t("new_project")) } (form_view(v, None, 0, &fields, &agents, true, shown)) };
                 v.page(v.t("new_project"), body)
@@ -550,7 +617,8 @@ async fn submit(
                 check: Some(super::project::check_table(v, &rows)),
                 ..Extras::default()
             };
-            Ok(page(v, name, saved.revision, &fields_of(&saved.text, &names), &agents, shown))
+            let revisions = app.store.revisions(name).or_show(v)?;
+            Ok(page(v, name, saved.revision, &fields_of(&saved.text, &names), &agents, shown, &revisions))
         }
         Ok((saved, _)) => Ok(Redirect::to(&format!("/projects/{}/edit", saved.name)).into_response()),
     }

@@ -74,6 +74,8 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/account", routing::get(lists::account))
         .route("/projects/new", routing::get(form::new_page).post(form::create))
         .route("/projects/{p}/edit", routing::get(form::edit_page).post(form::edit))
+        .route("/projects/{p}/revisions/{n}", routing::get(form::revision_page))
+        .route("/projects/{p}/revert", routing::post(form::revert))
         .route("/account/password", routing::post(lists::change_password))
         .route("/assets/app.css", routing::get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
         .route(

@@ -691,6 +691,14 @@ fn a_project_is_configured_in_the_form_checked_and_deployed() {
         click(&ops, "button[value='save']").await;
         let refused = ops.wait().for_element(Locator::Css("div.error")).await.unwrap().text().await.unwrap();
         assert!(refused.contains("changed by mia"), "{refused}");
+        // The revisions on the page: who and when, and what each one changed.
+        ops.goto(&format!("{base}/projects/site/edit")).await.unwrap();
+        let list = ops.find(Locator::Css("ol.revisions")).await.unwrap().text().await.unwrap();
+        assert!(list.contains("Revision 3") || list.contains("revision 3"), "{list}");
+        assert!(list.contains("mia") && list.contains("ops"), "{list}");
+        click(&ops, "li[data-revision='3'] a").await;
+        let diff = ops.wait().for_element(Locator::Css("pre.diff")).await.unwrap().text().await.unwrap();
+        assert!(diff.contains("mia hook") && diff.contains("first hook"), "{diff}");
         mia.set_window_size(360, 900).await.unwrap();
         mia.goto(&format!("{base}/projects/site/edit")).await.unwrap();
         let overflow =
@@ -724,7 +732,17 @@ fn a_project_is_configured_in_the_form_checked_and_deployed() {
     for port in &ports {
         assert_eq!(http_get(*port, "/index.html").unwrap().1, "made in the form\n");
     }
-    fleet.slipctl_env(&["project", "revert", "site", "1"], &[("SLIPWAY_USER", "ops")]).ok();
+    // Revert to revision 1 from the project page (its form's action).
+    let (ops_cookie, ops_csrf) = server.login("ops", "ops-password");
+    let form = [("Cookie", ops_cookie.as_str()), ("Content-Type", "application/x-www-form-urlencoded")];
+    let (status, _, _) = slipway_tests::http(
+        server.port,
+        "POST",
+        "/projects/site/revert",
+        &form,
+        Some(&format!("csrf_token={ops_csrf}&revision=1")),
+    );
+    assert_eq!(status, 303);
     let id = deploy("back to revision 1");
     let shown = fleet.slipctl(&["show", &id.to_string()]).ok().stdout;
     assert!(shown.contains("first hook") && shown.contains("second hook"), "{shown}");
