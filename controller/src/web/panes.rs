@@ -64,12 +64,105 @@ fn state(lang: Lang, word: &str) -> String {
     status(lang, word).into_string()
 }
 
+/// A controller line in the viewer's language. The engine says its lines in English (they are
+/// the command line's too); the ones a deploy or rollback always says are put in Chinese here,
+/// shape by shape, keeping every name and number; any other line (a build hook's output, a
+/// rare message) is shown as it was said.
+pub fn said(lang: Lang, line: &str) -> String {
+    if lang == Lang::En {
+        return line.to_owned();
+    }
+    let between = |s: &str, a: &str, b: &str| -> Option<(String, String)> {
+        let (head, rest) = s.split_once(a)?;
+        let (mid, _) = rest.split_once(b)?;
+        Some((head.to_owned(), mid.to_owned()))
+    };
+    let zh = |s: &str| -> Option<String> {
+        if let Some(url) = s.strip_prefix("fetching ") {
+            return Some(format!("拉取 {url}"));
+        }
+        if let Some((git_ref, rest)) = s.split_once(" is ")
+            && let Some((what, took)) = rest.rsplit_once(" (fetched in ")
+        {
+            return Some(format!("{git_ref} 指向 {what}（拉取用时 {}）", took.trim_end_matches(')')));
+        }
+        if s.starts_with("deploy #")
+            && let Some((head, rest)) = s.split_once(": release ")
+            && let Some((release, hosts)) = rest.rsplit_once(" to ")
+        {
+            let n = hosts.trim_end_matches(" host(s)");
+            return Some(format!("部署 {}：版本 {release}，发往 {n} 台主机", head.trim_start_matches("deploy ")));
+        }
+        if s.starts_with("rollback #")
+            && let Some((head, rest)) = s.split_once(": ")
+            && let Some((hosts, to)) = rest.split_once(" host(s) to ")
+        {
+            return Some(format!("回滚 {}：{hosts} 台主机回到 {to}", head.trim_start_matches("rollback ")));
+        }
+        if let Some(rest) = s.strip_prefix("packaged ").or_else(|| s.strip_prefix("reusing package: ")) {
+            let verb = if s.starts_with("packaged") { "已打包" } else { "复用已有的包：" };
+            let rest = rest
+                .replacen(" entries, ", " 个文件，", 1)
+                .replacen(" (sha256 ", "（sha256 ", 1)
+                .replacen(") in ", "），用时 ", 1)
+                .replacen(" (cached)", "（已缓存）", 1);
+            return Some(format!("{verb} {rest}"));
+        }
+        if let Some((batches, sizes)) = between(s, "rollout in ", " host(s)").and_then(|(_, m)| {
+            let (b, sz) = m.split_once(" batches of ")?;
+            Some((b.to_owned(), sz.to_owned()))
+        }) {
+            return Some(format!("分 {batches} 批发布，每批 {sizes} 台主机"));
+        }
+        if let Some(rest) = s.strip_prefix("waiting ")
+            && let Some((secs, batch)) = rest.split_once("s before batch ")
+        {
+            return Some(format!("等待 {secs} 秒后发布第 {batch} 批"));
+        }
+        if let Some(rest) = s.strip_prefix("rolling back ")
+            && let Some(n) = rest.strip_suffix(" host(s) to their previous release")
+        {
+            return Some(format!("将 {n} 台主机回滚到上一个版本"));
+        }
+        if let Some(rest) = s.strip_prefix("delta for ")
+            && let Some((host, rest)) = rest.split_once(": ")
+            && let Some((changed, rest)) = rest.split_once(" of ")
+            && let Some((total, send)) = rest.split_once(" files changed, ")
+        {
+            return Some(format!(
+                "{host} 的增量：{total} 个文件中 {changed} 个有变化，需发送 {}",
+                send.trim_end_matches(" to send")
+            ));
+        }
+        if let Some(rest) = s.strip_prefix("manifest: ")
+            && let Some((n, rest)) = rest.split_once(" entries, ")
+            && let Some((size, waited)) = rest.split_once(" (read from git; waited ")
+        {
+            return Some(format!(
+                "清单：{n} 个文件，{size}（从 git 读取，等待 {}）",
+                waited.trim_end_matches(" for it)")
+            ));
+        }
+        if s.starts_with("paused after the canary: ") {
+            return Some(format!("灰度主机已上线，暂停：{}", s.trim_start_matches("paused after the canary: ")));
+        }
+        match s {
+            "packaging the full artifact while sending it" => Some("边打包边发送完整包".to_owned()),
+            "a host failed: the remaining batches are not rolled back" => {
+                Some("有主机失败：其余批次不再回滚".to_owned())
+            }
+            _ => None,
+        }
+    };
+    zh(line).unwrap_or_else(|| line.to_owned())
+}
+
 /// What journal event `e` changes on the page.
 pub fn piece(lang: Lang, e: &Value) -> Piece {
     let s = |k: &str| e[k].as_str().unwrap_or("").to_owned();
     let n = |k: &str| e[k].as_u64().unwrap_or(0);
     match e["event"].as_str().unwrap_or("") {
-        "say" => Piece { line: Some(line("say", "›", html! { (s("line")) })), ..Piece::default() },
+        "say" => Piece { line: Some(line("say", "›", html! { (said(lang, &s("line"))) })), ..Piece::default() },
         "hosts" => Piece {
             hosts: e["hosts"].as_array().into_iter().flatten().filter_map(|h| h.as_str()).map(str::to_owned).collect(),
             ..Piece::default()
@@ -375,6 +468,37 @@ pub async fn live(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_controller_lines_a_deploy_always_says_read_in_chinese() {
+        let check = |en: &str, zh: &str| assert_eq!(said(Lang::Zh, en), zh, "{en}");
+        check("fetching /srv/git/shop.git", "拉取 /srv/git/shop.git");
+        check(
+            "main is 87c499167512 \"the new page\" (fetched in 13 ms)",
+            "main 指向 87c499167512 \"the new page\"（拉取用时 13 ms）",
+        );
+        check(
+            "deploy #2 shop/test: release 20261207-085533-87c4991 to 2 host(s)",
+            "部署 #2 shop/test：版本 20261207-085533-87c4991，发往 2 台主机",
+        );
+        check(
+            "rollback #3 shop/test: 2 host(s) to 20261207-085528-2ae1d56",
+            "回滚 #3 shop/test：2 台主机回到 20261207-085528-2ae1d56",
+        );
+        check(
+            "packaged 1 entries, 3 B -> 92 B tar.zst (sha256 398e159c3631) in 3 ms",
+            "已打包 1 个文件，3 B -> 92 B tar.zst（sha256 398e159c3631），用时 3 ms",
+        );
+        check("rollout in 3 batches of 1, 1, 1 host(s)", "分 3 批发布，每批 1, 1, 1 台主机");
+        check("waiting 5s before batch 2", "等待 5 秒后发布第 2 批");
+        check("rolling back 2 host(s) to their previous release", "将 2 台主机回滚到上一个版本");
+        check(
+            "delta for web-1: 1 of 2000 files changed, 12 KiB to send",
+            "web-1 的增量：2000 个文件中 1 个有变化，需发送 12 KiB",
+        );
+        check("  pre_deploy| npm ci", "  pre_deploy| npm ci");
+        assert_eq!(said(Lang::En, "fetching x"), "fetching x");
+    }
 
     #[test]
     fn events_become_pieces_of_the_host_pane() {

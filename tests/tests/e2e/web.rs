@@ -342,6 +342,10 @@ fn the_walle_flow_ticket_approve_deploy_live_panes_rollback_in_a_real_browser() 
         let marker = guest.execute("return window.slipwayMarker", vec![]).await.unwrap();
         assert_eq!(marker, "not reloaded", "the dashboard updated in place");
 
+        // The controller's pane reads in the approver's language too.
+        boss.goto(ticket_url.as_str()).await.unwrap();
+        let controller = boss.find(Locator::Css(".pane.controller .log")).await.unwrap().text().await.unwrap();
+        assert!(controller.contains("拉取") && controller.contains("台主机"), "{controller}");
         // A finished ticket replays its output on a fresh load.
         dev.goto(ticket_url.as_str()).await.unwrap();
         let log = dev.find(Locator::Css("article.pane[data-host='web-1'] .log")).await.unwrap().text().await.unwrap();
