@@ -265,11 +265,11 @@ async fn serve_demo(home: &Home, mut listen: std::net::SocketAddr, agents: Agent
         listen.set_port(free_port()?);
     }
     let store = Store::open(&home.state())?;
-    let password = crate::server::auth::random_hex()[..20].to_owned();
+    let password = crate::ops::secrets::random_hex()[..20].to_owned();
     let name = "admin";
     match store.user(name)? {
-        Some(_) => crate::server::admin::set_password(&store, name, &password, None)?,
-        None => drop(crate::server::admin::add_user(&store, name, true, &password)?),
+        Some(_) => crate::ops::users::set_password(&store, name, &password, None)?,
+        None => drop(crate::ops::users::add_user(&store, name, true, &password)?),
     }
     drop(store);
     let url = format!("http://{listen}/");

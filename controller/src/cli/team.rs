@@ -10,8 +10,8 @@ use crate::cli::args_team::{TicketCommand, TokenCommand, UserCommand, WebhookCom
 use crate::cli::output::{OutputFormat, clean, table};
 use crate::cli::{finish_operation, print};
 use crate::error::{CtlError, Result};
-use crate::server::admin;
-use crate::server::auth::random_hex;
+use crate::ops::secrets::random_hex;
+use crate::ops::users as admin;
 use crate::server::error::ApiError;
 use crate::server::exec::{self, Context};
 use crate::server::tickets::{self, NewTicket, TicketQuery};

@@ -4,6 +4,9 @@
 //! `server/` and move here next (issue #21).
 //!
 //! `projects`: project files as numbered revisions — saved with who and when, refused when
-//! based on an older revision, listed, compared and reverted.
+//! based on an older revision, listed, compared and reverted. `users`: users, grants,
+//! passwords and tokens. `secrets`: random tokens, digests and password hashes.
 
 pub mod projects;
+pub mod secrets;
+pub mod users;
