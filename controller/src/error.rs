@@ -17,6 +17,8 @@ pub enum Kind {
     /// A project, env, deploy, ticket, user, token or agent of that name or number does not
     /// exist: bad input (exit 2) to the command line, 404 to the API.
     NotFound,
+    /// The caller may not do this (their grants, or the four-eyes rule): exit 2, 403.
+    Forbidden,
 }
 
 #[derive(Debug, Clone)]
@@ -49,7 +51,7 @@ fn redacted(text: String) -> String {
 impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self.kind {
-            Kind::BadInput | Kind::NotFound => 2,
+            Kind::BadInput | Kind::NotFound | Kind::Forbidden => 2,
             Kind::Failed => 1,
             Kind::Busy => 3,
         }
@@ -63,6 +65,10 @@ impl CtlError {
 
     pub fn bad(msg: impl Into<String>) -> Self {
         Self::new(Kind::BadInput, msg)
+    }
+
+    pub fn forbidden(msg: impl Into<String>) -> Self {
+        Self::new(Kind::Forbidden, msg)
     }
 
     pub fn not_found(msg: impl Into<String>) -> Self {
@@ -88,6 +94,7 @@ impl CtlError {
         match self.kind {
             // (Scripts have read `bad_input` for unknown names since the first release.)
             Kind::BadInput | Kind::NotFound => "bad_input",
+            Kind::Forbidden => "forbidden",
             Kind::Failed => "failed",
             Kind::Busy => "busy",
         }

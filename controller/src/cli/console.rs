@@ -13,9 +13,7 @@ pub enum Frame {
     Exit(u8),
 }
 
-/// The operations a remotely run command started, for whoever has to stop them (the asking
-/// `slipctl` went away, or the server is stopping).
-pub type Cancellers = std::sync::Arc<std::sync::Mutex<Vec<crate::engine::Canceller>>>;
+pub use crate::ops::runs::Cancellers;
 
 tokio::task_local! {
     static SINK: mpsc::UnboundedSender<Frame>;

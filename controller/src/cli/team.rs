@@ -11,10 +11,10 @@ use crate::cli::output::{OutputFormat, clean, table};
 use crate::cli::{finish_operation, print};
 use crate::error::{CtlError, Result};
 use crate::ops::secrets::random_hex;
+use crate::ops::tickets::{self, NewTicket, TicketQuery};
 use crate::ops::users as admin;
 use crate::server::error::ApiError;
 use crate::server::exec::{self, Context};
-use crate::server::tickets::{self, NewTicket, TicketQuery};
 use crate::state::home::Home;
 use crate::state::store::{DeployStatus, Store};
 use crate::state::tickets::{Audit, TicketKind, TicketRecord};
@@ -26,6 +26,7 @@ impl From<ApiError> for CtlError {
         let err = match code {
             409 => CtlError::busy(e.error),
             404 => CtlError::not_found(e.error),
+            403 => CtlError::forbidden(e.error),
             400..=499 => CtlError::bad(e.error),
             _ => CtlError::failed(e.error),
         };
@@ -261,7 +262,7 @@ pub async fn ticket_command(out: OutputFormat, cmd: TicketCommand) -> Result<u8>
     match cmd {
         TicketCommand::Create { project, env, git_ref, title, description } => {
             let t = tickets::create(
-                app,
+                &app.core,
                 caller,
                 NewTicket { project, env, git_ref, title, description },
                 audit(&ctx),
@@ -271,7 +272,7 @@ pub async fn ticket_command(out: OutputFormat, cmd: TicketCommand) -> Result<u8>
             show(&t);
         }
         TicketCommand::List { project, env, state } => {
-            let list = tickets::list(app, caller, &TicketQuery { project, env, state, limit: None })?;
+            let list = tickets::list(&app.core, caller, &TicketQuery { project, env, state, limit: None })?;
             let rows: Vec<Vec<String>> = list.iter().map(ticket_row).collect();
             print(out, json!(list), || {
                 if rows.is_empty() {
@@ -281,16 +282,16 @@ pub async fn ticket_command(out: OutputFormat, cmd: TicketCommand) -> Result<u8>
                 }
             });
         }
-        TicketCommand::Show { id } => show(&app.store.ticket(id)?.ok_or_else(|| CtlError::from(tickets::unknown(id)))?),
-        TicketCommand::Approve { id, comment } => show(&tickets::approve(app, caller, id, &comment, true)?),
-        TicketCommand::Reject { id, comment } => show(&tickets::approve(app, caller, id, &comment, false)?),
-        TicketCommand::Cancel { id } => show(&tickets::cancel(app, caller, id)?),
+        TicketCommand::Show { id } => show(&app.store.ticket(id)?.ok_or_else(|| tickets::unknown(id))?),
+        TicketCommand::Approve { id, comment } => show(&tickets::approve(&app.core, caller, id, &comment, true)?),
+        TicketCommand::Reject { id, comment } => show(&tickets::approve(&app.core, caller, id, &comment, false)?),
+        TicketCommand::Cancel { id } => show(&tickets::cancel(&app.core, caller, id)?),
         TicketCommand::Deploy { id } => {
-            let (_, n) = tickets::deploy(app, caller, id).await?;
+            let (_, n) = tickets::deploy(&app.core, caller, id).await?;
             return follow(&ctx, out, n).await;
         }
         TicketCommand::Rollback { id } => {
-            let (t, n) = tickets::rollback(app, caller, id).await?;
+            let (t, n) = tickets::rollback(&app.core, caller, id).await?;
             match n {
                 Some(n) => return follow(&ctx, out, n).await,
                 None => show(&t),

@@ -16,10 +16,10 @@ use slipway_common::time::unix_now;
 use crate::cli::deploy_json;
 use crate::engine::select::RollbackTo;
 use crate::engine::{DeployArgs, RollbackArgs};
+use crate::ops::runs::{self, Begun, Op};
 use crate::server::App;
 use crate::server::auth::{self, Caller, SESSION_COOKIE, SESSION_SECS, Via};
 use crate::server::error::{ApiError, ApiResult, Body};
-use crate::server::runs::{self, Begun, Op};
 use crate::state::store::{Decision, DeployRecord};
 use crate::state::users::{Role, SessionRecord};
 
@@ -398,7 +398,7 @@ async fn start_deploy(
         user: Some(caller.name.clone()),
         ..DeployArgs::of(&b.project, &b.env)
     };
-    Ok(started(runs::begin(&app, Op::Deploy(args), None).await?))
+    Ok(started(runs::begin(&app.core, Op::Deploy(args), None).await?))
 }
 
 #[derive(Deserialize)]
@@ -419,7 +419,7 @@ async fn start_rollback(
 ) -> ApiResult<Response> {
     let to = b.to.as_deref().map(RollbackTo::parse).transpose()?;
     let args = RollbackArgs { project: b.project, env: b.env, to, hosts: b.hosts, user: Some(caller.name.clone()) };
-    Ok(started(runs::begin(&app, Op::Rollback(args), None).await?))
+    Ok(started(runs::begin(&app.core, Op::Rollback(args), None).await?))
 }
 
 /// Promote or abort a paused deploy: its waiter here takes the decision (`None`); with none
@@ -435,8 +435,8 @@ pub async fn decide_paused(app: &Arc<App>, caller: &Caller, id: u64, decision: D
         ..DeployArgs::of(&record.project, &record.env)
     };
     let ticket = app.store.tickets()?.into_iter().find(|t| t.deploys.last() == Some(&id));
-    let for_ticket = ticket.map(|t| (t.id, super::tickets::audit(caller)));
-    Ok(Some(runs::begin(app, Op::Deploy(args), for_ticket).await?))
+    let for_ticket = ticket.map(|t| (t.id, crate::ops::tickets::audit(caller)));
+    Ok(Some(runs::begin(&app.core, Op::Deploy(args), for_ticket).await?))
 }
 
 async fn decide(app: &Arc<App>, caller: &Caller, id: u64, decision: Decision) -> ApiResult<Response> {

@@ -15,85 +15,14 @@ use crate::server::App;
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::listen::Peer;
 use crate::state::store::Store;
-use crate::state::users::{Grant, Role, SessionRecord, grants_allow};
+use crate::state::users::{Role, SessionRecord};
 
 pub const SESSION_COOKIE: &str = "slipway_session";
 pub const SESSION_SECS: i64 = 12 * 3600;
 
 pub use crate::ops::secrets::{hash_password, random_hex, same, sha256_hex, verify_password, verify_password_in};
 
-/// How the caller proved who they are.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Via {
-    /// A browser session; unsafe requests carry this CSRF token.
-    Session {
-        digest: String,
-        csrf: String,
-    },
-    Token {
-        id: String,
-    },
-    /// The server's own socket (`<home>/slipctl.sock`, 0600): the local operator, as admin.
-    Socket,
-    /// A CI webhook, checked against the project's secret.
-    Webhook,
-}
-
-/// The authenticated caller of one request.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// The name every record carries (`dev`, `token:ci`, `webhook:github`, the OS user of a
-    /// socket caller that declared no Slipway user).
-    pub name: String,
-    /// Who this is for the four-eyes rule: the Slipway user behind the caller (a session's
-    /// user, a token's owner, the user a socket caller declared), else `token:<name>` or
-    /// `local:<os user>`. Approvals compare principals, never display names.
-    pub principal: String,
-    /// The Slipway user behind the caller, if there is one.
-    pub user: Option<String>,
-    pub admin: bool,
-    pub grants: Vec<Grant>,
-    pub via: Via,
-    /// Where the request came from (an address, or `local`), for the audit fields.
-    pub from: String,
-}
-
-impl Caller {
-    /// Whether the caller may act as `role` on exactly (project, env). Admins may do all.
-    pub fn allows(&self, project: &str, env: &str, role: Role) -> bool {
-        self.admin || grants_allow(&self.grants, project, env, role)
-    }
-
-    /// Whether the caller may edit `project`'s file: a maintainer of it, or an admin.
-    pub fn maintains(&self, project: &str) -> bool {
-        self.admin || crate::state::users::maintains(&self.grants, project)
-    }
-
-    pub fn require_maintainer(&self, project: &str) -> ApiResult<()> {
-        if self.maintains(project) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(
-                format!("{} may not change project {project}", self.name),
-                format!(
-                    "its hooks run on every host: an admin can grant it: slipctl user grant {} {project} '*' maintainer",
-                    self.name
-                ),
-            ))
-        }
-    }
-
-    pub fn require(&self, project: &str, env: &str, role: Role) -> ApiResult<()> {
-        if self.allows(project, env, role) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(
-                format!("{} may not act as {} on {project}/{env}", self.name, role.word()),
-                format!("an admin can grant it: slipctl user grant {} {project} {env} {}", self.name, role.word()),
-            ))
-        }
-    }
-}
+pub use crate::ops::caller::{Caller, Via};
 
 /// What a route needs of its caller.
 #[derive(Debug, Clone, PartialEq)]

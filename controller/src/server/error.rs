@@ -55,6 +55,7 @@ impl From<CtlError> for ApiError {
     fn from(e: CtlError) -> ApiError {
         let status = match e.kind {
             Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
             Kind::BadInput => StatusCode::BAD_REQUEST,
             Kind::Busy => StatusCode::CONFLICT,
             Kind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
@@ -121,6 +122,7 @@ mod tests {
         let cases = [
             (CtlError::bad("a thing called unknown"), StatusCode::BAD_REQUEST, 2),
             (CtlError::not_found("no such deploy #9"), StatusCode::NOT_FOUND, 2),
+            (CtlError::forbidden("dev may not approve"), StatusCode::FORBIDDEN, 2),
             (CtlError::busy("unknown words, busy kind"), StatusCode::CONFLICT, 3),
             (CtlError::failed("unknown failure"), StatusCode::INTERNAL_SERVER_ERROR, 1),
         ];

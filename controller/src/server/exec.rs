@@ -94,7 +94,7 @@ fn admin(caller: &Caller) -> ApiResult<()> {
 
 /// Whether `caller` may run `cli` here (the command's own checks follow when it runs).
 pub fn authorize(app: &App, caller: &Caller, cli: &Cli) -> ApiResult<()> {
-    let on = |(p, e): (String, String), role: Role| caller.require(&p, &e, role);
+    let on = |(p, e): (String, String), role: Role| caller.require(&p, &e, role).map_err(ApiError::from);
     match &cli.command {
         Command::Init | Command::Quickstart { .. } | Command::Serve(_) => Err(ApiError::bad(
             "this command runs by itself, not through a server",
@@ -106,7 +106,7 @@ pub fn authorize(app: &App, caller: &Caller, cli: &Cli) -> ApiResult<()> {
         Command::Project(ProjectCommand::List) => Ok(()),
         Command::Project(
             ProjectCommand::History { name } | ProjectCommand::Diff { name, .. } | ProjectCommand::Revert { name, .. },
-        ) => caller.require_maintainer(name),
+        ) => caller.require_maintainer(name).map_err(ApiError::from),
         Command::Project(_) => admin(caller),
         Command::Deploy { project, env, .. } => {
             on((project.clone(), env.clone()), Role::Deployer)?;

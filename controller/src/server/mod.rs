@@ -19,15 +19,12 @@ pub mod login;
 pub mod metrics;
 pub mod notify;
 pub mod projects;
-pub mod runs;
 pub mod sse;
 pub mod tickets;
 pub mod webhooks;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use tokio::sync::watch;
 
 use crate::cli::args_team::ServeArgs;
 use crate::error::{Context, CtlError, Result};
@@ -43,16 +40,10 @@ pub const WEBHOOK_BYTES_IN_FLIGHT: usize = 32 << 20;
 /// How long SIGTERM waits for running deploys to reach a safe point.
 const STOP_WAIT: Duration = Duration::from_secs(120);
 
-/// What every handler shares.
+/// What every handler shares: the operations' [`Core`](crate::ops::Core) (its home, store,
+/// runs; `app.store` reads through to it) and what the HTTP server adds.
 pub struct App {
-    pub home: Home,
-    pub store: Store,
-    /// Operations carried out by this server, by deploy id.
-    pub runs: runs::Runs,
-    /// Serialises ticket changes (each is a read-modify-write of one record).
-    pub ticket_lock: Mutex<()>,
-    /// Turns true when the server is stopping.
-    pub stopping: watch::Sender<bool>,
+    pub core: Arc<crate::ops::Core>,
     /// Cookies are `Secure` and HSTS is sent: the server speaks TLS, or people reach it by an
     /// `https://` `--public-url` (TLS ends at a proxy in front).
     pub secure_cookies: bool,
@@ -70,9 +61,11 @@ pub struct App {
     pub streams: sse::Streams,
 }
 
-impl App {
-    pub fn is_stopping(&self) -> bool {
-        *self.stopping.borrow()
+impl std::ops::Deref for App {
+    type Target = crate::ops::Core;
+
+    fn deref(&self) -> &crate::ops::Core {
+        &self.core
     }
 }
 
@@ -95,16 +88,13 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
     let tcp =
         tokio::net::TcpListener::bind(args.listen).await.context(format_args!("cannot listen on {}", args.listen))?;
     let local = tcp.local_addr().context("listen address")?;
-    let (stopping, stop_rx) = watch::channel(false);
+    let core = Arc::new(crate::ops::Core::new(home.clone(), store));
+    let stop_rx = core.stopping.subscribe();
     let scheme = if tls.is_some() { "https" } else { "http" };
     let public_url = args.public_url.clone().unwrap_or_else(|| format!("{scheme}://{local}"));
     let secure_cookies = tls.is_some() || public_url.starts_with("https://");
     let app = Arc::new(App {
-        home: home.clone(),
-        store,
-        runs: runs::Runs::default(),
-        ticket_lock: Mutex::new(()),
-        stopping,
+        core,
         secure_cookies,
         started_at: slipway_common::time::unix_now(),
         public_url: public_url.trim_end_matches('/').to_owned(),
@@ -114,7 +104,14 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
         logins: login::Logins::default(),
         streams: sse::Streams::default(),
     });
-    let recovered = tickets::recover(&app)?;
+    let recovered = crate::ops::tickets::recover(&app.core)?;
+    // The server's notifications hear of ticket changes.
+    let notifying = Arc::downgrade(&app);
+    let _ = app.core.on_ticket.set(Box::new(move |event, ticket, by| {
+        if let Some(app) = notifying.upgrade() {
+            notify::on_ticket(&app, event, ticket, by);
+        }
+    }));
     // The counters start from history, then follow every operation that ends here.
     for d in app.store.deploys(None, None, usize::MAX)?.iter().rev() {
         app.metrics.observe(d);
@@ -146,7 +143,7 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
     wait_for_stop().await;
     crate::outln!("stopping: cancelling running deploys cleanly");
     app.stopping.send_replace(true);
-    let stopped = runs::stop_all(&app, STOP_WAIT).await;
+    let stopped = crate::ops::runs::stop_all(&app.core, STOP_WAIT).await;
     if !stopped {
         crate::errln!("some deploys did not reach a safe point in {}s; they read interrupted", STOP_WAIT.as_secs());
     }

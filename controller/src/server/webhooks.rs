@@ -15,10 +15,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use slipway_common::config::ProjectConfig;
 
+use crate::ops::tickets::{self, NewTicket};
 use crate::server::App;
 use crate::server::auth::{Caller, Via, same};
 use crate::server::error::{ApiError, ApiResult};
-use crate::server::tickets::{self, NewTicket};
 use crate::state::tickets::{Audit, TicketState};
 
 /// Where a delivery came from.
@@ -366,11 +366,11 @@ async fn handle(
         title: clip_title(&format!("{} {what} {}{by}: {}", source.word(), push.name, push.summary)),
         description: delivery.clone().map(|d| format!("delivery {d}")).unwrap_or_default(),
     };
-    let ticket = match tickets::create_pushed(app, &caller, new, audit, Some(&push.commit), pusher).await {
+    let ticket = match tickets::create_pushed(&app.core, &caller, new, audit, Some(&push.commit), pusher).await {
         Ok(t) => t,
         Err(e) => {
             app.store.forget_delivery(&key)?;
-            return Err(e);
+            return Err(e.into());
         }
     };
     app.store.put_delivery(&key, ticket.id)?;
@@ -394,9 +394,9 @@ async fn handle(
                 ticket.id
             ));
         } else {
-            match tickets::deploy(app, &caller, ticket.id).await {
+            match tickets::deploy(&app.core, &caller, ticket.id).await {
                 Ok((_, n)) => answer["deploy"] = json!(n),
-                Err(e) => answer["deploy_error"] = json!({"error": e.error, "fix": e.fix}),
+                Err(e) => answer["deploy_error"] = json!({"error": e.problem, "fix": e.fix}),
             }
         }
     }

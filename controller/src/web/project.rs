@@ -18,8 +18,8 @@ use super::{OrShow, PageResult, Viewer, short, status, when};
 use crate::engine::RollbackArgs;
 use crate::engine::client::Timeouts;
 use crate::engine::select::RollbackTo;
+use crate::ops::runs::{self, Begun, Op};
 use crate::server::App;
-use crate::server::runs::{self, Begun, Op};
 use crate::state::users::Role;
 
 /// How long the page waits for an agent's answer about its releases.
@@ -233,7 +233,7 @@ pub async fn rollback(
     }
     let to = Some(to).filter(|t| !t.is_empty()).map(RollbackTo::parse).transpose().or_show(&v)?;
     let args = RollbackArgs { project: p, env: e, to, hosts: None, user: Some(v.caller.name.clone()) };
-    match runs::begin(&app, Op::Rollback(args), None).await.or_show(&v)? {
+    match runs::begin(&app.core, Op::Rollback(args), None).await.or_show(&v)? {
         Begun::Started(n) => Ok(Redirect::to(&format!("/deploys/{n}")).into_response()),
         Begun::Planned(d) => Ok(Redirect::to(&format!("/deploys/{}", d.id)).into_response()),
     }

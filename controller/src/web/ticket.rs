@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use super::live::{self, EventStream, Fragments};
 use super::{OrShow, PageResult, Viewer, short, status, when};
+use crate::ops::tickets::{self as ops, NewTicket};
 use crate::server::App;
-use crate::server::tickets::{self as ops, NewTicket};
 use crate::state::tickets::{TicketKind, TicketRecord, TicketState};
 use crate::state::users::Role;
 
@@ -275,7 +275,7 @@ pub async fn create(
 ) -> PageResult {
     let git_ref = Some(f.git_ref.trim().to_owned()).filter(|r| !r.is_empty());
     let new = NewTicket { project: p, env: e, git_ref, title: f.title, description: f.description };
-    let t = ops::create(&app, &v.caller, new, ops::audit(&v.caller), None).await.or_show(&v)?;
+    let t = ops::create(&app.core, &v.caller, new, ops::audit(&v.caller), None).await.or_show(&v)?;
     Ok(Redirect::to(&format!("/tickets/{}", t.id)).into_response())
 }
 
@@ -295,7 +295,7 @@ pub async fn approve(
     Path(id): Path<u64>,
     Form(f): Form<CommentForm>,
 ) -> PageResult {
-    ops::approve(&app, &v.caller, id, &f.comment, true).or_show(&v)?;
+    ops::approve(&app.core, &v.caller, id, &f.comment, true).or_show(&v)?;
     Ok(back(id))
 }
 
@@ -305,17 +305,17 @@ pub async fn reject(
     Path(id): Path<u64>,
     Form(f): Form<CommentForm>,
 ) -> PageResult {
-    ops::approve(&app, &v.caller, id, &f.comment, false).or_show(&v)?;
+    ops::approve(&app.core, &v.caller, id, &f.comment, false).or_show(&v)?;
     Ok(back(id))
 }
 
 pub async fn deploy(State(app): State<Arc<App>>, v: Viewer, Path(id): Path<u64>) -> PageResult {
-    ops::deploy(&app, &v.caller, id).await.or_show(&v)?;
+    ops::deploy(&app.core, &v.caller, id).await.or_show(&v)?;
     Ok(back(id))
 }
 
 pub async fn cancel(State(app): State<Arc<App>>, v: Viewer, Path(id): Path<u64>) -> PageResult {
-    ops::cancel(&app, &v.caller, id).or_show(&v)?;
+    ops::cancel(&app.core, &v.caller, id).or_show(&v)?;
     Ok(back(id))
 }
 
@@ -339,7 +339,7 @@ pub async fn rollback(
         let question = format!("{} #{} {}", v.t("rollback"), t.id, t.title);
         return super::project::confirm(&app, &v, &t.project, &t.env, None, &action, &question).await;
     }
-    let (rollback, _) = ops::rollback(&app, &v.caller, id).await.or_show(&v)?;
+    let (rollback, _) = ops::rollback(&app.core, &v.caller, id).await.or_show(&v)?;
     Ok(back(rollback.id))
 }
 

@@ -8,12 +8,15 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::cli::console::Cancellers;
 use crate::engine::{self, Canceller, DeployArgs, Event, RollbackArgs};
 use crate::error::{CtlError, Result};
-use crate::server::App;
-use crate::server::tickets;
+use crate::ops::Core;
+use crate::ops::tickets;
 use crate::state::store::DeployRecord;
+
+/// The operations a remotely run command started, for whoever has to stop them (the asking
+/// `slipctl` went away, or the server is stopping).
+pub type Cancellers = std::sync::Arc<std::sync::Mutex<Vec<crate::engine::Canceller>>>;
 
 /// One running operation.
 #[derive(Clone)]
@@ -79,7 +82,7 @@ pub enum Begun {
 
 /// Start `op` (for `ticket`, if any); answers once it is numbered, or with why it did not start
 /// (a busy lock: 409 naming the deploy that holds it).
-pub async fn begin(app: &Arc<App>, op: Op, for_ticket: Option<(u64, crate::state::tickets::Audit)>) -> Result<Begun> {
+pub async fn begin(app: &Arc<Core>, op: Op, for_ticket: Option<(u64, crate::state::tickets::Audit)>) -> Result<Begun> {
     // The ticket follows its deploy's end before the outcome is published.
     let on_end: Option<engine::journal::OnEnd> = for_ticket.as_ref().map(|(t, _)| {
         let (app, t) = (app.clone(), *t);
@@ -125,7 +128,7 @@ pub async fn begin(app: &Arc<App>, op: Op, for_ticket: Option<(u64, crate::state
 
 /// Cancel everything running and wait (at most `wait`) for it to reach a safe point and be
 /// recorded; whether it all did.
-pub async fn stop_all(app: &App, wait: Duration) -> bool {
+pub async fn stop_all(app: &Core, wait: Duration) -> bool {
     for run in app.runs.running.lock().expect("runs").values() {
         run.canceller.cancel();
     }
