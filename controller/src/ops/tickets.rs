@@ -175,6 +175,49 @@ fn not_in(t: &TicketRecord, what: &str, states: &[TicketState]) -> Result<()> {
     }
 }
 
+/// What a person asks of a ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Approve,
+    Reject,
+    Deploy,
+    Cancel,
+}
+
+/// The state `action` by `principal` takes ticket `t` to, or why it may not: the workflow's
+/// rules in one pure function (the callers record who, when and the comment).
+pub fn transition(t: &TicketRecord, action: Action, principal: &str) -> Result<TicketState> {
+    use TicketState::*;
+    let id = t.id;
+    match action {
+        Action::Approve | Action::Reject => {
+            let (what, verb) = if action == Action::Approve { ("approved", "approve") } else { ("rejected", "reject") };
+            not_in(t, what, &[Pending])?;
+            if t.interested().contains(&principal) {
+                let why = if t.pusher_user.as_deref() == Some(principal) { "pushed" } else { "made" };
+                return Err(CtlError::forbidden(format!("{principal} {why} ticket #{id} and cannot {verb} it"))
+                    .fix("another approver of this project and env has to"));
+            }
+            if t.approvals.iter().any(|a| a.principal() == principal) {
+                return Err(
+                    CtlError::busy(format!("{principal} already approved ticket #{id}")).fix("another approver has to")
+                );
+            }
+            Ok(match action {
+                Action::Reject => Rejected,
+                _ if t.approvals.len() as u32 + 1 >= t.required => Approved,
+                _ => Pending,
+            })
+        }
+        Action::Deploy => not_in(t, "deployed", &[Approved, Failed, Interrupted]).map(|()| Deploying),
+        Action::Cancel => {
+            not_in(t, "cancelled", &[Pending, Approved, Deploying])?;
+            // (A deploying ticket is cancelled when its deploy has stopped.)
+            Ok(if t.state == Deploying { Deploying } else { Cancelled })
+        }
+    }
+}
+
 pub fn approve(app: &Arc<Core>, caller: &Caller, id: u64, comment: &str, yes: bool) -> Result<TicketRecord> {
     within("comment", comment, COMMENT_MAX)?;
     if caller.via == crate::ops::caller::Via::Socket && caller.user.is_none() {
@@ -185,18 +228,8 @@ pub fn approve(app: &Arc<Core>, caller: &Caller, id: u64, comment: &str, yes: bo
         .fix("say who you are: SLIPWAY_USER=<your slipway user> slipctl ticket approve …"));
     }
     let ticket = update(app, id, |t| {
-        let what = if yes { "approved" } else { "rejected" };
-        not_in(t, what, &[TicketState::Pending])?;
-        let verb = if yes { "approve" } else { "reject" };
-        if t.interested().contains(&caller.principal.as_str()) {
-            let why = if t.pusher_user.as_deref() == Some(caller.principal.as_str()) { "pushed" } else { "made" };
-            return Err(CtlError::forbidden(format!("{} {why} ticket #{id} and cannot {verb} it", caller.principal))
-                .fix("another approver of this project and env has to"));
-        }
-        if t.approvals.iter().any(|a| a.principal() == caller.principal) {
-            return Err(CtlError::busy(format!("{} already approved ticket #{id}", caller.principal))
-                .fix("another approver has to"));
-        }
+        let action = if yes { Action::Approve } else { Action::Reject };
+        transition(t, action, &caller.principal)?;
         let audit = audit(caller);
         if yes {
             t.approvals.push(Approval {
@@ -229,7 +262,7 @@ pub fn approve(app: &Arc<Core>, caller: &Caller, id: u64, comment: &str, yes: bo
 /// Deploy a ticket's commit; answers once the deploy is numbered.
 pub async fn deploy(app: &Arc<Core>, caller: &Caller, id: u64) -> Result<(TicketRecord, u64)> {
     let ticket = app.store.ticket(id)?.ok_or_else(|| unknown(id))?;
-    not_in(&ticket, "deployed", &[TicketState::Approved, TicketState::Failed, TicketState::Interrupted])?;
+    transition(&ticket, Action::Deploy, "")?;
     let op = match ticket.kind {
         TicketKind::Deploy => Op::Deploy(DeployArgs {
             git_ref: Some(ticket.git_ref.clone()),
@@ -255,8 +288,7 @@ pub async fn deploy(app: &Arc<Core>, caller: &Caller, id: u64) -> Result<(Ticket
 /// stopped cleanly (and the ticket reads cancelled when it has).
 pub fn cancel(app: &Core, caller: &Caller, id: u64) -> Result<TicketRecord> {
     let running = update(app, id, |t| {
-        not_in(t, "cancelled", &[TicketState::Pending, TicketState::Approved, TicketState::Deploying])?;
-        if t.state != TicketState::Deploying {
+        if transition(t, Action::Cancel, "")? == TicketState::Cancelled {
             move_to(t, TicketState::Cancelled, audit(caller), "");
         }
         Ok(())
@@ -421,4 +453,83 @@ pub fn list(app: &Core, caller: &Caller, q: &TicketQuery) -> Result<Vec<TicketRe
         .collect();
     out.truncate(q.limit.unwrap_or(100));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::tickets::Approval;
+
+    fn ticket(state: TicketState, required: u32, approved_by: &[&str], pusher: Option<&str>) -> TicketRecord {
+        let audit = Audit { by: "dev".into(), at: 0, from: "x".into() };
+        TicketRecord {
+            id: 7,
+            kind: TicketKind::Deploy,
+            project: "a".into(),
+            env: "prod".into(),
+            git_ref: "v1".into(),
+            commit: "c".repeat(40),
+            commit_summary: String::new(),
+            title: "t".into(),
+            description: String::new(),
+            state,
+            requester: "dev".into(),
+            requester_principal: Some("dev".into()),
+            pushed_by: pusher.map(|p| format!("github:{p}")),
+            pusher_user: pusher.map(str::to_owned),
+            created: audit.clone(),
+            required,
+            approvals: approved_by
+                .iter()
+                .map(|p| Approval { audit: audit.clone(), comment: String::new(), principal: Some((*p).to_owned()) })
+                .collect(),
+            deploys: Vec::new(),
+            rollback_of: None,
+            restores: None,
+            transitions: Vec::new(),
+        }
+    }
+
+    /// (ticket state, approvals needed, approved by, pusher, action, principal) → new state or
+    /// the refusal's kind.
+    #[test]
+    fn the_workflow_as_a_table() {
+        use crate::error::Kind::{Busy, Forbidden};
+        use Action::*;
+        use TicketState::*;
+        let cases: &[(
+            TicketState,
+            u32,
+            &[&str],
+            Option<&str>,
+            Action,
+            &str,
+            std::result::Result<TicketState, crate::error::Kind>,
+        )] = &[
+            (Pending, 1, &[], None, Approve, "ann", Ok(Approved)),
+            (Pending, 2, &[], None, Approve, "ann", Ok(Pending)),
+            (Pending, 2, &["bob"], None, Approve, "ann", Ok(Approved)),
+            (Pending, 2, &["ann"], None, Approve, "ann", Err(Busy)),
+            (Pending, 1, &[], None, Approve, "dev", Err(Forbidden)),
+            (Pending, 1, &[], None, Reject, "dev", Err(Forbidden)),
+            (Pending, 1, &[], Some("eve"), Approve, "eve", Err(Forbidden)),
+            (Pending, 1, &[], None, Reject, "ann", Ok(Rejected)),
+            (Approved, 1, &["ann"], None, Approve, "bob", Err(Busy)),
+            (Rejected, 1, &[], None, Deploy, "dev", Err(Busy)),
+            (Pending, 1, &[], None, Deploy, "dev", Err(Busy)),
+            (Approved, 1, &["ann"], None, Deploy, "dev", Ok(Deploying)),
+            (Failed, 1, &["ann"], None, Deploy, "dev", Ok(Deploying)),
+            (Interrupted, 1, &["ann"], None, Deploy, "dev", Ok(Deploying)),
+            (Succeeded, 1, &["ann"], None, Deploy, "dev", Err(Busy)),
+            (Pending, 1, &[], None, Cancel, "dev", Ok(Cancelled)),
+            (Approved, 1, &["ann"], None, Cancel, "dev", Ok(Cancelled)),
+            (Deploying, 1, &["ann"], None, Cancel, "dev", Ok(Deploying)),
+            (Succeeded, 1, &["ann"], None, Cancel, "dev", Err(Busy)),
+        ];
+        for (i, (state, required, approved, pusher, action, principal, expected)) in cases.iter().enumerate() {
+            let t = ticket(*state, *required, approved, *pusher);
+            let got = transition(&t, *action, principal).map_err(|e| e.kind);
+            assert_eq!(got, *expected, "case {i}: {state:?} {action:?} by {principal}");
+        }
+    }
 }
