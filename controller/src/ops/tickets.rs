@@ -492,20 +492,22 @@ mod tests {
 
     /// (ticket state, approvals needed, approved by, pusher, action, principal) → new state or
     /// the refusal's kind.
+    type Case = (
+        TicketState,
+        u32,
+        &'static [&'static str],
+        Option<&'static str>,
+        Action,
+        &'static str,
+        std::result::Result<TicketState, crate::error::Kind>,
+    );
+
     #[test]
     fn the_workflow_as_a_table() {
         use crate::error::Kind::{Busy, Forbidden};
         use Action::*;
         use TicketState::*;
-        let cases: &[(
-            TicketState,
-            u32,
-            &[&str],
-            Option<&str>,
-            Action,
-            &str,
-            std::result::Result<TicketState, crate::error::Kind>,
-        )] = &[
+        let cases: &[Case] = &[
             (Pending, 1, &[], None, Approve, "ann", Ok(Approved)),
             (Pending, 2, &[], None, Approve, "ann", Ok(Pending)),
             (Pending, 2, &["bob"], None, Approve, "ann", Ok(Approved)),
