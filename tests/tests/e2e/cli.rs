@@ -260,6 +260,16 @@ fn quickstart_serve_keeps_the_demo_running_for_a_browser() {
         .spawn()
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // (Stopped whatever happens below: a failed assertion must not leave the demo running.)
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                slipway_tests::terminate(&mut self.0);
+            }
+        }
+    }
+    let mut child = Stop(child);
     let open = loop {
         let line = lines.next().expect("quickstart --serve says which URL to open").unwrap();
         if line.starts_with("open http://") {
@@ -299,10 +309,10 @@ fn quickstart_serve_keeps_the_demo_running_for_a_browser() {
     assert_eq!(cells[0]["project"], "web-demo", "{cells}");
     assert_eq!(cells[0]["hosts"].as_object().map(|h| h.len()), Some(3), "{cells}");
     // Ctrl-C (SIGTERM here) stops the server and the agents.
-    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.0.id() as i32) {
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     }
-    assert!(child.wait().unwrap().success());
+    assert!(child.0.wait().unwrap().success());
     let addr = agents[0]["addr"].as_str().unwrap().to_owned();
     assert!(std::net::TcpStream::connect(&addr).is_err(), "the demo's agent at {addr} stopped with it");
 }

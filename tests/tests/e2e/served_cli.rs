@@ -102,20 +102,38 @@ fn a_promote_through_the_socket_is_taken_by_the_servers_own_waiter() {
     }
 }
 
+/// Deploy `site`/`test` in the background until it holds the lock (its hook waits for the
+/// gate): the refusal a second deploy gets then. A first deploy that ends instead fails the test
+/// with what it said (a probe never becomes a deploy of its own that would wait on the gate).
+fn busy_while_held(fleet: &Fleet) -> (std::process::Child, String) {
+    let first = fleet.spawn_slipctl(&["deploy", "site", "test"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut first = first;
+    loop {
+        let history = fleet.slipctl(&["--output", "json", "history", "site", "test"]).ok().json();
+        if history[0]["status"] == "running" {
+            break;
+        }
+        if let Ok(Some(_)) = first.try_wait() {
+            let out = first.wait_with_output().unwrap();
+            panic!("the first deploy ended: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        assert!(std::time::Instant::now() < deadline, "the first deploy did not start: {history}");
+        std::thread::sleep(std::time::Duration::from_millis(50)); // (polling the history, no event to wait on)
+    }
+    let run = fleet.slipctl(&["deploy", "site", "test"]);
+    assert_eq!(run.code, 3, "a second deploy while the first holds the lock: {}", run.stderr);
+    (first, run.stderr)
+}
+
 #[test]
 fn a_lock_holder_names_its_host_once() {
     let fleet = Fleet::new(1);
     let repo = repo(&fleet);
     let (target, go) = gate(&fleet);
     fleet.apply_project_full("site", &repo.path, "", &target, "");
-    let first = fleet.spawn_slipctl(&["deploy", "site", "test"]);
     let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
-    let mut busy = String::new();
-    wait_for("the first deploy to hold the lock", || {
-        let run = fleet.slipctl(&["deploy", "site", "test"]);
-        busy = run.stderr;
-        run.code == 3
-    });
+    let (first, busy) = busy_while_held(&fleet);
     assert!(busy.contains(&format!("@{host} (pid")), "{busy}");
     assert!(!busy.contains(&format!("@{host}@{host}")), "the host named twice: {busy}");
     std::fs::write(&go, "").unwrap();
@@ -123,12 +141,7 @@ fn a_lock_holder_names_its_host_once() {
     // (Through the server, the holder is the caller, on the server's host.)
     let server = Server::start(&fleet);
     std::fs::remove_file(&go).unwrap();
-    let first = fleet.spawn_slipctl(&["deploy", "site", "test"]);
-    wait_for("the served deploy to hold the lock", || {
-        let run = fleet.slipctl(&["deploy", "site", "test"]);
-        busy = run.stderr;
-        run.code == 3
-    });
+    let (first, busy) = busy_while_held(&fleet);
     assert!(busy.contains(&format!(" on {host} (pid")) || busy.contains(&format!("@{host} (pid")), "{busy}");
     std::fs::write(&go, "").unwrap();
     assert_eq!(first.wait_with_output().unwrap().status.code(), Some(0));
