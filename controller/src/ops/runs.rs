@@ -146,3 +146,25 @@ pub async fn stop_all(app: &Core, wait: Duration) -> bool {
     .await
     .is_ok()
 }
+
+/// Promote or abort a paused deploy: its waiter here takes the decision (`None`); with none
+/// (the server restarted since), this server carries it on, for its ticket if it has one.
+pub async fn decide_paused(
+    core: &Arc<Core>,
+    caller: &crate::ops::caller::Caller,
+    id: u64,
+    decision: crate::state::store::Decision,
+) -> Result<Option<Begun>> {
+    let record = core.store.decide(id, decision)?;
+    if crate::state::journal::is_live(id) {
+        return Ok(None);
+    }
+    let args = DeployArgs {
+        resume: Some((id, decision)),
+        user: Some(caller.name.clone()),
+        ..DeployArgs::of(&record.project, &record.env)
+    };
+    let ticket = core.store.tickets()?.into_iter().find(|t| t.deploys.last() == Some(&id));
+    let for_ticket = ticket.map(|t| (t.id, tickets::audit(caller)));
+    Ok(Some(begin(core, Op::Deploy(args), for_ticket).await?))
+}

@@ -422,25 +422,8 @@ async fn start_rollback(
     Ok(started(runs::begin(&app.core, Op::Rollback(args), None).await?))
 }
 
-/// Promote or abort a paused deploy: its waiter here takes the decision (`None`); with none
-/// (the server restarted since), this server carries it on, for its ticket if it has one.
-pub async fn decide_paused(app: &Arc<App>, caller: &Caller, id: u64, decision: Decision) -> ApiResult<Option<Begun>> {
-    let record = app.store.decide(id, decision)?;
-    if crate::state::journal::is_live(id) {
-        return Ok(None);
-    }
-    let args = DeployArgs {
-        resume: Some((id, decision)),
-        user: Some(caller.name.clone()),
-        ..DeployArgs::of(&record.project, &record.env)
-    };
-    let ticket = app.store.tickets()?.into_iter().find(|t| t.deploys.last() == Some(&id));
-    let for_ticket = ticket.map(|t| (t.id, crate::ops::tickets::audit(caller)));
-    Ok(Some(runs::begin(&app.core, Op::Deploy(args), for_ticket).await?))
-}
-
 async fn decide(app: &Arc<App>, caller: &Caller, id: u64, decision: Decision) -> ApiResult<Response> {
-    Ok(match decide_paused(app, caller, id, decision).await? {
+    Ok(match crate::ops::runs::decide_paused(&app.core, caller, id, decision).await? {
         None => (StatusCode::ACCEPTED, Json(json!({"id": id, "decision": decision}))).into_response(),
         Some(begun) => started(begun),
     })

@@ -376,7 +376,7 @@ pub struct DecideForm {
 }
 
 async fn decide(app: Arc<App>, v: Viewer, id: u64, decision: Decision, back: &str) -> PageResult {
-    crate::server::api::decide_paused(&app, &v.caller, id, decision).await.or_show(&v)?;
+    crate::ops::runs::decide_paused(&app.core, &v.caller, id, decision).await.or_show(&v)?;
     let back = super::back_to(Some(back));
     let back = if back == "/" { format!("/deploys/{id}") } else { back.to_owned() };
     Ok(axum::response::Redirect::to(&back).into_response())
