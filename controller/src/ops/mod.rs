@@ -13,6 +13,7 @@ pub mod runs;
 pub mod secrets;
 pub mod tickets;
 pub mod users;
+pub mod views;
 
 use std::sync::{Mutex, OnceLock};
 
@@ -39,6 +40,8 @@ pub struct Core {
     pub stopping: watch::Sender<bool>,
     /// Who hears of ticket changes (the server's notifications), set once at start.
     pub on_ticket: OnceLock<TicketObserver>,
+    /// What each host runs and each env's last operation, fed as operations end.
+    pub views: views::Views,
 }
 
 impl Core {
@@ -50,6 +53,7 @@ impl Core {
             ticket_lock: Mutex::new(()),
             stopping: watch::channel(false).0,
             on_ticket: OnceLock::new(),
+            views: views::Views::default(),
         }
     }
 

@@ -88,7 +88,7 @@ async fn security_headers(
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(header::CONTENT_TYPE, content_type)], app.metrics.encode()).into_response()
+    ([(header::CONTENT_TYPE, content_type)], app.metrics.encode(&app.views)).into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -201,23 +201,9 @@ fn config_of(record: &crate::state::store::ProjectRecord) -> ApiResult<ProjectCo
         .map_err(crate::error::CtlError::from)?)
 }
 
-/// Every project with the envs `caller` may see, in order (a project with none is left out):
-/// the projects list, the dashboard and the pages' choices alike.
-pub fn visible_envs(app: &App, caller: &Caller) -> ApiResult<Vec<(crate::state::store::ProjectRecord, Vec<String>)>> {
-    let mut out = Vec::new();
-    for p in app.store.projects()? {
-        let config = config_of(&p)?;
-        let envs: Vec<String> = config.envs.into_keys().filter(|e| caller.allows(&p.name, e, Role::Viewer)).collect();
-        if !envs.is_empty() {
-            out.push((p, envs));
-        }
-    }
-    Ok(out)
-}
-
 /// Projects with the envs the caller may see (a project with none is not listed).
 async fn projects(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
-    let out: Vec<Value> = visible_envs(&app, &caller)?
+    let out: Vec<Value> = crate::ops::views::visible_envs(&app.core, &caller)?
         .into_iter()
         .map(|(p, envs)| json!({"name": p.name, "envs": envs, "applied_at": p.applied_at}))
         .collect();
@@ -284,30 +270,10 @@ async fn check(
     Ok(Json(json!({"ok": ok, "checks": rows})))
 }
 
-/// The registered agents `caller` may know of: all of them for an admin, else those that an env
-/// the caller may see selects now (a prod host's name, address and labels are inventory).
-pub fn visible_agents(app: &App, caller: &Caller) -> ApiResult<Vec<crate::state::store::AgentRecord>> {
-    let agents = app.store.agents()?;
-    if caller.admin {
-        return Ok(agents);
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for (p, envs) in visible_envs(app, caller)? {
-        let config = config_of(&p)?;
-        for env in envs {
-            let Some(settings) = config.envs.get(&env) else { continue };
-            if let Ok(hosts) = crate::engine::select::select_hosts(&p.name, &env, &settings.hosts, &agents, None) {
-                seen.extend(hosts.into_iter().map(|a| a.name));
-            }
-        }
-    }
-    Ok(agents.into_iter().filter(|a| seen.contains(&a.name)).collect())
-}
-
 /// Registered agents the caller may know of, each with what the last probe (every 30 s) found.
 async fn agents(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
     let probes = app.probes.lock().expect("probes").clone();
-    let out: Vec<Value> = visible_agents(&app, &caller)?
+    let out: Vec<Value> = crate::ops::views::visible_agents(&app.core, &caller)?
         .into_iter()
         .map(|a| {
             let mut doc = json!(a);
@@ -459,45 +425,5 @@ async fn cancel_deploy(State(app): State<Arc<App>>, Path(id): Path<u64>) -> ApiR
 /// A cell per project × env the caller may see: what each host runs (as this controller's
 /// records say), how many hosts on each release, the last ticket and a deploy under way.
 async fn dashboard(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(dashboard_cells(&app, &caller)?)))
-}
-
-/// The dashboard's cells (the API's `GET /dashboard` and the web page alike), from what the
-/// server keeps in memory (what each host runs, each env's last operation, the operations
-/// running here) and the tickets: no walk through deploy history, however long it is.
-pub fn dashboard_cells(app: &App, caller: &Caller) -> ApiResult<Vec<Value>> {
-    let mut running: BTreeMap<(String, String), Value> = BTreeMap::new();
-    for id in app.runs.ids() {
-        if let Some(d) = app.store.deploy(id)? {
-            // The record's hosts fill in at the end; the journal's writer counts as it goes.
-            let (done, hosts) = crate::state::journal::progress(id).unwrap_or((0, 0));
-            running.insert(
-                (d.project.clone(), d.env.clone()),
-                json!({"id": d.id, "status": d.effective_status().word(), "hosts": hosts, "done": done}),
-            );
-        }
-    }
-    let mut last_ticket: BTreeMap<(String, String), Value> = BTreeMap::new();
-    for t in app.store.tickets()? {
-        last_ticket
-            .entry((t.project, t.env))
-            .or_insert_with(|| json!({"id": t.id, "title": t.title, "state": t.state}));
-    }
-    let mut cells = Vec::new();
-    for (p, envs) in visible_envs(app, caller)? {
-        for env in &envs {
-            let pair = (p.name.clone(), env.clone());
-            let hosts = app.metrics.hosts_of(&p.name, env);
-            let mut spread: BTreeMap<&str, usize> = BTreeMap::new();
-            for r in hosts.values() {
-                *spread.entry(r).or_default() += 1;
-            }
-            cells.push(json!({
-                "project": p.name, "env": env, "hosts": hosts, "releases": spread,
-                "last_deploy": app.metrics.last_of(&p.name, env), "last_ticket": last_ticket.get(&pair),
-                "running": running.get(&pair),
-            }));
-        }
-    }
-    Ok(cells)
+    Ok(Json(json!(crate::ops::views::dashboard_cells(&app.core, &caller)?)))
 }

@@ -7,7 +7,6 @@
 //! each outcome here), seeded at start from history, so they are what history says.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -128,10 +127,6 @@ pub struct Metrics {
     notifications_failed: Family<Sink, Counter>,
     notifications_sent: Family<Sink, Counter>,
     login_failures: Family<Reason, Counter>,
-    /// What each host of each env runs, as the records say: (project, env) → host → release.
-    runs: Mutex<BTreeMap<(String, String), BTreeMap<String, String>>>,
-    /// The last operation that ended (or paused) per env, as the dashboard shows it.
-    last: Mutex<BTreeMap<(String, String), serde_json::Value>>,
 }
 
 impl Default for Metrics {
@@ -155,8 +150,6 @@ impl Metrics {
             notifications_failed: Family::default(),
             notifications_sent: Family::default(),
             login_failures: Family::default(),
-            runs: Mutex::default(),
-            last: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register("deploys", "Deploys and rollbacks that ended, by outcome", m.deploys.clone());
@@ -202,10 +195,6 @@ impl Metrics {
         if matches!(record.status, DeployStatus::Running | DeployStatus::Planned) {
             return;
         }
-        self.last.lock().expect("metrics").insert(
-            (record.project.clone(), record.env.clone()),
-            serde_json::json!({"id": record.id, "kind": record.kind, "status": record.effective_status().word(), "release": record.release}),
-        );
         if record.status == DeployStatus::Paused {
             return;
         }
@@ -242,13 +231,6 @@ impl Metrics {
                 .get_or_create(&Pair { project: project.as_str().into(), env: env.as_str().into() })
                 .set(skew as f64 / 1000.0);
         }
-        let mut runs = self.runs.lock().expect("metrics");
-        let hosts = runs.entry((project, env)).or_default();
-        for h in record.hosts.iter().filter(|h| h.ok && h.activated) {
-            if let Some(release) = &h.release {
-                hosts.insert(h.host.clone(), release.to_string());
-            }
-        }
     }
 
     /// A webhook delivery was answered `status`; `project` is [`UNKNOWN_PROJECT`] unless it exists.
@@ -280,20 +262,10 @@ impl Metrics {
         self.agent_cert_seconds.clear();
     }
 
-    /// What each host of (project, env) runs, as this controller's records say.
-    pub fn hosts_of(&self, project: &str, env: &str) -> BTreeMap<String, String> {
-        self.runs.lock().expect("metrics").get(&(project.to_owned(), env.to_owned())).cloned().unwrap_or_default()
-    }
-
-    /// The last operation of (project, env) that ended or paused: id, kind, status, release.
-    pub fn last_of(&self, project: &str, env: &str) -> Option<serde_json::Value> {
-        self.last.lock().expect("metrics").get(&(project.to_owned(), env.to_owned())).cloned()
-    }
-
-    /// The text `/metrics` answers.
-    pub fn encode(&self) -> String {
+    /// The text `/metrics` answers (the version spread from `views`).
+    pub fn encode(&self, views: &crate::ops::views::Views) -> String {
         self.hosts_on_release.clear();
-        for ((project, env), hosts) in self.runs.lock().expect("metrics").iter() {
+        for ((project, env), hosts) in views.all_hosts().iter() {
             for release in hosts.values() {
                 self.hosts_on_release
                     .get_or_create(&OnRelease {

@@ -115,12 +115,14 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
     // The counters start from history, then follow every operation that ends here.
     for d in app.store.deploys(None, None, usize::MAX)?.iter().rev() {
         app.metrics.observe(d);
+        app.views.observe(d);
     }
     let observing = Arc::downgrade(&app);
     crate::engine::journal::observe(move |happened| {
         if let Some(app) = observing.upgrade() {
             if let crate::engine::journal::Happened::Ended(record) = &happened {
                 app.metrics.observe(record);
+                app.views.observe(record);
             }
             notify::on_operation(&app, &happened);
         }

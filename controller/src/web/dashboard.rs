@@ -16,7 +16,7 @@ use crate::server::auth::Caller;
 
 pub async fn page(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
     let live = live::url("/live/dashboard");
-    let cells = crate::server::api::dashboard_cells(&app, &v.caller).or_show(&v)?;
+    let cells = crate::ops::views::dashboard_cells(&app.core, &v.caller).or_show(&v)?;
     let body = html! {
         h1 { (v.t("dashboard")) }
         @if v.caller.admin { p.actions { a.button href="/projects/new" { (v.t("new_project")) } } }
@@ -37,7 +37,7 @@ pub async fn live(State(app): State<Arc<App>>, v: Viewer, Query(q): Query<live::
 /// The cells as the viewer may see them now (grants revoked since the page opened count).
 fn cells(app: &App, v: &Viewer) -> Option<Fragments> {
     let caller = crate::server::auth::refreshed(&app.store, &v.caller)?;
-    let cells = crate::server::api::dashboard_cells(app, &caller).ok()?;
+    let cells = crate::ops::views::dashboard_cells(&app.core, &caller).ok()?;
     Some(cells.iter().map(|c| (key(c), cell_view(v.lang, &caller, c).into_string())).collect())
 }
 

@@ -28,7 +28,7 @@ pub struct HistoryQuery {
 
 /// Every (project, env) the viewer may see.
 fn visible_pairs(app: &App, v: &Viewer) -> Result<Vec<(String, String)>, super::Shown> {
-    let visible = crate::server::api::visible_envs(app, &v.caller).or_show(v)?;
+    let visible = crate::ops::views::visible_envs(&app.core, &v.caller).or_show(v)?;
     Ok(visible.into_iter().flat_map(|(p, envs)| envs.into_iter().map(move |e| (p.name.clone(), e))).collect())
 }
 
@@ -113,7 +113,7 @@ pub async fn history(State(app): State<Arc<App>>, v: Viewer, Query(q): Query<His
 
 /// `GET /agents`.
 pub async fn agents(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
-    let agents = crate::server::api::visible_agents(&app, &v.caller).or_show(&v)?;
+    let agents = crate::ops::views::visible_agents(&app.core, &v.caller).or_show(&v)?;
     let probes = app.probes.lock().expect("probes").clone();
     let now = slipway_common::time::unix_now();
     let body = html! {
