@@ -245,6 +245,8 @@ struct Extras {
     error: Option<(Option<String>, String, String)>,
     preview: Option<String>,
     check: Option<Markup>,
+    /// A new project's name as it was typed (shown again with an error).
+    new_name: String,
 }
 
 fn label_key(key: &str) -> String {
@@ -299,7 +301,7 @@ fn form_view(
             input type="hidden" name="csrf_token" value=(v.csrf());
             input type="hidden" name="revision" value=(revision);
             @if name.is_none() {
-                div.field { label for="name" { (v.t("f_name")) " " code.key { "name" } } input #name name="name" type="text" required; }
+                div.field { label for="name" { (v.t("f_name")) " " code.key { "name" } } input #name name="name" type="text" required value=(shown.new_name); }
             }
             @for (group, fs) in GROUPS {
                 fieldset { legend { (v.t(group)) } @for (key, kind) in fs.iter() { (field(key, *kind)) } }
@@ -563,6 +565,7 @@ async fn submit(
         match &record {
             Some(r) => page(v, name, r.revision.max(base), &fields, &agents, shown, &revisions),
             None => {
+                let shown = Extras { new_name: name.to_owned(), ..shown };
                 let body = html! { h1 { (v.t("new_project")) } (form_view(v, None, 0, &fields, &agents, true, shown)) };
                 v.page(v.t("new_project"), body)
             }
@@ -572,7 +575,8 @@ async fn submit(
         Ok(t) => t,
         Err((field, e)) => {
             let fields = Fields { advanced: get(form, "advanced").to_owned(), ..fields_of("", &names) };
-            let shown = Extras { error: Some((Some(field), e, String::new())), ..Extras::default() };
+            let shown =
+                Extras { error: Some((Some(field), e, String::new())), new_name: name.to_owned(), ..Extras::default() };
             let body = html! { (form_view(v, record.as_ref().map(|_| name), base, &fields, &agents, true, shown)) };
             return Ok((axum::http::StatusCode::BAD_REQUEST, v.page(v.t("project_settings"), body)).into_response());
         }

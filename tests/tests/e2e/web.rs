@@ -638,6 +638,8 @@ fn a_project_is_configured_in_the_form_checked_and_deployed() {
         let (status, _) = server.call("GET", "/api/v1/projects/site", &[("Authorization", "x")], None);
         assert_ne!(status, 200);
         assert!(!fleet.slipctl(&["project", "list"]).ok().stdout.contains("site"), "nothing saved");
+        let kept = ops.find(Locator::Css("#name")).await.unwrap().prop("value").await.unwrap();
+        assert_eq!(kept.as_deref(), Some("site"), "the name typed is shown again with the error");
         // Fixed: saved as revision 1, then saved again and checked (检测 with what was saved).
         type_in(&ops, "#name", "site").await;
         type_in(&ops, "#repo", repo.path.to_str().unwrap()).await;
