@@ -64,7 +64,8 @@ impl Views {
     }
 }
 
-fn config_of(record: &crate::state::store::ProjectRecord) -> Result<ProjectConfig> {
+/// A stored project's file, parsed.
+pub fn config_of(record: &crate::state::store::ProjectRecord) -> Result<ProjectConfig> {
     Ok(ProjectConfig::parse(&record.text, &record.source_file.display().to_string())?)
 }
 

@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router, routing};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use slipway_common::config::ProjectConfig;
 use slipway_common::time::unix_now;
 
 use crate::cli::deploy_json;
@@ -196,11 +195,6 @@ async fn me(Extension(caller): Extension<Caller>) -> Json<Value> {
     Json(json!({"user": caller.name, "roles": roles_of(caller.admin, &caller.grants), "csrf_token": csrf}))
 }
 
-fn config_of(record: &crate::state::store::ProjectRecord) -> ApiResult<ProjectConfig> {
-    Ok(ProjectConfig::parse(&record.text, &record.source_file.display().to_string())
-        .map_err(crate::error::CtlError::from)?)
-}
-
 /// Projects with the envs the caller may see (a project with none is not listed).
 async fn projects(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
     let out: Vec<Value> = crate::ops::views::visible_envs(&app.core, &caller)?
@@ -220,7 +214,7 @@ async fn project(
     let record = app.store.project(&p)?;
     let record = record
         .ok_or_else(|| ApiError::not_found(format!("unknown project '{p}'"), "GET /api/v1/projects lists them"))?;
-    let config = config_of(&record)?;
+    let config = crate::ops::views::config_of(&record)?;
     let envs: BTreeMap<&String, Value> = config
         .envs
         .iter()

@@ -271,8 +271,13 @@ pub async fn receive(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let known = matches!(app.store.project(&project), Ok(Some(_)));
-    let answer = handle(&app, &project, &peer, &headers, body).await;
+    // (One read of the project: it decides both the metric's label and the answer.)
+    let record = app.store.project(&project);
+    let known = matches!(record, Ok(Some(_)));
+    let answer = match record {
+        Ok(record) => handle(&app, &project, record, &peer, &headers, body).await,
+        Err(e) => Err(e.into()),
+    };
     let response = match answer {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -299,13 +304,14 @@ fn running_commit(app: &App, project: &str, env: &str) -> ApiResult<Option<Strin
 async fn handle(
     app: &Arc<App>,
     project: &str,
+    record: Option<crate::state::store::ProjectRecord>,
     peer: &super::listen::Peer,
     headers: &HeaderMap,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
     // Who may make this server read a body: a known project, with a secret, whose signature
     // header is there (GitLab's token is checked before anything is read).
-    let record = app.store.project(project)?.ok_or_else(|| {
+    let record = record.ok_or_else(|| {
         ApiError::not_found(format!("unknown project '{project}'"), "the webhook URL is <server>/hooks/<project name>")
     })?;
     let secret = app.store.webhook_secret(project)?.ok_or_else(|| {

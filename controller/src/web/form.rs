@@ -87,12 +87,10 @@ fn take(table: &mut Table, key: &str) -> Option<Value> {
     let (last, path) = parts.split_last()?;
     let value = table_at(table, path, false)?.remove(*last);
     // (An emptied table says nothing: leave no `[build]` behind.)
-    if let Some(parent) = table_at(table, path, false).filter(|t| t.is_empty())
-        && parent.is_empty()
-        && let Some((first, _)) = path.split_first()
-        && path.len() == 1
+    if let [only] = path
+        && table_at(table, path, false).is_some_and(|t| t.is_empty())
     {
-        table.remove(*first);
+        table.remove(*only);
     }
     value
 }
@@ -190,7 +188,7 @@ fn fields_of(text: &str, agents: &[String]) -> Fields {
 
 /// The project file a submitted form makes: the advanced TOML with every field put in.
 fn text_of(name: &str, form: &[(String, String)]) -> Result<String, (String, String)> {
-    let get = |k: &str| form.iter().find(|(f, _)| f == k).map(|(_, v)| v.as_str()).unwrap_or("");
+    let get = |k: &str| get(form, k);
     let mut table: Table = get("advanced")
         .parse()
         .map_err(|e: toml::de::Error| ("advanced".to_owned(), format!("advanced: not TOML: {}", e.message())))?;
@@ -292,7 +290,6 @@ fn form_view(
             }
         }
     };
-    let names: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
     html! {
         @if let Some(n) = shown.notice { div.notice role="status" { (n) } }
         @if let Some((None, e, fix)) = &shown.error { div.error role="alert" { (e) @if !fix.is_empty() { " — " (fix) } } }
@@ -310,14 +307,14 @@ fn form_view(
                 fieldset.env data-env=(env) {
                     legend { (v.t("group_env")) " " code { (env) } }
                     input type="hidden" name="envs" value=(env);
-                    (env_fields(v, env, e, agents, &names, editable))
+                    (env_fields(v, env, e, agents, editable))
                 }
             }
             @if editable {
                 fieldset.env {
                     legend { (v.t("new_env")) }
                     div.field { label for="new_env" { (v.t("f_env_name")) } input #new_env name="new_env" type="text" pattern="[a-z0-9_-]*"; }
-                    (env_fields(v, NEW_ENV, &EnvFields { hosts: vec![], selectors: String::new(), approval: String::new(), canary: String::new() }, agents, &names, true))
+                    (env_fields(v, NEW_ENV, &EnvFields { hosts: vec![], selectors: String::new(), approval: String::new(), canary: String::new() }, agents, true))
                 }
             }
             fieldset {
@@ -350,7 +347,6 @@ fn env_fields(
     env: &str,
     e: &EnvFields,
     agents: &[crate::state::store::AgentRecord],
-    _names: &[String],
     editable: bool,
 ) -> Markup {
     use slipway_common::config::HostSelector;
