@@ -82,6 +82,11 @@ fn statuses(socket: &std::path::Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Whether program `bin` runs here.
+fn have(bin: &str) -> bool {
+    Command::new(bin).arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
 /// Requests through HAProxy until stopped: (failed, bodies seen).
 fn request_loop(front: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, u64, Vec<String>)> {
     std::thread::spawn(move || {
@@ -101,7 +106,6 @@ fn request_loop(front: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u
 
 #[test]
 fn draining_each_host_around_its_flip_keeps_every_request_served() {
-    let have = |bin: &str| Command::new(bin).arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
     if !require("haproxy and nginx (apt-get install haproxy nginx)", have("haproxy") && have("nginx")) {
         return;
     }
@@ -376,7 +380,6 @@ fn slow_starting_backend(addr: std::net::SocketAddr, current: std::path::PathBuf
 /// relink, and the balancer sent it requests it answered 503).
 #[test]
 fn a_rollback_puts_each_host_back_only_once_its_service_answers() {
-    let have = |bin: &str| Command::new(bin).arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
     if !require("haproxy (apt-get install haproxy)", have("haproxy")) {
         return;
     }
