@@ -31,12 +31,15 @@ fn main() -> ExitCode {
             if code == 2 && format.is_json() {
                 let text = e.render().to_string();
                 let first = text.lines().next().unwrap_or("").trim_start_matches("error: ").to_owned();
-                format.print_doc(&serde_json::json!({
-                    "error": first,
-                    "fix": "see `slipctl --help` and `slipctl COMMAND --help`",
-                    "kind": "usage",
-                    "exit_code": 2,
-                }));
+                println!(
+                    "{}",
+                    format.doc_text(&serde_json::json!({
+                        "error": first,
+                        "fix": "see `slipctl --help` and `slipctl COMMAND --help`",
+                        "kind": "usage",
+                        "exit_code": 2,
+                    }))
+                );
             }
             let _ = e.print();
             return ExitCode::from(code);
@@ -54,6 +57,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(slipway_controller::run(cli)) {
         Ok(code) => ExitCode::from(code),
-        Err(e) => ExitCode::from(slipway_controller::cli::report_error(format, &e)),
+        Err(e) => {
+            ExitCode::from(slipway_controller::cli::report_error(&slipway_controller::cli::Cx::terminal(format), &e))
+        }
     }
 }

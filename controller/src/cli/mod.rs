@@ -12,6 +12,7 @@ pub mod team;
 
 pub use args::{AgentCommand, Cli, Command, ProjectCommand};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -19,27 +20,86 @@ use slipway_common::config::ProjectConfig;
 use slipway_common::time::format_utc;
 
 use crate::cli::output::{OutputFormat, Reporter, bytes, millis, table};
-use crate::engine::client::{self, Timeouts, status_text};
-use crate::engine::fanout::fan_out;
+use crate::engine::client::Timeouts;
 use crate::engine::{self, DeployArgs, RollbackArgs};
 use crate::error::{CtlError, Result};
+use crate::ops::Core;
+use crate::ops::caller::Caller;
+use crate::ops::views::deploy_json;
 use crate::state::home::Home;
-use crate::state::store::AgentRecord;
 use crate::state::store::{DeployRecord, DeployStatus, Store};
-use std::collections::BTreeMap;
 
-/// Run a command; the returned code is the process exit status.
+/// What a command is run with, handed to it explicitly: how it prints (`--output`), where its
+/// output goes, and — when `slipctl serve` carries it out for a `slipctl` elsewhere — the
+/// server's operations and the caller it acts as.
+pub struct Cx {
+    pub format: OutputFormat,
+    pub console: console::Console,
+    pub served: Option<Served>,
+}
+
+/// The server side of a command that the server carries out ([`crate::server::exec`]).
+pub struct Served {
+    pub core: Arc<Core>,
+    pub caller: Caller,
+    /// What the asking `slipctl` read from its stdin (`user add --password-stdin`).
+    pub stdin: Option<String>,
+}
+
+impl Cx {
+    /// A command run here, printing on this terminal.
+    pub fn terminal(format: OutputFormat) -> Cx {
+        Cx { format, console: console::Console::default(), served: None }
+    }
+
+    pub fn is_json(&self) -> bool {
+        self.format.is_json()
+    }
+
+    /// The result document: pretty for `json`, one line for `jsonl`.
+    pub fn print_doc(&self, doc: &serde_json::Value) {
+        self.out(self.format.doc_text(doc));
+    }
+
+    pub fn out(&self, line: impl std::fmt::Display) {
+        self.console.out(line)
+    }
+
+    pub fn err(&self, line: impl std::fmt::Display) {
+        self.console.err(line)
+    }
+
+    /// Who an operation is recorded as: the server's caller (`dev`, `token:ci`, the socket's
+    /// declared user) when the server carries this command out, else `None` (the OS user here).
+    pub(crate) fn served_caller(&self) -> Option<String> {
+        self.served.as_ref().map(|s| s.caller.name.clone())
+    }
+}
+
+/// Run a command on this terminal; the returned code is the process exit status.
 pub async fn run(cli: Cli) -> Result<u8> {
     let home = Home::resolve(cli.home.clone())?;
-    let out = cli.output;
     // While a server runs for this home (or one is named), the command is carried out there.
-    if !console::remote()
-        && let Some(target) = remote::target(&cli, &home)?
-    {
+    if let Some(target) = remote::target(&cli, &home)? {
         return remote::run(target).await;
     }
+    run_with(home, cli.command, &Cx::terminal(cli.output)).await
+}
+
+/// Carry out a command for a `slipctl` elsewhere (the server's `POST /api/v1/cli`), as
+/// `served`'s caller, its output sent through `console`; the exit status.
+pub async fn run_served(cli: Cli, served: Served, console: console::Console) -> u8 {
+    let cx = Cx { format: cli.output, console, served: Some(served) };
+    let home = cx.served.as_ref().expect("served").core.home.clone();
+    match run_with(home, cli.command, &cx).await {
+        Ok(code) => code,
+        Err(e) => report_error(&cx, &e),
+    }
+}
+
+async fn run_with(home: Home, command: Command, out: &Cx) -> Result<u8> {
     let timeouts = Timeouts::default();
-    match cli.command {
+    match command {
         Command::Init => {
             let created = home.init()?;
             print(out, json!({"home": home.root, "ca": home.pki().join("ca.pem"), "created": created}), || {
@@ -82,12 +142,12 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 cancel: None,
                 retry,
                 resume: None,
-                user: served_caller(),
+                user: out.served_caller(),
                 commit: None,
             };
             let running = engine::start_deploy(home.clone(), args);
-            cancel_on_signals(running.canceller());
-            let record = finish_served(running, &mut reporter).await?;
+            cancel_on_signals(out, running.canceller());
+            let record = finish_served(out, running, &mut reporter).await?;
             Ok(finish_operation(out, &record, dry_run))
         }
         Command::Promote { deploy_id } => decide(&home, out, deploy_id, crate::state::store::Decision::Promote).await,
@@ -95,9 +155,11 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Rollback { project, env, to, hosts } => {
             let mut reporter = Reporter::new(out);
             let to = to.as_deref().map(crate::engine::select::RollbackTo::parse).transpose()?;
-            let running =
-                engine::start_rollback(home.clone(), RollbackArgs { project, env, to, hosts, user: served_caller() });
-            let record = finish_served(running, &mut reporter).await?;
+            let running = engine::start_rollback(
+                home.clone(),
+                RollbackArgs { project, env, to, hosts, user: out.served_caller() },
+            );
+            let record = finish_served(out, running, &mut reporter).await?;
             Ok(finish_operation(out, &record, false))
         }
         Command::Releases { project, env } => releases(&home, out, &project, &env, timeouts).await,
@@ -178,7 +240,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Quickstart { dir, serve, listen } => {
-            crate::cli::quickstart::run(dir, out, serve.then_some(listen)).await
+            crate::cli::quickstart::run(dir, out.format, serve.then_some(listen)).await
         }
         Command::Serve(args) => crate::server::serve(home, args).await,
         Command::User(cmd) => team::user_command(&home, out, cmd),
@@ -188,25 +250,21 @@ pub async fn run(cli: Cli) -> Result<u8> {
     }
 }
 
-/// Who an operation is recorded as: the server's caller (`dev`, `token:ci`, the socket's declared
-/// user) when the server carries this command out, else `None` (the OS user here).
-pub(crate) fn served_caller() -> Option<String> {
-    crate::server::exec::context().map(|c| c.caller.name)
-}
-
-/// The first Ctrl-C or SIGTERM cancels the operation cleanly; a second one exits at once.
-fn cancel_on_signals(canceller: engine::Canceller) {
+/// The first Ctrl-C or SIGTERM cancels the operation cleanly; a second one exits at once. For a
+/// `slipctl` elsewhere, its going away cancels instead.
+fn cancel_on_signals(out: &Cx, canceller: engine::Canceller) {
     use tokio::signal::unix::{SignalKind, signal};
-    if console::register(&canceller) {
+    if out.console.register(&canceller) {
         return;
     }
+    let console = out.console.clone();
     tokio::spawn(async move {
         let Ok(mut term) = signal(SignalKind::terminate()) else { return };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        crate::errln!("cancelling: removing staged releases and rolling back activated hosts (again to quit at once)");
+        console.err("cancelling: removing staged releases and rolling back activated hosts (again to quit at once)");
         canceller.cancel();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -217,29 +275,20 @@ fn cancel_on_signals(canceller: engine::Canceller) {
 }
 
 /// Say what went wrong (one JSON document too, with `--output json`); the exit status.
-pub fn report_error(format: OutputFormat, e: &CtlError) -> u8 {
-    if format.is_json() {
+pub fn report_error(out: &Cx, e: &CtlError) -> u8 {
+    if out.is_json() {
         let mut doc = e.to_json();
-        if format == OutputFormat::Jsonl {
+        if out.format == OutputFormat::Jsonl {
             doc["event"] = json!("error");
         }
-        format.print_doc(&doc);
+        out.print_doc(&doc);
     }
-    crate::errln!("error: {e}");
+    out.err(format!("error: {e}"));
     e.exit_code()
 }
 
-pub(crate) fn print(out: OutputFormat, doc: serde_json::Value, text: impl FnOnce() -> String) {
-    if out.is_json() { out.print_doc(&doc) } else { crate::outln!("{}", text()) }
-}
-
-pub fn deploy_json(d: &DeployRecord) -> serde_json::Value {
-    let mut doc = serde_json::to_value(d).expect("record serialises");
-    doc["status"] = json!(d.effective_status().word());
-    if d.status == DeployStatus::Planned {
-        doc["id"] = serde_json::Value::Null; // a dry run is not numbered
-    }
-    doc
+pub(crate) fn print(out: &Cx, doc: serde_json::Value, text: impl FnOnce() -> String) {
+    if out.is_json() { out.print_doc(&doc) } else { out.out(text()) }
 }
 
 fn took(d: &DeployRecord) -> String {
@@ -384,7 +433,7 @@ fn summary_line(record: &DeployRecord) -> String {
 /// carries the deploy on and this one follows it to its end; otherwise this one carries it on.
 /// Inside the server the waiter may be the server itself (same pid): its journal being live
 /// says so, and then the server's own waiter takes the decision — it is never resumed twice.
-async fn decide(home: &Home, out: OutputFormat, id: u64, decision: crate::state::store::Decision) -> Result<u8> {
+async fn decide(home: &Home, out: &Cx, id: u64, decision: crate::state::store::Decision) -> Result<u8> {
     use crate::state::store::{Decision, process_alive};
     let record = Store::open(&home.state())?.decide(id, decision)?;
     let finish = |record: &DeployRecord| match decision {
@@ -393,7 +442,7 @@ async fn decide(home: &Home, out: OutputFormat, id: u64, decision: crate::state:
     };
     let mut reporter = Reporter::new(out);
     let waiter = record.pid;
-    let waited_here = crate::server::exec::context().is_some() && crate::state::journal::is_live(id);
+    let waited_here = out.served.is_some() && crate::state::journal::is_live(id);
     let waiter_is_live = |pid: u32| {
         if waited_here { crate::state::journal::is_live(id) } else { process_alive(pid) && pid != std::process::id() }
     };
@@ -415,20 +464,24 @@ async fn decide(home: &Home, out: OutputFormat, id: u64, decision: crate::state:
     }
     let args = DeployArgs {
         resume: Some((id, decision)),
-        user: served_caller(),
+        user: out.served_caller(),
         ..DeployArgs::of(&record.project, &record.env)
     };
     let running = engine::start_deploy(home.clone(), args);
-    cancel_on_signals(running.canceller());
-    let record = finish_served(running, &mut reporter).await?;
+    cancel_on_signals(out, running.canceller());
+    let record = finish_served(out, running, &mut reporter).await?;
     Ok(finish(&record))
 }
 
 /// Follow an operation to its end, showing its events. In the server (a command through its
 /// socket or `--server`), the operation is one of the server's runs while it lasts: the API's
 /// cancel reaches it, the dashboard and `/healthz` count it.
-async fn finish_served(running: engine::Running<DeployRecord>, reporter: &mut Reporter) -> Result<DeployRecord> {
-    let Some(ctx) = crate::server::exec::context() else {
+async fn finish_served(
+    out: &Cx,
+    running: engine::Running<DeployRecord>,
+    reporter: &mut Reporter,
+) -> Result<DeployRecord> {
+    let Some(served) = &out.served else {
         return running.finish(|event| reporter.on(event)).await;
     };
     let canceller = running.canceller();
@@ -437,13 +490,13 @@ async fn finish_served(running: engine::Running<DeployRecord>, reporter: &mut Re
         .finish(|event| {
             if let engine::Event::Started { id } = &event {
                 started = Some(*id);
-                ctx.app.runs.track(*id, canceller.clone());
+                served.core.runs.track(*id, canceller.clone());
             }
             reporter.on(event)
         })
         .await;
     if let Some(id) = started {
-        ctx.app.runs.untrack(id);
+        served.core.runs.untrack(id);
     }
     result
 }
@@ -477,7 +530,7 @@ fn outcome_fix(record: &DeployRecord) -> Option<String> {
     })
 }
 
-pub(crate) fn finish_operation(out: OutputFormat, record: &DeployRecord, dry_run: bool) -> u8 {
+pub(crate) fn finish_operation(out: &Cx, record: &DeployRecord, dry_run: bool) -> u8 {
     let done = matches!(record.status, DeployStatus::Succeeded | DeployStatus::Planned | DeployStatus::Paused);
     finish_with(out, record, dry_run, done)
 }
@@ -485,12 +538,12 @@ pub(crate) fn finish_operation(out: OutputFormat, record: &DeployRecord, dry_run
 /// After `slipctl abort`: it did what was asked when the deploy stopped with no host left on the
 /// new release (the canary went back, the others were never touched): exit 0 then, 1 only
 /// when a host could not be taken back.
-fn finish_abort(out: OutputFormat, record: &DeployRecord) -> u8 {
+fn finish_abort(out: &Cx, record: &DeployRecord) -> u8 {
     let back = record.status == DeployStatus::Cancelled && record.hosts.iter().all(|h| !h.activated);
     finish_with(out, record, false, back)
 }
 
-fn finish_with(out: OutputFormat, record: &DeployRecord, dry_run: bool, done: bool) -> u8 {
+fn finish_with(out: &Cx, record: &DeployRecord, dry_run: bool, done: bool) -> u8 {
     let code = if done {
         0
     } else if record.refused_by_agents() {
@@ -504,20 +557,20 @@ fn finish_with(out: OutputFormat, record: &DeployRecord, dry_run: bool, done: bo
             doc["fix"] = json!(outcome_fix(record));
         }
         doc["exit_code"] = json!(code);
-        if out == OutputFormat::Jsonl {
+        if out.format == OutputFormat::Jsonl {
             doc["event"] = json!("result");
         }
         out.print_doc(&doc);
     } else if !dry_run {
-        crate::outln!("{}", summary_line(record));
+        crate::outln!(out, "{}", summary_line(record));
     }
     if code != 0 {
-        crate::errln!("error: {}", record.error.clone().unwrap_or_else(|| "the operation failed".into()));
+        crate::errln!(out, "error: {}", record.error.clone().unwrap_or_else(|| "the operation failed".into()));
     }
     code
 }
 
-async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Result<u8> {
+async fn agent_command(home: &Home, out: &Cx, cmd: AgentCommand) -> Result<u8> {
     match cmd {
         AgentCommand::Add { name, addr, labels, out: dir, listen, state_dir, allowed_roots } => {
             let record = crate::state::agents::register_agent(
@@ -541,29 +594,8 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Res
         }
         AgentCommand::List => {
             let agents = Store::open(&home.state())?.agents()?;
-            let tls = home.client_tls()?;
-            let quick = Timeouts { connect: Duration::from_secs(3), call: Duration::from_secs(5) };
-            let by_name: BTreeMap<String, AgentRecord> = agents.iter().map(|a| (a.name.clone(), a.clone())).collect();
-            let names: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
-            let mut answers = fan_out(&names, &engine::Emitter::discard(), &mut None, |name, _events| {
-                let (tls, agent) = (tls.clone(), by_name[&name].clone());
-                async move {
-                    let info = async {
-                        let mut c = client::connect(tls, &agent, quick).await.map_err(|e| e.to_string())?;
-                        tokio::time::timeout(quick.call, c.info(slipway_proto::pb::InfoRequest {}))
-                            .await
-                            .map_err(|_| "no answer".to_owned())?
-                            .map(|r| r.into_inner())
-                            .map_err(|s| status_text(&s))
-                    }
-                    .await;
-                    (agent, info)
-                }
-            })
-            .await;
-            // In registration order, like `agent list` always showed them.
-            let results: Vec<(AgentRecord, std::result::Result<_, String>)> =
-                names.iter().filter_map(|n| answers.remove(n)).collect();
+            home.client_tls()?; // a home without its identity says so, rather than every agent failing
+            let results = crate::ops::agents::ask_info(home, agents).await;
             let rows: Vec<Vec<String>> = results
                 .iter()
                 .map(|(a, info)| {
@@ -642,6 +674,7 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Res
             }
             if !users.is_empty() {
                 crate::errln!(
+                    out,
                     "warning: {} still select agent {name}: their deploys will fail on it until you take it out of \
                      their `hosts` (and `slipctl project apply`) or add it again",
                     users.join(", ")
@@ -653,7 +686,7 @@ async fn agent_command(home: &Home, out: OutputFormat, cmd: AgentCommand) -> Res
     }
 }
 
-async fn releases(home: &Home, out: OutputFormat, project: &str, env: &str, timeouts: Timeouts) -> Result<u8> {
+async fn releases(home: &Home, out: &Cx, project: &str, env: &str, timeouts: Timeouts) -> Result<u8> {
     let scope = engine::load_scope(home, project, env, None)?;
     let tls = home.client_tls()?;
     let answers = crate::engine::rollback::query_releases(&scope, tls, timeouts).await;

@@ -11,6 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use slipway_common::process::LineSplitter;
 
+use crate::cli::console::Console;
 use crate::engine::events::Event;
 pub use crate::engine::events::HostEvent;
 use crate::engine::host_error::Shown;
@@ -29,13 +30,13 @@ impl OutputFormat {
         matches!(self, OutputFormat::Json | OutputFormat::Jsonl)
     }
 
-    /// The result document: pretty for `json`, one line for `jsonl`.
-    pub fn print_doc(self, doc: &serde_json::Value) {
+    /// The result document as printed: pretty for `json`, one line for `jsonl`.
+    pub fn doc_text(self, doc: &serde_json::Value) -> String {
         let text = match self {
             OutputFormat::Jsonl => serde_json::to_string(doc),
             _ => serde_json::to_string_pretty(doc),
         };
-        crate::outln!("{}", text.expect("json"));
+        text.expect("json")
     }
 }
 
@@ -91,20 +92,21 @@ enum Mode {
 pub struct Reporter {
     mode: Mode,
     lines: HookLines,
+    console: Console,
 }
 
 impl Reporter {
-    pub fn new(format: OutputFormat) -> Self {
-        let mode = match format {
+    pub fn new(cx: &super::Cx) -> Self {
+        let mode = match cx.format {
             OutputFormat::Json => Mode::Quiet,
             OutputFormat::Jsonl => Mode::Lines,
-            OutputFormat::Text if std::io::stdout().is_terminal() && !super::console::remote() => Mode::Live {
+            OutputFormat::Text if std::io::stdout().is_terminal() && !cx.console.is_remote() => Mode::Live {
                 multi: MultiProgress::with_draw_target(ProgressDrawTarget::stdout()),
                 bars: HashMap::new(),
             },
             OutputFormat::Text => Mode::Plain,
         };
-        Reporter { mode, lines: HookLines::default() }
+        Reporter { mode, lines: HookLines::default(), console: cx.console.clone() }
     }
 
     /// A controller-level line ("fetching", "packaged …").
@@ -113,7 +115,7 @@ impl Reporter {
             Mode::Live { multi, .. } => {
                 let _ = multi.println(line.to_string());
             }
-            Mode::Plain => crate::outln!("{line}"),
+            Mode::Plain => crate::outln!(self.console, "{line}"),
             Mode::Quiet | Mode::Lines => {}
         }
     }
@@ -146,18 +148,18 @@ impl Reporter {
                     HostEvent::Failed(why) => format!("FAILED: {why}"),
                     HostEvent::Output { stage, data, stderr } => {
                         for line in self.lines.push(host, stage, *stderr, data) {
-                            crate::outln!("{line}");
+                            crate::outln!(self.console, "{line}");
                         }
                         return;
                     }
                     HostEvent::Hook { stage, command, exit_code, timed_out, elapsed_ms } => {
                         for line in self.lines.flush(Some(host)) {
-                            crate::outln!("{line}");
+                            crate::outln!(self.console, "{line}");
                         }
                         hook_line(stage, command, *exit_code, *timed_out, *elapsed_ms)
                     }
                 };
-                crate::outln!("  {host:<16} {text}");
+                crate::outln!(self.console, "  {host:<16} {text}");
             }
             Mode::Live { multi, bars } => {
                 let bar = bars.entry(host.to_owned()).or_insert_with(|| {
@@ -216,7 +218,7 @@ impl Reporter {
     /// Show one event of the engine's stream.
     pub fn on(&mut self, event: Event) {
         if let Mode::Lines = self.mode {
-            crate::outln!("{}", event.to_json());
+            crate::outln!(self.console, "{}", event.to_json());
             return;
         }
         match event {
@@ -234,7 +236,7 @@ impl Reporter {
                 Mode::Live { multi, .. } => {
                     let _ = multi.println(line);
                 }
-                Mode::Plain => crate::outln!("{line}"),
+                Mode::Plain => crate::outln!(self.console, "{line}"),
                 Mode::Quiet | Mode::Lines => {}
             }
         }

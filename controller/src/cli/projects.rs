@@ -8,14 +8,14 @@ use slipway_common::config::ProjectConfig;
 use slipway_common::time::format_utc;
 
 use crate::cli::args::ProjectCommand;
-use crate::cli::output::{OutputFormat, clean, table};
-use crate::cli::{print, served_caller};
+use crate::cli::output::{clean, table};
+use crate::cli::{Cx, print};
 use crate::error::{Context, CtlError, Result};
 use crate::ops::projects;
 use crate::state::home::Home;
 use crate::state::store::Store;
 
-pub(crate) fn project_command(home: &Home, out: OutputFormat, cmd: ProjectCommand) -> Result<u8> {
+pub(crate) fn project_command(home: &Home, out: &Cx, cmd: ProjectCommand) -> Result<u8> {
     match cmd {
         ProjectCommand::Apply { file } => {
             let text = std::fs::read_to_string(&file)
@@ -23,7 +23,7 @@ pub(crate) fn project_command(home: &Home, out: OutputFormat, cmd: ProjectComman
             let config = ProjectConfig::parse(&text, &file.display().to_string())?;
             let file = std::path::absolute(&file).context("project file path")?;
             let store = Store::open(&home.state())?;
-            let by = served_caller().unwrap_or_else(crate::engine::scope::current_user);
+            let by = out.served_caller().unwrap_or_else(crate::engine::scope::current_user);
             let save = crate::ops::projects::Save {
                 text: &text,
                 source_file: &file,
@@ -48,6 +48,7 @@ pub(crate) fn project_command(home: &Home, out: OutputFormat, cmd: ProjectComman
             }
             if !unknown.is_empty() {
                 crate::errln!(
+                    out,
                     "warning: not registered agents: {}; register them with `slipctl agent add NAME --addr \
                      HOST:PORT --out DIR` before deploying",
                     unknown.join(", ")
@@ -65,7 +66,7 @@ pub(crate) fn project_command(home: &Home, out: OutputFormat, cmd: ProjectComman
             let projects = Store::open(&home.state())?.projects()?;
             // Through the server, a caller sees the projects and envs their grants show them;
             // the project file's path is for admins. Repository URLs never carry credentials.
-            let caller = crate::server::exec::context().map(|c| c.caller);
+            let caller = out.served.as_ref().map(|s| s.caller.clone());
             let sees =
                 |p: &str, e: &str| caller.as_ref().is_none_or(|c| c.allows(p, e, crate::state::users::Role::Viewer));
             let admin = caller.as_ref().is_none_or(|c| c.admin);
@@ -183,7 +184,7 @@ pub(crate) fn project_command(home: &Home, out: OutputFormat, cmd: ProjectComman
         }
         ProjectCommand::Revert { name, revision } => {
             let store = Store::open(&home.state())?;
-            let by = served_caller().unwrap_or_else(crate::engine::scope::current_user);
+            let by = out.served_caller().unwrap_or_else(crate::engine::scope::current_user);
             let (_, saved) = projects::revert(&store, &name, revision, &by)?;
             print(out, json!({"project": name, "revision": saved.n, "reverted_to": revision}), || {
                 format!("{name}: revision {} is revision {revision} again; the next deploy runs with it", saved.n)

@@ -197,7 +197,7 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat, serve: Option<std::net
     crate::ops::projects::save(&Store::open(&home.state())?, save)?;
     say(format!("project web-demo, env demo: {}", project_file.display()));
 
-    let mut reporter = Reporter::new(out);
+    let mut reporter = Reporter::new(&crate::cli::Cx::terminal(out));
     let mut records = Vec::new();
     for (step, git_ref) in [("1/3 deploy v1", Some("v1")), ("2/3 deploy main (v2)", None)] {
         say(format!("\n== {step}"));
@@ -227,7 +227,7 @@ pub async fn run(dir: Option<PathBuf>, out: OutputFormat, serve: Option<std::net
     match out {
         OutputFormat::Json | OutputFormat::Jsonl => {
             let doc = serde_json::json!({"dir": dir, "home": home.root, "deploys": records, "total_ms": total_ms});
-            out.print_doc(&doc);
+            println!("{}", out.doc_text(&doc));
         }
         OutputFormat::Text => {
             let sent = crate::cli::output::bytes(records[1].hosts.iter().map(|h| h.bytes_sent).sum());
@@ -274,7 +274,7 @@ async fn serve_demo(home: &Home, mut listen: std::net::SocketAddr, agents: Agent
     drop(store);
     let url = format!("http://{listen}/");
     if out.is_json() {
-        out.print_doc(&serde_json::json!({"url": url, "user": name, "password": password}));
+        println!("{}", out.doc_text(&serde_json::json!({"url": url, "user": name, "password": password})));
     } else {
         println!("\n== the demo in a browser (its three agents keep running; Ctrl-C stops it all)");
         println!("open {url} and log in as {name} with password {password} (shown once)");

@@ -8,38 +8,22 @@ use slipway_common::time::{format_utc, unix_now};
 
 use crate::cli::args_team::{TicketCommand, TokenCommand, UserCommand, WebhookCommand};
 use crate::cli::output::{OutputFormat, clean, table};
-use crate::cli::{finish_operation, print};
+use crate::cli::{Cx, Served, finish_operation, print};
 use crate::error::{CtlError, Result};
 use crate::ops::secrets::random_hex;
 use crate::ops::tickets::{self, NewTicket, TicketQuery};
 use crate::ops::users as admin;
-use crate::server::error::ApiError;
-use crate::server::exec::{self, Context};
 use crate::state::home::Home;
 use crate::state::store::{DeployStatus, Store};
 use crate::state::tickets::{Audit, TicketKind, TicketRecord};
 use crate::state::users::{Grant, Role, UserRecord};
 
-impl From<ApiError> for CtlError {
-    fn from(e: ApiError) -> CtlError {
-        let code = e.status.as_u16();
-        let err = match code {
-            409 => CtlError::busy(e.error),
-            404 => CtlError::not_found(e.error),
-            403 => CtlError::forbidden(e.error),
-            400..=499 => CtlError::bad(e.error),
-            _ => CtlError::failed(e.error),
-        };
-        if e.fix.is_empty() { err } else { err.fix(e.fix) }
-    }
-}
-
 /// The password for `user add`: stdin's first line, or a new random one.
-fn new_password(from_stdin: bool) -> Result<(String, bool)> {
+fn new_password(out: &Cx, from_stdin: bool) -> Result<(String, bool)> {
     if !from_stdin {
         return Ok((random_hex()[..20].to_owned(), true));
     }
-    let text = match exec::context().and_then(|c| c.stdin) {
+    let text = match out.served.as_ref().and_then(|s| s.stdin.clone()) {
         Some(text) => text,
         None => {
             let mut line = String::new();
@@ -58,11 +42,11 @@ fn grants_text(u: &UserRecord) -> String {
     if g.is_empty() { "-".into() } else { g.join(" ") }
 }
 
-pub fn user_command(home: &Home, out: OutputFormat, cmd: UserCommand) -> Result<u8> {
+pub fn user_command(home: &Home, out: &Cx, cmd: UserCommand) -> Result<u8> {
     let store = Store::open(&home.state())?;
     match cmd {
         UserCommand::Add { name, admin, password_stdin } => {
-            let (password, generated) = new_password(password_stdin)?;
+            let (password, generated) = new_password(out, password_stdin)?;
             admin::add_user(&store, &name, admin, &password)?;
             let shown = generated.then(|| password.clone());
             print(out, json!({"user": name, "admin": admin, "password": shown}), || match &shown {
@@ -73,7 +57,7 @@ pub fn user_command(home: &Home, out: OutputFormat, cmd: UserCommand) -> Result<
             });
         }
         UserCommand::Passwd { name, password_stdin } => {
-            let (password, generated) = new_password(password_stdin)?;
+            let (password, generated) = new_password(out, password_stdin)?;
             admin::set_password(&store, &name, &password, None)?;
             let shown = generated.then(|| password.clone());
             print(out, json!({"user": name, "password": shown, "sessions_ended": true}), || match &shown {
@@ -119,12 +103,12 @@ pub fn user_command(home: &Home, out: OutputFormat, cmd: UserCommand) -> Result<
     Ok(0)
 }
 
-pub fn token_command(home: &Home, out: OutputFormat, cmd: TokenCommand) -> Result<u8> {
+pub fn token_command(home: &Home, out: &Cx, cmd: TokenCommand) -> Result<u8> {
     let store = Store::open(&home.state())?;
     match cmd {
         TokenCommand::Create { name, scopes, admin } => {
             let grants = scopes.iter().map(|s| Grant::parse_scope(s)).collect::<Result<Vec<_>>>()?;
-            let caller = exec::context().map(|c| c.caller);
+            let caller = out.served.as_ref().map(|s| s.caller.clone());
             let by = caller.as_ref().map(|c| c.name.clone()).unwrap_or_else(crate::engine::scope::current_user);
             let owner = caller.and_then(|c| c.user);
             let (record, token) = admin::create_token(&store, &name, &grants, admin, &by, owner.as_deref())?;
@@ -168,7 +152,7 @@ pub fn token_command(home: &Home, out: OutputFormat, cmd: TokenCommand) -> Resul
     Ok(0)
 }
 
-pub fn webhook_command(home: &Home, out: OutputFormat, cmd: WebhookCommand) -> Result<u8> {
+pub fn webhook_command(home: &Home, out: &Cx, cmd: WebhookCommand) -> Result<u8> {
     let WebhookCommand::Secret { project, rotate } = cmd;
     let store = Store::open(&home.state())?;
     store.project(&project)?.ok_or_else(|| {
@@ -244,35 +228,35 @@ fn ticket_text(t: &TicketRecord) -> String {
     s.trim_end().to_owned()
 }
 
-fn server_context() -> Result<Context> {
-    exec::context().ok_or_else(|| {
+fn served(out: &Cx) -> Result<&Served> {
+    out.served.as_ref().ok_or_else(|| {
         CtlError::bad("tickets are kept by `slipctl serve`, and none runs for this home")
             .fix("start it (systemctl start slipctl, or `slipctl serve`), or pass --server URL with SLIPWAY_TOKEN")
     })
 }
 
-fn audit(c: &Context) -> Audit {
-    Audit { by: c.caller.name.clone(), at: unix_now(), from: c.caller.from.clone() }
+fn audit(s: &Served) -> Audit {
+    Audit { by: s.caller.name.clone(), at: unix_now(), from: s.caller.from.clone() }
 }
 
-pub async fn ticket_command(out: OutputFormat, cmd: TicketCommand) -> Result<u8> {
-    let ctx = server_context()?;
-    let (app, caller) = (&ctx.app, &ctx.caller);
+pub async fn ticket_command(out: &Cx, cmd: TicketCommand) -> Result<u8> {
+    let ctx = served(out)?;
+    let (core, caller) = (&ctx.core, &ctx.caller);
     let show = |t: &TicketRecord| print(out, json!(t), || ticket_text(t));
     match cmd {
         TicketCommand::Create { project, env, git_ref, title, description } => {
             let t = tickets::create(
-                &app.core,
+                core,
                 caller,
                 NewTicket { project, env, git_ref, title, description },
-                audit(&ctx),
+                audit(ctx),
                 None,
             )
             .await?;
             show(&t);
         }
         TicketCommand::List { project, env, state } => {
-            let list = tickets::list(&app.core, caller, &TicketQuery { project, env, state, limit: None })?;
+            let list = tickets::list(core, caller, &TicketQuery { project, env, state, limit: None })?;
             let rows: Vec<Vec<String>> = list.iter().map(ticket_row).collect();
             print(out, json!(list), || {
                 if rows.is_empty() {
@@ -282,18 +266,18 @@ pub async fn ticket_command(out: OutputFormat, cmd: TicketCommand) -> Result<u8>
                 }
             });
         }
-        TicketCommand::Show { id } => show(&app.store.ticket(id)?.ok_or_else(|| tickets::unknown(id))?),
-        TicketCommand::Approve { id, comment } => show(&tickets::approve(&app.core, caller, id, &comment, true)?),
-        TicketCommand::Reject { id, comment } => show(&tickets::approve(&app.core, caller, id, &comment, false)?),
-        TicketCommand::Cancel { id } => show(&tickets::cancel(&app.core, caller, id)?),
+        TicketCommand::Show { id } => show(&core.store.ticket(id)?.ok_or_else(|| tickets::unknown(id))?),
+        TicketCommand::Approve { id, comment } => show(&tickets::approve(core, caller, id, &comment, true)?),
+        TicketCommand::Reject { id, comment } => show(&tickets::approve(core, caller, id, &comment, false)?),
+        TicketCommand::Cancel { id } => show(&tickets::cancel(core, caller, id)?),
         TicketCommand::Deploy { id } => {
-            let (_, n) = tickets::deploy(&app.core, caller, id).await?;
-            return follow(&ctx, out, n).await;
+            let (_, n) = tickets::deploy(core, caller, id).await?;
+            return follow(ctx, out, n).await;
         }
         TicketCommand::Rollback { id } => {
-            let (t, n) = tickets::rollback(&app.core, caller, id).await?;
+            let (t, n) = tickets::rollback(core, caller, id).await?;
             match n {
-                Some(n) => return follow(&ctx, out, n).await,
+                Some(n) => return follow(ctx, out, n).await,
                 None => show(&t),
             }
         }
@@ -302,22 +286,22 @@ pub async fn ticket_command(out: OutputFormat, cmd: TicketCommand) -> Result<u8>
 }
 
 /// Follow deploy `n` (run by the server) to its end: its journal as it grows, then its outcome.
-async fn follow(ctx: &Context, out: OutputFormat, n: u64) -> Result<u8> {
+async fn follow(ctx: &Served, out: &Cx, n: u64) -> Result<u8> {
     if !out.is_json() {
-        crate::outln!("deploy #{n} started; `slipctl show {n}` has every step");
+        crate::outln!(out, "deploy #{n} started; `slipctl show {n}` has every step");
     }
     let mut after = 0;
     loop {
         let mut woken = crate::state::journal::subscribe(n);
-        for (seq, event) in ctx.app.store.events(n, after)? {
+        for (seq, event) in ctx.core.store.events(n, after)? {
             after = seq;
-            if out == OutputFormat::Jsonl {
-                crate::outln!("{event}");
+            if out.format == OutputFormat::Jsonl {
+                crate::outln!(out, "{event}");
             } else if !out.is_json() && event["event"] == "say" {
-                crate::outln!("{}", event["line"].as_str().unwrap_or(""));
+                crate::outln!(out, "{}", event["line"].as_str().unwrap_or(""));
             }
         }
-        let record = ctx.app.store.deploy(n)?.ok_or_else(|| CtlError::failed(format!("deploy #{n} has no record")))?;
+        let record = ctx.core.store.deploy(n)?.ok_or_else(|| CtlError::failed(format!("deploy #{n} has no record")))?;
         if !crate::state::journal::is_live(n) && record.status != DeployStatus::Running {
             return Ok(finish_operation(out, &record, false));
         }

@@ -7,6 +7,7 @@
 //! based on an older revision, listed, compared and reverted. `users`: users, grants,
 //! passwords and tokens. `secrets`: random tokens, digests and password hashes.
 
+pub mod agents;
 pub mod caller;
 pub mod projects;
 pub mod runs;
@@ -42,6 +43,8 @@ pub struct Core {
     pub on_ticket: OnceLock<TicketObserver>,
     /// What each host runs and each env's last operation, fed as operations end.
     pub views: views::Views,
+    /// What the last probe of each agent found.
+    pub probes: agents::Probes,
 }
 
 impl Core {
@@ -54,6 +57,7 @@ impl Core {
             stopping: watch::channel(false).0,
             on_ticket: OnceLock::new(),
             views: views::Views::default(),
+            probes: agents::Probes::default(),
         }
     }
 

@@ -142,3 +142,14 @@ pub fn dashboard_cells(core: &Core, caller: &Caller) -> Result<Vec<Value>> {
     }
     Ok(cells)
 }
+
+/// A deploy's record as the API and `--output json` show it: its effective status, and no
+/// number for a dry run.
+pub fn deploy_json(d: &DeployRecord) -> Value {
+    let mut doc = serde_json::to_value(d).expect("record serialises");
+    doc["status"] = json!(d.effective_status().word());
+    if d.status == DeployStatus::Planned {
+        doc["id"] = Value::Null; // a dry run is not numbered
+    }
+    doc
+}

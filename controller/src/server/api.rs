@@ -12,10 +12,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use slipway_common::time::unix_now;
 
-use crate::cli::deploy_json;
 use crate::engine::select::RollbackTo;
 use crate::engine::{DeployArgs, RollbackArgs};
 use crate::ops::runs::{self, Begun, Op};
+use crate::ops::views::deploy_json;
 use crate::server::App;
 use crate::server::auth::{self, Caller, SESSION_COOKIE, SESSION_SECS, Via};
 use crate::server::error::{ApiError, ApiResult, Body};
@@ -55,6 +55,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(super::projects::routes())
         .merge(crate::web::routes())
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::authorize))
+        .route_layer(axum::middleware::from_fn(crate::web::present_refusals))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(super::BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(app.clone(), security_headers))
@@ -266,7 +267,7 @@ async fn check(
 
 /// Registered agents the caller may know of, each with what the last probe (every 30 s) found.
 async fn agents(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
-    let probes = app.probes.lock().expect("probes").clone();
+    let probes = app.probes.all();
     let out: Vec<Value> = crate::ops::views::visible_agents(&app.core, &caller)?
         .into_iter()
         .map(|a| {

@@ -313,21 +313,27 @@ pub fn is_page(route: &str) -> bool {
     !(route.starts_with("/api/") || route.starts_with("/hooks/") || route == "/healthz" || route == "/metrics")
 }
 
-/// The middleware every route passes. A page refused for want of a login goes to the login
-/// page; a page refused otherwise says why in HTML, in the viewer's language.
+/// The middleware every route passes. A refusal is the API's error, marked [`Refused`] so
+/// the web front end can present it to a browser as a page (`web::present_refusals`).
 pub async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let route = req_route(&req);
-    let page = is_page(&route);
-    // (Only a page answers in the viewer's language.)
-    let lang = page.then(|| crate::web::i18n::Lang::of(req.headers()));
     match check(&app, route, req).await {
         Ok(req) => next.run(req).await,
-        Err(e) if page && e.status == axum::http::StatusCode::UNAUTHORIZED => {
-            axum::response::IntoResponse::into_response(axum::response::Redirect::to("/login"))
+        Err(e) => {
+            let refused = Refused { status: e.status, error: e.error.clone(), fix: e.fix.clone() };
+            let mut response = axum::response::IntoResponse::into_response(e);
+            response.extensions_mut().insert(refused);
+            response
         }
-        Err(e) if let Some(lang) = lang => crate::web::error_page(lang, None, &e),
-        Err(e) => axum::response::IntoResponse::into_response(e),
     }
+}
+
+/// What [`authorize`] refused a request with, on its answer.
+#[derive(Clone, Debug)]
+pub struct Refused {
+    pub status: axum::http::StatusCode,
+    pub error: String,
+    pub fix: String,
 }
 
 /// A form's `csrf_token` field (a page's POST), and the request with its body put back.

@@ -51,6 +51,21 @@ impl ApiError {
     }
 }
 
+/// An answer of the server's, as a command's error (`slipctl --server`, the socket): the
+/// kind follows the status, so the exit code does too.
+impl From<ApiError> for CtlError {
+    fn from(e: ApiError) -> CtlError {
+        let err = match e.status.as_u16() {
+            409 => CtlError::busy(e.error),
+            404 => CtlError::not_found(e.error),
+            403 => CtlError::forbidden(e.error),
+            400..=499 => CtlError::bad(e.error),
+            _ => CtlError::failed(e.error),
+        };
+        if e.fix.is_empty() { err } else { err.fix(e.fix) }
+    }
+}
+
 impl From<CtlError> for ApiError {
     fn from(e: CtlError) -> ApiError {
         let status = match e.kind {

@@ -21,7 +21,7 @@ use tokio_stream::StreamExt;
 
 use crate::cli::args::{AgentCommand, Cli, Command, ProjectCommand};
 use crate::cli::args_team::TicketCommand;
-use crate::cli::console::{self, Cancellers, Frame};
+use crate::cli::console::{Cancellers, Console, Frame};
 use crate::server::App;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body};
@@ -39,23 +39,6 @@ pub struct ExecBody {
     /// What the command reads from stdin (`user add --password-stdin`).
     #[serde(default)]
     pub stdin: Option<String>,
-}
-
-/// The caller of a command run here, for the commands that act as someone (tickets).
-#[derive(Clone)]
-pub struct Context {
-    pub app: Arc<App>,
-    pub caller: Caller,
-    pub stdin: Option<String>,
-}
-
-tokio::task_local! {
-    static CONTEXT: Context;
-}
-
-/// The server and the caller, when this command runs inside `slipctl serve`.
-pub fn context() -> Option<Context> {
-    CONTEXT.try_with(Clone::clone).ok()
 }
 
 pub fn parse(body: &ExecBody) -> ApiResult<Cli> {
@@ -170,23 +153,14 @@ pub async fn run(
 ) -> ApiResult<Response> {
     let mut cli = parse(&body)?;
     localise(&mut cli, &peer, body.cwd.as_ref())?;
-    cli.home = Some(app.home.root.clone());
-    cli.server = None;
-    let format = cli.output;
     let (tx, rx) = mpsc::unbounded_channel::<Frame>();
     let cancel: Cancellers = Default::default();
-    let context = Context { app: app.clone(), caller, stdin: body.stdin };
-    let sink = tx.clone();
-    let task = tokio::spawn(CONTEXT.scope(
-        context,
-        console::capture(sink.clone(), cancel.clone(), async move {
-            let code = match crate::cli::run(cli).await {
-                Ok(code) => code,
-                Err(e) => crate::cli::report_error(format, &e),
-            };
-            let _ = sink.send(Frame::Exit(code));
-        }),
-    ));
+    let served = crate::cli::Served { core: app.core.clone(), caller, stdin: body.stdin };
+    let (sink, console) = (tx.clone(), Console::remote(tx.clone(), cancel.clone()));
+    let task = tokio::spawn(async move {
+        let code = crate::cli::run_served(cli, served, console).await;
+        let _ = sink.send(Frame::Exit(code));
+    });
     app.runs.keep(task, Some(cancel.clone()));
     // The asking slipctl went away before the end: stop what it started, cleanly.
     tokio::spawn(async move {

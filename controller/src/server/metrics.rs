@@ -6,9 +6,7 @@
 //! Counts come from every operation that ends in this process (the engine's journal reports
 //! each outcome here), seeded at start from history, so they are what history says.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -279,83 +277,5 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
-    }
-}
-
-/// What the last probe of an agent found (`GET /api/v1/agents`).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Probe {
-    pub reachable: bool,
-    pub checked_at: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cert_not_after: Option<i64>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub broken_targets: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl Probe {
-    fn of(answer: std::result::Result<slipway_proto::pb::InfoReply, String>) -> Probe {
-        let checked_at = slipway_common::time::unix_now();
-        match answer {
-            Ok(i) => Probe {
-                reachable: true,
-                checked_at,
-                version: Some(i.version),
-                cert_not_after: (i.cert_not_after > 0).then_some(i.cert_not_after),
-                broken_targets: i.broken_targets,
-                error: None,
-            },
-            Err(e) => Probe {
-                reachable: false,
-                checked_at,
-                version: None,
-                cert_not_after: None,
-                broken_targets: Vec::new(),
-                error: Some(e),
-            },
-        }
-    }
-}
-
-/// Ask every registered agent for its info every `every`, for `agent_up` and the certificate
-/// gauge, until the server stops.
-pub async fn probe_agents(app: std::sync::Arc<super::App>, every: Duration) {
-    let mut stopping = app.stopping.subscribe();
-    loop {
-        if let (Ok(agents), Ok(tls)) = (app.store.agents(), app.home.client_tls()) {
-            let names: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
-            let by_name: BTreeMap<String, _> = agents.into_iter().map(|a| (a.name.clone(), a)).collect();
-            let quick =
-                crate::engine::client::Timeouts { connect: Duration::from_secs(3), call: Duration::from_secs(5) };
-            let answers = crate::engine::fanout::ask_all(&names, |name| {
-                let (tls, agent) = (tls.clone(), by_name[&name].clone());
-                async move {
-                    let mut client =
-                        crate::engine::client::connect(tls, &agent, quick).await.map_err(|e| e.to_string())?;
-                    let info = tokio::time::timeout(quick.call, client.info(slipway_proto::pb::InfoRequest {}))
-                        .await
-                        .map_err(|_| "no answer".to_owned())?
-                        .map_err(|s| crate::engine::client::status_text(&s))?;
-                    Ok::<_, String>(info.into_inner())
-                }
-            })
-            .await;
-            app.metrics.clear_agents();
-            let mut probes = app.probes.lock().expect("probes");
-            probes.clear();
-            for (name, answer) in answers {
-                let cert = answer.as_ref().ok().map(|i| i.cert_not_after).filter(|t| *t > 0);
-                app.metrics.agent(&name, answer.is_ok(), cert);
-                probes.insert(name, Probe::of(answer));
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            () = super::listen::until_stop(&mut stopping) => return,
-        }
     }
 }

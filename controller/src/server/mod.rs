@@ -23,7 +23,7 @@ pub mod sse;
 pub mod tickets;
 pub mod webhooks;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::args_team::ServeArgs;
@@ -51,8 +51,6 @@ pub struct App {
     /// Where people reach the server (`--public-url`, else the listen address), for links.
     pub public_url: String,
     pub metrics: metrics::Metrics,
-    /// What the last agent probe found, by agent.
-    pub probes: Mutex<std::collections::BTreeMap<String, metrics::Probe>>,
     /// Webhook body bytes in memory now, out of [`WEBHOOK_BYTES_IN_FLIGHT`].
     pub webhook_budget: Arc<tokio::sync::Semaphore>,
     /// Password checks and the failed-login budgets.
@@ -99,7 +97,6 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
         started_at: slipway_common::time::unix_now(),
         public_url: public_url.trim_end_matches('/').to_owned(),
         metrics: metrics::Metrics::new(),
-        probes: Mutex::default(),
         webhook_budget: Arc::new(tokio::sync::Semaphore::new(WEBHOOK_BYTES_IN_FLIGHT)),
         logins: login::Logins::default(),
         streams: sse::Streams::default(),
@@ -127,27 +124,33 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
             notify::on_operation(&app, &happened);
         }
     });
-    tokio::spawn(metrics::probe_agents(app.clone(), Duration::from_secs(30)));
+    let probed = app.clone();
+    tokio::spawn(crate::ops::agents::probe_every(app.core.clone(), Duration::from_secs(30), move |found| {
+        probed.metrics.clear_agents();
+        for (name, p) in found {
+            probed.metrics.agent(name, p.reachable, p.cert_not_after);
+        }
+    }));
     let router = api::router(app.clone());
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let serving = listen::Serving::new(router, stop_rx, graceful.clone());
     let accepting = [tokio::spawn(serving.clone().tcp(tcp, tls)), tokio::spawn(serving.clone().unix(unix))];
     // The line scripts and tests wait for: the server answers from now on.
-    crate::outln!(
+    println!(
         "slipctl serve: listening on {scheme}://{local} and {} (people reach it at {})",
         socket_path.display(),
         app.public_url
     );
     if recovered > 0 {
-        crate::outln!("{recovered} ticket(s) whose deploy was interrupted by the last stop now read interrupted");
+        println!("{recovered} ticket(s) whose deploy was interrupted by the last stop now read interrupted");
     }
 
     wait_for_stop().await;
-    crate::outln!("stopping: cancelling running deploys cleanly");
+    println!("stopping: cancelling running deploys cleanly");
     app.stopping.send_replace(true);
     let stopped = crate::ops::runs::stop_all(&app.core, STOP_WAIT).await;
     if !stopped {
-        crate::errln!("some deploys did not reach a safe point in {}s; they read interrupted", STOP_WAIT.as_secs());
+        eprintln!("some deploys did not reach a safe point in {}s; they read interrupted", STOP_WAIT.as_secs());
     }
     drop(serving);
     for task in accepting {
@@ -160,7 +163,7 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
     let _ = std::fs::remove_file(&socket_path);
     app.store.flush()?;
     Store::unpin(&home.state());
-    crate::outln!("stopped");
+    println!("stopped");
     Ok(0)
 }
 

@@ -253,6 +253,8 @@ impl Lang {
             "viewer" => ("viewer", "查看者"),
             "deployer" => ("deployer", "上线者"),
             "approver" => ("approver", "审核者"),
+            "maintainer" => ("maintainer", "维护者"),
+            "all_envs" => ("* (every env)", "*（所有环境）"),
             _ => ("?", "?"),
         };
         match self {

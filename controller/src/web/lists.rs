@@ -114,7 +114,7 @@ pub async fn history(State(app): State<Arc<App>>, v: Viewer, Query(q): Query<His
 /// `GET /agents`.
 pub async fn agents(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
     let agents = crate::ops::views::visible_agents(&app.core, &v.caller).or_show(&v)?;
-    let probes = app.probes.lock().expect("probes").clone();
+    let probes = app.probes.all();
     let now = slipway_common::time::unix_now();
     let body = html! {
         h1 { (v.t("agents")) }
@@ -151,7 +151,11 @@ pub async fn users(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
 
 fn users_view(app: &App, v: &Viewer, notice: Option<maud::Markup>) -> PageResult {
     let users = app.store.users().or_show(v)?;
-    let pairs = visible_pairs(app, v)?;
+    // Each env, and each project's `*` (every env: where a maintainer is granted).
+    let mut pairs = visible_pairs(app, v)?;
+    let projects: std::collections::BTreeSet<String> = pairs.iter().map(|(p, _)| p.clone()).collect();
+    pairs.extend(projects.into_iter().map(|p| (p, "*".to_owned())));
+    pairs.sort();
     let body = html! {
         h1 { (v.t("users")) }
         @if let Some(n) = notice { div.notice role="status" { (n) } }
@@ -190,9 +194,11 @@ fn users_view(app: &App, v: &Viewer, notice: Option<maud::Markup>) -> PageResult
                 label for="g-user" { (v.t("user")) }
                 select #g-user name="user" { @for u in &users { option value=(u.name) { (u.name) } } }
                 label for="g-pair" { (v.t("env")) }
-                select #g-pair name="pair" { @for (p, e) in &pairs { option value={ (p) "/" (e) } { (p) " / " (e) } } }
+                select #g-pair name="pair" { @for (p, e) in &pairs {
+                    option value={ (p) "/" (e) } { (p) " / " @if e == "*" { (v.t("all_envs")) } @else { (e) } }
+                } }
                 label for="g-role" { (v.t("role")) }
-                select #g-role name="role" { @for r in ["viewer", "deployer", "approver"] { option value=(r) { (v.t(r)) } } }
+                select #g-role name="role" { @for r in ["viewer", "deployer", "approver", "maintainer"] { option value=(r) { (v.t(r)) } } }
             }))
         }
     };

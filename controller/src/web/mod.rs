@@ -160,6 +160,26 @@ impl<T, E: Into<ApiError>> OrShow<T> for Result<T, E> {
 }
 
 /// An error as a page: what went wrong and the fix, with the error's status.
+/// A page the authorization refused, presented to the browser: one not logged in goes to the
+/// login page; any other refusal says why in HTML, in the viewer's language. The API's
+/// refusals pass as they are.
+pub async fn present_refusals(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let page = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .is_some_and(|m| crate::server::auth::is_page(m.as_str()));
+    let lang = Lang::of(req.headers());
+    let response = next.run(req).await;
+    match response.extensions().get::<crate::server::auth::Refused>() {
+        Some(r) if page && r.status == axum::http::StatusCode::UNAUTHORIZED => Redirect::to("/login").into_response(),
+        Some(r) if page => {
+            let e = ApiError::new(r.status, r.error.clone(), r.fix.clone());
+            error_page(lang, None, &e)
+        }
+        _ => response,
+    }
+}
+
 pub fn error_page(lang: Lang, caller: Option<&Caller>, e: &ApiError) -> Response {
     let body = html! {
         section.panel.problem role="alert" {

@@ -55,7 +55,7 @@ async fn view(app: &App, v: &Viewer, p: &str, e: &str, check: Option<Markup>) ->
     let scope = crate::engine::load_scope(&app.home, p, e, None).or_show(v)?;
     let hosts = releases(app, &scope).await.or_show(v)?;
     let settings = &scope.settings;
-    let probes = app.probes.lock().expect("probes").clone();
+    let probes = app.probes.all();
     let now = slipway_common::time::unix_now();
     let deployer = v.caller.allows(p, e, Role::Deployer);
     let direct_rollback =

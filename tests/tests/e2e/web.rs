@@ -149,6 +149,15 @@ fn log_in_see_the_dashboard_in_english_and_chinese_and_log_out() {
         click_xpath(&c, "//tr[@data-user='dev']//form[.//input[@name='role'][@value='deployer']]//button").await;
         c.wait().for_element(Locator::Css("table.users")).await.unwrap();
         assert!(!has(&c, revoke).await, "revoked");
+        // A maintainer is granted on the whole project (`*`) from the same form.
+        c.find(Locator::Css("#g-user")).await.unwrap().select_by_value("dev").await.unwrap();
+        c.find(Locator::Css("#g-pair")).await.unwrap().select_by_value("shop/*").await.unwrap();
+        c.find(Locator::Css("#g-role")).await.unwrap().select_by_value("maintainer").await.unwrap();
+        click(&c, "form[action='/users/grant'] button").await;
+        let row = wait_text(&c, "tr", "maintainer").await;
+        assert!(row.contains("dev") && row.contains("shop/*"), "{row}");
+        click_xpath(&c, "//tr[@data-user='dev']//form[.//input[@name='role'][@value='maintainer']]//button").await;
+        c.wait().for_element(Locator::Css("table.users")).await.unwrap();
 
         // Add a user: the generated password is shown once and logs in; then remove the user.
         c.find(Locator::Css("#u-name")).await.unwrap().send_keys("newbie").await.unwrap();
