@@ -8,7 +8,35 @@ use slipway_common::time::unix_now;
 use crate::error::{CtlError, Result};
 use crate::ops::secrets::{hash_password, random_hex, sha256_hex};
 use crate::state::store::Store;
-use crate::state::users::{Grant, Role, TokenRecord, UserRecord};
+use crate::state::users::{Grant, Role, SessionRecord, TokenRecord, UserRecord};
+
+/// How long a browser session lasts (its cookie's `Max-Age` too).
+pub const SESSION_SECS: i64 = 12 * 3600;
+
+/// A new session for `user` (whose password was checked), opened from `from`: the session id
+/// (the cookie's secret; only its SHA-256 is stored) and its CSRF token.
+pub fn open_session(store: &Store, user: &str, from: &str) -> Result<(String, String)> {
+    let (id, csrf) = (random_hex(), random_hex());
+    let now = unix_now();
+    let record = SessionRecord {
+        user: user.to_owned(),
+        csrf_token: csrf.clone(),
+        created_at: now,
+        expires_at: now + SESSION_SECS,
+        from: from.to_owned(),
+    };
+    store.put_session(&sha256_hex(&id), &record)?;
+    Ok((id, csrf))
+}
+
+/// The session stored under `digest` and its user, if it has not ended (expired, logged out,
+/// its user's password changed or the user removed).
+pub fn live_session(store: &Store, digest: &str) -> Result<Option<(SessionRecord, UserRecord)>> {
+    let Some(session) = store.session(digest)?.filter(|s| s.expires_at > unix_now()) else {
+        return Ok(None);
+    };
+    Ok(store.user(&session.user)?.map(|user| (session, user)))
+}
 
 pub fn unknown_user(name: &str) -> CtlError {
     CtlError::not_found(format!("unknown user '{name}'")).fix("`slipctl user list` (GET /api/v1/users) shows them")

@@ -10,17 +10,17 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router, routing};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use slipway_common::time::unix_now;
 
 use crate::engine::select::RollbackTo;
 use crate::engine::{DeployArgs, RollbackArgs};
 use crate::ops::runs::{self, Begun, Op};
+use crate::ops::users::SESSION_SECS;
 use crate::ops::views::deploy_json;
 use crate::server::App;
-use crate::server::auth::{self, Caller, SESSION_COOKIE, SESSION_SECS, Via};
+use crate::server::auth::{self, Caller, SESSION_COOKIE, Via};
 use crate::server::error::{ApiError, ApiResult, Body};
 use crate::state::store::{Decision, DeployRecord};
-use crate::state::users::{Role, SessionRecord};
+use crate::state::users::Role;
 
 pub fn unknown_deploy(id: u64) -> ApiError {
     ApiError::not_found(format!("unknown deploy #{id}"), "GET /api/v1/deploys (or `slipctl history`) lists them")
@@ -152,19 +152,7 @@ pub async fn open_session(
     let Some(user) = user else {
         return Err(ApiError::unauthorized("wrong user or password"));
     };
-    let id = auth::random_hex();
-    let csrf = auth::random_hex();
-    let now = unix_now();
-    app.store.put_session(
-        &auth::sha256_hex(&id),
-        &SessionRecord {
-            user: user.name.clone(),
-            csrf_token: csrf.clone(),
-            created_at: now,
-            expires_at: now + SESSION_SECS,
-            from: peer.to_string(),
-        },
-    )?;
+    let (id, csrf) = crate::ops::users::open_session(&app.store, &user.name, &peer.to_string())?;
     let secure = if app.secure_cookies { "; Secure" } else { "" };
     let cookie = format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{secure}");
     Ok((user, csrf, HeaderValue::from_str(&cookie).expect("cookie is ASCII")))

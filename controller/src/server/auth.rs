@@ -15,10 +15,9 @@ use crate::server::App;
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::listen::Peer;
 use crate::state::store::Store;
-use crate::state::users::{Role, SessionRecord};
+use crate::state::users::Role;
 
 pub const SESSION_COOKIE: &str = "slipway_session";
-pub const SESSION_SECS: i64 = 12 * 3600;
 
 pub use crate::ops::secrets::{hash_password, random_hex, same, sha256_hex, verify_password, verify_password_in};
 
@@ -178,12 +177,9 @@ pub fn authenticate(store: &Store, peer: &Peer, headers: &HeaderMap) -> ApiResul
     }
     if let Some(id) = cookie(headers, SESSION_COOKIE) {
         let digest = sha256_hex(id);
-        let session: Option<SessionRecord> = store.session(&digest)?;
-        let Some(session) = session.filter(|s| s.expires_at > slipway_common::time::unix_now()) else {
+        let Some((session, user)) = crate::ops::users::live_session(store, &digest)? else {
             return Err(ApiError::unauthorized("the session has ended"));
         };
-        let user =
-            store.user(&session.user)?.ok_or_else(|| ApiError::unauthorized("the session's user was removed"))?;
         return Ok(Some(Caller {
             principal: user.name.clone(),
             user: Some(user.name.clone()),
@@ -203,11 +199,7 @@ pub fn authenticate(store: &Store, peer: &Peer, headers: &HeaderMap) -> ApiResul
 pub fn refreshed(store: &Store, caller: &Caller) -> Option<Caller> {
     match &caller.via {
         Via::Session { digest, .. } => {
-            let session = store.session(digest).ok()??;
-            if session.expires_at <= slipway_common::time::unix_now() {
-                return None;
-            }
-            let user = store.user(&session.user).ok()??;
+            let (_, user) = crate::ops::users::live_session(store, digest).ok()??;
             Some(Caller { admin: user.admin, grants: user.grants, ..caller.clone() })
         }
         Via::Token { id } => {

@@ -164,10 +164,8 @@ impl<T, E: Into<ApiError>> OrShow<T> for Result<T, E> {
 /// login page; any other refusal says why in HTML, in the viewer's language. The API's
 /// refusals pass as they are.
 pub async fn present_refusals(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let page = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .is_some_and(|m| crate::server::auth::is_page(m.as_str()));
+    let page =
+        req.extensions().get::<axum::extract::MatchedPath>().is_some_and(|m| crate::server::auth::is_page(m.as_str()));
     let lang = Lang::of(req.headers());
     let response = next.run(req).await;
     match response.extensions().get::<crate::server::auth::Refused>() {

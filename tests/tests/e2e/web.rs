@@ -147,8 +147,7 @@ fn log_in_see_the_dashboard_in_english_and_chinese_and_log_out() {
         let revoke = "tr[data-user='dev'] form[action='/users/revoke'] input[name=role][value=deployer]";
         assert!(has(&c, revoke).await);
         click_xpath(&c, "//tr[@data-user='dev']//form[.//input[@name='role'][@value='deployer']]//button").await;
-        c.wait().for_element(Locator::Css("table.users")).await.unwrap();
-        assert!(!has(&c, revoke).await, "revoked");
+        wait_gone(&c, revoke).await;
         // A maintainer is granted on the whole project (`*`) from the same form.
         c.find(Locator::Css("#g-user")).await.unwrap().select_by_value("dev").await.unwrap();
         c.find(Locator::Css("#g-pair")).await.unwrap().select_by_value("shop/*").await.unwrap();
@@ -157,7 +156,7 @@ fn log_in_see_the_dashboard_in_english_and_chinese_and_log_out() {
         let row = wait_text(&c, "tr", "maintainer").await;
         assert!(row.contains("dev") && row.contains("shop/*"), "{row}");
         click_xpath(&c, "//tr[@data-user='dev']//form[.//input[@name='role'][@value='maintainer']]//button").await;
-        c.wait().for_element(Locator::Css("table.users")).await.unwrap();
+        wait_gone(&c, "tr[data-user='dev'] form[action='/users/revoke'] input[name=role][value=maintainer]").await;
 
         // Add a user: the generated password is shown once and logs in; then remove the user.
         c.find(Locator::Css("#u-name")).await.unwrap().send_keys("newbie").await.unwrap();
@@ -215,6 +214,15 @@ async fn click_xpath(c: &fantoccini::Client, xpath: &str) {
 
 async fn has(c: &fantoccini::Client, css: &str) -> bool {
     !c.find_all(Locator::Css(css)).await.unwrap().is_empty()
+}
+
+/// Wait until nothing matches `css` (the page after a form's POST no longer shows it).
+async fn wait_gone(c: &fantoccini::Client, css: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while has(c, css).await {
+        assert!(std::time::Instant::now() < deadline, "{css} is still shown after 60 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Walle's go-live flow, all in the browser, with nginx serving `current`: a developer makes a
