@@ -4,6 +4,7 @@
 //! [`run`] takes a bound listener and a shutdown future, so tests and `main` start it alike.
 
 pub mod beneath;
+pub mod enroll;
 pub mod error;
 pub mod health;
 pub mod hooks;
@@ -134,7 +135,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let material = TlsMaterial::load(&config.tls)?;
-    let acceptor = TlsAcceptor::from(agent_server_config(&material)?);
+    let acceptor: enroll::SharedAcceptor =
+        std::sync::Arc::new(std::sync::RwLock::new(TlsAcceptor::from(agent_server_config(&material)?)));
+    let renewing = tokio::spawn(enroll::renew_forever(config.clone(), acceptor.clone()));
     slipway_common::process::raise_fd_limit();
     let state = AgentState::open(&config.state_dir)?;
     let service = AgentService::new(config.clone(), state);
@@ -176,7 +179,8 @@ pub async fn run(
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            // (The certificate renewed since the last connection, if it was.)
+            let acceptor = acceptor.read().expect("acceptor").clone();
             let conn_tx = conn_tx.clone();
             // Handshakes run on their own tasks so a slow or hostile peer cannot stall accept.
             tokio::spawn(async move {
@@ -208,6 +212,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown)
         .await;
     accept_loop.abort();
+    renewing.abort();
     if let Some(task) = metrics {
         task.abort();
     }

@@ -16,6 +16,11 @@ use crate::{Error, Result};
 const URI_PREFIX: &str = "spiffe://slipway/";
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
 const LEAF_VALIDITY: Duration = Duration::from_secs(3 * 365 * 86_400);
+/// An agent that joined gets a certificate this long by default (`slipctl serve
+/// --agent-cert-days`): short enough that a stolen key is soon worthless and that renewal is
+/// exercised every week, long enough that a controller down over a long weekend cuts no host
+/// off — an agent renews at 70–90 % of it, so it has at least 1 day of slack at 10 days.
+pub const AGENT_CERT_LIFETIME: Duration = Duration::from_secs(10 * 86_400);
 
 /// Who a certificate speaks for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -124,6 +129,36 @@ impl Ca {
     /// Issue a leaf certificate for `identity`, with a fresh key.
     pub fn issue(&self, identity: &Identity) -> Result<IssuedCert> {
         let key = KeyPair::generate().map_err(pki_err("generate key"))?;
+        let cert_pem = self.sign(identity, &key, LEAF_VALIDITY, Usage::Own)?;
+        Ok(IssuedCert { cert_pem, key_pem: key.serialize_pem() })
+    }
+
+    /// A certificate for agent `name` for the key of a certificate request made on its host,
+    /// valid `lifetime`. Only the request's key is used: its names, SANs and extensions are
+    /// not read, so the name, role and SANs are the controller's alone.
+    pub fn issue_for_request(&self, name: &str, csr_pem: &str, lifetime: Duration) -> Result<String> {
+        validate_agent_name(name)?;
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            Error::Pki(format!("the certificate request does not parse or its signature is wrong: {e}"))
+        })?;
+        self.sign(&Identity::Agent(name.to_owned()), &csr.public_key, lifetime, Usage::Both)
+    }
+
+    /// The certificate the controller's join endpoint presents: the controller's identity as a
+    /// server, valid `lifetime`, with a fresh key.
+    pub fn issue_join_server(&self, lifetime: Duration) -> Result<IssuedCert> {
+        let key = KeyPair::generate().map_err(pki_err("generate key"))?;
+        let cert_pem = self.sign(&Identity::Controller, &key, lifetime, Usage::Server)?;
+        Ok(IssuedCert { cert_pem, key_pem: key.serialize_pem() })
+    }
+
+    fn sign(
+        &self,
+        identity: &Identity,
+        key: &impl rcgen::PublicKeyData,
+        lifetime: Duration,
+        usage: Usage,
+    ) -> Result<String> {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err("parameters"))?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, identity.dns_name());
@@ -133,15 +168,58 @@ impl Ca {
         let dns = identity.dns_name().try_into().map_err(pki_err("SAN DNS name"))?;
         params.subject_alt_names = vec![SanType::URI(uri), SanType::DnsName(dns)];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = match identity {
-            Identity::Controller => vec![ExtendedKeyUsagePurpose::ClientAuth],
-            Identity::Agent(_) => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        let (server, client) = (ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth);
+        params.extended_key_usages = match (usage, identity) {
+            (Usage::Own, Identity::Controller) => vec![client],
+            (Usage::Own, Identity::Agent(_)) => vec![server],
+            (Usage::Server, _) => vec![server],
+            // An agent that joined also renews over its certificate, as a client.
+            (Usage::Both, _) => vec![server, client],
         };
         params.use_authority_key_identifier_extension = true;
-        validity(&mut params, LEAF_VALIDITY);
-        let cert = params.signed_by(&key, &self.issuer).map_err(pki_err("sign certificate"))?;
-        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        validity(&mut params, lifetime);
+        let cert = params.signed_by(key, &self.issuer).map_err(pki_err("sign certificate"))?;
+        Ok(cert.pem())
     }
+}
+
+/// What a certificate is for, beyond its role's own use.
+#[derive(Clone, Copy)]
+enum Usage {
+    /// The role's own: the controller a client, an agent a server.
+    Own,
+    Server,
+    Both,
+}
+
+/// A certificate request for `name`, made on the agent's host with its key (`key_pem`, or a
+/// new one; the key never leaves the host): (request PEM, key PEM).
+pub fn request_for(name: &str, key_pem: Option<&str>) -> Result<(String, String)> {
+    let key = match key_pem {
+        Some(pem) => KeyPair::from_pem(pem).map_err(pki_err("read the agent's key"))?,
+        None => KeyPair::generate().map_err(pki_err("generate key"))?,
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err("parameters"))?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, Identity::Agent(name.to_owned()).dns_name());
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&key).map_err(pki_err("certificate request"))?;
+    Ok((csr.pem().map_err(pki_err("certificate request PEM"))?, key.serialize_pem()))
+}
+
+/// The pin of a certificate: the SHA-256 of its DER, in hex (`--ca-sha256`).
+pub fn pin_of(der: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(der))
+}
+
+/// Every certificate of a PEM bundle, as DER.
+pub fn certs_der(pem: &str) -> Result<Vec<Vec<u8>>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.map(|c| c.to_vec()).map_err(|e| Error::Pki(format!("PEM: {e}"))))
+        .collect()
 }
 
 /// What a certificate says about itself.

@@ -36,9 +36,37 @@ pub fn compact_utc(secs: i64) -> String {
     format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}")
 }
 
+/// A duration as people write it: a number and a unit, `s`, `m`, `h` or `d` (`30m`, `10d`).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("'{text}' is not a duration: write a number and s, m, h or d, like 30m or 10d");
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60).ok_or_else(bad)?,
+        "h" => n.checked_mul(3600).ok_or_else(bad)?,
+        "d" => n.checked_mul(86_400).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_as_people_write_them() {
+        assert_eq!(parse_duration("30m").unwrap().as_secs(), 1800);
+        assert_eq!(parse_duration("10d").unwrap().as_secs(), 864_000);
+        assert_eq!(parse_duration("45s").unwrap().as_secs(), 45);
+        assert_eq!(parse_duration("2h").unwrap().as_secs(), 7200);
+        for bad in ["", "m", "30", "30 minutes", "-5m", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     fn check(secs: i64, expected: &str) {
         assert_eq!(format_utc(secs), expected);

@@ -310,3 +310,170 @@ fn https_client_trusting(roots: RootCertStore) -> Result<Arc<ClientConfig>> {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// Client side (an agent's renewal, or `slipd join` once pinned): chain to the CAs trusted,
+/// server-auth EKU, and the controller's identity (`controller.slipway`).
+#[derive(Debug)]
+struct ExpectController {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for ExpectController {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        has_identity(end_entity, &Identity::Controller)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// `slipd join`'s view of the controller before it trusts anything: the chain the server
+/// presents must hold the CA certificate whose SHA-256 is `pin`, and the server's certificate
+/// must chain to it and be the controller's. Checked in the handshake, so a server that fails
+/// it never sees a byte of the request (the token).
+#[derive(Debug)]
+struct PinnedController {
+    pin: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedController {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let pinned = intermediates.iter().find(|c| crate::pki::pin_of(c) == self.pin).ok_or_else(|| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+                std::io::Error::other(format!(
+                    "the server's certificate chain holds no CA with SHA-256 {}: this is not the controller the \
+                     join command was made for, or --ca-sha256 was mistyped; nothing was sent",
+                    self.pin
+                )),
+            ))))
+        })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(pinned.clone().into_owned())?;
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(format!("pinned verifier: {e}")))?;
+        ExpectController { inner }.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The TLS server name the controller's join endpoint is dialled with, whatever its URL's host.
+pub fn controller_server_name() -> ServerName<'static> {
+    ServerName::try_from(Identity::Controller.dns_name()).expect("a valid DNS name")
+}
+
+/// `slipd join`'s client config: trusts only a chain holding the CA pinned by `pin`
+/// (hex SHA-256 of its DER); no client certificate.
+pub fn join_client_config(pin: &str) -> Result<Arc<ClientConfig>> {
+    let provider = provider();
+    let verifier = PinnedController { pin: pin.to_ascii_lowercase(), provider: provider.clone() };
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// An agent's client config for renewing: presents its certificate, trusts the controller
+/// only (its CA bundle, its identity).
+pub fn renew_client_config(material: &TlsMaterial) -> Result<Arc<ClientConfig>> {
+    let provider = provider();
+    let inner = WebPkiServerVerifier::builder_with_provider(material.roots()?, provider.clone())
+        .build()
+        .map_err(|e| Error::Tls(format!("server verifier: {e}")))?;
+    let (chain, key) = material.chain()?;
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ExpectController { inner }))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| Error::Tls(format!("agent certificate or key: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The controller's join endpoint: presents `cert_pem` (the controller as a server) followed
+/// by the CA bundle (so a joining agent finds the CA it pinned), and takes an agent's
+/// certificate when one is offered (renewal) but does not require it (a join).
+pub fn join_server_config(ca_bundle_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>> {
+    let provider = provider();
+    let material = TlsMaterial {
+        ca_pem: ca_bundle_pem.to_owned(),
+        cert_pem: format!("{cert_pem}{ca_bundle_pem}"),
+        key_pem: key_pem.to_owned(),
+    };
+    let verifier = WebPkiClientVerifier::builder_with_provider(material.roots()?, provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| Error::Tls(format!("client verifier: {e}")))?;
+    let (chain, key) = material.chain()?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| Error::Tls(format!("join endpoint certificate or key: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

@@ -85,6 +85,12 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// An agent whose `agent.toml` and pki files are in `bundle` (written by `slipd join`),
+    /// listening on `port`, writing under `root`; not started.
+    pub fn joined(name: &str, port: u16, bundle: PathBuf, root: PathBuf) -> Agent {
+        Agent { name: name.into(), port, bundle, root, child: None, starts: 0, netns: None, nofile: None }
+    }
+
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -256,6 +262,7 @@ impl Fleet {
             addr: a.addr(),
             labels: Default::default(),
             added_at: 0,
+            trust: Default::default(),
         }
     }
 

@@ -10,6 +10,8 @@ use crate::{Fleet, bin, terminate};
 pub struct Server {
     pub port: u16,
     pub child: Child,
+    /// The agents' endpoint's URL (`--join-listen`), when it has one.
+    pub join_url: Option<String>,
 }
 
 impl Server {
@@ -38,15 +40,19 @@ impl Server {
             .spawn()
             .unwrap();
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut join_url = None;
         let port = loop {
             let line = lines.next().expect("slipctl serve exited before it listened").unwrap();
+            if let Some(rest) = line.strip_prefix("slipctl serve: agents join at ") {
+                join_url = rest.split_whitespace().next().map(str::to_owned);
+            }
             if let Some(rest) = line.strip_prefix("slipctl serve: listening on http://127.0.0.1:") {
                 break rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
             }
         };
         // Keep draining its output so it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines.by_ref() {});
-        Server { port, child }
+        Server { port, child, join_url }
     }
 
     /// SIGTERM, and wait for it to exit; its exit status.

@@ -35,6 +35,15 @@ struct AgentFile {
     /// Serve Prometheus metrics over plain HTTP here (keep it on loopback or a management
     /// network); none by default.
     metrics_listen: Option<String>,
+    /// The controller's agents' endpoint, where this agent renews its certificate (written by
+    /// `slipd join`); none: the certificate is not renewed (a bundle from `slipctl agent add`).
+    controller: Option<ControllerFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControllerFile {
+    url: String,
 }
 
 /// Groups that give their members root or its equivalent: hook users in them are refused.
@@ -81,6 +90,8 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub stage_timeout_secs: u64,
     pub limits: Limits,
+    /// `[controller] url`: where the certificate is renewed.
+    pub controller_url: Option<String>,
 }
 
 impl AgentConfig {
@@ -137,6 +148,16 @@ impl AgentConfig {
             max_concurrent_stages: raw.max_concurrent_stages.unwrap_or(4).max(1),
             stage_timeout_secs: raw.stage_timeout_secs.unwrap_or(3600).max(1),
             limits,
+            controller_url: match raw.controller {
+                None => None,
+                Some(c) if c.url.starts_with("https://") => Some(c.url.trim_end_matches('/').to_owned()),
+                Some(c) => {
+                    return Err(Error::config(
+                        file,
+                        format!("controller.url = \"{}\" is not an https:// URL (the agents' endpoint)", c.url),
+                    ));
+                }
+            },
             metrics_listen: match &raw.metrics_listen {
                 None => None,
                 Some(text) => Some(text.parse().map_err(|_| {

@@ -88,6 +88,10 @@ macro_rules! settings_struct {
             pub reuse: Option<ReuseMode>,
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub approval: Option<server::ApprovalFile>,
+            /// A host that joins (or comes back) and matches `hosts` gets the env's current
+            /// release, as a deploy by `join:<name>`.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub catch_up: Option<bool>,
         }
     };
 }
@@ -353,6 +357,7 @@ pub struct EnvSettings {
     pub config_dir: Option<String>,
     pub reuse: ReuseMode,
     pub approval: server::Approval,
+    pub catch_up: bool,
 }
 
 /// A parsed, validated project file. Every env is resolved at parse time so that a bad value
@@ -528,6 +533,7 @@ fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Res
     }
     let config_dir = merge_opt(&e.config_dir, &p.config_dir);
     let reuse = merge_opt(&e.reuse, &p.reuse).unwrap_or_default();
+    let catch_up = merge_opt(&e.catch_up, &p.catch_up).unwrap_or(false);
     Ok(EnvSettings {
         project: p.name.clone(),
         env: env_name.to_owned(),
@@ -543,6 +549,7 @@ fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Res
         canary,
         config_dir,
         reuse,
+        catch_up,
         approval: server::resolve_approval(&e.approval, &p.approval)?,
     })
 }

@@ -87,6 +87,9 @@ pub enum Command {
                       slipctl agent list"
     )]
     Agent(AgentCommand),
+    /// The controller's certificate authority
+    #[command(subcommand, after_help = "Example:\n  slipctl ca rotate")]
+    Ca(super::args_agents::CaCommand),
     /// Apply, list, show and remove projects
     #[command(
         subcommand,
@@ -278,6 +281,27 @@ pub enum AgentCommand {
     #[command(after_help = "Example:\n  slipctl agent rm web-3\n\n\
                             Its releases stay on the host; slipd there keeps running until you stop it.")]
     Rm {
+        /// The agent's name
+        name: String,
+    },
+    /// One-time join tokens: hosts join by themselves with `slipd join`
+    #[command(subcommand, after_help = "Example:\n  slipctl agent token create web-7 --label role=web")]
+    Token(super::args_agents::JoinTokenCommand),
+    /// Refuse an agent's certificate at once: no more calls to it, no renewal; it must join again
+    #[command(after_help = "Example:\n  slipctl agent evict web-7")]
+    Evict {
+        /// The agent's name
+        name: String,
+    },
+    /// Evict an agent and refuse any future join under that name
+    #[command(after_help = "Example:\n  slipctl agent ban web-7\n  slipctl agent unban web-7   # it may join again")]
+    Ban {
+        /// The agent's name
+        name: String,
+    },
+    /// Lift a ban: the name may join again (with a new token)
+    #[command(after_help = "Example:\n  slipctl agent unban web-7")]
+    Unban {
         /// The agent's name
         name: String,
     },

@@ -20,6 +20,17 @@ pub struct ServeArgs {
     /// The URL people reach the server at, for links in notifications [default: from --listen]
     #[arg(long)]
     pub public_url: Option<String>,
+    /// Address of the agents' endpoint, where hosts join (`slipd join`) and renew their
+    /// certificates (HTTPS with the controller's own CA) [default: none, no joining]
+    #[arg(long)]
+    pub join_listen: Option<SocketAddr>,
+    /// The URL hosts reach the agents' endpoint at, for the printed `slipd join` command
+    /// [default: https://<--public-url's host>:<--join-listen's port>]
+    #[arg(long, requires = "join_listen")]
+    pub join_url: Option<String>,
+    /// How long a joined agent's certificate lasts; it renews at 70–90 % of it
+    #[arg(long, default_value = "10d", value_parser = slipway_common::time::parse_duration)]
+    pub agent_cert_ttl: std::time::Duration,
 }
 
 #[derive(Subcommand)]

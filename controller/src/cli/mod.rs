@@ -1,7 +1,9 @@
 //! The `slipctl` command line (DESIGN.md "Command line") and the commands that are not a
 //! rollout: init, agents, projects, releases, history, show.
 
+pub mod agents;
 pub mod args;
+pub mod args_agents;
 pub mod args_team;
 pub mod console;
 pub mod output;
@@ -16,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use slipway_common::config::ProjectConfig;
 use slipway_common::time::format_utc;
 
 use crate::cli::output::{OutputFormat, Reporter, bytes, millis, table};
@@ -115,7 +116,8 @@ async fn run_with(home: Home, command: Command, out: &Cx) -> Result<u8> {
             });
             Ok(0)
         }
-        Command::Agent(cmd) => agent_command(&home, out, cmd).await,
+        Command::Agent(cmd) => agents::agent_command(&home, out, cmd).await,
+        Command::Ca(cmd) => agents::ca_command(&home, out, cmd),
         Command::Project(cmd) => projects::project_command(&home, out, cmd),
         Command::Deploy { project, env, git_ref, hosts, dry_run, full, retry_failed } => {
             let mut reporter = Reporter::new(out);
@@ -568,122 +570,6 @@ fn finish_with(out: &Cx, record: &DeployRecord, dry_run: bool, done: bool) -> u8
         crate::errln!(out, "error: {}", record.error.clone().unwrap_or_else(|| "the operation failed".into()));
     }
     code
-}
-
-async fn agent_command(home: &Home, out: &Cx, cmd: AgentCommand) -> Result<u8> {
-    match cmd {
-        AgentCommand::Add { name, addr, labels, out: dir, listen, state_dir, allowed_roots } => {
-            let record = crate::state::agents::register_agent(
-                home,
-                &name,
-                &addr,
-                &labels,
-                &dir,
-                listen,
-                &state_dir,
-                &allowed_roots,
-            )?;
-            print(out, json!({"agent": record, "bundle": dir}), || {
-                format!(
-                    "registered agent {name} at {addr}; bundle in {}\n\
-                     on the host: copy it to /etc/slipway/ and run `slipd --config /etc/slipway/agent.toml`",
-                    dir.display()
-                )
-            });
-            Ok(0)
-        }
-        AgentCommand::List => {
-            let agents = Store::open(&home.state())?.agents()?;
-            home.client_tls()?; // a home without its identity says so, rather than every agent failing
-            let results = crate::ops::agents::ask_info(home, agents).await;
-            let rows: Vec<Vec<String>> = results
-                .iter()
-                .map(|(a, info)| {
-                    let labels = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
-                    match info {
-                        Ok(i) => vec![
-                            a.name.clone(),
-                            a.addr.clone(),
-                            labels,
-                            if i.broken_targets.is_empty() {
-                                "ok".into()
-                            } else {
-                                format!("ok; broken: {}", i.broken_targets.join("; "))
-                            },
-                            i.version.clone(),
-                            millis(i.uptime_secs * 1000),
-                        ],
-                        Err(e) => vec![
-                            a.name.clone(),
-                            a.addr.clone(),
-                            labels,
-                            format!("unreachable: {e}"),
-                            "-".into(),
-                            "-".into(),
-                        ],
-                    }
-                })
-                .collect();
-            let docs: Vec<_> = results
-                .iter()
-                .map(|(a, info)| match info {
-                    Ok(i) => json!({"name": a.name, "addr": a.addr, "labels": a.labels, "reachable": true,
-                                    "version": i.version, "uptime_secs": i.uptime_secs, "hostname": i.hostname,
-                                    "broken_targets": i.broken_targets}),
-                    Err(e) => {
-                        json!({"name": a.name, "addr": a.addr, "labels": a.labels, "reachable": false, "error": e})
-                    }
-                })
-                .collect();
-            print(out, json!(docs), || {
-                if rows.is_empty() {
-                    "no agents; register one with `slipctl agent add NAME --addr HOST:PORT --out DIR`".into()
-                } else {
-                    table(&["NAME", "ADDR", "LABELS", "STATUS", "VERSION", "UPTIME"], &rows).trim_end().to_owned()
-                }
-            });
-            Ok(if results.iter().all(|(_, i)| i.is_ok()) { 0 } else { 1 })
-        }
-        AgentCommand::Rm { name } => {
-            let store = Store::open(&home.state())?;
-            // Which envs select this host by name or by its labels: they lose it.
-            let agent = store.agent(&name)?;
-            let mut users = Vec::new();
-            if let Some(agent) = &agent {
-                for p in store.projects()? {
-                    let Ok(config) = ProjectConfig::parse(&p.text, &p.source_file.display().to_string()) else {
-                        continue;
-                    };
-                    for (env, s) in &config.envs {
-                        let picks = |sel: &slipway_common::config::HostSelector| match sel {
-                            slipway_common::config::HostSelector::Name(n) => *n == agent.name,
-                            slipway_common::config::HostSelector::Label { key, value } => {
-                                agent.labels.get(key) == Some(value)
-                            }
-                        };
-                        if s.hosts.iter().any(picks) {
-                            users.push(format!("{}/{env}", p.name));
-                        }
-                    }
-                }
-            }
-            if !store.remove_agent(&name)? {
-                return Err(
-                    CtlError::not_found(format!("unknown agent '{name}'")).fix("`slipctl agent list` shows them")
-                );
-            }
-            if !users.is_empty() {
-                crate::errln!(
-                    out,
-                    "warning: {} still select agent {name}: their deploys will fail on it until you take it out of \
-                     their `hosts` (and `slipctl project apply`) or add it again",
-                    users.join(", ")
-                );
-            }
-            print(out, json!({"removed": name, "still_selected_by": users}), || format!("removed agent {name}"));
-            Ok(0)
-        }
-    }
 }
 
 async fn releases(home: &Home, out: &Cx, project: &str, env: &str, timeouts: Timeouts) -> Result<u8> {

@@ -279,7 +279,15 @@ async fn serve_demo(home: &Home, mut listen: std::net::SocketAddr, agents: Agent
         println!("\n== the demo in a browser (its three agents keep running; Ctrl-C stops it all)");
         println!("open {url} and log in as {name} with password {password} (shown once)");
     }
-    let args = crate::cli::args_team::ServeArgs { listen, tls_cert: None, tls_key: None, public_url: None };
+    let args = crate::cli::args_team::ServeArgs {
+        listen,
+        tls_cert: None,
+        tls_key: None,
+        public_url: None,
+        join_listen: None,
+        join_url: None,
+        agent_cert_ttl: slipway_common::pki::AGENT_CERT_LIFETIME,
+    };
     let code = crate::server::serve(home.clone(), args).await?;
     drop(agents);
     Ok(code)

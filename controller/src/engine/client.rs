@@ -9,12 +9,30 @@ use slipway_common::tls::agent_server_name;
 use slipway_proto::{MAX_MESSAGE_BYTES, pb};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::engine::host_error::HostError;
 use crate::state::store::AgentRecord;
 
-pub type AgentClient = pb::agent_client::AgentClient<Channel>;
+pub type AgentClient = pb::agent_client::AgentClient<InterceptedService<Channel, StillTrusted>>;
+
+/// Before every call to an agent: refused when it was evicted, banned or removed since the
+/// connection opened (`slipctl agent evict` takes effect on the next RPC, not the next dial).
+#[derive(Clone)]
+pub struct StillTrusted {
+    name: String,
+}
+
+impl Interceptor for StillTrusted {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        match crate::state::joins::revoked(&self.name) {
+            Some(why) => Err(tonic::Status::permission_denied(why)),
+            None => Ok(request),
+        }
+    }
+}
 
 /// Time limits for talking to agents.
 #[derive(Debug, Clone, Copy)]
@@ -50,13 +68,30 @@ pub async fn connect(
     timeouts: Timeouts,
 ) -> Result<AgentClient, HostError> {
     let server_name = agent_server_name(&agent.name).map_err(|e| HostError::Connect(e.to_string()))?;
+    if let Some(done) = &agent.trust.evicted {
+        return Err(HostError::Connect(crate::state::joins::evicted_error(&agent.name, done).to_string()));
+    }
+    if let Some(why) = crate::state::joins::revoked(&agent.name) {
+        return Err(HostError::Connect(why));
+    }
     let addr = agent.addr.clone();
+    let (name, trust) = (agent.name.clone(), agent.trust.clone());
     let connector = tower::service_fn(move |_: Uri| {
         let (tls, addr, server_name) = (TlsConnector::from(tls.clone()), addr.clone(), server_name.clone());
+        let (name, trust) = (name.clone(), trust.clone());
         async move {
             let tcp = TcpStream::connect(&addr).await?;
             tcp.set_nodelay(true)?;
             let stream = tls.connect(server_name, tcp).await?;
+            // A joined agent may present only the certificates it was last issued.
+            let presented = stream.get_ref().1.peer_certificates().and_then(|c| c.first());
+            let pin = presented.map(|c| slipway_common::pki::pin_of(c)).unwrap_or_default();
+            if !trust.accepts(&pin) {
+                return Err(std::io::Error::other(format!(
+                    "agent {name} presented a certificate the controller no longer accepts (replaced by a later \
+                     join, or evicted): `slipctl agent token create {name}` and `slipd join --force` on the host"
+                )));
+            }
             Ok::<_, std::io::Error>(TokioIo::new(stream))
         }
     });
@@ -72,7 +107,8 @@ pub async fn connect(
     let channel = endpoint.connect_with_connector(connector).await.map_err(|e| {
         HostError::Connect(format!("cannot connect to {} at {}: {}", agent.name, agent.addr, error_chain(&e)))
     })?;
-    Ok(pb::agent_client::AgentClient::new(channel)
+    let still = StillTrusted { name: agent.name.clone() };
+    Ok(pb::agent_client::AgentClient::with_interceptor(channel, still)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }

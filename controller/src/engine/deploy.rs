@@ -159,7 +159,12 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
     let recipe = recipe(&scope, &resolved)?;
     let release = match (&args.retry, &resumed) {
         (Some(r), _) => {
-            reporter.say(format!("retrying deploy #{}: release {} to {}", r.of, r.release, r.hosts.join(", ")));
+            if args.user.as_deref().is_some_and(|u| u.starts_with("join:")) {
+                let hosts = r.hosts.join(", ");
+                reporter.say(format!("catching up {hosts}: release {} of deploy #{}", r.release, r.of));
+            } else {
+                reporter.say(format!("retrying deploy #{}: release {} to {}", r.of, r.release, r.hosts.join(", ")));
+            }
             r.release.clone()
         }
         (_, Some(r)) => r.release.clone().ok_or_else(|| CtlError::failed("a paused deploy has its release"))?,

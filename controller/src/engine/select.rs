@@ -278,6 +278,7 @@ mod tests {
             addr: "127.0.0.1:1".into(),
             labels: BTreeMap::from([("role".to_owned(), role.to_owned())]),
             added_at: 0,
+            trust: Default::default(),
         }
     }
 

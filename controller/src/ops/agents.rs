@@ -102,7 +102,15 @@ pub async fn probe(core: &Core) -> BTreeMap<String, Probe> {
 pub async fn probe_every(core: std::sync::Arc<Core>, every: Duration, observe: impl Fn(&BTreeMap<String, Probe>)) {
     let mut stopping = core.stopping.subscribe();
     loop {
-        observe(&probe(&core).await);
+        let before = core.probes.all();
+        let found = probe(&core).await;
+        // A host that answers again after it did not: envs with `catch_up` bring it up to date.
+        for (name, p) in &found {
+            if p.reachable && before.get(name).is_some_and(|b| !b.reachable) {
+                crate::ops::catch_up::host_arrived(core.clone(), name.clone());
+            }
+        }
+        observe(&found);
         tokio::select! {
             () = tokio::time::sleep(every) => {}
             _ = stopping.wait_for(|s| *s) => return,

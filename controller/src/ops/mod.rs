@@ -9,6 +9,8 @@
 
 pub mod agents;
 pub mod caller;
+pub mod catch_up;
+pub mod joins;
 pub mod projects;
 pub mod runs;
 pub mod secrets;
@@ -45,6 +47,8 @@ pub struct Core {
     pub views: views::Views,
     /// What the last probe of each agent found.
     pub probes: agents::Probes,
+    /// The URL hosts join at (the server's agents' endpoint), when it has one.
+    pub join_url: OnceLock<String>,
 }
 
 impl Core {
@@ -58,6 +62,7 @@ impl Core {
             on_ticket: OnceLock::new(),
             views: views::Views::default(),
             probes: agents::Probes::default(),
+            join_url: OnceLock::new(),
         }
     }
 

@@ -83,9 +83,12 @@ pub fn authorize(app: &App, caller: &Caller, cli: &Cli) -> ApiResult<()> {
             "this command runs by itself, not through a server",
             "run it on the server's host without the server's home, or stop the server first",
         )),
-        Command::Agent(_) | Command::Unlock { .. } | Command::User(_) | Command::Token(_) | Command::Webhook(_) => {
-            admin(caller)
-        }
+        Command::Agent(_)
+        | Command::Ca(_)
+        | Command::Unlock { .. }
+        | Command::User(_)
+        | Command::Token(_)
+        | Command::Webhook(_) => admin(caller),
         Command::Project(ProjectCommand::List) => Ok(()),
         Command::Project(
             ProjectCommand::History { name } | ProjectCommand::Diff { name, .. } | ProjectCommand::Revert { name, .. },

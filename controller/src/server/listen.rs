@@ -59,6 +59,14 @@ impl std::fmt::Display for Peer {
     }
 }
 
+/// The TLS acceptor for the next connection.
+pub type TlsSource = Arc<dyn Fn() -> tokio_rustls::TlsAcceptor + Send + Sync>;
+
+/// The certificate a TLS client presented (DER), verified by the listener's TLS config (only
+/// the agents' endpoint asks for one).
+#[derive(Debug, Clone)]
+pub struct ClientCert(pub Arc<Vec<u8>>);
+
 /// Serves connections until `stop` turns true; `graceful` then waits for the open ones.
 #[derive(Clone)]
 pub struct Serving {
@@ -95,13 +103,16 @@ impl Serving {
         Some(AddressSlot { ip, open: self.by_address.clone() })
     }
 
-    fn connection<S>(&self, stream: S, peer: Peer)
+    fn connection<S>(&self, stream: S, peer: Peer, cert: Option<ClientCert>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let router = self.router.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(peer.clone());
+            if let Some(cert) = &cert {
+                req.extensions_mut().insert(cert.clone());
+            }
             let req = req.map(|body| axum::body::Body::new(Deadlined::new(body, BODY_TIMEOUT)));
             let answer = router.clone().oneshot(req);
             async move {
@@ -125,8 +136,9 @@ impl Serving {
         });
     }
 
-    /// Accept TCP connections (TLS when `tls` is set).
-    pub async fn tcp(self, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+    /// Accept TCP connections (TLS when `tls` is set: it gives the acceptor for each
+    /// connection, so its certificates may change while the server runs).
+    pub async fn tcp(self, listener: TcpListener, tls: Option<TlsSource>) {
         let mut stop = self.stop.clone();
         loop {
             let permit = tokio::select! {
@@ -153,13 +165,17 @@ impl Serving {
             let held = (permit, address);
             match &tls {
                 None => {
-                    this.connection(Held { inner: stream, _slots: held }, Peer::Tcp(addr));
+                    this.connection(Held { inner: stream, _slots: held }, Peer::Tcp(addr), None);
                 }
-                Some(acceptor) => {
-                    let acceptor = acceptor.clone();
+                Some(source) => {
+                    let acceptor = source();
                     tokio::spawn(async move {
                         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => this.connection(Held { inner: tls, _slots: held }, Peer::Tcp(addr)),
+                            Ok(Ok(tls)) => {
+                                let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                                let cert = cert.map(|c| ClientCert(Arc::new(c.to_vec())));
+                                this.connection(Held { inner: tls, _slots: held }, Peer::Tcp(addr), cert)
+                            }
                             Ok(Err(e)) => tracing::debug!("TLS handshake from {addr}: {e}"),
                             Err(_) => tracing::debug!("TLS handshake from {addr} timed out"),
                         }
@@ -201,7 +217,7 @@ impl Serving {
                 p = self.socket_slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
                 () = until_stop(&mut stop) => return,
             };
-            self.connection(Held { inner: stream, _slots: permit }, Peer::Socket { user });
+            self.connection(Held { inner: stream, _slots: permit }, Peer::Socket { user }, None);
         }
     }
 }

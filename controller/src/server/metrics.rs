@@ -125,6 +125,8 @@ pub struct Metrics {
     notifications_failed: Family<Sink, Counter>,
     notifications_sent: Family<Sink, Counter>,
     login_failures: Family<Reason, Counter>,
+    agent_joins: Family<Reason, Counter>,
+    agent_renewals: Family<Reason, Counter>,
 }
 
 impl Default for Metrics {
@@ -148,6 +150,8 @@ impl Metrics {
             notifications_failed: Family::default(),
             notifications_sent: Family::default(),
             login_failures: Family::default(),
+            agent_joins: Family::default(),
+            agent_renewals: Family::default(),
             registry: Registry::default(),
         };
         registry.register("deploys", "Deploys and rollbacks that ended, by outcome", m.deploys.clone());
@@ -184,6 +188,12 @@ impl Metrics {
             "login_failures",
             "Logins refused: wrong password, throttled after failures, or every verifier busy",
             m.login_failures.clone(),
+        );
+        registry.register("agent_joins", "Joins on the agents' endpoint, issued or refused", m.agent_joins.clone());
+        registry.register(
+            "agent_certificate_renewals",
+            "Agent certificate renewals, issued or refused",
+            m.agent_renewals.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -238,6 +248,18 @@ impl Metrics {
 
     pub fn login_failure(&self, reason: &str) {
         self.login_failures.get_or_create(&Reason { reason: reason.into() }).inc();
+    }
+
+    /// A join on the agents' endpoint: issued, or refused.
+    pub fn join(&self, issued: bool) {
+        let reason = if issued { "issued" } else { "refused" };
+        self.agent_joins.get_or_create(&Reason { reason: reason.into() }).inc();
+    }
+
+    /// A renewal on the agents' endpoint: issued, or refused.
+    pub fn renewal(&self, issued: bool) {
+        let reason = if issued { "issued" } else { "refused" };
+        self.agent_renewals.get_or_create(&Reason { reason: reason.into() }).inc();
     }
 
     pub fn notification(&self, kind: &str, delivered: bool) {

@@ -14,6 +14,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod exec;
+pub mod join;
 pub mod listen;
 pub mod login;
 pub mod metrics;
@@ -57,6 +58,8 @@ pub struct App {
     pub logins: login::Logins,
     /// Event streams open per principal.
     pub streams: sse::Streams,
+    /// The agents' endpoint, when hosts may join.
+    pub join: Option<join::JoinConfig>,
 }
 
 impl std::ops::Deref for App {
@@ -79,7 +82,8 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
     let store = Store::pin(&home.state())?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
-            Some(tokio_rustls::TlsAcceptor::from(slipway_common::tls::https_server_config(cert, key)?))
+            let acceptor = tokio_rustls::TlsAcceptor::from(slipway_common::tls::https_server_config(cert, key)?);
+            Some(Arc::new(move || acceptor.clone()) as listen::TlsSource)
         }
         _ => None,
     };
@@ -87,10 +91,27 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
         tokio::net::TcpListener::bind(args.listen).await.context(format_args!("cannot listen on {}", args.listen))?;
     let local = tcp.local_addr().context("listen address")?;
     let core = Arc::new(crate::ops::Core::new(home.clone(), store));
+    let joins = match args.join_listen {
+        None => None,
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr).await.context(format_args!("cannot listen on {addr} for agents"))?,
+        ),
+    };
     let stop_rx = core.stopping.subscribe();
     let scheme = if tls.is_some() { "https" } else { "http" };
     let public_url = args.public_url.clone().unwrap_or_else(|| format!("{scheme}://{local}"));
     let secure_cookies = tls.is_some() || public_url.starts_with("https://");
+    let join_config = match &joins {
+        None => None,
+        Some(listener) => {
+            let at = listener.local_addr().context("join listen address")?;
+            let host = url_host(&public_url).unwrap_or_else(|| local.ip().to_string());
+            let url = args.join_url.clone().unwrap_or_else(|| format!("https://{host}:{}", at.port()));
+            let url = url.trim_end_matches('/').to_owned();
+            let _ = core.join_url.set(url.clone());
+            Some(join::JoinConfig { listen: at, url, lifetime: args.agent_cert_ttl })
+        }
+    };
     let app = Arc::new(App {
         core,
         secure_cookies,
@@ -100,6 +121,7 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
         webhook_budget: Arc::new(tokio::sync::Semaphore::new(WEBHOOK_BYTES_IN_FLIGHT)),
         logins: login::Logins::default(),
         streams: sse::Streams::default(),
+        join: join_config,
     });
     let recovered = crate::ops::tickets::recover(&app.core)?;
     // The server's notifications hear of ticket changes.
@@ -134,7 +156,17 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
     let router = api::router(app.clone());
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let serving = listen::Serving::new(router, stop_rx, graceful.clone());
-    let accepting = [tokio::spawn(serving.clone().tcp(tcp, tls)), tokio::spawn(serving.clone().unix(unix))];
+    let mut accepting = vec![tokio::spawn(serving.clone().tcp(tcp, tls)), tokio::spawn(serving.clone().unix(unix))];
+    let join_serving = match (joins, &app.join) {
+        (Some(listener), Some(config)) => {
+            let source = join::tls_source(home.clone())?;
+            let serving = listen::Serving::new(join::router(app.clone()), app.stopping.subscribe(), graceful.clone());
+            accepting.push(tokio::spawn(serving.clone().tcp(listener, Some(source))));
+            println!("slipctl serve: agents join at {} (listening on {})", config.url, config.listen);
+            Some(serving)
+        }
+        _ => None,
+    };
     // The line scripts and tests wait for: the server answers from now on.
     println!(
         "slipctl serve: listening on {scheme}://{local} and {} (people reach it at {})",
@@ -153,6 +185,7 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
         eprintln!("some deploys did not reach a safe point in {}s; they read interrupted", STOP_WAIT.as_secs());
     }
     drop(serving);
+    drop(join_serving);
     for task in accepting {
         let _ = task.await;
     }
@@ -165,6 +198,17 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
     Store::unpin(&home.state());
     println!("stopped");
     Ok(0)
+}
+
+/// The host of a URL (`https://ctl.example:8443/x` → `ctl.example`).
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    (!host.is_empty()).then(|| host.to_owned())
 }
 
 async fn wait_for_stop() {

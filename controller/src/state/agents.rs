@@ -65,12 +65,18 @@ pub fn register_agent(
     write_new(&dir.join("agent.pem"), issued.cert_pem.as_bytes(), 0o644)?;
     write_new(&dir.join("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
     write_new(&dir.join("agent.toml"), config.as_bytes(), 0o644)?;
-    let record = AgentRecord { name: name.to_owned(), addr: addr.to_owned(), labels: label_map, added_at: unix_now() };
+    let record = AgentRecord {
+        name: name.to_owned(),
+        addr: addr.to_owned(),
+        labels: label_map,
+        added_at: unix_now(),
+        trust: Default::default(),
+    };
     Store::open(&home.state())?.put_agent(&record)?;
     Ok(record)
 }
 
-fn parse_addr(addr: &str) -> Result<u16> {
+pub(crate) fn parse_addr(addr: &str) -> Result<u16> {
     let bad = || CtlError::bad(format!("--addr '{addr}' is not HOST:PORT (e.g. 10.0.0.5:7443)"));
     let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;

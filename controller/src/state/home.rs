@@ -18,6 +18,22 @@ pub struct Home {
 }
 
 /// Write a file that must not exist yet, with `mode`, and flush it to disk.
+/// A certificate's DER as PEM.
+pub fn pem_of(der: &[u8]) -> String {
+    use base64::Engine;
+    let text = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = text.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64")).collect();
+    format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+}
+
+/// Replace `path` with `content` at `mode` in one rename (never half-written).
+fn replace(path: &Path, content: &[u8], mode: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    write_new(&tmp, content, mode)?;
+    std::fs::rename(&tmp, path).context(format_args!("cannot replace {}", path.display()))
+}
+
 pub fn write_new(path: &Path, content: &[u8], mode: u32) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -161,12 +177,15 @@ impl Home {
         self.client_tls().map_err(|e| format!("the controller identity does not load: {e}"))?;
         let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
         let der = |pem: String| slipway_common::pki::first_cert_der(&pem).map_err(|e| e.to_string());
-        let (ca, controller) = (der(read(&ca_pem)?)?, der(read(&tls.cert)?)?);
-        match slipway_common::pki::issued_by(&controller, &ca) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(format!("{} was not issued by {}", tls.cert.display(), ca_pem.display())),
-            Err(e) => Err(e.to_string()),
+        let controller = der(read(&tls.cert)?)?;
+        let bundle = slipway_common::pki::certs_der(&read(&ca_pem)?).map_err(|e| e.to_string())?;
+        // (During a CA rotation the controller's certificate is still the old CA's.)
+        for ca in &bundle {
+            if slipway_common::pki::issued_by(&controller, ca).map_err(|e| e.to_string())? {
+                return Ok(());
+            }
         }
+        Err(format!("{} was not issued by a CA of {}", tls.cert.display(), ca_pem.display()))
     }
 
     fn require_init(&self) -> Result<()> {
@@ -179,12 +198,86 @@ impl Home {
         Ok(())
     }
 
+    /// The CA that issues certificates now: the first of `pki/ca.pem` (the rest of the file
+    /// are CAs still trusted during a rotation), with `pki/ca.key`.
     pub fn load_ca(&self) -> Result<Ca> {
-        self.require_init()?;
-        let (cert, key) = self.ca_paths();
-        let cert = std::fs::read_to_string(&cert).context(format_args!("cannot read {}", cert.display()))?;
+        let first = self.ca_bundle()?.into_iter().next().expect("a bundle holds a certificate");
+        let key = self.ca_paths().1;
         let key = std::fs::read_to_string(&key).context(format_args!("cannot read {}", key.display()))?;
-        Ok(Ca::from_pem(&cert, &key)?)
+        Ok(Ca::from_pem(&pem_of(&first), &key)?)
+    }
+
+    /// The CA certificates trusted (DER), the issuing one first.
+    pub fn ca_bundle(&self) -> Result<Vec<Vec<u8>>> {
+        self.require_init()?;
+        let path = self.ca_paths().0;
+        let text = std::fs::read_to_string(&path).context(format_args!("cannot read {}", path.display()))?;
+        let bundle = slipway_common::pki::certs_der(&text)?;
+        if bundle.is_empty() {
+            return Err(
+                CtlError::failed(format!("{} holds no certificate", path.display())).fix("restore pki/ from a backup")
+            );
+        }
+        Ok(bundle)
+    }
+
+    /// The trusted CAs as PEM, what agents are given to trust.
+    pub fn ca_bundle_pem(&self) -> Result<String> {
+        Ok(self.ca_bundle()?.iter().map(|der| pem_of(der)).collect())
+    }
+
+    /// `slipctl ca rotate`: a new CA issues from now on; the old one stays trusted (by the
+    /// controller, and by each agent as it renews and gets the two-CA bundle), and the
+    /// controller keeps presenting its old-CA certificate, which every agent still trusts.
+    /// Returns the new CA's pin.
+    pub fn begin_ca_rotation(&self) -> Result<String> {
+        let bundle = self.ca_bundle()?;
+        if bundle.len() > 1 {
+            return Err(CtlError::busy("a CA rotation is under way already")
+                .fix("`slipctl ca rotate --finish` once every agent renewed (`slipctl agent list` says)"));
+        }
+        let (ca, key_pem) = Ca::generate()?;
+        let (pem, key) = self.ca_paths();
+        // The old CA's key stays while the rotation runs: the agents' endpoint keeps presenting
+        // a certificate of the old CA, the one every agent trusts until it renews.
+        let old_key = std::fs::read(&key).context(format_args!("cannot read {}", key.display()))?;
+        replace(&self.previous_ca_key(), &old_key, 0o600)?;
+        replace(&key, key_pem.as_bytes(), 0o600)?;
+        let text = format!("{}{}", ca.cert_pem(), pem_of(&bundle[0]));
+        replace(&pem, text.as_bytes(), 0o644)?;
+        Ok(slipway_common::pki::pin_of(&slipway_common::pki::first_cert_der(ca.cert_pem())?))
+    }
+
+    /// `slipctl ca rotate --finish`: the controller takes a certificate of the new CA and the
+    /// old CA is no longer trusted.
+    pub fn finish_ca_rotation(&self) -> Result<()> {
+        let bundle = self.ca_bundle()?;
+        if bundle.len() < 2 {
+            return Err(CtlError::bad("no CA rotation is under way").fix("`slipctl ca rotate` starts one"));
+        }
+        let controller = self.load_ca()?.issue(&Identity::Controller)?;
+        let tls = self.controller_tls();
+        replace(&tls.key, controller.key_pem.as_bytes(), 0o600)?;
+        replace(&tls.cert, controller.cert_pem.as_bytes(), 0o644)?;
+        replace(&self.ca_paths().0, pem_of(&bundle[0]).as_bytes(), 0o644)?;
+        let _ = std::fs::remove_file(self.previous_ca_key());
+        Ok(())
+    }
+
+    fn previous_ca_key(&self) -> PathBuf {
+        self.pki().join("ca-previous.key")
+    }
+
+    /// The CA the controller presents itself with — to agents (its client certificate) and on
+    /// the agents' endpoint: the old one while a rotation runs, since every agent trusts it.
+    pub fn presenting_ca(&self) -> Result<(Ca, Vec<u8>)> {
+        let bundle = self.ca_bundle()?;
+        if bundle.len() < 2 {
+            return Ok((self.load_ca()?, bundle[0].clone()));
+        }
+        let path = self.previous_ca_key();
+        let key = std::fs::read_to_string(&path).context(format_args!("cannot read {}", path.display()))?;
+        Ok((Ca::from_pem(&pem_of(&bundle[1]), &key)?, bundle[1].clone()))
     }
 
     /// The rustls client config the controller dials agents with.

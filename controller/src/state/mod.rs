@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod backend;
 pub mod home;
+pub mod joins;
 pub mod journal;
 pub mod revisions;
 pub mod store;

@@ -32,6 +32,9 @@ pub struct AgentRecord {
     pub addr: String,
     pub labels: BTreeMap<String, String>,
     pub added_at: i64,
+    /// The certificates it may present, eviction, joins and renewals (`state::joins`).
+    #[serde(default)]
+    pub trust: crate::state::joins::AgentTrust,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

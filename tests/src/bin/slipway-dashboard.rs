@@ -41,7 +41,9 @@ fn main() {
         for (i, name) in names.iter().enumerate() {
             let labels = [("role".to_owned(), "web".to_owned())].into_iter().collect();
             let addr = format!("127.0.0.1:{}", 20000 + i);
-            store.put_agent(&AgentRecord { name: name.clone(), addr, labels, added_at: now }).unwrap();
+            store
+                .put_agent(&AgentRecord { name: name.clone(), addr, labels, added_at: now, trust: Default::default() })
+                .unwrap();
         }
         let env_names: Vec<String> = (1..=envs).map(|e| format!("env{e}")).collect();
         for p in 1..=projects {

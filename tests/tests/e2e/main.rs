@@ -10,6 +10,7 @@ mod drain;
 mod faults;
 mod hooks;
 mod hostile;
+mod joins;
 mod mtls;
 mod projects;
 mod rollout;

@@ -10,7 +10,13 @@ use slipway_proto::pb;
 use slipway_tests::Fleet;
 
 fn record(name: &str, addr: &str) -> AgentRecord {
-    AgentRecord { name: name.into(), addr: addr.into(), labels: Default::default(), added_at: 0 }
+    AgentRecord {
+        name: name.into(),
+        addr: addr.into(),
+        labels: Default::default(),
+        added_at: 0,
+        trust: Default::default(),
+    }
 }
 
 /// Dial `addr` expecting agent `name`, with `tls`, and call Info.
