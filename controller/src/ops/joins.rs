@@ -288,3 +288,96 @@ pub fn not_renewed_since_rotation(home: &Home, store: &Store) -> Result<Vec<Stri
         .map(|a| a.name)
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn home() -> (tempfile::TempDir, Home, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home { root: dir.path().join("home") };
+        home.init().unwrap();
+        let store = Store::open(&home.state()).unwrap();
+        (dir, home, store)
+    }
+
+    fn join_as(home: &Home, store: &Store, token: &str) -> Result<(Issued, String)> {
+        let (csr, key) = slipway_common::pki::request_for("whoever", None).unwrap();
+        let req = JoinRequest { token: token.into(), csr, port: 7443 };
+        join(home, store, &req, "10.0.0.7".parse().unwrap(), Duration::from_secs(3600)).map(|i| (i, key))
+    }
+
+    fn renew_as(home: &Home, store: &Store, cert: &str, key: &str) -> Result<Issued> {
+        let (csr, _) = slipway_common::pki::request_for("web-7", Some(key)).unwrap();
+        renew(home, store, &first_cert_der(cert).unwrap(), &csr, Duration::from_secs(3600))
+    }
+
+    #[test]
+    fn a_token_joins_once_and_its_name_is_the_certificates() {
+        let (_d, home, store) = home();
+        let (_, text) = create_token(&store, "web-7", &["role=web".into()], None, DEFAULT_TOKEN_TTL, "ops").unwrap();
+        let (issued, _) = join_as(&home, &store, &text).unwrap();
+        assert_eq!(issued.name, "web-7");
+        let info = cert_info(&first_cert_der(&issued.cert).unwrap()).unwrap();
+        assert_eq!(info.identities, vec![Identity::Agent("web-7".into())]);
+        let agent = store.agent("web-7").unwrap().unwrap();
+        assert_eq!(agent.addr, "10.0.0.7:7443");
+        assert_eq!(agent.labels.get("role").map(String::as_str), Some("web"));
+        let again = join_as(&home, &store, &text).unwrap_err();
+        assert!(again.problem.contains("was used at"), "{again}");
+        // A wrong secret reads as an unknown token: nothing about the id leaks.
+        let (id, _) = text.split_once('.').unwrap();
+        let wrong = join_as(&home, &store, &format!("{id}.{}", "0".repeat(64))).unwrap_err();
+        assert_eq!(wrong.problem, "unknown join token");
+        // Only the secret's digest is kept.
+        let kept = serde_json::to_string(&store.join_tokens().unwrap()).unwrap();
+        assert!(!kept.contains(text.split_once('.').unwrap().1));
+    }
+
+    #[test]
+    fn renewal_needs_the_current_certificate_and_no_eviction_or_ban() {
+        let (_d, home, store) = home();
+        let (_, text) = create_token(&store, "web-7", &[], None, DEFAULT_TOKEN_TTL, "ops").unwrap();
+        let (first, key) = join_as(&home, &store, &text).unwrap();
+        let second = renew_as(&home, &store, &first.cert, &key).unwrap();
+        // Both stay acceptable until the agent switches; then the first goes.
+        let third = renew_as(&home, &store, &second.cert, &key).unwrap();
+        let stale = renew_as(&home, &store, &first.cert, &key).unwrap_err();
+        assert!(stale.problem.contains("was replaced"), "{stale}");
+        evict(&store, "web-7", "ops").unwrap();
+        let evicted = renew_as(&home, &store, &third.cert, &key).unwrap_err();
+        assert!(evicted.problem.contains("was evicted by ops"), "{evicted}");
+        assert!(revoked("web-7").is_some(), "the next call to it is refused in this process");
+        // A new join lifts the eviction; a ban refuses joins and renewals.
+        let (_, text) = create_token(&store, "web-7", &[], None, DEFAULT_TOKEN_TTL, "ops").unwrap();
+        let (fresh, key) = join_as(&home, &store, &text).unwrap();
+        assert!(revoked("web-7").is_none());
+        let (_, later) = create_token(&store, "web-7", &[], None, DEFAULT_TOKEN_TTL, "ops").unwrap();
+        ban(&store, "web-7", "ops").unwrap();
+        assert!(renew_as(&home, &store, &fresh.cert, &key).unwrap_err().problem.contains("banned"));
+        assert!(join_as(&home, &store, &later).unwrap_err().problem.contains("banned"));
+        let refused = create_token(&store, "web-7", &[], None, DEFAULT_TOKEN_TTL, "ops").unwrap_err();
+        assert!(refused.problem.contains("banned"), "{refused}");
+        unban(&store, "web-7").unwrap();
+        assert!(join_as(&home, &store, &later).is_ok(), "after unban, a token made before works");
+    }
+
+    #[test]
+    fn a_rotation_waits_for_every_agent_to_renew() {
+        let (_d, home, store) = home();
+        let (_, text) = create_token(&store, "web-7", &[], None, DEFAULT_TOKEN_TTL, "ops").unwrap();
+        let (issued, key) = join_as(&home, &store, &text).unwrap();
+        let before = ca_pin(&home).unwrap();
+        home.begin_ca_rotation().unwrap();
+        assert_eq!(ca_pin(&home).unwrap(), before, "join commands pin the CA the controller presents");
+        assert_eq!(not_renewed_since_rotation(&home, &store).unwrap(), vec!["web-7".to_owned()]);
+        assert!(home.begin_ca_rotation().is_err(), "one rotation at a time");
+        let renewed = renew_as(&home, &store, &issued.cert, &key).unwrap();
+        assert_eq!(renewed.ca.matches("BEGIN CERTIFICATE").count(), 2, "both CAs trusted meanwhile");
+        assert!(not_renewed_since_rotation(&home, &store).unwrap().is_empty());
+        home.finish_ca_rotation().unwrap();
+        assert_ne!(ca_pin(&home).unwrap(), before);
+        assert_eq!(home.ca_bundle().unwrap().len(), 1);
+        home.client_tls().unwrap();
+    }
+}

@@ -17,7 +17,6 @@ pub struct Home {
     pub root: PathBuf,
 }
 
-/// Write a file that must not exist yet, with `mode`, and flush it to disk.
 /// A certificate's DER as PEM.
 pub fn pem_of(der: &[u8]) -> String {
     use base64::Engine;
@@ -34,6 +33,7 @@ fn replace(path: &Path, content: &[u8], mode: u32) -> Result<()> {
     std::fs::rename(&tmp, path).context(format_args!("cannot replace {}", path.display()))
 }
 
+/// Write a file that must not exist yet, with `mode`, and flush it to disk.
 pub fn write_new(path: &Path, content: &[u8], mode: u32) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
