@@ -90,7 +90,7 @@ pub fn policy(method: &Method, route: &str) -> Need {
         "/projects/{p}/edit" if get => Page,
         "/projects/{p}/edit" | "/projects/{p}/revert" => Maintainer,
         "/projects/{p}/revisions/{n}" => Maintainer,
-        "/projects/new" => Admin,
+        "/projects/new" | "/agents/token" | "/agents/evict" => Admin,
         "/api/v1/cli" => Command,
         "/api/v1/tickets" => Role(R::Deployer, Body),
         "/api/v1/deploys" => DirectDeploy { rollback: false, pair: Body },

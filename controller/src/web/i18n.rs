@@ -254,6 +254,23 @@ impl Lang {
             "deployer" => ("deployer", "上线者"),
             "approver" => ("approver", "审核者"),
             "maintainer" => ("maintainer", "维护者"),
+            "add_host" => ("Add a host", "添加主机"),
+            "add_host_help" => (
+                "A one-time token for one host: run the command it gives on the host, as root, then start slipd.",
+                "为一台主机生成一次性令牌：在该主机上以 root 运行给出的命令，然后启动 slipd。",
+            ),
+            "make_join_token" => ("Make a join token", "生成加入令牌"),
+            "join_token_made" => ("Join token made for", "已生成加入令牌："),
+            "expires" => ("expires", "过期于"),
+            "run_on_host" => ("Run on the host (shown once):", "在该主机上运行（仅显示一次）："),
+            "no_join_listen" => (
+                "This server has no agents' endpoint: start it with --join-listen, and put its URL in the command.",
+                "此服务没有主机加入端点：请用 --join-listen 启动，并把其地址填入命令。",
+            ),
+            "labels" => ("Labels", "标签"),
+            "valid_for" => ("Valid for", "有效期"),
+            "evict" => ("Evict", "驱逐"),
+            "evicted_by" => ("evicted by", "已被驱逐，操作者"),
             "all_envs" => ("* (every env)", "*（所有环境）"),
             _ => ("?", "?"),
         };

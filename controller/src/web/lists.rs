@@ -113,11 +113,59 @@ pub async fn history(State(app): State<Arc<App>>, v: Viewer, Query(q): Query<His
 
 /// `GET /agents`.
 pub async fn agents(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
-    let agents = crate::ops::views::visible_agents(&app.core, &v.caller).or_show(&v)?;
+    agents_view(&app, &v, None)
+}
+
+#[derive(Deserialize)]
+pub struct JoinTokenForm {
+    #[serde(default)]
+    name: String,
+    /// `k=v` pairs, separated by commas or spaces.
+    #[serde(default)]
+    labels: String,
+    #[serde(default)]
+    ttl: String,
+}
+
+/// `POST /agents/token` (admins): a one-time join token, and the command to run on the host,
+/// shown on this page once.
+pub async fn join_token(State(app): State<Arc<App>>, v: Viewer, Form(f): Form<JoinTokenForm>) -> PageResult {
+    let labels: Vec<String> = f.labels.split([',', ' ']).filter(|l| !l.trim().is_empty()).map(str::to_owned).collect();
+    let ttl = slipway_common::time::parse_duration(if f.ttl.is_empty() { "30m" } else { &f.ttl })
+        .map_err(crate::error::CtlError::bad)
+        .or_show(&v)?;
+    let (token, text) =
+        crate::ops::joins::create_token(&app.store, f.name.trim(), &labels, None, ttl, &v.caller.name).or_show(&v)?;
+    let pin = crate::ops::joins::ca_pin(&app.home).or_show(&v)?;
+    let url = app.join.as_ref().map(|j| j.url.clone()).unwrap_or_else(|| "https://CONTROLLER:PORT".into());
+    let command = crate::ops::joins::join_command(&url, &text, &pin);
+    let notice = html! {
+        (v.t("join_token_made")) " " strong { (token.name) } " (" (v.t("expires")) " " (when(token.expires_at)) "). "
+        (v.t("run_on_host")) pre.command { code { (command) } }
+        @if app.join.is_none() { p.error { (v.t("no_join_listen")) } }
+    };
+    agents_view(&app, &v, Some(notice))
+}
+
+#[derive(Deserialize)]
+pub struct NameForm {
+    #[serde(default)]
+    name: String,
+}
+
+/// `POST /agents/evict` (admins).
+pub async fn evict(State(app): State<Arc<App>>, v: Viewer, Form(f): Form<NameForm>) -> PageResult {
+    crate::ops::joins::evict(&app.store, &f.name, &v.caller.name).or_show(&v)?;
+    Ok(Redirect::to("/agents").into_response())
+}
+
+fn agents_view(app: &App, v: &Viewer, notice: Option<maud::Markup>) -> PageResult {
+    let agents = crate::ops::views::visible_agents(&app.core, &v.caller).or_show(v)?;
     let probes = app.probes.all();
     let now = slipway_common::time::unix_now();
     let body = html! {
         h1 { (v.t("agents")) }
+        @if let Some(n) = notice { div.notice role="status" { (n) } }
         div.scroll { table.agents {
             thead { tr {
                 th scope="col" { (v.t("host")) } th scope="col" { (v.t("address")) } th scope="col" { (v.t("reachable")) }
@@ -133,12 +181,30 @@ pub async fn agents(State(app): State<Arc<App>>, v: Viewer) -> PageResult {
                     td { @if let Some(t) = p.and_then(|p| p.cert_not_after) { ((t - now) / 86400) } }
                     td { @if let Some(p) = p { (when(p.checked_at)) } }
                     td {
+                        @if let Some(done) = &a.trust.evicted { div.error { (v.t("evicted_by")) " " (done.by) " " (when(done.at)) } }
                         @if let Some(e) = p.and_then(|p| p.error.clone()) { span.error { (e) } }
                         @for t in p.map(|p| p.broken_targets.clone()).unwrap_or_default() { div.error { (t) } }
+                        @if v.caller.admin && a.trust.evicted.is_none() {
+                            (v.button("/agents/evict", v.t("evict"), "small", html! { input type="hidden" name="name" value=(a.name); }))
+                        }
                     }
                 }
             } }
         } }
+        @if v.caller.admin {
+            section.panel {
+                h2 { (v.t("add_host")) }
+                p.muted { (v.t("add_host_help")) }
+                (v.button("/agents/token", v.t("make_join_token"), "primary", html! {
+                    label for="j-name" { (v.t("host")) }
+                    input #j-name name="name" type="text" required pattern="[A-Za-z0-9._-]+" maxlength="63";
+                    label for="j-labels" { (v.t("labels")) }
+                    input #j-labels name="labels" type="text" placeholder="role=web zone=a";
+                    label for="j-ttl" { (v.t("valid_for")) }
+                    select #j-ttl name="ttl" { option value="30m" { "30 min" } option value="2h" { "2 h" } option value="1d" { "1 d" } }
+                }))
+            }
+        }
     };
     Ok(v.page(v.t("agents"), body))
 }

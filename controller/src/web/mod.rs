@@ -65,6 +65,8 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/deploys/{id}/abort", routing::post(panes::abort))
         .route("/history", routing::get(lists::history))
         .route("/agents", routing::get(lists::agents))
+        .route("/agents/token", routing::post(lists::join_token))
+        .route("/agents/evict", routing::post(lists::evict))
         .route("/users", routing::get(lists::users))
         .route("/users/grant", routing::post(lists::grant))
         .route("/users/revoke", routing::post(lists::revoke))
