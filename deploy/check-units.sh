@@ -10,7 +10,7 @@ trap 'rm -rf "$tmp"' EXIT
 status=0
 while read -r unit max; do
   [ -z "$unit" ] || [ "${unit:0:1}" = "#" ] && continue
-  sed "s|/usr/local/bin/slipd|$slipd|g; s|/usr/local/bin/slipctl|$(dirname "$slipd")/slipctl|g" "$unit" > "$tmp/$unit"
+  sed "s|/usr/bin/slipd|$slipd|g; s|/usr/bin/slipctl|$(dirname "$slipd")/slipctl|g" "$unit" > "$tmp/$unit"
   if ! systemd-analyze verify "$tmp/$unit"; then
     echo "FAIL: $unit does not pass systemd-analyze verify"
     status=1

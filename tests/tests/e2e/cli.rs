@@ -169,7 +169,7 @@ fn shipped_example_configs_load_with_the_real_loaders() {
     assert_eq!(prod.target.deploy_to_for("web-1"), std::path::PathBuf::from("/data/release/web-demo"));
     assert!(!prod.hosts.is_empty());
     let unit = std::fs::read_to_string(deploy_dir.join("slipd.service")).unwrap();
-    assert!(unit.contains("ExecStart=/usr/local/bin/slipd --config /etc/slipway/agent.toml"));
+    assert!(unit.contains("ExecStart=/usr/bin/slipd --config /etc/slipway/agent.toml"));
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod hooks;
 mod hostile;
 mod joins;
 mod mtls;
+mod packages;
 mod projects;
 mod rollout;
 mod served_cli;
