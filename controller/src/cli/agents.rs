@@ -45,7 +45,7 @@ pub(crate) async fn agent_command(home: &Home, out: &Cx, cmd: AgentCommand) -> R
                 .iter()
                 .map(|(a, info)| {
                     let labels = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
-                    let mut row = match (info, trust_problem(a)) {
+                    let mut row = match (info, joins::trust_problem(a)) {
                         (_, Some(problem)) => {
                             vec![a.name.clone(), a.addr.clone(), labels, problem, "-".into(), "-".into()]
                         }
@@ -86,7 +86,7 @@ pub(crate) async fn agent_command(home: &Home, out: &Cx, cmd: AgentCommand) -> R
                         }
                     };
                     doc["trust"] = json!(a.trust);
-                    if let Some(problem) = trust_problem(a) {
+                    if let Some(problem) = joins::trust_problem(a) {
                         doc["problem"] = json!(problem);
                     }
                     doc
@@ -101,7 +101,7 @@ pub(crate) async fn agent_command(home: &Home, out: &Cx, cmd: AgentCommand) -> R
                         .to_owned()
                 }
             });
-            Ok(if results.iter().all(|(a, i)| i.is_ok() && trust_problem(a).is_none()) { 0 } else { 1 })
+            Ok(if results.iter().all(|(a, i)| i.is_ok() && joins::trust_problem(a).is_none()) { 0 } else { 1 })
         }
         AgentCommand::Rm { name } => {
             let store = Store::open(&home.state())?;
@@ -169,20 +169,6 @@ pub(crate) async fn agent_command(home: &Home, out: &Cx, cmd: AgentCommand) -> R
 /// Who an action is recorded as.
 fn by(out: &Cx) -> String {
     out.served_caller().unwrap_or_else(crate::engine::scope::current_user)
-}
-
-/// Why the controller will not talk to `a`, with the fix: evicted, or its certificate expired
-/// (while the controller was down, say) — it must join again.
-fn trust_problem(a: &AgentRecord) -> Option<String> {
-    if let Some(done) = &a.trust.evicted {
-        return Some(format!("evicted by {} at {}: it must join again", done.by, format_utc(done.at)));
-    }
-    let expired = a.trust.not_after().filter(|t| *t <= unix_now())?;
-    Some(format!(
-        "certificate expired at {}: `slipctl agent token create {}`, then `slipd join --force` on the host",
-        format_utc(expired),
-        a.name
-    ))
 }
 
 /// The CERT column: until when, and whether from an older CA (a rotation waits for it).

@@ -271,6 +271,20 @@ pub fn unban(store: &Store, name: &str) -> Result<()> {
     }
 }
 
+/// Why the controller will not talk to `a`, with the fix: evicted, or its certificate expired
+/// (while the controller was down, say) — it must join again.
+pub fn trust_problem(a: &AgentRecord) -> Option<String> {
+    if let Some(done) = &a.trust.evicted {
+        return Some(format!("evicted by {} at {}: it must join again", done.by, format_utc(done.at)));
+    }
+    let expired = a.trust.not_after().filter(|t| *t <= unix_now())?;
+    Some(format!(
+        "certificate expired at {}: `slipctl agent token create {}`, then `slipd join --force` on the host",
+        format_utc(expired),
+        a.name
+    ))
+}
+
 /// `slipctl agent rm NAME` evicts too: a removed agent's certificate is refused at once.
 pub fn forget(name: &str, by: &str) {
     revoke(name, format!("agent {name} was removed by {by}"));

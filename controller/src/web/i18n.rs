@@ -270,7 +270,6 @@ impl Lang {
             "labels" => ("Labels", "标签"),
             "valid_for" => ("Valid for", "有效期"),
             "evict" => ("Evict", "驱逐"),
-            "evicted_by" => ("evicted by", "已被驱逐，操作者"),
             "all_envs" => ("* (every env)", "*（所有环境）"),
             _ => ("?", "?"),
         };

@@ -181,7 +181,7 @@ fn agents_view(app: &App, v: &Viewer, notice: Option<maud::Markup>) -> PageResul
                     td { @if let Some(t) = p.and_then(|p| p.cert_not_after) { ((t - now) / 86400) } }
                     td { @if let Some(p) = p { (when(p.checked_at)) } }
                     td {
-                        @if let Some(done) = &a.trust.evicted { div.error { (v.t("evicted_by")) " " (done.by) " " (when(done.at)) } }
+                        @if let Some(problem) = crate::ops::joins::trust_problem(a) { div.error { (problem) } }
                         @if let Some(e) = p.and_then(|p| p.error.clone()) { span.error { (e) } }
                         @for t in p.map(|p| p.broken_targets.clone()).unwrap_or_default() { div.error { (t) } }
                         @if v.caller.admin && a.trust.evicted.is_none() {

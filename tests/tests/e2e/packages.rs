@@ -68,11 +68,8 @@ fn debs_install_into_a_clean_debian_root_run_and_purge_cleanly() {
     }
     if have(&["lintian", "--version"]) {
         let out = Command::new("lintian").args(["--tag-display-limit", "0"]).args([&slipd, &slipctl]).output().unwrap();
-        let tags: Vec<String> = text(&out)
-            .lines()
-            .filter(|l| l.starts_with("E: ") || l.starts_with("W: "))
-            .map(str::to_owned)
-            .collect();
+        let tags: Vec<String> =
+            text(&out).lines().filter(|l| l.starts_with("E: ") || l.starts_with("W: ")).map(str::to_owned).collect();
         assert!(tags.is_empty(), "lintian: {tags:#?}");
     }
 
