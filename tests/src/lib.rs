@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod browser;
+pub mod pg;
 mod server;
 pub use server::{
     Server, Sse, SseReader, add_admin, add_user, connect_from, have_metrics_parser, http, http_from, parse_metrics,
@@ -178,6 +179,11 @@ impl Fleet {
         let home = dir.path().join("home");
         let mut fleet = Fleet { home, dir, agents: Vec::new() };
         fleet.slipctl(&["init"]).ok();
+        // `SLIPWAY_TEST_STATE=postgres`: this home keeps its state in a database of its own.
+        if std::env::var("SLIPWAY_TEST_STATE").as_deref() == Ok("postgres") {
+            let url = pg::cluster().database();
+            std::fs::write(fleet.home.join("config.toml"), format!("[state]\nurl = \"{url}\"\n")).unwrap();
+        }
         for i in 1..=n {
             fleet.add_agent(&format!("web-{i}"), true);
         }

@@ -87,6 +87,12 @@ pub enum Command {
                       slipctl agent list"
     )]
     Agent(AgentCommand),
+    /// Where the controller keeps its state (sled or PostgreSQL)
+    #[command(
+        subcommand,
+        after_help = "Example:\n  slipctl state migrate --from sled --to postgres://slipway@db/slipway"
+    )]
+    State(super::args_team::StateCommand),
     /// The controller's certificate authority
     #[command(subcommand, after_help = "Example:\n  slipctl ca rotate")]
     Ca(super::args_agents::CaCommand),

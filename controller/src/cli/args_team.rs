@@ -213,3 +213,22 @@ pub enum WebhookCommand {
         rotate: bool,
     },
 }
+
+#[derive(Subcommand)]
+pub enum StateCommand {
+    /// Copy this home's state from sled into an empty PostgreSQL database, counts checked
+    #[command(
+        after_help = "Example:\n  slipctl state migrate --from sled --to postgres://slipway:PW@db.example/slipway\n  \
+                            # then, with no slipctl running: [state] url = \"postgres://…\" in <home>/config.toml\n\n\
+                            History, users, tickets, projects, agents and their journals move as they are; the \
+                            sled files stay where they were."
+    )]
+    Migrate {
+        /// Where the state is now (only `sled`)
+        #[arg(long, value_parser = ["sled"])]
+        from: String,
+        /// The PostgreSQL database to copy it into (it must hold no Slipway state yet)
+        #[arg(long)]
+        to: String,
+    },
+}

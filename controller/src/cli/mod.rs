@@ -10,6 +10,7 @@ pub mod output;
 pub mod projects;
 pub mod quickstart;
 pub mod remote;
+pub mod state;
 pub mod team;
 
 pub use args::{AgentCommand, Cli, Command, ProjectCommand};
@@ -118,6 +119,7 @@ async fn run_with(home: Home, command: Command, out: &Cx) -> Result<u8> {
         }
         Command::Agent(cmd) => agents::agent_command(&home, out, cmd).await,
         Command::Ca(cmd) => agents::ca_command(&home, out, cmd),
+        Command::State(cmd) => state::state_command(&home, out, cmd),
         Command::Project(cmd) => projects::project_command(&home, out, cmd),
         Command::Deploy { project, env, git_ref, hosts, dry_run, full, retry_failed } => {
             let mut reporter = Reporter::new(out);

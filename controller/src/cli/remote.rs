@@ -22,7 +22,7 @@ pub struct Remote {
 
 /// Where this command goes, if not here: `--server URL`, or the home's own running server.
 pub fn target(cli: &Cli, home: &Home) -> Result<Option<Remote>> {
-    if matches!(cli.command, Command::Init | Command::Quickstart { .. } | Command::Serve(_)) {
+    if matches!(cli.command, Command::Init | Command::Quickstart { .. } | Command::Serve(_) | Command::State(_)) {
         return Ok(None);
     }
     if let Some(url) = &cli.server {

@@ -158,8 +158,20 @@ fn settle_failed(home: &Home, id: u64, error: &CtlError) -> Option<DeployRecord>
 /// What to do, once, when an operation has ended (not paused), before its outcome is written.
 pub type OnEnd = Box<dyn FnOnce(&DeployRecord) + Send>;
 
+/// What to do, once, when an operation is numbered, before any of its events reach anyone.
+pub type OnStart = Box<dyn FnOnce(u64) + Send>;
+
+/// What the owner of an operation is told in step with its journal (a ticket that follows
+/// its deploy): when it is numbered, and how it ended — never in the other order, however far
+/// the consumer of its events lags.
+#[derive(Default)]
+pub struct Then {
+    pub on_start: Option<OnStart>,
+    pub on_end: Option<OnEnd>,
+}
+
 /// Start `operation` with its events journaled on their way to the consumer.
-pub fn start<F, Fut>(home: Home, on_end: Option<OnEnd>, operation: F) -> Running<DeployRecord>
+pub fn start<F, Fut>(home: Home, then: Then, operation: F) -> Running<DeployRecord>
 where
     F: FnOnce(Emitter, watch::Receiver<bool>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<DeployRecord>> + Send + 'static,
@@ -168,8 +180,14 @@ where
         let (inner, mut events) = Emitter::channel();
         let task = tokio::spawn(operation(inner, cancel));
         let mut journal = Journal::new(home);
+        let Then { mut on_start, on_end } = then;
         while let Some(event) = events.recv().await {
             journal.on(&event);
+            if let Event::Started { id } = &event
+                && let Some(on_start) = on_start.take()
+            {
+                on_start(*id);
+            }
             outer.forward(event);
         }
         let result = task.await.map_err(|e| CtlError::failed(format!("the operation's task failed: {e}")))?;

@@ -36,12 +36,12 @@ use crate::state::store::DeployRecord;
 /// Start a deploy: its events stream as it goes, `Running::canceller` stops it cleanly, and
 /// `Running::finish` returns the record (the same one history keeps).
 pub fn start_deploy(home: Home, args: DeployArgs) -> Running<DeployRecord> {
-    start_deploy_then(home, args, None)
+    start_deploy_then(home, args, journal::Then::default())
 }
 
-/// [`start_deploy`], with `on_end` told how it ended before anyone can read the outcome.
-pub fn start_deploy_then(home: Home, mut args: DeployArgs, on_end: Option<journal::OnEnd>) -> Running<DeployRecord> {
-    journal::start(home.clone(), on_end, move |events, cancel| async move {
+/// [`start_deploy`], with `then` told of its number and how it ended, in step with its journal.
+pub fn start_deploy_then(home: Home, mut args: DeployArgs, then: journal::Then) -> Running<DeployRecord> {
+    journal::start(home.clone(), then, move |events, cancel| async move {
         args.cancel = Some(cancel);
         deploy::deploy(&home, args, &events).await
     })
@@ -64,12 +64,14 @@ pub fn start_check(
 
 /// Start a rollback (relink to each host's previous release, or to `--to`).
 pub fn start_rollback(home: Home, args: RollbackArgs) -> Running<DeployRecord> {
-    start_rollback_then(home, args, None)
+    start_rollback_then(home, args, journal::Then::default())
 }
 
-/// [`start_rollback`], with `on_end` told how it ended before anyone can read the outcome.
-pub fn start_rollback_then(home: Home, args: RollbackArgs, on_end: Option<journal::OnEnd>) -> Running<DeployRecord> {
-    journal::start(home.clone(), on_end, move |events, _cancel| async move {
-        rollback::rollback(&home, args, &events).await
-    })
+/// [`start_rollback`], with `then` told of its number and how it ended, in step with its journal.
+pub fn start_rollback_then(home: Home, args: RollbackArgs, then: journal::Then) -> Running<DeployRecord> {
+    journal::start(
+        home.clone(),
+        then,
+        move |events, _cancel| async move { rollback::rollback(&home, args, &events).await },
+    )
 }

@@ -374,6 +374,10 @@ mod tests {
         assert!(refused.problem.contains("banned"), "{refused}");
         unban(&store, "web-7").unwrap();
         assert!(join_as(&home, &store, &later).is_ok(), "after unban, a token made before works");
+        // `agent rm` evicts too: the next call to it is refused.
+        assert!(revoked("web-7").is_none());
+        forget("web-7", "ops");
+        assert!(revoked("web-7").unwrap().contains("removed by ops"));
     }
 
     #[test]

@@ -83,14 +83,17 @@ pub enum Begun {
 /// Start `op` (for `ticket`, if any); answers once it is numbered, or with why it did not start
 /// (a busy lock: 409 naming the deploy that holds it).
 pub async fn begin(app: &Arc<Core>, op: Op, for_ticket: Option<(u64, crate::state::tickets::Audit)>) -> Result<Begun> {
-    // The ticket follows its deploy's end before the outcome is published.
-    let on_end: Option<engine::journal::OnEnd> = for_ticket.as_ref().map(|(t, _)| {
-        let (app, t) = (app.clone(), *t);
-        Box::new(move |record: &DeployRecord| tickets::on_finished(&app, t, record)) as engine::journal::OnEnd
-    });
+    // The ticket follows its deploy in step with the journal: deploying once it is numbered,
+    // and its end before the outcome is published.
+    let mut then = engine::journal::Then::default();
+    if let Some((t, by)) = &for_ticket {
+        let (started, ended, t, by) = (app.clone(), app.clone(), *t, by.clone());
+        then.on_start = Some(Box::new(move |n| tickets::on_started(&started, t, n, by)));
+        then.on_end = Some(Box::new(move |record: &DeployRecord| tickets::on_finished(&ended, t, record)));
+    }
     let running = match op {
-        Op::Deploy(args) => engine::start_deploy_then(app.home.clone(), args, on_end),
-        Op::Rollback(args) => engine::start_rollback_then(app.home.clone(), args, on_end),
+        Op::Deploy(args) => engine::start_deploy_then(app.home.clone(), args, then),
+        Op::Rollback(args) => engine::start_rollback_then(app.home.clone(), args, then),
     };
     let canceller = running.canceller();
     let (tx, rx) = oneshot::channel::<Result<Begun>>();
@@ -103,9 +106,6 @@ pub async fn begin(app: &Arc<Core>, op: Op, for_ticket: Option<(u64, crate::stat
                 if let Event::Started { id: n } = event {
                     id = Some(n);
                     this.runs.running.lock().expect("runs").insert(n, Run { canceller: canceller.clone() });
-                    if let Some((t, by)) = &for_ticket {
-                        tickets::on_started(&this, *t, n, by.clone());
-                    }
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(Ok(Begun::Started(n)));
                     }

@@ -79,7 +79,7 @@ fn admin(caller: &Caller) -> ApiResult<()> {
 pub fn authorize(app: &App, caller: &Caller, cli: &Cli) -> ApiResult<()> {
     let on = |(p, e): (String, String), role: Role| caller.require(&p, &e, role).map_err(ApiError::from);
     match &cli.command {
-        Command::Init | Command::Quickstart { .. } | Command::Serve(_) => Err(ApiError::bad(
+        Command::Init | Command::Quickstart { .. } | Command::Serve(_) | Command::State(_) => Err(ApiError::bad(
             "this command runs by itself, not through a server",
             "run it on the server's host without the server's home, or stop the server first",
         )),

@@ -1,7 +1,7 @@
 //! The narrow interface the typed [`Store`](super::store::Store) is built on: named trees of
-//! byte keys and JSON values, with compare-and-swap and a counter. sled implements it today; a
-//! PostgreSQL backend is one table `(tree text, key bytea, value bytea, primary key (tree, key))`
-//! implementing the same nine operations, and nothing above this file changes.
+//! byte keys and JSON values, with compare-and-swap and a counter. sled implements it (the
+//! embedded default), and so does PostgreSQL (`state::postgres`: one table `(tree, key, value)`),
+//! chosen by `[state] url` in the home's `config.toml`; nothing above this file changes.
 //!
 //! sled lets one process open a database. A process that serves (`slipctl serve`) [`pin`]s the
 //! state open for its lifetime, so every `Store::open` in it (the engine opens the store for
@@ -35,6 +35,8 @@ pub trait Backend: Send + Sync {
     fn increment(&self, name: &str) -> Result<u64>;
     /// Make every write so far durable.
     fn flush(&self) -> Result<()>;
+    /// The names of the trees that hold entries (`slipctl state migrate` copies them all).
+    fn tree_names(&self) -> Result<Vec<String>>;
 }
 
 pub struct Sled {
@@ -112,6 +114,18 @@ impl Backend for Sled {
 
     fn flush(&self) -> Result<()> {
         self.db.flush().map(|_| ()).map_err(store_err)
+    }
+
+    fn tree_names(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .db
+            .tree_names()
+            .into_iter()
+            .map(|n| String::from_utf8_lossy(&n).into_owned())
+            .filter(|n| n != "__sled__default")
+            .collect();
+        names.sort();
+        Ok(names)
     }
 }
 

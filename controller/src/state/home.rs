@@ -17,6 +17,43 @@ pub struct Home {
     pub root: PathBuf,
 }
 
+/// The home's `config.toml` (optional): what the controller is set to beyond its flags.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeConfig {
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB`: the state in PostgreSQL instead of sled.
+    pub url: Option<String>,
+}
+
+impl HomeConfig {
+    /// `<home>/config.toml`, or the defaults when there is none.
+    pub fn load(home: &Path) -> Result<HomeConfig> {
+        let path = home.join("config.toml");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HomeConfig::default()),
+            Err(e) => return Err(CtlError::failed(format!("cannot read {}: {e}", path.display()))),
+        };
+        toml::from_str(&text).map_err(|e| {
+            CtlError::bad(format!("{}: {}", path.display(), e.to_string().trim_end().replace('\n', "\n  ")))
+                .fix("see ARCHITECTURE.md \"Controller state\" for its keys ([state] url)")
+        })
+    }
+}
+
+/// The PostgreSQL URL of the home whose state directory is `state_dir`, if it has one.
+pub fn state_url_of(state_dir: &Path) -> Result<Option<String>> {
+    let Some(home) = state_dir.parent() else { return Ok(None) };
+    Ok(HomeConfig::load(home)?.state.url.filter(|u| !u.trim().is_empty()))
+}
+
 /// A certificate's DER as PEM.
 pub fn pem_of(der: &[u8]) -> String {
     use base64::Engine;

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod home;
 pub mod joins;
 pub mod journal;
+pub mod postgres;
 pub mod revisions;
 pub mod store;
 pub mod tickets;

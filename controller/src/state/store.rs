@@ -413,7 +413,21 @@ impl Store {
         if let Some(db) = pinned_for(dir) {
             return Ok(Store { db });
         }
+        // `[state] url` in the home's config.toml: PostgreSQL instead of sled.
+        if let Some(url) = crate::state::home::state_url_of(dir)? {
+            return Ok(Store { db: crate::state::postgres::Postgres::open(&url)? });
+        }
         Ok(Store { db: Arc::new(Sled::new(open_sled(dir)?)) })
+    }
+
+    /// The sled database at `dir` whatever the home's config says (`slipctl state migrate`).
+    pub fn open_sled(dir: &Path) -> Result<Store> {
+        Ok(Store { db: Arc::new(Sled::new(open_sled(dir)?)) })
+    }
+
+    /// The PostgreSQL database at `url` (`slipctl state migrate`).
+    pub fn open_postgres(url: &str) -> Result<Store> {
+        Ok(Store { db: crate::state::postgres::Postgres::open(url)? })
     }
 
     /// Open the state and keep it open in this process until [`Store::unpin`] (the server).

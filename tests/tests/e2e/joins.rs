@@ -204,6 +204,12 @@ fn hosts_join_renew_are_evicted_banned_and_rotated_and_a_newcomer_catches_up() {
     let out = hosts[0].join(&url, &tokens[2].0, &pin, false);
     assert!(stderr(&out).contains("already has an identity (agent 'web-1')"), "{}", stderr(&out));
 
+    // A withdrawn token.
+    let (withdrawn, _, _) = token(&fleet, "web-8", &[]);
+    fleet.slipctl(&["agent", "token", "rm", withdrawn.split_once('.').unwrap().0]).ok();
+    let out = intruder.join(&url, &withdrawn, &pin, false);
+    assert!(stderr(&out).contains("unknown join token"), "{}", stderr(&out));
+
     // An expired token.
     let (short, _, _) = token(&fleet, "web-9", &["--ttl", "1s"]);
     wait_long("the 1 s token to expire", 10, || {

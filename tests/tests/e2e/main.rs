@@ -20,4 +20,5 @@ mod server;
 mod server_attacks;
 mod server_ci;
 mod server_load;
+mod state;
 mod web;

@@ -1,0 +1,122 @@
+//! A real PostgreSQL server for the tests (Debian's `postgresql`): one cluster per test
+//! process, in a temp dir, on a free loopback port, run as the `postgres` user and killed with
+//! the test process (its parent thread never ends; `setpriv --pdeathsig`). Each caller gets a
+//! database of its own.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::free_port;
+
+pub struct Cluster {
+    pub port: u16,
+    _dir: PathBuf,
+}
+
+/// The directory of PostgreSQL's server programs (`initdb`, `postgres`), if installed.
+fn bin_dir() -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> =
+        std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten().map(|e| e.path().join("bin")).collect();
+    versions.sort();
+    versions.into_iter().rev().find(|b| b.join("initdb").exists() && b.join("postgres").exists())
+}
+
+/// Whether PostgreSQL's server, the `postgres` user and `psql` are here.
+pub fn available() -> bool {
+    bin_dir().is_some()
+        && crate::is_root()
+        && Command::new("id").arg("postgres").output().is_ok_and(|o| o.status.success())
+        && Command::new("psql").arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+/// The test process's cluster, started the first time.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(start)
+}
+
+fn start() -> Cluster {
+    let bin = bin_dir().expect("PostgreSQL's server programs in /usr/lib/postgresql/*/bin");
+    let dir = std::env::temp_dir().join(format!("slipway-pg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = Command::new("chown").args(["postgres:postgres"]).arg(&dir).status().unwrap();
+    assert!(status.success());
+    let data = dir.join("data");
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join("initdb"))
+        .args(["--auth=trust", "--username=slipway", "--no-sync", "--encoding=UTF8", "-D"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (data_dir, socket_dir) = (data.clone(), dir.clone());
+    // The server is a child of a thread that lives as long as the test process: when the
+    // process ends, the kernel sends it SIGKILL (pdeathsig follows the parent thread).
+    std::thread::spawn(move || {
+        let child = Command::new("setpriv")
+            .args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--pdeathsig=KILL", "--"])
+            .arg(bin.join("postgres"))
+            .arg("-D")
+            .arg(&data_dir)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-c", "max_connections=300", "-c"])
+            .arg(format!("unix_socket_directories={}", socket_dir.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn();
+        let _ = tx.send(child.map(|c| c.id()));
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().unwrap().expect("start postgres");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "slipway", "-d", "postgres", "-c", "SELECT 1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "postgres did not start: {}",
+            std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Cluster { port, _dir: dir }
+}
+
+impl Cluster {
+    /// Run one SQL statement in database `db`; its output.
+    pub fn sql(&self, db: &str, statement: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "slipway", "-d", db])
+            .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", statement])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql {statement}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A new, empty database; its URL.
+    pub fn database(&self) -> String {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("slipway_{}_{n}", std::process::id());
+        self.sql("postgres", &format!("CREATE DATABASE {name}"));
+        format!("postgres://slipway@127.0.0.1:{}/{name}", self.port)
+    }
+}
