@@ -12,7 +12,24 @@ use crate::free_port;
 
 pub struct Cluster {
     pub port: u16,
+    /// The CA (PEM file) of the server's TLS certificate (for 127.0.0.1); plain connections
+    /// are served too.
+    pub ca: PathBuf,
     _dir: PathBuf,
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it: (CA PEM, certificate PEM, key PEM).
+fn server_tls() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "test database CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
 }
 
 /// The directory of PostgreSQL's server programs (`initdb`, `postgres`), if installed.
@@ -53,6 +70,15 @@ fn start() -> Cluster {
         .output()
         .unwrap();
     assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+    let (ca, cert, key) = server_tls();
+    std::fs::write(dir.join("ca.pem"), ca).unwrap();
+    std::fs::write(data.join("server.crt"), cert).unwrap();
+    std::fs::write(data.join("server.key"), key).unwrap();
+    for f in ["server.crt", "server.key"] {
+        let status = Command::new("chown").args(["postgres:postgres"]).arg(data.join(f)).status().unwrap();
+        assert!(status.success());
+    }
+    std::fs::set_permissions(data.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let port = free_port();
     let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -66,7 +92,7 @@ fn start() -> Cluster {
             .arg("-D")
             .arg(&data_dir)
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-            .args(["-c", "max_connections=300", "-c"])
+            .args(["-c", "max_connections=300", "-c", "ssl=on", "-c"])
             .arg(format!("unix_socket_directories={}", socket_dir.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -96,7 +122,7 @@ fn start() -> Cluster {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Cluster { port, _dir: dir }
+    Cluster { port, ca: dir.join("ca.pem"), _dir: dir }
 }
 
 impl Cluster {

@@ -21,7 +21,9 @@ pub(crate) fn state_command(home: &Home, out: &Cx, cmd: StateCommand) -> Result<
             .fix("stop it (systemctl stop slipctl), migrate, set [state] url, start it again"));
     }
     let source = Store::open_sled(&home.state())?;
-    let target = Store::open_postgres(&to)?;
+    // (A CA for TLS to the database, if the home's config names one.)
+    let ca_file = crate::state::home::HomeConfig::load(&home.root)?.state.ca_file;
+    let target = Store::open_postgres(&crate::state::home::Database { url: to.clone(), ca_file })?;
     let held = target.backend().tree_names()?;
     if !held.is_empty() {
         return Err(CtlError::bad(format!(

@@ -30,6 +30,16 @@ pub struct HomeConfig {
 pub struct StateConfig {
     /// `postgres://USER:PASSWORD@HOST:PORT/DB`: the state in PostgreSQL instead of sled.
     pub url: Option<String>,
+    /// The CA (PEM) that signed the database server's certificate: TLS to the database,
+    /// required and verified (the host of `url` must be in its certificate).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Where the state is kept when not in sled.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Database {
+    pub url: String,
+    pub ca_file: Option<PathBuf>,
 }
 
 impl HomeConfig {
@@ -48,10 +58,12 @@ impl HomeConfig {
     }
 }
 
-/// The PostgreSQL URL of the home whose state directory is `state_dir`, if it has one.
-pub fn state_url_of(state_dir: &Path) -> Result<Option<String>> {
+/// The PostgreSQL database of the home whose state directory is `state_dir`, if it has one.
+pub fn database_of(state_dir: &Path) -> Result<Option<Database>> {
     let Some(home) = state_dir.parent() else { return Ok(None) };
-    Ok(HomeConfig::load(home)?.state.url.filter(|u| !u.trim().is_empty()))
+    let state = HomeConfig::load(home)?.state;
+    let ca_file = state.ca_file.map(|p| if p.is_relative() { home.join(p) } else { p });
+    Ok(state.url.filter(|u| !u.trim().is_empty()).map(|url| Database { url, ca_file }))
 }
 
 /// A certificate's DER as PEM.

@@ -20,6 +20,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::error::{CtlError, Result};
 use crate::state::backend::{Backend, store_err};
+use crate::state::home::Database;
 
 /// The schema this binary writes: each entry takes the database from version i to i + 1.
 const MIGRATIONS: &[&str] = &["CREATE TABLE kv (
@@ -45,32 +46,49 @@ pub fn shown(url: &str) -> String {
     slipway_common::redact::redact(url).into_owned()
 }
 
-fn connections() -> &'static Mutex<HashMap<String, Arc<Postgres>>> {
-    static OPEN: OnceLock<Mutex<HashMap<String, Arc<Postgres>>>> = OnceLock::new();
+fn connections() -> &'static Mutex<HashMap<Database, Arc<Postgres>>> {
+    static OPEN: OnceLock<Mutex<HashMap<Database, Arc<Postgres>>>> = OnceLock::new();
     OPEN.get_or_init(Default::default)
 }
 
+/// TLS to the database, when `[state] ca_file` names the CA of its certificate: required, the
+/// server's certificate verified against that CA and the URL's host, through the one rustls.
+fn tls_for(db: &Database) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>> {
+    let Some(path) = &db.ca_file else { return Ok(None) };
+    let pem = std::fs::read_to_string(path).map_err(|e| {
+        CtlError::bad(format!("[state] ca_file {}: {e}", path.display()))
+            .fix("name the PEM file of the CA that signed the database server's certificate")
+    })?;
+    let mut config = (*slipway_common::tls::https_client_config(&pem)?).clone();
+    config.alpn_protocols.clear(); // (PostgreSQL's handshake names no application protocol)
+    Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
+}
+
 impl Postgres {
-    /// This process's connection to `url`, opened (and the schema migrated) the first time.
-    pub fn open(url: &str) -> Result<Arc<Postgres>> {
+    /// This process's connection to `db`, opened (and the schema migrated) the first time.
+    pub fn open(db: &Database) -> Result<Arc<Postgres>> {
         let mut open = connections().lock().expect("postgres connections");
-        if let Some(pg) = open.get(url)
+        if let Some(pg) = open.get(db)
             && pg.alive()
         {
             return Ok(pg.clone());
         }
-        let pg = Arc::new(Postgres::connect(url)?);
+        let pg = Arc::new(Postgres::connect(db)?);
         pg.migrate()?;
-        open.insert(url.to_owned(), pg.clone());
+        open.insert(db.clone(), pg.clone());
         Ok(pg)
     }
 
-    fn connect(url: &str) -> Result<Postgres> {
-        let shown = shown(url);
-        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+    fn connect(db: &Database) -> Result<Postgres> {
+        let shown = shown(&db.url);
+        let mut config: tokio_postgres::Config = db.url.parse().map_err(|e| {
             CtlError::bad(format!("[state] url {shown} is not a PostgreSQL URL: {e}"))
                 .fix("write postgres://USER:PASSWORD@HOST:PORT/DATABASE in the home's config.toml")
         })?;
+        let tls = tls_for(db)?;
+        if tls.is_some() {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let (jobs_tx, mut jobs_rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let what = shown.clone();
@@ -84,17 +102,27 @@ impl Postgres {
                 let connected = runtime.block_on(async {
                     let mut config = config;
                     config.connect_timeout(CONNECT_TIMEOUT);
-                    config.connect(tokio_postgres::NoTls).await
+                    match tls {
+                        Some(tls) => config.connect(tls).await.map(|(client, connection)| {
+                            tokio::spawn(async move {
+                                if let Err(e) = connection.await {
+                                    tracing::error!("the PostgreSQL connection ended: {e}");
+                                }
+                            });
+                            client
+                        }),
+                        None => config.connect(tokio_postgres::NoTls).await.map(|(client, connection)| {
+                            tokio::spawn(async move {
+                                if let Err(e) = connection.await {
+                                    tracing::error!("the PostgreSQL connection ended: {e}");
+                                }
+                            });
+                            client
+                        }),
+                    }
                 });
                 let client = match connected {
-                    Ok((client, connection)) => {
-                        runtime.spawn(async move {
-                            if let Err(e) = connection.await {
-                                tracing::error!("the PostgreSQL connection ended: {e}");
-                            }
-                        });
-                        Arc::new(client)
-                    }
+                    Ok(client) => Arc::new(client),
                     Err(e) => {
                         let why = match std::error::Error::source(&e) {
                             Some(source) => format!("{e}: {source}"),

@@ -414,8 +414,8 @@ impl Store {
             return Ok(Store { db });
         }
         // `[state] url` in the home's config.toml: PostgreSQL instead of sled.
-        if let Some(url) = crate::state::home::state_url_of(dir)? {
-            return Ok(Store { db: crate::state::postgres::Postgres::open(&url)? });
+        if let Some(db) = crate::state::home::database_of(dir)? {
+            return Ok(Store { db: crate::state::postgres::Postgres::open(&db)? });
         }
         Ok(Store { db: Arc::new(Sled::new(open_sled(dir)?)) })
     }
@@ -425,9 +425,9 @@ impl Store {
         Ok(Store { db: Arc::new(Sled::new(open_sled(dir)?)) })
     }
 
-    /// The PostgreSQL database at `url` (`slipctl state migrate`).
-    pub fn open_postgres(url: &str) -> Result<Store> {
-        Ok(Store { db: crate::state::postgres::Postgres::open(url)? })
+    /// The PostgreSQL database `db` (`slipctl state migrate`).
+    pub fn open_postgres(db: &crate::state::home::Database) -> Result<Store> {
+        Ok(Store { db: crate::state::postgres::Postgres::open(db)? })
     }
 
     /// Open the state and keep it open in this process until [`Store::unpin`] (the server).

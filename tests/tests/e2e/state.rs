@@ -55,8 +55,27 @@ fn a_sled_home_migrates_to_postgres_and_runs_on_it() {
     assert_eq!(rows, "3", "the third deploy is a row of the database");
     drop(server);
 
-    // A schema from a newer slipctl is refused, naming both versions.
+    // TLS to the database when the config names its CA: required and verified.
     let db = url.rsplit('/').next().unwrap();
+    let config = |ca: &std::path::Path| format!("[state]\nurl = \"{url}\"\nca_file = \"{}\"\n", ca.display());
+    std::fs::write(fleet.home.join("config.toml"), config(&cluster.ca)).unwrap();
+    let server = Server::start(&fleet);
+    let encrypted = cluster.sql(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = '{db}' AND s.ssl"
+        ),
+    );
+    assert_ne!(encrypted, "0", "the server's connection to the database is TLS");
+    drop(server);
+    // A CA that did not sign the database's certificate: refused, nothing read.
+    std::fs::write(fleet.home.join("config.toml"), config(&fleet.home.join("pki/ca.pem"))).unwrap();
+    let untrusted = fleet.slipctl(&["history"]);
+    assert_eq!(untrusted.code, 1, "{}", untrusted.stderr);
+    assert!(untrusted.stderr.contains("cannot reach PostgreSQL at"), "{}", untrusted.stderr);
+    std::fs::write(fleet.home.join("config.toml"), config(&cluster.ca)).unwrap();
+
+    // A schema from a newer slipctl is refused, naming both versions.
     cluster.sql(db, "UPDATE slipway_schema SET version = 99");
     let refused = fleet.slipctl(&["history"]);
     assert_ne!(refused.code, 0);
