@@ -103,22 +103,8 @@ impl Postgres {
                     let mut config = config;
                     config.connect_timeout(CONNECT_TIMEOUT);
                     match tls {
-                        Some(tls) => config.connect(tls).await.map(|(client, connection)| {
-                            tokio::spawn(async move {
-                                if let Err(e) = connection.await {
-                                    tracing::error!("the PostgreSQL connection ended: {e}");
-                                }
-                            });
-                            client
-                        }),
-                        None => config.connect(tokio_postgres::NoTls).await.map(|(client, connection)| {
-                            tokio::spawn(async move {
-                                if let Err(e) = connection.await {
-                                    tracing::error!("the PostgreSQL connection ended: {e}");
-                                }
-                            });
-                            client
-                        }),
+                        Some(tls) => connect_with(&config, tls).await,
+                        None => connect_with(&config, tokio_postgres::NoTls).await,
                     }
                 });
                 let client = match connected {
@@ -220,6 +206,24 @@ impl Postgres {
             c.execute(sql, &refs).await
         })
     }
+}
+
+/// Connect, and drive the connection on this runtime until it ends.
+async fn connect_with<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+) -> std::result::Result<tokio_postgres::Client, tokio_postgres::Error>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::error!("the PostgreSQL connection ended: {e}");
+        }
+    });
+    Ok(client)
 }
 
 fn b<T: ToSql + Send + Sync + 'static>(v: T) -> Box<dyn ToSql + Send + Sync> {
