@@ -361,3 +361,45 @@ fn hosts_only_web1(fleet: &Fleet) {
     fleet.slipctl(&["agent", "rm", "web-2"]).ok();
     fleet.slipctl(&["agent", "rm", "web-3"]).ok();
 }
+
+/// An admin adds a host from the agents page: a one-time join token and the command to run,
+/// shown once; the host joins with exactly that command and appears in the list.
+#[test]
+fn an_admin_makes_a_join_token_on_the_agents_page_and_the_host_joins_with_it() {
+    if !slipway_tests::require("chromium and chromium-driver", slipway_tests::browser::have_browser()) {
+        return;
+    }
+    let fleet = Fleet::new(0);
+    slipway_tests::add_admin(&fleet, "ops");
+    let server = Server::start_with(&fleet.home, &slipway_tests::bin("slipctl"), &["--join-listen", "127.0.0.1:0"]);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let driver = slipway_tests::browser::Driver::start();
+    let command = crate::web::runtime().block_on(async {
+        let c = driver.session("en-US", 1280, 900).await;
+        crate::web::log_in(&c, &base, "ops").await;
+        c.goto(&format!("{base}/agents")).await.unwrap();
+        c.find(fantoccini::Locator::Css("#j-name")).await.unwrap().send_keys("web-5").await.unwrap();
+        c.find(fantoccini::Locator::Css("#j-labels")).await.unwrap().send_keys("role=web").await.unwrap();
+        crate::web::click(&c, "form[action='/agents/token'] button").await;
+        let command =
+            c.wait().for_element(fantoccini::Locator::Css("pre.command code")).await.unwrap().text().await.unwrap();
+        slipway_tests::browser::screenshot(&c, "agents-join-token").await;
+        c.close().await.unwrap();
+        command
+    });
+    let words: Vec<&str> = command.split_whitespace().collect();
+    assert_eq!(&words[..2], &["slipd", "join"], "{command}");
+    assert_eq!(Some(words[2]), server.join_url.as_deref(), "{command}");
+    let dir = fleet.path().join("web-5");
+    let out = std::process::Command::new(slipway_tests::bin("slipd"))
+        .args(["--config", dir.join("agent.toml").to_str().unwrap()])
+        .args(&words[1..])
+        .args(["--listen", "127.0.0.1:7443", "--state-dir", dir.join("state").to_str().unwrap()])
+        .args(["--allowed-root", dir.join("root").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = fleet.slipctl(&["--output", "json", "agent", "list"]).json();
+    assert_eq!(list[0]["name"], "web-5", "{list}");
+    assert_eq!(list[0]["labels"]["role"], "web", "{list}");
+}

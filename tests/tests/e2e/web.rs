@@ -6,7 +6,7 @@ use fantoccini::Locator;
 use slipway_tests::browser::{Driver, have_browser, screenshot};
 use slipway_tests::{Fleet, Repo, Server, add_user, http_get, require};
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
@@ -196,7 +196,7 @@ fn css_to_contains(css: &str, text: &str) -> String {
     format!("{node}[contains(., '{text}')]")
 }
 
-async fn log_in(c: &fantoccini::Client, base: &str, user: &str) {
+pub(crate) async fn log_in(c: &fantoccini::Client, base: &str, user: &str) {
     c.goto(&format!("{base}/login")).await.unwrap();
     c.find(Locator::Css("#user")).await.unwrap().send_keys(user).await.unwrap();
     c.find(Locator::Css("#password")).await.unwrap().send_keys(&format!("{user}-password")).await.unwrap();
@@ -204,7 +204,7 @@ async fn log_in(c: &fantoccini::Client, base: &str, user: &str) {
     c.wait().for_element(Locator::Css("main h1")).await.unwrap();
 }
 
-async fn click(c: &fantoccini::Client, css: &str) {
+pub(crate) async fn click(c: &fantoccini::Client, css: &str) {
     c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css}: {e}")).click().await.unwrap();
 }
 
@@ -770,45 +770,4 @@ fn a_project_is_configured_in_the_form_checked_and_deployed() {
     let shown = fleet.slipctl(&["show", &id.to_string()]).ok().stdout;
     assert!(shown.contains("first hook") && shown.contains("second hook"), "{shown}");
     assert!(shown.contains("project revision 4"), "{shown}");
-}
-
-/// An admin adds a host from the agents page: a one-time join token and the command to run,
-/// shown once; the host joins with exactly that command and appears in the list.
-#[test]
-fn an_admin_makes_a_join_token_on_the_agents_page_and_the_host_joins_with_it() {
-    if !require("chromium and chromium-driver", have_browser()) {
-        return;
-    }
-    let fleet = Fleet::new(0);
-    slipway_tests::add_admin(&fleet, "ops");
-    let server = Server::start_with(&fleet.home, &slipway_tests::bin("slipctl"), &["--join-listen", "127.0.0.1:0"]);
-    let base = format!("http://127.0.0.1:{}", server.port);
-    let driver = Driver::start();
-    let command = runtime().block_on(async {
-        let c = driver.session("en-US", 1280, 900).await;
-        log_in(&c, &base, "ops").await;
-        c.goto(&format!("{base}/agents")).await.unwrap();
-        c.find(Locator::Css("#j-name")).await.unwrap().send_keys("web-5").await.unwrap();
-        c.find(Locator::Css("#j-labels")).await.unwrap().send_keys("role=web").await.unwrap();
-        click(&c, "form[action='/agents/token'] button").await;
-        let command = c.wait().for_element(Locator::Css("pre.command code")).await.unwrap().text().await.unwrap();
-        screenshot(&c, "agents-join-token").await;
-        c.close().await.unwrap();
-        command
-    });
-    let words: Vec<&str> = command.split_whitespace().collect();
-    assert_eq!(&words[..2], &["slipd", "join"], "{command}");
-    assert_eq!(Some(words[2]), server.join_url.as_deref(), "{command}");
-    let dir = fleet.path().join("web-5");
-    let out = std::process::Command::new(slipway_tests::bin("slipd"))
-        .args(["--config", dir.join("agent.toml").to_str().unwrap()])
-        .args(&words[1..])
-        .args(["--listen", "127.0.0.1:7443", "--state-dir", dir.join("state").to_str().unwrap()])
-        .args(["--allowed-root", dir.join("root").to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let list = fleet.slipctl(&["--output", "json", "agent", "list"]).json();
-    assert_eq!(list[0]["name"], "web-5", "{list}");
-    assert_eq!(list[0]["labels"]["role"], "web", "{list}");
 }
