@@ -37,6 +37,8 @@ type Job = Box<dyn FnOnce(Arc<tokio_postgres::Client>, &tokio::runtime::Handle) 
 /// A connection to one PostgreSQL database, served by its own thread.
 pub struct Postgres {
     jobs: tokio::sync::mpsc::UnboundedSender<Job>,
+    /// Set when the connection ends (the server went away): the next open connects again.
+    closed: Arc<std::sync::atomic::AtomicBool>,
     /// The URL without its password, for messages.
     shown: String,
 }
@@ -92,6 +94,8 @@ impl Postgres {
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let (jobs_tx, mut jobs_rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let what = shown.clone();
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ended = closed.clone();
         std::thread::Builder::new()
             .name("slipway-postgres".into())
             .spawn(move || {
@@ -103,8 +107,8 @@ impl Postgres {
                     let mut config = config;
                     config.connect_timeout(CONNECT_TIMEOUT);
                     match tls {
-                        Some(tls) => connect_with(&config, tls).await,
-                        None => connect_with(&config, tokio_postgres::NoTls).await,
+                        Some(tls) => connect_with(&config, tls, ended).await,
+                        None => connect_with(&config, tokio_postgres::NoTls, ended).await,
                     }
                 });
                 let client = match connected {
@@ -130,11 +134,11 @@ impl Postgres {
             })
             .map_err(|e| store_err(format!("postgres thread: {e}")))?;
         ready_rx.recv().map_err(|_| store_err("the PostgreSQL thread ended"))??;
-        Ok(Postgres { jobs: jobs_tx, shown })
+        Ok(Postgres { jobs: jobs_tx, closed, shown })
     }
 
     fn alive(&self) -> bool {
-        self.run(|c| async move { c.simple_query("SELECT 1").await.map(|_| ()) }).is_ok()
+        !self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Run `f` with the client on the connection's thread and wait for its result.
@@ -212,6 +216,7 @@ impl Postgres {
 async fn connect_with<T>(
     config: &tokio_postgres::Config,
     tls: T,
+    closed: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::result::Result<tokio_postgres::Client, tokio_postgres::Error>
 where
     T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
@@ -222,6 +227,7 @@ where
         if let Err(e) = connection.await {
             tracing::error!("the PostgreSQL connection ended: {e}");
         }
+        closed.store(true, std::sync::atomic::Ordering::SeqCst);
     });
     Ok(client)
 }
