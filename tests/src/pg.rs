@@ -54,75 +54,120 @@ pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(start)
 }
 
+static PRIVATE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 fn start() -> Cluster {
-    let bin = bin_dir().expect("PostgreSQL's server programs in /usr/lib/postgresql/*/bin");
-    let dir = std::env::temp_dir().join(format!("slipway-pg-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let status = Command::new("chown").args(["postgres:postgres"]).arg(&dir).status().unwrap();
-    assert!(status.success());
-    let data = dir.join("data");
-    let out = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(bin.join("initdb"))
-        .args(["--auth=trust", "--username=slipway", "--no-sync", "--encoding=UTF8", "-D"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
-    let (ca, cert, key) = server_tls();
-    std::fs::write(dir.join("ca.pem"), ca).unwrap();
-    std::fs::write(data.join("server.crt"), cert).unwrap();
-    std::fs::write(data.join("server.key"), key).unwrap();
-    for f in ["server.crt", "server.key"] {
-        let status = Command::new("chown").args(["postgres:postgres"]).arg(data.join(f)).status().unwrap();
-        assert!(status.success());
+    Cluster::init(&format!("slipway-pg-{}", std::process::id()))
+}
+
+impl Cluster {
+    /// A cluster of the caller's own (one that a test stops and starts again).
+    pub fn private() -> Cluster {
+        let n = PRIVATE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Cluster::init(&format!("slipway-pg-{}-{n}", std::process::id()))
     }
-    std::fs::set_permissions(data.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let port = free_port();
-    let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (data_dir, socket_dir) = (data.clone(), dir.clone());
-    // The server is a child of a thread that lives as long as the test process: when the
-    // process ends, the kernel sends it SIGKILL (pdeathsig follows the parent thread).
-    std::thread::spawn(move || {
-        let child = Command::new("setpriv")
-            .args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--pdeathsig=KILL", "--"])
-            .arg(bin.join("postgres"))
-            .arg("-D")
-            .arg(&data_dir)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-            .args(["-c", "max_connections=300", "-c", "ssl=on", "-c"])
-            .arg(format!("unix_socket_directories={}", socket_dir.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn();
-        let _ = tx.send(child.map(|c| c.id()));
-        loop {
-            std::thread::park();
+
+    fn init(name: &str) -> Cluster {
+        let bin = bin_dir().expect("PostgreSQL's server programs in /usr/lib/postgresql/*/bin");
+        let dir = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("chown").args(["postgres:postgres"]).arg(&dir).status().unwrap();
+        assert!(status.success());
+        let data = dir.join("data");
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("initdb"))
+            .args(["--auth=trust", "--username=slipway", "--no-sync", "--encoding=UTF8", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let (ca, cert, key) = server_tls();
+        std::fs::write(dir.join("ca.pem"), ca).unwrap();
+        std::fs::write(data.join("server.crt"), cert).unwrap();
+        std::fs::write(data.join("server.key"), key).unwrap();
+        for f in ["server.crt", "server.key"] {
+            let status = Command::new("chown").args(["postgres:postgres"]).arg(data.join(f)).status().unwrap();
+            assert!(status.success());
         }
-    });
-    rx.recv().unwrap().expect("start postgres");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "slipway", "-d", "postgres", "-c", "SELECT 1"])
+        std::fs::set_permissions(data.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let cluster = Cluster { port: free_port(), ca: dir.join("ca.pem"), _dir: dir };
+        cluster.start();
+        cluster
+    }
+
+    /// Start the server (again) and wait until it answers.
+    pub fn start(&self) {
+        let bin = bin_dir().expect("PostgreSQL's server programs");
+        let dir = self._dir.clone();
+        let port = self.port;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("postgres.log")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The server is a child of a thread that lives as long as the test process: when the
+        // process ends, the kernel sends it SIGKILL (pdeathsig follows the parent thread).
+        std::thread::spawn(move || {
+            let child = Command::new("setpriv")
+                .args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--pdeathsig=KILL", "--"])
+                .arg(bin.join("postgres"))
+                .arg("-D")
+                .arg(dir.join("data"))
+                .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+                .args(["-c", "max_connections=300", "-c", "ssl=on", "-c"])
+                .arg(format!("unix_socket_directories={}", dir.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn();
+            let _ = tx.send(child.map(|c| c.id()));
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().unwrap().expect("start postgres");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.answers() {
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not start: {}",
+                std::fs::read_to_string(self._dir.join("postgres.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stop the server at once (`pg_ctl stop -m immediate`), as a crash or a failover would.
+    pub fn stop(&self) {
+        let bin = bin_dir().expect("PostgreSQL's server programs");
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("pg_ctl"))
+            .args(["stop", "-m", "immediate", "-D"])
+            .arg(self._dir.join("data"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn answers(&self) -> bool {
+        Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "slipway",
+                "-d",
+                "postgres",
+                "-c",
+                "SELECT 1",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .is_ok_and(|s| s.success());
-        if ready {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "postgres did not start: {}",
-            std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+            .is_ok_and(|s| s.success())
     }
-    Cluster { port, ca: dir.join("ca.pem"), _dir: dir }
 }
 
 impl Cluster {

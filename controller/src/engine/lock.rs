@@ -20,6 +20,9 @@ pub struct LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        // The operation is over whether or not the release below can be written (the database
+        // down): a lock it leaves behind is then known, in this process, to hold nothing.
+        crate::state::store::op_ended(self.op);
         if let Ok(store) = Store::open(&self.state) {
             let _ = store.release_lock(&self.project, &self.env, std::process::id(), self.op);
         }
@@ -76,6 +79,7 @@ pub(crate) fn take_lock(home: &Home, record: &DeployRecord, reporter: &Emitter) 
         Ok(Some(dead)) => reporter.say(format!("took over the lock of {}, whose process is gone", dead.describe())),
         Ok(None) => {}
     }
+    crate::state::store::op_started(record.op);
     Ok(LockGuard { state: home.state(), project: record.project.clone(), env: record.env.clone(), op: record.op })
 }
 

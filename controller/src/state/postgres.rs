@@ -34,13 +34,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Job = Box<dyn FnOnce(Arc<tokio_postgres::Client>, &tokio::runtime::Handle) + Send>;
 
-/// A connection to one PostgreSQL database, served by its own thread.
+/// One PostgreSQL database, reached through a connection served by its own thread, made
+/// again by the next statement once it ended (the server restarted, the network broke): a
+/// statement in flight when it ends fails, with why.
 pub struct Postgres {
-    jobs: tokio::sync::mpsc::UnboundedSender<Job>,
-    /// Set when the connection ends (the server went away): the next open connects again.
-    closed: Arc<std::sync::atomic::AtomicBool>,
+    db: Database,
+    link: Mutex<Link>,
     /// The URL without its password, for messages.
     shown: String,
+}
+
+/// One live connection: where its statements go, and whether it has ended.
+struct Link {
+    jobs: tokio::sync::mpsc::UnboundedSender<Job>,
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The URL with its password replaced by `***`.
@@ -67,21 +74,23 @@ fn tls_for(db: &Database) -> Result<Option<tokio_postgres_rustls::MakeRustlsConn
 }
 
 impl Postgres {
-    /// This process's connection to `db`, opened (and the schema migrated) the first time.
+    /// This process's handle on `db`, connected (and the schema migrated) the first time.
     pub fn open(db: &Database) -> Result<Arc<Postgres>> {
         let mut open = connections().lock().expect("postgres connections");
-        if let Some(pg) = open.get(db)
-            && pg.alive()
-        {
+        if let Some(pg) = open.get(db) {
             return Ok(pg.clone());
         }
-        let pg = Arc::new(Postgres::connect(db)?);
+        let link = connect(db)?;
+        let pg = Arc::new(Postgres { db: db.clone(), link: Mutex::new(link), shown: shown(&db.url) });
         pg.migrate()?;
         open.insert(db.clone(), pg.clone());
         Ok(pg)
     }
+}
 
-    fn connect(db: &Database) -> Result<Postgres> {
+/// A new connection to `db`, on a thread of its own.
+fn connect(db: &Database) -> Result<Link> {
+    {
         let shown = shown(&db.url);
         let mut config: tokio_postgres::Config = db.url.parse().map_err(|e| {
             CtlError::bad(format!("[state] url {shown} is not a PostgreSQL URL: {e}"))
@@ -134,13 +143,11 @@ impl Postgres {
             })
             .map_err(|e| store_err(format!("postgres thread: {e}")))?;
         ready_rx.recv().map_err(|_| store_err("the PostgreSQL thread ended"))??;
-        Ok(Postgres { jobs: jobs_tx, closed, shown })
+        Ok(Link { jobs: jobs_tx, closed })
     }
+}
 
-    fn alive(&self) -> bool {
-        !self.closed.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
+impl Postgres {
     /// Run `f` with the client on the connection's thread and wait for its result.
     fn run<T, F, Fut>(&self, f: F) -> Result<T>
     where
@@ -154,7 +161,14 @@ impl Postgres {
                 let _ = tx.send(f(client).await);
             });
         });
-        self.jobs.send(job).map_err(|_| store_err(format!("the connection to {} is gone", self.shown)))?;
+        let jobs = {
+            let mut link = self.link.lock().expect("postgres link");
+            if link.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                *link = connect(&self.db)?;
+            }
+            link.jobs.clone()
+        };
+        jobs.send(job).map_err(|_| store_err(format!("the connection to {} is gone", self.shown)))?;
         let answer = rx.recv().map_err(|_| store_err(format!("the connection to {} is gone", self.shown)))?;
         answer.map_err(|e| store_err(format!("PostgreSQL at {}: {e}", self.shown)))
     }

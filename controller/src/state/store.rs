@@ -311,7 +311,10 @@ impl DeployRecord {
 
     /// `Running` with a dead controller process reads as `Interrupted`.
     pub fn effective_status(&self) -> DeployStatus {
-        if self.status == DeployStatus::Running && !process_alive(self.pid) {
+        // (Its process is gone; or it is this process and the operation is over: its end could
+        // not be written, the state being unreachable then.)
+        let over_here = self.pid == std::process::id() && !live_ops().lock().expect("live ops").contains(&self.op);
+        if self.status == DeployStatus::Running && (!process_alive(self.pid) || over_here) {
             DeployStatus::Interrupted
         } else {
             self.status
@@ -349,10 +352,30 @@ pub fn next_op() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Operations of this process that hold a lock now.
+fn live_ops() -> &'static std::sync::Mutex<std::collections::HashSet<u64>> {
+    static LIVE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<u64>>> = std::sync::OnceLock::new();
+    LIVE.get_or_init(Default::default)
+}
+
+/// Operation `op` of this process took a lock.
+pub fn op_started(op: u64) {
+    live_ops().lock().expect("live ops").insert(op);
+}
+
+/// Operation `op` of this process is over (its lock released, or left behind when the state
+/// could not be written).
+pub fn op_ended(op: u64) {
+    live_ops().lock().expect("live ops").remove(&op);
+}
+
 impl LockRecord {
-    /// A holder on this machine whose process is gone: its lock can be taken over.
+    /// A holder on this machine whose process is gone, or an operation of this very process
+    /// that is over (it could not release the lock: the state was unreachable): its lock can
+    /// be taken over.
     pub fn holder_dead(&self) -> bool {
-        self.host == hostname() && !process_alive(self.pid)
+        let ended_here = self.pid == std::process::id() && !live_ops().lock().expect("live ops").contains(&self.op);
+        self.host == hostname() && (!process_alive(self.pid) || ended_here)
     }
 
     /// `deploy #N by root@vm (pid P) since …`: the host is named once, whether the user names

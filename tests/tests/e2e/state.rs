@@ -94,3 +94,60 @@ fn a_sled_home_migrates_to_postgres_and_runs_on_it() {
     assert!(down.stderr.contains("cannot reach PostgreSQL at"), "{}", down.stderr);
     assert!(!down.stderr.contains("secret"), "no password in messages: {}", down.stderr);
 }
+
+/// The database restarts under a running server, mid-deploy: the deploy in flight says what
+/// went wrong, the server carries on once the database is back (its connection is made again),
+/// and the next deploy goes through.
+#[test]
+fn the_server_carries_on_when_its_database_restarts_mid_deploy() {
+    if !require("PostgreSQL (Debian's postgresql) and root", pg::available()) {
+        return;
+    }
+    let cluster = pg::Cluster::private();
+    let mut fleet = Fleet::new(0);
+    let url = cluster.database();
+    std::fs::write(fleet.home.join("config.toml"), format!("[state]\nurl = \"{url}\"\n")).unwrap();
+    fleet.add_agent("web-1", true);
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "v1\n");
+    repo.commit("v1");
+    let gate = fleet.path().join("gate");
+    std::fs::create_dir_all(&gate).unwrap();
+    slipway_tests::traversable(&gate);
+    std::fs::set_permissions(&gate, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let (started, go) = (gate.join("started"), gate.join("go"));
+    let target = format!(
+        "{}pre_release = [\"touch {}; while [ ! -e {} ]; do sleep 0.05; done\"]\n",
+        slipway_tests::hook_user_line(),
+        started.display(),
+        go.display()
+    );
+    fleet.apply_project_full("site", &repo.path, "", &target, "");
+    std::fs::write(&go, "").unwrap();
+    let server = Server::start(&fleet);
+    fleet.deploy_ok("site");
+
+    std::fs::remove_file(&go).unwrap();
+    std::fs::remove_file(&started).unwrap();
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
+    let running = fleet.spawn_slipctl(&["deploy", "site", "test"]);
+    slipway_tests::wait_for("the hook to start", || started.exists());
+    cluster.stop();
+    std::fs::write(&go, "").unwrap();
+    let out = running.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "a deploy that could not record its end does not say it succeeded: {said}");
+    assert!(said.contains("PostgreSQL"), "it names what failed: {said}");
+
+    cluster.start();
+    let history = fleet.slipctl(&["--output", "json", "history", "site", "test"]).ok().json();
+    assert!(history.as_array().is_some_and(|h| h.len() >= 2), "the server reads again: {history}");
+    // The deploy whose end could not be written does not read running for ever.
+    assert_eq!(history[0]["status"], "interrupted", "{}", history[0]);
+    repo.write("index.html", "v3\n");
+    repo.commit("v3");
+    fleet.deploy_ok("site");
+    assert_eq!(std::fs::read_to_string(fleet.current("web-1", "site").join("index.html")).unwrap(), "v3\n");
+    drop(server);
+}
