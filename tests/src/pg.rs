@@ -57,6 +57,14 @@ pub fn cluster() -> &'static Cluster {
 static PRIVATE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn start() -> Cluster {
+    // Clusters of test processes that are gone (their data dirs stay in the temp dir).
+    for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix("slipway-pg-").and_then(|rest| rest.split('-').next()?.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
     Cluster::init(&format!("slipway-pg-{}", std::process::id()))
 }
 
