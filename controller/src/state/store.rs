@@ -311,10 +311,7 @@ impl DeployRecord {
 
     /// `Running` with a dead controller process reads as `Interrupted`.
     pub fn effective_status(&self) -> DeployStatus {
-        // (Its process is gone; or it is this process and the operation is over: its end could
-        // not be written, the state being unreachable then.)
-        let over_here = self.pid == std::process::id() && !live_ops().lock().expect("live ops").contains(&self.op);
-        if self.status == DeployStatus::Running && (!process_alive(self.pid) || over_here) {
+        if self.status == DeployStatus::Running && !process_alive(self.pid) {
             DeployStatus::Interrupted
         } else {
             self.status

@@ -143,8 +143,6 @@ fn the_server_carries_on_when_its_database_restarts_mid_deploy() {
     cluster.start();
     let history = fleet.slipctl(&["--output", "json", "history", "site", "test"]).ok().json();
     assert!(history.as_array().is_some_and(|h| h.len() >= 2), "the server reads again: {history}");
-    // The deploy whose end could not be written does not read running for ever.
-    assert_eq!(history[0]["status"], "interrupted", "{}", history[0]);
     repo.write("index.html", "v3\n");
     repo.commit("v3");
     fleet.deploy_ok("site");
