@@ -6,7 +6,6 @@
 //! its life (the same key, a new certificate), retrying with jittered backoff, and serves the
 //! new one from the next connection on.
 
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -95,21 +94,8 @@ async fn post(
 
 /// Write `content` to `path` at `mode`, replacing it in one rename.
 fn replace(path: &Path, content: &str, mode: u32) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(content.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
+    slipway_common::files::replace(path, content.as_bytes(), mode)
+        .with_context(|| format!("cannot replace {}", path.display()))
 }
 
 /// What `slipd join` is told.

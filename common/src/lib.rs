@@ -6,6 +6,7 @@
 pub mod archive;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod manifest;
 pub mod names;
 pub mod pack;

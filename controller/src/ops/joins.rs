@@ -28,18 +28,6 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 86_400);
 pub use crate::state::joins::{evicted_error, revoked};
 use crate::state::joins::{revoke, unrevoke};
 
-fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
-    let mut map = BTreeMap::new();
-    for l in labels {
-        let (k, v) = l
-            .split_once('=')
-            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
-            .ok_or_else(|| CtlError::bad(format!("--label '{l}' is not key=value")).fix("e.g. --label role=web"))?;
-        map.insert(k.to_owned(), v.to_owned());
-    }
-    Ok(map)
-}
-
 /// A new join token for agent `name`: its record and the token text `<id>.<secret>` (shown
 /// once; only the secret's SHA-256 is kept).
 pub fn create_token(
@@ -72,7 +60,7 @@ pub fn create_token(
         id: id.clone(),
         secret_sha256: sha256_hex(&secret),
         name: name.to_owned(),
-        labels: parse_labels(labels)?,
+        labels: crate::state::agents::parse_labels(labels)?,
         addr,
         created: Done { by: by.to_owned(), at: now },
         expires_at: now + ttl.as_secs() as i64,

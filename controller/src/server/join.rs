@@ -72,6 +72,11 @@ pub fn tls_source(home: Home) -> Result<TlsSource> {
     }))
 }
 
+/// How long an agent's certificate lasts (`serve --agent-cert-ttl`).
+fn lifetime(app: &App) -> Duration {
+    app.join.as_ref().map_or(slipway_common::pki::AGENT_CERT_LIFETIME, |j| j.lifetime)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RenewBody {
@@ -86,8 +91,7 @@ async fn join(
     let Peer::Tcp(from) = peer else {
         return Err(ApiError::bad("agents join over TCP", "run slipd join on the host"));
     };
-    let lifetime = app.join.as_ref().map_or(slipway_common::pki::AGENT_CERT_LIFETIME, |j| j.lifetime);
-    let (core, ip) = (app.core.clone(), from.ip());
+    let (lifetime, core, ip) = (lifetime(&app), app.core.clone(), from.ip());
     let answer =
         tokio::task::spawn_blocking(move || crate::ops::joins::join(&core.home, &core.store, &req, ip, lifetime))
             .await
@@ -115,8 +119,7 @@ async fn renew(
     let Some(Extension(ClientCert(der))) = cert else {
         return Err(ApiError::unauthorized("renewal needs the agent's current certificate as the TLS client"));
     };
-    let lifetime = app.join.as_ref().map_or(slipway_common::pki::AGENT_CERT_LIFETIME, |j| j.lifetime);
-    let core = app.core.clone();
+    let (lifetime, core) = (lifetime(&app), app.core.clone());
     let answer = tokio::task::spawn_blocking(move || {
         crate::ops::joins::renew(&core.home, &core.store, &der, &body.csr, lifetime)
     })

@@ -26,14 +26,7 @@ pub fn register_agent(
 ) -> Result<AgentRecord> {
     validate_agent_name(name)?;
     let port = parse_addr(addr)?;
-    let mut label_map = BTreeMap::new();
-    for l in labels {
-        let (k, v) = l
-            .split_once('=')
-            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
-            .ok_or_else(|| CtlError::bad(format!("--label '{l}' is not key=value")))?;
-        label_map.insert(k.to_owned(), v.to_owned());
-    }
+    let label_map = parse_labels(labels)?;
     let listen = listen.unwrap_or_else(|| format!("0.0.0.0:{port}"));
     let ca = home.load_ca()?;
     {
@@ -74,6 +67,19 @@ pub fn register_agent(
     };
     Store::open(&home.state())?.put_agent(&record)?;
     Ok(record)
+}
+
+/// `--label k=v` arguments (an agent's labels, at `agent add` or in a join token).
+pub(crate) fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut map = BTreeMap::new();
+    for l in labels {
+        let (k, v) = l
+            .split_once('=')
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+            .ok_or_else(|| CtlError::bad(format!("--label '{l}' is not key=value")).fix("e.g. --label role=web"))?;
+        map.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(map)
 }
 
 pub(crate) fn parse_addr(addr: &str) -> Result<u16> {

@@ -76,10 +76,7 @@ pub fn pem_of(der: &[u8]) -> String {
 
 /// Replace `path` with `content` at `mode` in one rename (never half-written).
 fn replace(path: &Path, content: &[u8], mode: u32) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    write_new(&tmp, content, mode)?;
-    std::fs::rename(&tmp, path).context(format_args!("cannot replace {}", path.display()))
+    slipway_common::files::replace(path, content, mode).context(format_args!("cannot replace {}", path.display()))
 }
 
 /// Write a file that must not exist yet, with `mode`, and flush it to disk.
