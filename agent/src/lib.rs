@@ -6,6 +6,7 @@
 pub mod beneath;
 pub mod enroll;
 pub mod error;
+pub mod fetch;
 pub mod health;
 pub mod hooks;
 pub mod kept;

@@ -76,11 +76,53 @@ impl Read for ChunkReader {
     }
 }
 
+/// Where the archive's bytes come from: the stage call's own stream, or the store's answer to
+/// the presigned URL of the header.
+pub enum Source {
+    Stream(Streaming<pb::StageRequest>),
+    Fetched { body: hyper::body::Incoming, url: String },
+}
+
+/// Pass the store's body to the extractor until it ends, the deadline passes or the extractor
+/// stops; the error, if the fetch broke.
+async fn fetch_into(
+    mut body: hyper::body::Incoming,
+    url: &str,
+    chunk_tx: &mpsc::Sender<Result<Vec<u8>, String>>,
+    deadline: Instant,
+) -> Option<AgentError> {
+    use http_body_util::BodyExt;
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            () = tokio::time::sleep_until(deadline.into()) => {
+                let why = "the fetch from the artifact store ran past the stage deadline".to_string();
+                let _ = chunk_tx.send(Err(why.clone())).await;
+                return Some(AgentError::Upload(why));
+            }
+        };
+        match frame {
+            None => return None,
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else { continue };
+                if chunk_tx.send(Ok(data.to_vec())).await.is_err() {
+                    return None; // The extractor stopped early; its result says why.
+                }
+            }
+            Some(Err(e)) => {
+                let why = format!("the fetch from the artifact store ({}) broke: {e}", crate::fetch::redact(url));
+                let _ = chunk_tx.send(Err(why.clone())).await;
+                return Some(AgentError::Upload(why));
+            }
+        }
+    }
+}
+
 /// Pump the upload into the extractor (on a blocking thread) with bounded buffering, so neither
 /// side holds the whole artifact; forward progress to the caller.
 #[allow(clippy::too_many_arguments)]
 pub async fn receive_and_extract(
-    mut stream: Streaming<pb::StageRequest>,
+    source: Source,
     manifest: Arc<Manifest>,
     staging: OwnedFd,
     display: String,
@@ -112,6 +154,25 @@ pub async fn receive_and_extract(
     });
     let mut upload_error = None;
     let mut trailer: Option<pb::StageTrailer> = None;
+    let mut stream = match source {
+        Source::Stream(stream) => stream,
+        Source::Fetched { body, url } => {
+            upload_error = fetch_into(body, &url, &chunk_tx, deadline).await;
+            drop(chunk_tx);
+            let result = extractor.await.map_err(|e| AgentError::State(format!("extractor task failed: {e}")))?;
+            return match (result, upload_error) {
+                (Ok(stats), None) => Ok(stats),
+                (_, Some(upload)) => Err(upload),
+                // Other bytes than the controller packaged: the store is trusted for nothing.
+                (Err(e), None) if !e.is_local_io() => Err(AgentError::Upload(format!(
+                    "the artifact store returned other bytes than the controller uploaded to {} ({e}); nothing was \
+                     activated: deploy again (the controller uploads the artifact again)",
+                    crate::fetch::redact(&url)
+                ))),
+                (Err(e), None) => Err(e.into()),
+            };
+        }
+    };
     loop {
         let next = tokio::select! {
             next = stream.message() => next,

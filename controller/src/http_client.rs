@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -109,7 +108,12 @@ async fn connect(target: &Target) -> Result<Box<dyn Io>> {
 }
 
 /// Send one request; the response with its body still streaming.
-pub async fn send(target: &Target, request: hyper::Request<Full<Bytes>>) -> Result<hyper::Response<Incoming>> {
+pub async fn send<B>(target: &Target, request: hyper::Request<B>) -> Result<hyper::Response<Incoming>>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let io = connect(target).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod browser;
 pub mod pg;
+pub mod s3;
 mod server;
 pub use server::{
     Server, Sse, SseReader, add_admin, add_user, connect_from, have_metrics_parser, http, http_from, parse_metrics,

@@ -18,7 +18,7 @@ use super::*;
 use crate::error::AgentError;
 use crate::kept::KeptManifests;
 use crate::layout::{Layout, Open};
-use crate::receive::{check_free_space, disk_full, receive_and_extract};
+use crate::receive::{Source, check_free_space, disk_full, receive_and_extract};
 use crate::shared::link_shared;
 use crate::state::{RecordedHooks, ReleaseMeta, TargetRecord};
 use slipway_common::names::validate_name;
@@ -80,6 +80,10 @@ impl Inner {
         let trailer_digest = header.artifact_sha256.is_empty();
         if !trailer_digest && header.artifact_sha256.len() != 32 {
             return Err(bad("stage header's artifact sha256 is not 32 bytes"));
+        }
+        if trailer_digest && !header.artifact_url.is_empty() {
+            return Err(bad("stage header has an artifact_url but no artifact sha256: a fetched artifact is checked \
+                            against the digest the controller sends"));
         }
         let ctx = header.hook_context.clone().unwrap_or_default();
         crate::hooks::check_vars(&ctx.vars)?;
@@ -158,17 +162,35 @@ impl Inner {
         let root_fd =
             staging.fd().try_clone_to_owned().map_err(|e| AgentError::io("cannot open", staging.path(), e))?;
         let display = staging.path().display().to_string();
-        let extracted = receive_and_extract(
-            stream,
-            manifest.clone(),
-            root_fd,
-            display,
-            options,
-            trailer_digest,
-            events.clone(),
-            deadline,
-        )
-        .await;
+        let source = if header.artifact_url.is_empty() {
+            Ok(Source::Stream(stream))
+        } else {
+            let url = std::mem::take(&mut header.artifact_url);
+            let _ = events.try_send(Ok(progress("fetch")));
+            match tokio::time::timeout_at(deadline.into(), crate::fetch::open(&url, &header.artifact_ca_pem)).await {
+                Ok(opened) => opened.map(|body| Source::Fetched { body, url }),
+                Err(_) => Err(AgentError::Upload(format!(
+                    "the artifact store did not answer for {} before the stage deadline",
+                    crate::fetch::redact(&url)
+                ))),
+            }
+        };
+        let extracted = match source {
+            Ok(source) => {
+                receive_and_extract(
+                    source,
+                    manifest.clone(),
+                    root_fd,
+                    display,
+                    options,
+                    trailer_digest,
+                    events.clone(),
+                    deadline,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
         let outcome = match extracted {
             Ok(stats) => {
                 let deploy = layout.deploy().expect("opened with create");
@@ -288,5 +310,12 @@ impl Inner {
             Some(o) if o.at.elapsed() < OFFER_FRESH && o.releases == target.layout.list()? => Ok(o.sources),
             _ => target.kept.reuse_sources(&target.layout),
         }
+    }
+}
+
+/// A step the controller shows while the agent works (no counts yet).
+fn progress(step: &str) -> pb::StageEvent {
+    pb::StageEvent {
+        kind: Some(EventKind::Progress(pb::StageProgress { step: step.into(), bytes_received: 0, entries_written: 0 })),
     }
 }

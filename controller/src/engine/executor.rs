@@ -36,6 +36,9 @@ pub(crate) async fn run_deploy(
 ) -> Result<()> {
     let cache = &home.cache();
     let settings = &scope.settings;
+    // With a store, each artifact goes there once and hosts fetch it: nothing is streamed.
+    let store = crate::engine::store::Store::of_home(&home.root)?.map(Arc::new);
+    package.no_streaming |= store.is_some();
     let rollout = &settings.rollout;
     let release: ReleaseId =
         record.release.clone().ok_or_else(|| CtlError::failed("a deploy runs with its release id"))?;
@@ -146,12 +149,20 @@ pub(crate) async fn run_deploy(
                     };
                     for host in &hosts {
                         if !uploads.contains_key(host) {
-                            uploads.insert(host.clone(), package.full_upload(reporter)?);
+                            uploads.insert(host.clone(), package.full_upload(reporter).await?);
                         }
                     }
                     Ok::<_, CtlError>((uploads, connected))
                 }
                 .await;
+                // Each artifact of the batch into the store, once: a store that fails fails the
+                // batch's hosts before any of them is sent anything.
+                let planned = match (planned, &store) {
+                    (Ok((uploads, connected)), Some(store)) => {
+                        to_store(store, &settings.project, &uploads, reporter).await.map(|()| (uploads, connected))
+                    }
+                    (planned, _) => planned,
+                };
                 // Packaging for this batch failed: its hosts failed, and the planner decides what
                 // that means for the batches already on the new release.
                 let (uploads, connected) = match planned {
@@ -176,6 +187,14 @@ pub(crate) async fn run_deploy(
                         }
                         Upload::Streamed { .. } => (Vec::new(), 0, false, None),
                     };
+                    // Signed now, as this host's stage starts: a late batch gets a fresh URL.
+                    let artifact_url = match (&store, &upload) {
+                        (Some(store), Upload::File { sha256, .. }) => {
+                            store.get_url(&store.key(&settings.project, sha256))
+                        }
+                        _ => String::new(),
+                    };
+                    let artifact_ca_pem = store.as_ref().map(|s| s.ca_pem().to_owned()).unwrap_or_default();
                     // A host that holds a known base gets a diff against it, not the manifest.
                     let (manifest, base_release, base_manifest_sha256, manifest_diff) = match base {
                         Some(b) => (None, b.release.to_string(), b.manifest_sha256.clone(), Some(b.diff.clone())),
@@ -201,6 +220,8 @@ pub(crate) async fn run_deploy(
                         base_release,
                         base_manifest_sha256,
                         manifest_diff,
+                        artifact_url,
+                        artifact_ca_pem,
                     };
                     let connection = connected.get(&host).cloned();
                     stage_host(fan(events), agents[&host].clone(), header, upload, total_entries, connection)
@@ -543,4 +564,33 @@ async fn pause(
 /// A canary kept out of the balancer for its tests while the deploy pauses (put back at promote).
 fn kept_drained(rollout: &slipway_common::config::RolloutSettings, plan: &Plan, host: &String) -> bool {
     rollout.canary_keep_drained && plan.pause_after_canary && plan.batches[0].contains(host)
+}
+
+/// Upload each distinct artifact of these uploads to the store (once per deploy).
+async fn to_store(
+    store: &crate::engine::store::Store,
+    project: &str,
+    uploads: &BTreeMap<String, Upload>,
+    reporter: &Emitter,
+) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for upload in uploads.values() {
+        let Upload::File { path, sha256, size, .. } = upload else {
+            return Err(CtlError::failed("an artifact for the store was streamed instead of packaged"));
+        };
+        if !seen.insert(sha256.clone()) {
+            continue;
+        }
+        let key = store.key(project, sha256);
+        let t = Instant::now();
+        if store.put_once(&key, path, *size).await? {
+            reporter.say(format!(
+                "uploaded {} to the artifact store ({}) in {}",
+                crate::units::bytes(*size),
+                key,
+                crate::units::millis(t.elapsed().as_millis() as u64)
+            ));
+        }
+    }
+    Ok(())
 }

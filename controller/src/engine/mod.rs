@@ -22,6 +22,7 @@ pub mod planner;
 pub mod rollback;
 pub mod scope;
 pub mod select;
+pub mod store;
 pub mod transfer;
 
 pub use deploy::{DeployArgs, Retry, retry_of};

@@ -130,15 +130,24 @@ pub struct Package {
     pub(crate) git: Option<(PathBuf, PathBuf, Recipe)>,
     pub(crate) streamed: Option<(Arc<std::fs::File>, watch::Receiver<artifact::PackProgress>)>,
     pub(crate) packing: Option<tokio::task::JoinHandle<Result<Artifact>>>,
+    /// The full artifact is packaged before anything is sent (it goes to a store first).
+    pub(crate) no_streaming: bool,
 }
 
 impl Package {
     pub(crate) fn packaged(full: Artifact) -> Self {
-        Package { manifest: None, full: Some(full), git: None, streamed: None, packing: None }
+        Package { manifest: None, full: Some(full), git: None, streamed: None, packing: None, no_streaming: false }
     }
 
     pub(crate) fn from_git(cache: PathBuf, mirror: PathBuf, recipe: Recipe) -> Self {
-        Package { manifest: None, full: None, git: Some((cache, mirror, recipe)), streamed: None, packing: None }
+        Package {
+            manifest: None,
+            full: None,
+            git: Some((cache, mirror, recipe)),
+            streamed: None,
+            packing: None,
+            no_streaming: false,
+        }
     }
 
     /// The manifest; known once [`Package::pack`] or [`Package::read_manifest`] ran.
@@ -204,8 +213,12 @@ impl Package {
         Ok(())
     }
 
-    /// The full artifact for a host: the file when there is one, else the stream (started now).
-    pub(crate) fn full_upload(&mut self, reporter: &Emitter) -> Result<Upload> {
+    /// The full artifact for a host: the file when there is one, else the stream (started now),
+    /// or the file packaged now when streaming is off.
+    pub(crate) async fn full_upload(&mut self, reporter: &Emitter) -> Result<Upload> {
+        if self.no_streaming && self.streamed.is_none() {
+            self.pack(reporter).await?;
+        }
         if let Some(a) = &self.full {
             return Ok(Upload::File {
                 base: None,
@@ -397,7 +410,7 @@ pub(crate) async fn plan_uploads(
         }
     }
     for host in full_hosts {
-        uploads.insert(host, package.full_upload(reporter)?);
+        uploads.insert(host, package.full_upload(reporter).await?);
     }
     Ok((uploads, connections))
 }

@@ -146,6 +146,7 @@ pub(crate) async fn stage_host(
     let stage_secs = if header.stage_timeout_secs == 0 { 3600 } else { header.stage_timeout_secs };
     let header_hooks_secs =
         header.pre_release.as_ref().map_or(0, |h| h.timeout_secs.saturating_mul(h.commands.len() as u64));
+    let fetched = !header.artifact_url.is_empty();
     let (req_tx, req_rx) = mpsc::channel::<pb::StageRequest>(2);
     let _ = req_tx.send(pb::StageRequest { kind: Some(RequestKind::Header(header)) }).await;
     let upload_events = events.clone();
@@ -159,6 +160,8 @@ pub(crate) async fn stage_host(
             }
         };
         match upload {
+            // The agent fetches it from the store: nothing follows the header.
+            _ if fetched => Ok(0),
             Upload::File { path, .. } => send_file(&path, total, req_tx, report).await,
             Upload::Streamed { file, progress } => send_streamed(file, progress, req_tx, report).await,
         }
@@ -207,8 +210,12 @@ pub(crate) async fn stage_host(
         (Ok(staged), Ok(sent)) => {
             result.bytes_sent = sent;
             let reused = if staged.reused > 0 { format!(" ({} files reused)", staged.reused) } else { String::new() };
-            let detail =
-                format!("{} sent, {} entries verified{reused} in {}", bytes(sent), staged.entries, staged.release_path);
+            let how = if fetched {
+                format!("{} fetched from the store", bytes(total))
+            } else {
+                format!("{} sent", bytes(sent))
+            };
+            let detail = format!("{how}, {} entries verified{reused} in {}", staged.entries, staged.release_path);
             clock.step(&mut result, "stage", t, Ok(detail));
             send(HostEvent::Staged { elapsed_ms: t.elapsed().as_millis() as u64 });
             result.ok = true;

@@ -23,6 +23,45 @@ pub struct Home {
 pub struct HomeConfig {
     #[serde(default)]
     pub state: StateConfig,
+    /// Artifacts in an S3-compatible store; without it, the controller pushes them to each host.
+    pub artifacts: Option<ArtifactsConfig>,
+}
+
+/// `[artifacts]`: where artifacts are uploaded once, for hosts to fetch by presigned URL.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactsConfig {
+    /// `s3://BUCKET[/PREFIX]`.
+    pub store: String,
+    /// `http(s)://HOST[:PORT]` of the S3 API (MinIO, Ceph RGW, Garage, Aliyun OSS, AWS…).
+    pub endpoint: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Else `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` from the environment.
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+    /// Path-style URLs (`endpoint/bucket/key`), which every S3-compatible server speaks; `false`
+    /// for virtual-host style (`bucket.endpoint/key`).
+    #[serde(default = "yes")]
+    pub path_style: bool,
+    /// How long a presigned URL lives; each host's stage gets a fresh one.
+    #[serde(default = "default_url_ttl")]
+    pub url_ttl_secs: u64,
+    /// The CA (PEM) the endpoint's certificate chains to, for an https endpoint with its own CA;
+    /// sent to the agents with each URL. Else the public roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_url_ttl() -> u64 {
+    900
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

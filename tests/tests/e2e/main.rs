@@ -21,4 +21,5 @@ mod server_attacks;
 mod server_ci;
 mod server_load;
 mod state;
+mod store;
 mod web;
