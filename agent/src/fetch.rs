@@ -141,6 +141,27 @@ pub async fn open(url: &str, ca_pem: &str) -> Result<Incoming, AgentError> {
     Err(AgentError::Upload(format!("the artifact store answered {status} for {shown}{said}: {hint}")))
 }
 
+/// GET a small object whole (a manifest), refusing one larger than `max` bytes.
+pub async fn bytes(url: &str, ca_pem: &str, max: usize) -> Result<Vec<u8>, AgentError> {
+    let mut body = open(url, ca_pem).await?;
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            AgentError::Upload(format!("the fetch from the artifact store ({}) broke: {e}", redact(url)))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > max {
+                return Err(AgentError::BadRequest(format!(
+                    "the object at {} is larger than {max} bytes",
+                    redact(url)
+                )));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

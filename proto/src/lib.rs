@@ -8,6 +8,8 @@ pub mod pb {
     tonic::include_proto!("slipway.v1");
 }
 
+/// Encoding and decoding messages outside a call (a manifest kept in an artifact store).
+pub use prost::Message;
 use slipway_common::archive::{EntryKind, Manifest, ManifestEntry};
 
 /// Largest message either side accepts (a manifest of many files travels in one message).

@@ -41,7 +41,30 @@ impl Inner {
         let _slot = self.claim_stage(&target_key)?;
         // Validation is CPU work on attacker-sized input: off the async workers. With a base, the
         // manifest is the base's kept manifest with the diff applied, checked just as strictly.
-        let (raw, limits) = (header.manifest.take(), self.config.limits);
+        // With a store, the manifest is fetched from it and must have the digest the header says.
+        let raw = match (header.manifest.take(), header.manifest_url.as_str()) {
+            (raw, "") => raw,
+            (None, url) => {
+                let fetched = tokio::time::timeout_at(
+                    deadline.into(),
+                    crate::fetch::bytes(url, &header.artifact_ca_pem, slipway_proto::MAX_MESSAGE_BYTES),
+                )
+                .await
+                .map_err(|_| {
+                    AgentError::Upload(format!(
+                        "the artifact store did not answer for {} before the stage deadline",
+                        crate::fetch::redact(url)
+                    ))
+                })??;
+                let manifest = <pb::Manifest as slipway_proto::Message>::decode(fetched.as_slice()).map_err(|e| {
+                    bad(format!("the manifest fetched from {} is not one: {e}", crate::fetch::redact(url)))
+                })?;
+                Some(manifest)
+            }
+            (Some(_), _) => return Err(bad("stage header has both a manifest and a manifest_url")),
+        };
+        let fetched_digest = (!header.manifest_url.is_empty()).then(|| header.manifest_sha256.clone());
+        let limits = self.config.limits;
         let base = match header.base_release.as_str() {
             "" => None,
             id => {
@@ -70,6 +93,15 @@ impl Inner {
                     Manifest::apply(&base, &diff)?
                 }
             };
+            if let Some(expected) = fetched_digest
+                && manifest.digest().as_slice() != expected.as_slice()
+            {
+                return Err(AgentError::Upload(
+                    "the artifact store returned another manifest than the controller uploaded; nothing was \
+                     activated: deploy again (the controller uploads it again)"
+                        .into(),
+                ));
+            }
             manifest.validate(&limits)?;
             Ok(manifest)
         })

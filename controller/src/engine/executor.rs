@@ -159,7 +159,10 @@ pub(crate) async fn run_deploy(
                 // batch's hosts before any of them is sent anything.
                 let planned = match (planned, &store) {
                     (Ok((uploads, connected)), Some(store)) => {
-                        to_store(store, &settings.project, &uploads, reporter).await.map(|()| (uploads, connected))
+                        let manifest = package.manifest();
+                        to_store(store, &settings.project, &uploads, manifest, reporter)
+                            .await
+                            .map(|()| (uploads, connected))
                     }
                     (planned, _) => planned,
                 };
@@ -179,6 +182,7 @@ pub(crate) async fn run_deploy(
                 };
                 let manifest = manifest_pb.get_or_insert_with(|| pb::Manifest::from(package.manifest())).clone();
                 let total_entries = package.manifest().entries.len() as u64;
+                let manifest_digest = package.manifest().digest().to_vec();
                 let staged = fan_out(&hosts, reporter, &mut cancel, |host, events| {
                     let upload = uploads[&host].clone();
                     let (sha256, size, delta, base) = match &upload {
@@ -199,6 +203,14 @@ pub(crate) async fn run_deploy(
                     let (manifest, base_release, base_manifest_sha256, manifest_diff) = match base {
                         Some(b) => (None, b.release.to_string(), b.manifest_sha256.clone(), Some(b.diff.clone())),
                         None => (Some(manifest.clone()), String::new(), Vec::new(), None),
+                    };
+                    // With a store, the whole manifest is fetched from it too (a diff still travels).
+                    let (manifest, manifest_url, manifest_sha256) = match (&store, manifest) {
+                        (Some(store), Some(_)) => {
+                            let url = store.get_url(&store.manifest_key(&settings.project, &manifest_digest));
+                            (None, url, manifest_digest.clone())
+                        }
+                        (_, manifest) => (manifest, String::new(), Vec::new()),
                     };
                     let header = pb::StageHeader {
                         target: Some(pb_target(settings, &host)),
@@ -222,6 +234,8 @@ pub(crate) async fn run_deploy(
                         manifest_diff,
                         artifact_url,
                         artifact_ca_pem,
+                        manifest_url,
+                        manifest_sha256,
                     };
                     let connection = connected.get(&host).cloned();
                     stage_host(fan(events), agents[&host].clone(), header, upload, total_entries, connection)
@@ -571,8 +585,11 @@ async fn to_store(
     store: &crate::engine::store::Store,
     project: &str,
     uploads: &BTreeMap<String, Upload>,
+    manifest: &slipway_common::archive::Manifest,
     reporter: &Emitter,
 ) -> Result<()> {
+    let key = store.manifest_key(project, &manifest.digest());
+    store.put_bytes_once(&key, slipway_proto::Message::encode_to_vec(&pb::Manifest::from(manifest))).await?;
     let mut seen = std::collections::BTreeSet::new();
     for upload in uploads.values() {
         let Upload::File { path, sha256, size, .. } = upload else {

@@ -154,6 +154,19 @@ impl Store {
         Ok((target, path.unwrap_or_else(|| "/".into())))
     }
 
+    /// Where the manifest with this digest lives in the bucket.
+    pub fn manifest_key(&self, project: &str, digest: &[u8]) -> String {
+        self.key(project, &hex::encode(digest)).replace(".tar.zst", ".manifest")
+    }
+
+    /// Upload `bytes` as `key`, unless this process already did. `true` when it sent them.
+    pub async fn put_bytes_once(&self, key: &str, bytes: Vec<u8>) -> Result<bool> {
+        let dir = tempfile::tempdir().map_err(|e| CtlError::failed(format!("cannot make a temp dir: {e}")))?;
+        let path = dir.path().join("object");
+        std::fs::write(&path, &bytes).map_err(|e| CtlError::failed(format!("cannot write {}: {e}", path.display())))?;
+        self.put_once(key, &path, bytes.len() as u64).await
+    }
+
     /// Upload `path` (`size` bytes) as `key`, unless this process already did. `true` when it sent it.
     pub async fn put_once(&self, key: &str, path: &Path, size: u64) -> Result<bool> {
         if self.uploaded.lock().expect("uploaded").contains(key) {
