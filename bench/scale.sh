@@ -57,22 +57,31 @@ done
 git -C "$repo" add -A && git -C "$repo" -c user.email=b@x -c user.name=b commit -q -m c1
 tree_bytes=$(du -sb --exclude=.git "$repo" | cut -f1)
 
-# One phase: wall_s cpu_s rss_kib sent_bytes
+# One phase: wall_s cpu_s rss_kib sent_bytes machine_cpu_s store_cpu_s
 tx() { ip netns exec slipbench cat /sys/class/net/sb1/statistics/tx_bytes; }
+# CPU seconds the whole machine spent (every process: agents, store, controller, kernel).
+busy() { awk -v hz="$(getconf CLK_TCK)" '/^cpu /{print ($2+$3+$4+$7+$8)/hz}' /proc/stat; }
+# CPU seconds the store process has used so far (0 without one).
+store_cpu() {
+  local pid=${S3_PID:-}
+  [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || { echo 0; return; }
+  awk -v hz="$(getconf CLK_TCK)" '{print ($14+$15)/hz}' "/proc/$pid/stat"
+}
 phase() {
   local home=$1 out=$2; shift 2
-  local lo0 lo1 t0 t1 u s rss
-  lo0=$(tx)
+  local lo0 lo1 t0 t1 u s rss m0 m1 c0 c1
+  lo0=$(tx); m0=$(busy); c0=$(store_cpu)
   t0=$(date +%s.%N)
   timeout 1800 /usr/bin/time -f "%U %S %M" -o "$out.time" ip netns exec slipbench "$SLIPCTL" --home "$home" --output json "$@" > "$out" 2> "$out.err" || true
   t1=$(date +%s.%N)
-  lo1=$(tx)
+  lo1=$(tx); m1=$(busy); c1=$(store_cpu)
   read -r u s rss < "$out.time"
-  printf '%.2f %.2f %s %s\n' "$(echo "$t1 - $t0" | bc)" "$(echo "$u + $s" | bc)" "$rss" "$((lo1 - lo0))"
+  printf '%.2f %.2f %s %s %.2f %.2f\n' "$(echo "$t1 - $t0" | bc)" "$(echo "$u + $s" | bc)" "$rss" "$((lo1 - lo0))" \
+    "$(echo "$m1 - $m0" | bc)" "$(echo "$c1 - $c0" | bc)"
 }
 
 printf '\ntree: %s files, %s bytes\n' "$FILES" "$tree_bytes" | tee "$BENCH_DIR/results.txt"
-printf '%-6s %-6s %-6s %9s %9s %10s %14s %12s %8s\n' hosts origin phase wall_s cpu_s rss_mib sent_bytes artifact ok \
+printf '%-6s %-6s %-6s %8s %8s %8s %12s %10s %9s %9s %10s\n' hosts origin phase wall_s cpu_s rss_mib sent_bytes artifact machine_s store_s ok \
   | tee -a "$BENCH_DIR/results.txt"
 for n in $NS; do
 for origin in $ORIGINS; do
@@ -82,7 +91,8 @@ for origin in $ORIGINS; do
   start_agents "$home" "$n" 20000 "$top"
   if [ "$origin" = s3 ]; then
     mkdir -p "$top/s3/artifacts"
-    "$S3S" --host 10.99.0.1 --port 19000 --access-key bench --secret-key bench-secret "$top/s3" 2> "$top/s3.log" & PIDS+=($!)
+    "$S3S" --host 10.99.0.1 --port 19000 --access-key bench --secret-key bench-secret "$top/s3" 2> "$top/s3.log" &
+    S3_PID=$!; PIDS+=($!)
     timeout 30 bash -c "until (exec 3<>/dev/tcp/10.99.0.1/19000) 2>/dev/null; do sleep 0.05; done"
     cat > "$home/config.toml" <<TOML
 [artifacts]
@@ -113,7 +123,7 @@ TOML
         args=(deploy site test) ;;
       probe) args=(agent list) ;;
     esac
-    read -r wall cpu rss bytes < <(phase "$home" "$top/$ph.json" "${args[@]}")
+    read -r wall cpu rss bytes machine store < <(phase "$home" "$top/$ph.json" "${args[@]}")
     # What one host needed: the full artifact, or the delta (the stage step's size).
     read -r ok artifact < <(python3 -c "import json,sys,re
 try:
@@ -126,11 +136,12 @@ try:
         print(d.get('status','-'), size)
     else: print(sum(1 for a in d if a.get('reachable')), 0)
 except Exception as e: print('error', 0)" "$top/$ph.json" "$ph")
-    printf '%-6s %-6s %-6s %9s %9s %10s %14s %12s %8s\n' "$n" "$origin" "$ph" "$wall" "$cpu" "$((rss / 1024))" "$bytes" "$artifact" "$ok" \
+    printf '%-6s %-6s %-6s %8s %8s %8s %12s %10s %9s %9s %10s\n' "$n" "$origin" "$ph" "$wall" "$cpu" "$((rss / 1024))" \
+      "$bytes" "$artifact" "$machine" "$store" "$ok" \
       | tee -a "$BENCH_DIR/results.txt"
   done
   git -C "$repo" reset -q --hard HEAD~1
-  cleanup; PIDS=()
+  cleanup; PIDS=(); S3_PID=
 done
 done
 echo "(results in $BENCH_DIR/results.txt)"

@@ -147,6 +147,70 @@ fn connect(db: &Database) -> Result<Link> {
     }
 }
 
+/// A connection of its own that holds the leader's session advisory lock: never made again
+/// behind the caller's back (the lock goes with the session), so its loss is seen as such.
+pub struct LockSession {
+    link: Link,
+    shown: String,
+    /// The backend's process id, for messages and for tests that cut the session.
+    pub backend_pid: i32,
+}
+
+impl LockSession {
+    pub fn connect(db: &Database) -> Result<LockSession> {
+        let link = connect(db)?;
+        let mut session = LockSession { link, shown: shown(&db.url), backend_pid: 0 };
+        session.backend_pid = session
+            .run(|c| async move {
+                c.batch_execute("SET application_name = 'slipway-leader'").await?;
+                c.query_one("SELECT pg_backend_pid()", &[]).await.map(|r| r.get::<_, i32>(0))
+            })?;
+        Ok(session)
+    }
+
+    fn run<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<tokio_postgres::Client>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>> + Send + 'static,
+    {
+        if self.alive().is_err() {
+            return Err(store_err(format!("the leader's session with {} ended", self.shown)));
+        }
+        let (tx, rx) = mpsc::channel();
+        let job: Job = Box::new(move |client, handle| {
+            handle.spawn(async move {
+                let _ = tx.send(f(client).await);
+            });
+        });
+        self.link.jobs.send(job).map_err(|_| store_err(format!("the session with {} is gone", self.shown)))?;
+        let answer = rx
+            .recv_timeout(CONNECT_TIMEOUT)
+            .map_err(|_| store_err(format!("the session with {} did not answer", self.shown)))?;
+        answer.map_err(|e| store_err(format!("PostgreSQL at {}: {e}", self.shown)))
+    }
+
+    /// Take the lock `key` if free: `true` when this session holds it now.
+    pub fn try_lock(&self, key: i64) -> Result<bool> {
+        self.run(move |c| async move {
+            c.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await.map(|r| r.get::<_, bool>(0))
+        })
+    }
+
+    /// Whether the session is still there (it answers a statement).
+    pub fn check(&self) -> Result<()> {
+        self.run(|c| async move { c.batch_execute("SELECT 1").await })
+    }
+
+    /// The session has not ended (no round trip).
+    pub fn alive(&self) -> Result<()> {
+        if self.link.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(store_err(format!("the leader's session with {} ended", self.shown)));
+        }
+        Ok(())
+    }
+}
+
 impl Postgres {
     /// Run `f` with the client on the connection's thread and wait for its result.
     fn run<T, F, Fut>(&self, f: F) -> Result<T>
