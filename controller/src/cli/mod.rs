@@ -146,6 +146,7 @@ async fn run_with(home: Home, command: Command, out: &Cx) -> Result<u8> {
                 cancel: None,
                 retry,
                 resume: None,
+                takeover: None,
                 user: out.served_caller(),
                 commit: None,
             };

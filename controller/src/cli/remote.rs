@@ -70,19 +70,30 @@ pub async fn run(remote: Remote) -> Result<u8> {
         None
     };
     let body = ExecBody { argv, cwd: std::env::current_dir().ok(), stdin };
-    let mut request = hyper::Request::post(format!("{}/api/v1/cli", remote.base))
-        .header(hyper::header::HOST, "slipway")
-        .header(hyper::header::CONTENT_TYPE, "application/json");
-    if let Some(token) = &remote.token {
-        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
-    } else if let Some(user) = std::env::var("SLIPWAY_USER").ok().filter(|u| !u.is_empty()) {
-        // On the server's socket: the Slipway user this operator acts as (records, approvals).
-        request = request.header(crate::server::auth::DECLARED_USER, user);
-    }
-    let request = request
-        .body(Full::new(Bytes::from(serde_json::to_vec(&body).expect("json"))))
-        .map_err(|e| CtlError::failed(format!("request: {e}")))?;
-    let response = http_client::send(&remote.target, request).await?;
+    let mut remote = remote;
+    let mut redirected = false;
+    let response = loop {
+        let response = send_command(&remote, &body).await?;
+        if response.status() != hyper::StatusCode::SERVICE_UNAVAILABLE || redirected {
+            break response;
+        }
+        // A standby names the leader: send the command there, once.
+        let bytes = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let error = doc["error"].as_str().unwrap_or("the server is not available").to_owned();
+        let Some(leader) = doc["leader"].as_str().filter(|_| remote.token.is_some()) else {
+            let fix = match doc["leader"].as_str() {
+                Some(url) => format!("run it against the leader: --server {url} (with SLIPWAY_TOKEN)"),
+                None => doc["fix"].as_str().unwrap_or("try again in a moment").to_owned(),
+            };
+            return Err(crate::server::error::ApiError::new(hyper::StatusCode::SERVICE_UNAVAILABLE, error, fix).into());
+        };
+        eprintln!("{error}: sending the command there");
+        let ca = std::env::var_os("SLIPWAY_CA_FILE").and_then(|p| std::fs::read_to_string(p).ok());
+        let (target, base) = Target::from_url(leader, http_client::Trust::Ca(ca.as_deref()))?;
+        remote = Remote { target, base, token: remote.token.clone() };
+        redirected = true;
+    };
     let status = response.status().as_u16();
     let mut body = response.into_body();
     if status != 200 {
@@ -114,4 +125,20 @@ pub async fn run(remote: Remote) -> Result<u8> {
     }
     Err(CtlError::failed("the server stopped before the command finished")
         .fix("`slipctl history` says what each host is"))
+}
+
+async fn send_command(remote: &Remote, body: &ExecBody) -> Result<hyper::Response<hyper::body::Incoming>> {
+    let mut request = hyper::Request::post(format!("{}/api/v1/cli", remote.base))
+        .header(hyper::header::HOST, "slipway")
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(token) = &remote.token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    } else if let Some(user) = std::env::var("SLIPWAY_USER").ok().filter(|u| !u.is_empty()) {
+        // On the server's socket: the Slipway user this operator acts as (records, approvals).
+        request = request.header(crate::server::auth::DECLARED_USER, user);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(serde_json::to_vec(body).expect("json"))))
+        .map_err(|e| CtlError::failed(format!("request: {e}")))?;
+    http_client::send(&remote.target, request).await
 }

@@ -37,6 +37,9 @@ pub struct DeployArgs {
     pub retry: Option<Retry>,
     /// Carry on paused deploy N in this process (its waiting process is gone), as decided.
     pub resume: Option<(u64, Decision)>,
+    /// Carry on deploy N, left running by a leader that is gone, from its journal (the new
+    /// leader does, once it leads).
+    pub takeover: Option<u64>,
     /// Who asks (the server's user); the OS user running `slipctl` when `None`.
     pub user: Option<String>,
     /// Ship exactly this commit (a ticket's, resolved when it was made); `git_ref` names it.
@@ -56,6 +59,7 @@ impl DeployArgs {
             cancel: None,
             retry: None,
             resume: None,
+            takeover: None,
             user: None,
             commit: None,
         }
@@ -100,13 +104,16 @@ pub fn retry_of(home: &Home, project: &str, env: &str, n: u64) -> Result<Option<
 /// `slipctl deploy`.
 pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result<DeployRecord> {
     let started = Instant::now();
-    let resumed = match &args.resume {
-        Some((n, _)) => Some(Store::open(&home.state())?.paused_deploy(*n)?),
-        None => None,
+    let resumed = match (&args.resume, args.takeover) {
+        (Some((n, _)), _) => Some(Store::open(&home.state())?.paused_deploy(*n)?),
+        (None, Some(n)) => Some(Store::open(&home.state())?.running_deploy(n)?),
+        (None, None) => None,
     };
-    let only: Option<Vec<String>> = match &resumed {
-        Some(r) => Some(r.hosts.iter().map(|h| h.host.clone()).collect()),
-        None => args.hosts.clone(),
+    let only: Option<Vec<String>> = match (&resumed, args.takeover) {
+        // Carried on from its journal: the hosts it named when it started.
+        (Some(r), Some(_)) => Some(journal_hosts(home, r.id)?).filter(|h| !h.is_empty()),
+        (Some(r), None) => Some(r.hosts.iter().map(|h| h.host.clone()).collect()),
+        (None, _) => args.hosts.clone(),
     };
     let scope = load_scope(home, &args.project, &args.env, only.as_deref())?;
     let settings = &scope.settings;
@@ -212,9 +219,13 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
                 scope.hosts.len()
             ));
             let cancel = (args.cancel.clone(), args.full);
-            let decision = args.resume.map(|(_, d)| d);
+            let carry = match (args.resume, args.takeover) {
+                (Some((_, d)), _) => Some(Carry::Decided(d)),
+                (None, Some(_)) => Some(Carry::TakenOver),
+                (None, None) => None,
+            };
             let result =
-                run_deploy(&scope, &mut package, &mut record, tls, reporter, timeouts, cancel, home, decision).await;
+                run_deploy(&scope, &mut package, &mut record, tls, reporter, timeouts, cancel, home, carry).await;
             // A full artifact packaged while streaming is in the cache once this returns.
             if let Some(Err(e)) = package.finish().await {
                 reporter.say(format!("packaging the full artifact failed: {e}"));
@@ -243,6 +254,18 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
     let store = Store::open(&home.state())?;
     store.put_deploy(&record)?;
     Ok(record)
+}
+
+/// The hosts deploy `id` named when it started (its journal's `hosts` event).
+fn journal_hosts(home: &Home, id: u64) -> Result<Vec<String>> {
+    let events = Store::open(&home.state())?.events(id, 0)?;
+    Ok(events
+        .iter()
+        .rev()
+        .find(|(_, e)| e["event"] == "hosts")
+        .and_then(|(_, e)| e["hosts"].as_array())
+        .map(|hosts| hosts.iter().filter_map(|h| h.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default())
 }
 
 /// `--dry-run`: what would happen, per host, and nothing else.

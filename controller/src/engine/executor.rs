@@ -21,6 +21,37 @@ use super::package::*;
 use super::scope::*;
 use super::transfer::*;
 
+/// How a deploy goes on from where another run left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Carry {
+    /// Paused after its canary, then promoted or aborted.
+    Decided(Decision),
+    /// Left running by a leader that is gone: from its journal.
+    TakenOver,
+}
+
+/// Where each host of a deploy is, by its journal: flipped hosts are `Activated` (to be
+/// checked again), failed ones `Failed`; staged ones start over (staging again is answered
+/// from what the host holds), as do the others.
+fn from_journal(events: &[(u32, serde_json::Value)]) -> BTreeMap<String, HostState> {
+    let mut out = BTreeMap::new();
+    for (_, e) in events {
+        if e["event"] != "host" {
+            continue;
+        }
+        let Some(host) = e["host"].as_str() else { continue };
+        let now = out.get(host).cloned().unwrap_or(HostState::Pending);
+        let state = match (e["kind"].as_str(), now) {
+            (Some("activated"), _) => HostState::Activated,
+            (Some("failed"), now) => HostState::Failed { activated: now == HostState::Activated },
+            (Some(_), now) => now,
+            (None, _) => continue,
+        };
+        out.insert(host.to_owned(), state);
+    }
+    out
+}
+
 /// The rollout: the planner decides, this loop carries out its actions and records every step.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_deploy(
@@ -32,8 +63,13 @@ pub(crate) async fn run_deploy(
     timeouts: Timeouts,
     (mut cancel, full): (Option<watch::Receiver<bool>>, bool),
     home: &crate::state::home::Home,
-    resume: Option<Decision>,
+    carry: Option<Carry>,
 ) -> Result<()> {
+    let resume = match carry {
+        Some(Carry::Decided(d)) => Some(d),
+        _ => None,
+    };
+    let taken_over = matches!(carry, Some(Carry::TakenOver));
     let cache = &home.cache();
     let settings = &scope.settings;
     // With a store, each artifact goes there once and hosts fetch it: nothing is streamed.
@@ -73,6 +109,46 @@ pub(crate) async fn run_deploy(
         }
     }
     let mut clients: BTreeMap<String, AgentClient> = BTreeMap::new();
+    // Carrying on a deploy whose leader is gone: each host is where its journal says.
+    if taken_over {
+        let journal = crate::state::store::Store::open(&home.state())?.events(record.id, 0)?;
+        let restored = from_journal(&journal);
+        // Past the canary already (a host of a later batch was worked on): no pause again.
+        if plan.batches.iter().skip(1).flatten().any(|h| restored.contains_key(h)) {
+            plan.pause_after_canary = false;
+        }
+        for (host, state) in restored {
+            if !states.contains_key(&host) {
+                continue;
+            }
+            // Flipped hosts are checked again (health, when the env has a check) with a
+            // connection of this process.
+            if state == HostState::Activated && plan.health_check {
+                match client::connect(tls.clone(), &agents[&host], timeouts).await {
+                    Ok(c) => {
+                        clients.insert(host.clone(), c);
+                    }
+                    Err(e) => {
+                        reporter.say(format!("{host}: cannot reach it to check it: {e}"));
+                        states.insert(host, HostState::Failed { activated: true });
+                        continue;
+                    }
+                }
+            }
+            states.insert(host, state);
+        }
+        let live: Vec<&String> = states.iter().filter(|(_, s)| **s == HostState::Activated).map(|(h, _)| h).collect();
+        reporter.say(format!(
+            "carrying on deploy #{} from its journal: {} host(s) already flipped{}",
+            record.id,
+            live.len(),
+            if live.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", live.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", "))
+            }
+        ));
+    }
     let mut manifest_pb: Option<pb::Manifest> = None;
     // With [rollout.drain]: hosts taken out of the balancer, to be put back once they are healthy
     // (or rolled back); a host that fails stays out.
@@ -218,7 +294,7 @@ pub(crate) async fn run_deploy(
                         release_id: release.to_string(),
                         commit: record.commit.clone(),
                         git_ref: record.git_ref.clone(),
-                        generation: record.id,
+                        generation: crate::state::leader::generation(record.id),
                         manifest,
                         artifact_sha256: sha256,
                         artifact_size: size,
@@ -316,7 +392,7 @@ pub(crate) async fn run_deploy(
                         target: Some(pb_target(settings, &host)),
                         spec: spec.clone(),
                         hook_context: Some(hook_context(settings, &host, &record.commit, &record.git_ref)),
-                        generation: record.id,
+                        generation: crate::state::leader::generation(record.id),
                         deploy_id: record.id,
                     };
                     let (client, mut result) = (clients[&host].clone(), results[&host].clone());
@@ -342,7 +418,7 @@ pub(crate) async fn run_deploy(
                     let request = pb::AbortRequest {
                         target: Some(pb_target(settings, &host)),
                         release_id: release.to_string(),
-                        generation: record.id,
+                        generation: crate::state::leader::generation(record.id),
                     };
                     let (client, agent) = (clients.get(&host).cloned(), agents[&host].clone());
                     abort_host(fan(events), client, agent, request, results[&host].clone())
@@ -418,7 +494,7 @@ pub(crate) async fn run_deploy(
             let request = pb::PruneRequest {
                 target: Some(pb_target(settings, &host)),
                 keep_releases: settings.keep_releases,
-                generation: record.id,
+                generation: crate::state::leader::generation(record.id),
             };
             prune_host(fan(events), clients[&host].clone(), request, results[&host].clone())
         })

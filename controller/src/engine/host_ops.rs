@@ -122,7 +122,7 @@ pub(crate) fn activate_request(
     pb::ActivateRequest {
         target: Some(pb_target(settings, host)),
         release_id: release.to_string(),
-        generation: record.id,
+        generation: crate::state::leader::generation(record.id),
         deploy_id: record.id,
         deploy_type: if rollback { pb::DeployType::Rollback as i32 } else { pb::DeployType::Deploy as i32 },
         hook_context: Some(hook_context(settings, host, &record.commit, &record.git_ref)),

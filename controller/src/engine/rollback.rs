@@ -282,7 +282,7 @@ async fn check_health(
             target: Some(pb_target(settings, &host)),
             spec: Some(spec.clone()),
             hook_context: Some(hook_context(settings, &host, &record.commit, &record.git_ref)),
-            generation: record.id,
+            generation: crate::state::leader::generation(record.id),
             deploy_id: record.id,
         };
         let (client, mut result) = (by_host[&host].1.clone(), results[&host].clone());

@@ -18,6 +18,10 @@ use crate::state::store::DeployKind;
 
 /// Host `name` joined or came back: catch it up in every env that asks for it.
 pub fn host_arrived(core: Arc<Core>, name: String) {
+    // A standby runs nothing: the leader's probe sees the host arrive and catches it up.
+    if crate::state::leader::role() == crate::state::leader::Role::Standby {
+        return;
+    }
     tokio::spawn(async move {
         let envs = match envs_catching_up(&core, &name) {
             Ok(envs) => envs,

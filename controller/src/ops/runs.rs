@@ -168,3 +168,37 @@ pub async fn decide_paused(
     let for_ticket = ticket.map(|t| (t.id, tickets::audit(caller)));
     Ok(Some(begin(core, Op::Deploy(args), for_ticket).await?))
 }
+
+/// This process now leads (state::leader): carry on every deploy the last leader left running,
+/// from its journal, for its ticket if it has one. A rollback left running cannot be carried on:
+/// it reads interrupted (`slipctl rollback` again). The deploys carried on, by number.
+pub async fn take_over(core: &Arc<Core>) -> Result<Vec<u64>> {
+    let mut carried = Vec::new();
+    for d in core.store.deploys(None, None, usize::MAX)? {
+        if d.status != crate::state::store::DeployStatus::Running || core.runs.get(d.id).is_some() {
+            continue;
+        }
+        if d.kind != crate::state::store::DeployKind::Deploy {
+            let mut d = d;
+            d.status = crate::state::store::DeployStatus::Interrupted;
+            d.error.get_or_insert_with(|| "the leader that ran it stopped; roll back again".into());
+            core.store.put_deploy(&d)?;
+            continue;
+        }
+        let args =
+            DeployArgs { takeover: Some(d.id), user: Some(d.user.clone()), ..DeployArgs::of(&d.project, &d.env) };
+        let ticket = core.store.tickets()?.into_iter().find(|t| t.deploys.last() == Some(&d.id));
+        let for_ticket = ticket.map(|t| (t.id, crate::ops::tickets::system()));
+        match begin(core, Op::Deploy(args), for_ticket).await {
+            Ok(_) => carried.push(d.id),
+            Err(e) => {
+                tracing::error!("cannot carry on deploy #{}: {e}", d.id);
+                let mut d = d;
+                d.status = crate::state::store::DeployStatus::Interrupted;
+                d.error = Some(format!("the new leader could not carry it on: {e}"));
+                core.store.put_deploy(&d)?;
+            }
+        }
+    }
+    Ok(carried)
+}

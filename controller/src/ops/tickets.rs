@@ -71,7 +71,7 @@ pub fn audit(caller: &Caller) -> Audit {
     Audit { by: caller.name.clone(), at: unix_now(), from: caller.from.clone() }
 }
 
-fn system() -> Audit {
+pub(crate) fn system() -> Audit {
     Audit { by: "slipway".into(), at: unix_now(), from: "server".into() }
 }
 
@@ -412,9 +412,11 @@ pub fn on_finished(app: &Core, id: u64, record: &DeployRecord) {
 }
 
 /// At start: deploys the last server left running read interrupted, and so do their tickets.
-pub fn recover(app: &Core) -> Result<usize> {
+/// A leader of a shared database (`carried_on`) carries running deploys on instead
+/// ([`crate::ops::runs::take_over`]): their tickets follow them.
+pub fn recover(app: &Core, carried_on: bool) -> Result<usize> {
     for mut d in app.store.deploys(None, None, usize::MAX)? {
-        if d.status == DeployStatus::Running {
+        if d.status == DeployStatus::Running && !carried_on {
             d.status = DeployStatus::Interrupted;
             d.error.get_or_insert_with(|| "the controller stopped while it ran".into());
             app.store.put_deploy(&d)?;
@@ -429,6 +431,9 @@ pub fn recover(app: &Core) -> Result<usize> {
             Some(&n) => app.store.deploy(n)?.map(|d| d.status).unwrap_or(DeployStatus::Interrupted),
             None => DeployStatus::Interrupted,
         };
+        if carried_on && status == DeployStatus::Running {
+            continue;
+        }
         if let Some(state) = settled(status, true) {
             let _ = update(app, t.id, |t| {
                 move_to(t, state, system(), "the server restarted");

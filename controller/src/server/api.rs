@@ -58,6 +58,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route_layer(axum::middleware::from_fn(crate::web::present_refusals))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(super::BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), super::lead::standby_gate))
         .layer(axum::middleware::from_fn_with_state(app.clone(), security_headers))
         .with_state(app)
 }
@@ -96,7 +97,24 @@ async fn not_found() -> ApiError {
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> Json<Value> {
-    Json(json!({"ok": true, "running": app.runs.count(), "since": app.started_at, "url": app.public_url}))
+    use crate::state::leader::{self, Role};
+    let role = match leader::role() {
+        Role::Alone | Role::Leader => "leader",
+        Role::Standby => "standby",
+    };
+    let leader_url = match leader::role() {
+        Role::Standby => leader::current(&app.store).ok().flatten().map(|l| l.url),
+        _ => Some(app.public_url.clone()),
+    };
+    Json(json!({
+        "ok": true,
+        "running": app.runs.count(),
+        "since": app.started_at,
+        "url": app.public_url,
+        "role": role,
+        "leader": leader_url,
+        "epoch": leader::epoch(),
+    }))
 }
 
 #[derive(Deserialize)]

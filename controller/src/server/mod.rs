@@ -15,6 +15,7 @@ pub mod auth;
 pub mod error;
 pub mod exec;
 pub mod join;
+pub mod lead;
 pub mod listen;
 pub mod login;
 pub mod metrics;
@@ -79,6 +80,7 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
     slipway_common::process::raise_fd_limit();
     let socket_path = home.root.join("slipctl.sock");
     let unix = listen::bind_socket(&socket_path).await?;
+    shared_state_checks(&home)?;
     let store = Store::pin(&home.state())?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
@@ -123,7 +125,6 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
         streams: sse::Streams::default(),
         join: join_config,
     });
-    let recovered = crate::ops::tickets::recover(&app.core)?;
     // The server's notifications hear of ticket changes.
     let notifying = Arc::downgrade(&app);
     let _ = app.core.on_ticket.set(Box::new(move |event, ticket, by| {
@@ -146,13 +147,15 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
             notify::on_operation(&app, &happened);
         }
     });
-    let probed = app.clone();
-    tokio::spawn(crate::ops::agents::probe_every(app.core.clone(), Duration::from_secs(30), move |found| {
-        probed.metrics.clear_agents();
-        for (name, p) in found {
-            probed.metrics.agent(name, p.reachable, p.cert_not_after);
-        }
-    }));
+    // Alone (sled), this server leads; sharing a database, it leads or stands by.
+    let session = lead::start(&app).await?;
+    let recovered = if session.is_none() {
+        let recovered = crate::ops::tickets::recover(&app.core, false)?;
+        start_leader_loops(&app);
+        recovered
+    } else {
+        0
+    };
     let router = api::router(app.clone());
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let serving = listen::Serving::new(router, stop_rx, graceful.clone());
@@ -198,6 +201,48 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
     Store::unpin(&home.state());
     println!("stopped");
     Ok(0)
+}
+
+/// What only the leader does in the background: probe the agents every 30 s.
+pub(crate) fn start_leader_loops(app: &Arc<App>) {
+    let probed = app.clone();
+    tokio::spawn(crate::ops::agents::probe_every(app.core.clone(), Duration::from_secs(30), move |found| {
+        probed.metrics.clear_agents();
+        for (name, p) in found {
+            probed.metrics.agent(name, p.reachable, p.cert_not_after);
+        }
+    }));
+}
+
+/// With a shared database: one that holds nothing while this home's own sled state holds
+/// history is refused (a wrong URL, or a home not migrated yet: serving would start a second,
+/// empty history). Checked before the state is opened for good (which shares the CA through it).
+fn shared_state_checks(home: &Home) -> Result<()> {
+    let Some(db) = crate::state::home::database_of(&home.state())? else { return Ok(()) };
+    let shared = Store::open_postgres(&db)?;
+    let empty = shared.deploys(None, None, 1)?.is_empty() && shared.projects()?.is_empty();
+    if empty && home.state().join("db").exists() {
+        let local = Store::open_sled(&home.state()).and_then(|s| Ok(s.deploys(None, None, 1)?.len()));
+        if local.is_ok_and(|n| n > 0) {
+            return Err(CtlError::bad(format!(
+                "the database at {} holds no history, while this home's own state ({}) does",
+                crate::state::postgres::shown(&db.url),
+                home.state().display()
+            ))
+            .fix(format!(
+                "move it there first (`slipctl state migrate --from sled --to {}`), or point [state] url at the \
+                 database the other nodes use",
+                crate::state::postgres::shown(&db.url)
+            )));
+        }
+    }
+    if crate::state::home::key_file_of(&home.root)?.is_none() {
+        println!(
+            "slipctl serve: [state] key_file is not set: the CA stays in this home, and a standby on another home \
+             cannot reach the agents"
+        );
+    }
+    Ok(())
 }
 
 /// The host of a URL (`https://ctl.example:8443/x` → `ctl.example`).

@@ -134,12 +134,13 @@ pub async fn tail(
                 return;
             }
         }
-        // Over without an outcome in its journal (it ended in a process that is gone, or
-        // paused): say how it stands, from its record, and stop.
+        // Over without an outcome in its journal (it ended in a process that is gone): say how
+        // it stands, from its record, and stop. Paused, or running under another leader of a
+        // shared database (or about to be carried on here): wait for more.
         if !journal::is_live(id)
             && app.store.last_event(id).unwrap_or(0) == after
             && let Some(r) = app.store.deploy(id).ok().flatten()
-            && r.status != DeployStatus::Paused
+            && !matches!(r.effective_status(), DeployStatus::Paused | DeployStatus::Running)
         {
             let outcome = crate::engine::journal::outcome_json(&r);
             if let Some(sse) = map(0, "outcome", outcome.to_string().into_bytes()) {

@@ -72,6 +72,9 @@ pub struct StateConfig {
     /// The CA (PEM) that signed the database server's certificate: TLS to the database,
     /// required and verified (the host of `url` must be in its certificate).
     pub ca_file: Option<PathBuf>,
+    /// 32 random bytes (hex or base64), the same on every node of the database: the CA is kept
+    /// in the database sealed with it, so every node talks to the same agents.
+    pub key_file: Option<PathBuf>,
 }
 
 /// Where the state is kept when not in sled.
@@ -95,6 +98,11 @@ impl HomeConfig {
                 .fix("see ARCHITECTURE.md \"Controller state\" for its keys ([state] url)")
         })
     }
+}
+
+/// `[state] key_file` of this home (relative to it), if set.
+pub fn key_file_of(home: &Path) -> Result<Option<PathBuf>> {
+    Ok(HomeConfig::load(home)?.state.key_file.map(|p| if p.is_relative() { home.join(p) } else { p }))
 }
 
 /// The PostgreSQL database of the home whose state directory is `state_dir`, if it has one.

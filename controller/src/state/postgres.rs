@@ -160,11 +160,10 @@ impl LockSession {
     pub fn connect(db: &Database) -> Result<LockSession> {
         let link = connect(db)?;
         let mut session = LockSession { link, shown: shown(&db.url), backend_pid: 0 };
-        session.backend_pid = session
-            .run(|c| async move {
-                c.batch_execute("SET application_name = 'slipway-leader'").await?;
-                c.query_one("SELECT pg_backend_pid()", &[]).await.map(|r| r.get::<_, i32>(0))
-            })?;
+        session.backend_pid = session.run(|c| async move {
+            c.batch_execute("SET application_name = 'slipway-leader'").await?;
+            c.query_one("SELECT pg_backend_pid()", &[]).await.map(|r| r.get::<_, i32>(0))
+        })?;
         Ok(session)
     }
 

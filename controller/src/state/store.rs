@@ -311,6 +311,11 @@ impl DeployRecord {
 
     /// `Running` with a dead controller process reads as `Interrupted`.
     pub fn effective_status(&self) -> DeployStatus {
+        // Sharing a database, the leader runs every deploy (and takes over those of a leader
+        // that died): a process id of another machine says nothing.
+        if crate::state::leader::role() != crate::state::leader::Role::Alone {
+            return self.status;
+        }
         if self.status == DeployStatus::Running && !process_alive(self.pid) {
             DeployStatus::Interrupted
         } else {
@@ -435,7 +440,19 @@ impl Store {
         }
         // `[state] url` in the home's config.toml: PostgreSQL instead of sled.
         if let Some(db) = crate::state::home::database_of(dir)? {
-            return Ok(Store { db: crate::state::postgres::Postgres::open(&db)? });
+            let store = Store { db: crate::state::postgres::Postgres::open(&db)? };
+            // A command line works in the leader's epoch (once per process).
+            static ADOPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !ADOPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                crate::state::leader::adopt_current_epoch(&store)?;
+                // The CA is the database's (or becomes it), before anything talks to an agent.
+                if let Some(home) = dir.parent()
+                    && home.join("pki").join("ca.key").exists()
+                {
+                    crate::state::shared_pki::sync_home(home, &store)?;
+                }
+            }
+            return Ok(store);
         }
         Ok(Store { db: Arc::new(Sled::new(open_sled(dir)?)) })
     }
@@ -541,8 +558,13 @@ impl Store {
             // deploy itself (carried on by `promote`/`abort`) takes it over.
             let paused_other =
                 |h: &LockRecord| -> Result<bool> { Ok(h.deploy_id != lock.deploy_id && self.held_by_paused(h)?) };
+            // The leader carries on the deploys of a leader that died, with their locks.
+            let taken_over = holder.as_ref().is_some_and(|h| {
+                h.deploy_id == lock.deploy_id && crate::state::leader::role() == crate::state::leader::Role::Leader
+            });
             if let Some(h) = &holder
                 && !ours
+                && !taken_over
                 && (!h.holder_dead() || paused_other(h)?)
             {
                 return Ok(Err(h.clone()));
@@ -572,6 +594,15 @@ impl Store {
     /// not its process lives).
     pub fn held_by_paused(&self, lock: &LockRecord) -> Result<bool> {
         Ok(self.deploy(lock.deploy_id)?.is_some_and(|d| d.status == DeployStatus::Paused))
+    }
+
+    /// Deploy `id`, which a leader that is gone left running (a new leader carries it on).
+    pub fn running_deploy(&self, id: u64) -> Result<DeployRecord> {
+        let record = self.deploy(id)?.ok_or_else(|| CtlError::not_found(format!("unknown deploy #{id}")))?;
+        if record.status != DeployStatus::Running {
+            return Err(CtlError::failed(format!("deploy #{id} is not running (it is {})", record.status.word())));
+        }
+        Ok(record)
     }
 
     /// Deploy `id`, which must be paused after its canary (bad input naming it otherwise).

@@ -20,6 +20,7 @@ mod server;
 mod server_attacks;
 mod server_ci;
 mod server_load;
+mod standby;
 mod state;
 mod store;
 mod web;
