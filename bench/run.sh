@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Slipway deploy benchmark, side by side with the Walle/rsync baseline (../shared/bench).
 #
-#   [REUSE=hardlink] [PROFILE=1] bench/run.sh [-n "1 4 16"] [-p "small large"] [-r REPS] [--no-baseline]   (root)
+#   [REUSE=hardlink | MODES="copy hardlink"] [FRESH_FS=0] [WARMUP=1] [PROFILE=1]
+#     bench/run.sh [-n "1 4 16"] [-p "small large"] [-r REPS] [--no-baseline]   (root)
+#
+# MODES runs both reuse modes, alternating which goes first from one repetition to the next;
+# FRESH_FS=0 measures on this machine's own disk (each run in a directory of its own, none
+# deleted before the end); WARMUP=1 deploys once, untimed, before the timed phases.
 #
 # For each host count and preset it
 #   1. builds the baseline's source repo (same trees, same commits: tags wb-c1 -> wb-c2),
@@ -28,15 +33,17 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 BASELINE=${BASELINE:-$HERE/../shared/bench/walle_baseline.sh}
 NS="1 4 16"; PRESETS="small"; RUN_BASELINE=1; REPS=1
 REUSE=${REUSE:-copy}   # REUSE=hardlink: unchanged files hard-linked (then hooks run as www)
+MODES=${MODES:-$REUSE} # MODES="copy hardlink": both, in alternating order, each repetition
+WARMUP=${WARMUP:-0}    # WARMUP=1: an untimed deploy (of its own project) before the timed phases
 while [ $# -gt 0 ]; do
   case $1 in
     -n) NS=$2; shift 2 ;; -p) PRESETS=$2; shift 2 ;; -r) REPS=$2; shift 2 ;;
     --no-baseline) RUN_BASELINE=0; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;; *) echo "unknown option $1" >&2; exit 2 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;; *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench/run.sh needs root (the baseline builds network namespaces)" >&2; exit 2; }
-[ "$REUSE" != hardlink ] || id www >/dev/null 2>&1 || useradd --system --no-create-home --shell /bin/sh www
+case " $MODES " in *" hardlink "*) id www >/dev/null 2>&1 || useradd --system --no-create-home --shell /bin/sh www ;; esac
 command -v /usr/bin/time >/dev/null || apt-get install -y -qq time >/dev/null
 BENCH_DIR=${BENCH_DIR:-/tmp/slipway-bench}
 RESULTS=${RESULTS:-$BENCH_DIR/results.txt}
@@ -94,62 +101,94 @@ fresh_fs() {  # fresh_fs <inodes> <GiB>
   chmod 755 "$FS"
 }
 
+# One repetition of Slipway's phases in `reuse = MODE`, into DIR/rep<REP>.txt: an untimed warm-up
+# deploy (WARMUP=1, into a deploy_to of its own), then full, incr, rollback; then the floor.
+slipway_rep() {
+  local mode=$1 rep=$2 top=$3 run home full incr back agent_rss floor t0 root
+  run=$top/rep$rep; mkdir -p "$run"
+  home=$run/home
+  if [ "$FRESH_FS" = 1 ]; then fresh_fs "$inodes" "$gib"; root=$FS; else root=$DISK/$preset-n$n-$mode-rep$rep; mkdir -p "$root"; fi
+  "$SLIPCTL" --home "$home" init > /dev/null
+  PIDS=()
+  start_agents "$home" "$n" 17000 "$root"
+  project() {  # project NAME DEPLOY_TO
+    cat > "$run/$1.toml" <<TOML
+name = "$1"
+repo = "$REPO"
+keep_releases = 20
+reuse = "$mode"
+[target]
+deploy_to = "$2"
+$( [ "$mode" = hardlink ] && echo 'user = "www"' )
+[env.bench]
+hosts = ["role=web"]
+TOML
+    "$SLIPCTL" --home "$home" project apply -f "$run/$1.toml" > /dev/null
+  }
+  project bench "$root/hosts/{host}/srv"
+  if [ "$WARMUP" = 1 ]; then
+    project warm "$root/hosts/{host}/warm"
+    "$SLIPCTL" --home "$home" deploy warm bench --ref wb-c1 > "$run/warmup.log" 2>&1 || true
+  fi
+  sync
+  full=$(phase "$home" "$run/full.json" deploy bench bench --ref wb-c1)
+  incr=$(phase "$home" "$run/incr.json" deploy bench bench --ref wb-c2)
+  back=$(phase "$home" "$run/rollback.json" rollback bench bench)
+  agent_rss=$(awk '/VmHWM/ {print $2}' "/proc/${PIDS[0]}/status")
+  cleanup; PIDS=()
+  cp "$root"/agents/h1/slipd.log "$run/slipd-h1.log" 2>/dev/null || true
+  # The floor: plain tar -x of the same tree into n directories, two at a time.
+  git -C "$REPO" archive --format=tar wb-c1 > "$run/tree.tar"
+  if [ "$FRESH_FS" = 1 ]; then fresh_fs "$inodes" "$gib"; root=$FS; fi
+  sync
+  t0=$(date +%s.%N)
+  seq 1 "$n" | xargs -P 2 -I{} sh -c "mkdir -p '$root/floor/{}' && tar -xf '$run/tree.tar' -C '$root/floor/{}'"
+  sync
+  floor=$(echo "$(date +%s.%N) - $t0" | bc)
+  {
+    echo "preset $preset"; echo "n $n"; echo "reuse $mode"; echo "fresh_fs $FRESH_FS"; echo "order $4"
+    echo "full $full"; echo "incr $incr"; echo "rollback $back"
+    echo "agent_rss_kb $agent_rss"; printf 'floor_s %.2f\n' "$floor"
+    for p in full incr rollback; do
+      if [ -s "$run/$p.json.instr" ]; then echo "instr_$p $(cat "$run/$p.json.instr")"; fi
+    done
+  } > "$top/slipway-$rep.txt"
+}
+
+# FRESH_FS=0: every run writes into a directory of its own under $DISK on this machine's disk,
+# deleted only once the whole script is done (a deletion between runs would slow the next one's
+# inode allocation; see above).
+DISK=$BENCH_DIR/disk
+[ "$FRESH_FS" = 1 ] || { rm -rf "$DISK"; mkdir -p "$DISK"; trap 'cleanup; unmount_fs; rm -rf "$DISK"' EXIT; }
+
 for preset in $PRESETS; do
   case $preset in large) tree_inodes=30000 tree_gib=1 ;; *) tree_inodes=6000 tree_gib=1 ;; esac
   timeout 1800 "$BASELINE" build-src -p "$preset" > "$BENCH_DIR/build-src-$preset.log" 2>&1
   REPO=/tmp/wb-src/$preset/repo
   for n in $NS; do
-    top=$BENCH_DIR/$preset-n$n; rm -rf "$top"; mkdir -p "$top"
     inodes=$(( (n * 4 + 2) * tree_inodes + 100000 )) gib=$(( (n * 4 + 2) * tree_gib + 4 ))
+    for mode in $MODES; do rm -rf "$BENCH_DIR/$preset-n$n-$mode"; mkdir -p "$BENCH_DIR/$preset-n$n-$mode"; done
     for rep in $(seq 1 "$REPS"); do
-      run=$top/rep$rep; mkdir -p "$run"
-      home=$run/home
-      fresh_fs "$inodes" "$gib"
-      "$SLIPCTL" --home "$home" init > /dev/null
-      PIDS=()
-      start_agents "$home" "$n" 17000 "$FS"
-      cat > "$run/project.toml" <<TOML
-name = "bench"
-repo = "$REPO"
-keep_releases = 20
-reuse = "$REUSE"
-[target]
-deploy_to = "$FS/hosts/{host}/srv"
-$( [ "$REUSE" = hardlink ] && echo 'user = "www"' )
-[env.bench]
-hosts = ["role=web"]
-TOML
-      "$SLIPCTL" --home "$home" project apply -f "$run/project.toml" > /dev/null
-      sync
-      full=$(phase "$home" "$run/full.json" deploy bench bench --ref wb-c1)
-      incr=$(phase "$home" "$run/incr.json" deploy bench bench --ref wb-c2)
-      back=$(phase "$home" "$run/rollback.json" rollback bench bench)
-      agent_rss=$(awk '/VmHWM/ {print $2}' "/proc/${PIDS[0]}/status")
-      cleanup; PIDS=()
-      cp "$FS"/agents/h1/slipd.log "$run/slipd-h1.log" 2>/dev/null || true
-      # The floor: plain tar -x of the same tree into n directories, two at a time.
-      git -C "$REPO" archive --format=tar wb-c1 > "$run/tree.tar"
-      fresh_fs "$inodes" "$gib"
-      sync
-      t0=$(date +%s.%N)
-      seq 1 "$n" | xargs -P 2 -I{} sh -c "mkdir -p '$FS/floor/{}' && tar -xf '$run/tree.tar' -C '$FS/floor/{}'"
-      sync
-      floor=$(echo "$(date +%s.%N) - $t0" | bc)
-      {
-        echo "preset $preset"; echo "n $n"; echo "reuse $REUSE"; echo "fresh_fs $FRESH_FS"
-        echo "full $full"; echo "incr $incr"; echo "rollback $back"
-        echo "agent_rss_kb $agent_rss"; printf 'floor_s %.2f\n' "$floor"
-        for p in full incr rollback; do
-          if [ -s "$run/$p.json.instr" ]; then echo "instr_$p $(cat "$run/$p.json.instr")"; fi
-        done
-      } > "$top/slipway-$rep.txt"
+      # With two modes the order alternates: odd repetitions as given, even ones reversed.
+      order=$MODES
+      if [ $((rep % 2)) = 0 ]; then order=$(echo "$MODES" | tr ' ' '\n' | tac | tr '\n' ' '); fi
+      i=0
+      for mode in $order; do
+        i=$((i + 1))
+        slipway_rep "$mode" "$rep" "$BENCH_DIR/$preset-n$n-$mode" "$i"
+      done
     done
+    first=$(echo "$MODES" | awk '{print $1}')
     if [ "$RUN_BASELINE" = 1 ]; then
-      fresh_fs "$inodes" "$gib"
-      WB_ROOT=$FS/wb timeout 3000 "$BASELINE" run -n "$n" -p "$preset" -m parallel -r "$REPS" \
-        --out "$RESULTS.baseline" > "$top/baseline.log" 2>&1 || echo "baseline failed: see $top/baseline.log"
+      if [ "$FRESH_FS" = 1 ]; then fresh_fs "$inodes" "$gib"; wb=$FS/wb; else wb=$DISK/wb-$preset-n$n; fi
+      WB_ROOT=$wb timeout 3000 "$BASELINE" run -n "$n" -p "$preset" -m parallel -r "$REPS" \
+        --out "$RESULTS.baseline" > "$BENCH_DIR/$preset-n$n-$first/baseline.log" 2>&1 \
+        || echo "baseline failed: see $BENCH_DIR/$preset-n$n-$first/baseline.log"
+      for mode in $MODES; do
+        [ "$mode" = "$first" ] || cp "$BENCH_DIR/$preset-n$n-$first/baseline.log" "$BENCH_DIR/$preset-n$n-$mode/"
+      done
     fi
-    python3 "$HERE/bench/table.py" "$top" | tee -a "$RESULTS"
+    for mode in $MODES; do python3 "$HERE/bench/table.py" "$BENCH_DIR/$preset-n$n-$mode" | tee -a "$RESULTS"; done
     unmount_fs
   done
 done
