@@ -6,7 +6,8 @@
 #
 # MODES runs both reuse modes, alternating which goes first from one repetition to the next;
 # FRESH_FS=0 measures on this machine's own disk (each run in a directory of its own, none
-# deleted before the end); WARMUP=1 deploys once, untimed, before the timed phases.
+# deleted before the end); WARMUP=1 deploys once, untimed, before the timed phases (then `sync`,
+# unless WARMUP_SYNC=0); BIN_DIR=DIR measures the binaries in DIR instead of building.
 #
 # For each host count and preset it
 #   1. builds the baseline's source repo (same trees, same commits: tags wb-c1 -> wb-c2),
@@ -48,8 +49,11 @@ command -v /usr/bin/time >/dev/null || apt-get install -y -qq time >/dev/null
 BENCH_DIR=${BENCH_DIR:-/tmp/slipway-bench}
 RESULTS=${RESULTS:-$BENCH_DIR/results.txt}
 mkdir -p "$BENCH_DIR"
-(cd "$HERE" && timeout 1800 cargo build --release --locked -q)
-SLIPCTL=$HERE/target/release/slipctl SLIPD=$HERE/target/release/slipd
+# BIN_DIR=DIR: measure the slipctl and slipd in DIR (an older build, to compare) instead.
+if [ -n "${BIN_DIR:-}" ]; then SLIPCTL=$BIN_DIR/slipctl SLIPD=$BIN_DIR/slipd; else
+  (cd "$HERE" && timeout 1800 cargo build --release --locked -q)
+  SLIPCTL=$HERE/target/release/slipctl SLIPD=$HERE/target/release/slipd
+fi
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap 'cleanup; unmount_fs' EXIT
@@ -130,7 +134,9 @@ TOML
     project warm "$root/hosts/{host}/warm"
     "$SLIPCTL" --home "$home" deploy warm bench --ref wb-c1 > "$run/warmup.log" 2>&1 || true
   fi
-  sync
+  # WARMUP_SYNC=0: the timed deploy starts while the warm-up's writes are still being written
+  # back, as a deploy that follows another one closely does.
+  [ "${WARMUP_SYNC:-1}" = 0 ] || sync
   full=$(phase "$home" "$run/full.json" deploy bench bench --ref wb-c1)
   incr=$(phase "$home" "$run/incr.json" deploy bench bench --ref wb-c2)
   back=$(phase "$home" "$run/rollback.json" rollback bench bench)
