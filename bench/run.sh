@@ -165,7 +165,8 @@ TOML
 # deleted only once the whole script is done (a deletion between runs would slow the next one's
 # inode allocation; see above).
 DISK=$BENCH_DIR/disk
-[ "$FRESH_FS" = 1 ] || { rm -rf "$DISK"; mkdir -p "$DISK"; trap 'cleanup; unmount_fs; rm -rf "$DISK"' EXIT; }
+# KEEP_DISK=1 leaves it (runs that follow then start without a mass deletion before them).
+[ "$FRESH_FS" = 1 ] || { rm -rf "$DISK"; mkdir -p "$DISK"; [ "${KEEP_DISK:-0}" = 1 ] || trap 'cleanup; unmount_fs; rm -rf "$DISK"' EXIT; }
 
 for preset in $PRESETS; do
   case $preset in large) tree_inodes=30000 tree_gib=1 ;; *) tree_inodes=6000 tree_gib=1 ;; esac

@@ -324,8 +324,7 @@ fn link_open_file(file: &std::fs::File, dir: &OwnedFd, name: &str) -> rustix::io
     }
 }
 
-/// Put a file the delta left out in place from a retained release, and verify its content. A copy
-/// is handed back to be made durable with the rest; a hard link writes no data.
+/// Put a file the delta left out in place from a retained release, and verify its content.
 fn reuse_file(
     dirs: &mut DirCache,
     e: &ManifestEntry,
@@ -333,7 +332,7 @@ fn reuse_file(
     hardlink: bool,
     options: &ExtractOptions,
     buf: &mut [u8],
-) -> Result<Option<std::fs::File>> {
+) -> Result<()> {
     let path = e.path.as_str();
     let source = reused.display.as_path();
     let name = file_name_of(path).to_owned();
@@ -367,7 +366,7 @@ fn reuse_file(
     if linkable {
         link_open_file(&src_file, parent, &name).map_err(write_err(path))?;
         if reused.identity == FileIdentity::of(&meta) && meta.len() == e.size {
-            return Ok(None); // The very inode hashed at staging, which nobody but root can have written.
+            return Ok(()); // The very inode hashed at staging, which nobody but root can have written.
         }
         loop {
             let n = src_file.read(buf).map_err(|err| ArchiveError::Write { path: path.into(), source: err })?;
@@ -406,60 +405,64 @@ fn reuse_file(
             rustix::fs::fchown(&dst, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)))
                 .map_err(write_err(path))?;
         }
-        return Ok(Some(dst));
+        return Ok(());
     }
     if hex::encode(hasher.finalize()) != e.sha256 {
         return Err(ArchiveError::ContentDigest(format!("{path} (reused from {})", source.display())));
     }
-    Ok(None)
+    Ok(())
 }
 
-/// Makes what the extraction writes durable, and nothing else. (It used `syncfs`, which flushes
-/// the whole filesystem: on a host's own disk every stage then waited for every other writer's
-/// dirty data — logs, the other releases being staged, the deploy before — and the first deploy
-/// after a large write paid for it: 2–2.5× slower on this machine's disk.) Each file's
-/// writeback starts as soon as it is closed (`fadvise(DONTNEED)` starts it on Linux and drops
-/// no dirty page); files are `fdatasync`ed in batches — by then their data is mostly written,
-/// and one journal commit covers the batch's metadata — and the rest at the end, with the
-/// release's root directory.
-struct Durable {
-    pending: Vec<std::fs::File>,
-    bytes: u64,
+/// Starts writeback of what the extraction wrote so far, on a helper thread, so the disk works
+/// while the extractor goes on and the final `syncfs` finds little left to flush (with several
+/// releases written at once to one filesystem, one final flush each made them wait on each other).
+struct EarlyFlush {
+    tx: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pending: u64,
 }
 
-/// Files, or bytes, between two batches.
-const DURABLE_FILES: usize = 256;
-const DURABLE_BYTES: u64 = 16 << 20;
+/// Written bytes between two early flushes.
+const EARLY_FLUSH_BYTES: u64 = 8 << 20;
 
-impl Durable {
-    fn new() -> Self {
-        Durable { pending: Vec::new(), bytes: 0 }
+impl EarlyFlush {
+    fn start(root: &OwnedFd) -> Self {
+        let Ok(fd) = root.try_clone() else { return EarlyFlush { tx: None, thread: None, pending: 0 } };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("slipway-flush".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    let _ = rustix::fs::syncfs(&fd);
+                }
+            })
+            .ok();
+        EarlyFlush { tx: thread.as_ref().map(|_| tx), thread, pending: 0 }
     }
 
-    fn wrote(&mut self, file: std::fs::File, bytes: u64, path: &str) -> Result<()> {
-        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
-        self.pending.push(file);
-        self.bytes += bytes;
-        if self.pending.len() >= DURABLE_FILES || self.bytes >= DURABLE_BYTES {
-            self.flush(path)?;
+    fn wrote(&mut self, bytes: u64) {
+        self.pending += bytes;
+        if self.pending >= EARLY_FLUSH_BYTES {
+            self.pending = 0;
+            if let Some(tx) = &self.tx {
+                let _ = tx.try_send(()); // One already queued covers this too.
+            }
         }
-        Ok(())
     }
+}
 
-    fn flush(&mut self, path: &str) -> Result<()> {
-        for f in self.pending.drain(..) {
-            rustix::fs::fdatasync(&f)
-                .map_err(|e| ArchiveError::Write { path: format!("{path} (flushing)"), source: e.into() })?;
+impl Drop for EarlyFlush {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
-        self.bytes = 0;
-        Ok(())
     }
 }
 
 /// Unpack a compressed archive into `dest` (an empty directory the caller created), checking
 /// every entry against `manifest`. On error the caller removes `dest`; nothing is written
-/// outside it. What it wrote is flushed to disk (its files and its root, nothing else) before
-/// returning.
+/// outside it. Files and directories are flushed to disk (one `syncfs`) before returning.
 pub fn extract(
     compressed: impl Read,
     manifest: &Manifest,
@@ -491,7 +494,7 @@ pub fn extract_into(
 ) -> Result<ExtractStats> {
     manifest.validate(&options.limits)?;
     let index: HashMap<&str, &ManifestEntry> = manifest.entries.iter().map(|e| (e.path.as_str(), e)).collect();
-    let mut durable = Durable::new();
+    let mut early = EarlyFlush::start(&root);
     let mut dirs = DirCache::new(root);
 
     let mut hashing = HashingReader { inner: compressed, hasher: Sha256::new(), bytes: 0 };
@@ -583,6 +586,7 @@ pub fn extract_into(
                         });
                     }
                     stats.file_bytes += size;
+                    early.wrote(size + 4096);
                     if stats.file_bytes > options.limits.max_bytes {
                         return Err(ArchiveError::Limit(format!("more than {} bytes", options.limits.max_bytes)));
                     }
@@ -628,7 +632,6 @@ pub fn extract_into(
                         )
                         .map_err(write_err(&path))?;
                     }
-                    durable.wrote(file, size, &path)?;
                 }
             }
             progress(stats.entries, stats.file_bytes);
@@ -654,9 +657,7 @@ pub fn extract_into(
             (Some(reuse), EntryKind::File) => {
                 let source =
                     reuse.sources.get(&entry.sha256).ok_or_else(|| ArchiveError::Missing(entry.path.clone()))?;
-                if let Some(copy) = reuse_file(&mut dirs, entry, source, reuse.hardlink, options, &mut buf)? {
-                    durable.wrote(copy, entry.size, &entry.path)?;
-                }
+                reuse_file(&mut dirs, entry, source, reuse.hardlink, options, &mut buf)?;
                 stats.reused += 1;
                 stats.reused_bytes += entry.size;
                 stats.file_bytes += entry.size;
@@ -670,9 +671,8 @@ pub fn extract_into(
         rustix::fs::symlinkat(target.as_str(), parent, name).map_err(write_err(path))?;
         chown_at(parent, name, options.owner, path)?;
     }
-    durable.flush(display)?;
-    // The directories and links: one commit of the root (their entries were logged before it).
-    rustix::fs::fsync(&dirs.root).map_err(|e| ArchiveError::Write { path: display.to_owned(), source: e.into() })?;
+    drop(early);
+    rustix::fs::syncfs(&dirs.root).map_err(|e| ArchiveError::Write { path: display.to_owned(), source: e.into() })?;
     Ok(stats)
 }
 
