@@ -27,6 +27,11 @@ impl Server {
 
     /// The same, with more `serve` arguments (`--public-url …`).
     pub fn start_with(home: &std::path::Path, slipctl: &std::path::Path, args: &[&str]) -> Server {
+        Server::start_logging(home, slipctl, args, Stdio::inherit())
+    }
+
+    /// The same, its standard error going to `stderr` (a file a test reads).
+    pub fn start_logging(home: &std::path::Path, slipctl: &std::path::Path, args: &[&str], stderr: Stdio) -> Server {
         use std::io::BufRead;
         // Port 0: the server picks one and says which (no race with other tests for a port).
         let mut child = Command::new(slipctl)
@@ -36,7 +41,7 @@ impl Server {
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();

@@ -229,11 +229,15 @@ fn a_leader_that_loses_its_database_steps_down_and_a_database_without_history_is
 
     // Migrated, it serves and leads; when PostgreSQL goes, it steps down, saying why.
     fleet.slipctl(&["state", "migrate", "--from", "sled", "--to", &url]).ok();
-    let mut server = Server::start(&fleet);
+    let log = fleet.path().join("serve.err");
+    let mut server =
+        Server::start_logging(&fleet.home, &bin("slipctl"), &[], std::fs::File::create(&log).unwrap().into());
     assert_eq!(health(&server)["role"], "leader");
     cluster.stop();
     let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(75), "the leader stops with EX_TEMPFAIL");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("stepping down") && said.contains("a standby takes over"), "{said}");
     cluster.start();
     // Started again, it leads again.
     let mut again = Server::start(&fleet);
