@@ -7,7 +7,8 @@
 # MODES runs both reuse modes, alternating which goes first from one repetition to the next;
 # FRESH_FS=0 measures on this machine's own disk (each run in a directory of its own, none
 # deleted before the end); WARMUP=1 deploys once, untimed, before the timed phases (then `sync`,
-# unless WARMUP_SYNC=0); BIN_DIR=DIR measures the binaries in DIR instead of building.
+# unless WARMUP_SYNC=0); BIN_DIR=DIR measures the binaries in DIR instead of building; SERVE=1
+# runs the phases through `slipctl serve`.
 #
 # For each host count and preset it
 #   1. builds the baseline's source repo (same trees, same commits: tags wb-c1 -> wb-c2),
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     -n) NS=$2; shift 2 ;; -p) PRESETS=$2; shift 2 ;; -r) REPS=$2; shift 2 ;;
     --no-baseline) RUN_BASELINE=0; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;; *) echo "unknown option $1" >&2; exit 2 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;; *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench/run.sh needs root (the baseline builds network namespaces)" >&2; exit 2; }
@@ -130,6 +131,12 @@ TOML
     "$SLIPCTL" --home "$home" project apply -f "$run/$1.toml" > /dev/null
   }
   project bench "$root/hosts/{host}/srv"
+  # SERVE=1: the phases go through `slipctl serve` for this home (how a team runs it: the server
+  # holds the state open; each slipctl sends its command over the home's socket).
+  if [ "${SERVE:-0}" = 1 ]; then
+    "$SLIPCTL" --home "$home" serve --listen 127.0.0.1:0 > "$run/serve.out" 2>&1 & PIDS+=($!)
+    timeout 30 bash -c "until grep -q 'listening on' '$run/serve.out'; do sleep 0.05; done"
+  fi
   if [ "$WARMUP" = 1 ]; then
     project warm "$root/hosts/{host}/warm"
     "$SLIPCTL" --home "$home" deploy warm bench --ref wb-c1 > "$run/warmup.log" 2>&1 || true
