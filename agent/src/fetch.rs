@@ -60,22 +60,6 @@ pub fn redact(url: &str) -> &str {
     url.split_once('?').map_or(url, |(base, _)| base)
 }
 
-/// What S3 says in an error body (`<Code>…</Code><Message>…</Message>`), bounded.
-fn s3_error(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(4096)]);
-    let tag = |name: &str| {
-        let open = format!("<{name}>");
-        let start = text.find(&open)? + open.len();
-        let end = text[start..].find("</")? + start;
-        Some(text[start..end].to_owned())
-    };
-    match (tag("Code"), tag("Message")) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        (Some(code), None) => code,
-        _ => String::new(),
-    }
-}
-
 /// GET the artifact: the response body, streaming, once the store answered 200.
 pub async fn open(url: &str, ca_pem: &str) -> Result<Incoming, AgentError> {
     let (tls, host, addr, path) = parse(url)?;
@@ -128,8 +112,7 @@ pub async fn open(url: &str, ca_pem: &str) -> Result<Incoming, AgentError> {
         .and_then(Result::ok)
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let said = s3_error(&body);
-    let said = if said.is_empty() { String::new() } else { format!(" ({said})") };
+    let said = slipway_common::s3::said(&body);
     let hint = match status.as_u16() {
         403 => {
             "the presigned URL expired or its signature was refused: deploy again (the controller signs a fresh URL \
@@ -181,9 +164,5 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert_eq!(redact("http://h/b/k?X-Amz-Signature=secret"), "http://h/b/k");
-        assert_eq!(
-            s3_error(b"<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"),
-            "AccessDenied: Request has expired"
-        );
     }
 }

@@ -13,6 +13,7 @@ pub mod pack;
 pub mod pki;
 pub mod process;
 pub mod redact;
+pub mod s3;
 pub mod tar_guard;
 pub mod telemetry;
 pub mod time;

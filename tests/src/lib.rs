@@ -507,6 +507,17 @@ pub fn traversable(path: &Path) {
     }
 }
 
+/// A gate a hook waits at: a directory under the fleet that the hook user can write, and in it
+/// the file the hook touches when it reaches the gate and the one it waits for: `(started, go)`.
+pub fn gate(fleet: &Fleet) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let gate = fleet.path().join("gate");
+    std::fs::create_dir_all(&gate).unwrap();
+    traversable(&gate);
+    std::fs::set_permissions(&gate, std::fs::Permissions::from_mode(0o777)).unwrap();
+    (gate.join("started"), gate.join("go"))
+}
+
 /// An attacker process (`slipway-racer`), racing until [`Racer::finish`].
 pub struct Racer {
     child: Child,

@@ -109,9 +109,14 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
         (None, Some(n)) => Some(Store::open(&home.state())?.running_deploy(n)?),
         (None, None) => None,
     };
+    // Carried on from its journal: read once, for its hosts and where each of them is.
+    let journal = match args.takeover {
+        Some(n) => Store::open(&home.state())?.events(n, 0)?,
+        None => Vec::new(),
+    };
     let only: Option<Vec<String>> = match (&resumed, args.takeover) {
         // Carried on from its journal: the hosts it named when it started.
-        (Some(r), Some(_)) => Some(journal_hosts(home, r.id)?).filter(|h| !h.is_empty()),
+        (Some(_), Some(_)) => Some(journal_hosts(&journal)).filter(|h| !h.is_empty()),
         (Some(r), None) => Some(r.hosts.iter().map(|h| h.host.clone()).collect()),
         (None, _) => args.hosts.clone(),
     };
@@ -221,7 +226,7 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
             let cancel = (args.cancel.clone(), args.full);
             let carry = match (args.resume, args.takeover) {
                 (Some((_, d)), _) => Some(Carry::Decided(d)),
-                (None, Some(_)) => Some(Carry::TakenOver),
+                (None, Some(_)) => Some(Carry::TakenOver(journal)),
                 (None, None) => None,
             };
             let result =
@@ -256,16 +261,15 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
     Ok(record)
 }
 
-/// The hosts deploy `id` named when it started (its journal's `hosts` event).
-fn journal_hosts(home: &Home, id: u64) -> Result<Vec<String>> {
-    let events = Store::open(&home.state())?.events(id, 0)?;
-    Ok(events
+/// The hosts a deploy named when it started (its journal's `hosts` event).
+fn journal_hosts(events: &[(u32, serde_json::Value)]) -> Vec<String> {
+    events
         .iter()
         .rev()
         .find(|(_, e)| e["event"] == "hosts")
         .and_then(|(_, e)| e["hosts"].as_array())
         .map(|hosts| hosts.iter().filter_map(|h| h.as_str().map(str::to_owned)).collect())
-        .unwrap_or_default())
+        .unwrap_or_default()
 }
 
 /// `--dry-run`: what would happen, per host, and nothing else.

@@ -22,12 +22,12 @@ use super::scope::*;
 use super::transfer::*;
 
 /// How a deploy goes on from where another run left it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Carry {
     /// Paused after its canary, then promoted or aborted.
     Decided(Decision),
-    /// Left running by a leader that is gone: from its journal.
-    TakenOver,
+    /// Left running by a leader that is gone: from its journal (its events, read once).
+    TakenOver(Vec<(u32, serde_json::Value)>),
 }
 
 /// Where each host of a deploy is, by its journal: flipped hosts are `Activated` (to be
@@ -65,11 +65,11 @@ pub(crate) async fn run_deploy(
     home: &crate::state::home::Home,
     carry: Option<Carry>,
 ) -> Result<()> {
-    let resume = match carry {
-        Some(Carry::Decided(d)) => Some(d),
-        _ => None,
+    let (resume, journal) = match carry {
+        Some(Carry::Decided(d)) => (Some(d), None),
+        Some(Carry::TakenOver(journal)) => (None, Some(journal)),
+        None => (None, None),
     };
-    let taken_over = matches!(carry, Some(Carry::TakenOver));
     let cache = &home.cache();
     let settings = &scope.settings;
     // With a store, each artifact goes there once and hosts fetch it: nothing is streamed.
@@ -110,9 +110,8 @@ pub(crate) async fn run_deploy(
     }
     let mut clients: BTreeMap<String, AgentClient> = BTreeMap::new();
     // Carrying on a deploy whose leader is gone: each host is where its journal says.
-    if taken_over {
-        let journal = crate::state::store::Store::open(&home.state())?.events(record.id, 0)?;
-        let restored = from_journal(&journal);
+    if let Some(journal) = &journal {
+        let restored = from_journal(journal);
         // Past the canary already (a host of a later batch was worked on): no pause again.
         if plan.batches.iter().skip(1).flatten().any(|h| restored.contains_key(h)) {
             plan.pause_after_canary = false;

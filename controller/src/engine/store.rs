@@ -161,14 +161,16 @@ impl Store {
 
     /// Upload `bytes` as `key`, unless this process already did. `true` when it sent them.
     pub async fn put_bytes_once(&self, key: &str, bytes: Vec<u8>) -> Result<bool> {
-        let dir = tempfile::tempdir().map_err(|e| CtlError::failed(format!("cannot make a temp dir: {e}")))?;
-        let path = dir.path().join("object");
-        std::fs::write(&path, &bytes).map_err(|e| CtlError::failed(format!("cannot write {}: {e}", path.display())))?;
-        self.put_once(key, &path, bytes.len() as u64).await
+        let size = bytes.len() as u64;
+        self.put(key, Object::Bytes(bytes), size).await
     }
 
     /// Upload `path` (`size` bytes) as `key`, unless this process already did. `true` when it sent it.
     pub async fn put_once(&self, key: &str, path: &Path, size: u64) -> Result<bool> {
+        self.put(key, Object::File(path.to_path_buf()), size).await
+    }
+
+    async fn put(&self, key: &str, object: Object, size: u64) -> Result<bool> {
         if self.uploaded.lock().expect("uploaded").contains(key) {
             return Ok(false);
         }
@@ -184,9 +186,19 @@ impl Store {
         let (target, path_query) = self.target(url.as_str())?;
         let host = url.host_str().unwrap_or_default().to_owned() + &port_suffix(&url);
         let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Frame<Bytes>, std::io::Error>>(4);
-        let file = path.to_path_buf();
+        let shown = match &object {
+            Object::File(path) => path.display().to_string(),
+            Object::Bytes(_) => key.to_owned(),
+        };
         let reader = tokio::task::spawn_blocking(move || {
             use std::io::Read;
+            let file = match object {
+                Object::File(path) => path,
+                Object::Bytes(bytes) => {
+                    let _ = tx.blocking_send(Ok(Frame::data(Bytes::from(bytes))));
+                    return Ok(());
+                }
+            };
             let mut f = std::fs::File::open(&file)?;
             loop {
                 let mut chunk = Vec::with_capacity(slipway_proto::CHUNK_BYTES);
@@ -210,7 +222,7 @@ impl Store {
         let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         match reader.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(CtlError::failed(format!("cannot read {}: {e}", path.display()))),
+            Ok(Err(e)) => return Err(CtlError::failed(format!("cannot read {shown}: {e}"))),
             Err(e) => return Err(CtlError::failed(format!("artifact reader failed: {e}"))),
         }
         if !status.is_success() {
@@ -242,19 +254,8 @@ impl Store {
     }
 
     fn refused(&self, what: &str, status: hyper::StatusCode, body: &[u8]) -> CtlError {
-        let text = String::from_utf8_lossy(&body[..body.len().min(4096)]);
-        let tag = |name: &str| {
-            let open = format!("<{name}>");
-            let start = text.find(&open)? + open.len();
-            let end = text[start..].find("</")? + start;
-            Some(text[start..end].to_owned())
-        };
-        let code = tag("Code").unwrap_or_default();
-        let said = match (tag("Code"), tag("Message")) {
-            (Some(c), Some(m)) => format!(" ({c}: {m})"),
-            (Some(c), None) => format!(" ({c})"),
-            _ => String::new(),
-        };
+        let code = slipway_common::s3::error_fields(body).0.unwrap_or_default();
+        let said = slipway_common::s3::said(body);
         let message = format!("the artifact store {} refused the {what}: {status}{said}", self.shown);
         let config = &self.config_path;
         let fix = match (code.as_str(), status.as_u16()) {
@@ -269,6 +270,12 @@ impl Store {
         };
         CtlError::failed(message).fix(fix)
     }
+}
+
+/// What is uploaded: a file (read in chunks as it goes) or bytes in memory (a manifest).
+enum Object {
+    File(std::path::PathBuf),
+    Bytes(Vec<u8>),
 }
 
 fn port_suffix(url: &url::Url) -> String {

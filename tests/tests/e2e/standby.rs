@@ -41,11 +41,7 @@ fn the_standby_carries_on_the_deploy_of_a_leader_killed_mid_deploy() {
     repo.write("index.html", "v1\n");
     repo.commit("v1");
     // web-2's post_release waits for the test's word, after its flip: the leader dies there.
-    let gate = fleet.path().join("gate");
-    std::fs::create_dir_all(&gate).unwrap();
-    slipway_tests::traversable(&gate);
-    std::fs::set_permissions(&gate, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let (started, go) = (gate.join("started"), gate.join("go"));
+    let (started, go) = slipway_tests::gate(&fleet);
     let target = format!(
         "{}post_release = [\"[ \\\"$SLIPWAY_HOST\\\" != web-2 ] || {{ touch {}; while [ ! -e {} ]; do sleep 0.05; done; }}\"]\n",
         slipway_tests::hook_user_line(),

@@ -111,11 +111,7 @@ fn the_server_steps_down_when_its_database_goes_and_carries_the_deploy_on_once_s
     let repo = Repo::new(fleet.path().join("repo"));
     repo.write("index.html", "v1\n");
     repo.commit("v1");
-    let gate = fleet.path().join("gate");
-    std::fs::create_dir_all(&gate).unwrap();
-    slipway_tests::traversable(&gate);
-    std::fs::set_permissions(&gate, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let (started, go) = (gate.join("started"), gate.join("go"));
+    let (started, go) = slipway_tests::gate(&fleet);
     let target = format!(
         "{}pre_release = [\"touch {}; while [ ! -e {} ]; do sleep 0.05; done\"]\n",
         slipway_tests::hook_user_line(),
