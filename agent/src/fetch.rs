@@ -60,8 +60,24 @@ pub fn redact(url: &str) -> &str {
     url.split_once('?').map_or(url, |(base, _)| base)
 }
 
-/// GET the artifact: the response body, streaming, once the store answered 200.
-pub async fn open(url: &str, ca_pem: &str) -> Result<Incoming, AgentError> {
+/// Run a fetch from the store within the stage's deadline.
+async fn by<T>(
+    deadline: std::time::Instant,
+    url: &str,
+    fetch: impl std::future::Future<Output = Result<T, AgentError>>,
+) -> Result<T, AgentError> {
+    tokio::time::timeout_at(deadline.into(), fetch).await.map_err(|_| {
+        AgentError::Upload(format!("the artifact store did not answer for {} before the stage deadline", redact(url)))
+    })?
+}
+
+/// GET the artifact, before `deadline`: the response body, streaming, once the store answered
+/// 200 (the caller bounds the rest of the body by the same deadline).
+pub async fn open(url: &str, ca_pem: &str, deadline: std::time::Instant) -> Result<Incoming, AgentError> {
+    by(deadline, url, open_now(url, ca_pem)).await
+}
+
+async fn open_now(url: &str, ca_pem: &str) -> Result<Incoming, AgentError> {
     let (tls, host, addr, path) = parse(url)?;
     let shown = redact(url).to_owned();
     let unreachable = |why: String| {
@@ -124,9 +140,13 @@ pub async fn open(url: &str, ca_pem: &str) -> Result<Incoming, AgentError> {
     Err(AgentError::Upload(format!("the artifact store answered {status} for {shown}{said}: {hint}")))
 }
 
-/// GET a small object whole (a manifest), refusing one larger than `max` bytes.
-pub async fn bytes(url: &str, ca_pem: &str, max: usize) -> Result<Vec<u8>, AgentError> {
-    let mut body = open(url, ca_pem).await?;
+/// GET a small object whole (a manifest) before `deadline`, refusing one larger than `max` bytes.
+pub async fn bytes(url: &str, ca_pem: &str, max: usize, deadline: std::time::Instant) -> Result<Vec<u8>, AgentError> {
+    by(deadline, url, bytes_now(url, ca_pem, max)).await
+}
+
+async fn bytes_now(url: &str, ca_pem: &str, max: usize) -> Result<Vec<u8>, AgentError> {
+    let mut body = open_now(url, ca_pem).await?;
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {

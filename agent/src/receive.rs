@@ -76,6 +76,12 @@ impl Read for ChunkReader {
     }
 }
 
+/// Tell the extractor why its input stops (it fails with that), and hand the error back.
+async fn stop(chunk_tx: &mpsc::Sender<Result<Vec<u8>, String>>, error: AgentError) -> AgentError {
+    let _ = chunk_tx.send(Err(error.to_string())).await;
+    error
+}
+
 /// Where the archive's bytes come from: the stage call's own stream, or the store's answer to
 /// the presigned URL of the header.
 pub enum Source {
@@ -96,9 +102,8 @@ async fn fetch_into(
         let frame = tokio::select! {
             frame = body.frame() => frame,
             () = tokio::time::sleep_until(deadline.into()) => {
-                let why = "the fetch from the artifact store ran past the stage deadline".to_string();
-                let _ = chunk_tx.send(Err(why.clone())).await;
-                return Some(AgentError::Upload(why));
+                let late = AgentError::Upload("the fetch from the artifact store ran past the stage deadline".into());
+                return Some(stop(chunk_tx, late).await);
             }
         };
         match frame {
@@ -110,9 +115,16 @@ async fn fetch_into(
                 }
             }
             Some(Err(e)) => {
-                let why = format!("the fetch from the artifact store ({}) broke: {e}", crate::fetch::redact(url));
-                let _ = chunk_tx.send(Err(why.clone())).await;
-                return Some(AgentError::Upload(why));
+                return Some(
+                    stop(
+                        chunk_tx,
+                        AgentError::Upload(format!(
+                            "the fetch from the artifact store ({}) broke: {e}",
+                            crate::fetch::redact(url)
+                        )),
+                    )
+                    .await,
+                );
             }
         }
     }
@@ -177,9 +189,8 @@ pub async fn receive_and_extract(
         let next = tokio::select! {
             next = stream.message() => next,
             () = tokio::time::sleep_until(deadline.into()) => {
-                let why = "the upload ran past the stage deadline".to_string();
-                let _ = chunk_tx.send(Err(why.clone())).await;
-                upload_error = Some(AgentError::Upload(why));
+                let late = AgentError::Upload("the upload ran past the stage deadline".into());
+                upload_error = Some(stop(&chunk_tx, late).await);
                 break;
             }
         };
@@ -195,18 +206,24 @@ pub async fn receive_and_extract(
                 trailer = Some(t);
             }
             Ok(Some(_)) => {
-                let why = "unexpected message after the header: only archive chunks, then a trailer when the header \
+                upload_error = Some(
+                    stop(
+                        &chunk_tx,
+                        AgentError::BadRequest(
+                            "unexpected message after the header: only archive chunks, then a trailer when the header \
                            has no digest, may follow"
-                    .to_string();
-                let _ = chunk_tx.send(Err(why.clone())).await;
-                upload_error = Some(AgentError::BadRequest(why));
+                                .to_string(),
+                        ),
+                    )
+                    .await,
+                );
                 break;
             }
             Ok(None) => break,
             Err(status) => {
-                let why = format!("the upload stream broke: {}", status.message());
-                let _ = chunk_tx.send(Err(why.clone())).await;
-                upload_error = Some(AgentError::Upload(why));
+                upload_error = Some(
+                    stop(&chunk_tx, AgentError::Upload(format!("the upload stream broke: {}", status.message()))).await,
+                );
                 break;
             }
         }

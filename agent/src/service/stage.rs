@@ -45,17 +45,8 @@ impl Inner {
         let raw = match (header.manifest.take(), header.manifest_url.as_str()) {
             (raw, "") => raw,
             (None, url) => {
-                let fetched = tokio::time::timeout_at(
-                    deadline.into(),
-                    crate::fetch::bytes(url, &header.artifact_ca_pem, slipway_proto::MAX_MESSAGE_BYTES),
-                )
-                .await
-                .map_err(|_| {
-                    AgentError::Upload(format!(
-                        "the artifact store did not answer for {} before the stage deadline",
-                        crate::fetch::redact(url)
-                    ))
-                })??;
+                let max = slipway_proto::MAX_MESSAGE_BYTES;
+                let fetched = crate::fetch::bytes(url, &header.artifact_ca_pem, max, deadline).await?;
                 let manifest = <pb::Manifest as slipway_proto::Message>::decode(fetched.as_slice()).map_err(|e| {
                     bad(format!("the manifest fetched from {} is not one: {e}", crate::fetch::redact(url)))
                 })?;
@@ -199,13 +190,7 @@ impl Inner {
         } else {
             let url = std::mem::take(&mut header.artifact_url);
             let _ = events.try_send(Ok(progress("fetch")));
-            match tokio::time::timeout_at(deadline.into(), crate::fetch::open(&url, &header.artifact_ca_pem)).await {
-                Ok(opened) => opened.map(|body| Source::Fetched { body, url }),
-                Err(_) => Err(AgentError::Upload(format!(
-                    "the artifact store did not answer for {} before the stage deadline",
-                    crate::fetch::redact(&url)
-                ))),
-            }
+            crate::fetch::open(&url, &header.artifact_ca_pem, deadline).await.map(|body| Source::Fetched { body, url })
         };
         let extracted = match source {
             Ok(source) => {

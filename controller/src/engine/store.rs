@@ -138,10 +138,6 @@ impl Store {
         self.ca_pem.as_deref().unwrap_or("")
     }
 
-    pub fn shown(&self) -> &str {
-        &self.shown
-    }
-
     fn target(&self, url: &str) -> Result<(http_client::Target, String)> {
         let (target, _) = http_client::Target::from_url(
             url,

@@ -98,10 +98,7 @@ async fn not_found() -> ApiError {
 
 async fn healthz(State(app): State<Arc<App>>) -> Json<Value> {
     use crate::state::leader::{self, Role};
-    let role = match leader::role() {
-        Role::Alone | Role::Leader => "leader",
-        Role::Standby => "standby",
-    };
+    let role = leader::role().word();
     let leader_url = match leader::role() {
         Role::Standby => leader::current(&app.store).ok().flatten().map(|l| l.url),
         _ => Some(app.public_url.clone()),

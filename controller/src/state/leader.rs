@@ -36,11 +36,11 @@ pub enum Role {
 }
 
 impl Role {
+    /// As `GET /healthz` says it: a server alone leads.
     pub fn word(self) -> &'static str {
         match self {
-            Role::Alone => "alone",
+            Role::Alone | Role::Leader => "leader",
             Role::Standby => "standby",
-            Role::Leader => "leader",
         }
     }
 }

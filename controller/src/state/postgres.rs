@@ -152,18 +152,14 @@ fn connect(db: &Database) -> Result<Link> {
 pub struct LockSession {
     link: Link,
     shown: String,
-    /// The backend's process id, for messages and for tests that cut the session.
-    pub backend_pid: i32,
 }
 
 impl LockSession {
     pub fn connect(db: &Database) -> Result<LockSession> {
         let link = connect(db)?;
-        let mut session = LockSession { link, shown: shown(&db.url), backend_pid: 0 };
-        session.backend_pid = session.run(|c| async move {
-            c.batch_execute("SET application_name = 'slipway-leader'").await?;
-            c.query_one("SELECT pg_backend_pid()", &[]).await.map(|r| r.get::<_, i32>(0))
-        })?;
+        let session = LockSession { link, shown: shown(&db.url) };
+        // Named, so an operator finds the leader's session in pg_stat_activity.
+        session.run(|c| async move { c.batch_execute("SET application_name = 'slipway-leader'").await })?;
         Ok(session)
     }
 
