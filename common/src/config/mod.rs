@@ -111,7 +111,11 @@ settings_struct! {
 
 settings_struct! {
     /// One `[env.X]` table: overrides any key of the project.
-    pub struct EnvFile {}
+    pub struct EnvFile {
+        /// This env takes only builds that ran in that env first (a deploy there succeeded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub promote_from: Option<String>,
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -355,6 +359,8 @@ pub struct EnvSettings {
     pub hosts: Vec<HostSelector>,
     pub canary: Vec<String>,
     pub config_dir: Option<String>,
+    /// Only builds that ran in this env first (`--from ENV`, a deploy or an artifact that did).
+    pub promote_from: Option<String>,
     pub reuse: ReuseMode,
     pub approval: server::Approval,
     pub catch_up: bool,
@@ -391,6 +397,19 @@ impl ProjectConfig {
             envs.insert(env_name.clone(), settings);
         }
         let names: Vec<&str> = parsed.env.keys().map(String::as_str).collect();
+        for (env_name, settings) in &envs {
+            if let Some(from) = &settings.promote_from
+                && (from == env_name || !names.contains(&from.as_str()))
+            {
+                return Err(Error::config(
+                    file,
+                    format!(
+                        "env '{env_name}': promote_from = \"{from}\" must name another env of the project (it has: {})",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
         for rule in &parsed.webhook {
             rule.validate(&names).map_err(|why| Error::config(file, why))?;
         }
@@ -548,6 +567,7 @@ fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Res
         hosts,
         canary,
         config_dir,
+        promote_from: e.promote_from.clone(),
         reuse,
         catch_up,
         approval: server::resolve_approval(&e.approval, &p.approval)?,

@@ -36,7 +36,10 @@ macro_rules! deploy_examples {
         "Examples:\n  slipctl deploy web-demo prod                  the project's default_ref\n  \
          slipctl deploy web-demo prod --ref v1.4 --dry-run\n  \
          slipctl deploy web-demo prod --hosts web-1   one host first\n  \
-         slipctl deploy web-demo prod --retry-failed 12"
+         slipctl deploy web-demo prod --retry-failed 12\n  \
+         slipctl deploy web-demo prod --from test      the build test runs, with prod's layer\n  \
+         slipctl deploy web-demo prod --from-deploy 12 the build deploy 12 shipped\n  \
+         slipctl deploy web-demo test --artifact 1.4.2 a build CI pushed (slipctl artifact push)"
     };
 }
 
@@ -126,8 +129,18 @@ pub enum Command {
         full: bool,
         /// Ship deploy DEPLOY_ID's release again (same release, same commit) to the hosts it did
         /// not reach: failed, rolled back, or never contacted
-        #[arg(long, value_name = "DEPLOY_ID", conflicts_with_all = ["git_ref", "hosts"])]
+        #[arg(long, value_name = "DEPLOY_ID", conflicts_with_all = ["git_ref", "hosts", "from", "from_deploy", "artifact"])]
         retry_failed: Option<u64>,
+        /// Ship the build ENV runs now (no checkout, no build), with this env's config_dir and
+        /// vars on top: the same build digest in both envs
+        #[arg(long, value_name = "ENV", conflicts_with_all = ["git_ref", "from_deploy", "artifact"])]
+        from: Option<String>,
+        /// Ship the build deploy DEPLOY_ID shipped, with this env's layer on top
+        #[arg(long, value_name = "DEPLOY_ID", conflicts_with_all = ["git_ref", "artifact"])]
+        from_deploy: Option<u64>,
+        /// Ship a build CI pushed (`slipctl artifact push`), with this env's layer on top
+        #[arg(long, value_name = "NAME", conflicts_with = "git_ref")]
+        artifact: Option<String>,
     },
     /// Relink every host to its previous release (or --to one), then run post_release there
     #[command(

@@ -121,7 +121,7 @@ async fn run_with(home: Home, command: Command, out: &Cx) -> Result<u8> {
         Command::Ca(cmd) => agents::ca_command(&home, out, cmd),
         Command::State(cmd) => state::state_command(&home, out, cmd),
         Command::Project(cmd) => projects::project_command(&home, out, cmd),
-        Command::Deploy { project, env, git_ref, hosts, dry_run, full, retry_failed } => {
+        Command::Deploy { project, env, git_ref, hosts, dry_run, full, retry_failed, from, from_deploy, artifact } => {
             let mut reporter = Reporter::new(out);
             let retry = match retry_failed {
                 None => None,
@@ -149,6 +149,12 @@ async fn run_with(home: Home, command: Command, out: &Cx) -> Result<u8> {
                 takeover: None,
                 user: out.served_caller(),
                 commit: None,
+                origin: match (from, from_deploy, artifact) {
+                    (Some(env), _, _) => Some(engine::Origin::Env(env)),
+                    (_, Some(n), _) => Some(engine::Origin::Deploy(n)),
+                    (_, _, Some(name)) => Some(engine::Origin::Artifact(name)),
+                    _ => None,
+                },
             };
             let running = engine::start_deploy(home.clone(), args);
             cancel_on_signals(out, running.canceller());
@@ -344,8 +350,12 @@ fn show_text(d: &DeployRecord) -> String {
     if let Some(e) = &d.error {
         s.push_str(&format!("  error: {e}\n"));
     }
+    if let Some(b) = &d.built {
+        let promoted = d.promoted_from.map(|n| format!(", promoted from deploy #{n}")).unwrap_or_default();
+        s.push_str(&format!("  build sha256 {}  {}{promoted}\n", b.sha256, b.provenance()));
+    }
     if let Some(o) = &d.overlay_sha256 {
-        s.push_str(&format!("  overlay sha256 {o}\n"));
+        s.push_str(&format!("  env layer (config_dir) sha256 {o}\n"));
     }
     if let Some(r) = d.project_revision {
         s.push_str(&format!("  project revision {r} (slipctl project history {})\n", d.project));

@@ -14,7 +14,11 @@ use crate::error::{CtlError, Result};
 use crate::source::artifact::Artifact;
 use crate::source::git;
 use crate::state::home::Home;
-use crate::state::store::{Decision, DeployKind, DeployRecord, DeployStatus, DryRunPlan, PlannedHost, Store};
+use crate::state::store::{
+    BuildInfo, Decision, DeployKind, DeployRecord, DeployStatus, DryRunPlan, PlannedHost, Store,
+};
+
+use super::origin::Origin;
 use crate::units::{bytes, millis};
 
 use super::executor::*;
@@ -44,6 +48,9 @@ pub struct DeployArgs {
     pub user: Option<String>,
     /// Ship exactly this commit (a ticket's, resolved when it was made); `git_ref` names it.
     pub commit: Option<String>,
+    /// Ship an existing build (`--from ENV`, `--from-deploy N`, `--artifact NAME`) with this
+    /// env's layer: no checkout, no build.
+    pub origin: Option<Origin>,
 }
 
 impl DeployArgs {
@@ -62,6 +69,7 @@ impl DeployArgs {
             takeover: None,
             user: None,
             commit: None,
+            origin: None,
         }
     }
 }
@@ -74,6 +82,16 @@ pub struct Retry {
     pub commit: String,
     pub git_ref: String,
     pub hosts: Vec<String>,
+    /// Deploy N shipped an existing build: the retry ships that build again.
+    pub origin: Option<Origin>,
+}
+
+/// The build a deploy shipped, when it shipped an existing one (a promotion, a pushed artifact)
+/// rather than building its commit: what carrying it on must ship again.
+pub fn shipped_build(record: &DeployRecord) -> Option<Origin> {
+    let built = record.built.as_ref()?;
+    (record.promoted_from.is_some() || built.artifact.is_some())
+        .then(|| Origin::Build(Box::new(built.clone()), record.promoted_from))
 }
 
 /// What `--retry-failed N` does, from deploy N's record: its release, commit and ref, and the
@@ -98,7 +116,14 @@ pub fn retry_of(home: &Home, project: &str, env: &str, n: u64) -> Result<Option<
     if hosts.is_empty() {
         return Ok(None);
     }
-    Ok(Some(Retry { of: n, release, commit: record.commit.clone(), git_ref: record.git_ref.clone(), hosts }))
+    Ok(Some(Retry {
+        of: n,
+        release,
+        commit: record.commit.clone(),
+        git_ref: record.git_ref.clone(),
+        hosts,
+        origin: shipped_build(&record),
+    }))
 }
 
 /// `slipctl deploy`.
@@ -130,9 +155,21 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
         settings,
         &batches(&names, &settings.canary, settings.rollout.strategy, settings.rollout.batch),
     )?;
-    let git_ref = match (&args.retry, &resumed) {
-        (Some(r), _) => r.git_ref.clone(),
-        (_, Some(r)) => r.git_ref.clone(),
+    // An existing build to ship, and whether this env may take it (a deploy carried on or
+    // retried passed the gate when it started).
+    let origin = match (&args.retry, &resumed) {
+        (Some(r), _) => r.origin.clone(),
+        (_, Some(r)) => shipped_build(r),
+        _ => args.origin.clone(),
+    };
+    let source = origin.as_ref().map(|o| super::origin::resolve(home, &args.project, o)).transpose()?;
+    if args.retry.is_none() && resumed.is_none() {
+        super::origin::gate(home, settings, source.as_ref().map(|s| &s.build))?;
+    }
+    let git_ref = match (&args.retry, &resumed, &source) {
+        (Some(r), _, _) => r.git_ref.clone(),
+        (_, Some(r), _) => r.git_ref.clone(),
+        (_, _, Some(s)) => s.git_ref.clone(),
         _ => args.git_ref.clone().unwrap_or_else(|| settings.default_ref.clone()),
     };
     let url = repo_url(&scope.project, settings);
@@ -150,25 +187,45 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
     };
     let lock = if args.dry_run { None } else { Some(take_lock(home, &probe, reporter)?) };
     let mirror = git::mirror_path(&home.cache(), &settings.project);
-    let t = Instant::now();
-    reporter.say(format!("fetching {url}"));
-    git::fetch(&url, &mirror).await?;
-    // A retry (or a paused deploy carried on) ships the very commit of the deploy it continues,
-    // whatever its ref points at now.
-    let exact = args
-        .retry
-        .as_ref()
-        .map(|r| r.commit.as_str())
-        .or(resumed.as_ref().map(|r| r.commit.as_str()))
-        .or(args.commit.as_deref());
-    let resolved = git::resolve(&mirror, exact.unwrap_or(git_ref.as_str()), &url)?;
-    reporter.say(format!(
-        "{git_ref} is {} \"{}\" (fetched in {})",
-        &resolved.commit[..12],
-        resolved.summary,
-        millis(t.elapsed().as_millis() as u64)
-    ));
-    let recipe = recipe(&scope, &resolved)?;
+    let (resolved, recipe) = match &source {
+        // An existing build: nothing is fetched or built (unless it must be packed from git
+        // again), and this env's layer goes on top.
+        Some(s) => {
+            let b = &s.build;
+            let from = s.from_deploy.map(|n| format!(", as deploy #{n} shipped it")).unwrap_or_default();
+            reporter.say(format!("shipping build {} ({}){from}", &b.sha256[..12], b.provenance()));
+            let resolved =
+                git::Resolved { commit: b.commit.clone(), commit_time: b.commit_time, summary: String::new() };
+            (resolved, super::origin::layered_recipe(b, settings, overlay(&scope)?))
+        }
+        None => {
+            let t = Instant::now();
+            reporter.say(format!("fetching {url}"));
+            git::fetch(&url, &mirror).await?;
+            // A retry (or a paused deploy carried on) ships the very commit of the deploy it
+            // continues, whatever its ref points at now.
+            let exact = args
+                .retry
+                .as_ref()
+                .map(|r| r.commit.as_str())
+                .or(resumed.as_ref().map(|r| r.commit.as_str()))
+                .or(args.commit.as_deref());
+            let resolved = git::resolve(&mirror, exact.unwrap_or(git_ref.as_str()), &url)?;
+            reporter.say(format!(
+                "{git_ref} is {} \"{}\" (fetched in {})",
+                &resolved.commit[..12],
+                resolved.summary,
+                millis(t.elapsed().as_millis() as u64)
+            ));
+            let recipe = recipe(&scope, &resolved)?;
+            (resolved, recipe)
+        }
+    };
+    // A pushed artifact may name no commit: its release id carries the build's digest instead.
+    let id_hex = match &source {
+        Some(s) if resolved.commit.is_empty() => s.build.sha256.clone(),
+        _ => resolved.commit.clone(),
+    };
     let release = match (&args.retry, &resumed) {
         (Some(r), _) => {
             if args.user.as_deref().is_some_and(|u| u.starts_with("join:")) {
@@ -180,13 +237,15 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
             r.release.clone()
         }
         (_, Some(r)) => r.release.clone().ok_or_else(|| CtlError::failed("a paused deploy has its release"))?,
-        _ => next_release_id(home, &settings.project, &settings.env, &resolved.commit).await?,
+        _ => next_release_id(home, &settings.project, &settings.env, &id_hex).await?,
     };
     let mut record = DeployRecord {
         git_ref: git_ref.clone(),
         commit: resolved.commit.clone(),
         release: Some(release.clone()),
         overlay_sha256: recipe.overlay.as_ref().map(|(_, d)| d.clone()),
+        built: source.as_ref().map(|s| s.build.clone()).or(probe.built.clone()),
+        promoted_from: source.as_ref().and_then(|s| s.from_deploy).or(probe.promoted_from),
         project_revision: probe.project_revision.or((scope.project.revision > 0).then_some(scope.project.revision)),
         ..probe
     };
@@ -201,13 +260,20 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
     if !args.dry_run {
         reporter.started(record.id);
     }
-    let packaged = package(home, &mirror, &recipe, &mut record, settings, reporter, args.dry_run).await;
+    let packaged = match &source {
+        Some(s) => match super::origin::build_artifact(home, settings, &s.build, &url, reporter).await {
+            Ok(build) => layer(home, build, &recipe, reporter).await,
+            Err(e) => Err(e),
+        },
+        None => package(home, &mirror, &recipe, &mut record, settings, reporter, args.dry_run).await,
+    };
     let result = match packaged {
         Ok(mut package) => {
             if let Some(artifact) = &package.full {
                 say_packaged(artifact, reporter);
             }
             record.artifact = package.full.as_ref().map(artifact_summary);
+            note_build(home, &mut record, &package, &recipe);
             if args.dry_run {
                 let artifact = package.full.as_ref().expect("a dry run packages the artifact");
                 record.plan = Some(print_plan(&scope, &record, artifact, reporter));
@@ -236,6 +302,7 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
                 reporter.say(format!("packaging the full artifact failed: {e}"));
             }
             record.artifact = package.full.as_ref().map(artifact_summary);
+            note_build(home, &mut record, &package, &recipe);
             result
         }
         Err(e) if args.dry_run => return Err(e),
@@ -259,6 +326,39 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
     let store = Store::open(&home.state())?;
     store.put_deploy(&record)?;
     Ok(record)
+}
+
+/// Record the build this deploy ships once its digest is known: the deploy that first shipped
+/// that build (of the newest 500 operations) made it; otherwise this one did.
+fn note_build(home: &Home, record: &mut DeployRecord, package: &Package, recipe: &crate::source::build::Recipe) {
+    if record.built.is_some() || record.id == 0 {
+        return;
+    }
+    let Some(sha256) = package.build_sha256() else { return };
+    let earlier = Store::open(&home.state()).ok().and_then(|store| {
+        store
+            .deploys_scanning(500, |d| {
+                d.id != record.id
+                    && d.project == record.project
+                    && d.built.as_ref().is_some_and(|b| b.sha256 == sha256 && b.artifact.is_none())
+            })
+            .ok()
+            .flatten()
+    });
+    record.built = Some(match earlier.and_then(|d| d.built) {
+        Some(built) => built,
+        None => BuildInfo {
+            sha256,
+            commit: record.commit.clone(),
+            commit_time: recipe.commit_time,
+            deploy: Some(record.id),
+            env: Some(record.env.clone()),
+            artifact: None,
+            excludes: recipe.excludes.clone(),
+            pre_deploy: recipe.pre_deploy.clone(),
+            post_deploy: recipe.post_deploy.clone(),
+        },
+    });
 }
 
 /// The hosts a deploy named when it started (its journal's `hosts` event).

@@ -3,7 +3,8 @@
 //! `transfer` (sending and staging one host), `host_ops` (activate, health, abort, roll back as
 //! named functions), `host_error` (why a host failed, typed), `fanout` (one fan-out for many hosts), `planner` (pure: what to do next),
 //! `executor` (carries the planner's actions out), `deploy` and `rollback` (the operations),
-//! `lock` (one at a time per project+env), `select` (pure: hosts and rollback targets),
+//! `lock` (one at a time per project+env), `origin` (builds shipped on: promotion, pushed
+//! artifacts, the `promote_from` gate), `select` (pure: hosts and rollback targets),
 //! `client` (the mTLS channel to an agent), `check` (Walle's 检测).
 
 pub mod check;
@@ -17,6 +18,7 @@ pub mod host_error;
 pub mod host_ops;
 pub mod journal;
 pub mod lock;
+pub mod origin;
 pub mod package;
 pub mod planner;
 pub mod rollback;
@@ -28,6 +30,7 @@ pub mod transfer;
 pub use deploy::{DeployArgs, Retry, retry_of};
 pub use events::{Canceller, Emitter, Event, HostEvent, Running};
 pub use host_error::HostError;
+pub use origin::Origin;
 pub use rollback::RollbackArgs;
 pub use scope::{Scope, load_scope, pb_target};
 

@@ -159,6 +159,14 @@ impl Package {
         self.full.as_ref().map(|a| &a.manifest).or(self.manifest.as_ref())
     }
 
+    /// The digest of the build this package ships (hex), once its manifest is known.
+    pub(crate) fn build_sha256(&self) -> Option<String> {
+        match &self.full {
+            Some(a) => Some(a.build_sha256()),
+            None => self.manifest.as_ref().map(|m| hex::encode(m.digest())),
+        }
+    }
+
     /// Package the full artifact now (from git), unless it exists.
     pub(crate) async fn pack(&mut self, reporter: &Emitter) -> Result<()> {
         if self.full.is_some() {
@@ -438,25 +446,27 @@ pub(crate) fn artifact_summary(artifact: &Artifact) -> ArtifactSummary {
     }
 }
 
+/// The env layer's overlay: the `config_dir` directory and its digest.
+pub(crate) fn overlay(scope: &Scope) -> Result<Option<(PathBuf, String)>> {
+    let settings = &scope.settings;
+    let Some(dir) = &settings.config_dir else { return Ok(None) };
+    let path = scope.project.source_dir.join(dir);
+    if !path.is_dir() {
+        return Err(CtlError::bad(format!(
+            "config_dir '{dir}' of env '{}' is not a directory on the controller (looked in {})",
+            settings.env,
+            path.display(),
+        ))
+        .fix(format!("create it or fix config_dir in {}", scope.project.source_file.display())));
+    }
+    let digest = build::overlay_digest(&path)?;
+    Ok(Some((path, digest)))
+}
+
 /// The recipe of this deploy's package: commit, excludes, build hooks, overlay.
 pub(crate) fn recipe(scope: &Scope, resolved: &git::Resolved) -> Result<Recipe> {
     let settings = &scope.settings;
-    let overlay = match &settings.config_dir {
-        None => None,
-        Some(dir) => {
-            let path = scope.project.source_dir.join(dir);
-            if !path.is_dir() {
-                return Err(CtlError::bad(format!(
-                    "config_dir '{dir}' of env '{}' is not a directory on the controller (looked in {})",
-                    settings.env,
-                    path.display(),
-                ))
-                .fix(format!("create it or fix config_dir in {}", scope.project.source_file.display())));
-            }
-            let digest = build::overlay_digest(&path)?;
-            Some((path, digest))
-        }
-    };
+    let overlay = overlay(scope)?;
     crate::source::exclude::Excludes::new(&settings.exclude)?;
     Ok(Recipe {
         commit: resolved.commit.clone(),
@@ -466,10 +476,12 @@ pub(crate) fn recipe(scope: &Scope, resolved: &git::Resolved) -> Result<Recipe> 
         post_deploy: settings.build.post_deploy.clone(),
         build_timeout_secs: settings.build.timeout_secs,
         overlay,
+        base: None,
     })
 }
 
-/// The package for this deploy: cached, streamed from git, or built in a fresh checkout.
+/// The package for this deploy: cached, streamed from git, or built in a fresh checkout; with the
+/// env's overlay, the build (made or found) with the layer on top.
 pub(crate) async fn package(
     home: &Home,
     mirror: &Path,
@@ -479,27 +491,60 @@ pub(crate) async fn package(
     reporter: &Emitter,
     dry_run: bool,
 ) -> Result<Package> {
+    let cache = home.cache();
+    if let Some(found) = artifact::lookup(&cache, recipe) {
+        return Ok(Package::packaged(found));
+    }
+    let build_recipe = recipe.build_only();
+    let build = match artifact::lookup(&cache, &build_recipe) {
+        Some(found) => found,
+        None if !build_recipe.needs_checkout() => {
+            if recipe.overlay.is_none() && !dry_run {
+                return Ok(Package::from_git(cache, mirror.to_path_buf(), recipe.clone()));
+            }
+            artifact::pack_git(&cache, mirror, &build_recipe).await?
+        }
+        None => build_in_checkout(home, mirror, &build_recipe, record, settings, reporter).await?,
+    };
+    layer(home, build, recipe, reporter).await
+}
+
+/// `build` with the env layer of `recipe` on top (the build itself when the env has none).
+pub(crate) async fn layer(home: &Home, build: Artifact, recipe: &Recipe, reporter: &Emitter) -> Result<Package> {
+    let Some((dir, digest)) = &recipe.overlay else { return Ok(Package::packaged(build)) };
     if let Some(found) = artifact::lookup(&home.cache(), recipe) {
         return Ok(Package::packaged(found));
     }
-    if !recipe.needs_checkout() {
-        if dry_run {
-            return artifact::pack_git(&home.cache(), mirror, recipe).await.map(Package::packaged);
-        }
-        return Ok(Package::from_git(home.cache(), mirror.to_path_buf(), recipe.clone()));
-    }
+    let layered = artifact::pack_layered(&home.cache(), &build, recipe).await?;
+    reporter.say(format!(
+        "env layer {} (sha256 {}) put on build {}",
+        dir.display(),
+        &digest[..12],
+        &build.manifest_sha256()[..12]
+    ));
+    Ok(Package::packaged(layered))
+}
+
+/// Check the commit out, run the build hooks, package what they leave. The build sees nothing
+/// of the env (no `SLIPWAY_ENV`, no `vars`): it is made once for every env.
+async fn build_in_checkout(
+    home: &Home,
+    mirror: &Path,
+    recipe: &Recipe,
+    record: &mut DeployRecord,
+    settings: &EnvSettings,
+    reporter: &Emitter,
+) -> Result<Artifact> {
     let work = home.cache().join("work").join(format!(
         "{}-{}-{}",
         settings.project,
         std::process::id(),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
     ));
-    let mut env: std::collections::BTreeMap<String, String> = settings.vars.clone();
+    let mut env = std::collections::BTreeMap::new();
     for (k, v) in [
         ("PROJECT", settings.project.clone()),
-        ("ENV", settings.env.clone()),
         ("DEPLOY_ID", record.id.to_string()),
-        ("RELEASE", crate::engine::host_error::to_wire(&record.release)),
         ("COMMIT", record.commit.clone()),
         ("REF", record.git_ref.clone()),
         ("DEPLOY_TYPE", "deploy".to_owned()),
@@ -511,7 +556,7 @@ pub(crate) async fn package(
     let result = match built {
         Ok(hooks) => {
             record.build = hooks;
-            artifact::pack_dir(&home.cache(), &work, recipe).await.map(Package::packaged)
+            artifact::pack_dir(&home.cache(), &work, recipe).await
         }
         Err(failure) => {
             record.build = failure.hooks;

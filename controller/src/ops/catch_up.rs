@@ -83,6 +83,7 @@ fn target(core: &Core, project: &str, env: &str, name: &str) -> Result<Option<Re
     Ok(made.into_iter().next().and_then(|d| {
         Some(Retry {
             of: d.id,
+            origin: crate::engine::deploy::shipped_build(&d),
             release: d.release?,
             commit: d.commit,
             git_ref: d.git_ref,
@@ -139,7 +140,7 @@ async fn catch_up(core: &Arc<Core>, project: &str, env: &str, name: &str) -> Res
                 retry: Some(retry),
                 ..DeployArgs::of(project, env)
             };
-            match begin(core, Op::Deploy(args), None).await {
+            match begin(core, Op::Deploy(Box::new(args)), None).await {
                 Ok(Begun::Started(id)) => {
                     tracing::info!(host = %name, %project, %env, deploy = id, "catching up");
                     return Ok(());

@@ -70,7 +70,7 @@ impl Runs {
 }
 
 pub enum Op {
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     Rollback(RollbackArgs),
 }
 
@@ -92,7 +92,7 @@ pub async fn begin(app: &Arc<Core>, op: Op, for_ticket: Option<(u64, crate::stat
         then.on_end = Some(Box::new(move |record: &DeployRecord| tickets::on_finished(&ended, t, record)));
     }
     let running = match op {
-        Op::Deploy(args) => engine::start_deploy_then(app.home.clone(), args, then),
+        Op::Deploy(args) => engine::start_deploy_then(app.home.clone(), *args, then),
         Op::Rollback(args) => engine::start_rollback_then(app.home.clone(), args, then),
     };
     let canceller = running.canceller();
@@ -166,7 +166,7 @@ pub async fn decide_paused(
     };
     let ticket = core.store.tickets()?.into_iter().find(|t| t.deploys.last() == Some(&id));
     let for_ticket = ticket.map(|t| (t.id, tickets::audit(caller)));
-    Ok(Some(begin(core, Op::Deploy(args), for_ticket).await?))
+    Ok(Some(begin(core, Op::Deploy(Box::new(args)), for_ticket).await?))
 }
 
 /// This process now leads (state::leader): carry on every deploy the last leader left running,
@@ -189,7 +189,7 @@ pub async fn take_over(core: &Arc<Core>) -> Result<Vec<u64>> {
             DeployArgs { takeover: Some(d.id), user: Some(d.user.clone()), ..DeployArgs::of(&d.project, &d.env) };
         let ticket = core.store.tickets()?.into_iter().find(|t| t.deploys.last() == Some(&d.id));
         let for_ticket = ticket.map(|t| (t.id, crate::ops::tickets::system()));
-        match begin(core, Op::Deploy(args), for_ticket).await {
+        match begin(core, Op::Deploy(Box::new(args)), for_ticket).await {
             Ok(_) => carried.push(d.id),
             Err(e) => {
                 tracing::error!("cannot carry on deploy #{}: {e}", d.id);

@@ -264,12 +264,12 @@ pub async fn deploy(app: &Arc<Core>, caller: &Caller, id: u64) -> Result<(Ticket
     let ticket = app.store.ticket(id)?.ok_or_else(|| unknown(id))?;
     transition(&ticket, Action::Deploy, "")?;
     let op = match ticket.kind {
-        TicketKind::Deploy => Op::Deploy(DeployArgs {
+        TicketKind::Deploy => Op::Deploy(Box::new(DeployArgs {
             git_ref: Some(ticket.git_ref.clone()),
             commit: Some(ticket.commit.clone()),
             user: Some(caller.name.clone()),
             ..DeployArgs::of(&ticket.project, &ticket.env)
-        }),
+        })),
         TicketKind::Rollback => Op::Rollback(RollbackArgs {
             project: ticket.project.clone(),
             env: ticket.env.clone(),

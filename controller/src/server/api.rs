@@ -362,7 +362,7 @@ async fn start_deploy(
         user: Some(caller.name.clone()),
         ..DeployArgs::of(&b.project, &b.env)
     };
-    Ok(started(runs::begin(&app.core, Op::Deploy(args), None).await?))
+    Ok(started(runs::begin(&app.core, Op::Deploy(Box::new(args)), None).await?))
 }
 
 #[derive(Deserialize)]

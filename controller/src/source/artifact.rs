@@ -33,6 +33,10 @@ pub struct Artifact {
     pub file_bytes: u64,
     pub entries: u64,
     pub submodules_skipped: usize,
+    /// A release made of a build and an env layer: the build's manifest digest (hex). `None`:
+    /// this artifact is a build itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_sha256: Option<String>,
     #[serde(skip)]
     pub cached: bool,
     #[serde(skip)]
@@ -43,6 +47,11 @@ fn cache_dir(cache: &Path, recipe: &Recipe) -> PathBuf {
     let settings = format!("format={FORMAT};level={ZSTD_LEVEL};{}", recipe.settings_digest());
     let digest = hex::encode(Sha256::digest(settings.as_bytes()));
     cache.join("artifacts").join(format!("{}-{}", recipe.commit, &digest[..16]))
+}
+
+/// The package kept in `dir` (a cache entry, or a pushed artifact's directory), if complete.
+pub fn load_dir(dir: &Path) -> Option<Artifact> {
+    load(dir)
 }
 
 fn load(dir: &Path) -> Option<Artifact> {
@@ -131,6 +140,37 @@ pub async fn pack_dir(cache: &Path, tree: &Path, recipe: &Recipe) -> Result<Arti
     .context("packaging task")?
 }
 
+/// The release of `recipe` (whose overlay is set): the packaged `build` with the env's overlay on
+/// top, cached like any package.
+pub async fn pack_layered(cache: &Path, build: &Artifact, recipe: &Recipe) -> Result<Artifact> {
+    let dir = cache_dir(cache, recipe);
+    let (overlay, _) = recipe.overlay.clone().expect("a layered recipe has an overlay");
+    let (source, build_sha256) = (build.path.clone(), build.manifest_sha256());
+    let mtime = recipe.commit_time;
+    let mut artifact = tokio::task::spawn_blocking(move || {
+        build_with(&dir, mtime, Some(build_sha256), |packer| {
+            crate::source::layer::compose_into(&source, &overlay, packer)
+        })
+    })
+    .await
+    .context("packaging task")??;
+    artifact.cached = false;
+    Ok(artifact)
+}
+
+impl Artifact {
+    /// The digest of what this artifact holds (its manifest's, hex): the same whatever the
+    /// compression, and what a host reports for the release.
+    pub fn manifest_sha256(&self) -> String {
+        hex::encode(self.manifest.digest())
+    }
+
+    /// The build this artifact is, or was layered on (hex manifest digest).
+    pub fn build_sha256(&self) -> String {
+        self.build_sha256.clone().unwrap_or_else(|| self.manifest_sha256())
+    }
+}
+
 type FilePacker = Packer<BufWriter<std::fs::File>>;
 
 /// An empty temporary directory beside the cache entry `dir`, renamed onto it when complete.
@@ -145,11 +185,20 @@ fn fresh_tmp_dir(dir: &Path) -> Result<PathBuf> {
 }
 
 fn build(dir: &Path, mtime: i64, source: impl FnOnce(&mut FilePacker) -> Result<usize>) -> Result<Artifact> {
+    build_with(dir, mtime, None, source)
+}
+
+fn build_with(
+    dir: &Path,
+    mtime: i64,
+    build_sha256: Option<String>,
+    source: impl FnOnce(&mut FilePacker) -> Result<usize>,
+) -> Result<Artifact> {
     let started = Instant::now();
     let tmp = fresh_tmp_dir(dir)?;
     let result = std::fs::File::create(tmp.join("artifact.tar.zst"))
         .context("cannot create artifact file")
-        .and_then(|file| build_into(&tmp, dir, mtime, started, file, source));
+        .and_then(|file| build_into(&tmp, dir, mtime, started, file, build_sha256, source));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
@@ -179,6 +228,7 @@ fn build_into<O: ArtifactOut>(
     mtime: i64,
     started: Instant,
     out: O,
+    build_sha256: Option<String>,
     source: impl FnOnce(&mut Packer<BufWriter<O>>) -> Result<usize>,
 ) -> Result<Artifact> {
     let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).min(4);
@@ -201,6 +251,7 @@ fn build_into<O: ArtifactOut>(
         entries: packed.manifest.entries.len() as u64,
         manifest: packed.manifest,
         submodules_skipped,
+        build_sha256,
         cached: false,
         package_ms: started.elapsed().as_millis() as u64,
     };
@@ -557,7 +608,7 @@ pub fn stream_git(cache: &Path, mirror: &Path, recipe: &Recipe, expected: Manife
         let started = Instant::now();
         let out = Announcing { file, written: 0, progress: progress.clone() };
         let result = (|| {
-            let artifact = build_into(&tmp, &dir, recipe.commit_time, started, out, |packer| {
+            let artifact = build_into(&tmp, &dir, recipe.commit_time, started, out, None, |packer| {
                 pack_commit(&mirror, &recipe, packer)
             })?;
             if artifact.manifest != expected {
@@ -678,6 +729,7 @@ mod tests {
             post_deploy: vec![],
             build_timeout_secs: 60,
             overlay: None,
+            base: None,
         }
     }
 

@@ -1,7 +1,8 @@
-//! Building on the controller: a fresh checkout of the commit per deploy (never a shared mutable
-//! clone), the env's `config_dir` overlaid onto it, then `pre_deploy` and `post_deploy` run in it
-//! (`sh -c`, process group, timeout, bounded output streamed live and stored). What the hooks
-//! leave is what gets packaged.
+//! Building on the controller: a fresh checkout of the commit per build (never a shared mutable
+//! clone), then `pre_deploy` and `post_deploy` run in it (`sh -c`, process group, timeout,
+//! bounded output streamed live and stored). What the hooks leave is what gets packaged: the
+//! build, env-independent; the env's `config_dir` overlay goes on top of it afterwards
+//! (`source::layer`), so the build hooks never see an env's files.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,12 +30,20 @@ pub struct Recipe {
     pub build_timeout_secs: u64,
     /// The overlay directory and its digest.
     pub overlay: Option<(PathBuf, String)>,
+    /// The build the overlay goes on, when it is named (a promotion, a pushed artifact) rather
+    /// than made from this recipe.
+    pub base: Option<String>,
 }
 
 impl Recipe {
-    /// Build hooks or an overlay need a checkout on disk; otherwise the package streams from git.
+    /// Build hooks need a checkout on disk; otherwise the build streams from git.
     pub fn needs_checkout(&self) -> bool {
-        !self.pre_deploy.is_empty() || !self.post_deploy.is_empty() || self.overlay.is_some()
+        !self.pre_deploy.is_empty() || !self.post_deploy.is_empty()
+    }
+
+    /// The recipe of the build alone, without the env layer.
+    pub fn build_only(&self) -> Recipe {
+        Recipe { overlay: None, base: None, ..self.clone() }
     }
 
     /// Digest of everything besides the commit that shapes the package.
@@ -53,6 +62,10 @@ impl Recipe {
         if let Some((_, digest)) = &self.overlay {
             h.update(b"overlay\0");
             h.update(digest.as_bytes());
+        }
+        if let Some(base) = &self.base {
+            h.update(b"\nbase\0");
+            h.update(base.as_bytes());
         }
         hex::encode(h.finalize())
     }
@@ -91,44 +104,13 @@ pub fn overlay_digest(dir: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Copy the overlay onto the checkout: files and symlinks replace, directories merge.
-fn apply_overlay(src: &Path, dst: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(src).context(format_args!("cannot read {}", src.display()))? {
-        let entry = entry.context("read overlay")?;
-        let (from, to) = (entry.path(), dst.join(entry.file_name()));
-        let meta = std::fs::symlink_metadata(&from).context(format_args!("cannot stat {}", from.display()))?;
-        let existing = std::fs::symlink_metadata(&to).ok();
-        if meta.is_dir() {
-            if existing.as_ref().is_some_and(|m| !m.is_dir()) {
-                std::fs::remove_file(&to).context(format_args!("cannot replace {}", to.display()))?;
-            }
-            std::fs::create_dir_all(&to).context(format_args!("cannot create {}", to.display()))?;
-            apply_overlay(&from, &to)?;
-            continue;
-        }
-        match existing {
-            Some(m) if m.is_dir() => std::fs::remove_dir_all(&to),
-            Some(_) => std::fs::remove_file(&to),
-            None => Ok(()),
-        }
-        .context(format_args!("cannot replace {}", to.display()))?;
-        if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&from).context("readlink")?;
-            std::os::unix::fs::symlink(target, &to).context(format_args!("cannot link {}", to.display()))?;
-        } else {
-            std::fs::copy(&from, &to).context(format_args!("cannot copy {} to {}", from.display(), to.display()))?;
-        }
-    }
-    Ok(())
-}
-
 /// A build failed: why, and the hooks that ran (for history).
 pub struct BuildFailure {
     pub error: CtlError,
     pub hooks: Vec<HookRecord>,
 }
 
-/// Check the commit out into `work`, overlay, run the build hooks. Returns the hook records.
+/// Check the commit out into `work` and run the build hooks. Returns the hook records.
 pub async fn build(
     mirror: &Path,
     recipe: &Recipe,
@@ -147,10 +129,6 @@ pub async fn build(
     .context("checkout task")
     .and_then(|r| r)
     .map_err(fail)?;
-    if let Some((dir, _)) = &recipe.overlay {
-        apply_overlay(dir, work).map_err(fail)?;
-        reporter.say(format!("overlaid {}", dir.display()));
-    }
     let mut hooks = Vec::new();
     let timeout = Duration::from_secs(recipe.build_timeout_secs.max(1));
     let lines = recipe
@@ -208,21 +186,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn overlay_replaces_files_and_merges_dirs() {
+    fn the_overlay_digest_follows_contents_and_modes() {
         let dir = tempfile::tempdir().unwrap();
-        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
-        std::fs::create_dir_all(src.join("config")).unwrap();
-        std::fs::create_dir_all(dst.join("config")).unwrap();
-        std::fs::write(src.join("config/app.ini"), "prod").unwrap();
-        std::fs::write(src.join(".env"), "APP_ENV=prod").unwrap();
-        std::fs::write(dst.join("config/app.ini"), "dev").unwrap();
-        std::fs::write(dst.join("config/other.ini"), "kept").unwrap();
-        let before = overlay_digest(&src).unwrap();
-        apply_overlay(&src, &dst).unwrap();
-        assert_eq!(std::fs::read_to_string(dst.join("config/app.ini")).unwrap(), "prod");
-        assert_eq!(std::fs::read_to_string(dst.join("config/other.ini")).unwrap(), "kept");
-        assert_eq!(std::fs::read_to_string(dst.join(".env")).unwrap(), "APP_ENV=prod");
-        std::fs::write(src.join(".env"), "APP_ENV=staging").unwrap();
-        assert_ne!(overlay_digest(&src).unwrap(), before);
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        std::fs::write(dir.path().join("config/app.ini"), "prod").unwrap();
+        let before = overlay_digest(dir.path()).unwrap();
+        assert_eq!(overlay_digest(dir.path()).unwrap(), before);
+        std::fs::write(dir.path().join("config/app.ini"), "staging").unwrap();
+        let changed = overlay_digest(dir.path()).unwrap();
+        assert_ne!(changed, before);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path().join("config/app.ini"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_ne!(overlay_digest(dir.path()).unwrap(), changed);
     }
 }

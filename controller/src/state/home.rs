@@ -212,6 +212,10 @@ impl Home {
     pub fn cache(&self) -> PathBuf {
         self.root.join("cache")
     }
+    /// Builds pushed by CI (never evicted, unlike `cache/`).
+    pub fn artifacts(&self) -> PathBuf {
+        self.root.join("artifacts")
+    }
 
     fn ca_paths(&self) -> (PathBuf, PathBuf) {
         (self.pki().join("ca.pem"), self.pki().join("ca.key"))

@@ -2,6 +2,7 @@
 //! narrow interface.
 
 pub mod agents;
+pub mod artifacts;
 pub mod backend;
 pub mod home;
 pub mod joins;

@@ -225,9 +225,16 @@ pub struct DeployRecord {
     /// Build hooks run on the controller.
     #[serde(default)]
     pub build: Vec<HookRecord>,
-    /// Digest of the env's config_dir overlay, when it has one.
+    /// Digest of the env's config_dir overlay, when it has one: the env layer put on the build.
     #[serde(default)]
     pub overlay_sha256: Option<String>,
+    /// The build this release is made of, and where it came from; none before a build is known
+    /// (and in records older than builds kept apart from the env layer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built: Option<BuildInfo>,
+    /// A promotion: the deploy whose build this one ships.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<u64>,
     /// The revision of the project file the operation ran with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_revision: Option<u64>,
@@ -244,6 +251,48 @@ pub struct DeployRecord {
     /// This process's number for the operation (its lock's), never stored.
     #[serde(skip)]
     pub op: u64,
+}
+
+/// A build: the env-independent part of a release (DESIGN.md "What ships"), with its provenance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildInfo {
+    /// The build's manifest digest (hex): the same in every env it ships to.
+    pub sha256: String,
+    pub commit: String,
+    /// The commit's time (a pushed artifact's: when it was pushed): the files' mtime.
+    #[serde(default)]
+    pub commit_time: i64,
+    /// The deploy that built it, and that deploy's env; none for a pushed artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// A build pushed by CI (`slipctl artifact push`): its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
+    /// The recipe it was built with: where it is in the cache, or how to pack it from git again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excludes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_deploy: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub post_deploy: Vec<String>,
+}
+
+impl BuildInfo {
+    /// `built by deploy #12 of test from commit abcdef123456` (or `pushed as 1.4.2 …`).
+    pub fn provenance(&self) -> String {
+        let commit = if self.commit.is_empty() {
+            String::new()
+        } else {
+            format!(" from commit {}", &self.commit[..self.commit.len().min(12)])
+        };
+        match (&self.artifact, self.deploy, &self.env) {
+            (Some(name), _, _) => format!("pushed as artifact {name}{commit}"),
+            (None, Some(n), Some(env)) => format!("built by deploy #{n} of {env}{commit}"),
+            _ => format!("built{commit}"),
+        }
+    }
 }
 
 /// What a `--dry-run` found: the rollout order and, per host, where the release would go.
@@ -299,6 +348,8 @@ impl DeployRecord {
             artifact: None,
             build: Vec::new(),
             overlay_sha256: None,
+            built: None,
+            promoted_from: None,
             project_revision: None,
             hosts: Vec::new(),
             error: None,
@@ -667,6 +718,19 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+impl Store {
+    /// The newest deploy that `keep` accepts among the newest `scan` operations.
+    pub fn deploys_scanning(&self, scan: usize, keep: impl Fn(&DeployRecord) -> bool) -> Result<Option<DeployRecord>> {
+        for (_, v) in self.db.scan("deploys", b"", true)?.into_iter().take(scan) {
+            let d: DeployRecord = serde_json::from_slice(&v).map_err(store_err)?;
+            if keep(&d) {
+                return Ok(Some(d));
+            }
+        }
+        Ok(None)
     }
 }
 

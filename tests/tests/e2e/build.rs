@@ -39,7 +39,7 @@ fn build_hooks_excludes_and_overlay_shape_the_release() {
     let current = fleet.current("web-2", "site");
     let read = |p: &str| std::fs::read_to_string(current.join(p)).unwrap();
     assert_eq!(read("dist/version.txt"), format!("built-{commit}\n"), "post_deploy output is what ships");
-    assert_eq!(read("dist/env.txt"), "env=test\n", "the overlay is in place before the build");
+    assert_eq!(read("dist/env.txt"), "env=dev\n", "the build is env-independent: the overlay goes on after it");
     assert_eq!(read("config/app.ini"), "env=test\n", "overlay replaces");
     assert_eq!(read("config/db.ini"), "host=localhost\n", "overlay leaves other files");
     assert_eq!(read(".env"), "APP_ENV=test\n", "overlay adds");
@@ -60,6 +60,8 @@ fn build_hooks_excludes_and_overlay_shape_the_release() {
     std::fs::write(overlay.join(".env"), "APP_ENV=test2\n").unwrap();
     let changed = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
     assert_eq!(changed["artifact"]["cached"], false);
+    assert_eq!(changed["build"].as_array().unwrap().len(), 0, "the build is reused: only the layer is new");
+    assert_eq!(changed["built"]["sha256"], doc["built"]["sha256"]);
     assert_ne!(changed["overlay_sha256"], doc["overlay_sha256"]);
     assert_eq!(std::fs::read_to_string(fleet.current("web-1", "site").join(".env")).unwrap(), "APP_ENV=test2\n");
 }

@@ -14,6 +14,7 @@ mod joins;
 mod mtls;
 mod packages;
 mod projects;
+mod promote;
 mod rollout;
 mod served_cli;
 mod server;
