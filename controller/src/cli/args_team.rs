@@ -127,8 +127,9 @@ pub enum TokenCommand {
 
 #[derive(Subcommand)]
 pub enum TicketCommand {
-    /// Make a deploy ticket: the ref resolves to a commit now
-    #[command(after_help = "Example:\n  slipctl ticket create web-demo prod --ref v1.4 --title \"checkout fix\"")]
+    /// Make a deploy ticket: the ref resolves to a commit now (or the build to promote is pinned)
+    #[command(after_help = "Examples:\n  slipctl ticket create web-demo prod --ref v1.4 --title \"checkout fix\"\n  \
+                      slipctl ticket create web-demo prod --from test --title \"promote test's release\"")]
     Create {
         /// The project
         project: String,
@@ -137,6 +138,15 @@ pub enum TicketCommand {
         /// Branch, tag or commit [default: the project's default_ref]
         #[arg(long = "ref")]
         git_ref: Option<String>,
+        /// Promote the build ENV runs now (pinned when the ticket is made)
+        #[arg(long, value_name = "ENV", conflicts_with_all = ["git_ref", "from_deploy", "artifact"])]
+        from: Option<String>,
+        /// Promote the build deploy DEPLOY_ID shipped
+        #[arg(long, value_name = "DEPLOY_ID", conflicts_with_all = ["git_ref", "artifact"])]
+        from_deploy: Option<u64>,
+        /// Ship a pushed artifact
+        #[arg(long, value_name = "NAME", conflicts_with = "git_ref")]
+        artifact: Option<String>,
         /// What it ships, in a line
         #[arg(long)]
         title: String,

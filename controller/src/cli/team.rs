@@ -206,6 +206,10 @@ fn ticket_text(t: &TicketRecord) -> String {
         t.approvals.len(),
         t.required
     );
+    if let Some(b) = &t.build {
+        let from = t.from_deploy.map(|n| format!(", from deploy #{n}")).unwrap_or_default();
+        s.push_str(&format!("  build     {} ({}){from}\n", b.sha256, b.provenance()));
+    }
     if !t.description.is_empty() {
         s.push_str(&format!("  about     {}\n", clean(&t.description)));
     }
@@ -244,11 +248,11 @@ pub async fn ticket_command(out: &Cx, cmd: TicketCommand) -> Result<u8> {
     let (core, caller) = (&ctx.core, &ctx.caller);
     let show = |t: &TicketRecord| print(out, json!(t), || ticket_text(t));
     match cmd {
-        TicketCommand::Create { project, env, git_ref, title, description } => {
+        TicketCommand::Create { project, env, git_ref, title, description, from, from_deploy, artifact } => {
             let t = tickets::create(
                 core,
                 caller,
-                NewTicket { project, env, git_ref, title, description },
+                NewTicket { project, env, git_ref, title, description, from, from_deploy, artifact },
                 audit(ctx),
                 None,
             )

@@ -15,6 +15,7 @@ use crate::error::{CtlError, Result};
 use crate::ops::Core;
 use crate::ops::caller::Caller;
 use crate::ops::runs::{self, Begun, Op};
+use crate::source::git::Resolved;
 use crate::state::store::{DeployRecord, DeployStatus};
 use crate::state::tickets::{Approval, Audit, TicketKind, TicketRecord, TicketState, Transition};
 use crate::state::users::Role;
@@ -24,7 +25,7 @@ pub fn unknown(id: u64) -> CtlError {
         .fix("GET /api/v1/tickets (or `slipctl ticket list`) lists them")
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewTicket {
     pub project: String,
@@ -34,6 +35,37 @@ pub struct NewTicket {
     pub title: String,
     #[serde(default)]
     pub description: String,
+    /// Ship the build this env runs (a promotion), not a ref.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Ship the build this deploy shipped.
+    #[serde(default)]
+    pub from_deploy: Option<u64>,
+    /// Ship this pushed artifact.
+    #[serde(default)]
+    pub artifact: Option<String>,
+}
+
+impl NewTicket {
+    /// The existing build it asks for, if it asks for one (never together with a ref).
+    pub fn origin(&self) -> Result<Option<crate::engine::Origin>> {
+        use crate::engine::Origin;
+        let origin = match (&self.from, self.from_deploy, &self.artifact) {
+            (None, None, None) => return Ok(None),
+            (Some(env), None, None) => Origin::Env(env.clone()),
+            (None, Some(n), None) => Origin::Deploy(n),
+            (None, None, Some(name)) => Origin::Artifact(name.clone()),
+            _ => {
+                return Err(CtlError::bad("a ticket ships one build: give one of from, from_deploy and artifact")
+                    .fix("drop the others"));
+            }
+        };
+        if self.git_ref.is_some() {
+            return Err(CtlError::bad("a ticket ships a ref or an existing build, not both")
+                .fix("drop ref to promote a build, or drop from/from_deploy/artifact to build the ref"));
+        }
+        Ok(Some(origin))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,11 +147,27 @@ pub async fn create_pushed(
     within("title", &new.title, TITLE_MAX)?;
     within("description", &new.description, DESCRIPTION_MAX)?;
     let (project, settings) = crate::engine::scope::env_of(&app.store, &new.project, &new.env)?;
-    let git_ref = new.git_ref.clone().unwrap_or_else(|| settings.default_ref.clone());
-    let url = crate::engine::scope::repo_url(&project, &settings);
-    let mirror = crate::source::git::mirror_path(&app.home.cache(), &project.name);
-    crate::source::git::fetch(&url, &mirror).await?;
-    let resolved = crate::source::git::resolve(&mirror, exact.unwrap_or(&git_ref), &url)?;
+    // A promotion pins the build now (the ticket shows it, and ships it whatever the source env
+    // runs by then); a ref resolves to its commit now. Either way the env must take it.
+    let (git_ref, resolved, build) = match new.origin()? {
+        Some(origin) => {
+            let source = crate::engine::origin::resolve(&app.home, &project.name, &origin)?;
+            crate::engine::origin::gate(&app.home, &settings, Some(&source.build))?;
+            let b = &source.build;
+            let summary = format!("build {} ({})", &b.sha256[..12], b.provenance());
+            let resolved = Resolved { commit: b.commit.clone(), commit_time: b.commit_time, summary };
+            (source.git_ref.clone(), resolved, Some((source.build, source.from_deploy)))
+        }
+        None => {
+            crate::engine::origin::gate(&app.home, &settings, None)?;
+            let git_ref = new.git_ref.clone().unwrap_or_else(|| settings.default_ref.clone());
+            let url = crate::engine::scope::repo_url(&project, &settings);
+            let mirror = crate::source::git::mirror_path(&app.home.cache(), &project.name);
+            crate::source::git::fetch(&url, &mirror).await?;
+            (git_ref.clone(), crate::source::git::resolve(&mirror, exact.unwrap_or(&git_ref), &url)?, None)
+        }
+    };
+    let (build, from_deploy) = build.map_or((None, None), |(b, from)| (Some(b), from));
     let mut ticket = TicketRecord {
         id: app.store.next_ticket_id()?,
         kind: TicketKind::Deploy,
@@ -141,6 +189,8 @@ pub async fn create_pushed(
         deploys: Vec::new(),
         rollback_of: None,
         restores: None,
+        build,
+        from_deploy,
         transitions: vec![Transition { state: TicketState::Pending, audit: created.clone(), comment: String::new() }],
     };
     if let Some(p) = pusher {
@@ -264,11 +314,19 @@ pub async fn deploy(app: &Arc<Core>, caller: &Caller, id: u64) -> Result<(Ticket
     let ticket = app.store.ticket(id)?.ok_or_else(|| unknown(id))?;
     transition(&ticket, Action::Deploy, "")?;
     let op = match ticket.kind {
-        TicketKind::Deploy => Op::Deploy(Box::new(DeployArgs {
-            git_ref: Some(ticket.git_ref.clone()),
-            commit: Some(ticket.commit.clone()),
-            user: Some(caller.name.clone()),
-            ..DeployArgs::of(&ticket.project, &ticket.env)
+        TicketKind::Deploy => Op::Deploy(Box::new(match &ticket.build {
+            // The build pinned when the ticket was made.
+            Some(build) => DeployArgs {
+                origin: Some(crate::engine::Origin::Build(Box::new(build.clone()), ticket.from_deploy)),
+                user: Some(caller.name.clone()),
+                ..DeployArgs::of(&ticket.project, &ticket.env)
+            },
+            None => DeployArgs {
+                git_ref: Some(ticket.git_ref.clone()),
+                commit: Some(ticket.commit.clone()),
+                user: Some(caller.name.clone()),
+                ..DeployArgs::of(&ticket.project, &ticket.env)
+            },
         })),
         TicketKind::Rollback => Op::Rollback(RollbackArgs {
             project: ticket.project.clone(),
@@ -491,6 +549,8 @@ mod tests {
             deploys: Vec::new(),
             rollback_of: None,
             restores: None,
+            build: None,
+            from_deploy: None,
             transitions: Vec::new(),
         }
     }

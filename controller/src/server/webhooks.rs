@@ -371,6 +371,7 @@ async fn handle(
         git_ref: Some(push.name.clone()),
         title: clip_title(&format!("{} {what} {}{by}: {}", source.word(), push.name, push.summary)),
         description: delivery.clone().map(|d| format!("delivery {d}")).unwrap_or_default(),
+        ..NewTicket::default()
     };
     let ticket = match tickets::create_pushed(&app.core, &caller, new, audit, Some(&push.commit), pusher).await {
         Ok(t) => t,

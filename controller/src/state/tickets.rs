@@ -116,6 +116,12 @@ pub struct TicketRecord {
     /// back), when the hosts agree on one; none: each host's previous release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restores: Option<String>,
+    /// A ticket that ships an existing build (a promotion, a pushed artifact): that build, pinned
+    /// when the ticket was made, and the deploy it is taken from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<crate::state::store::BuildInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_deploy: Option<u64>,
     pub transitions: Vec<Transition>,
 }
 

@@ -88,6 +88,17 @@ impl Lang {
             "back" => ("Back", "返回"),
             "env" => ("Environment", "环境"),
             "ref" => ("Ref", "版本"),
+            "build" => ("Build", "构建"),
+            "promote_pick" => ("The build to promote", "要提升的构建"),
+            "promote_button" => ("New ticket: promote the build of", "新建上线单：提升构建自"),
+            "promote_from" => ("Or promote the build another env runs", "或提升其他环境正在运行的构建"),
+            "promote_only" => {
+                ("This env takes only builds that ran first in", "此环境只接受先在以下环境运行过的构建：")
+            }
+            "build_the_ref" => ("— build the ref above —", "— 构建上面选的版本 —"),
+            "nothing_to_promote" => {
+                ("Nothing to promote yet: no deploy succeeded in", "暂无可提升的构建：以下环境还没有成功上线：")
+            }
             "requester" => ("Requested by", "申请人"),
             "rolls_back" => ("Takes back", "回滚的上线单"),
             "restores" => ("Restores", "回滚到"),

@@ -88,9 +88,17 @@ async fn view(app: &App, v: &Viewer, p: &str, e: &str, check: Option<Markup>) ->
             dt { (v.t("strategy")) } dd { (v.t(strategy_key(settings.rollout.strategy))) }
             dt { (v.t("keep")) } dd { (settings.keep_releases) }
             dt { (v.t("approvals")) } dd { (settings.approval.required) }
+            @if let Some(from) = &settings.promote_from { dt { (v.t("promote_only")) } dd { (from) } }
         }
         div.actions {
-            @if deployer { a.button.primary href={ (base) "/tickets/new" } { (v.t("new_ticket")) } }
+            @if deployer {
+                a.button.primary href={ (base) "/tickets/new" } {
+                    @match &settings.promote_from {
+                        Some(from) => { (v.t("promote_button")) " " (from) }
+                        None => { (v.t("new_ticket")) }
+                    }
+                }
+            }
             (v.button(&format!("{base}/check"), v.t("check"), "", html! {}))
             a.button href={ "/projects/" (p) "/edit" } { (v.t("edit_project")) }
         }

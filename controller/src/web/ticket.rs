@@ -70,6 +70,12 @@ fn head(v: &Viewer, t: &TicketRecord, paused: Option<u64>) -> Markup {
                     @if t.kind == TicketKind::Rollback {
                         dt { (v.t("restores")) }
                         dd { @match &t.restores { Some(r) => { code { (r) } } None => { (v.t("their_previous")) } } }
+                    } @else if let Some(b) = &t.build {
+                        dt { (v.t("build")) }
+                        dd {
+                            code.digest { (b.sha256) } " · " (b.provenance())
+                            @if let Some(n) = t.from_deploy { " · " a href={ "/deploys/" (n) } { "#" (n) } }
+                        }
                     } @else {
                         dt { (v.t("ref")) } dd { code { (t.git_ref) } " → " code.commit { (short(&t.commit)) } " " (t.commit_summary) }
                     }
@@ -191,6 +197,22 @@ pub async fn new_page(State(app): State<Arc<App>>, v: Viewer, Path((p, e)): Path
     crate::source::git::fetch(&url, &mirror).await.or_show(&v)?;
     let picker = crate::source::git::picker(&mirror, &scope.settings.default_ref).or_show(&v)?;
     let default_ref = scope.settings.default_ref.clone();
+    // The builds the other envs run, to promote instead of building a ref (only those, when
+    // this env takes only what ran in its promote_from env).
+    let config = slipway_common::config::ProjectConfig::parse(&scope.project.text, "project")
+        .map_err(crate::error::CtlError::from)
+        .or_show(&v)?;
+    let promote_from = scope.settings.promote_from.clone();
+    let store = crate::state::store::Store::open(&app.home.state()).or_show(&v)?;
+    let sources: Vec<(String, crate::state::store::DeployRecord)> = config
+        .envs
+        .keys()
+        .filter(|other| **other != e && promote_from.as_ref().is_none_or(|f| f == *other))
+        .filter_map(|other| {
+            let d = crate::engine::origin::running_deploy(&store, &p, other).ok()??;
+            d.built.is_some().then(|| (other.clone(), d))
+        })
+        .collect();
     let body = html! {
         p.crumbs { a href={ "/projects/" (p) "/envs/" (e) } { (p) " / " (e) } }
         h1 { (v.t("new_ticket")) }
@@ -200,11 +222,29 @@ pub async fn new_page(State(app): State<Arc<App>>, v: Viewer, Path((p, e)): Path
             input #title name="title" type="text" required maxlength="200";
             label for="description" { (v.t("description")) }
             textarea #description name="description" rows="3" {}
-            label for="ref" { (v.t("ref_pick")) }
-            select #ref name="ref" {
-                (options(&v, &picker, &default_ref))
+            @if let Some(from) = &promote_from {
+                p.muted { (v.t("promote_only")) " " strong { (from) } }
+            } @else {
+                label for="ref" { (v.t("ref_pick")) }
+                select #ref name="ref" {
+                    (options(&v, &picker, &default_ref))
+                }
+                p.resolves aria-live="polite" { (v.t("resolves")) " " code #resolved {} " " span #resolved-subject {} }
             }
-            p.resolves aria-live="polite" { (v.t("resolves")) " " code #resolved {} " " span #resolved-subject {} }
+            @if !sources.is_empty() {
+                label for="from" { (v.t(if promote_from.is_some() { "promote_pick" } else { "promote_from" })) }
+                select #from name="from" {
+                    @if promote_from.is_none() { option value="" selected { (v.t("build_the_ref")) } }
+                    @for (other, d) in &sources {
+                        @let b = d.built.as_ref().expect("filtered");
+                        option value=(other) {
+                            (other) " — #" (d.id) " · " (short(&b.sha256)) " · " (b.provenance())
+                        }
+                    }
+                }
+            } @else if let Some(from) = &promote_from {
+                p.problem { (v.t("nothing_to_promote")) " " (from) }
+            }
             @if scope.settings.approval.required > 0 {
                 p.muted { (v.t("needs_approval")) " " (scope.settings.approval.required) }
             }
@@ -264,6 +304,9 @@ pub struct TicketForm {
     description: String,
     #[serde(rename = "ref", default)]
     git_ref: String,
+    /// An env whose build to promote (empty: build the ref).
+    #[serde(default)]
+    from: String,
 }
 
 /// `POST /projects/{p}/envs/{e}/tickets`: make the ticket, then show it.
@@ -273,8 +316,17 @@ pub async fn create(
     Path((p, e)): Path<(String, String)>,
     Form(f): Form<TicketForm>,
 ) -> PageResult {
-    let git_ref = Some(f.git_ref.trim().to_owned()).filter(|r| !r.is_empty());
-    let new = NewTicket { project: p, env: e, git_ref, title: f.title, description: f.description };
+    let from = Some(f.from.trim().to_owned()).filter(|r| !r.is_empty());
+    let git_ref = Some(f.git_ref.trim().to_owned()).filter(|r| !r.is_empty() && from.is_none());
+    let new = NewTicket {
+        project: p,
+        env: e,
+        git_ref,
+        title: f.title,
+        description: f.description,
+        from,
+        ..Default::default()
+    };
     let t = ops::create(&app.core, &v.caller, new, ops::audit(&v.caller), None).await.or_show(&v)?;
     Ok(Redirect::to(&format!("/tickets/{}", t.id)).into_response())
 }

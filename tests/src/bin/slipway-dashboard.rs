@@ -118,6 +118,8 @@ fn main() {
                         deploys: Vec::new(),
                         rollback_of: None,
                         restores: None,
+                        build: None,
+                        from_deploy: None,
                         transitions: vec![Transition { state: TicketState::Succeeded, audit, comment: String::new() }],
                     };
                     store.put_ticket(&ticket).unwrap();

@@ -142,3 +142,68 @@ fn a_promotion_names_a_deploy_of_its_own_project() {
     let applied = fleet.slipctl(&["project", "apply", "-f", bad.to_str().unwrap()]).code(2);
     assert!(applied.stderr.contains("promote_from = \"staging\" must name another env"), "{}", applied.stderr);
 }
+
+#[test]
+fn a_ticket_promotes_the_build_test_runs_and_shows_it() {
+    let fleet = Fleet::new(3);
+    let (repo, log) = setup(&fleet);
+    let test1 = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+    let token = fleet.slipctl(&["--output", "json", "token", "create", "ci", "--admin"]).ok().json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    slipway_tests::add_admin(&fleet, "ops");
+    let server = slipway_tests::Server::start(&fleet);
+    let (cookie, _) = server.login("ops", "ops-password");
+    let page = |path: &str| {
+        let (status, _, text) = slipway_tests::http(server.port, "GET", path, &[("Cookie", cookie.as_str())], None);
+        assert_eq!(status, 200, "{path}: {text}");
+        text
+    };
+    // The env page offers the promotion; the new-ticket page lists test's build (no ref picker).
+    assert!(page("/projects/site/envs/prod").contains("promote the build of"));
+    let form = page("/projects/site/envs/prod/tickets/new");
+    let sha = test1["built"]["sha256"].as_str().unwrap();
+    assert!(form.contains("<option value=\"test\"") && form.contains(&sha[..7]), "{form}");
+    assert!(!form.contains("name=\"ref\""), "prod takes no ref: {form}");
+    let bearer = format!("Bearer {token}");
+    let auth = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+
+    // prod takes no ref: the ticket is refused when it is made, naming the fix.
+    let by_ref = serde_json::json!({"project": "site", "env": "prod", "ref": "main", "title": "ship main"}).to_string();
+    let (status, doc) = server.call("POST", "/api/v1/tickets", &auth, Some(&by_ref));
+    assert_eq!(status, 403, "{doc}");
+    assert!(doc["fix"].as_str().unwrap().contains("--from test"), "{doc}");
+    let both =
+        serde_json::json!({"project": "site", "env": "prod", "ref": "main", "from": "test", "title": "x"}).to_string();
+    assert_eq!(server.call("POST", "/api/v1/tickets", &auth, Some(&both)).0, 400);
+
+    // A promotion ticket pins test's build when it is made, and shows it.
+    let promote = serde_json::json!({"project": "site", "env": "prod", "from": "test", "title": "promote"}).to_string();
+    let (status, t) = server.call("POST", "/api/v1/tickets", &auth, Some(&promote));
+    assert_eq!(status, 201, "{t}");
+    assert_eq!(t["build"]["sha256"], test1["built"]["sha256"], "{t}");
+    assert_eq!(t["from_deploy"], test1["id"]);
+    assert_eq!(t["commit"], test1["commit"]);
+    let ticket = t["id"].as_u64().unwrap();
+    // test moves on meanwhile: the ticket still ships what it pinned.
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    let (status, started) = server.call("POST", &format!("/api/v1/tickets/{ticket}/deploy"), &auth, Some(""));
+    assert_eq!(status, 202, "{started}");
+    let id = started["deploy"].as_u64().unwrap();
+    let mut events = slipway_tests::SseReader::open(server.port, &format!("/api/v1/deploys/{id}/events"), &auth[..1]);
+    while events.next_event().is_some() {}
+    let (_, record) = server.call("GET", &format!("/api/v1/deploys/{id}"), &auth, None);
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["built"]["sha256"], test1["built"]["sha256"]);
+    assert_eq!(record["promoted_from"], test1["id"]);
+    assert_eq!(builds(&log), 2, "one build per test deploy, none for prod");
+    let current = |h: &str| std::fs::read_to_string(fleet.current(h, "site").join("index.html")).unwrap();
+    assert_eq!((current("web-2"), current("web-3")), ("v1\n".to_owned(), "v1\n".to_owned()));
+    let (_, after) = server.call("GET", &format!("/api/v1/tickets/{ticket}"), &auth, None);
+    assert_eq!(after["state"], "succeeded", "{after}");
+    let shown = page(&format!("/tickets/{ticket}"));
+    assert!(shown.contains(sha) && shown.contains(&format!("built by deploy #{} of test", test1["id"])), "{shown}");
+}
