@@ -37,16 +37,17 @@ pub struct WebhookRule {
     pub branch: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
+    /// A build CI pushes (`slipctl artifact push`) whose name matches: a ticket for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
     pub env: String,
 }
 
 impl WebhookRule {
     pub fn validate(&self, envs: &[&str]) -> Result<(), String> {
-        match (&self.branch, &self.tag) {
-            (Some(_), Some(_)) | (None, None) => {
-                return Err(format!("[[webhook]] for env '{}': set exactly one of branch or tag", self.env));
-            }
-            _ => {}
+        let set = [&self.branch, &self.tag, &self.artifact].iter().filter(|o| o.is_some()).count();
+        if set != 1 {
+            return Err(format!("[[webhook]] for env '{}': set exactly one of branch, tag or artifact", self.env));
         }
         if !envs.contains(&self.env.as_str()) {
             return Err(format!(
@@ -56,6 +57,11 @@ impl WebhookRule {
             ));
         }
         Ok(())
+    }
+
+    /// Whether a pushed artifact named `name` matches this rule.
+    pub fn matches_artifact(&self, name: &str) -> bool {
+        self.artifact.as_deref().is_some_and(|p| glob(p, name))
     }
 
     /// Whether a pushed branch (`tag == false`) or tag named `name` matches this rule.

@@ -105,6 +105,12 @@ pub enum Command {
         after_help = "Examples:\n  slipctl project apply -f web-demo.toml\n  slipctl project show web-demo"
     )]
     Project(ProjectCommand),
+    /// Builds made by CI, kept by name and shipped by `deploy --artifact NAME`
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  slipctl artifact push shop target/shop.war --name 1.4.2 --commit 3f2a91c\n  slipctl artifact list shop"
+    )]
+    Artifact(crate::cli::artifacts::ArtifactCommand),
     /// Deploy a ref of a project to an environment
     #[command(
         after_help = deploy_examples!(),

@@ -5,6 +5,7 @@ pub mod agents;
 pub mod args;
 pub mod args_agents;
 pub mod args_team;
+pub mod artifacts;
 pub mod console;
 pub mod output;
 pub mod projects;
@@ -83,6 +84,10 @@ pub async fn run(cli: Cli) -> Result<u8> {
     let home = Home::resolve(cli.home.clone())?;
     // While a server runs for this home (or one is named), the command is carried out there.
     if let Some(target) = remote::target(&cli, &home)? {
+        // A build to push goes up as bytes: the server never reads this host's paths.
+        if let Command::Artifact(cmd @ artifacts::ArtifactCommand::Push { .. }) = cli.command {
+            return remote::push_artifact(target, cmd, cli.output.is_json()).await;
+        }
         return remote::run(target).await;
     }
     run_with(home, cli.command, &Cx::terminal(cli.output)).await
@@ -121,6 +126,7 @@ async fn run_with(home: Home, command: Command, out: &Cx) -> Result<u8> {
         Command::Ca(cmd) => agents::ca_command(&home, out, cmd),
         Command::State(cmd) => state::state_command(&home, out, cmd),
         Command::Project(cmd) => projects::project_command(&home, out, cmd),
+        Command::Artifact(cmd) => artifacts::artifact_command(&home, out, cmd).await,
         Command::Deploy { project, env, git_ref, hosts, dry_run, full, retry_failed, from, from_deploy, artifact } => {
             let mut reporter = Reporter::new(out);
             let retry = match retry_failed {

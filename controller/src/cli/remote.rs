@@ -142,3 +142,53 @@ async fn send_command(remote: &Remote, body: &ExecBody) -> Result<hyper::Respons
         .map_err(|e| CtlError::failed(format!("request: {e}")))?;
     http_client::send(&remote.target, request).await
 }
+
+/// `artifact push` to a server: the bytes go up in the request (`POST
+/// /api/v1/projects/{p}/artifacts`), never read by the server from this host's paths. A
+/// directory is packed here first.
+pub async fn push_artifact(remote: Remote, cmd: crate::cli::artifacts::ArtifactCommand, json: bool) -> Result<u8> {
+    let crate::cli::artifacts::ArtifactCommand::Push { project, path, name, commit, sha256 } = cmd else {
+        unreachable!("only a push uploads");
+    };
+    let (bytes, file_name) = crate::cli::artifacts::bytes_to_push(&path)?;
+    let digest = crate::ops::artifacts::bytes_sha256(&bytes);
+    if let Some(declared) = &sha256
+        && !declared.eq_ignore_ascii_case(&digest)
+    {
+        return Err(CtlError::bad(format!("{} has sha256 {digest}, not the {declared} given", path.display()))
+            .fix("push the file CI built, or drop --sha256"));
+    }
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("name", &name)
+        .append_pair("commit", &commit)
+        .append_pair("file", &file_name)
+        .finish();
+    let mut request = hyper::Request::post(format!("{}/api/v1/projects/{project}/artifacts?{query}", remote.base))
+        .header(hyper::header::HOST, "slipway")
+        .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+        .header(crate::server::artifacts::SHA256_HEADER, &digest);
+    if let Some(token) = &remote.token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    } else if let Some(user) = std::env::var("SLIPWAY_USER").ok().filter(|u| !u.is_empty()) {
+        request = request.header(crate::server::auth::DECLARED_USER, user);
+    }
+    let request = request.body(Full::new(Bytes::from(bytes))).map_err(|e| CtlError::failed(format!("request: {e}")))?;
+    let response = http_client::send(&remote.target, request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if status != hyper::StatusCode::CREATED {
+        let error = doc["error"].as_str().unwrap_or("the server refused the artifact").to_owned();
+        let fix = doc["fix"].as_str().unwrap_or("").to_owned();
+        return Err(crate::server::error::ApiError::new(status, error, fix).into());
+    }
+    let kept: crate::state::artifacts::PushedArtifact = serde_json::from_value(doc.clone())
+        .map_err(|e| CtlError::failed(format!("the server answered something else than an artifact: {e}")))?;
+    let mut out = std::io::stdout().lock();
+    let _ = if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc).unwrap_or_default())
+    } else {
+        write!(out, "{}", crate::cli::artifacts::text(&kept))
+    };
+    Ok(0)
+}

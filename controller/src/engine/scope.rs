@@ -28,17 +28,22 @@ pub fn load_scope(home: &Home, project: &str, env: &str, only: Option<&[String]>
     Ok(Scope { project: record, settings, hosts, registered: agents })
 }
 
-/// A project's record and the settings of one of its envs (hosts not looked at); every unknown
-/// name is bad input naming the fix.
-pub fn env_of(store: &Store, project: &str, env: &str) -> Result<(ProjectRecord, EnvSettings)> {
-    let record = store.project(project)?.ok_or_else(|| {
+/// A project's record; an unknown name is bad input naming the fix.
+pub fn project_of(store: &Store, project: &str) -> Result<ProjectRecord> {
+    store.project(project)?.ok_or_else(|| {
         let known: Vec<String> = store.projects().unwrap_or_default().into_iter().map(|p| p.name).collect();
         CtlError::not_found(format!(
             "unknown project '{project}' (projects: {})",
             if known.is_empty() { "none".into() } else { known.join(", ") }
         ))
         .fix("add it with `slipctl project apply -f FILE`")
-    })?;
+    })
+}
+
+/// A project's record and the settings of one of its envs (hosts not looked at); every unknown
+/// name is bad input naming the fix.
+pub fn env_of(store: &Store, project: &str, env: &str) -> Result<(ProjectRecord, EnvSettings)> {
+    let record = project_of(store, project)?;
     let config = ProjectConfig::parse(&record.text, &record.source_file.display().to_string())?;
     let settings = config.env(env).cloned().ok_or_else(|| {
         CtlError::bad(format!(

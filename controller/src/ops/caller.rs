@@ -47,6 +47,19 @@ impl Caller {
         self.admin || grants_allow(&self.grants, project, env, role)
     }
 
+    /// Whether the caller deploys some env of `project` (CI pushing its builds), or is an admin.
+    pub fn deploys_in(&self, project: &str) -> bool {
+        self.admin || self.grants.iter().any(|g| g.project == project && self.allows(project, &g.env, Role::Deployer))
+    }
+
+    pub fn require_deployer_in(&self, project: &str) -> Result<()> {
+        if self.deploys_in(project) {
+            return Ok(());
+        }
+        Err(CtlError::forbidden(format!("{} deploys no env of project {project}", self.name))
+            .fix(format!("a deployer of an env of {project} (or a token with such a scope) pushes its builds")))
+    }
+
     /// Whether the caller may edit `project`'s file: a maintainer of it, or an admin.
     pub fn maintains(&self, project: &str) -> bool {
         self.admin || crate::state::users::maintains(&self.grants, project)

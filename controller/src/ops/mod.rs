@@ -8,6 +8,7 @@
 //! passwords and tokens. `secrets`: random tokens, digests and password hashes.
 
 pub mod agents;
+pub mod artifacts;
 pub mod caller;
 pub mod catch_up;
 pub mod joins;

@@ -53,6 +53,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(super::tickets::routes())
         .merge(super::admin::routes())
         .merge(super::projects::routes())
+        .merge(super::artifacts::routes())
         .merge(crate::web::routes())
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::authorize))
         .route_layer(axum::middleware::from_fn(crate::web::present_refusals))

@@ -51,6 +51,9 @@ pub enum Need {
     Role(Role, Pair),
     /// A maintainer of the project the path names (`{p}`), or an admin.
     Maintainer,
+    /// A deployer of some env of the project the path names (`{p}`), or an admin: CI pushing
+    /// and listing the project's builds.
+    DeploysIn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -95,6 +98,7 @@ pub fn policy(method: &Method, route: &str) -> Need {
         "/api/v1/tickets" => Role(R::Deployer, Body),
         "/api/v1/deploys" => DirectDeploy { rollback: false, pair: Body },
         "/api/v1/rollbacks" => DirectDeploy { rollback: true, pair: Body },
+        "/api/v1/projects/{p}/artifacts" => DeploysIn,
         "/api/v1/projects/{p}" if get => Anyone,
         "/api/v1/projects/{p}" | "/api/v1/projects/{p}/revisions" | "/api/v1/projects/{p}/revisions/{n}" => Maintainer,
         "/api/v1/projects/{p}/envs/{e}/refs"
@@ -374,13 +378,17 @@ async fn check(app: &App, route: String, taken: Request) -> ApiResult<Request> {
             super::exec::authorize(app, &caller, &super::exec::parse(&exec)?)?;
             Request::from_parts(parts, axum::body::Body::from(bytes))
         }
-        Need::Maintainer => {
+        Need::Maintainer | Need::DeploysIn => {
             let (mut parts, body) = taken.into_parts();
             let params = <RawPathParams as axum::extract::FromRequestParts<()>>::from_request_parts(&mut parts, &())
                 .await
                 .map_err(|_| ApiError::bad("bad path", "see DESIGN.md \"Server\""))?;
             let project = params.iter().find(|(k, _)| *k == "p").map(|(_, v)| v.to_owned()).unwrap_or_default();
-            caller.require_maintainer(&project)?;
+            if need == Need::Maintainer {
+                caller.require_maintainer(&project)?;
+            } else {
+                caller.require_deployer_in(&project)?;
+            }
             Request::from_parts(parts, body)
         }
         Need::Admin if caller.admin => taken,

@@ -21,6 +21,7 @@ use tokio_stream::StreamExt;
 
 use crate::cli::args::{AgentCommand, Cli, Command, ProjectCommand};
 use crate::cli::args_team::TicketCommand;
+use crate::cli::artifacts::ArtifactCommand;
 use crate::cli::console::{Cancellers, Console, Frame};
 use crate::server::App;
 use crate::server::auth::Caller;
@@ -90,6 +91,13 @@ pub fn authorize(app: &App, caller: &Caller, cli: &Cli) -> ApiResult<()> {
         | Command::Token(_)
         | Command::Webhook(_) => admin(caller),
         Command::Project(ProjectCommand::List) => Ok(()),
+        Command::Artifact(ArtifactCommand::Push { .. }) => Err(ApiError::bad(
+            "a build is pushed as bytes, not as a path on the server",
+            "`slipctl artifact push` uploads it (POST /api/v1/projects/{p}/artifacts)",
+        )),
+        Command::Artifact(ArtifactCommand::List { project }) => {
+            caller.require_deployer_in(project).map_err(ApiError::from)
+        }
         Command::Project(
             ProjectCommand::History { name } | ProjectCommand::Diff { name, .. } | ProjectCommand::Revert { name, .. },
         ) => caller.require_maintainer(name).map_err(ApiError::from),

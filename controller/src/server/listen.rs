@@ -36,6 +36,17 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest a request may take before its answer starts (a check of every host, a fetch).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// A build CI pushes (`POST /api/v1/projects/{p}/artifacts`) may take this long to arrive and
+/// be kept: the one route whose body is large. Only a caller who may push reaches its body
+/// (the policy answers anyone else before reading it).
+pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Whether a request is a push of a build (the long deadlines).
+fn is_upload<B>(req: &hyper::Request<B>) -> bool {
+    req.method() == hyper::Method::POST
+        && req.uri().path().starts_with("/api/v1/projects/")
+        && req.uri().path().ends_with("/artifacts")
+}
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a request came from.
@@ -113,14 +124,16 @@ impl Serving {
             if let Some(cert) = &cert {
                 req.extensions_mut().insert(cert.clone());
             }
-            let req = req.map(|body| axum::body::Body::new(Deadlined::new(body, BODY_TIMEOUT)));
+            let (body_within, answer_within) =
+                if is_upload(&req) { (UPLOAD_TIMEOUT, UPLOAD_TIMEOUT) } else { (BODY_TIMEOUT, REQUEST_TIMEOUT) };
+            let req = req.map(|body| axum::body::Body::new(Deadlined::new(body, body_within)));
             let answer = router.clone().oneshot(req);
             async move {
-                match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+                match tokio::time::timeout(answer_within, answer).await {
                     Ok(answer) => answer,
                     Err(_) => Ok(axum::response::IntoResponse::into_response(super::error::ApiError::new(
                         axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+                        format!("no answer within {} s", answer_within.as_secs()),
                         "try again; if it keeps happening, the server's log says what it waited for",
                     ))),
                 }
@@ -282,11 +295,12 @@ impl Drop for AddressSlot {
 struct Deadlined {
     inner: Incoming,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    within: Duration,
 }
 
 impl Deadlined {
     fn new(inner: Incoming, within: Duration) -> Deadlined {
-        Deadlined { inner, deadline: Box::pin(tokio::time::sleep(within)) }
+        Deadlined { inner, deadline: Box::pin(tokio::time::sleep(within)), within }
     }
 }
 
@@ -299,7 +313,8 @@ impl hyper::body::Body for Deadlined {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         use std::future::Future;
-        let late = || format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()).into();
+        let within = self.within.as_secs();
+        let late = || format!("the request body did not arrive within {within} s").into();
         if self.deadline.is_elapsed() {
             return std::task::Poll::Ready(Some(Err(late())));
         }

@@ -148,7 +148,7 @@ pub async fn pack_layered(cache: &Path, build: &Artifact, recipe: &Recipe) -> Re
     let (source, build_sha256) = (build.path.clone(), build.manifest_sha256());
     let mtime = recipe.commit_time;
     let mut artifact = tokio::task::spawn_blocking(move || {
-        build_with(&dir, mtime, Some(build_sha256), |packer| {
+        build_with(&dir, mtime, Some(build_sha256), true, |packer| {
             crate::source::layer::compose_into(&source, &overlay, packer)
         })
     })
@@ -171,7 +171,7 @@ impl Artifact {
     }
 }
 
-type FilePacker = Packer<BufWriter<std::fs::File>>;
+pub type FilePacker = Packer<BufWriter<std::fs::File>>;
 
 /// An empty temporary directory beside the cache entry `dir`, renamed onto it when complete.
 fn fresh_tmp_dir(dir: &Path) -> Result<PathBuf> {
@@ -185,20 +185,26 @@ fn fresh_tmp_dir(dir: &Path) -> Result<PathBuf> {
 }
 
 fn build(dir: &Path, mtime: i64, source: impl FnOnce(&mut FilePacker) -> Result<usize>) -> Result<Artifact> {
-    build_with(dir, mtime, None, source)
+    build_with(dir, mtime, None, true, source)
+}
+
+/// Package into `dir` (a pushed artifact's place: laid out as a cache entry, never evicted).
+pub fn pack_into(dir: &Path, mtime: i64, source: impl FnOnce(&mut FilePacker) -> Result<usize>) -> Result<Artifact> {
+    build_with(dir, mtime, None, false, source)
 }
 
 fn build_with(
     dir: &Path,
     mtime: i64,
     build_sha256: Option<String>,
+    cached: bool,
     source: impl FnOnce(&mut FilePacker) -> Result<usize>,
 ) -> Result<Artifact> {
     let started = Instant::now();
     let tmp = fresh_tmp_dir(dir)?;
     let result = std::fs::File::create(tmp.join("artifact.tar.zst"))
         .context("cannot create artifact file")
-        .and_then(|file| build_into(&tmp, dir, mtime, started, file, build_sha256, source));
+        .and_then(|file| build_into(&tmp, dir, mtime, started, file, Kept { build_sha256, cached }, source));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
@@ -222,15 +228,23 @@ impl ArtifactOut for Announcing {
     }
 }
 
+/// What a package being made is, besides its bytes: the build it layers on (none: it is a
+/// build), and whether it lives in the bounded cache (a pushed artifact does not).
+struct Kept {
+    build_sha256: Option<String>,
+    cached: bool,
+}
+
 fn build_into<O: ArtifactOut>(
     tmp: &Path,
     dir: &Path,
     mtime: i64,
     started: Instant,
     out: O,
-    build_sha256: Option<String>,
+    kept: Kept,
     source: impl FnOnce(&mut Packer<BufWriter<O>>) -> Result<usize>,
 ) -> Result<Artifact> {
+    let Kept { build_sha256, cached } = kept;
     let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).min(4);
     let mut packer = Packer::new(BufWriter::with_capacity(1 << 20, out), ZSTD_LEVEL, threads, mtime.max(0) as u64)
         .context("cannot start the compressor")?;
@@ -275,7 +289,9 @@ fn build_into<O: ArtifactOut>(
     match placed {
         Ok(()) => {
             touch(dir);
-            for old in evict(dir.parent().and_then(Path::parent).expect("cache root"), dir) {
+            // Only the cache is bounded: a pushed artifact's directory is kept.
+            let root = dir.parent().and_then(Path::parent).expect("cache root");
+            for old in if cached { evict(root, dir) } else { Vec::new() } {
                 tracing::info!(dir = %old.display(), "evicted from the artifact cache");
             }
             Ok(artifact)
@@ -608,9 +624,15 @@ pub fn stream_git(cache: &Path, mirror: &Path, recipe: &Recipe, expected: Manife
         let started = Instant::now();
         let out = Announcing { file, written: 0, progress: progress.clone() };
         let result = (|| {
-            let artifact = build_into(&tmp, &dir, recipe.commit_time, started, out, None, |packer| {
-                pack_commit(&mirror, &recipe, packer)
-            })?;
+            let artifact = build_into(
+                &tmp,
+                &dir,
+                recipe.commit_time,
+                started,
+                out,
+                Kept { build_sha256: None, cached: true },
+                |packer| pack_commit(&mirror, &recipe, packer),
+            )?;
             if artifact.manifest != expected {
                 return Err(CtlError::failed("the packaged tree differs from its manifest (did the mirror change?)"));
             }

@@ -1,6 +1,6 @@
 //! Where a release's tree comes from: the git mirror (`git`), one walk for git trees and
 //! directories (`tree`), the project's excludes (`exclude`) and `.gitattributes`
-//! (`attributes`), builds on the controller (`build`), the env layer put on a build (`layer`), and the packaged artifacts and deltas
+//! (`attributes`), builds on the controller (`build`), the env layer put on a build (`layer`), builds pushed by CI made into packages (`pushed`), and the packaged artifacts and deltas
 //! (`artifact`).
 
 pub mod artifact;
@@ -10,4 +10,5 @@ pub mod exclude;
 pub mod git;
 pub mod layer;
 pub mod manifests;
+pub mod pushed;
 pub mod tree;

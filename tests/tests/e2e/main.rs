@@ -15,6 +15,7 @@ mod mtls;
 mod packages;
 mod projects;
 mod promote;
+mod pushed;
 mod rollout;
 mod served_cli;
 mod server;
