@@ -64,6 +64,9 @@ macro_rules! settings_struct {
             $($extra)*
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub repo: Option<String>,
+            /// `git` (the default) or `svn`.
+            #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+            pub repo_type: Option<RepoType>,
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub default_ref: Option<String>,
             #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -181,6 +184,17 @@ pub struct HealthFile {
     pub timeout_secs: Option<u64>,
     pub retries: Option<u32>,
     pub interval_secs: Option<u64>,
+}
+
+/// Where a project's tree comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RepoType {
+    #[default]
+    Git,
+    /// Subversion: refs are `trunk`, `branches/X`, `tags/Y`, or a revision `rNNN` (of the
+    /// default ref's path), optionally `PATH@rNNN`.
+    Svn,
 }
 
 /// How a delta deploy puts unchanged files into the new release.
@@ -349,6 +363,7 @@ pub struct EnvSettings {
     pub project: String,
     pub env: String,
     pub repo: String,
+    pub repo_type: RepoType,
     pub default_ref: String,
     pub keep_releases: u32,
     pub exclude: Vec<String>,
@@ -441,7 +456,9 @@ fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Res
     if repo.trim().is_empty() {
         return Err("repo is empty".into());
     }
-    let default_ref = merge_opt(&e.default_ref, &p.default_ref).unwrap_or_else(|| "main".into());
+    let repo_type = merge_opt(&e.repo_type, &p.repo_type).unwrap_or_default();
+    let default_ref = merge_opt(&e.default_ref, &p.default_ref)
+        .unwrap_or_else(|| if repo_type == RepoType::Svn { "trunk".into() } else { "main".into() });
     let keep_releases = merge_opt(&e.keep_releases, &p.keep_releases).unwrap_or(5);
     if !(1..=1000).contains(&keep_releases) {
         return Err(format!("keep_releases must be between 1 and 1000, got {keep_releases}"));
@@ -557,6 +574,7 @@ fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Res
         project: p.name.clone(),
         env: env_name.to_owned(),
         repo,
+        repo_type,
         default_ref,
         keep_releases,
         exclude,

@@ -11,7 +11,7 @@ use crate::engine::events::Emitter;
 use crate::engine::fanout::fan_out;
 use crate::engine::scope::{load_scope, pb_target};
 use crate::error::Result;
-use crate::source::git;
+use crate::source::{git, vcs};
 use crate::state::home::Home;
 use crate::state::store::AgentRecord;
 
@@ -76,11 +76,12 @@ pub async fn run(
     } else {
         "push the ref or pass another --ref"
     };
-    let resolved = match git::fetch(&url, &mirror).await {
-        Ok(()) => git::resolve(&mirror, git_ref, &url)
-            .map(|r| format!("{git_ref} is {} \"{}\"", &r.commit[..12], r.summary))
+    let resolved = match vcs::fetch(settings, &url, &mirror).await {
+        Ok(()) => vcs::resolve(settings, &url, &mirror, git_ref)
+            .await
+            .map(|r| format!("{git_ref} is {} \"{}\"", vcs::short(&r.commit), r.summary))
             .map_err(|e| (e.to_string(), fix.into())),
-        Err(e) => Err((e.to_string(), "check the repo URL and the controller's git credentials".into())),
+        Err(e) => Err((e.to_string(), "check the repo URL and the controller's credentials for it".into())),
     };
     rows.push(row("controller", "ref", resolved));
 

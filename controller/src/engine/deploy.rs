@@ -12,7 +12,7 @@ use crate::engine::host_error::Shown;
 use crate::engine::planner::batches;
 use crate::error::{CtlError, Result};
 use crate::source::artifact::Artifact;
-use crate::source::git;
+use crate::source::{git, vcs};
 use crate::state::home::Home;
 use crate::state::store::{
     BuildInfo, Decision, DeployKind, DeployRecord, DeployStatus, DryRunPlan, PlannedHost, Store,
@@ -201,7 +201,7 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
         None => {
             let t = Instant::now();
             reporter.say(format!("fetching {url}"));
-            git::fetch(&url, &mirror).await?;
+            vcs::fetch(settings, &url, &mirror).await?;
             // A retry (or a paused deploy carried on) ships the very commit of the deploy it
             // continues, whatever its ref points at now.
             let exact = args
@@ -210,10 +210,10 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
                 .map(|r| r.commit.as_str())
                 .or(resumed.as_ref().map(|r| r.commit.as_str()))
                 .or(args.commit.as_deref());
-            let resolved = git::resolve(&mirror, exact.unwrap_or(git_ref.as_str()), &url)?;
+            let resolved = vcs::resolve(settings, &url, &mirror, exact.unwrap_or(git_ref.as_str())).await?;
             reporter.say(format!(
                 "{git_ref} is {} \"{}\" (fetched in {})",
-                &resolved.commit[..12],
+                vcs::short(&resolved.commit),
                 resolved.summary,
                 millis(t.elapsed().as_millis() as u64)
             ));
@@ -224,6 +224,7 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
     // A pushed artifact may name no commit: its release id carries the build's digest instead.
     let id_hex = match &source {
         Some(s) if resolved.commit.is_empty() => s.build.sha256.clone(),
+        _ if crate::source::svn::is_svn_commit(&resolved.commit) => crate::source::svn::release_hex(&resolved.commit),
         _ => resolved.commit.clone(),
     };
     let release = match (&args.retry, &resumed) {
@@ -357,6 +358,7 @@ fn note_build(home: &Home, record: &mut DeployRecord, package: &Package, recipe:
             excludes: recipe.excludes.clone(),
             pre_deploy: recipe.pre_deploy.clone(),
             post_deploy: recipe.post_deploy.clone(),
+            svn: recipe.svn.clone(),
         },
     });
 }

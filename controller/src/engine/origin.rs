@@ -147,6 +147,7 @@ pub fn recipe_of(build: &BuildInfo, timeout_secs: u64) -> Recipe {
         build_timeout_secs: timeout_secs,
         overlay: None,
         base: None,
+        svn: build.svn.clone(),
     }
 }
 
@@ -194,9 +195,9 @@ pub async fn build_artifact(
         reporter.say(format!("build {} ({}) found in the cache", &build.sha256[..12], build.provenance()));
         return check(found, "in the cache");
     }
-    if !build.pre_deploy.is_empty() || !build.post_deploy.is_empty() {
+    if !build.pre_deploy.is_empty() || !build.post_deploy.is_empty() || build.svn.is_some() {
         return Err(CtlError::failed(format!(
-            "build {} ({}) is no longer in the controller's cache ({}), and it was made by build hooks, so it cannot be made again byte for byte",
+            "build {} ({}) is no longer in the controller's cache ({}), and it was made by build hooks (or exported from svn), so it is not made again here",
             &build.sha256[..12],
             build.provenance(),
             cache.join("artifacts").display()
@@ -207,7 +208,11 @@ pub async fn build_artifact(
     let mirror = git::mirror_path(&cache, &settings.project);
     git::fetch(url, &mirror).await?;
     git::resolve(&mirror, &build.commit, url)?;
-    reporter.say(format!("build {} packed again from commit {}", &build.sha256[..12], &build.commit[..12]));
+    reporter.say(format!(
+        "build {} packed again from commit {}",
+        &build.sha256[..12],
+        crate::source::vcs::short(&build.commit)
+    ));
     let packed = artifact::pack_git(&cache, &mirror, &recipe_of(build, 1)).await?;
     check(packed, "packed from git again")
 }

@@ -477,6 +477,8 @@ pub(crate) fn recipe(scope: &Scope, resolved: &git::Resolved) -> Result<Recipe> 
         build_timeout_secs: settings.build.timeout_secs,
         overlay,
         base: None,
+        svn: (settings.repo_type == slipway_common::config::RepoType::Svn)
+            .then(|| crate::engine::scope::repo_url(&scope.project, settings)),
     })
 }
 

@@ -163,8 +163,9 @@ pub async fn create_pushed(
             let git_ref = new.git_ref.clone().unwrap_or_else(|| settings.default_ref.clone());
             let url = crate::engine::scope::repo_url(&project, &settings);
             let mirror = crate::source::git::mirror_path(&app.home.cache(), &project.name);
-            crate::source::git::fetch(&url, &mirror).await?;
-            (git_ref.clone(), crate::source::git::resolve(&mirror, exact.unwrap_or(&git_ref), &url)?, None)
+            crate::source::vcs::fetch(&settings, &url, &mirror).await?;
+            let resolved = crate::source::vcs::resolve(&settings, &url, &mirror, exact.unwrap_or(&git_ref)).await?;
+            (git_ref.clone(), resolved, None)
         }
     };
     let (build, from_deploy) = build.map_or((None, None), |(b, from)| (Some(b), from));

@@ -247,8 +247,8 @@ async fn refs(State(app): State<Arc<App>>, Path((p, e)): Path<(String, String)>)
     let scope = crate::engine::load_scope(&app.home, &p, &e, None)?;
     let url = crate::engine::scope::repo_url(&scope.project, &scope.settings);
     let mirror = crate::source::git::mirror_path(&app.home.cache(), &p);
-    crate::source::git::fetch(&url, &mirror).await?;
-    Ok(Json(crate::source::git::picker(&mirror, &scope.settings.default_ref)?))
+    crate::source::vcs::fetch(&scope.settings, &url, &mirror).await?;
+    Ok(Json(crate::source::vcs::picker(&scope.settings, &url, &mirror).await?))
 }
 
 #[derive(Default, Deserialize)]

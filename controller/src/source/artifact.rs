@@ -752,6 +752,7 @@ mod tests {
             build_timeout_secs: 60,
             overlay: None,
             base: None,
+            svn: None,
         }
     }
 

@@ -33,12 +33,14 @@ pub struct Recipe {
     /// The build the overlay goes on, when it is named (a promotion, a pushed artifact) rather
     /// than made from this recipe.
     pub base: Option<String>,
+    /// An svn project's repository URL: the tree is exported from it (`commit` is `PATH@NNN`).
+    pub svn: Option<String>,
 }
 
 impl Recipe {
-    /// Build hooks need a checkout on disk; otherwise the build streams from git.
+    /// Build hooks (or an svn export) need a checkout on disk; otherwise the build streams from git.
     pub fn needs_checkout(&self) -> bool {
-        !self.pre_deploy.is_empty() || !self.post_deploy.is_empty()
+        !self.pre_deploy.is_empty() || !self.post_deploy.is_empty() || self.svn.is_some()
     }
 
     /// The recipe of the build alone, without the env layer.
@@ -62,6 +64,11 @@ impl Recipe {
         if let Some((_, digest)) = &self.overlay {
             h.update(b"overlay\0");
             h.update(digest.as_bytes());
+        }
+        if let Some(url) = &self.svn {
+            // `trunk@12` names a tree only within its repository.
+            h.update(b"\nsvn\0");
+            h.update(url.as_bytes());
         }
         if let Some(base) = &self.base {
             h.update(b"\nbase\0");
@@ -120,15 +127,19 @@ pub async fn build(
 ) -> std::result::Result<Vec<HookRecord>, BuildFailure> {
     let fail = |error: CtlError| BuildFailure { error, hooks: Vec::new() };
     std::fs::create_dir_all(work).context(format_args!("cannot create {}", work.display())).map_err(fail)?;
-    let (mirror_owned, commit, work_owned) = (mirror.to_path_buf(), recipe.commit.clone(), work.to_path_buf());
-    tokio::task::spawn_blocking(move || {
-        let mut sink = DiskSink::new(&work_owned).context(format_args!("cannot open {}", work_owned.display()))?;
-        git::walk_commit(&mirror_owned, &commit, &Excludes::default(), &mut sink)
-    })
-    .await
-    .context("checkout task")
-    .and_then(|r| r)
-    .map_err(fail)?;
+    if let Some(url) = &recipe.svn {
+        crate::source::svn::export(url, &recipe.commit, work).await.map_err(fail)?;
+    } else {
+        let (mirror_owned, commit, work_owned) = (mirror.to_path_buf(), recipe.commit.clone(), work.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            let mut sink = DiskSink::new(&work_owned).context(format_args!("cannot open {}", work_owned.display()))?;
+            git::walk_commit(&mirror_owned, &commit, &Excludes::default(), &mut sink)
+        })
+        .await
+        .context("checkout task")
+        .and_then(|r| r)
+        .map_err(fail)?;
+    }
     let mut hooks = Vec::new();
     let timeout = Duration::from_secs(recipe.build_timeout_secs.max(1));
     let lines = recipe

@@ -1,4 +1,5 @@
-//! Where a release's tree comes from: the git mirror (`git`), one walk for git trees and
+//! Where a release's tree comes from: the git mirror (`git`), Subversion (`svn`), the
+//! facade over both (`vcs`), one walk for git trees and
 //! directories (`tree`), the project's excludes (`exclude`) and `.gitattributes`
 //! (`attributes`), builds on the controller (`build`), the env layer put on a build (`layer`), builds pushed by CI made into packages (`pushed`), and the packaged artifacts and deltas
 //! (`artifact`).
@@ -11,4 +12,6 @@ pub mod git;
 pub mod layer;
 pub mod manifests;
 pub mod pushed;
+pub mod svn;
 pub mod tree;
+pub mod vcs;

@@ -49,6 +49,7 @@ impl PushedArtifact {
             excludes: Vec::new(),
             pre_deploy: Vec::new(),
             post_deploy: Vec::new(),
+            svn: None,
         }
     }
 }

@@ -277,6 +277,9 @@ pub struct BuildInfo {
     pub pre_deploy: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub post_deploy: Vec<String>,
+    /// An svn build: the repository it was exported from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub svn: Option<String>,
 }
 
 impl BuildInfo {

@@ -194,8 +194,8 @@ pub async fn new_page(State(app): State<Arc<App>>, v: Viewer, Path((p, e)): Path
     let scope = crate::engine::load_scope(&app.home, &p, &e, None).or_show(&v)?;
     let url = crate::engine::scope::repo_url(&scope.project, &scope.settings);
     let mirror = crate::source::git::mirror_path(&app.home.cache(), &p);
-    crate::source::git::fetch(&url, &mirror).await.or_show(&v)?;
-    let picker = crate::source::git::picker(&mirror, &scope.settings.default_ref).or_show(&v)?;
+    crate::source::vcs::fetch(&scope.settings, &url, &mirror).await.or_show(&v)?;
+    let picker = crate::source::vcs::picker(&scope.settings, &url, &mirror).await.or_show(&v)?;
     let default_ref = scope.settings.default_ref.clone();
     // The builds the other envs run, to promote instead of building a ref (only those, when
     // this env takes only what ran in its promote_from env).

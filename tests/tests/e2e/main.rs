@@ -25,4 +25,5 @@ mod server_load;
 mod standby;
 mod state;
 mod store;
+mod svn;
 mod web;
