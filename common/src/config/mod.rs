@@ -127,6 +127,9 @@ pub struct BuildFile {
     pub pre_deploy: Option<Vec<String>>,
     pub post_deploy: Option<Vec<String>>,
     pub timeout_secs: Option<u64>,
+    /// Paths kept between builds of the project: inside the checkout (`node_modules`) or the
+    /// build's home (`~/.m2/repository`).
+    pub cache: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -304,6 +307,8 @@ pub struct BuildSettings {
     pub pre_deploy: Vec<String>,
     pub post_deploy: Vec<String>,
     pub timeout_secs: u64,
+    /// Kept between builds (checked: relative, or `~/` and relative, never `..`).
+    pub cache: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -475,7 +480,11 @@ fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Res
         pre_deploy: merge_opt(&eb.pre_deploy, &pb.pre_deploy).unwrap_or_default(),
         post_deploy: merge_opt(&eb.post_deploy, &pb.post_deploy).unwrap_or_default(),
         timeout_secs: positive("build.timeout_secs", merge_opt(&eb.timeout_secs, &pb.timeout_secs).unwrap_or(600))?,
+        cache: merge_opt(&eb.cache, &pb.cache).unwrap_or_default(),
     };
+    for path in &build.cache {
+        check_cache_path(path)?;
+    }
 
     let (pt, et) = (p.target.clone().unwrap_or_default(), e.target.clone().unwrap_or_default());
     let deploy_to = merge_opt(&et.deploy_to, &pt.deploy_to)
@@ -590,6 +599,23 @@ fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Res
         catch_up,
         approval: server::resolve_approval(&e.approval, &p.approval)?,
     })
+}
+
+/// A `[build] cache` path: inside the checkout (`node_modules`), or the build's home
+/// (`~/.m2/repository`), relative, without `.` or `..`.
+fn check_cache_path(path: &str) -> std::result::Result<(), String> {
+    let rel = path.strip_prefix("~/").unwrap_or(path);
+    let ok = !rel.is_empty()
+        && !rel.starts_with('/')
+        && !rel.contains('\0')
+        && rel.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "build.cache: '{path}' must be a path inside the checkout (node_modules) or the build's home (~/.m2/repository), without '..'"
+        ))
+    }
 }
 
 fn positive(key: &str, value: u64) -> std::result::Result<u64, String> {

@@ -111,6 +111,9 @@ pub enum Command {
         after_help = "Examples:\n  slipctl artifact push shop target/shop.war --name 1.4.2 --commit 3f2a91c\n  slipctl artifact list shop"
     )]
     Artifact(crate::cli::artifacts::ArtifactCommand),
+    /// The paths a project's builds keep between them ([build] cache)
+    #[command(subcommand, after_help = "Example:\n  slipctl cache clear shop")]
+    Cache(crate::cli::artifacts::CacheCommand),
     /// Deploy a ref of a project to an environment
     #[command(
         after_help = deploy_examples!(),

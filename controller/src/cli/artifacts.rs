@@ -1,5 +1,5 @@
 //! `slipctl artifact push|list`: builds made by CI, kept by name (`ops::artifacts`), shipped by
-//! `deploy --artifact NAME`.
+//! `deploy --artifact NAME`; and `slipctl cache clear`, the paths a project's builds keep.
 
 use clap::Subcommand;
 use serde_json::json;
@@ -44,6 +44,30 @@ pub enum ArtifactCommand {
         /// The project
         project: String,
     },
+}
+
+#[derive(Subcommand)]
+pub enum CacheCommand {
+    /// Drop what a project's builds keep between them ([build] cache): the next build starts cold
+    #[command(after_help = "Example:\n  slipctl cache clear shop")]
+    Clear {
+        /// The project
+        project: String,
+    },
+}
+
+pub(crate) fn cache_command(home: &Home, out: &Cx, cmd: CacheCommand) -> Result<u8> {
+    let CacheCommand::Clear { project } = cmd;
+    let store = match &out.served {
+        Some(s) => s.core.store.clone(),
+        None => Store::open(&home.state())?,
+    };
+    crate::engine::scope::project_of(&store, &project)?;
+    let freed = crate::source::build_cache::clear(&home.cache(), &project)?;
+    print(out, json!({"project": project, "freed_bytes": freed}), || {
+        format!("build cache of {project} cleared ({} freed); its next build starts cold", bytes(freed))
+    });
+    Ok(0)
 }
 
 pub(crate) fn text(a: &PushedArtifact) -> String {

@@ -127,6 +127,7 @@ async fn run_with(home: Home, command: Command, out: &Cx) -> Result<u8> {
         Command::State(cmd) => state::state_command(&home, out, cmd),
         Command::Project(cmd) => projects::project_command(&home, out, cmd),
         Command::Artifact(cmd) => artifacts::artifact_command(&home, out, cmd).await,
+        Command::Cache(cmd) => artifacts::cache_command(&home, out, cmd),
         Command::Deploy { project, env, git_ref, hosts, dry_run, full, retry_failed, from, from_deploy, artifact } => {
             let mut reporter = Reporter::new(out);
             let retry = match retry_failed {

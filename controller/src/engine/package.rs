@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::engine::client::{self, AgentClient};
 use crate::engine::events::Emitter;
-use crate::error::{CtlError, Result};
+use crate::error::{Context, CtlError, Result};
 use crate::source::artifact::{self, Artifact};
 use crate::source::build::{self, Recipe};
 use crate::source::git;
@@ -543,7 +543,14 @@ async fn build_in_checkout(
         std::process::id(),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
     ));
+    let cache = crate::source::build_cache::BuildCache::of(&home.cache(), &settings.project, &settings.build.cache);
+    // `~/` cache paths live in a home of this build's own (beside the checkout, not in it).
+    let build_home = cache.as_ref().filter(|c| c.wants_home()).map(|_| work.with_extension("home"));
     let mut env = std::collections::BTreeMap::new();
+    if let Some(h) = &build_home {
+        std::fs::create_dir_all(h).context(format_args!("cannot create {}", h.display()))?;
+        env.insert("HOME".to_owned(), h.display().to_string());
+    }
     for (k, v) in [
         ("PROJECT", settings.project.clone()),
         ("DEPLOY_ID", record.id.to_string()),
@@ -554,11 +561,23 @@ async fn build_in_checkout(
     ] {
         env.insert(format!("SLIPWAY_{k}"), v);
     }
-    let built = build::build(mirror, recipe, &work, &env, reporter).await;
+    let cached = cache.as_ref().map(|c| (c, build_home.as_deref()));
+    let built = build::build(mirror, recipe, &work, &env, cached, reporter).await;
     let result = match built {
         Ok(hooks) => {
             record.build = hooks;
-            artifact::pack_dir(&home.cache(), &work, recipe).await
+            let packed = artifact::pack_dir(&home.cache(), &work, recipe).await;
+            // What a build that went through leaves is the next one's start.
+            if let (Ok(_), Some(c)) = (&packed, &cache) {
+                match c.keep(&work, build_home.as_deref()) {
+                    Ok(kept) if !kept.paths.is_empty() => {
+                        reporter.say(format!("build cache: {} kept in {} ms", kept.paths.join(", "), kept.ms))
+                    }
+                    Ok(_) => {}
+                    Err(e) => reporter.say(format!("build cache not kept: {e}")),
+                }
+            }
+            packed
         }
         Err(failure) => {
             record.build = failure.hooks;
@@ -566,5 +585,8 @@ async fn build_in_checkout(
         }
     };
     let _ = std::fs::remove_dir_all(&work);
+    if let Some(h) = &build_home {
+        let _ = std::fs::remove_dir_all(h);
+    }
     result
 }

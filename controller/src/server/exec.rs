@@ -21,7 +21,7 @@ use tokio_stream::StreamExt;
 
 use crate::cli::args::{AgentCommand, Cli, Command, ProjectCommand};
 use crate::cli::args_team::TicketCommand;
-use crate::cli::artifacts::ArtifactCommand;
+use crate::cli::artifacts::{ArtifactCommand, CacheCommand};
 use crate::cli::console::{Cancellers, Console, Frame};
 use crate::server::App;
 use crate::server::auth::Caller;
@@ -95,6 +95,7 @@ pub fn authorize(app: &App, caller: &Caller, cli: &Cli) -> ApiResult<()> {
             "a build is pushed as bytes, not as a path on the server",
             "`slipctl artifact push` uploads it (POST /api/v1/projects/{p}/artifacts)",
         )),
+        Command::Cache(CacheCommand::Clear { project }) => caller.require_maintainer(project).map_err(ApiError::from),
         Command::Artifact(ArtifactCommand::List { project }) => {
             caller.require_deployer_in(project).map_err(ApiError::from)
         }

@@ -123,6 +123,7 @@ pub async fn build(
     recipe: &Recipe,
     work: &Path,
     env: &BTreeMap<String, String>,
+    cache: Option<(&crate::source::build_cache::BuildCache, Option<&Path>)>,
     reporter: &Emitter,
 ) -> std::result::Result<Vec<HookRecord>, BuildFailure> {
     let fail = |error: CtlError| BuildFailure { error, hooks: Vec::new() };
@@ -139,6 +140,12 @@ pub async fn build(
         .context("checkout task")
         .and_then(|r| r)
         .map_err(fail)?;
+    }
+    if let Some((cache, home)) = cache {
+        let restored = cache.restore(work, home).map_err(fail)?;
+        if !restored.paths.is_empty() {
+            reporter.say(format!("build cache: {} restored in {} ms", restored.paths.join(", "), restored.ms));
+        }
     }
     let mut hooks = Vec::new();
     let timeout = Duration::from_secs(recipe.build_timeout_secs.max(1));

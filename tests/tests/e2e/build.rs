@@ -220,3 +220,54 @@ fn check_takes_a_ref_and_catches_missing_programs_and_unreachable_releases() {
     assert_eq!(reach["ok"], false, "{doc}");
     assert!(reach["detail"].as_str().unwrap().contains(private.to_str().unwrap()), "{reach}");
 }
+
+#[test]
+fn build_caches_survive_between_builds_in_a_home_of_each_build_and_clear() {
+    let fleet = Fleet::new(1);
+    let repo = repo(&fleet, "site");
+    let log = fleet.path().join("fetches.log");
+    // A dependency step that fetches only what is missing, in the checkout and in ~.
+    let top = format!(
+        "[build]\ncache = [\"node_modules\", \"~/.m2/repository\"]\n\
+         pre_deploy = [\"test -f node_modules/dep/index.js || (echo npm >> {log}; mkdir -p node_modules/dep; echo dep > node_modules/dep/index.js)\", \
+                       \"test -f ~/.m2/repository/lib.jar || (echo maven >> {log}; mkdir -p ~/.m2/repository; echo jar > ~/.m2/repository/lib.jar)\", \
+                       \"echo $HOME > home.txt\"]\n",
+        log = log.display()
+    );
+    fleet.apply_project_full("site", &repo.path, &top, "", "");
+    let fetches = || std::fs::read_to_string(&log).unwrap_or_default();
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    assert_eq!(fetches(), "npm\nmaven\n", "cold: everything fetched");
+    let current = fleet.current("web-1", "site");
+    assert_eq!(std::fs::read_to_string(current.join("node_modules/dep/index.js")).unwrap(), "dep\n", "it ships");
+    let home = std::fs::read_to_string(current.join("home.txt")).unwrap();
+    assert!(home.trim().ends_with(".home") && home.contains("/cache/work/"), "a home of the build's own: {home}");
+    // A new commit builds again, warm: nothing fetched.
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
+    let warm = fleet.slipctl(&["deploy", "site", "test"]).ok();
+    assert_eq!(fetches(), "npm\nmaven\n", "warm: nothing fetched again");
+    let said = format!("{}{}", warm.stdout, warm.stderr);
+    assert!(said.contains("build cache: node_modules, ~/.m2/repository restored"), "{said}");
+    // Cleared, the next build starts cold.
+    let cleared = fleet.slipctl(&["--output", "json", "cache", "clear", "site"]).ok().json();
+    assert!(cleared["freed_bytes"].as_u64().unwrap() > 0);
+    repo.write("index.html", "v3\n");
+    repo.commit("v3");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    assert_eq!(fetches(), "npm\nmaven\nnpm\nmaven\n");
+    // A cache path outside the checkout or the build's home is refused when the file is applied.
+    for bad in ["../up", "/etc", "~/../x", "a/./b"] {
+        let file = fleet.path().join("bad.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"bad\"\nrepo = \"{}\"\n[build]\ncache = [\"{bad}\"]\n[target]\ndeploy_to = \"/srv/bad\"\n[env.test]\nhosts = [\"web-1\"]\n",
+                repo.path.display()
+            ),
+        )
+        .unwrap();
+        let run = fleet.slipctl(&["project", "apply", "-f", file.to_str().unwrap()]).code(2);
+        assert!(run.stderr.contains("build.cache") && run.stderr.contains("without '..'"), "{bad}: {}", run.stderr);
+    }
+}
