@@ -28,7 +28,7 @@ fn cluster(fleet: &Fleet) -> Cluster {
 
 /// HAProxy in front of `servers` (backend `web`, servers web-1, web-2, … in order, TCP-checked,
 /// no retries): its front port, admin socket and process.
-fn haproxy(dir: &std::path::Path, servers: &[String]) -> (u16, std::path::PathBuf, Proc) {
+pub(crate) fn haproxy(dir: &std::path::Path, servers: &[String]) -> (u16, std::path::PathBuf, Proc) {
     std::fs::create_dir_all(dir).unwrap();
     let front = free_port();
     let socket = dir.join("admin.sock");
@@ -69,7 +69,7 @@ fn show_stat(socket: &std::path::Path) -> String {
 }
 
 /// Each server's status column.
-fn statuses(socket: &std::path::Path) -> Vec<(String, String)> {
+pub(crate) fn statuses(socket: &std::path::Path) -> Vec<(String, String)> {
     let csv = show_stat(socket);
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap().trim_start_matches("# ").split(',').collect();
@@ -88,7 +88,7 @@ fn have(bin: &str) -> bool {
 }
 
 /// Requests through HAProxy until stopped: (failed, bodies seen).
-fn request_loop(front: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, u64, Vec<String>)> {
+pub(crate) fn request_loop(front: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, u64, Vec<String>)> {
     std::thread::spawn(move || {
         let (mut total, mut failed, mut bodies) = (0u64, 0u64, std::collections::BTreeSet::new());
         while !stop.load(Ordering::Relaxed) {

@@ -10,6 +10,7 @@ mod drain;
 mod faults;
 mod hooks;
 mod hostile;
+mod java;
 mod joins;
 mod mtls;
 mod packages;
