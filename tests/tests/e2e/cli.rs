@@ -168,6 +168,15 @@ fn shipped_example_configs_load_with_the_real_loaders() {
     let prod = project.env("prod").unwrap();
     assert_eq!(prod.target.deploy_to_for("web-1"), std::path::PathBuf::from("/data/release/web-demo"));
     assert!(!prod.hosts.is_empty());
+    // The README's Java project file is deploy/shop-java.toml, word for word, and it loads.
+    let java = std::fs::read_to_string(deploy_dir.join("shop-java.toml")).unwrap();
+    let readme = std::fs::read_to_string(deploy_dir.join("../README.md")).unwrap();
+    assert!(readme.contains(&format!("```toml\n{java}```")), "README's Java example differs from deploy/shop-java.toml");
+    let shop = slipway_common::config::ProjectConfig::load(&deploy_dir.join("shop-java.toml")).unwrap();
+    let prod = shop.env("prod").unwrap();
+    assert_eq!(prod.promote_from.as_deref(), Some("test"));
+    assert_eq!(prod.build.cache, ["~/.m2/repository"]);
+    assert!(prod.rollout.drain.is_some() && prod.rollout.health.is_some());
     let unit = std::fs::read_to_string(deploy_dir.join("slipd.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/slipd --config /etc/slipway/agent.toml"));
 }
