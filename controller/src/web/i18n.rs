@@ -89,6 +89,7 @@ impl Lang {
             "env" => ("Environment", "环境"),
             "ref" => ("Ref", "版本"),
             "build" => ("Build", "构建"),
+            "env_layer" => ("Env layer (config_dir)", "环境配置层 (config_dir)"),
             "promote_pick" => ("The build to promote", "要提升的构建"),
             "promote_button" => ("New ticket: promote the build of", "新建上线单：提升构建自"),
             "promote_from" => ("Or promote the build another env runs", "或提升其他环境正在运行的构建"),

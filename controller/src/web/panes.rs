@@ -350,6 +350,14 @@ pub fn summary(lang: Lang, d: &DeployRecord) -> Markup {
             dt { (lang.t("kind")) } dd { (lang.t(super::kind_key(d))) }
             @if !d.git_ref.is_empty() { dt { (lang.t("ref")) } dd { code { (d.git_ref) } " " code { (short(&d.commit)) } } }
             @if let Some(r) = &d.release { dt { (lang.t("release")) } dd { code { (r.to_string()) } } }
+            @if let Some(b) = &d.built {
+                dt { (lang.t("build")) }
+                dd {
+                    code.digest { (short(&b.sha256)) } " · " (b.provenance())
+                    @if let Some(n) = d.promoted_from { " · " a href={ "/deploys/" (n) } { "#" (n) } }
+                }
+            }
+            @if let Some(o) = &d.overlay_sha256 { dt { (lang.t("env_layer")) } dd { code.digest { (short(o)) } } }
             dt { (lang.t("who")) } dd { (d.user) }
             dt { (lang.t("started")) } dd { (when(d.started_at)) }
             @if d.finished_at.is_some() { dt { (lang.t("took")) } dd { (format!("{:.1} s", d.duration_ms as f64 / 1000.0)) } }
