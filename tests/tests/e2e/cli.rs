@@ -171,7 +171,10 @@ fn shipped_example_configs_load_with_the_real_loaders() {
     // The README's Java project file is deploy/shop-java.toml, word for word, and it loads.
     let java = std::fs::read_to_string(deploy_dir.join("shop-java.toml")).unwrap();
     let readme = std::fs::read_to_string(deploy_dir.join("../README.md")).unwrap();
-    assert!(readme.contains(&format!("```toml\n{java}```")), "README's Java example differs from deploy/shop-java.toml");
+    assert!(
+        readme.contains(&format!("```toml\n{java}```")),
+        "README's Java example differs from deploy/shop-java.toml"
+    );
     let shop = slipway_common::config::ProjectConfig::load(&deploy_dir.join("shop-java.toml")).unwrap();
     let prod = shop.env("prod").unwrap();
     assert_eq!(prod.promote_from.as_deref(), Some("test"));
