@@ -53,9 +53,48 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
+/// A moment as people write it: a duration from `now` (`4h`, `2d`), an RFC 3339 time
+/// (`2026-12-10T18:00:00+08:00`), or `YYYY-MM-DD HH:MM` in UTC or followed by a zone
+/// (`2026-12-10 18:00 Asia/Shanghai`). Unix seconds.
+pub fn parse_when(text: &str, now: i64) -> Result<i64, String> {
+    let text = text.trim();
+    if let Ok(d) = parse_duration(text) {
+        return Ok(now.saturating_add(d.as_secs() as i64));
+    }
+    if let Ok(t) = text.parse::<jiff::Timestamp>() {
+        return Ok(t.as_second());
+    }
+    let bad = || {
+        format!(
+            "'{text}' is not a time: write a duration (4h, 2d), 2026-12-10T18:00:00+08:00, or 2026-12-10 18:00 Asia/Shanghai"
+        )
+    };
+    let mut parts = text.split_whitespace();
+    let (date, time, zone) = (parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?, parts.next());
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    let civil: jiff::civil::DateTime = format!("{date}T{time}").parse().map_err(|_| bad())?;
+    let tz = jiff::tz::TimeZone::get(zone.unwrap_or("UTC")).map_err(|_| bad())?;
+    civil.to_zoned(tz).map(|z| z.timestamp().as_second()).map_err(|_| bad())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn moments_as_people_write_them() {
+        let now = 1_796_662_800; // 2026-12-07 17:00:00 UTC
+        assert_eq!(parse_when("4h", now).unwrap(), now + 4 * 3600);
+        assert_eq!(parse_when("2026-12-07T17:00:00Z", now).unwrap(), now);
+        assert_eq!(parse_when("2026-12-08T01:00:00+08:00", now).unwrap(), now);
+        assert_eq!(parse_when("2026-12-07 17:00", now).unwrap(), now);
+        assert_eq!(parse_when("2026-12-08 01:00 Asia/Shanghai", now).unwrap(), now);
+        for bad in ["tomorrow", "2026-12-07", "2026-12-07 17:00 Nowhere/Else", "17:00"] {
+            assert!(parse_when(bad, now).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations_as_people_write_them() {

@@ -12,6 +12,7 @@ use crate::{Error, Result};
 mod agent;
 mod drain;
 pub mod server;
+pub mod windows;
 pub use agent::*;
 pub use drain::*;
 
@@ -91,6 +92,9 @@ macro_rules! settings_struct {
             pub reuse: Option<ReuseMode>,
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub approval: Option<server::ApprovalFile>,
+            /// When deploys may start: `["Mon-Thu 10:00-16:00 Asia/Shanghai"]` (none: always).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub windows: Option<Vec<String>>,
             /// A host that joins (or comes back) and matches `hosts` gets the env's current
             /// release, as a deploy by `join:<name>`.
             #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -381,6 +385,8 @@ pub struct EnvSettings {
     pub config_dir: Option<String>,
     /// Only builds that ran in this env first (`--from ENV`, a deploy or an artifact that did).
     pub promote_from: Option<String>,
+    /// When deploys may start (empty: always); rollbacks are never held.
+    pub windows: Vec<windows::Window>,
     pub reuse: ReuseMode,
     pub approval: server::Approval,
     pub catch_up: bool,
@@ -595,6 +601,11 @@ fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Res
         canary,
         config_dir,
         promote_from: e.promote_from.clone(),
+        windows: merge_opt(&e.windows, &p.windows)
+            .unwrap_or_default()
+            .iter()
+            .map(|w| windows::Window::parse(w))
+            .collect::<std::result::Result<_, _>>()?,
         reuse,
         catch_up,
         approval: server::resolve_approval(&e.approval, &p.approval)?,

@@ -115,6 +115,8 @@ pub struct NotifyFile {
 
 pub const NOTIFY_EVENTS: &[&str] = &[
     "ticket_created",
+    "ticket_scheduled",
+    "ticket_unscheduled",
     "ticket_approved",
     "ticket_rejected",
     "deploy_started",

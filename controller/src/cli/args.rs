@@ -111,6 +111,12 @@ pub enum Command {
         after_help = "Examples:\n  slipctl artifact push shop target/shop.war --name 1.4.2 --commit 3f2a91c\n  slipctl artifact list shop"
     )]
     Artifact(crate::cli::artifacts::ArtifactCommand),
+    /// Deploy freezes of a project's env: no deploy until they end (rollbacks go on)
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  slipctl freeze create shop prod --until 3d --reason \"Double 11\"\n  slipctl freeze list"
+    )]
+    Freeze(crate::cli::governance::FreezeCommand),
     /// The paths a project's builds keep between them ([build] cache)
     #[command(subcommand, after_help = "Example:\n  slipctl cache clear shop")]
     Cache(crate::cli::artifacts::CacheCommand),
@@ -150,6 +156,9 @@ pub enum Command {
         /// Ship a build CI pushed (`slipctl artifact push`), with this env's layer on top
         #[arg(long, value_name = "NAME", conflicts_with = "git_ref")]
         artifact: Option<String>,
+        /// Deploy outside the env's windows or in a freeze (admins); the reason is recorded
+        #[arg(long, value_name = "TEXT")]
+        override_reason: Option<String>,
     },
     /// Relink every host to its previous release (or --to one), then run post_release there
     #[command(

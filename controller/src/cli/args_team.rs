@@ -196,6 +196,30 @@ pub enum TicketCommand {
     Deploy {
         /// The ticket number
         id: u64,
+        /// Deploy outside the env's windows or in a freeze (admins); the reason is recorded
+        #[arg(long, value_name = "TEXT")]
+        override_reason: Option<String>,
+    },
+    /// Start an approved ticket at a time (within its env's windows), not after an expiry
+    #[command(
+        after_help = "Examples:\n  slipctl ticket schedule 7 --at \"2026-12-24 02:00 Asia/Shanghai\" --expires 6h\n  \
+                            slipctl ticket schedule 7 --at 30m"
+    )]
+    Schedule {
+        /// The ticket number
+        id: u64,
+        /// When: a duration from now (30m, 4h), RFC 3339, or \"YYYY-MM-DD HH:MM [Zone]\"
+        #[arg(long)]
+        at: String,
+        /// Past this it does not start (same forms; a duration counts from --at)
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Take a ticket's schedule back (recorded on the ticket)
+    #[command(after_help = "Example:\n  slipctl ticket unschedule 7")]
+    Unschedule {
+        /// The ticket number
+        id: u64,
     },
     /// Cancel a ticket (a running deploy of it stops cleanly)
     #[command(after_help = "Example:\n  slipctl ticket cancel 7")]

@@ -7,6 +7,7 @@ pub mod args_agents;
 pub mod args_team;
 pub mod artifacts;
 pub mod console;
+pub mod governance;
 pub mod output;
 pub mod projects;
 pub mod quickstart;
@@ -128,7 +129,20 @@ async fn run_with(home: Home, command: Command, out: &Cx) -> Result<u8> {
         Command::Project(cmd) => projects::project_command(&home, out, cmd),
         Command::Artifact(cmd) => artifacts::artifact_command(&home, out, cmd).await,
         Command::Cache(cmd) => artifacts::cache_command(&home, out, cmd),
-        Command::Deploy { project, env, git_ref, hosts, dry_run, full, retry_failed, from, from_deploy, artifact } => {
+        Command::Freeze(cmd) => governance::freeze_command(&home, out, cmd),
+        Command::Deploy {
+            project,
+            env,
+            git_ref,
+            hosts,
+            dry_run,
+            full,
+            retry_failed,
+            from,
+            from_deploy,
+            artifact,
+            override_reason,
+        } => {
             let mut reporter = Reporter::new(out);
             let retry = match retry_failed {
                 None => None,
@@ -162,6 +176,7 @@ async fn run_with(home: Home, command: Command, out: &Cx) -> Result<u8> {
                     (_, _, Some(name)) => Some(engine::Origin::Artifact(name)),
                     _ => None,
                 },
+                override_reason,
             };
             let running = engine::start_deploy(home.clone(), args);
             cancel_on_signals(out, running.canceller());
@@ -363,6 +378,9 @@ fn show_text(d: &DeployRecord) -> String {
     }
     if let Some(o) = &d.overlay_sha256 {
         s.push_str(&format!("  env layer (config_dir) sha256 {o}\n"));
+    }
+    if let Some(o) = &d.overridden {
+        s.push_str(&format!("  overridden by {}: {} (past: {})\n", o.by, o.reason, o.held));
     }
     if let Some(r) = d.project_revision {
         s.push_str(&format!("  project revision {r} (slipctl project history {})\n", d.project));

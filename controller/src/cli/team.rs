@@ -206,6 +206,12 @@ fn ticket_text(t: &TicketRecord) -> String {
         t.approvals.len(),
         t.required
     );
+    if let Some(st) = &t.start {
+        let at = st.at.map(|a| format!(" at {}", format_utc(a))).unwrap_or_default();
+        let exp = st.expires.map(|e| format!(", not after {}", format_utc(e))).unwrap_or_default();
+        let waiting = st.waiting.as_ref().map(|w| format!("; waiting: {}", clean(w))).unwrap_or_default();
+        s.push_str(&format!("  starts    by itself{at}{exp}{waiting}\n"));
+    }
     if let Some(b) = &t.build {
         let from = t.from_deploy.map(|n| format!(", from deploy #{n}")).unwrap_or_default();
         s.push_str(&format!("  build     {} ({}){from}\n", b.sha256, b.provenance()));
@@ -274,10 +280,21 @@ pub async fn ticket_command(out: &Cx, cmd: TicketCommand) -> Result<u8> {
         TicketCommand::Approve { id, comment } => show(&tickets::approve(core, caller, id, &comment, true)?),
         TicketCommand::Reject { id, comment } => show(&tickets::approve(core, caller, id, &comment, false)?),
         TicketCommand::Cancel { id } => show(&tickets::cancel(core, caller, id)?),
-        TicketCommand::Deploy { id } => {
-            let (_, n) = tickets::deploy(core, caller, id).await?;
+        TicketCommand::Deploy { id, override_reason } => {
+            let (_, n) = tickets::deploy_overriding(core, caller, id, override_reason).await?;
             return follow(ctx, out, n).await;
         }
+        TicketCommand::Schedule { id, at, expires } => {
+            let now = unix_now();
+            let at = slipway_common::time::parse_when(&at, now)
+                .map_err(|e| CtlError::bad(e).fix("see `slipctl ticket schedule --help`"))?;
+            let expires = expires
+                .map(|e| slipway_common::time::parse_when(&e, at))
+                .transpose()
+                .map_err(|e| CtlError::bad(e).fix("see `slipctl ticket schedule --help`"))?;
+            show(&crate::ops::waiting::schedule(core, caller, id, at, expires)?);
+        }
+        TicketCommand::Unschedule { id } => show(&crate::ops::waiting::unschedule(core, caller, id)?),
         TicketCommand::Rollback { id } => {
             let (t, n) = tickets::rollback(core, caller, id).await?;
             match n {

@@ -51,6 +51,8 @@ pub struct DeployArgs {
     /// Ship an existing build (`--from ENV`, `--from-deploy N`, `--artifact NAME`) with this
     /// env's layer: no checkout, no build.
     pub origin: Option<Origin>,
+    /// Go past the env's windows or a freeze, for this reason (an admin's; recorded).
+    pub override_reason: Option<String>,
 }
 
 impl DeployArgs {
@@ -70,6 +72,7 @@ impl DeployArgs {
             user: None,
             commit: None,
             origin: None,
+            override_reason: None,
         }
     }
 }
@@ -166,6 +169,16 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
     if args.retry.is_none() && resumed.is_none() {
         super::origin::gate(home, settings, source.as_ref().map(|s| &s.build))?;
     }
+    // Windows and freezes hold every deploy that starts (a host catching up, and a deploy
+    // carried on, started before).
+    let catching_up = args.user.as_deref().is_some_and(|u| u.starts_with("join:"));
+    let overridden = if resumed.is_none() && !catching_up && !args.dry_run {
+        let by = args.user.clone().unwrap_or_else(current_user);
+        let store = Store::open(&home.state())?;
+        super::policy::check(&store, settings, unix_now(), args.override_reason.as_deref(), &by)?
+    } else {
+        None
+    };
     let git_ref = match (&args.retry, &resumed, &source) {
         (Some(r), _, _) => r.git_ref.clone(),
         (_, Some(r), _) => r.git_ref.clone(),
@@ -247,6 +260,7 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
         overlay_sha256: recipe.overlay.as_ref().map(|(_, d)| d.clone()),
         built: source.as_ref().map(|s| s.build.clone()).or(probe.built.clone()),
         promoted_from: source.as_ref().and_then(|s| s.from_deploy).or(probe.promoted_from),
+        overridden: overridden.or(probe.overridden.clone()),
         project_revision: probe.project_revision.or((scope.project.revision > 0).then_some(scope.project.revision)),
         ..probe
     };

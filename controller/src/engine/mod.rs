@@ -4,7 +4,7 @@
 //! named functions), `host_error` (why a host failed, typed), `fanout` (one fan-out for many hosts), `planner` (pure: what to do next),
 //! `executor` (carries the planner's actions out), `deploy` and `rollback` (the operations),
 //! `lock` (one at a time per project+env), `origin` (builds shipped on: promotion, pushed
-//! artifacts, the `promote_from` gate), `select` (pure: hosts and rollback targets),
+//! artifacts, the `promote_from` gate), `policy` (windows and freezes), `select` (pure: hosts and rollback targets),
 //! `client` (the mTLS channel to an agent), `check` (Walle's 检测).
 
 pub mod check;
@@ -21,6 +21,7 @@ pub mod lock;
 pub mod origin;
 pub mod package;
 pub mod planner;
+pub mod policy;
 pub mod rollback;
 pub mod scope;
 pub mod select;

@@ -11,6 +11,7 @@ pub mod agents;
 pub mod artifacts;
 pub mod caller;
 pub mod catch_up;
+pub mod freezes;
 pub mod joins;
 pub mod projects;
 pub mod runs;
@@ -18,6 +19,7 @@ pub mod secrets;
 pub mod tickets;
 pub mod users;
 pub mod views;
+pub mod waiting;
 
 use std::sync::{Mutex, OnceLock};
 

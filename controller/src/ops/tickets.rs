@@ -192,6 +192,7 @@ pub async fn create_pushed(
         restores: None,
         build,
         from_deploy,
+        start: None,
         transitions: vec![Transition { state: TicketState::Pending, audit: created.clone(), comment: String::new() }],
     };
     if let Some(p) = pusher {
@@ -207,7 +208,11 @@ pub async fn create_pushed(
 }
 
 /// Change ticket `id` under the ticket lock: `change` sees the record as it is now.
-fn update(app: &Core, id: u64, change: impl FnOnce(&mut TicketRecord) -> Result<()>) -> Result<TicketRecord> {
+pub(crate) fn update(
+    app: &Core,
+    id: u64,
+    change: impl FnOnce(&mut TicketRecord) -> Result<()>,
+) -> Result<TicketRecord> {
     let _held = app.ticket_lock.lock().expect("ticket lock");
     let mut ticket = app.store.ticket(id)?.ok_or_else(|| unknown(id))?;
     change(&mut ticket)?;
@@ -312,6 +317,17 @@ pub fn approve(app: &Arc<Core>, caller: &Caller, id: u64, comment: &str, yes: bo
 
 /// Deploy a ticket's commit; answers once the deploy is numbered.
 pub async fn deploy(app: &Arc<Core>, caller: &Caller, id: u64) -> Result<(TicketRecord, u64)> {
+    deploy_overriding(app, caller, id, None).await
+}
+
+/// [`deploy`], past the env's windows or a freeze for `override_reason` (the caller is an
+/// admin: the front ends check).
+pub async fn deploy_overriding(
+    app: &Arc<Core>,
+    caller: &Caller,
+    id: u64,
+    override_reason: Option<String>,
+) -> Result<(TicketRecord, u64)> {
     let ticket = app.store.ticket(id)?.ok_or_else(|| unknown(id))?;
     transition(&ticket, Action::Deploy, "")?;
     let op = match ticket.kind {
@@ -320,12 +336,14 @@ pub async fn deploy(app: &Arc<Core>, caller: &Caller, id: u64) -> Result<(Ticket
             Some(build) => DeployArgs {
                 origin: Some(crate::engine::Origin::Build(Box::new(build.clone()), ticket.from_deploy)),
                 user: Some(caller.name.clone()),
+                override_reason,
                 ..DeployArgs::of(&ticket.project, &ticket.env)
             },
             None => DeployArgs {
                 git_ref: Some(ticket.git_ref.clone()),
                 commit: Some(ticket.commit.clone()),
                 user: Some(caller.name.clone()),
+                override_reason,
                 ..DeployArgs::of(&ticket.project, &ticket.env)
             },
         })),
@@ -404,6 +422,7 @@ pub async fn rollback(app: &Arc<Core>, caller: &Caller, id: u64) -> Result<(Tick
         approvals: Vec::new(),
         deploys: Vec::new(),
         rollback_of: Some(id),
+        start: None,
         transitions: vec![Transition { state: TicketState::Pending, audit: created.clone(), comment: String::new() }],
         ..original
     };
@@ -552,6 +571,7 @@ mod tests {
             restores: None,
             build: None,
             from_deploy: None,
+            start: None,
             transitions: Vec::new(),
         }
     }

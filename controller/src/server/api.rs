@@ -54,6 +54,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(super::admin::routes())
         .merge(super::projects::routes())
         .merge(super::artifacts::routes())
+        .merge(super::governance::routes())
         .merge(crate::web::routes())
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::authorize))
         .route_layer(axum::middleware::from_fn(crate::web::present_refusals))
@@ -338,6 +339,9 @@ struct DeployBody {
     dry_run: bool,
     #[serde(default)]
     full: bool,
+    /// Past the env's windows or a freeze (admins only); recorded with the deploy.
+    #[serde(default)]
+    override_reason: Option<String>,
 }
 
 fn started(begun: Begun) -> Response {
@@ -355,7 +359,9 @@ async fn start_deploy(
     Extension(caller): Extension<Caller>,
     Body(b): Body<DeployBody>,
 ) -> ApiResult<Response> {
+    crate::server::governance::may_override(&caller, b.override_reason.as_deref())?;
     let args = DeployArgs {
+        override_reason: b.override_reason,
         git_ref: b.git_ref,
         hosts: b.hosts,
         dry_run: b.dry_run,

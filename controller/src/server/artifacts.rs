@@ -108,8 +108,9 @@ async fn on_rules(app: &Arc<App>, caller: &Caller, kept: &PushedArtifact) -> Vec
                 done["ticket"] = serde_json::json!(t.id);
                 done["state"] = serde_json::json!(t.state);
                 if t.state == TicketState::Approved {
-                    match tickets::deploy(&app.core, caller, t.id).await {
-                        Ok((_, n)) => done["deploy"] = serde_json::json!(n),
+                    match crate::ops::waiting::deploy_or_wait(&app.core, caller, t.id).await {
+                        Ok(crate::ops::waiting::Started::Deploy(n)) => done["deploy"] = serde_json::json!(n),
+                        Ok(crate::ops::waiting::Started::Waiting(why)) => done["waiting"] = serde_json::json!(why),
                         Err(e) => done["deploy_error"] = serde_json::json!({"error": e.problem, "fix": e.fix}),
                     }
                 }

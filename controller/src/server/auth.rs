@@ -92,6 +92,7 @@ pub fn policy(method: &Method, route: &str) -> Need {
         // maintainer's, making one an admin's.)
         "/projects/{p}/edit" if get => Page,
         "/projects/{p}/edit" | "/projects/{p}/revert" => Maintainer,
+        "/projects/{p}/envs/{e}/freezes" | "/projects/{p}/envs/{e}/freezes/{id}/lift" => Maintainer,
         "/projects/{p}/revisions/{n}" => Maintainer,
         "/projects/new" | "/agents/token" | "/agents/evict" => Admin,
         "/api/v1/cli" => Command,
@@ -107,9 +108,13 @@ pub fn policy(method: &Method, route: &str) -> Need {
         "/api/v1/projects/{p}/envs/{e}/lock" => Role(R::Deployer, Path),
         "/api/v1/tickets/{id}" => Role(R::Viewer, Ticket),
         "/api/v1/tickets/{id}/approve" | "/api/v1/tickets/{id}/reject" => Role(R::Approver, Ticket),
-        "/api/v1/tickets/{id}/deploy" | "/api/v1/tickets/{id}/cancel" | "/api/v1/tickets/{id}/rollback" => {
-            Role(R::Deployer, Ticket)
-        }
+        "/api/v1/tickets/{id}/deploy"
+        | "/api/v1/tickets/{id}/cancel"
+        | "/api/v1/tickets/{id}/rollback"
+        | "/api/v1/tickets/{id}/schedule" => Role(R::Deployer, Ticket),
+        "/api/v1/freezes" if get => Anyone,
+        "/api/v1/projects/{p}/envs/{e}/freezes" if get => Role(R::Viewer, Path),
+        "/api/v1/projects/{p}/envs/{e}/freezes" | "/api/v1/projects/{p}/envs/{e}/freezes/{id}" => Maintainer,
         "/api/v1/deploys/{id}" | "/api/v1/deploys/{id}/events" => Role(R::Viewer, Deploy),
         "/api/v1/deploys/{id}/promote" | "/api/v1/deploys/{id}/abort" | "/api/v1/deploys/{id}/cancel" => {
             Role(R::Deployer, Deploy)

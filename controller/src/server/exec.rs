@@ -23,6 +23,7 @@ use crate::cli::args::{AgentCommand, Cli, Command, ProjectCommand};
 use crate::cli::args_team::TicketCommand;
 use crate::cli::artifacts::{ArtifactCommand, CacheCommand};
 use crate::cli::console::{Cancellers, Console, Frame};
+use crate::cli::governance::FreezeCommand;
 use crate::server::App;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body};
@@ -65,6 +66,17 @@ fn ticket_pair(app: &App, caller: &Caller, id: u64) -> ApiResult<(String, String
     Ok((t.project, t.env))
 }
 
+/// Going past a window or a freeze is an admin's.
+fn overriding(caller: &Caller, reason: Option<&str>) -> ApiResult<()> {
+    if reason.is_none() || caller.admin {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(
+        format!("{} is not an admin: only an admin deploys past a window or a freeze", caller.name),
+        "ask an admin, or wait for the window (or the freeze's end)",
+    ))
+}
+
 fn admin(caller: &Caller) -> ApiResult<()> {
     if caller.admin {
         Ok(())
@@ -103,9 +115,18 @@ pub fn authorize(app: &App, caller: &Caller, cli: &Cli) -> ApiResult<()> {
             ProjectCommand::History { name } | ProjectCommand::Diff { name, .. } | ProjectCommand::Revert { name, .. },
         ) => caller.require_maintainer(name).map_err(ApiError::from),
         Command::Project(_) => admin(caller),
-        Command::Deploy { project, env, .. } => {
+        Command::Deploy { project, env, override_reason, .. } => {
             on((project.clone(), env.clone()), Role::Deployer)?;
-            super::auth::direct_deploy(app, caller, project, env, false)
+            super::auth::direct_deploy(app, caller, project, env, false)?;
+            overriding(caller, override_reason.as_deref())
+        }
+        Command::Freeze(FreezeCommand::List { .. }) => Ok(()),
+        Command::Freeze(FreezeCommand::Create { project, .. }) => {
+            caller.require_maintainer(project).map_err(ApiError::from)
+        }
+        Command::Freeze(FreezeCommand::Rm { id }) => {
+            let project = app.store.freeze(*id)?.map(|f| f.project).unwrap_or_default();
+            caller.require_maintainer(&project).map_err(ApiError::from)
         }
         Command::Rollback { project, env, .. } => {
             on((project.clone(), env.clone()), Role::Deployer)?;
@@ -127,9 +148,14 @@ pub fn authorize(app: &App, caller: &Caller, cli: &Cli) -> ApiResult<()> {
             TicketCommand::Approve { id, .. } | TicketCommand::Reject { id, .. } => {
                 on(ticket_pair(app, caller, *id)?, Role::Approver)
             }
-            TicketCommand::Deploy { id } | TicketCommand::Cancel { id } | TicketCommand::Rollback { id } => {
-                on(ticket_pair(app, caller, *id)?, Role::Deployer)
+            TicketCommand::Deploy { id, override_reason } => {
+                on(ticket_pair(app, caller, *id)?, Role::Deployer)?;
+                overriding(caller, override_reason.as_deref())
             }
+            TicketCommand::Cancel { id }
+            | TicketCommand::Rollback { id }
+            | TicketCommand::Schedule { id, .. }
+            | TicketCommand::Unschedule { id } => on(ticket_pair(app, caller, *id)?, Role::Deployer),
         },
     }
 }

@@ -15,6 +15,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod error;
 pub mod exec;
+pub mod governance;
 pub mod join;
 pub mod lead;
 pub mod listen;
@@ -213,6 +214,8 @@ pub(crate) fn start_leader_loops(app: &Arc<App>) {
             probed.metrics.agent(name, p.reachable, p.cert_not_after);
         }
     }));
+    // Tickets that start by themselves: held by a freeze or a window, or scheduled.
+    tokio::spawn(crate::ops::waiting::run(app.core.clone()));
 }
 
 /// With a shared database: one that holds nothing while this home's own sled state holds

@@ -7,9 +7,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Extension, Router, routing};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::ops::tickets::{Comment, NewTicket, TicketQuery, approve, audit, cancel, create, deploy, list, rollback};
+use crate::ops::tickets::{Comment, NewTicket, TicketQuery, approve, audit, cancel, create, list, rollback};
 use crate::server::App;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body};
@@ -28,6 +29,38 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/v1/tickets/{id}/deploy", routing::post(deploy_h))
         .route("/api/v1/tickets/{id}/cancel", routing::post(cancel_h))
         .route("/api/v1/tickets/{id}/rollback", routing::post(rollback_h))
+        .route("/api/v1/tickets/{id}/schedule", routing::post(schedule_h).delete(unschedule_h))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleBody {
+    /// A duration from now (`30m`), RFC 3339, or `YYYY-MM-DD HH:MM [Zone]`.
+    at: String,
+    #[serde(default)]
+    expires: Option<String>,
+}
+
+/// `POST /api/v1/tickets/{id}/schedule`: start the approved ticket at `at`, not after `expires`.
+async fn schedule_h(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+    Body(b): Body<ScheduleBody>,
+) -> ApiResult<Json<Value>> {
+    let now = slipway_common::time::unix_now();
+    let bad = |e: String| ApiError::bad(e, "at: 30m, 2026-12-24T02:00:00+08:00 or 2026-12-24 02:00 Asia/Shanghai");
+    let at = slipway_common::time::parse_when(&b.at, now).map_err(bad)?;
+    let expires = b.expires.map(|e| slipway_common::time::parse_when(&e, at)).transpose().map_err(bad)?;
+    Ok(Json(json!(crate::ops::waiting::schedule(&app.core, &caller, id, at, expires)?)))
+}
+
+async fn unschedule_h(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(crate::ops::waiting::unschedule(&app.core, &caller, id)?)))
 }
 
 async fn list_h(
@@ -70,12 +103,28 @@ async fn reject_h(
     Ok(Json(json!(approve(&app.core, &caller, id, &c.comment, false)?)))
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployTicket {
+    /// Past the env's windows or a freeze (admins only); recorded with the deploy.
+    #[serde(default)]
+    override_reason: Option<String>,
+}
+
 async fn deploy_h(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<u64>,
+    body: axum::body::Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    let (ticket, n) = deploy(&app.core, &caller, id).await?;
+    let asked: DeployTicket = if body.iter().all(u8::is_ascii_whitespace) {
+        DeployTicket::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad(format!("bad request body: {e}"), "send {} or {\"override_reason\": \"…\"}"))?
+    };
+    crate::server::governance::may_override(&caller, asked.override_reason.as_deref())?;
+    let (ticket, n) = crate::ops::tickets::deploy_overriding(&app.core, &caller, id, asked.override_reason).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"ticket": ticket, "deploy": n}))))
 }
 

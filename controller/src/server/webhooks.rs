@@ -401,8 +401,10 @@ async fn handle(
                 ticket.id
             ));
         } else {
-            match tickets::deploy(&app.core, &caller, ticket.id).await {
-                Ok((_, n)) => answer["deploy"] = json!(n),
+            // A freeze or a window holds it: it waits, listed, and starts once nothing does.
+            match crate::ops::waiting::deploy_or_wait(&app.core, &caller, ticket.id).await {
+                Ok(crate::ops::waiting::Started::Deploy(n)) => answer["deploy"] = json!(n),
+                Ok(crate::ops::waiting::Started::Waiting(why)) => answer["waiting"] = json!(why),
                 Err(e) => answer["deploy_error"] = json!({"error": e.problem, "fix": e.fix}),
             }
         }

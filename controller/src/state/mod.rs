@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod artifacts;
 pub mod backend;
+pub mod freezes;
 pub mod home;
 pub mod joins;
 pub mod journal;

@@ -235,6 +235,9 @@ pub struct DeployRecord {
     /// A promotion: the deploy whose build this one ships.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_from: Option<u64>,
+    /// Started outside the env's windows or in a freeze, by an admin: who, why, past what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overridden: Option<crate::engine::policy::Overridden>,
     /// The revision of the project file the operation ran with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_revision: Option<u64>,
@@ -353,6 +356,7 @@ impl DeployRecord {
             overlay_sha256: None,
             built: None,
             promoted_from: None,
+            overridden: None,
             project_revision: None,
             hosts: Vec::new(),
             error: None,

@@ -122,7 +122,27 @@ pub struct TicketRecord {
     pub build: Option<crate::state::store::BuildInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_deploy: Option<u64>,
+    /// An approved ticket that starts its deploy by itself once it may (a webhook's held by a
+    /// freeze or a window, or a scheduled one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<AutoStart>,
     pub transitions: Vec<Transition>,
+}
+
+/// When an approved ticket starts by itself, and what holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoStart {
+    /// Not before this time (a schedule); none: as soon as it may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<i64>,
+    /// Past this it does not start (and is cancelled, saying so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<i64>,
+    /// Who set it up, and the name its deploy runs as.
+    pub by: Audit,
+    /// What held it when last looked at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 impl TicketRecord {
@@ -136,6 +156,25 @@ impl TicketRecord {
 }
 
 impl Store {
+    /// Tickets with an [`AutoStart`] not yet done, by id (a small index the scheduler reads
+    /// each second instead of every ticket).
+    pub fn starting_tickets(&self) -> Result<Vec<u64>> {
+        Ok(self
+            .backend()
+            .scan("ticket_starts", b"", false)?
+            .into_iter()
+            .filter_map(|(k, _)| <[u8; 8]>::try_from(k.as_slice()).ok().map(u64::from_be_bytes))
+            .collect())
+    }
+    pub fn mark_starting(&self, id: u64, on: bool) -> Result<()> {
+        if on {
+            self.backend().put("ticket_starts", &id.to_be_bytes(), b"1")?;
+        } else {
+            self.backend().remove("ticket_starts", &id.to_be_bytes())?;
+        }
+        self.flush()
+    }
+
     pub fn next_ticket_id(&self) -> Result<u64> {
         let id = self.backend().increment("next_ticket_id")?;
         self.flush()?;

@@ -18,6 +18,18 @@
     });
   }
 
+  // A scheduled ticket's countdown: "in 1h 02m 03s", every second.
+  function countdowns() {
+    var now = Date.now() / 1000;
+    document.querySelectorAll(".countdown[data-until]").forEach(function (c) {
+      var left = Math.max(0, Math.round(Number(c.dataset.until) - now));
+      var h = Math.floor(left / 3600), m = Math.floor(left % 3600 / 60), s = left % 60;
+      var two = function (n) { return (n < 10 ? "0" : "") + n; };
+      c.textContent = left > 0 ? "(in " + (h > 0 ? h + "h " : "") + two(m) + "m " + two(s) + "s)" : "";
+    });
+  }
+  setInterval(countdowns, 1000);
+
   function replace(el, html) {
     var tpl = document.createElement("template");
     tpl.innerHTML = html;

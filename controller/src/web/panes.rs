@@ -358,6 +358,7 @@ pub fn summary(lang: Lang, d: &DeployRecord) -> Markup {
                 }
             }
             @if let Some(o) = &d.overlay_sha256 { dt { (lang.t("env_layer")) } dd { code.digest { (short(o)) } } }
+            @if let Some(o) = &d.overridden { dt { (lang.t("overridden")) } dd { (o.by) ": " (o.reason) " — " (o.held) } }
             dt { (lang.t("who")) } dd { (d.user) }
             dt { (lang.t("started")) } dd { (when(d.started_at)) }
             @if d.finished_at.is_some() { dt { (lang.t("took")) } dd { (format!("{:.1} s", d.duration_ms as f64 / 1000.0)) } }

@@ -78,6 +78,9 @@ async fn view(app: &App, v: &Viewer, p: &str, e: &str, check: Option<Markup>) ->
         }
     }
     let deploys = app.store.deploys(Some(p), Some(e), 10).or_show(v)?;
+    let frozen: Vec<_> =
+        crate::ops::freezes::list(&app.store, Some(p)).or_show(v)?.into_iter().filter(|f| f.env == e).collect();
+    let maintainer = v.caller.maintains(p);
     let tickets: Vec<_> =
         app.store.tickets().or_show(v)?.into_iter().filter(|t| t.project == p && t.env == e).take(10).collect();
     let body = html! {
@@ -103,6 +106,34 @@ async fn view(app: &App, v: &Viewer, p: &str, e: &str, check: Option<Markup>) ->
             a.button href={ "/projects/" (p) "/edit" } { (v.t("edit_project")) }
         }
         @if let Some(c) = check { (c) }
+        @if !settings.windows.is_empty() || !frozen.is_empty() || maintainer {
+            section.panel.freezes {
+                h2 { (v.t("freezes")) }
+                @if !settings.windows.is_empty() {
+                    p { (v.t("windows")) ": " @for w in &settings.windows { code { (w.text) } " " } }
+                }
+                @if !frozen.is_empty() {
+                    ul {
+                        @for f in &frozen {
+                            li {
+                                strong { (when(f.from)) " → " (when(f.until)) } " " (f.reason) " — " (v.t("frozen_by")) " " (f.by)
+                                @if maintainer { (v.button(&format!("{base}/freezes/{}/lift", f.id), v.t("lift"), "", html! {})) }
+                            }
+                        }
+                    }
+                }
+                @if maintainer {
+                    form.action.freeze method="post" action={ (base) "/freezes" } {
+                        input type="hidden" name="csrf_token" value=(v.csrf());
+                        label for="until" { (v.t("until")) }
+                        input #until name="until" type="text" required placeholder="3d | 2026-12-26 00:00 Asia/Shanghai";
+                        label for="reason" { (v.t("reason")) }
+                        input #reason name="reason" type="text" required maxlength="500";
+                        button.danger type="submit" { (v.t("freeze_env")) }
+                    }
+                }
+            }
+        }
         section.panel {
             h2 { (v.t("hosts")) }
             div.scroll {
@@ -245,6 +276,37 @@ pub async fn rollback(
         Begun::Started(n) => Ok(Redirect::to(&format!("/deploys/{n}")).into_response()),
         Begun::Planned(d) => Ok(Redirect::to(&format!("/deploys/{}", d.id)).into_response()),
     }
+}
+
+#[derive(Deserialize)]
+pub struct FreezeForm {
+    until: String,
+    reason: String,
+}
+
+/// `POST /projects/{p}/envs/{e}/freezes`: freeze the env, then show its page.
+pub async fn freeze(
+    State(app): State<Arc<App>>,
+    v: Viewer,
+    Path((p, e)): Path<(String, String)>,
+    Form(f): Form<FreezeForm>,
+) -> PageResult {
+    let now = slipway_common::time::unix_now();
+    let until = slipway_common::time::parse_when(&f.until, now)
+        .map_err(|why| crate::error::CtlError::bad(why).fix("3d, or 2026-12-26 00:00 Asia/Shanghai"))
+        .or_show(&v)?;
+    crate::ops::freezes::create(&app.store, &v.caller.name, &p, &e, None, until, &f.reason).or_show(&v)?;
+    Ok(Redirect::to(&format!("/projects/{p}/envs/{e}")).into_response())
+}
+
+/// `POST /projects/{p}/envs/{e}/freezes/{id}/lift`.
+pub async fn lift(State(app): State<Arc<App>>, v: Viewer, Path((p, e, id)): Path<(String, String, u64)>) -> PageResult {
+    let ours = app.store.freeze(id).or_show(&v)?.is_some_and(|f| f.project == p && f.env == e);
+    if !ours {
+        return Err(crate::error::CtlError::not_found(format!("{p}/{e} has no freeze {id}"))).or_show(&v);
+    }
+    crate::ops::freezes::lift(&app.store, &v.caller.name, id).or_show(&v)?;
+    Ok(Redirect::to(&format!("/projects/{p}/envs/{e}")).into_response())
 }
 
 /// The confirmation of a rollback of (p, e) to `to` (none: each host's previous release):

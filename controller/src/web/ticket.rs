@@ -80,6 +80,14 @@ fn head(v: &Viewer, t: &TicketRecord, paused: Option<u64>) -> Markup {
                         dt { (v.t("ref")) } dd { code { (t.git_ref) } " → " code.commit { (short(&t.commit)) } " " (t.commit_summary) }
                     }
                     dt { (v.t("requester")) } dd { (t.requester) " · " (when(t.created.at)) }
+                    @if let Some(st) = &t.start {
+                        dt { (v.t("starts")) }
+                        dd {
+                            @if let Some(at) = st.at { (when(at)) " " span.countdown data-until=(at) {} }
+                            @if let Some(e) = st.expires { " · " (v.t("until")) " " (when(e)) }
+                            @if let Some(w) = &st.waiting { p.muted { (v.t("waiting")) ": " (w) } }
+                        }
+                    }
                     @if let Some(of) = t.rollback_of { dt { (v.t("rolls_back")) } dd { (super::ticket_link(v.lang, of)) } }
                     dt { (v.t("approvals")) }
                     dd { @if t.required == 0 { (v.t("not_required")) } @else { (t.approvals.len()) " / " (t.required) } }

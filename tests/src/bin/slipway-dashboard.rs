@@ -120,6 +120,7 @@ fn main() {
                         restores: None,
                         build: None,
                         from_deploy: None,
+                        start: None,
                         transitions: vec![Transition { state: TicketState::Succeeded, audit, comment: String::new() }],
                     };
                     store.put_ticket(&ticket).unwrap();

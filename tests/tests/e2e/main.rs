@@ -8,6 +8,7 @@ mod delta;
 mod deploy;
 mod drain;
 mod faults;
+mod governance;
 mod hooks;
 mod hostile;
 mod java;

@@ -1,0 +1,234 @@
+//! Windows, freezes and scheduled tickets (issue #25 items 2 and 3): deploys refused outside a
+//! window or in a freeze with the window, the reason and who may override; an admin's override
+//! recorded; rollbacks never held; a webhook ticket that arrives in a freeze waits, listed, and
+//! runs after it; a scheduled ticket starts on time after a server restart; an expired schedule
+//! does not start; cancelling a schedule is recorded.
+
+use serde_json::{Value, json};
+use slipway_tests::{Fleet, Repo, Server, http, wait_for};
+
+/// A window that is closed now: half an hour, twelve hours away.
+fn closed_window() -> String {
+    let hour = (slipway_common::time::unix_now() / 3600 + 12) % 24;
+    format!("* {hour:02}:00-{hour:02}:30 UTC")
+}
+
+fn project(fleet: &Fleet, repo: &Repo, windows: &str, extra: &str) {
+    let root = fleet.path().join("hosts");
+    let file = fleet.path().join("site.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"site\"\nrepo = \"{}\"\n{extra}\
+             [target]\ndeploy_to = \"{root}/{{host}}/site\"\ncurrent = \"{root}/{{host}}/www/site\"\n\
+             [env.test]\nhosts = [\"role=web\"]\nwindows = [{windows}]\n",
+            repo.path.display(),
+            root = root.display()
+        ),
+    )
+    .unwrap();
+    fleet.slipctl(&["project", "apply", "-f", file.to_str().unwrap()]).ok();
+}
+
+#[test]
+fn windows_and_freezes_hold_deploys_an_admin_overrides_with_a_reason_and_rollbacks_go_on() {
+    let fleet = Fleet::new(1);
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "v1\n");
+    repo.commit("v1");
+    let window = closed_window();
+    project(&fleet, &repo, &format!("\"{window}\""), "");
+
+    // Outside every window: refused, naming the window, when it opens, and the override.
+    let refused = fleet.slipctl(&["deploy", "site", "test"]).code(2);
+    assert!(
+        refused.stderr.contains(&window) && refused.stderr.contains("the next window opens at"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("an admin deploys anyway") && refused.stderr.contains("--override-reason"),
+        "{}",
+        refused.stderr
+    );
+    assert!(fleet.current_release("web-1", "site").is_none(), "nothing moved");
+    // An override with a reason goes through, and says so in the record.
+    let forced = fleet
+        .slipctl(&["--output", "json", "deploy", "site", "test", "--override-reason", "hotfix INC-42"])
+        .ok()
+        .json();
+    assert_eq!(forced["overridden"]["reason"], "hotfix INC-42");
+    assert!(forced["overridden"]["held"].as_str().unwrap().contains(&window));
+    let shown = fleet.slipctl(&["show", &forced["id"].to_string()]).ok().stdout;
+    assert!(shown.contains("overridden by") && shown.contains("hotfix INC-42"), "{shown}");
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
+    fleet.slipctl(&["deploy", "site", "test", "--override-reason", "second fix"]).ok();
+    // A rollback is never held.
+    fleet.slipctl(&["rollback", "site", "test"]).ok();
+    assert_eq!(std::fs::read_to_string(fleet.current("web-1", "site").join("index.html")).unwrap(), "v1\n");
+
+    // Always open, but frozen: refused with the reason, who froze it and until when.
+    project(&fleet, &repo, "\"* 00:00-24:00 UTC\"", "");
+    let frozen = fleet
+        .slipctl(&[
+            "--output",
+            "json",
+            "freeze",
+            "create",
+            "site",
+            "test",
+            "--until",
+            "2h",
+            "--reason",
+            "Double 11 sale",
+        ])
+        .ok()
+        .json();
+    let id = frozen["id"].to_string();
+    let refused = fleet.slipctl(&["deploy", "site", "test"]).code(2);
+    assert!(refused.stderr.contains("frozen until") && refused.stderr.contains("Double 11 sale"), "{}", refused.stderr);
+    let listed = fleet.slipctl(&["--output", "json", "freeze", "list"]).ok().json();
+    assert_eq!(listed[0]["reason"], "Double 11 sale");
+    fleet.slipctl(&["freeze", "rm", &id]).ok();
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    assert_eq!(std::fs::read_to_string(fleet.current("web-1", "site").join("index.html")).unwrap(), "v2\n");
+
+    // Bad input: an end in the past, an unknown env, a window that is not one.
+    let past =
+        fleet.slipctl(&["freeze", "create", "site", "test", "--until", "2020-01-01 00:00", "--reason", "x"]).code(2);
+    assert!(past.stderr.contains("must end after it starts"), "{}", past.stderr);
+    fleet.slipctl(&["freeze", "create", "site", "nope", "--until", "1h", "--reason", "x"]).code(2);
+    let file = fleet.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"bad\"\nrepo = \"{}\"\n[target]\ndeploy_to = \"/srv/bad\"\n[env.test]\nhosts = [\"web-1\"]\nwindows = [\"Mon-Fri 10:00-16:00 Mars/Olympus\"]\n",
+            repo.path.display()
+        ),
+    )
+    .unwrap();
+    let bad = fleet.slipctl(&["project", "apply", "-f", file.to_str().unwrap()]).code(2);
+    assert!(bad.stderr.contains("unknown time zone 'Mars/Olympus'"), "{}", bad.stderr);
+}
+
+fn hmac_hex(key: &str, body: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
+    hex::encode(ring::hmac::sign(&key, body.as_bytes()).as_ref())
+}
+
+#[test]
+fn a_webhook_ticket_waits_out_a_freeze_and_a_scheduled_ticket_starts_on_time_after_a_restart() {
+    let fleet = Fleet::new(1);
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "v1\n");
+    repo.commit("v1");
+    project(&fleet, &repo, "", "[[webhook]]\nbranch = \"main\"\nenv = \"test\"\n");
+    slipway_tests::add_user(&fleet, "dev", &[("site", "test", "deployer")]);
+    let secret = fleet.slipctl(&["--output", "json", "webhook", "secret", "site"]).ok().json()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = fleet.slipctl(&["--output", "json", "token", "create", "ops", "--admin"]).ok().json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let auth = format!("Bearer {token}");
+    let admin = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let mut server = Server::start(&fleet);
+    let ticket = |server: &Server, id: u64| server.call("GET", &format!("/api/v1/tickets/{id}"), &admin, None).1;
+
+    // A freeze, through the API; then CI pushes.
+    let body = json!({"until": "1h", "reason": "release freeze"}).to_string();
+    let (status, freeze) = server.call("POST", "/api/v1/projects/site/envs/test/freezes", &admin, Some(&body));
+    assert_eq!(status, 201, "{freeze}");
+    repo.write("index.html", "v2\n");
+    let v2 = repo.commit("v2 from CI");
+    let push = json!({"ref": "refs/heads/main", "after": v2, "head_commit": {"message": "v2 from CI"}}).to_string();
+    let sig = format!("sha256={}", hmac_hex(&secret, &push));
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("X-GitHub-Event", "push"),
+        ("X-GitHub-Delivery", "d-1"),
+        ("X-Hub-Signature-256", sig.as_str()),
+    ];
+    let (status, _, text) = http(server.port, "POST", "/hooks/site", &headers, Some(&push));
+    assert_eq!(status, 201, "{text}");
+    let made: Value = serde_json::from_str(&text).unwrap();
+    assert!(made["waiting"].as_str().unwrap().contains("release freeze"), "it waits, saying why: {made}");
+    let waiting = made["ticket"].as_u64().unwrap();
+    let t = ticket(&server, waiting);
+    assert_eq!(t["state"], "approved", "listed, not lost: {t}");
+    assert!(t["start"]["waiting"].as_str().unwrap().contains("frozen until"), "{t}");
+    assert!(fleet.current_release("web-1", "site").is_none());
+    // The freeze is lifted: the ticket starts by itself and ships v2.
+    let lift = format!("/api/v1/projects/site/envs/test/freezes/{}", freeze["id"]);
+    assert_eq!(server.call("DELETE", &lift, &admin, None).0, 200);
+    wait_for("the waiting ticket to deploy", || ticket(&server, waiting)["state"] == "succeeded");
+    assert_eq!(std::fs::read_to_string(fleet.current("web-1", "site").join("index.html")).unwrap(), "v2\n");
+
+    // A deployer cannot go past a freeze; an admin can, with a reason.
+    let body = json!({"until": "1h", "reason": "audit week"}).to_string();
+    let (_, freeze) = server.call("POST", "/api/v1/projects/site/envs/test/freezes", &admin, Some(&body));
+    let (cookie, csrf) = server.login("dev", "dev-password");
+    let dev = [("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str()), ("Content-Type", "application/json")];
+    let forced = json!({"project": "site", "env": "test", "override_reason": "I say so"}).to_string();
+    let (status, doc) = server.call("POST", "/api/v1/deploys", &dev, Some(&forced));
+    assert_eq!(status, 403, "{doc}");
+    assert!(doc["error"].as_str().unwrap().contains("not an admin"), "{doc}");
+    let plain = json!({"project": "site", "env": "test"}).to_string();
+    let (status, doc) = server.call("POST", "/api/v1/deploys", &dev, Some(&plain));
+    assert_eq!(status, 403, "{doc}");
+    assert!(doc["error"].as_str().unwrap().contains("audit week"), "{doc}");
+    server.call("DELETE", &format!("/api/v1/projects/site/envs/test/freezes/{}", freeze["id"]), &admin, None);
+
+    // A ticket scheduled 3 s ahead; the server restarts meanwhile; it starts on time.
+    let new = json!({"project": "site", "env": "test", "ref": "main", "title": "scheduled"}).to_string();
+    let (_, t) = server.call("POST", "/api/v1/tickets", &admin, Some(&new));
+    let scheduled = t["id"].as_u64().unwrap();
+    let (status, t) = server.call(
+        "POST",
+        &format!("/api/v1/tickets/{scheduled}/schedule"),
+        &admin,
+        Some(r#"{"at": "3s", "expires": "1h"}"#),
+    );
+    assert_eq!(status, 200, "{t}");
+    let at = t["start"]["at"].as_i64().unwrap();
+    assert!(
+        t["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["comment"].as_str().unwrap_or("").starts_with("scheduled for"))
+    );
+    server.stop();
+    let server = Server::start(&fleet);
+    wait_for("the scheduled ticket to deploy", || ticket(&server, scheduled)["state"] == "succeeded");
+    let t = ticket(&server, scheduled);
+    let n = t["deploys"][0].as_u64().unwrap();
+    let (_, d) = server.call("GET", &format!("/api/v1/deploys/{n}"), &admin, None);
+    assert!(d["started_at"].as_i64().unwrap() >= at, "not before its time: {d}");
+
+    // Expired before it could start (a freeze holds it past its expiry): cancelled, saying so.
+    let body = json!({"until": "1h", "reason": "holding"}).to_string();
+    server.call("POST", "/api/v1/projects/site/envs/test/freezes", &admin, Some(&body));
+    let (_, t) = server.call("POST", "/api/v1/tickets", &admin, Some(&new));
+    let late = t["id"].as_u64().unwrap();
+    server.call("POST", &format!("/api/v1/tickets/{late}/schedule"), &admin, Some(r#"{"at": "1s", "expires": "2s"}"#));
+    wait_for("the schedule to expire", || ticket(&server, late)["state"] == "cancelled");
+    let t = ticket(&server, late);
+    assert!(
+        t["transitions"].as_array().unwrap().iter().any(|x| x["comment"].as_str().unwrap_or("").contains("expired")),
+        "{t}"
+    );
+    assert!(t["deploys"].as_array().unwrap().is_empty());
+    // Cancelling a schedule is recorded, and the ticket stays approved.
+    let (_, t) = server.call("POST", "/api/v1/tickets", &admin, Some(&new));
+    let kept = t["id"].as_u64().unwrap();
+    server.call("POST", &format!("/api/v1/tickets/{kept}/schedule"), &admin, Some(r#"{"at": "1h"}"#));
+    let (status, t) = server.call("DELETE", &format!("/api/v1/tickets/{kept}/schedule"), &admin, None);
+    assert_eq!(status, 200, "{t}");
+    assert_eq!(t["state"], "approved");
+    assert!(t["start"].is_null());
+    assert!(t["transitions"].as_array().unwrap().iter().any(|x| x["comment"] == "schedule cancelled"), "{t}");
+}
