@@ -26,6 +26,7 @@ use crate::layout::{Current, Layout, Open};
 use crate::state::{AgentState, TargetRecord};
 
 mod activate;
+mod migrate;
 mod stage;
 mod target;
 
@@ -296,6 +297,9 @@ impl Inner {
     /// Command lines the controller asks for outside any release (a load-balancer drain run on
     /// this host): as the hook user, under the same policy as hooks, in `/`.
     async fn run_commands(&self, req: pb::RunCommandsRequest) -> Result<pb::RunCommandsReply, AgentError> {
+        if req.stage == "migrate" {
+            return self.migrate(req).await;
+        }
         let ctx = req.hook_context.unwrap_or_default();
         crate::hooks::check_vars(&ctx.vars)?;
         let stage = match req.stage.as_str() {

@@ -148,6 +148,10 @@ pub struct TargetFile {
     pub hook_timeout_secs: Option<u64>,
     /// Which release hooks a rollback runs: `["post_release"]` unless set.
     pub rollback_hooks: Option<Vec<HookStage>>,
+    /// Lines run once per deploy on one host (the first canary, or `migrate_host`), in the new
+    /// release, after every host staged and before any flip (database migrations).
+    pub migrate: Option<Vec<String>>,
+    pub migrate_host: Option<String>,
 }
 
 /// A release hook stage, as `rollback_hooks` names it.
@@ -327,6 +331,10 @@ pub struct TargetSettings {
     pub hook_timeout_secs: u64,
     /// The hooks a rollback runs, with the lines recorded with the release it restores.
     pub rollback_hooks: Vec<HookStage>,
+    /// Run once per deploy, on one host, before any flip (never by a rollback).
+    pub migrate: Vec<String>,
+    /// Where `migrate` runs; the first host of the first batch when unset.
+    pub migrate_host: Option<String>,
 }
 
 impl TargetSettings {
@@ -534,7 +542,15 @@ fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::result::Res
             stages.dedup();
             stages
         },
+        migrate: merge_opt(&et.migrate, &pt.migrate).unwrap_or_default(),
+        migrate_host: merge_opt(&et.migrate_host, &pt.migrate_host),
     };
+    if let Some(h) = &target.migrate_host {
+        validate_agent_name(h).map_err(|why| format!("target.migrate_host: {why}"))?;
+        if target.migrate.is_empty() {
+            return Err("target.migrate_host is set but target.migrate is empty: add the lines to run once".into());
+        }
+    }
 
     let (pr, er) = (p.rollout.clone().unwrap_or_default(), e.rollout.clone().unwrap_or_default());
     let health = match merge_opt(&er.health, &pr.health) {

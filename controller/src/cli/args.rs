@@ -159,6 +159,9 @@ pub enum Command {
         /// Deploy outside the env's windows or in a freeze (admins); the reason is recorded
         #[arg(long, value_name = "TEXT")]
         override_reason: Option<String>,
+        /// Do not run [target] migrate (a re-deploy of what already ran it)
+        #[arg(long)]
+        skip_migrate: bool,
     },
     /// Relink every host to its previous release (or --to one), then run post_release there
     #[command(

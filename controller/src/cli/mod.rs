@@ -142,6 +142,7 @@ async fn run_with(home: Home, command: Command, out: &Cx) -> Result<u8> {
             from_deploy,
             artifact,
             override_reason,
+            skip_migrate,
         } => {
             let mut reporter = Reporter::new(out);
             let retry = match retry_failed {
@@ -177,6 +178,7 @@ async fn run_with(home: Home, command: Command, out: &Cx) -> Result<u8> {
                     _ => None,
                 },
                 override_reason,
+                skip_migrate,
             };
             let running = engine::start_deploy(home.clone(), args);
             cancel_on_signals(out, running.canceller());

@@ -53,6 +53,8 @@ pub struct DeployArgs {
     pub origin: Option<Origin>,
     /// Go past the env's windows or a freeze, for this reason (an admin's; recorded).
     pub override_reason: Option<String>,
+    /// Do not run `[target] migrate` (a re-deploy of what already ran it).
+    pub skip_migrate: bool,
 }
 
 impl DeployArgs {
@@ -73,6 +75,7 @@ impl DeployArgs {
             commit: None,
             origin: None,
             override_reason: None,
+            skip_migrate: false,
         }
     }
 }
@@ -304,14 +307,32 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
                 settings.env,
                 scope.hosts.len()
             ));
+            // A deploy taken over from a leader that is gone ran it already once a host flipped
+            // (or a `migrate` hook line finished: its result is in the journal).
+            let ran_before = journal.iter().any(|(_, e)| {
+                e["event"] == "host"
+                    && (e["kind"] == "activated"
+                        || (e["kind"] == "hook" && e["stage"] == "migrate" && e["exit_code"] == 0))
+            });
             let cancel = (args.cancel.clone(), args.full);
             let carry = match (args.resume, args.takeover) {
                 (Some((_, d)), _) => Some(Carry::Decided(d)),
                 (None, Some(_)) => Some(Carry::TakenOver(journal)),
                 (None, None) => None,
             };
+            // The step that runs once: not for a host catching up, a deploy carried on past its
+            // canary (it ran), or when asked not to.
+            let migrate = if settings.target.migrate.is_empty() {
+                super::planner::Migrate::None
+            } else if args.skip_migrate || catching_up || args.resume.is_some() || ran_before {
+                reporter.say("migrate: not run (--skip-migrate, a host catching up, or a deploy carried on)");
+                super::planner::Migrate::None
+            } else {
+                super::planner::Migrate::Pending
+            };
             let result =
-                run_deploy(&scope, &mut package, &mut record, tls, reporter, timeouts, cancel, home, carry).await;
+                run_deploy(&scope, &mut package, &mut record, tls, reporter, timeouts, cancel, home, carry, migrate)
+                    .await;
             // A full artifact packaged while streaming is in the cache once this returns.
             if let Some(Err(e)) = package.finish().await {
                 reporter.say(format!("packaging the full artifact failed: {e}"));
@@ -444,6 +465,11 @@ pub(crate) fn print_plan(scope: &Scope, record: &DeployRecord, artifact: &Artifa
     ));
     if !t.shared.is_empty() {
         reporter.say(format!("  shared: {}", t.shared.join(", ")));
+    }
+    if !t.migrate.is_empty() {
+        let on =
+            t.migrate_host.clone().or_else(|| batches.first().and_then(|b| b.first().cloned())).unwrap_or_default();
+        reporter.say(format!("  migrate once on {on}, after every host staged, before any flip: {}", list(&t.migrate)));
     }
     reporter.say(
         format!("  strategy {:?}, keep {} releases", settings.rollout.strategy, settings.keep_releases).to_lowercase(),

@@ -262,6 +262,7 @@ impl Drainer {
             ]
             .into_iter()
             .collect(),
+            ..Default::default()
         };
         let limit = self.timeouts.call + Duration::from_secs(self.settings.timeout_secs * lines.len() as u64);
         let reply = tokio::time::timeout(limit, client.run_commands(request))

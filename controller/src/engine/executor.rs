@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use crate::engine::client::{self, AgentClient, Timeouts};
 use crate::engine::events::Emitter;
 use crate::engine::host_error::HostError;
-use crate::engine::planner::{Action, HostState, Outcome, Plan, batches, next, set};
+use crate::engine::planner::{Action, HostState, Migrate, Outcome, Plan, batches, next, set};
 use crate::error::{CtlError, Result};
 use crate::state::store::{AgentRecord, Decision, DeployKind, DeployRecord, DeployStatus, HostResult};
 
@@ -64,6 +64,7 @@ pub(crate) async fn run_deploy(
     (mut cancel, full): (Option<watch::Receiver<bool>>, bool),
     home: &crate::state::home::Home,
     carry: Option<Carry>,
+    migrate: Migrate,
 ) -> Result<()> {
     let (resume, journal) = match carry {
         Some(Carry::Decided(d)) => (Some(d), None),
@@ -87,6 +88,7 @@ pub(crate) async fn run_deploy(
         auto_rollback: rollout.auto_rollback || resume == Some(Decision::Abort),
         health_check: rollout.health.is_some(),
         pause_after_canary: rollout.canary_pause && resume.is_none(),
+        migrate,
     };
     let mut aborting = resume == Some(Decision::Abort);
     if plan.batches.len() > 1 {
@@ -339,6 +341,13 @@ pub(crate) async fn run_deploy(
                         None => set(&mut states, &[host], HostState::Interrupted),
                     }
                 }
+            }
+            Action::Migrate => {
+                let first = plan.batches[0].clone();
+                let ran =
+                    migrate_once(settings, &first, &states, &clients, record, &release, &mut results, reporter, &fan)
+                        .await;
+                plan.migrate = if ran { Migrate::Done } else { Migrate::Failed };
             }
             Action::Activate(hosts) => {
                 let hosts = match &drainer {

@@ -1,6 +1,6 @@
 //! Operations on one host, as named functions: activate (decided by what the host says when the
 //! reply is lost), health-check, abort, roll back, and the bookkeeping of each host's steps and
-//! hook output.
+//! hook output; the deploy's step that runs once (`migrate_once`).
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,6 +9,7 @@ use slipway_common::config::{EnvSettings, HookStage};
 use slipway_proto::pb;
 
 use crate::engine::client::{self, AgentClient, Timeouts};
+use crate::engine::events::Emitter;
 use crate::engine::events::HostEvent;
 use crate::engine::host_error::{HostError, Shown, wire_release};
 use crate::engine::planner::HostState;
@@ -488,4 +489,83 @@ pub(crate) async fn undrain_host(
         fan.clock.follow_up(&mut result, "undrain", t, outcome);
     }
     (result, ok)
+}
+
+/// `[target] migrate`: once per deploy, on `migrate_host` (or the first host of the first
+/// batch), in the release it staged, before any host flips. True when every line went
+/// through; recorded as that host's `migrate` step with its lines' output.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn migrate_once(
+    settings: &EnvSettings,
+    first_batch: &[String],
+    states: &std::collections::BTreeMap<String, HostState>,
+    clients: &std::collections::BTreeMap<String, AgentClient>,
+    record: &DeployRecord,
+    release: &ReleaseId,
+    results: &mut std::collections::BTreeMap<String, HostResult>,
+    reporter: &Emitter,
+    fan: &impl Fn(Events) -> Fanout,
+) -> bool {
+    let lines = settings.target.migrate.clone();
+    let Some(host) = settings.target.migrate_host.clone().or_else(|| first_batch.first().cloned()) else {
+        return false;
+    };
+    if states.get(&host) != Some(&HostState::Staged) || !clients.contains_key(&host) {
+        reporter.say(format!(
+            "migrate: {host} did not stage the release, so the step that runs once cannot run; nothing flips"
+        ));
+        return false;
+    }
+    reporter.say(format!("migrate on {host}: {} line(s), once, before any host flips", lines.len()));
+    let spec = hook_spec(&lines, settings);
+    let request = pb::RunCommandsRequest {
+        stage: "migrate".into(),
+        spec: Some(spec.clone()),
+        hook_context: Some(hook_context(settings, &host, &record.commit, &record.git_ref)),
+        vars: Default::default(),
+        target: Some(pb_target(settings, &host)),
+        release_id: release.to_string(),
+        generation: crate::state::leader::generation(record.id),
+        deploy_id: record.id,
+    };
+    let out = fan_out(std::slice::from_ref(&host), reporter, &mut None, |h, events| {
+        let (mut client, mut result, fan, request) =
+            (clients[&h].clone(), results[&h].clone(), fan(events), request.clone());
+        let limit = fan.timeouts.call + std::time::Duration::from_secs(spec.timeout_secs * lines.len().max(1) as u64);
+        async move {
+            let t = Instant::now();
+            let outcome = match tokio::time::timeout(limit, client.run_commands(request)).await {
+                Err(_) => Err(HostError::Timeout { what: "no answer", secs: limit.as_secs(), hint: "" }),
+                Ok(Err(s)) => Err(HostError::from_status(&s)),
+                Ok(Ok(reply)) => {
+                    let reply = reply.into_inner();
+                    let n = reply.results.len();
+                    for r in reply.results {
+                        on_hook_event(None, Some(r), &mut result, &fan.events);
+                    }
+                    if reply.error.is_empty() {
+                        Ok(format!("{n} line(s) ran once, in the new release"))
+                    } else {
+                        Err(HostError::Local(format!("migrate failed, so no host flips: {}", reply.error)))
+                    }
+                }
+            };
+            let ok = outcome.is_ok();
+            if let Err(e) = &outcome {
+                let _ = fan.events.send((h.clone(), HostEvent::Failed(e.clone())));
+            }
+            fan.clock.step(&mut result, "migrate", t, outcome);
+            if !ok {
+                result.ok = false;
+            }
+            (result, ok)
+        }
+    })
+    .await;
+    let mut went = false;
+    for (h, (result, ok)) in out {
+        results.insert(h, result);
+        went = ok;
+    }
+    went
 }

@@ -48,6 +48,18 @@ pub struct Plan {
     pub health_check: bool,
     /// Stop after the first (canary) batch until a person promotes (cleared then) or aborts.
     pub pause_after_canary: bool,
+    /// The step that runs once (`[target] migrate`): while pending, every host is staged first
+    /// and nothing flips until it went through; failed, the rollout stops and nothing flips.
+    pub migrate: Migrate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migrate {
+    /// No such step (none set, skipped, or a rollback).
+    None,
+    Pending,
+    Done,
+    Failed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +95,8 @@ pub enum Action {
     RollBack(Vec<String>),
     /// The canary batch went through: wait for `promote` (or `abort`).
     Pause,
+    /// Every host staged: run the step that runs once, before any flip.
+    Migrate,
     Done(Outcome),
 }
 
@@ -115,7 +129,8 @@ pub fn next(plan: &Plan, states: &BTreeMap<String, HostState>, stopping: bool) -
     let all: Vec<String> = plan.batches.iter().flatten().cloned().collect();
     let failed = states.values().filter(|s| matches!(s, HostState::Failed { .. })).count() as u32;
     // Aborted and rolled-back hosts only exist once the rollout is stopping: it stays stopped.
-    let stopped = states.values().any(|s| matches!(s, HostState::Aborted | HostState::RolledBack));
+    let stopped = states.values().any(|s| matches!(s, HostState::Aborted | HostState::RolledBack))
+        || plan.migrate == Migrate::Failed;
     let stopped = stopped
         || states.values().any(|s| {
             matches!(
@@ -148,6 +163,16 @@ pub fn next(plan: &Plan, states: &BTreeMap<String, HostState>, stopping: bool) -
             return Action::Done(Outcome::RolledBack);
         }
         return Action::Done(Outcome::Failed { activated_any });
+    }
+    // The step that runs once goes after every host staged and before any flip.
+    if plan.migrate == Migrate::Pending {
+        for (index, batch) in plan.batches.iter().enumerate() {
+            let pending = hosts_in(states, batch, |s| *s == HostState::Pending);
+            if !pending.is_empty() {
+                return Action::Stage { batch: index, hosts: pending };
+            }
+        }
+        return Action::Migrate;
     }
     for (index, batch) in plan.batches.iter().enumerate() {
         let pending = hosts_in(states, batch, |s| *s == HostState::Pending);
@@ -202,7 +227,39 @@ mod tests {
     }
 
     fn plan(batches: Vec<Vec<String>>, max_failures: u32) -> Plan {
-        Plan { batches, max_failures, auto_rollback: true, health_check: true, pause_after_canary: false }
+        Plan {
+            batches,
+            max_failures,
+            auto_rollback: true,
+            health_check: true,
+            pause_after_canary: false,
+            migrate: Migrate::None,
+        }
+    }
+
+    #[test]
+    fn the_step_that_runs_once_comes_after_every_host_staged_and_before_any_flip() {
+        let mut p = plan(batches(&names(3), &[], Strategy::Serial, BatchSize::Hosts(1)), 0);
+        p.migrate = Migrate::Pending;
+        let mut states = fresh(&p);
+        // Serial, yet every batch stages before anything flips.
+        for host in names(3) {
+            assert_eq!(
+                next(&p, &states, false),
+                Action::Stage { batch: host[4..].parse::<usize>().unwrap() - 1, hosts: vec![host.clone()] }
+            );
+            states.insert(host, HostState::Staged);
+        }
+        assert_eq!(next(&p, &states, false), Action::Migrate);
+        // Failed: every staged host is aborted and nothing flipped.
+        let mut failed = p.clone();
+        failed.migrate = Migrate::Failed;
+        assert_eq!(next(&failed, &states, false), Action::Abort(names(3)));
+        let aborted: BTreeMap<String, HostState> = names(3).into_iter().map(|h| (h, HostState::Aborted)).collect();
+        assert_eq!(next(&failed, &aborted, false), Action::Done(Outcome::Failed { activated_any: false }));
+        // Done: the rollout goes on batch by batch.
+        p.migrate = Migrate::Done;
+        assert_eq!(next(&p, &states, false), Action::Activate(vec!["web-1".into()]));
     }
 
     fn fresh(p: &Plan) -> BTreeMap<String, HostState> {
@@ -218,7 +275,7 @@ mod tests {
             log.push(action.clone());
             let hosts = match &action {
                 Action::Done(o) => return (log, o.clone()),
-                Action::Pause => return (log, Outcome::Partial),
+                Action::Pause | Action::Migrate => return (log, Outcome::Partial),
                 Action::Stage { hosts, .. } => hosts,
                 Action::Activate(h) | Action::HealthCheck(h) | Action::Abort(h) | Action::RollBack(h) => h,
             };
@@ -237,7 +294,7 @@ mod tests {
             Action::HealthCheck(_) => HostState::Healthy,
             Action::Abort(_) => HostState::Aborted,
             Action::RollBack(_) => HostState::RolledBack,
-            Action::Pause | Action::Done(_) => unreachable!(),
+            Action::Pause | Action::Migrate | Action::Done(_) => unreachable!(),
         }
     }
 

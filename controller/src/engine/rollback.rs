@@ -171,6 +171,11 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
         targets.len(),
         if distinct.len() == 1 { distinct[0].to_string() } else { "their previous releases".to_owned() }
     ));
+    if !settings.target.migrate.is_empty() {
+        reporter.say(
+            "migrate is not run by a rollback: what the last deploy's migrate did stays (undo it by hand, or with a deploy)",
+        );
+    }
     let clock = Arc::new(Clock(Instant::now()));
     reporter.hosts(targets.iter().map(|(h, _)| h.as_str()));
     let by_host: BTreeMap<String, (AgentRecord, AgentClient, ReleaseId)> = clients

@@ -13,6 +13,7 @@ mod hooks;
 mod hostile;
 mod java;
 mod joins;
+mod migrate;
 mod mtls;
 mod packages;
 mod projects;

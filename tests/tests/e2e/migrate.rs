@@ -1,0 +1,121 @@
+//! The step that runs once (issue #25 item 4): `[target] migrate` runs on exactly one host, in
+//! the new release, after every host staged and before any flip (timestamps show it), even in a
+//! serial rollout; a failing migrate flips nothing; a rollback does not run it and says so;
+//! `--skip-migrate` skips it.
+
+use std::os::unix::fs::PermissionsExt;
+
+use slipway_tests::{Fleet, Repo, hook_user_line};
+
+/// (what, host, nanoseconds, detail) lines the hooks wrote.
+fn lines(log: &std::path::Path) -> Vec<(String, String, u128, String)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0].to_owned(), f[1].to_owned(), f[2].parse().unwrap(), f.get(3).unwrap_or(&"").to_string())
+        })
+        .collect()
+}
+
+fn project(fleet: &Fleet, repo: &Repo, log: &std::path::Path, migrate: &str, host: &str) {
+    let target = format!(
+        "{}migrate = [\"{migrate}\"]\n{host}post_release = [\"echo flip $SLIPWAY_HOST $(date +%s%N) >> {log}\"]\n",
+        hook_user_line(),
+        log = log.display()
+    );
+    fleet.apply_project_full("site", &repo.path, "[rollout]\nstrategy = \"serial\"\n", &target, "");
+}
+
+#[test]
+fn migrate_runs_once_on_one_host_after_every_stage_and_before_any_flip_and_a_failure_flips_nothing() {
+    let fleet = Fleet::new(3);
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "v1\n");
+    repo.commit("v1");
+    let logs = fleet.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let log = logs.join("hooks.log");
+    let migrate = format!("echo migrate $SLIPWAY_HOST $(date +%s%N) $PWD >> {}", log.display());
+    project(&fleet, &repo, &log, &migrate, "");
+
+    let doc = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).ok().json();
+    let seen = lines(&log);
+    let migrates: Vec<_> = seen.iter().filter(|l| l.0 == "migrate").collect();
+    assert_eq!(migrates.len(), 1, "exactly once: {seen:?}");
+    assert_eq!(migrates[0].1, "web-1", "on the first host of the first batch");
+    let release = doc["release"].as_str().unwrap();
+    assert!(migrates[0].3.ends_with(&format!("releases/{release}")), "in the new release: {}", migrates[0].3);
+    let flips: Vec<_> = seen.iter().filter(|l| l.0 == "flip").collect();
+    assert_eq!(flips.len(), 3);
+    assert!(flips.iter().all(|f| f.2 > migrates[0].2), "before any flip: {seen:?}");
+    // Every host staged before it (serial as the rollout is): their stage steps ended first.
+    let steps = |host: &str| -> Vec<String> {
+        doc["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host).unwrap()["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(steps("web-1"), ["connect", "stage", "migrate", "activate", "prune"]);
+    assert_eq!(steps("web-2"), ["connect", "stage", "activate", "prune"]);
+    let at = |host: &str, step: &str| -> u64 {
+        let s = doc["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host).unwrap()["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == step)
+            .unwrap()
+            .clone();
+        s["started_ms"].as_u64().unwrap() + s["elapsed_ms"].as_u64().unwrap()
+    };
+    let migrate_start =
+        doc["hosts"][0]["steps"].as_array().unwrap().iter().find(|s| s["name"] == "migrate").unwrap()["started_ms"]
+            .as_u64()
+            .unwrap();
+    assert!(["web-1", "web-2", "web-3"].iter().all(|h| at(h, "stage") <= migrate_start), "{doc}");
+    let shown = fleet.slipctl(&["show", &doc["id"].to_string()]).ok().stdout;
+    assert!(shown.contains("migrate") && shown.contains("ran once, in the new release"), "{shown}");
+
+    // On the host named for it.
+    project(&fleet, &repo, &log, &migrate, "migrate_host = \"web-3\"\n");
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    let migrates: Vec<_> = lines(&log).into_iter().filter(|l| l.0 == "migrate").collect();
+    assert_eq!((migrates.len(), migrates[1].1.as_str()), (2, "web-3"));
+
+    // --skip-migrate: not run.
+    repo.write("index.html", "v3\n");
+    repo.commit("v3");
+    fleet.slipctl(&["deploy", "site", "test", "--skip-migrate"]).ok();
+    assert_eq!(lines(&log).iter().filter(|l| l.0 == "migrate").count(), 2);
+
+    // A rollback does not run it, and says so.
+    let back = fleet.slipctl(&["rollback", "site", "test"]).ok();
+    assert!(format!("{}{}", back.stdout, back.stderr).contains("migrate is not run by a rollback"), "{}", back.stdout);
+    assert_eq!(lines(&log).iter().filter(|l| l.0 == "migrate").count(), 2);
+
+    // A failing migrate: nothing flips, the staged releases are gone, the deploy failed.
+    let before: Vec<_> = ["web-1", "web-2", "web-3"].iter().map(|h| fleet.current_release(h, "site")).collect();
+    let flips_before = lines(&log).iter().filter(|l| l.0 == "flip").count();
+    project(&fleet, &repo, &log, "echo the schema is locked >&2; exit 3", "");
+    repo.write("index.html", "v4\n");
+    repo.commit("v4");
+    let failed = fleet.slipctl(&["--output", "json", "deploy", "site", "test"]).code(1).json();
+    assert!(
+        failed["error"].as_str().unwrap_or("").contains("migrate")
+            || failed["hosts"][0]["error"].as_str().unwrap_or("").contains("migrate"),
+        "{failed}"
+    );
+    let after: Vec<_> = ["web-1", "web-2", "web-3"].iter().map(|h| fleet.current_release(h, "site")).collect();
+    assert_eq!(before, after, "no host flipped");
+    assert_eq!(lines(&log).iter().filter(|l| l.0 == "flip").count(), flips_before);
+    let new = failed["release"].as_str().unwrap();
+    for h in ["web-1", "web-2", "web-3"] {
+        assert!(!fleet.releases(h, "site").contains(&new.to_owned()), "{h} keeps no staged release");
+    }
+}
