@@ -202,6 +202,26 @@ impl DirHandle {
         rustix::fs::renameat_with(&self.fd, from, &dir.fd, to, flags).map_err(io_err)
     }
 
+    /// Put `content` at `name` here in one rename: written to a new file (never following or
+    /// opening anything that exists), synced, mode `mode`, then renamed over `name`.
+    pub fn replace_file(&self, name: &str, content: &[u8], mode: u32) -> io::Result<()> {
+        use std::io::Write;
+        check_name(name)?;
+        let tmp = format!(".{name}.{}", nonce());
+        let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&self.fd, tmp.as_str(), flags, Mode::from_raw_mode(mode)).map_err(io_err)?;
+        let mut file = std::fs::File::from(fd);
+        let written = file
+            .write_all(content)
+            .and_then(|()| rustix::fs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(io_err))
+            .and_then(|()| file.sync_all())
+            .and_then(|()| rustix::fs::renameat(&self.fd, tmp.as_str(), &self.fd, name).map_err(io_err));
+        if written.is_err() {
+            let _ = rustix::fs::unlinkat(&self.fd, tmp.as_str(), AtFlags::empty());
+        }
+        written
+    }
+
     /// Remove the file or symlink `name`.
     pub fn unlink(&self, name: &str) -> io::Result<()> {
         check_name(name)?;

@@ -209,6 +209,13 @@ impl Layout {
         self.deploy_to.join("releases")
     }
 
+    /// `deploy_to` itself, held open (the agent's: no symlink, not loosely writable).
+    pub fn deploy_dir(&self) -> Result<&DirHandle, AgentError> {
+        self.deploy
+            .as_ref()
+            .ok_or_else(|| AgentError::NotFound(format!("{} does not exist yet", self.deploy_to.display())))
+    }
+
     pub fn release_path(&self, id: &ReleaseId) -> PathBuf {
         self.releases_dir().join(id.as_str())
     }

@@ -26,6 +26,7 @@ use crate::layout::{Current, Layout, Open};
 use crate::state::{AgentState, TargetRecord};
 
 mod activate;
+mod maintenance;
 mod migrate;
 mod stage;
 mod target;
@@ -645,5 +646,12 @@ impl pb::agent_server::Agent for AgentService {
 
     async fn releases(&self, req: Request<pb::ReleasesRequest>) -> Result<Response<pb::ReleasesReply>, Status> {
         Ok(Response::new(self.inner.releases(req.into_inner()).await?))
+    }
+
+    async fn maintenance(
+        &self,
+        req: Request<pb::MaintenanceRequest>,
+    ) -> Result<Response<pb::MaintenanceReply>, Status> {
+        Ok(Response::new(self.inner.maintenance(req.into_inner()).await?))
     }
 }

@@ -117,6 +117,12 @@ pub enum Command {
         after_help = "Examples:\n  slipctl freeze create shop prod --until 3d --reason \"Double 11\"\n  slipctl freeze list"
     )]
     Freeze(crate::cli::governance::FreezeCommand),
+    /// Maintenance mode: a page the web server serves instead of the app, on every host
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  slipctl maintenance on shop prod --message \"Back at 22:00\"\n  slipctl maintenance off shop prod"
+    )]
+    Maintenance(crate::cli::governance::MaintenanceCommand),
     /// The paths a project's builds keep between them ([build] cache)
     #[command(subcommand, after_help = "Example:\n  slipctl cache clear shop")]
     Cache(crate::cli::artifacts::CacheCommand),

@@ -49,6 +49,58 @@ pub enum FreezeCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum MaintenanceCommand {
+    /// Put up every host's maintenance page (<deploy_to>/maintenance.html), which the web
+    /// server serves instead of the app (README: nginx and HAProxy)
+    #[command(after_help = "Example:\n  slipctl maintenance on shop prod --message \"Back at 22:00\"")]
+    On {
+        /// The project
+        project: String,
+        /// The environment
+        env: String,
+        /// Shown on the page
+        #[arg(long, default_value = "")]
+        message: String,
+    },
+    /// Take every host's maintenance page down
+    #[command(after_help = "Example:\n  slipctl maintenance off shop prod")]
+    Off {
+        /// The project
+        project: String,
+        /// The environment
+        env: String,
+    },
+}
+
+pub(crate) async fn maintenance_command(home: &Home, out: &Cx, cmd: MaintenanceCommand) -> Result<u8> {
+    let (project, env, on, message) = match cmd {
+        MaintenanceCommand::On { project, env, message } => (project, env, true, message),
+        MaintenanceCommand::Off { project, env } => (project, env, false, String::new()),
+    };
+    let answers = crate::engine::maintenance::set(home, &project, &env, on, &message).await?;
+    let failed = answers.iter().filter(|(_, a)| a.is_err()).count();
+    let doc: Vec<serde_json::Value> = answers
+        .iter()
+        .map(|(host, a)| match a {
+            Ok(r) => json!({"host": host, "ok": true, "path": r.path, "was_on": r.was_on}),
+            Err(e) => json!({"host": host, "ok": false, "error": e.to_string()}),
+        })
+        .collect();
+    print(out, json!({"project": project, "env": env, "on": on, "hosts": doc}), || {
+        let mut s = format!("maintenance {} for {project}/{env}:", if on { "on" } else { "off" });
+        for (host, a) in &answers {
+            match a {
+                Ok(r) if on => s.push_str(&format!("\n  {host}: {}", r.path)),
+                Ok(r) => s.push_str(&format!("\n  {host}: {}", if r.was_on { "page removed" } else { "was off" })),
+                Err(e) => s.push_str(&format!("\n  {host}: FAILED {e}")),
+            }
+        }
+        s
+    });
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
 fn when(text: &str, now: i64) -> Result<i64> {
     parse_when(text, now).map_err(|e| CtlError::bad(e).fix("see `slipctl freeze create --help`"))
 }

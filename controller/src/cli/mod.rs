@@ -130,6 +130,7 @@ async fn run_with(home: Home, command: Command, out: &Cx) -> Result<u8> {
         Command::Artifact(cmd) => artifacts::artifact_command(&home, out, cmd).await,
         Command::Cache(cmd) => artifacts::cache_command(&home, out, cmd),
         Command::Freeze(cmd) => governance::freeze_command(&home, out, cmd),
+        Command::Maintenance(cmd) => governance::maintenance_command(&home, out, cmd).await,
         Command::Deploy {
             project,
             env,

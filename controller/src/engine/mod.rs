@@ -18,6 +18,7 @@ pub mod host_error;
 pub mod host_ops;
 pub mod journal;
 pub mod lock;
+pub mod maintenance;
 pub mod origin;
 pub mod package;
 pub mod planner;

@@ -77,6 +77,7 @@ pub fn policy(method: &Method, route: &str) -> Need {
         "/projects/{p}/envs/{e}" | "/projects/{p}/envs/{e}/check" => Role(R::Viewer, Path),
         "/projects/{p}/envs/{e}/tickets/new" | "/projects/{p}/envs/{e}/tickets" => Role(R::Deployer, Path),
         "/projects/{p}/envs/{e}/rollback" => DirectDeploy { rollback: true, pair: Path },
+        "/projects/{p}/envs/{e}/maintenance" => Role(R::Deployer, Path),
         "/tickets/{id}" | "/tickets/{id}/live" => Role(R::Viewer, Ticket),
         "/tickets/{id}/approve" | "/tickets/{id}/reject" => Role(R::Approver, Ticket),
         "/tickets/{id}/deploy" | "/tickets/{id}/cancel" | "/tickets/{id}/rollback" => Role(R::Deployer, Ticket),
@@ -113,6 +114,7 @@ pub fn policy(method: &Method, route: &str) -> Need {
         | "/api/v1/tickets/{id}/rollback"
         | "/api/v1/tickets/{id}/schedule" => Role(R::Deployer, Ticket),
         "/api/v1/freezes" if get => Anyone,
+        "/api/v1/projects/{p}/envs/{e}/maintenance" => Role(R::Deployer, Path),
         "/api/v1/projects/{p}/envs/{e}/freezes" if get => Role(R::Viewer, Path),
         "/api/v1/projects/{p}/envs/{e}/freezes" | "/api/v1/projects/{p}/envs/{e}/freezes/{id}" => Maintainer,
         "/api/v1/deploys/{id}" | "/api/v1/deploys/{id}/events" => Role(R::Viewer, Deploy),

@@ -23,7 +23,7 @@ use crate::cli::args::{AgentCommand, Cli, Command, ProjectCommand};
 use crate::cli::args_team::TicketCommand;
 use crate::cli::artifacts::{ArtifactCommand, CacheCommand};
 use crate::cli::console::{Cancellers, Console, Frame};
-use crate::cli::governance::FreezeCommand;
+use crate::cli::governance::{FreezeCommand, MaintenanceCommand};
 use crate::server::App;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ApiResult, Body};
@@ -121,6 +121,9 @@ pub fn authorize(app: &App, caller: &Caller, cli: &Cli) -> ApiResult<()> {
             overriding(caller, override_reason.as_deref())
         }
         Command::Freeze(FreezeCommand::List { .. }) => Ok(()),
+        Command::Maintenance(
+            MaintenanceCommand::On { project, env, .. } | MaintenanceCommand::Off { project, env },
+        ) => on((project.clone(), env.clone()), Role::Deployer),
         Command::Freeze(FreezeCommand::Create { project, .. }) => {
             caller.require_maintainer(project).map_err(ApiError::from)
         }

@@ -24,6 +24,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/v1/freezes", routing::get(all))
         .route("/api/v1/projects/{p}/envs/{e}/freezes", routing::get(of_env).post(create))
         .route("/api/v1/projects/{p}/envs/{e}/freezes/{id}", routing::delete(lift))
+        .route("/api/v1/projects/{p}/envs/{e}/maintenance", routing::post(maintenance))
 }
 
 /// Going past a window or a freeze is an admin's, with a reason.
@@ -73,6 +74,32 @@ async fn create(
     let until = parse_when(&b.until, from.unwrap_or(now)).map_err(bad)?;
     let f = freezes::create(&app.store, &caller.name, &p, &e, from, until, &b.reason)?;
     Ok((StatusCode::CREATED, Json(json!(f))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Maintenance {
+    on: bool,
+    #[serde(default)]
+    message: String,
+}
+
+/// `POST /api/v1/projects/{p}/envs/{e}/maintenance` `{"on": true, "message": "…"}`: every host's
+/// maintenance page up (or down); each host's answer.
+async fn maintenance(
+    State(app): State<Arc<App>>,
+    Path((p, e)): Path<(String, String)>,
+    Body(b): Body<Maintenance>,
+) -> ApiResult<Json<Value>> {
+    let answers = crate::engine::maintenance::set(&app.home, &p, &e, b.on, &b.message).await?;
+    let hosts: Vec<Value> = answers
+        .iter()
+        .map(|(host, a)| match a {
+            Ok(r) => json!({"host": host, "ok": true, "path": r.path, "was_on": r.was_on}),
+            Err(err) => json!({"host": host, "ok": false, "error": err.to_string()}),
+        })
+        .collect();
+    Ok(Json(json!({"project": p, "env": e, "on": b.on, "hosts": hosts})))
 }
 
 async fn lift(

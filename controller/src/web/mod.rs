@@ -51,6 +51,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/projects/{p}/envs/{e}/check", routing::post(project::check))
         .route("/projects/{p}/envs/{e}/rollback", routing::post(project::rollback))
         .route("/projects/{p}/envs/{e}/freezes", routing::post(project::freeze))
+        .route("/projects/{p}/envs/{e}/maintenance", routing::post(project::maintenance))
         .route("/projects/{p}/envs/{e}/freezes/{id}/lift", routing::post(project::lift))
         .route("/projects/{p}/envs/{e}/tickets/new", routing::get(ticket::new_page))
         .route("/projects/{p}/envs/{e}/tickets", routing::post(ticket::create))

@@ -104,6 +104,14 @@ async fn view(app: &App, v: &Viewer, p: &str, e: &str, check: Option<Markup>) ->
             }
             (v.button(&format!("{base}/check"), v.t("check"), "", html! {}))
             a.button href={ "/projects/" (p) "/edit" } { (v.t("edit_project")) }
+            @if deployer {
+                form.action.maintenance method="post" action={ (base) "/maintenance" } {
+                    input type="hidden" name="csrf_token" value=(v.csrf());
+                    input type="text" name="message" aria-label=(v.t("maintenance_message")) placeholder=(v.t("maintenance_message"));
+                    button type="submit" name="on" value="1" { (v.t("maintenance_on")) }
+                    button type="submit" name="on" value="0" { (v.t("maintenance_off")) }
+                }
+            }
         }
         @if let Some(c) = check { (c) }
         @if !settings.windows.is_empty() || !frozen.is_empty() || maintainer {
@@ -276,6 +284,27 @@ pub async fn rollback(
         Begun::Started(n) => Ok(Redirect::to(&format!("/deploys/{n}")).into_response()),
         Begun::Planned(d) => Ok(Redirect::to(&format!("/deploys/{}", d.id)).into_response()),
     }
+}
+
+#[derive(Deserialize)]
+pub struct MaintenanceForm {
+    on: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// `POST /projects/{p}/envs/{e}/maintenance`: every host's page up or down, then the env page.
+pub async fn maintenance(
+    State(app): State<Arc<App>>,
+    v: Viewer,
+    Path((p, e)): Path<(String, String)>,
+    Form(f): Form<MaintenanceForm>,
+) -> PageResult {
+    let answers = crate::engine::maintenance::set(&app.home, &p, &e, f.on == "1", &f.message).await.or_show(&v)?;
+    if let Some((host, Err(why))) = answers.iter().find(|(_, a)| a.is_err()) {
+        return Err(crate::error::CtlError::failed(format!("maintenance on {host}: {why}"))).or_show(&v);
+    }
+    Ok(Redirect::to(&format!("/projects/{p}/envs/{e}")).into_response())
 }
 
 #[derive(Deserialize)]

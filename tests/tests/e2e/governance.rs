@@ -232,3 +232,81 @@ fn a_webhook_ticket_waits_out_a_freeze_and_a_scheduled_ticket_starts_on_time_aft
     assert!(t["start"].is_null());
     assert!(t["transitions"].as_array().unwrap().iter().any(|x| x["comment"] == "schedule cancelled"), "{t}");
 }
+
+#[test]
+fn maintenance_mode_is_served_by_nginx_instead_of_the_app_and_lifted() {
+    use slipway_tests::{Proc, free_port, http_get, is_root, require};
+    use std::process::{Command, Stdio};
+    if !require("nginx (apt-get install nginx)", slipway_tests::have_nginx()) {
+        return;
+    }
+    let fleet = Fleet::new(1);
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "the app\n");
+    repo.commit("v1");
+    project(&fleet, &repo, "", "");
+    fleet.slipctl(&["deploy", "site", "test"]).ok();
+    // nginx as README shows it: the page in <deploy_to> wins while it exists.
+    let (dir, port) = (fleet.path().join("nginx"), free_port());
+    std::fs::create_dir_all(&dir).unwrap();
+    let (current, deploy_to) = (fleet.current("web-1", "site"), fleet.deploy_to("web-1", "site"));
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "{user}daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
+             http {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+             server {{ listen 127.0.0.1:{port}; root {current};\n\
+               location / {{ if (-f {deploy_to}/maintenance.html) {{ return 503; }} try_files $uri $uri/index.html =404; }}\n\
+               error_page 503 /maintenance.html;\n\
+               location = /maintenance.html {{ internal; root {deploy_to}; }}\n\
+             }} }}\n",
+            user = if is_root() { "user root;\n" } else { "" },
+            d = dir.display(),
+            current = current.display(),
+            deploy_to = deploy_to.display(),
+        ),
+    )
+    .unwrap();
+    let nginx = Command::new("nginx")
+        .args(["-p", dir.to_str().unwrap(), "-c", dir.join("nginx.conf").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _nginx = Proc(nginx);
+    wait_for("nginx", || http_get(port, "/").is_ok());
+    assert_eq!(http_get(port, "/").unwrap(), (200, "the app\n".to_owned()));
+
+    let on = fleet
+        .slipctl(&["--output", "json", "maintenance", "on", "site", "test", "--message", "Back at 22:00 <b>soon</b>"])
+        .ok()
+        .json();
+    assert_eq!(on["hosts"][0]["ok"], true, "{on}");
+    let (status, body) = http_get(port, "/").unwrap();
+    assert_eq!(status, 503);
+    assert!(body.contains("Back at 22:00 &lt;b&gt;soon&lt;/b&gt;"), "the message, escaped: {body}");
+    assert_eq!(http_get(port, "/index.html").unwrap().0, 503, "every path");
+    // The page is the agent's, in <deploy_to> (not the app's shared dir).
+    let page = deploy_to.join("maintenance.html");
+    assert!(std::fs::metadata(&page).unwrap().len() > 0);
+    fleet.slipctl(&["maintenance", "off", "site", "test"]).ok();
+    assert_eq!(http_get(port, "/").unwrap(), (200, "the app\n".to_owned()));
+    assert!(!page.exists());
+    // Off again is fine and says it was off.
+    let again = fleet.slipctl(&["--output", "json", "maintenance", "off", "site", "test"]).ok().json();
+    assert_eq!(again["hosts"][0]["was_on"], false);
+    // An env with no deploy yet: the host says so, and the command fails.
+    let other = fleet.path().join("other.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "name = \"other\"\nrepo = \"{}\"\n[target]\ndeploy_to = \"{}/{{host}}/other\"\n[env.test]\nhosts = [\"role=web\"]\n",
+            repo.path.display(),
+            fleet.path().join("hosts").display()
+        ),
+    )
+    .unwrap();
+    fleet.slipctl(&["project", "apply", "-f", other.to_str().unwrap()]).ok();
+    let run = fleet.slipctl(&["maintenance", "on", "other", "test"]).code(1);
+    assert!(run.stdout.contains("FAILED") || run.stderr.contains("FAILED"), "{}{}", run.stdout, run.stderr);
+}

@@ -1,0 +1,40 @@
+//! Maintenance mode for an env (`slipctl maintenance on|off`, the env page, the API): every host
+//! of the env is asked to put up (or take down) its maintenance page, each answer kept.
+
+use std::collections::BTreeMap;
+
+use slipway_proto::pb;
+
+use crate::engine::client::{self, Timeouts};
+use crate::engine::fanout::ask_all;
+use crate::engine::host_error::HostError;
+use crate::engine::scope::{load_scope, pb_target};
+use crate::error::Result;
+use crate::state::home::Home;
+use crate::state::store::AgentRecord;
+
+/// What each host said: the page's path (on), whether it was up before.
+pub type Answers = Vec<(String, std::result::Result<pb::MaintenanceReply, HostError>)>;
+
+/// Turn `project`/`env`'s maintenance page on (with `message`) or off on every host.
+pub async fn set(home: &Home, project: &str, env: &str, on: bool, message: &str) -> Result<Answers> {
+    let scope = load_scope(home, project, env, None)?;
+    let tls = home.client_tls()?;
+    let timeouts = Timeouts::host(scope.settings.rollout.host_timeout_secs);
+    let agents: BTreeMap<String, AgentRecord> = scope.hosts.iter().map(|a| (a.name.clone(), a.clone())).collect();
+    let names: Vec<String> = scope.hosts.iter().map(|a| a.name.clone()).collect();
+    Ok(ask_all(&names, |host| {
+        let (tls, agent, target) = (tls.clone(), agents[&host].clone(), pb_target(&scope.settings, &host));
+        let message = message.to_owned();
+        async move {
+            let mut c = client::connect(tls, &agent, timeouts).await?;
+            let request = pb::MaintenanceRequest { target: Some(target), on, message };
+            tokio::time::timeout(timeouts.call, c.maintenance(request))
+                .await
+                .map_err(|_| HostError::Timeout { what: "no answer", secs: timeouts.call.as_secs(), hint: "" })?
+                .map_err(|s| HostError::from_status(&s))
+                .map(tonic::Response::into_inner)
+        }
+    })
+    .await)
+}
