@@ -78,7 +78,11 @@ pub(crate) async fn maintenance_command(home: &Home, out: &Cx, cmd: MaintenanceC
         MaintenanceCommand::On { project, env, message } => (project, env, true, message),
         MaintenanceCommand::Off { project, env } => (project, env, false, String::new()),
     };
-    let answers = crate::engine::maintenance::set(home, &project, &env, on, &message).await?;
+    let by = match &out.served {
+        Some(s) => crate::ops::audit::Actor::of(&s.caller),
+        None => crate::ops::audit::Actor::local(),
+    };
+    let answers = crate::engine::maintenance::set(home, &by, &project, &env, on, &message).await?;
     let failed = answers.iter().filter(|(_, a)| a.is_err()).count();
     let doc: Vec<serde_json::Value> = answers
         .iter()

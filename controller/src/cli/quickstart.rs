@@ -268,8 +268,8 @@ async fn serve_demo(home: &Home, mut listen: std::net::SocketAddr, agents: Agent
     let password = crate::ops::secrets::random_hex()[..20].to_owned();
     let name = "admin";
     match store.user(name)? {
-        Some(_) => crate::ops::users::set_password(&store, name, &password, None)?,
-        None => drop(crate::ops::users::add_user(&store, name, true, &password)?),
+        Some(_) => crate::ops::users::set_password(&store, &crate::ops::audit::Actor::local(), name, &password, None)?,
+        None => drop(crate::ops::users::add_user(&store, &crate::ops::audit::Actor::local(), name, true, &password)?),
     }
     drop(store);
     let url = format!("http://{listen}/");

@@ -361,6 +361,19 @@ pub async fn deploy(home: &Home, args: DeployArgs, reporter: &Emitter) -> Result
     }
     let store = Store::open(&home.state())?;
     store.put_deploy(&record)?;
+    let target = format!("{}/{}", record.project, record.env);
+    let detail = format!(
+        "deploy #{} release {} commit {}{}",
+        record.id,
+        Shown(&record.release),
+        record.commit,
+        record.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+    );
+    crate::ops::audit::record(&store, &record.user, "", "deploy", &target, record.status.word(), &detail);
+    if let Some(o) = &record.overridden {
+        let detail = format!("deploy #{}: {} (past: {})", record.id, o.reason, o.held);
+        crate::ops::audit::record(&store, &o.by, "", "override", &target, "ok", &detail);
+    }
     Ok(record)
 }
 

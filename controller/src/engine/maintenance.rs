@@ -17,13 +17,20 @@ use crate::state::store::AgentRecord;
 pub type Answers = Vec<(String, std::result::Result<pb::MaintenanceReply, HostError>)>;
 
 /// Turn `project`/`env`'s maintenance page on (with `message`) or off on every host.
-pub async fn set(home: &Home, project: &str, env: &str, on: bool, message: &str) -> Result<Answers> {
+pub async fn set(
+    home: &Home,
+    by: &crate::ops::audit::Actor,
+    project: &str,
+    env: &str,
+    on: bool,
+    message: &str,
+) -> Result<Answers> {
     let scope = load_scope(home, project, env, None)?;
     let tls = home.client_tls()?;
     let timeouts = Timeouts::host(scope.settings.rollout.host_timeout_secs);
     let agents: BTreeMap<String, AgentRecord> = scope.hosts.iter().map(|a| (a.name.clone(), a.clone())).collect();
     let names: Vec<String> = scope.hosts.iter().map(|a| a.name.clone()).collect();
-    Ok(ask_all(&names, |host| {
+    let answers = ask_all(&names, |host| {
         let (tls, agent, target) = (tls.clone(), agents[&host].clone(), pb_target(&scope.settings, &host));
         let message = message.to_owned();
         async move {
@@ -36,5 +43,17 @@ pub async fn set(home: &Home, project: &str, env: &str, on: bool, message: &str)
                 .map(tonic::Response::into_inner)
         }
     })
-    .await)
+    .await;
+    let failed = answers.iter().filter(|(_, a)| a.is_err()).count();
+    let store = crate::state::store::Store::open(&home.state())?;
+    let (action, outcome) =
+        (if on { "maintenance_on" } else { "maintenance_off" }, if failed > 0 { "failed" } else { "ok" });
+    let detail = format!(
+        "{} of {} host(s){}",
+        answers.len() - failed,
+        answers.len(),
+        if on { format!(": {message}") } else { String::new() }
+    );
+    by.did(&store, action, &format!("{project}/{env}"), outcome, &detail);
+    Ok(answers)
 }

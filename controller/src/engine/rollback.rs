@@ -266,6 +266,10 @@ pub async fn rollback(home: &Home, args: RollbackArgs, reporter: &Emitter) -> Re
     }
     let store = Store::open(&home.state())?;
     store.put_deploy(&record)?;
+    let target = format!("{}/{}", record.project, record.env);
+    let detail =
+        format!("rollback #{}{}", record.id, record.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default());
+    crate::ops::audit::record(&store, &record.user, "", "rollback", &target, record.status.word(), &detail);
     Ok(record)
 }
 

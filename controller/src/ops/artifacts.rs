@@ -82,6 +82,8 @@ pub async fn push(home: &Home, store: &Store, push: Push, input: &Path) -> Resul
     let record = tokio::task::spawn_blocking(move || keep(&home_owned, push, &input)).await.context("push task")??;
     // Recorded once: a push of the same name meanwhile took it first.
     records::insert(store, &record)?;
+    let target = format!("project {} artifact {}", record.project, record.name);
+    crate::ops::audit::record(store, &record.pushed_by, "", "artifact_push", &target, "ok", &record.sha256);
     Ok(record)
 }
 

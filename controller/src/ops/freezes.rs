@@ -46,6 +46,9 @@ pub fn create(
         lifted: None,
     };
     store.put_freeze(&freeze)?;
+    let target = format!("{project}/{env}");
+    let detail = format!("until {}: {reason}", slipway_common::time::format_utc(until));
+    crate::ops::audit::record(store, by, "", "freeze_create", &target, "ok", &detail);
     Ok(freeze)
 }
 
@@ -70,5 +73,7 @@ pub fn lift(store: &Store, by: &str, id: u64) -> Result<Freeze> {
     }
     freeze.lifted = Some(Done { by: by.to_owned(), at: unix_now() });
     store.put_freeze(&freeze)?;
+    let target = format!("{}/{}", freeze.project, freeze.env);
+    crate::ops::audit::record(store, by, "", "freeze_lift", &target, "ok", &format!("freeze {id}"));
     Ok(freeze)
 }

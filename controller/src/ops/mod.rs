@@ -9,6 +9,7 @@
 
 pub mod agents;
 pub mod artifacts;
+pub mod audit;
 pub mod caller;
 pub mod catch_up;
 pub mod freezes;

@@ -90,6 +90,15 @@ pub fn save(store: &Store, save: Save<'_>) -> Result<(ProjectRecord, Revision)> 
     };
     store.put_revision(&revision)?;
     store.put_project(&record)?;
+    crate::ops::audit::record(
+        store,
+        save.by,
+        "",
+        "project_save",
+        &format!("project {name}"),
+        "ok",
+        &format!("revision {}", revision.n),
+    );
     Ok((record, revision))
 }
 

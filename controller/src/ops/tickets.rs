@@ -204,6 +204,13 @@ pub async fn create_pushed(
     }
     app.store.put_ticket(&ticket)?;
     app.ticket_changed("ticket_created", &ticket, &caller.name);
+    crate::ops::audit::Actor::of(caller).did(
+        &app.store,
+        "ticket_create",
+        &format!("ticket #{} {}/{}", ticket.id, ticket.project, ticket.env),
+        "ok",
+        &format!("{} {}", ticket.git_ref, ticket.commit),
+    );
     Ok(ticket)
 }
 
@@ -283,7 +290,7 @@ pub fn approve(app: &Arc<Core>, caller: &Caller, id: u64, comment: &str, yes: bo
         ))
         .fix("say who you are: SLIPWAY_USER=<your slipway user> slipctl ticket approve …"));
     }
-    let ticket = update(app, id, |t| {
+    let decided = update(app, id, |t| {
         let action = if yes { Action::Approve } else { Action::Reject };
         transition(t, action, &caller.principal)?;
         let audit = audit(caller);
@@ -306,7 +313,13 @@ pub fn approve(app: &Arc<Core>, caller: &Caller, id: u64, comment: &str, yes: bo
             move_to(t, TicketState::Rejected, audit, comment);
         }
         Ok(())
-    })?;
+    });
+    let (actor, what) = (crate::ops::audit::Actor::of(caller), if yes { "ticket_approve" } else { "ticket_reject" });
+    match &decided {
+        Ok(t) => actor.did(&app.store, what, &format!("ticket #{id} {}/{}", t.project, t.env), "ok", comment),
+        Err(e) => actor.did(&app.store, what, &format!("ticket #{id}"), "refused", &e.problem),
+    }
+    let ticket = decided?;
     match ticket.state {
         TicketState::Approved => app.ticket_changed("ticket_approved", &ticket, &caller.name),
         TicketState::Rejected => app.ticket_changed("ticket_rejected", &ticket, &caller.name),

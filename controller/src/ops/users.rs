@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use slipway_common::time::unix_now;
 
 use crate::error::{CtlError, Result};
+use crate::ops::audit::Actor;
 use crate::ops::secrets::{hash_password, random_hex, sha256_hex};
 use crate::state::store::Store;
 use crate::state::users::{Grant, Role, SessionRecord, TokenRecord, UserRecord};
@@ -66,7 +67,7 @@ pub fn check_password(password: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn add_user(store: &Store, name: &str, admin: bool, password: &str) -> Result<UserRecord> {
+pub fn add_user(store: &Store, by: &Actor, name: &str, admin: bool, password: &str) -> Result<UserRecord> {
     slipway_common::names::validate_name("user name", name).map_err(|e| CtlError::bad(e.to_string()))?;
     if store.user(name)?.is_some() {
         return Err(CtlError::bad(format!("user '{name}' exists"))
@@ -81,10 +82,11 @@ pub fn add_user(store: &Store, name: &str, admin: bool, password: &str) -> Resul
         created_at: unix_now(),
     };
     store.put_user(&user)?;
+    by.did(store, "user_add", &format!("user {name}"), "ok", if admin { "admin" } else { "" });
     Ok(user)
 }
 
-pub fn grant(store: &Store, name: &str, project: &str, env: &str, role: Role) -> Result<UserRecord> {
+pub fn grant(store: &Store, by: &Actor, name: &str, project: &str, env: &str, role: Role) -> Result<UserRecord> {
     let mut user = store.user(name)?.ok_or_else(|| unknown_user(name))?;
     let grant = grant_of(store, project, env, role)?;
     if !user.grants.contains(&grant) {
@@ -92,10 +94,11 @@ pub fn grant(store: &Store, name: &str, project: &str, env: &str, role: Role) ->
         user.grants.sort();
     }
     store.put_user(&user)?;
+    by.did(store, "grant", &format!("user {name}"), "ok", &format!("{project}:{env}:{}", role.word()));
     Ok(user)
 }
 
-pub fn revoke(store: &Store, name: &str, project: &str, env: &str, role: Role) -> Result<UserRecord> {
+pub fn revoke(store: &Store, by: &Actor, name: &str, project: &str, env: &str, role: Role) -> Result<UserRecord> {
     let mut user = store.user(name)?.ok_or_else(|| unknown_user(name))?;
     let before = user.grants.len();
     user.grants.retain(|g| !(g.project == project && g.env == env && g.role == role));
@@ -104,23 +107,26 @@ pub fn revoke(store: &Store, name: &str, project: &str, env: &str, role: Role) -
             .fix("`slipctl user list` shows the grants"));
     }
     store.put_user(&user)?;
+    by.did(store, "revoke", &format!("user {name}"), "ok", &format!("{project}:{env}:{}", role.word()));
     Ok(user)
 }
 
 /// Give `name` a new password and end their sessions (but `keep`, the session that changed it).
-pub fn set_password(store: &Store, name: &str, password: &str, keep: Option<&str>) -> Result<()> {
+pub fn set_password(store: &Store, by: &Actor, name: &str, password: &str, keep: Option<&str>) -> Result<()> {
     let mut user = store.user(name)?.ok_or_else(|| unknown_user(name))?;
     check_password(password)?;
     user.password_hash = hash_password(password)?;
     store.put_user(&user)?;
+    by.did(store, "password_change", &format!("user {name}"), "ok", "");
     store.remove_sessions_but(name, keep)
 }
 
 /// Remove a user and end their sessions.
-pub fn remove_user(store: &Store, name: &str) -> Result<()> {
+pub fn remove_user(store: &Store, by: &Actor, name: &str) -> Result<()> {
     if !store.remove_user(name)? {
         return Err(unknown_user(name));
     }
+    by.did(store, "user_remove", &format!("user {name}"), "ok", "");
     store.remove_sessions_of(name)
 }
 
@@ -152,13 +158,18 @@ pub fn create_token(
         owner: owner.map(str::to_owned),
     };
     store.put_token(&record)?;
+    let scope: Vec<String> =
+        record.scopes.iter().map(|g| format!("{}:{}:{}", g.project, g.env, g.role.word())).collect();
+    let what = if admin { "admin".to_owned() } else { scope.join(" ") };
+    crate::ops::audit::record(store, by, "", "token_create", &format!("token {name} ({id})"), "ok", &what);
     Ok((record, format!("slw_{id}_{secret}")))
 }
 
-pub fn remove_token(store: &Store, id: &str) -> Result<()> {
+pub fn remove_token(store: &Store, by: &Actor, id: &str) -> Result<()> {
     if !store.remove_token(id)? {
         return Err(CtlError::not_found(format!("unknown token '{id}'")).fix("`slipctl token list` shows them"));
     }
+    by.did(store, "token_remove", &format!("token {id}"), "ok", "");
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use axum::{Extension, Json, Router, routing};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::ops::audit::Actor;
 use crate::ops::users::{
     add_user, create_token, grant, remove_token, remove_user, revoke, set_password, token_json, unknown_user, user_json,
 };
@@ -67,30 +68,40 @@ async fn users_h(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
     Ok(Json(json!(app.store.users()?.iter().map(user_json).collect::<Vec<_>>())))
 }
 
-async fn add_user_h(State(app): State<Arc<App>>, Body(b): Body<NewUser>) -> ApiResult<impl IntoResponse> {
-    let user = add_user(&app.store, &b.user, b.admin, &b.password)?;
+async fn add_user_h(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Body(b): Body<NewUser>,
+) -> ApiResult<impl IntoResponse> {
+    let user = add_user(&app.store, &Actor::of(&caller), &b.user, b.admin, &b.password)?;
     Ok((StatusCode::CREATED, Json(user_json(&user))))
 }
 
-async fn remove_user_h(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    remove_user(&app.store, &name)?;
+async fn remove_user_h(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    remove_user(&app.store, &Actor::of(&caller), &name)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn grant_h(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Body(g): Body<GrantBody>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(user_json(&grant(&app.store, &name, &g.project, &g.env, g.role)?)))
+    Ok(Json(user_json(&grant(&app.store, &Actor::of(&caller), &name, &g.project, &g.env, g.role)?)))
 }
 
 async fn revoke_h(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Body(g): Body<GrantBody>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(user_json(&revoke(&app.store, &name, &g.project, &g.env, g.role)?)))
+    Ok(Json(user_json(&revoke(&app.store, &Actor::of(&caller), &name, &g.project, &g.env, g.role)?)))
 }
 
 #[derive(Deserialize, Default)]
@@ -104,12 +115,13 @@ struct ResetPassword {
 /// `POST /api/v1/users/{name}/password` (admins): a new password for a user, whose sessions end.
 async fn reset_password_h(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Body(b): Body<ResetPassword>,
 ) -> ApiResult<Json<Value>> {
     let generated = b.password.is_none();
     let password = b.password.unwrap_or_else(|| random_hex()[..20].to_owned());
-    set_password(&app.store, &name, &password, None)?;
+    set_password(&app.store, &Actor::of(&caller), &name, &password, None)?;
     Ok(Json(json!({"user": name, "password": generated.then_some(password), "sessions_ended": true})))
 }
 
@@ -140,7 +152,7 @@ pub async fn change_own_password(app: &App, caller: &Caller, current: &str, new:
             other => other.to_api(),
         });
     }
-    set_password(&app.store, &user.name, new, Some(digest))?;
+    set_password(&app.store, &Actor::of(caller), &user.name, new, Some(digest))?;
     Ok(())
 }
 
@@ -170,7 +182,11 @@ async fn create_token_h(
     Ok((StatusCode::CREATED, Json(doc)))
 }
 
-async fn remove_token_h(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    remove_token(&app.store, &id)?;
+async fn remove_token_h(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    remove_token(&app.store, &Actor::of(&caller), &id)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -50,6 +50,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/deploys/{id}/abort", routing::post(abort))
         .route("/api/v1/deploys/{id}/cancel", routing::post(cancel_deploy))
         .route("/api/v1/cli", routing::post(super::exec::run))
+        .route("/api/v1/audit", routing::get(audit))
         .merge(super::tickets::routes())
         .merge(super::admin::routes())
         .merge(super::projects::routes())
@@ -164,12 +165,40 @@ pub async fn open_session(
             tracing::debug!(user = %shown, from = %peer, reason = refusal.word(), "login refused");
         }
         app.metrics.login_failure(refusal.word());
+        // Every wrong password is on the audit trail; of the refusals a flood's budgets answer
+        // before any check, one in a hundred (the metric counts them all).
+        static THROTTLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let keep = refusal == super::login::Refusal::Wrong
+            || THROTTLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(100);
+        if keep {
+            let detail =
+                if refusal == super::login::Refusal::Wrong { "wrong user or password" } else { refusal.word() };
+            let target = format!("user {shown}");
+            crate::ops::audit::record(
+                &app.store,
+                &shown,
+                &peer.to_string(),
+                "sign_in_failed",
+                &target,
+                "refused",
+                detail,
+            );
+        }
         return Err(refusal.to_api());
     }
     let Some(user) = user else {
         return Err(ApiError::unauthorized("wrong user or password"));
     };
     let (id, csrf) = crate::ops::users::open_session(&app.store, &user.name, &peer.to_string())?;
+    crate::ops::audit::record(
+        &app.store,
+        &user.name,
+        &peer.to_string(),
+        "sign_in",
+        &format!("user {}", user.name),
+        "ok",
+        "password",
+    );
     let secure = if app.secure_cookies { "; Secure" } else { "" };
     let cookie = format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{secure}");
     Ok((user, csrf, HeaderValue::from_str(&cookie).expect("cookie is ASCII")))
@@ -342,6 +371,25 @@ struct DeployBody {
     /// Past the env's windows or a freeze (admins only); recorded with the deploy.
     #[serde(default)]
     override_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    /// Records after this number, oldest first; without it, the newest, newest first.
+    #[serde(default)]
+    after: Option<u64>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/audit` (admins): the audit trail.
+async fn audit(State(app): State<Arc<App>>, Query(q): Query<AuditQuery>) -> ApiResult<Json<Value>> {
+    let limit = q.limit.unwrap_or(200).min(5000);
+    let records = match q.after {
+        Some(after) => app.store.audit_after(after, limit)?,
+        None => app.store.audit_newest(limit)?,
+    };
+    Ok(Json(json!(records)))
 }
 
 fn started(begun: Begun) -> Response {

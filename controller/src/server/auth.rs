@@ -372,6 +372,12 @@ async fn check(app: &App, route: String, taken: Request) -> ApiResult<Request> {
     let peer = taken.extensions().get::<Peer>().cloned().unwrap_or(Peer::Unknown);
     let caller =
         authenticate(&app.store, &peer, taken.headers())?.ok_or_else(|| ApiError::unauthorized("not logged in"))?;
+    // A token's use to change something is on the audit trail (reads are not).
+    if matches!(caller.via, crate::ops::caller::Via::Token { .. }) && taken.method() != axum::http::Method::GET {
+        let what = format!("{} {}", taken.method(), taken.uri().path());
+        let owner = format!("owned by {}", caller.principal);
+        crate::ops::audit::Actor::of(&caller).did(&app.store, "token_use", &what, "used", &owner);
+    }
     let (form_token, taken) = if is_page(&route) { form_csrf(taken).await? } else { (None, taken) };
     check_csrf(&caller, taken.method(), taken.headers(), form_token.as_deref())?;
     let mut taken = match need {

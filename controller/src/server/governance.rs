@@ -88,10 +88,12 @@ struct Maintenance {
 /// maintenance page up (or down); each host's answer.
 async fn maintenance(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path((p, e)): Path<(String, String)>,
     Body(b): Body<Maintenance>,
 ) -> ApiResult<Json<Value>> {
-    let answers = crate::engine::maintenance::set(&app.home, &p, &e, b.on, &b.message).await?;
+    let by = crate::ops::audit::Actor::of(&caller);
+    let answers = crate::engine::maintenance::set(&app.home, &by, &p, &e, b.on, &b.message).await?;
     let hosts: Vec<Value> = answers
         .iter()
         .map(|(host, a)| match a {

@@ -216,6 +216,13 @@ pub(crate) fn start_leader_loops(app: &Arc<App>) {
     }));
     // Tickets that start by themselves: held by a freeze or a window, or scheduled.
     tokio::spawn(crate::ops::waiting::run(app.core.clone()));
+    // The audit trail, shipped in order to syslog and/or OTLP when `[audit]` says where.
+    match crate::state::home::HomeConfig::load(&app.home.root) {
+        Ok(config) => {
+            tokio::spawn(crate::ops::audit::ship(app.store.clone(), config.audit));
+        }
+        Err(e) => tracing::warn!(error = %e, "the audit trail is not shipped: the home's config.toml does not read"),
+    }
 }
 
 /// With a shared database: one that holds nothing while this home's own sled state holds

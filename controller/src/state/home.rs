@@ -25,6 +25,21 @@ pub struct HomeConfig {
     pub state: StateConfig,
     /// Artifacts in an S3-compatible store; without it, the controller pushes them to each host.
     pub artifacts: Option<ArtifactsConfig>,
+    /// Where the audit trail is shipped (it is always kept in the state).
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: ship every audit record, in order, to a syslog server and/or an OTLP collector.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// `tcp://HOST:PORT` or `tls://HOST:PORT`: RFC 5424 messages, octet-counted (RFC 6587).
+    pub syslog: Option<String>,
+    /// For `tls://`: the CA that signed the syslog server's certificate (else the public roots).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// `http(s)://HOST:PORT`: OpenTelemetry logs over OTLP/HTTP (JSON) to `<otlp>/v1/logs`.
+    pub otlp: Option<String>,
 }
 
 /// `[artifacts]`: where artifacts are uploaded once, for hosts to fetch by presigned URL.

@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod artifacts;
+pub mod audit;
 pub mod backend;
 pub mod freezes;
 pub mod home;

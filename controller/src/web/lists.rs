@@ -283,7 +283,8 @@ pub struct AddUserForm {
 pub async fn add_user(State(app): State<Arc<App>>, v: Viewer, Form(f): Form<AddUserForm>) -> PageResult {
     let password = crate::ops::secrets::random_hex()[..20].to_owned();
     let admin = f.admin == "yes";
-    crate::ops::users::add_user(&app.store, f.name.trim(), admin, &password).or_show(&v)?;
+    crate::ops::users::add_user(&app.store, &crate::ops::audit::Actor::of(&v.caller), f.name.trim(), admin, &password)
+        .or_show(&v)?;
     let notice = html! { (v.t("added")) " " strong { (f.name.trim()) } ". " (v.t("password_once")) " " code.password { (password) } };
     users_view(&app, &v, Some(notice))
 }
@@ -302,7 +303,7 @@ pub async fn remove_user(State(app): State<Arc<App>>, v: Viewer, Form(f): Form<U
             format!("another admin can, or `slipctl user rm {}` on the server", f.user),
         )));
     }
-    crate::ops::users::remove_user(&app.store, &f.user).or_show(&v)?;
+    crate::ops::users::remove_user(&app.store, &crate::ops::audit::Actor::of(&v.caller), &f.user).or_show(&v)?;
     Ok(Redirect::to("/users").into_response())
 }
 
@@ -331,13 +332,15 @@ fn grant_parts(v: &Viewer, f: &GrantForm) -> Result<(String, String, Role), supe
 
 pub async fn grant(State(app): State<Arc<App>>, v: Viewer, Form(f): Form<GrantForm>) -> PageResult {
     let (p, e, role) = grant_parts(&v, &f)?;
-    crate::ops::users::grant(&app.store, &f.user, &p, &e, role).or_show(&v)?;
+    crate::ops::users::grant(&app.store, &crate::ops::audit::Actor::of(&v.caller), &f.user, &p, &e, role)
+        .or_show(&v)?;
     Ok(Redirect::to("/users").into_response())
 }
 
 pub async fn revoke(State(app): State<Arc<App>>, v: Viewer, Form(f): Form<GrantForm>) -> PageResult {
     let (p, e, role) = grant_parts(&v, &f)?;
-    crate::ops::users::revoke(&app.store, &f.user, &p, &e, role).or_show(&v)?;
+    crate::ops::users::revoke(&app.store, &crate::ops::audit::Actor::of(&v.caller), &f.user, &p, &e, role)
+        .or_show(&v)?;
     Ok(Redirect::to("/users").into_response())
 }
 
@@ -345,7 +348,8 @@ pub async fn revoke(State(app): State<Arc<App>>, v: Viewer, Form(f): Form<GrantF
 /// sessions end.
 pub async fn reset_password(State(app): State<Arc<App>>, v: Viewer, Form(f): Form<UserForm>) -> PageResult {
     let password = crate::ops::secrets::random_hex()[..20].to_owned();
-    crate::ops::users::set_password(&app.store, &f.user, &password, None).or_show(&v)?;
+    crate::ops::users::set_password(&app.store, &crate::ops::audit::Actor::of(&v.caller), &f.user, &password, None)
+        .or_show(&v)?;
     let notice = html! { (v.t("password_reset")) " " strong { (f.user) } ". " (v.t("password_once")) " " code.password { (password) } };
     users_view(&app, &v, Some(notice))
 }

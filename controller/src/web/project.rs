@@ -300,7 +300,8 @@ pub async fn maintenance(
     Path((p, e)): Path<(String, String)>,
     Form(f): Form<MaintenanceForm>,
 ) -> PageResult {
-    let answers = crate::engine::maintenance::set(&app.home, &p, &e, f.on == "1", &f.message).await.or_show(&v)?;
+    let by = crate::ops::audit::Actor::of(&v.caller);
+    let answers = crate::engine::maintenance::set(&app.home, &by, &p, &e, f.on == "1", &f.message).await.or_show(&v)?;
     if let Some((host, Err(why))) = answers.iter().find(|(_, a)| a.is_err()) {
         return Err(crate::error::CtlError::failed(format!("maintenance on {host}: {why}"))).or_show(&v);
     }

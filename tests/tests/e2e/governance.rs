@@ -310,3 +310,150 @@ fn maintenance_mode_is_served_by_nginx_instead_of_the_app_and_lifted() {
     let run = fleet.slipctl(&["maintenance", "on", "other", "test"]).code(1);
     assert!(run.stdout.contains("FAILED") || run.stderr.contains("FAILED"), "{}{}", run.stdout, run.stderr);
 }
+
+/// A syslog server for the test: octet-counted RFC 5424 frames over TCP, the messages in order.
+fn syslog_listener() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut bytes = Vec::new();
+            let _ = stream.read_to_end(&mut bytes);
+            let mut rest = bytes.as_slice();
+            while let Some(space) = rest.iter().position(|b| *b == b' ') {
+                let Some(len) = std::str::from_utf8(&rest[..space]).ok().and_then(|n| n.parse::<usize>().ok()) else {
+                    break;
+                };
+                let msg = &rest[space + 1..space + 1 + len];
+                sink.lock().unwrap().push(String::from_utf8_lossy(msg).into_owned());
+                rest = &rest[space + 1 + len..];
+            }
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn every_security_relevant_action_is_an_audit_record_shipped_in_order_to_syslog_and_otlp() {
+    let fleet = Fleet::new(1);
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "v1\n");
+    repo.commit("v1");
+    project(&fleet, &repo, "", "");
+    let (syslog_port, received) = syslog_listener();
+    let (otlp_port, otlp) = slipway_tests::sink();
+    let config = fleet.home.join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap_or_default();
+    text.push_str(&format!(
+        "\n[audit]\nsyslog = \"tcp://127.0.0.1:{syslog_port}\"\notlp = \"http://127.0.0.1:{otlp_port}\"\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+    slipway_tests::add_admin(&fleet, "ops");
+    slipway_tests::add_user(&fleet, "dev", &[("site", "test", "viewer")]);
+    let mut server = Server::start(&fleet);
+
+    // A small flood of wrong passwords, then the right one.
+    let bad = json!({"user": "dev", "password": "not-it"}).to_string();
+    for _ in 0..3 {
+        assert_eq!(server.call("POST", "/api/v1/session", &[("Content-Type", "application/json")], Some(&bad)).0, 401);
+    }
+    let (cookie, csrf) = server.login("ops", "ops-password");
+    let ops = [("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str()), ("Content-Type", "application/json")];
+    // A grant, a token and its use, a freeze and an admin's override, a rollback.
+    let grant = json!({"project": "site", "env": "test", "role": "deployer"}).to_string();
+    assert_eq!(server.call("POST", "/api/v1/users/dev/grants", &ops, Some(&grant)).0, 200);
+    let body = json!({"name": "ci", "scopes": [{"project": "site", "env": "test", "role": "deployer"}]}).to_string();
+    let (status, token) = server.call("POST", "/api/v1/tokens", &ops, Some(&body));
+    assert_eq!(status, 201, "{token}");
+    let bearer = format!("Bearer {}", token["token"].as_str().unwrap());
+    let ci = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+    let deploy = json!({"project": "site", "env": "test"}).to_string();
+    let (status, started) = server.call("POST", "/api/v1/deploys", &ci, Some(&deploy));
+    assert_eq!(status, 202, "{started}");
+    let first = started["id"].as_u64().unwrap();
+    wait_for("the deploy", || {
+        server.call("GET", &format!("/api/v1/deploys/{first}"), &ops, None).1["status"] == "succeeded"
+    });
+    let freeze = json!({"until": "1h", "reason": "audit week"}).to_string();
+    assert_eq!(server.call("POST", "/api/v1/projects/site/envs/test/freezes", &ops, Some(&freeze)).0, 201);
+    let forced = json!({"project": "site", "env": "test", "override_reason": "INC-7"}).to_string();
+    let (status, started) = server.call("POST", "/api/v1/deploys", &ops, Some(&forced));
+    assert_eq!(status, 202, "{started}");
+    let second = started["id"].as_u64().unwrap();
+    wait_for("the forced deploy", || {
+        server.call("GET", &format!("/api/v1/deploys/{second}"), &ops, None).1["status"] == "succeeded"
+    });
+    let back = json!({"project": "site", "env": "test"}).to_string();
+    let (status, started) = server.call("POST", "/api/v1/rollbacks", &ops, Some(&back));
+    assert_eq!(status, 202, "{started}");
+
+    let expected = [
+        "sign_in_failed",
+        "sign_in_failed",
+        "sign_in_failed",
+        "sign_in",
+        "grant",
+        "token_create",
+        "token_use",
+        "deploy",
+        "freeze_create",
+        "deploy",
+        "override",
+        "rollback",
+    ];
+    let action = |msg: &str| msg.split(' ').nth(5).unwrap_or("").to_owned();
+    wait_for("the records at the syslog server", || received.lock().unwrap().iter().any(|m| action(m) == "rollback"));
+    let msgs = received.lock().unwrap().clone();
+    let start = msgs.iter().position(|m| action(m) == "sign_in_failed").unwrap();
+    let flow: Vec<String> =
+        msgs[start..].iter().map(|m| action(m)).filter(|a| expected.contains(&a.as_str())).collect();
+    assert_eq!(flow, expected, "every record of the flow, in order: {msgs:#?}");
+    // Numbered without a gap, each with who, from where, on what, the outcome.
+    let seqs: Vec<u64> =
+        msgs.iter().map(|m| m.split("seq=\"").nth(1).unwrap().split('"').next().unwrap().parse().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    let failed = msgs.iter().find(|m| action(m) == "sign_in_failed").unwrap();
+    assert!(
+        failed.starts_with("<108>1 ")
+            && failed.contains("who=\"dev\"")
+            && failed.contains("from=\"127.0.0.1\"")
+            && failed.contains("outcome=\"refused\""),
+        "{failed}"
+    );
+    let used = msgs.iter().find(|m| action(m) == "token_use").unwrap();
+    assert!(used.contains("who=\"token:ci\"") && used.contains("POST /api/v1/deploys"), "{used}");
+    let over = msgs.iter().find(|m| action(m) == "override").unwrap();
+    assert!(over.contains("who=\"ops\"") && over.contains("INC-7") && over.contains("audit week"), "{over}");
+
+    // The same trail through the API (admins only), and OTLP got it too.
+    let (status, trail) = server.call("GET", "/api/v1/audit?after=0&limit=1000", &ops, None);
+    assert_eq!(status, 200);
+    assert_eq!(trail.as_array().unwrap().len(), msgs.len(), "{trail}");
+    let (dc, dt) = server.login("dev", "dev-password");
+    let dev = [("Cookie", dc.as_str()), ("X-CSRF-Token", dt.as_str())];
+    assert_eq!(server.call("GET", "/api/v1/audit", &dev, None).0, 403);
+    let mut shipped = String::new();
+    while !shipped.contains("\"rollback\"") {
+        let (path, _, body) = otlp.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(path, "/v1/logs");
+        assert!(body.contains("\"resourceLogs\""), "{body}");
+        shipped.push_str(&body);
+    }
+    assert!(shipped.contains("\"sign_in_failed\"") && shipped.contains("\"override\""), "{shipped}");
+    // The failed sign-ins are in /metrics too.
+    let (_, _, metrics) = http(server.port, "GET", "/metrics", &[], None);
+    assert!(metrics.lines().any(|l| l.starts_with("slipway_login_failures_total") && !l.ends_with(" 0")), "{metrics}");
+    // A restart ships nothing twice: the cursor is kept.
+    let before = received.lock().unwrap().len();
+    server.stop();
+    let server = Server::start(&fleet);
+    let (c2, t2) = server.login("ops", "ops-password");
+    let _ = (c2, t2);
+    wait_for("the next record", || received.lock().unwrap().len() > before);
+    let after = received.lock().unwrap().clone();
+    assert_eq!(action(&after[before]), "sign_in", "only what is new: {:?}", &after[before..]);
+}
