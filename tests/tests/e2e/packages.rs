@@ -77,7 +77,7 @@ fn debs_install_into_a_clean_debian_root_run_and_purge_cleanly() {
     // depend on beyond the C library.
     let root = dir.path().join("root");
     run(Command::new("mmdebstrap")
-        .args(["--quiet", "--variant=minbase", "--include=adduser,git"])
+        .args(["--quiet", "--variant=minbase", "--include=adduser,git,tzdata"])
         .arg(codename())
         .arg(&root));
     let inside = |args: &[&str]| -> Output { run(Command::new("chroot").arg(&root).args(args)) };
