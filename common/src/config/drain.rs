@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::positive;
+use super::resolve::positive;
 use crate::names::validate_agent_name;
 
 /// `[rollout.drain]`: HAProxy's runtime API, or command lines.

@@ -248,10 +248,10 @@ impl Package {
     }
 
     /// A delta shipping only `ship`.
-    pub(crate) async fn delta(&self, ship: std::collections::BTreeSet<String>) -> Result<artifact::Delta> {
+    pub(crate) async fn delta(&self, ship: std::collections::BTreeSet<String>) -> Result<crate::source::delta::Delta> {
         match (&self.full, &self.git) {
-            (Some(full), _) => artifact::delta(full, ship).await,
-            (None, Some((cache, mirror, recipe))) => artifact::delta_git(cache, mirror, recipe, ship).await,
+            (Some(full), _) => crate::source::delta::delta(full, ship).await,
+            (None, Some((cache, mirror, recipe))) => crate::source::delta::delta_git(cache, mirror, recipe, ship).await,
             (None, None) => Err(CtlError::failed("no package to derive a delta from")),
         }
     }
