@@ -24,13 +24,7 @@ impl Inner {
         let mut record = self.record(&target)?;
         self.check_generation(&mut record, req.generation)?;
         let layout = &target.layout;
-        let on_disk = layout.list()?;
-        if !on_disk.contains(&id) {
-            return Err(AgentError::NotFound(format!(
-                "release {id} is not staged on this host (retained: {})",
-                list_or_none(&on_disk)
-            )));
-        }
+        held_release(layout, &id)?;
         let previous = layout.read_current()?.release().map(ToString::to_string).unwrap_or_default();
         let release_path = layout.release_path(&id);
         let site = HookSite {

@@ -531,6 +531,15 @@ impl Inner {
     }
 }
 
+/// Release `id` must be one of the target's releases (staged or retained) on this host.
+fn held_release(layout: &crate::layout::Layout, id: &ReleaseId) -> Result<(), AgentError> {
+    let on_disk = layout.list()?;
+    if on_disk.contains(id) {
+        return Ok(());
+    }
+    Err(AgentError::NotFound(format!("release {id} is not on this host (retained: {})", list_or_none(&on_disk))))
+}
+
 fn list_or_none(ids: &[ReleaseId]) -> String {
     if ids.is_empty() { "none".into() } else { ids.iter().map(ReleaseId::as_str).collect::<Vec<_>>().join(", ") }
 }

@@ -11,7 +11,6 @@ use crate::error::Result;
 use crate::ops::artifacts;
 use crate::state::artifacts::PushedArtifact;
 use crate::state::home::Home;
-use crate::state::store::Store;
 use crate::units::bytes;
 
 #[derive(Subcommand)]
@@ -58,10 +57,7 @@ pub enum CacheCommand {
 
 pub(crate) fn cache_command(home: &Home, out: &Cx, cmd: CacheCommand) -> Result<u8> {
     let CacheCommand::Clear { project } = cmd;
-    let store = match &out.served {
-        Some(s) => s.core.store.clone(),
-        None => Store::open(&home.state())?,
-    };
+    let store = out.store(home)?;
     crate::engine::scope::project_of(&store, &project)?;
     let freed = crate::source::build_cache::clear(&home.cache(), &project)?;
     print(out, json!({"project": project, "freed_bytes": freed}), || {
@@ -105,14 +101,7 @@ pub(crate) fn bytes_to_push(path: &std::path::Path) -> Result<(Vec<u8>, String)>
 }
 
 pub(crate) async fn artifact_command(home: &Home, out: &Cx, cmd: ArtifactCommand) -> Result<u8> {
-    let opened;
-    let store = match &out.served {
-        Some(s) => &s.core.store,
-        None => {
-            opened = Store::open(&home.state())?;
-            &opened
-        }
-    };
+    let store = &out.store(home)?;
     match cmd {
         ArtifactCommand::Push { project, path, name, commit, sha256 } => {
             let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -12,7 +12,6 @@ use crate::error::{CtlError, Result};
 use crate::ops::freezes;
 use crate::state::freezes::Freeze;
 use crate::state::home::Home;
-use crate::state::store::Store;
 
 #[derive(Subcommand)]
 pub enum FreezeCommand {
@@ -78,20 +77,10 @@ pub(crate) async fn maintenance_command(home: &Home, out: &Cx, cmd: MaintenanceC
         MaintenanceCommand::On { project, env, message } => (project, env, true, message),
         MaintenanceCommand::Off { project, env } => (project, env, false, String::new()),
     };
-    let by = match &out.served {
-        Some(s) => crate::ops::audit::Actor::of(&s.caller),
-        None => crate::ops::audit::Actor::local(),
-    };
-    let answers = crate::engine::maintenance::set(home, &by, &project, &env, on, &message).await?;
+    let answers = crate::engine::maintenance::set(home, &out.actor(), &project, &env, on, &message).await?;
     let failed = answers.iter().filter(|(_, a)| a.is_err()).count();
-    let doc: Vec<serde_json::Value> = answers
-        .iter()
-        .map(|(host, a)| match a {
-            Ok(r) => json!({"host": host, "ok": true, "path": r.path, "was_on": r.was_on}),
-            Err(e) => json!({"host": host, "ok": false, "error": e.to_string()}),
-        })
-        .collect();
-    print(out, json!({"project": project, "env": env, "on": on, "hosts": doc}), || {
+    let doc = crate::engine::maintenance::answers_json(&project, &env, on, &answers);
+    print(out, doc, || {
         let mut s = format!("maintenance {} for {project}/{env}:", if on { "on" } else { "off" });
         for (host, a) in &answers {
             match a {
@@ -124,10 +113,7 @@ fn text(f: &Freeze) -> String {
 }
 
 pub(crate) fn freeze_command(home: &Home, out: &Cx, cmd: FreezeCommand) -> Result<u8> {
-    let store = match &out.served {
-        Some(s) => s.core.store.clone(),
-        None => Store::open(&home.state())?,
-    };
+    let store = out.store(home)?;
     let by = out.served_caller().unwrap_or_else(crate::engine::scope::current_user);
     match cmd {
         FreezeCommand::Create { project, env, until, from, reason } => {

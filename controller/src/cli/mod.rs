@@ -78,6 +78,22 @@ impl Cx {
     pub(crate) fn served_caller(&self) -> Option<String> {
         self.served.as_ref().map(|s| s.caller.name.clone())
     }
+
+    /// The state: the server's open store when it carries the command out, else the home's.
+    pub(crate) fn store(&self, home: &Home) -> Result<crate::state::store::Store> {
+        match &self.served {
+            Some(s) => Ok(s.core.store.clone()),
+            None => crate::state::store::Store::open(&home.state()),
+        }
+    }
+
+    /// Who the command acts as, for the audit trail: the server's caller, or the operator here.
+    pub(crate) fn actor(&self) -> crate::ops::audit::Actor {
+        match &self.served {
+            Some(s) => crate::ops::audit::Actor::of(&s.caller),
+            None => crate::ops::audit::Actor::local(),
+        }
+    }
 }
 
 /// Run a command on this terminal; the returned code is the process exit status.

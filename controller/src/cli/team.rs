@@ -37,14 +37,6 @@ fn new_password(out: &Cx, from_stdin: bool) -> Result<(String, bool)> {
     Ok((text.lines().next().unwrap_or("").to_owned(), false))
 }
 
-/// Who a command acts as, for the audit trail: the server's caller, or the operator here.
-fn actor(out: &Cx) -> crate::ops::audit::Actor {
-    match &out.served {
-        Some(s) => crate::ops::audit::Actor::of(&s.caller),
-        None => crate::ops::audit::Actor::local(),
-    }
-}
-
 fn grants_text(u: &UserRecord) -> String {
     let g: Vec<String> = u.grants.iter().map(|g| format!("{}:{}:{}", g.project, g.env, g.role.word())).collect();
     if g.is_empty() { "-".into() } else { g.join(" ") }
@@ -55,7 +47,7 @@ pub fn user_command(home: &Home, out: &Cx, cmd: UserCommand) -> Result<u8> {
     match cmd {
         UserCommand::Add { name, admin, password_stdin } => {
             let (password, generated) = new_password(out, password_stdin)?;
-            admin::add_user(&store, &actor(out), &name, admin, &password)?;
+            admin::add_user(&store, &out.actor(), &name, admin, &password)?;
             let shown = generated.then(|| password.clone());
             print(out, json!({"user": name, "admin": admin, "password": shown}), || match &shown {
                 Some(p) => {
@@ -66,7 +58,7 @@ pub fn user_command(home: &Home, out: &Cx, cmd: UserCommand) -> Result<u8> {
         }
         UserCommand::Passwd { name, password_stdin } => {
             let (password, generated) = new_password(out, password_stdin)?;
-            admin::set_password(&store, &actor(out), &name, &password, None)?;
+            admin::set_password(&store, &out.actor(), &name, &password, None)?;
             let shown = generated.then(|| password.clone());
             print(out, json!({"user": name, "password": shown, "sessions_ended": true}), || match &shown {
                 Some(p) => format!("new password for {name} (shown once): {p}\ntheir sessions ended"),
@@ -74,11 +66,11 @@ pub fn user_command(home: &Home, out: &Cx, cmd: UserCommand) -> Result<u8> {
             });
         }
         UserCommand::Grant { name, project, env, role } => {
-            let user = admin::grant(&store, &actor(out), &name, &project, &env, Role::parse(&role)?)?;
+            let user = admin::grant(&store, &out.actor(), &name, &project, &env, Role::parse(&role)?)?;
             print(out, json!({"user": name, "grants": user.grants}), || format!("{name}: {}", grants_text(&user)));
         }
         UserCommand::Revoke { name, project, env, role } => {
-            let user = admin::revoke(&store, &actor(out), &name, &project, &env, Role::parse(&role)?)?;
+            let user = admin::revoke(&store, &out.actor(), &name, &project, &env, Role::parse(&role)?)?;
             print(out, json!({"user": name, "grants": user.grants}), || format!("{name}: {}", grants_text(&user)));
         }
         UserCommand::List => {
@@ -104,7 +96,7 @@ pub fn user_command(home: &Home, out: &Cx, cmd: UserCommand) -> Result<u8> {
             });
         }
         UserCommand::Rm { name } => {
-            admin::remove_user(&store, &actor(out), &name)?;
+            admin::remove_user(&store, &out.actor(), &name)?;
             print(out, json!({"removed": name}), || format!("removed user {name} (their sessions ended)"));
         }
     }
@@ -153,7 +145,7 @@ pub fn token_command(home: &Home, out: &Cx, cmd: TokenCommand) -> Result<u8> {
             });
         }
         TokenCommand::Rm { id } => {
-            admin::remove_token(&store, &actor(out), &id)?;
+            admin::remove_token(&store, &out.actor(), &id)?;
             print(out, json!({"removed": id}), || format!("removed token {id}: it no longer works"));
         }
     }

@@ -16,6 +16,18 @@ use crate::state::store::AgentRecord;
 /// What each host said: the page's path (on), whether it was up before.
 pub type Answers = Vec<(String, std::result::Result<pb::MaintenanceReply, HostError>)>;
 
+/// What the hosts answered, as the CLI's `--output json` and the API show it.
+pub fn answers_json(project: &str, env: &str, on: bool, answers: &Answers) -> serde_json::Value {
+    let hosts: Vec<serde_json::Value> = answers
+        .iter()
+        .map(|(host, a)| match a {
+            Ok(r) => serde_json::json!({"host": host, "ok": true, "path": r.path, "was_on": r.was_on}),
+            Err(e) => serde_json::json!({"host": host, "ok": false, "error": e.to_string()}),
+        })
+        .collect();
+    serde_json::json!({"project": project, "env": env, "on": on, "hosts": hosts})
+}
+
 /// Turn `project`/`env`'s maintenance page on (with `message`) or off on every host.
 pub async fn set(
     home: &Home,

@@ -66,17 +66,6 @@ fn ticket_pair(app: &App, caller: &Caller, id: u64) -> ApiResult<(String, String
     Ok((t.project, t.env))
 }
 
-/// Going past a window or a freeze is an admin's.
-fn overriding(caller: &Caller, reason: Option<&str>) -> ApiResult<()> {
-    if reason.is_none() || caller.admin {
-        return Ok(());
-    }
-    Err(ApiError::forbidden(
-        format!("{} is not an admin: only an admin deploys past a window or a freeze", caller.name),
-        "ask an admin, or wait for the window (or the freeze's end)",
-    ))
-}
-
 fn admin(caller: &Caller) -> ApiResult<()> {
     if caller.admin {
         Ok(())
@@ -118,7 +107,7 @@ pub fn authorize(app: &App, caller: &Caller, cli: &Cli) -> ApiResult<()> {
         Command::Deploy { project, env, override_reason, .. } => {
             on((project.clone(), env.clone()), Role::Deployer)?;
             super::auth::direct_deploy(app, caller, project, env, false)?;
-            overriding(caller, override_reason.as_deref())
+            super::governance::may_override(caller, override_reason.as_deref())
         }
         Command::Freeze(FreezeCommand::List { .. }) => Ok(()),
         Command::Maintenance(
@@ -153,7 +142,7 @@ pub fn authorize(app: &App, caller: &Caller, cli: &Cli) -> ApiResult<()> {
             }
             TicketCommand::Deploy { id, override_reason } => {
                 on(ticket_pair(app, caller, *id)?, Role::Deployer)?;
-                overriding(caller, override_reason.as_deref())
+                super::governance::may_override(caller, override_reason.as_deref())
             }
             TicketCommand::Cancel { id }
             | TicketCommand::Rollback { id }

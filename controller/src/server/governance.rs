@@ -94,14 +94,7 @@ async fn maintenance(
 ) -> ApiResult<Json<Value>> {
     let by = crate::ops::audit::Actor::of(&caller);
     let answers = crate::engine::maintenance::set(&app.home, &by, &p, &e, b.on, &b.message).await?;
-    let hosts: Vec<Value> = answers
-        .iter()
-        .map(|(host, a)| match a {
-            Ok(r) => json!({"host": host, "ok": true, "path": r.path, "was_on": r.was_on}),
-            Err(err) => json!({"host": host, "ok": false, "error": err.to_string()}),
-        })
-        .collect();
-    Ok(Json(json!({"project": p, "env": e, "on": b.on, "hosts": hosts})))
+    Ok(Json(crate::engine::maintenance::answers_json(&p, &e, b.on, &answers)))
 }
 
 async fn lift(
