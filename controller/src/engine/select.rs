@@ -125,8 +125,14 @@ impl RollbackTo {
         if let Ok(id) = ReleaseId::parse(text) {
             return Ok(RollbackTo::Release(id));
         }
-        let digits = text.strip_prefix('#').unwrap_or(text);
-        if !digits.is_empty() && digits.len() <= 12 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        // `#N` is a deploy number; bare digits are one only while too short to be a commit
+        // prefix (4+ hex digits): `--to 85865224` names a commit.
+        let (digits, marked) = match text.strip_prefix('#') {
+            Some(d) => (d, true),
+            None => (text, false),
+        };
+        let short = digits.len() < 4;
+        if !digits.is_empty() && digits.len() <= 12 && (marked || short) && digits.bytes().all(|b| b.is_ascii_digit()) {
             return Ok(RollbackTo::Deploy(digits.parse().expect("digits")));
         }
         if text.is_empty() || text.starts_with('-') || text.contains(char::is_whitespace) {
@@ -338,6 +344,8 @@ mod tests {
     fn rollback_to_by_what_people_remember() {
         assert_eq!(RollbackTo::parse("#12").unwrap(), RollbackTo::Deploy(12));
         assert_eq!(RollbackTo::parse("7").unwrap(), RollbackTo::Deploy(7));
+        assert_eq!(RollbackTo::parse("#85865224").unwrap(), RollbackTo::Deploy(85_865_224));
+        assert_eq!(RollbackTo::parse("85865224").unwrap(), RollbackTo::Name("85865224".into()), "a commit prefix");
         assert_eq!(RollbackTo::parse(&id("b")).unwrap(), RollbackTo::Release(rid("b")));
         assert_eq!(RollbackTo::parse("v1.2").unwrap(), RollbackTo::Name("v1.2".into()));
         assert!(RollbackTo::parse("--x").is_err());
