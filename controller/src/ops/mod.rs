@@ -17,6 +17,7 @@ pub mod joins;
 pub mod projects;
 pub mod runs;
 pub mod secrets;
+pub mod sign_in;
 pub mod tickets;
 pub mod users;
 pub mod views;

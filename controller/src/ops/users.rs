@@ -80,14 +80,28 @@ pub fn add_user(store: &Store, by: &Actor, name: &str, admin: bool, password: &s
         admin,
         grants: Vec::new(),
         created_at: unix_now(),
+        company: None,
     };
     store.put_user(&user)?;
     by.did(store, "user_add", &format!("user {name}"), "ok", if admin { "admin" } else { "" });
     Ok(user)
 }
 
+/// A company account's grants and password are its directory's: refuse to set them here.
+fn local_only(user: &UserRecord, what: &str) -> Result<()> {
+    match &user.company {
+        Some(link) => Err(CtlError::bad(format!(
+            "'{}' is a company account ({}): its {what} come from the company directory",
+            user.name, link.via
+        ))
+        .fix("change its groups there, or the [[sign_in.group]] table of the server's config.toml")),
+        None => Ok(()),
+    }
+}
+
 pub fn grant(store: &Store, by: &Actor, name: &str, project: &str, env: &str, role: Role) -> Result<UserRecord> {
     let mut user = store.user(name)?.ok_or_else(|| unknown_user(name))?;
+    local_only(&user, "grants")?;
     let grant = grant_of(store, project, env, role)?;
     if !user.grants.contains(&grant) {
         user.grants.push(grant);
@@ -100,6 +114,7 @@ pub fn grant(store: &Store, by: &Actor, name: &str, project: &str, env: &str, ro
 
 pub fn revoke(store: &Store, by: &Actor, name: &str, project: &str, env: &str, role: Role) -> Result<UserRecord> {
     let mut user = store.user(name)?.ok_or_else(|| unknown_user(name))?;
+    local_only(&user, "grants")?;
     let before = user.grants.len();
     user.grants.retain(|g| !(g.project == project && g.env == env && g.role == role));
     if user.grants.len() == before {
@@ -114,6 +129,7 @@ pub fn revoke(store: &Store, by: &Actor, name: &str, project: &str, env: &str, r
 /// Give `name` a new password and end their sessions (but `keep`, the session that changed it).
 pub fn set_password(store: &Store, by: &Actor, name: &str, password: &str, keep: Option<&str>) -> Result<()> {
     let mut user = store.user(name)?.ok_or_else(|| unknown_user(name))?;
+    local_only(&user, "password and grants")?;
     check_password(password)?;
     user.password_hash = hash_password(password)?;
     store.put_user(&user)?;
@@ -175,7 +191,11 @@ pub fn remove_token(store: &Store, by: &Actor, id: &str) -> Result<()> {
 
 /// A user as the API and `--output json` show them (never the password hash).
 pub fn user_json(u: &UserRecord) -> Value {
-    json!({"user": u.name, "admin": u.admin, "grants": u.grants, "created_at": u.created_at})
+    let company = u
+        .company
+        .as_ref()
+        .map(|c| json!({"via": c.via, "subject": c.subject, "groups": c.groups, "signed_in_at": c.signed_in_at}));
+    json!({"user": u.name, "admin": u.admin, "grants": u.grants, "created_at": u.created_at, "company": company})
 }
 
 /// A token as listed (never its secret or digest).

@@ -14,10 +14,9 @@ use serde_json::{Value, json};
 use crate::engine::select::RollbackTo;
 use crate::engine::{DeployArgs, RollbackArgs};
 use crate::ops::runs::{self, Begun, Op};
-use crate::ops::users::SESSION_SECS;
 use crate::ops::views::deploy_json;
 use crate::server::App;
-use crate::server::auth::{self, Caller, SESSION_COOKIE, Via};
+use crate::server::auth::{self, Caller, Via};
 use crate::server::error::{ApiError, ApiResult, Body};
 use crate::state::store::{Decision, DeployRecord};
 use crate::state::users::Role;
@@ -56,6 +55,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(super::projects::routes())
         .merge(super::artifacts::routes())
         .merge(super::governance::routes())
+        .merge(super::sign_in::routes())
         .merge(crate::web::routes())
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::authorize))
         .route_layer(axum::middleware::from_fn(crate::web::present_refusals))
@@ -135,79 +135,12 @@ async fn login(
     Body(login): Body<Login>,
 ) -> ApiResult<Response> {
     super::login::same_origin(&headers, &app.public_url)?;
-    let (user, csrf, cookie) = open_session(&app, &login.user, &login.password, &peer).await?;
+    let (user, csrf, cookie) = super::sign_in::open_session(&app, &login.user, &login.password, &peer).await?;
     let mut response =
         Json(json!({"user": user.name, "roles": roles_of(user.admin, &user.grants), "csrf_token": csrf}))
             .into_response();
     response.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(response)
-}
-
-/// Check a user's password and open a session: the user, the session's CSRF token, and the
-/// `Set-Cookie` value (the API's `POST /session` and the login page alike). The password is
-/// checked within the login budgets ([`super::login`]); a failure is logged and counted.
-pub async fn open_session(
-    app: &App,
-    name: &str,
-    password: &str,
-    peer: &super::listen::Peer,
-) -> ApiResult<(crate::state::users::UserRecord, String, HeaderValue)> {
-    let user = app.store.user(name)?;
-    // The same work and the same answer whether the user exists or not.
-    let phc = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| dummy_phc().to_owned());
-    if let Err(refusal) = app.logins.verify(name, user.is_some(), phc, password, peer).await {
-        let shown = slipway_common::archive::clip(name, 64);
-        // (A refusal before any check costs nothing and is only counted: a flood of them must
-        // not flood the log too.)
-        if refusal == super::login::Refusal::Wrong {
-            tracing::warn!(user = %shown, from = %peer, "login failed: wrong user or password");
-        } else {
-            tracing::debug!(user = %shown, from = %peer, reason = refusal.word(), "login refused");
-        }
-        app.metrics.login_failure(refusal.word());
-        // Every wrong password is on the audit trail; of the refusals a flood's budgets answer
-        // before any check, one in a hundred (the metric counts them all).
-        static THROTTLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let keep = refusal == super::login::Refusal::Wrong
-            || THROTTLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(100);
-        if keep {
-            let detail =
-                if refusal == super::login::Refusal::Wrong { "wrong user or password" } else { refusal.word() };
-            let target = format!("user {shown}");
-            crate::ops::audit::record(
-                &app.store,
-                &shown,
-                &peer.to_string(),
-                "sign_in_failed",
-                &target,
-                "refused",
-                detail,
-            );
-        }
-        return Err(refusal.to_api());
-    }
-    let Some(user) = user else {
-        return Err(ApiError::unauthorized("wrong user or password"));
-    };
-    let (id, csrf) = crate::ops::users::open_session(&app.store, &user.name, &peer.to_string())?;
-    crate::ops::audit::record(
-        &app.store,
-        &user.name,
-        &peer.to_string(),
-        "sign_in",
-        &format!("user {}", user.name),
-        "ok",
-        "password",
-    );
-    let secure = if app.secure_cookies { "; Secure" } else { "" };
-    let cookie = format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{secure}");
-    Ok((user, csrf, HeaderValue::from_str(&cookie).expect("cookie is ASCII")))
-}
-
-/// An argon2id hash of a random password, checked when the user does not exist.
-fn dummy_phc() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| auth::hash_password(&auth::random_hex()).unwrap_or_default())
 }
 
 async fn logout(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> ApiResult<Response> {

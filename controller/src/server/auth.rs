@@ -72,7 +72,9 @@ pub fn policy(method: &Method, route: &str) -> Need {
     let get = method == Method::GET;
     match route {
         "/healthz" | "/metrics" | "/api/v1/session" | "/hooks/{project}" if method != Method::DELETE => Public,
-        "/login" | "/assets/app.css" | "/assets/live.js" | "/lang/{lang}" => Public,
+        "/login" | "/login/oidc" | "/login/oidc/callback" | "/assets/app.css" | "/assets/live.js" | "/lang/{lang}" => {
+            Public
+        }
         "/" | "/logout" | "/history" | "/agents" | "/live/dashboard" => Page,
         "/projects/{p}/envs/{e}" | "/projects/{p}/envs/{e}/check" => Role(R::Viewer, Path),
         "/projects/{p}/envs/{e}/tickets/new" | "/projects/{p}/envs/{e}/tickets" => Role(R::Deployer, Path),

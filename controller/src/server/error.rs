@@ -26,6 +26,10 @@ impl ApiError {
     pub fn new(status: StatusCode, error: impl Into<String>, fix: impl Into<String>) -> ApiError {
         ApiError { status, error: error.into(), fix: fix.into(), retry_after: None }
     }
+    pub fn with_status(mut self, status: StatusCode) -> ApiError {
+        self.status = status;
+        self
+    }
     pub fn retry_after(mut self, secs: u64) -> ApiError {
         self.retry_after = Some(secs);
         self

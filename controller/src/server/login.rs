@@ -22,6 +22,8 @@ pub fn verifiers() -> usize {
 }
 /// Logins that may wait for a verifier; more are told to come back.
 const QUEUE: usize = 8;
+/// Sign-ins the company directory checks at once.
+const DIRECTORY_AT_ONCE: usize = 16;
 /// Failures forgiven before the back-off starts, and the longest back-off.
 const ADDR_FREE: u32 = 10;
 const PAIR_FREE: u32 = 5;
@@ -55,6 +57,8 @@ pub struct Logins {
     /// The verifier threads' queue: a full queue is a busy server.
     jobs: std::sync::mpsc::SyncSender<Job>,
     failures: Mutex<HashMap<Key, Failures>>,
+    /// Checks with the company directory at once (more are told to come back).
+    pub directory: tokio::sync::Semaphore,
 }
 
 impl Default for Logins {
@@ -78,7 +82,7 @@ impl Default for Logins {
                 tracing::warn!(error = %e, "cannot start a password verifier thread");
             }
         }
-        Logins { jobs, failures: Mutex::default() }
+        Logins { jobs, failures: Mutex::default(), directory: tokio::sync::Semaphore::new(DIRECTORY_AT_ONCE) }
     }
 }
 
@@ -214,6 +218,24 @@ impl Logins {
         } else {
             self.failed(user, &addr, Instant::now());
             Err(Refusal::Wrong)
+        }
+    }
+}
+
+impl Logins {
+    /// For a check made elsewhere (the company directory): refused when the budgets say wait.
+    pub fn held(&self, user: &str, peer: &Peer) -> Result<(), Refusal> {
+        let wait = self.wait(user, &addr_of(peer), Instant::now());
+        if wait.is_zero() { Ok(()) } else { Err(Refusal::Throttled(wait)) }
+    }
+
+    /// What a check made elsewhere found, counted in the same budgets.
+    pub fn outcome(&self, user: &str, peer: &Peer, ok: bool) {
+        let addr = addr_of(peer);
+        if ok {
+            self.succeeded(user, &addr);
+        } else {
+            self.failed(user, &addr, Instant::now());
         }
     }
 }

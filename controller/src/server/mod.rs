@@ -23,6 +23,7 @@ pub mod login;
 pub mod metrics;
 pub mod notify;
 pub mod projects;
+pub mod sign_in;
 pub mod sse;
 pub mod tickets;
 pub mod webhooks;
@@ -63,6 +64,8 @@ pub struct App {
     pub streams: sse::Streams,
     /// The agents' endpoint, when hosts may join.
     pub join: Option<join::JoinConfig>,
+    /// Company sign-in (`[sign_in]`): LDAP/AD, OpenID Connect, the groups' grants.
+    pub sign_in: crate::ops::sign_in::SignIn,
 }
 
 impl std::ops::Deref for App {
@@ -83,6 +86,8 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
     let socket_path = home.root.join("slipctl.sock");
     let unix = listen::bind_socket(&socket_path).await?;
     shared_state_checks(&home)?;
+    let sign_in =
+        crate::ops::sign_in::SignIn::load(&home.root, crate::state::home::HomeConfig::load(&home.root)?.sign_in)?;
     let store = Store::pin(&home.state())?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
@@ -126,6 +131,7 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
         logins: login::Logins::default(),
         streams: sse::Streams::default(),
         join: join_config,
+        sign_in,
     });
     // The server's notifications hear of ticket changes.
     let notifying = Arc::downgrade(&app);

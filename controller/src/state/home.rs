@@ -28,6 +28,9 @@ pub struct HomeConfig {
     /// Where the audit trail is shipped (it is always kept in the state).
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Company sign-in (LDAP/AD, OpenID Connect) and the groups' grants.
+    #[serde(default)]
+    pub sign_in: crate::state::sign_in::SignInConfig,
 }
 
 /// `[audit]`: ship every audit record, in order, to a syslog server and/or an OTLP collector.

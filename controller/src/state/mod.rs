@@ -13,6 +13,7 @@ pub mod leader;
 pub mod postgres;
 pub mod revisions;
 pub mod shared_pki;
+pub mod sign_in;
 pub mod store;
 pub mod tickets;
 pub mod users;

@@ -91,6 +91,22 @@ pub struct UserRecord {
     pub admin: bool,
     pub grants: Vec<Grant>,
     pub created_at: i64,
+    /// A company account (LDAP/AD or OpenID Connect): it has no Slipway password, and its
+    /// admin flag and grants are its groups' ([[sign_in.group]]), set again at each sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub company: Option<CompanyLink>,
+}
+
+/// Which company account a user is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompanyLink {
+    /// `ldap`, or `oidc`.
+    pub via: String,
+    /// The account's stable id there: its DN, or the issuer and `sub`.
+    pub subject: String,
+    /// Its groups at the last sign-in.
+    pub groups: Vec<String>,
+    pub signed_in_at: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

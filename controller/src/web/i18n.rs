@@ -49,6 +49,7 @@ impl Lang {
             "user" => ("User", "用户名"),
             "password" => ("Password", "密码"),
             "wrong" => ("Wrong user or password.", "用户名或密码错误。"),
+            "sso" => ("Sign in with your", "使用公司账号登录:"),
             "project" => ("Project", "项目"),
             "release" => ("Release on the hosts", "主机上的版本"),
             "last_deploy" => ("Last deploy", "最近上线"),

@@ -277,11 +277,12 @@ struct LoginForm {
     password: String,
 }
 
-async fn login_page(headers: HeaderMap) -> Markup {
-    login_view(Lang::of(&headers), None)
+async fn login_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Markup {
+    login_view(&app, Lang::of(&headers), None)
 }
 
-fn login_view(lang: Lang, error: Option<&str>) -> Markup {
+fn login_view(app: &App, lang: Lang, error: Option<&str>) -> Markup {
+    let company = app.sign_in.oidc.as_ref().map(|p| p.config.label.as_str());
     page(
         lang,
         lang.t("login"),
@@ -297,6 +298,9 @@ fn login_view(lang: Lang, error: Option<&str>) -> Markup {
                     input #password name="password" type="password" autocomplete="current-password" required;
                     button type="submit" { (lang.t("login")) }
                 }
+                @if let Some(label) = company {
+                    p.sso { a.button #sso href="/login/oidc" { (lang.t("sso")) " " (label) } }
+                }
             }
         },
     )
@@ -310,19 +314,19 @@ async fn login(
 ) -> Response {
     let lang = Lang::of(&headers);
     if let Err(e) = crate::server::login::same_origin(&headers, &app.public_url) {
-        return (e.status, login_view(lang, Some(&e.error))).into_response();
+        return (e.status, login_view(&app, lang, Some(&e.error))).into_response();
     }
-    match crate::server::api::open_session(&app, &form.user, &form.password, &peer).await {
+    match crate::server::sign_in::open_session(&app, &form.user, &form.password, &peer).await {
         Ok((_, _, cookie)) => {
             let mut r = Redirect::to("/").into_response();
             r.headers_mut().insert(header::SET_COOKIE, cookie);
             r
         }
         Err(e) if e.status == axum::http::StatusCode::UNAUTHORIZED => {
-            (axum::http::StatusCode::UNAUTHORIZED, login_view(lang, Some(lang.t("wrong")))).into_response()
+            (axum::http::StatusCode::UNAUTHORIZED, login_view(&app, lang, Some(lang.t("wrong")))).into_response()
         }
         Err(e) => {
-            let mut r = (e.status, login_view(lang, Some(&format!("{}: {}", e.error, e.fix)))).into_response();
+            let mut r = (e.status, login_view(&app, lang, Some(&format!("{}: {}", e.error, e.fix)))).into_response();
             if let Some(secs) = e.retry_after {
                 r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }

@@ -25,6 +25,7 @@ mod server;
 mod server_attacks;
 mod server_ci;
 mod server_load;
+mod sign_in;
 mod standby;
 mod state;
 mod store;
