@@ -41,13 +41,23 @@ impl Driver {
 
     /// A new browser session: headless, this window size, this preferred language.
     pub async fn session(&self, lang: &str, width: u32, height: u32) -> fantoccini::Client {
+        self.session_with(lang, width, height, &[]).await
+    }
+
+    /// The same, with more Chromium arguments.
+    pub async fn session_with(&self, lang: &str, width: u32, height: u32, extra: &[&str]) -> fantoccini::Client {
+        let mut args: Vec<String> = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.extend([format!("--window-size={width},{height}"), format!("--lang={lang}")]);
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
             serde_json::json!({
                 "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         format!("--window-size={width},{height}"), format!("--lang={lang}")],
+                "args": args,
                 "prefs": {"intl.accept_languages": lang},
             }),
         );

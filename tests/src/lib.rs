@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod browser;
 pub mod directory;
+pub mod oidc;
 pub mod pg;
 pub mod s3;
 mod server;

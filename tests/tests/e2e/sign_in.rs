@@ -170,3 +170,135 @@ fn a_directory_that_would_see_passwords_in_clear_stops_the_server_with_the_fix()
     assert!(stderr.contains("[sign_in.ldap] url 'ldap://127.0.0.1:389' would send passwords in clear"), "{stderr}");
     assert!(stderr.contains("starttls = true"), "{stderr}");
 }
+
+/// The `Location` and the flow cookie of `GET /login/oidc`.
+fn start_flow(server: &Server) -> (String, String) {
+    let (status, head, text) = slipway_tests::http(server.port, "GET", "/login/oidc", &[], None);
+    assert_eq!(status, 303, "{text}");
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.split_once(": ").filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.to_owned()))
+            .unwrap_or_else(|| panic!("no {name} in {head}"))
+    };
+    let cookie = header("set-cookie");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+    (header("location"), cookie.split(';').next().unwrap().to_owned())
+}
+
+fn query(url: &str, key: &str) -> String {
+    url.split_once('?')
+        .unwrap()
+        .1
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {url}"))
+        .to_owned()
+}
+
+#[test]
+fn oidc_signs_in_through_the_provider_with_pkce_and_a_callback_only_its_own_browser_can_use() {
+    use fantoccini::Locator;
+    use slipway_tests::oidc::OidcProvider;
+    if !slipway_tests::require("node with tests/oidc's packages (npm ci)", slipway_tests::oidc::available())
+        || !slipway_tests::require("chromium and chromium-driver", slipway_tests::browser::have_browser())
+    {
+        return;
+    }
+    let fleet = Fleet::new(1);
+    project(&fleet);
+    slipway_tests::add_admin(&fleet, "ops");
+    let port = OidcProvider::port();
+    let work = fleet.path().join("oidc");
+    let ca = OidcProvider::certificates(&work);
+    write_config(&fleet, &format!("{}{GROUPS}", OidcProvider::config(port, &ca)));
+    let server = Server::start(&fleet);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let accounts = json!({
+        "alice": {"groups": ["site-deployers", "unrelated"]},
+        "bob": {"groups": ["staff"]},
+    });
+    let _provider = OidcProvider::start(&work, port, &format!("{base}/login/oidc/callback"), &accounts);
+
+    // What the browser is sent to: the provider's authorization endpoint, code flow, PKCE S256,
+    // a state and a nonce.
+    let (location, _) = start_flow(&server);
+    assert!(location.starts_with(&format!("https://127.0.0.1:{port}/auth?")), "{location}");
+    assert_eq!(query(&location, "response_type"), "code");
+    assert_eq!(query(&location, "code_challenge_method"), "S256");
+    for key in ["state", "nonce", "code_challenge"] {
+        assert!(query(&location, key).len() >= 22, "{key} in {location}");
+    }
+
+    // A real browser: the login page's button, the provider's sign-in, back signed in.
+    let driver = slipway_tests::browser::Driver::start();
+    crate::web::runtime().block_on(async {
+        let c = driver.session_with("en-US", 1280, 800, &["--ignore-certificate-errors"]).await;
+        c.goto(&format!("{base}/login")).await.unwrap();
+        let button = c.find(Locator::Css("#sso")).await.unwrap();
+        assert!(button.text().await.unwrap().contains("Example SSO"));
+        button.click().await.unwrap();
+        let field = c.wait().for_element(Locator::Css("input[name=login]")).await.unwrap();
+        field.send_keys("alice").await.unwrap();
+        c.find(Locator::Css("input[name=password]")).await.unwrap().send_keys("whatever-1").await.unwrap();
+        c.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+        let who = c.wait().for_element(Locator::Css("div.who strong")).await.unwrap();
+        assert_eq!(who.text().await.unwrap(), "alice");
+        assert_eq!(c.current_url().await.unwrap().as_str(), format!("{base}/"));
+        // Bob is the provider's, but in no group that gives a role here.
+        let c2 = driver.session_with("en-US", 1280, 800, &["--ignore-certificate-errors"]).await;
+        c2.goto(&format!("{base}/login/oidc")).await.unwrap();
+        let field = c2.wait().for_element(Locator::Css("input[name=login]")).await.unwrap();
+        field.send_keys("bob").await.unwrap();
+        c2.find(Locator::Css("input[name=password]")).await.unwrap().send_keys("whatever-2").await.unwrap();
+        c2.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+        let alert = c2.wait().for_element(Locator::Css("[role=alert]")).await.unwrap();
+        assert!(alert.text().await.unwrap().contains("no group"), "{}", alert.text().await.unwrap());
+        c.close().await.unwrap();
+        c2.close().await.unwrap();
+    });
+
+    let (cookie, csrf) = server.login("ops", "ops-password");
+    let ops = [("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str())];
+    let (_, users) = server.call("GET", "/api/v1/users", &ops, None);
+    let alice = users.as_array().unwrap().iter().find(|u| u["user"] == "alice").expect("alice is a user").clone();
+    assert_eq!(alice["company"]["via"], "oidc");
+    assert_eq!(alice["company"]["subject"], format!("{} alice", OidcProvider::issuer(port)));
+    assert_eq!(alice["grants"], json!([{"project": "site", "env": "test", "role": "deployer"}]));
+    assert!(alice["company"]["groups"].as_array().unwrap().contains(&json!("unrelated")));
+
+    // An attacker's callback: a state of a flow started elsewhere, without that browser's
+    // cookie (login CSRF), is refused; so is a state that is made up, or used once already.
+    let (location, flow_cookie) = start_flow(&server);
+    let state = query(&location, "state");
+    let callback = format!("/login/oidc/callback?state={state}&code=stolen-code");
+    let (status, _, text) = slipway_tests::http(server.port, "GET", &callback, &[], None);
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("another browser"), "{text}");
+    let (status, _, text) =
+        slipway_tests::http(server.port, "GET", &callback, &[("Cookie", flow_cookie.as_str())], None);
+    assert_eq!(status, 401, "a state is good once: {text}");
+    assert!(text.contains("unknown, used or expired"), "{text}");
+    let (status, _, _) =
+        slipway_tests::http(server.port, "GET", "/login/oidc/callback?state=made-up&code=x", &[], None);
+    assert_eq!(status, 401);
+    // The right browser with a code the provider never gave: the provider says no.
+    let (location, flow_cookie) = start_flow(&server);
+    let state = query(&location, "state");
+    let (status, _, text) = slipway_tests::http(
+        server.port,
+        "GET",
+        &format!("/login/oidc/callback?state={state}&code=forged-code"),
+        &[("Cookie", flow_cookie.as_str())],
+        None,
+    );
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("did not take the code"), "{text}");
+
+    // The audit trail has the sign-in, with what it was given.
+    let (_, audit) = server.call("GET", "/api/v1/audit?limit=100", &ops, None);
+    let signed =
+        audit.as_array().unwrap().iter().find(|r| r["action"] == "sign_in" && r["who"] == "alice").unwrap().clone();
+    assert!(signed["detail"].as_str().unwrap().starts_with("oidc; groups: site-deployers unrelated"), "{signed}");
+    let refusals = audit.as_array().unwrap().iter().filter(|r| r["action"] == "sign_in_failed").count();
+    assert!(refusals >= 4, "bob and the three forged callbacks: {audit}");
+}
