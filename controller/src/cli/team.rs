@@ -83,6 +83,7 @@ pub fn user_command(home: &Home, out: &Cx, cmd: UserCommand) -> Result<u8> {
                         u.name.clone(),
                         if u.admin { "admin".into() } else { "-".into() },
                         grants_text(u),
+                        u.company.as_ref().map_or_else(|| "local".into(), |c| c.via.clone()),
                         format_utc(u.created_at),
                     ]
                 })
@@ -91,7 +92,7 @@ pub fn user_command(home: &Home, out: &Cx, cmd: UserCommand) -> Result<u8> {
                 if rows.is_empty() {
                     "no users yet: slipctl user add NAME --admin".into()
                 } else {
-                    table(&["USER", "ADMIN", "GRANTS", "ADDED"], &rows).trim_end().to_owned()
+                    table(&["USER", "ADMIN", "GRANTS", "SIGN-IN", "ADDED"], &rows).trim_end().to_owned()
                 }
             });
         }

@@ -228,18 +228,22 @@ fn users_view(app: &App, v: &Viewer, notice: Option<maud::Markup>) -> PageResult
         div.scroll { table.users {
             thead { tr { th scope="col" { (v.t("user")) } th scope="col" { (v.t("admin")) } th scope="col" { (v.t("grants")) } th scope="col" { span.sr { (v.t("remove")) } } } }
             tbody { @for u in &users { tr data-user=(u.name) {
-                th scope="row" { (u.name) }
+                th scope="row" { (u.name) @if let Some(c) = &u.company { " " span.badge title=(c.subject) { (c.via) } } }
                 td { @if u.admin { (status(v.lang, "yes")) } }
                 td { ul.grants { @for g in &u.grants { li {
                     code { (g.project) "/" (g.env) } " " (v.t(g.role.word()))
-                    (v.button("/users/revoke", v.t("revoke"), "small", html! {
-                        input type="hidden" name="user" value=(u.name);
-                        input type="hidden" name="pair" value={ (g.project) "/" (g.env) };
-                        input type="hidden" name="role" value=(g.role.word());
-                    }))
+                    @if u.company.is_none() {
+                        (v.button("/users/revoke", v.t("revoke"), "small", html! {
+                            input type="hidden" name="user" value=(u.name);
+                            input type="hidden" name="pair" value={ (g.project) "/" (g.env) };
+                            input type="hidden" name="role" value=(g.role.word());
+                        }))
+                    }
                 } } } }
                 td {
-                    (v.button("/users/password", v.t("reset_password"), "small", html! { input type="hidden" name="user" value=(u.name); }))
+                    @if u.company.is_none() {
+                        (v.button("/users/password", v.t("reset_password"), "small", html! { input type="hidden" name="user" value=(u.name); }))
+                    }
                     @if u.name != v.caller.name {
                         (v.button("/users/remove", v.t("remove"), "small", html! { input type="hidden" name="user" value=(u.name); }))
                     }
