@@ -48,8 +48,14 @@ fn roles(doc: &Value) -> Vec<String> {
     out
 }
 
+/// The fleet's own `config.toml` (its `[state]` when the tests run on PostgreSQL), then `text`
+/// (which replaces what an earlier call added).
 fn write_config(fleet: &Fleet, text: &str) {
-    std::fs::write(fleet.home.join("config.toml"), text).unwrap();
+    const MARK: &str = "\n# sign-in test\n";
+    let path = fleet.home.join("config.toml");
+    let was = std::fs::read_to_string(&path).unwrap_or_default();
+    let base = was.split(MARK).next().unwrap_or("");
+    std::fs::write(&path, format!("{base}{MARK}{text}")).unwrap();
 }
 
 #[test]
