@@ -154,6 +154,11 @@ pub struct TargetFile {
     /// release, after every host staged and before any flip (database migrations).
     pub migrate: Option<Vec<String>>,
     pub migrate_host: Option<String>,
+    /// `"during_migrate"`: every host of the deploy shows its maintenance page from just
+    /// before `migrate` runs until the deploy ends; `"off"` (the default): never by itself.
+    pub maintenance: Option<String>,
+    /// The page's words then.
+    pub maintenance_message: Option<String>,
 }
 
 /// A release hook stage, as `rollback_hooks` names it.
@@ -337,6 +342,9 @@ pub struct TargetSettings {
     pub migrate: Vec<String>,
     /// Where `migrate` runs; the first host of the first batch when unset.
     pub migrate_host: Option<String>,
+    /// Put the maintenance page up on every host before `migrate`, down when the deploy ends.
+    pub maintenance_during_migrate: bool,
+    pub maintenance_message: String,
 }
 
 impl TargetSettings {

@@ -86,7 +86,21 @@ pub(super) fn resolve_env(p: &ProjectFile, env_name: &str, e: &EnvFile) -> std::
         },
         migrate: merge_opt(&et.migrate, &pt.migrate).unwrap_or_default(),
         migrate_host: merge_opt(&et.migrate_host, &pt.migrate_host),
+        maintenance_during_migrate: match merge_opt(&et.maintenance, &pt.maintenance).as_deref() {
+            None | Some("off") => false,
+            Some("during_migrate") => true,
+            Some(other) => {
+                return Err(format!("target.maintenance = \"{other}\": write \"during_migrate\" (or \"off\")"));
+            }
+        },
+        maintenance_message: merge_opt(&et.maintenance_message, &pt.maintenance_message)
+            .unwrap_or_else(|| "Down for maintenance: a new release is going live. Back in a few minutes.".into()),
     };
+    if target.maintenance_during_migrate && target.migrate.is_empty() {
+        return Err("target.maintenance = \"during_migrate\" but target.migrate is empty: add the lines to run once \
+                    (or put the page up by hand: slipctl maintenance on)"
+            .into());
+    }
     if let Some(h) = &target.migrate_host {
         validate_agent_name(h).map_err(|why| format!("target.migrate_host: {why}"))?;
         if target.migrate.is_empty() {

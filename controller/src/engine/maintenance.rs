@@ -69,3 +69,28 @@ pub async fn set(
     by.did(&store, action, &format!("{project}/{env}"), outcome, &detail);
     Ok(answers)
 }
+
+/// `[target] maintenance = "during_migrate"`: the page up (`on`) or down on `hosts` through
+/// the deploy's own connections. What each host answered: whether its page was up before.
+pub(crate) async fn through_deploy(
+    settings: &slipway_common::config::EnvSettings,
+    clients: &BTreeMap<String, crate::engine::client::AgentClient>,
+    hosts: &[String],
+    on: bool,
+    timeouts: Timeouts,
+) -> Vec<(String, std::result::Result<bool, HostError>)> {
+    let message = settings.target.maintenance_message.clone();
+    ask_all(hosts, |host| {
+        let (client, target, message) = (clients.get(&host).cloned(), pb_target(settings, &host), message.clone());
+        async move {
+            let mut c = client.ok_or_else(|| HostError::Local("no connection to this host".into()))?;
+            let request = pb::MaintenanceRequest { target: Some(target), on, message };
+            tokio::time::timeout(timeouts.call, c.maintenance(request))
+                .await
+                .map_err(|_| HostError::Timeout { what: "no answer", secs: timeouts.call.as_secs(), hint: "" })?
+                .map_err(|s| HostError::from_status(&s))
+                .map(|r| r.into_inner().was_on)
+        }
+    })
+    .await
+}

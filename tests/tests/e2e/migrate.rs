@@ -119,3 +119,63 @@ fn migrate_runs_once_on_one_host_after_every_stage_and_before_any_flip_and_a_fai
         assert!(!fleet.releases(h, "site").contains(&new.to_owned()), "{h} keeps no staged release");
     }
 }
+
+#[test]
+fn maintenance_during_migrate_puts_the_page_up_on_every_host_while_it_runs_and_takes_down_only_its_own() {
+    let fleet = Fleet::new(2);
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "v1\n");
+    repo.commit("v1");
+    let logs = fleet.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let log = logs.join("hooks.log");
+    // The migrate (on web-1) looks at both hosts' pages while it runs.
+    let page = |h: &str| fleet.deploy_to(h, "site").join("maintenance.html");
+    let migrate = format!(
+        "for f in {} {}; do if test -f $f; then echo page-up $SLIPWAY_HOST 0 $(grep -c 'going live' $f) >> {log}; \
+         else echo page-down $SLIPWAY_HOST 0 >> {log}; fi; done",
+        page("web-1").display(),
+        page("web-2").display(),
+        log = log.display()
+    );
+    let target = format!(
+        "{}migrate = [\"{migrate}\"]\nmaintenance = \"during_migrate\"\n\
+         maintenance_message = \"A new release is going live\"\n",
+        hook_user_line()
+    );
+    fleet.apply_project_full("site", &repo.path, "", &target, "");
+
+    let out = fleet.slipctl(&["deploy", "site", "test"]).ok();
+    let seen = lines(&log);
+    let up: Vec<_> = seen.iter().filter(|l| l.0 == "page-up").collect();
+    assert_eq!(up.len(), 2, "both hosts showed the page while the migrate ran: {seen:?}");
+    assert!(up.iter().all(|l| l.3 == "1"), "with the deploy's message: {seen:?}");
+    assert!(out.stdout.contains("maintenance page up on 2 host(s) for the migrate"), "{}", out.stdout);
+    assert!(out.stdout.contains("maintenance page down on 2 host(s)"), "{}", out.stdout);
+    assert!(!page("web-1").exists() && !page("web-2").exists(), "down after the deploy");
+
+    // A page an operator put up before the deploy stays up after it.
+    fleet.slipctl(&["maintenance", "on", "site", "test", "--message", "Closed for the audit"]).ok();
+    std::fs::remove_file(&log).unwrap();
+    repo.write("index.html", "v2\n");
+    repo.commit("v2");
+    let out = fleet.slipctl(&["deploy", "site", "test"]).ok();
+    assert_eq!(lines(&log).iter().filter(|l| l.0 == "page-up").count(), 2);
+    assert!(!out.stdout.contains("maintenance page down"), "{}", out.stdout);
+    assert!(page("web-1").exists() && page("web-2").exists(), "the operator's page is still up");
+
+    // Without migrate lines, the setting is refused with the fix.
+    let file = fleet.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"bad\"\nrepo = \"{}\"\n[target]\ndeploy_to = \"/srv/bad\"\ncurrent = \"/srv/www/bad\"\n\
+             maintenance = \"during_migrate\"\n[env.test]\nhosts = [\"role=web\"]\n",
+            repo.path.display()
+        ),
+    )
+    .unwrap();
+    let refused = fleet.slipctl(&["project", "apply", "-f", file.to_str().unwrap()]).code(2);
+    assert!(refused.stderr.contains("target.migrate is empty"), "{}", refused.stderr);
+}
