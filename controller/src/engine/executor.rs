@@ -204,7 +204,8 @@ pub(crate) async fn run_deploy(
                     // The waiting process stops; the deploy stays paused (and its lock held).
                     None => {
                         // (Paused, the canary is there to be tried: the page comes down.)
-                        maintenance_down(settings, &clients, &mut paged, timeouts, reporter).await;
+                        crate::engine::maintenance::down_after(settings, &clients, &mut paged, timeouts, reporter)
+                            .await;
                         record.hosts = results.into_values().collect();
                         record.status = DeployStatus::Paused;
                         reporter.finish();
@@ -349,7 +350,10 @@ pub(crate) async fn run_deploy(
             Action::Migrate => {
                 let first = plan.batches[0].clone();
                 let page_up = !settings.target.maintenance_during_migrate
-                    || maintenance_up(settings, &clients, &states, &mut paged, timeouts, reporter).await;
+                    || crate::engine::maintenance::up_for_migrate(
+                        settings, &clients, &states, &mut paged, timeouts, reporter,
+                    )
+                    .await;
                 let ran = page_up
                     && migrate_once(
                         settings,
@@ -509,7 +513,7 @@ pub(crate) async fn run_deploy(
     };
     // The page this deploy put up comes down, whatever the outcome (a page an operator had up
     // before stays).
-    maintenance_down(settings, &clients, &mut paged, timeouts, reporter).await;
+    crate::engine::maintenance::down_after(settings, &clients, &mut paged, timeouts, reporter).await;
     // Only a rollout that went through prunes: until then every retained release may be needed.
     if matches!(outcome, Outcome::Succeeded | Outcome::Partial) {
         let took: Vec<String> = results
@@ -713,66 +717,4 @@ async fn to_store(
         }
     }
     Ok(())
-}
-
-/// `maintenance = "during_migrate"`: the page up on every staged host before the migrate runs.
-/// True when every one put it up; else the ones that did take it down again and the migrate
-/// does not run (so nothing flips).
-async fn maintenance_up(
-    settings: &slipway_common::config::EnvSettings,
-    clients: &BTreeMap<String, AgentClient>,
-    states: &BTreeMap<String, HostState>,
-    paged: &mut Vec<String>,
-    timeouts: Timeouts,
-    reporter: &Emitter,
-) -> bool {
-    let hosts: Vec<String> = states
-        .iter()
-        .filter(|(h, s)| **s == HostState::Staged && clients.contains_key(*h))
-        .map(|(h, _)| h.clone())
-        .collect();
-    let answers = crate::engine::maintenance::through_deploy(settings, clients, &hosts, true, timeouts).await;
-    let mut failed = Vec::new();
-    for (host, answer) in answers {
-        match answer {
-            Ok(false) => paged.push(host),
-            Ok(true) => {}
-            Err(e) => failed.push(format!("{host}: {e}")),
-        }
-    }
-    if failed.is_empty() {
-        reporter.say(format!("maintenance page up on {} host(s) for the migrate", hosts.len()));
-        return true;
-    }
-    reporter.say(format!(
-        "migrate: the maintenance page did not go up ({}), so the migrate does not run and nothing flips",
-        failed.join("; ")
-    ));
-    false
-}
-
-/// The page this deploy put up comes down (a page an operator had up before stays).
-async fn maintenance_down(
-    settings: &slipway_common::config::EnvSettings,
-    clients: &BTreeMap<String, AgentClient>,
-    paged: &mut Vec<String>,
-    timeouts: Timeouts,
-    reporter: &Emitter,
-) {
-    if paged.is_empty() {
-        return;
-    }
-    let hosts = std::mem::take(paged);
-    let answers = crate::engine::maintenance::through_deploy(settings, clients, &hosts, false, timeouts).await;
-    let left: Vec<String> = answers.iter().filter_map(|(h, a)| a.as_ref().err().map(|e| format!("{h}: {e}"))).collect();
-    if left.is_empty() {
-        reporter.say(format!("maintenance page down on {} host(s)", hosts.len()));
-    } else {
-        reporter.say(format!(
-            "maintenance page still up ({}): `slipctl maintenance off {} {}` takes it down",
-            left.join("; "),
-            settings.project,
-            settings.env
-        ));
-    }
 }

@@ -94,3 +94,65 @@ pub(crate) async fn through_deploy(
     })
     .await
 }
+
+/// `maintenance = "during_migrate"`: the page up on every staged host before the migrate runs.
+/// True when every one put it up; else the ones that did take it down again and the migrate
+/// does not run (so nothing flips).
+pub(crate) async fn up_for_migrate(
+    settings: &slipway_common::config::EnvSettings,
+    clients: &BTreeMap<String, crate::engine::client::AgentClient>,
+    states: &BTreeMap<String, crate::engine::planner::HostState>,
+    paged: &mut Vec<String>,
+    timeouts: Timeouts,
+    reporter: &crate::engine::events::Emitter,
+) -> bool {
+    let hosts: Vec<String> = states
+        .iter()
+        .filter(|(h, s)| **s == crate::engine::planner::HostState::Staged && clients.contains_key(*h))
+        .map(|(h, _)| h.clone())
+        .collect();
+    let answers = through_deploy(settings, clients, &hosts, true, timeouts).await;
+    let mut failed = Vec::new();
+    for (host, answer) in answers {
+        match answer {
+            Ok(false) => paged.push(host),
+            Ok(true) => {}
+            Err(e) => failed.push(format!("{host}: {e}")),
+        }
+    }
+    if failed.is_empty() {
+        reporter.say(format!("maintenance page up on {} host(s) for the migrate", hosts.len()));
+        return true;
+    }
+    reporter.say(format!(
+        "migrate: the maintenance page did not go up ({}), so the migrate does not run and nothing flips",
+        failed.join("; ")
+    ));
+    false
+}
+
+/// The page this deploy put up comes down (a page an operator had up before stays).
+pub(crate) async fn down_after(
+    settings: &slipway_common::config::EnvSettings,
+    clients: &BTreeMap<String, crate::engine::client::AgentClient>,
+    paged: &mut Vec<String>,
+    timeouts: Timeouts,
+    reporter: &crate::engine::events::Emitter,
+) {
+    if paged.is_empty() {
+        return;
+    }
+    let hosts = std::mem::take(paged);
+    let answers = through_deploy(settings, clients, &hosts, false, timeouts).await;
+    let left: Vec<String> = answers.iter().filter_map(|(h, a)| a.as_ref().err().map(|e| format!("{h}: {e}"))).collect();
+    if left.is_empty() {
+        reporter.say(format!("maintenance page down on {} host(s)", hosts.len()));
+    } else {
+        reporter.say(format!(
+            "maintenance page still up ({}): `slipctl maintenance off {} {}` takes it down",
+            left.join("; "),
+            settings.project,
+            settings.env
+        ));
+    }
+}

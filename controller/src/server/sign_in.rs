@@ -157,25 +157,29 @@ fn callback_url(app: &App) -> String {
 }
 
 /// `GET /login/oidc`: off to the provider, with a cookie that only this browser holds.
-async fn oidc_start(State(app): State<Arc<App>>) -> ApiResult<Response> {
+/// (A browser comes here: a problem is a page, not JSON.)
+async fn oidc_start(State(app): State<Arc<App>>) -> Response {
     let Some(provider) = &app.sign_in.oidc else {
-        return Err(ApiError::not_found("no OpenID Connect sign-in here", "configure [sign_in.oidc] in config.toml"));
+        return page(StatusCode::NOT_FOUND, "no OpenID Connect sign-in here ([sign_in.oidc] in config.toml)", None);
     };
-    let (url, browser) = provider.start(&callback_url(&app)).await.map_err(|e| {
-        tracing::warn!(error = %e, "company sign-in: the OpenID provider did not answer");
-        ApiError::from(e).with_status(StatusCode::SERVICE_UNAVAILABLE)
-    })?;
+    let (url, browser) = match provider.start(&callback_url(&app)).await {
+        Ok(started) => started,
+        Err(e) => {
+            tracing::warn!(error = %e, "company sign-in: the OpenID provider did not answer");
+            return page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string(), None);
+        }
+    };
+    let Ok(location) = HeaderValue::from_str(&url) else {
+        return page(StatusCode::BAD_GATEWAY, "the OpenID provider's authorization URL is not a header value", None);
+    };
     let secure = if app.secure_cookies { "; Secure" } else { "" };
     // Lax: the provider sends the browser back with a top-level GET from its own site.
     let cookie = format!("{FLOW_COOKIE}={browser}; Path=/login/oidc; HttpOnly; SameSite=Lax; Max-Age=600{secure}");
     let mut r = StatusCode::SEE_OTHER.into_response();
-    r.headers_mut().insert(
-        header::LOCATION,
-        HeaderValue::from_str(&url).map_err(|e| ApiError::from(crate::CtlError::failed(e.to_string())))?,
-    );
+    r.headers_mut().insert(header::LOCATION, location);
     r.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("cookie is ASCII"));
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(r)
+    r
 }
 
 #[derive(Deserialize)]

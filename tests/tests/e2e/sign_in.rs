@@ -223,6 +223,10 @@ fn oidc_signs_in_through_the_provider_with_pkce_and_a_callback_only_its_own_brow
         "alice": {"groups": ["site-deployers", "unrelated"]},
         "bob": {"groups": ["staff"]},
     });
+    // The provider not up yet: a page that says so (nothing cached from it).
+    let (status, _, text) = slipway_tests::http(server.port, "GET", "/login/oidc", &[], None);
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("cannot read the OpenID provider https://127.0.0.1:"), "{text}");
     let _provider = OidcProvider::start(&work, port, &format!("{base}/login/oidc/callback"), &accounts);
 
     // What the browser is sent to: the provider's authorization endpoint, code flow, PKCE S256,
