@@ -149,7 +149,17 @@ fn the_standby_carries_on_the_deploy_of_a_leader_killed_mid_deploy() {
     let records: Vec<&serde_json::Value> =
         history.as_array().unwrap().iter().filter(|d| d["id"].as_u64() == Some(id)).collect();
     assert_eq!(records.len(), 1, "{history}");
-    assert_eq!(records[0]["status"], "succeeded", "{}", records[0]);
+    if records[0]["status"] != "succeeded" {
+        // (Seen once in CI under the full suite's load, not reproduced alone: the whole journal,
+        // so that a next time says what the carried-on deploy did.)
+        let mut replay =
+            SseReader::open(standby.port, &format!("/api/v1/deploys/{id}/events"), &[("Authorization", &auth)]);
+        let mut journal = Vec::new();
+        while let Some(e) = replay.next_event() {
+            journal.push(format!("{:?} {} {}", e.id, e.event, e.data));
+        }
+        panic!("deploy #{id} ended {}: {}\njournal:\n{}", records[0]["status"], records[0], journal.join("\n"));
+    }
     let release = records[0]["release"].as_str().unwrap().to_owned();
     for host in ["web-1", "web-2", "web-3"] {
         assert_eq!(fleet.current_release(host, "site").as_deref(), Some(release.as_str()), "{host}");
