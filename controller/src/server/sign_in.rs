@@ -210,8 +210,8 @@ async fn oidc_callback(
     let (Some(state), Some(code)) = (q.state.as_deref(), q.code.as_deref()) else {
         return page(StatusCode::BAD_REQUEST, "the callback has no state or code", None);
     };
-    let browser = cookie(&headers, FLOW_COOKIE);
-    let account = match provider.finish(&callback_url(&app), state, code, browser.as_deref()).await {
+    let browser = super::auth::cookie(&headers, FLOW_COOKIE);
+    let account = match provider.finish(&callback_url(&app), state, code, browser).await {
         Ok(account) => account,
         Err(Refused::Flow(why)) => {
             tracing::warn!(from = %peer, "OpenID sign-in refused: {why}");
@@ -237,18 +237,6 @@ async fn oidc_callback(
         }
         Err(e) => page(e.status, &format!("{}: {}", e.error, e.fix), None),
     }
-}
-
-/// A cookie's value from the request.
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
 }
 
 /// The few words a callback answers with (the app's stylesheet; no script), moving on to `next`.

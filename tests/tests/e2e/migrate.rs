@@ -19,6 +19,18 @@ fn lines(log: &std::path::Path) -> Vec<(String, String, u128, String)> {
         .collect()
 }
 
+/// `n` agents, a repository at v1, and a log file any hook user may append to.
+fn fleet_repo_log(n: usize) -> (Fleet, Repo, std::path::PathBuf) {
+    let fleet = Fleet::new(n);
+    let repo = Repo::new(fleet.path().join("repo"));
+    repo.write("index.html", "v1\n");
+    repo.commit("v1");
+    let logs = fleet.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    (fleet, repo, logs.join("hooks.log"))
+}
+
 fn project(fleet: &Fleet, repo: &Repo, log: &std::path::Path, migrate: &str, host: &str) {
     let target = format!(
         "{}migrate = [\"{migrate}\"]\n{host}post_release = [\"echo flip $SLIPWAY_HOST $(date +%s%N) >> {log}\"]\n",
@@ -30,14 +42,7 @@ fn project(fleet: &Fleet, repo: &Repo, log: &std::path::Path, migrate: &str, hos
 
 #[test]
 fn migrate_runs_once_on_one_host_after_every_stage_and_before_any_flip_and_a_failure_flips_nothing() {
-    let fleet = Fleet::new(3);
-    let repo = Repo::new(fleet.path().join("repo"));
-    repo.write("index.html", "v1\n");
-    repo.commit("v1");
-    let logs = fleet.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let log = logs.join("hooks.log");
+    let (fleet, repo, log) = fleet_repo_log(3);
     let migrate = format!("echo migrate $SLIPWAY_HOST $(date +%s%N) $PWD >> {}", log.display());
     project(&fleet, &repo, &log, &migrate, "");
 
@@ -122,14 +127,7 @@ fn migrate_runs_once_on_one_host_after_every_stage_and_before_any_flip_and_a_fai
 
 #[test]
 fn maintenance_during_migrate_puts_the_page_up_on_every_host_while_it_runs_and_takes_down_only_its_own() {
-    let fleet = Fleet::new(2);
-    let repo = Repo::new(fleet.path().join("repo"));
-    repo.write("index.html", "v1\n");
-    repo.commit("v1");
-    let logs = fleet.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let log = logs.join("hooks.log");
+    let (fleet, repo, log) = fleet_repo_log(2);
     // The migrate (on web-1) looks at both hosts' pages while it runs.
     let page = |h: &str| fleet.deploy_to(h, "site").join("maintenance.html");
     let migrate = format!(
