@@ -86,7 +86,7 @@ impl Provider {
             return Ok(m.clone());
         }
         let issuer = IssuerUrl::new(self.config.issuer.clone()).map_err(|e| CtlError::bad(e.to_string()))?;
-        let client = requester(self.ca_pem.clone());
+        let client = requester(self.ca_pem.clone(), self.config.insecure);
         let m = CoreProviderMetadata::discover_async(issuer, &client).await.map_err(|e| {
             CtlError::failed(format!("cannot read the OpenID provider {}: {}", self.config.issuer, chain(&e)))
                 .fix("check [sign_in.oidc] issuer (and ca_file), and that the provider is up")
@@ -153,7 +153,7 @@ impl Provider {
             return Err(Refused::Flow("the sign-in was started in another browser".into()));
         }
         let client = self.client(&flow.metadata, redirect).map_err(Refused::Provider)?;
-        let http_client = requester(self.ca_pem.clone());
+        let http_client = requester(self.ca_pem.clone(), self.config.insecure);
         let token = client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .map_err(|e| {
@@ -176,9 +176,14 @@ impl Provider {
         if wanted.iter().any(|c| !all.contains_key(c.as_str()))
             && let Some(endpoint) = flow.metadata.userinfo_endpoint()
         {
-            let info = userinfo(self.ca_pem.as_deref(), endpoint.as_str(), token.access_token().secret())
-                .await
-                .map_err(Refused::Provider)?;
+            let info = userinfo(
+                self.ca_pem.as_deref(),
+                self.config.insecure,
+                endpoint.as_str(),
+                token.access_token().secret(),
+            )
+            .await
+            .map_err(Refused::Provider)?;
             if info.get("sub").and_then(Value::as_str) != Some(sub.as_str()) {
                 return Err(Refused::Flow("the userinfo answer is another subject's".into()));
             }
@@ -235,13 +240,13 @@ fn payload(jws: &str) -> Option<Map<String, Value>> {
     serde_json::from_slice(&bytes).ok()
 }
 
-async fn userinfo(ca: Option<&str>, endpoint: &str, access_token: &str) -> Result<Map<String, Value>> {
+async fn userinfo(ca: Option<&str>, plain_ok: bool, endpoint: &str, access_token: &str) -> Result<Map<String, Value>> {
     let request = hyper::Request::get(endpoint)
         .header(hyper::header::AUTHORIZATION, format!("Bearer {access_token}"))
         .header(hyper::header::ACCEPT, "application/json")
         .body(Vec::new())
         .map_err(|e| CtlError::failed(format!("userinfo {endpoint}: {e}")))?;
-    let response = http(ca, request).await?;
+    let response = http(ca, plain_ok, request).await?;
     if !response.status().is_success() {
         return Err(CtlError::failed(format!("userinfo {endpoint} answered {}", response.status())));
     }
@@ -253,19 +258,30 @@ async fn userinfo(ca: Option<&str>, endpoint: &str, access_token: &str) -> Resul
 /// borrows would not be `Send` for every lifetime, as axum's handlers must be).
 fn requester(
     ca: Option<String>,
+    plain_ok: bool,
 ) -> impl Fn(openidconnect::HttpRequest) -> std::pin::Pin<Box<dyn Future<Output = Result<openidconnect::HttpResponse>> + Send>>
 {
     move |request| {
         let ca = ca.clone();
-        Box::pin(async move { http(ca.as_deref(), request).await })
+        Box::pin(async move { http(ca.as_deref(), plain_ok, request).await })
     }
 }
 
-/// One request for `openidconnect`, by our hyper client: no redirect is followed.
-async fn http(ca: Option<&str>, request: openidconnect::HttpRequest) -> Result<openidconnect::HttpResponse> {
+/// One request for `openidconnect`, by our hyper client: no redirect is followed, and no
+/// plain `http://` (a discovery document naming an http:// token endpoint would have the
+/// client secret and the code sent in clear) unless the issuer is allowed to be.
+async fn http(
+    ca: Option<&str>,
+    plain_ok: bool,
+    request: openidconnect::HttpRequest,
+) -> Result<openidconnect::HttpResponse> {
     use crate::http_client::{Target, Trust};
     use http_body_util::{BodyExt, Full, Limited};
     let url = request.uri().to_string();
+    if !plain_ok && !url.starts_with("https://") {
+        return Err(CtlError::failed(format!("the OpenID provider names {url}, which is not https://"))
+            .fix("the provider's endpoints must be https:// ([sign_in.oidc] insecure = true allows http://, for a test provider only)"));
+    }
     let trust = if url.starts_with("https://") && ca.is_some() { Trust::Ca(ca) } else { Trust::Public };
     let (target, path) = Target::from_url(&url, trust)?;
     let authority = request.uri().authority().map(|a| a.to_string()).unwrap_or_default();
@@ -292,4 +308,30 @@ async fn http(ca: Option<&str>, request: openidconnect::HttpRequest) -> Result<o
         answer = answer.header(k, v);
     }
     answer.body(bytes.to_vec()).map_err(|e| CtlError::failed(format!("{url}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http_endpoint_of_an_https_provider_is_refused_before_anything_is_sent() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let request =
+            || hyper::Request::post("http://127.0.0.1:9/token").body(b"code=x&client_secret=s".to_vec()).unwrap();
+        let refused = runtime.block_on(http(None, false, request())).unwrap_err().to_string();
+        assert!(refused.contains("http://127.0.0.1:9/token, which is not https://"), "{refused}");
+        // Allowed for a test provider: then it is sent (and port 9 refuses the connection).
+        let sent = runtime.block_on(http(None, true, request())).unwrap_err().to_string();
+        assert!(!sent.contains("not https://"), "{sent}");
+    }
+
+    #[test]
+    fn the_payload_of_a_compact_token_is_read() {
+        use base64::Engine;
+        let body = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"groups":["ops"]}"#);
+        let claims = payload(&format!("e30.{body}.c2ln")).unwrap();
+        assert_eq!(claims["groups"], serde_json::json!(["ops"]));
+        assert!(payload("not-a-token").is_none());
+    }
 }
