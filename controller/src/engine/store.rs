@@ -93,7 +93,7 @@ impl Store {
         let ca_pem = match &config.ca_file {
             None => None,
             Some(p) => {
-                let path = if p.is_relative() { home.join(p) } else { p.clone() };
+                let path = crate::state::home::in_home(home, p);
                 Some(std::fs::read_to_string(&path).map_err(|e| {
                     CtlError::bad(format!("cannot read [artifacts] ca_file {}: {e}", path.display()))
                         .fix(fix("fix ca_file"))

@@ -145,14 +145,7 @@ async fn send_syslog(url: &str, ca_file: Option<&std::path::Path>, frames: &[u8]
         stream.write_all(frames).await.map_err(fail)?;
         return stream.shutdown().await.map_err(fail);
     }
-    let config = match ca_file {
-        Some(path) => {
-            let pem = std::fs::read_to_string(path)
-                .map_err(|e| CtlError::bad(format!("[audit] ca_file {}: {e}", path.display())))?;
-            slipway_common::tls::https_client_config(&pem)?
-        }
-        None => slipway_common::tls::https_public_client_config()?,
-    };
+    let config = crate::http_client::tls_trusting(ca_file, "[audit] ca_file")?;
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_owned();
     let name =
         rustls::pki_types::ServerName::try_from(host).map_err(|e| CtlError::bad(format!("syslog {url}: {e}")))?;

@@ -204,32 +204,21 @@ impl Logins {
         password: &str,
         peer: &Peer,
     ) -> Result<(), Refusal> {
-        let addr = addr_of(peer);
-        let wait = self.wait(user, &addr, Instant::now());
-        if !wait.is_zero() {
-            return Err(Refusal::Throttled(wait));
-        }
+        self.held(user, peer)?;
         let (answer, answered) = tokio::sync::oneshot::channel();
         self.jobs.try_send((password.to_owned(), phc, answer)).map_err(|_| Refusal::Busy)?;
         let ok = answered.await.unwrap_or(false) && exists;
-        if ok {
-            self.succeeded(user, &addr);
-            Ok(())
-        } else {
-            self.failed(user, &addr, Instant::now());
-            Err(Refusal::Wrong)
-        }
+        self.outcome(user, peer, ok);
+        if ok { Ok(()) } else { Err(Refusal::Wrong) }
     }
-}
 
-impl Logins {
-    /// For a check made elsewhere (the company directory): refused when the budgets say wait.
+    /// Refused when the budgets say wait (a password here, or the company directory's check).
     pub fn held(&self, user: &str, peer: &Peer) -> Result<(), Refusal> {
         let wait = self.wait(user, &addr_of(peer), Instant::now());
         if wait.is_zero() { Ok(()) } else { Err(Refusal::Throttled(wait)) }
     }
 
-    /// What a check made elsewhere found, counted in the same budgets.
+    /// What a check found, counted in the budgets.
     pub fn outcome(&self, user: &str, peer: &Peer, ok: bool) {
         let addr = addr_of(peer);
         if ok {

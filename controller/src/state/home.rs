@@ -118,16 +118,21 @@ impl HomeConfig {
     }
 }
 
+/// A path of the home's `config.toml`: relative ones are the home's.
+pub fn in_home(home: &Path, path: &Path) -> PathBuf {
+    if path.is_relative() { home.join(path) } else { path.to_owned() }
+}
+
 /// `[state] key_file` of this home (relative to it), if set.
 pub fn key_file_of(home: &Path) -> Result<Option<PathBuf>> {
-    Ok(HomeConfig::load(home)?.state.key_file.map(|p| if p.is_relative() { home.join(p) } else { p }))
+    Ok(HomeConfig::load(home)?.state.key_file.map(|p| in_home(home, &p)))
 }
 
 /// The PostgreSQL database of the home whose state directory is `state_dir`, if it has one.
 pub fn database_of(state_dir: &Path) -> Result<Option<Database>> {
     let Some(home) = state_dir.parent() else { return Ok(None) };
     let state = HomeConfig::load(home)?.state;
-    let ca_file = state.ca_file.map(|p| if p.is_relative() { home.join(p) } else { p });
+    let ca_file = state.ca_file.map(|p| in_home(home, &p));
     Ok(state.url.filter(|u| !u.trim().is_empty()).map(|url| Database { url, ca_file }))
 }
 

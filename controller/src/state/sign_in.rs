@@ -138,18 +138,13 @@ fn secret(inline: &Option<String>, file: &Option<PathBuf>, home: &Path, what: &s
             .fix(format!("keep one of them in [sign_in] of {}/config.toml", home.display()))),
         (Some(s), None) => Ok(Some(s.clone())),
         (None, Some(path)) => {
-            let path = if path.is_relative() { home.join(path) } else { path.clone() };
+            let path = crate::state::home::in_home(home, path);
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| CtlError::bad(format!("{what}_file {}: {e}", path.display())))?;
             Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
         }
         (None, None) => Ok(None),
     }
-}
-
-/// A path of the config, relative to the home.
-pub fn in_home(home: &Path, path: &Option<PathBuf>) -> Option<PathBuf> {
-    path.as_ref().map(|p| if p.is_relative() { home.join(p) } else { p.clone() })
 }
 
 impl LdapConfig {

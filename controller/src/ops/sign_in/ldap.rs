@@ -15,7 +15,7 @@ use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry, ldap_escape};
 
 use super::{Account, fill};
 use crate::error::{CtlError, Result};
-use crate::state::sign_in::{LdapConfig, in_home};
+use crate::state::sign_in::LdapConfig;
 
 /// How long the directory has to answer each step.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -107,14 +107,8 @@ fn first(entry: &SearchEntry, attr: &str) -> Option<String> {
 
 /// TLS to the directory: the CA of `ca_file`, else the public roots; no ALPN.
 fn tls_config(config: &LdapConfig, home: &Path) -> Result<Arc<rustls::ClientConfig>> {
-    let base = match in_home(home, &config.ca_file) {
-        Some(path) => {
-            let pem = std::fs::read_to_string(&path)
-                .map_err(|e| CtlError::bad(format!("[sign_in.ldap] ca_file {}: {e}", path.display())))?;
-            slipway_common::tls::https_client_config(&pem)?
-        }
-        None => slipway_common::tls::https_public_client_config()?,
-    };
+    let ca_file = config.ca_file.as_deref().map(|p| crate::state::home::in_home(home, p));
+    let base = crate::http_client::tls_trusting(ca_file.as_deref(), "[sign_in.ldap] ca_file")?;
     let mut config = (*base).clone();
     config.alpn_protocols.clear();
     Ok(Arc::new(config))

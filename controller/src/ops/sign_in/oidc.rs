@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use super::Account;
 use crate::error::{CtlError, Result};
 use crate::ops::secrets::{random_hex, sha256_hex};
-use crate::state::sign_in::{OidcConfig, in_home};
+use crate::state::sign_in::OidcConfig;
 
 /// How long a browser has between leaving for the provider and coming back.
 const FLOW_TTL: Duration = Duration::from_secs(600);
@@ -65,7 +65,7 @@ pub enum Refused {
 impl Provider {
     pub fn new(config: OidcConfig, home: &Path) -> Result<Provider> {
         let secret = config.secret(home)?;
-        let ca_pem = match in_home(home, &config.ca_file) {
+        let ca_pem = match config.ca_file.as_deref().map(|p| crate::state::home::in_home(home, p)) {
             Some(path) => Some(
                 std::fs::read_to_string(&path)
                     .map_err(|e| CtlError::bad(format!("[sign_in.oidc] ca_file {}: {e}", path.display())))?,
