@@ -6,7 +6,7 @@
 //! in the state, so a restart or a new leader sends on from where the last one got to and a
 //! receiver that is down is sent the backlog once it is back.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use slipway_common::time::unix_now;
@@ -129,27 +129,62 @@ fn next_batch(store: &Store, cursor: u64) -> Result<Vec<AuditRecord>> {
     Ok(out)
 }
 
-async fn send_syslog(url: &str, ca_file: Option<&std::path::Path>, frames: &[u8]) -> Result<()> {
-    let (tls, addr) = match (url.strip_prefix("tcp://"), url.strip_prefix("tls://")) {
-        (Some(a), _) => (false, a),
-        (_, Some(a)) => (true, a),
-        _ => return Err(CtlError::bad(format!("[audit] syslog '{url}' is not tcp://HOST:PORT or tls://HOST:PORT"))),
-    };
+/// Where the records go, checked and made ready once, when the server starts.
+pub struct Shipping {
+    /// The syslog server's `host:port`, with the TLS client config for `tls://`.
+    syslog: Option<(String, Option<Arc<rustls::ClientConfig>>)>,
+    otlp: Option<String>,
+}
+
+impl Shipping {
+    /// Read `[audit]`: a syslog URL that is neither `tcp://` nor `tls://`, or a `ca_file` that
+    /// does not read (relative to the home, like every path of its `config.toml`), stops the
+    /// server at start with the fix, rather than leave records unshipped with a warning a day.
+    pub fn prepare(config: AuditConfig, home: &std::path::Path) -> Result<Shipping> {
+        let fix =
+            || format!("write syslog = \"tls://HOST:PORT\" (or tcp://) in [audit] of {}/config.toml", home.display());
+        let syslog = match &config.syslog {
+            None => None,
+            Some(url) => match (url.strip_prefix("tcp://"), url.strip_prefix("tls://")) {
+                (Some(addr), _) if !addr.is_empty() => Some((addr.to_owned(), None)),
+                (_, Some(addr)) if !addr.is_empty() => {
+                    let ca_file = config.ca_file.as_deref().map(|p| crate::state::home::in_home(home, p));
+                    let tls = crate::http_client::tls_trusting(ca_file.as_deref(), "[audit] ca_file")?;
+                    Some((addr.to_owned(), Some(tls)))
+                }
+                _ => {
+                    return Err(CtlError::bad(format!(
+                        "[audit] syslog '{url}' is not tcp://HOST:PORT or tls://HOST:PORT"
+                    ))
+                    .fix(fix()));
+                }
+            },
+        };
+        if config.ca_file.is_some() && !matches!(syslog, Some((_, Some(_)))) {
+            return Err(
+                CtlError::bad("[audit] ca_file is set but syslog is not a tls:// URL: it would be ignored").fix(fix())
+            );
+        }
+        Ok(Shipping { syslog, otlp: config.otlp })
+    }
+}
+
+async fn send_syslog(addr: &str, tls: Option<&Arc<rustls::ClientConfig>>, frames: &[u8]) -> Result<()> {
+    let url = format!("{}://{addr}", if tls.is_some() { "tls" } else { "tcp" });
     let fail = |e: std::io::Error| CtlError::failed(format!("syslog {url}: {e}"));
     let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| CtlError::failed(format!("syslog {url}: no connection within 5 s")))?
         .map_err(fail)?;
-    if !tls {
+    let Some(config) = tls else {
         let mut stream = stream;
         stream.write_all(frames).await.map_err(fail)?;
         return stream.shutdown().await.map_err(fail);
-    }
-    let config = crate::http_client::tls_trusting(ca_file, "[audit] ca_file")?;
+    };
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_owned();
     let name =
         rustls::pki_types::ServerName::try_from(host).map_err(|e| CtlError::bad(format!("syslog {url}: {e}")))?;
-    let mut tls = tokio_rustls::TlsConnector::from(config).connect(name, stream).await.map_err(fail)?;
+    let mut tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, stream).await.map_err(fail)?;
     tls.write_all(frames).await.map_err(fail)?;
     tls.shutdown().await.map_err(fail)
 }
@@ -173,16 +208,16 @@ async fn send_otlp(url: &str, records: &[AuditRecord]) -> Result<()> {
 }
 
 /// Ship what is past each cursor; true when something was sent.
-async fn ship_once(store: &Store, config: &AuditConfig) -> bool {
+async fn ship_once(store: &Store, config: &Shipping) -> bool {
     let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
     let mut sent = false;
-    if let Some(url) = &config.syslog {
+    if let Some((addr, tls)) = &config.syslog {
         let cursor = store.audit_shipped("syslog").unwrap_or(0);
         if let Ok(batch) = next_batch(store, cursor).map_err(|e| tracing::warn!(error = %e, "audit"))
             && let Some(last) = batch.last().map(|r| r.seq)
         {
             let frames: Vec<u8> = batch.iter().flat_map(|r| syslog_frame(r, &host)).collect();
-            match send_syslog(url, config.ca_file.as_deref(), &frames).await {
+            match send_syslog(addr, tls.as_ref(), &frames).await {
                 Ok(()) => {
                     let _ = store.set_audit_shipped("syslog", last);
                     sent = true;
@@ -210,7 +245,7 @@ async fn ship_once(store: &Store, config: &AuditConfig) -> bool {
 
 /// The leader's shipper: on every record appended here, and every 2 s (records other processes
 /// append, receivers that come back), until the process stops.
-pub async fn ship(store: Store, config: AuditConfig) {
+pub async fn ship(store: Store, config: Arc<Shipping>) {
     if config.syslog.is_none() && config.otlp.is_none() {
         return;
     }

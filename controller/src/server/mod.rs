@@ -66,6 +66,8 @@ pub struct App {
     pub join: Option<join::JoinConfig>,
     /// Company sign-in (`[sign_in]`): LDAP/AD, OpenID Connect, the groups' grants.
     pub sign_in: crate::ops::sign_in::SignIn,
+    /// Where the audit trail is shipped (`[audit]`), read and checked at start.
+    pub audit: Arc<crate::ops::audit::Shipping>,
 }
 
 impl std::ops::Deref for App {
@@ -86,8 +88,9 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
     let socket_path = home.root.join("slipctl.sock");
     let unix = listen::bind_socket(&socket_path).await?;
     shared_state_checks(&home)?;
-    let sign_in =
-        crate::ops::sign_in::SignIn::load(&home.root, crate::state::home::HomeConfig::load(&home.root)?.sign_in)?;
+    let config = crate::state::home::HomeConfig::load(&home.root)?;
+    let audit = crate::ops::audit::Shipping::prepare(config.audit, &home.root)?;
+    let sign_in = crate::ops::sign_in::SignIn::load(&home.root, config.sign_in)?;
     let store = Store::pin(&home.state())?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
@@ -132,6 +135,7 @@ pub async fn serve(home: Home, args: ServeArgs) -> Result<u8> {
         streams: sse::Streams::default(),
         join: join_config,
         sign_in,
+        audit: Arc::new(audit),
     });
     // The server's notifications hear of ticket changes.
     let notifying = Arc::downgrade(&app);
@@ -223,12 +227,7 @@ pub(crate) fn start_leader_loops(app: &Arc<App>) {
     // Tickets that start by themselves: held by a freeze or a window, or scheduled.
     tokio::spawn(crate::ops::waiting::run(app.core.clone()));
     // The audit trail, shipped in order to syslog and/or OTLP when `[audit]` says where.
-    match crate::state::home::HomeConfig::load(&app.home.root) {
-        Ok(config) => {
-            tokio::spawn(crate::ops::audit::ship(app.store.clone(), config.audit));
-        }
-        Err(e) => tracing::warn!(error = %e, "the audit trail is not shipped: the home's config.toml does not read"),
-    }
+    tokio::spawn(crate::ops::audit::ship(app.store.clone(), app.audit.clone()));
 }
 
 /// With a shared database: one that holds nothing while this home's own sled state holds

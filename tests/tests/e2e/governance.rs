@@ -311,8 +311,11 @@ fn maintenance_mode_is_served_by_nginx_instead_of_the_app_and_lifted() {
     assert!(run.stdout.contains("FAILED") || run.stderr.contains("FAILED"), "{}{}", run.stdout, run.stderr);
 }
 
-/// A syslog server for the test: octet-counted RFC 5424 frames over TCP, the messages in order.
-fn syslog_listener() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+/// A syslog server for the test: octet-counted RFC 5424 frames over TCP (or TLS with this
+/// server config), the messages in order.
+fn syslog_listener_on(
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::Read;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -320,9 +323,18 @@ fn syslog_listener() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     let sink = got.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
+            let Ok(stream) = stream else { continue };
             let mut bytes = Vec::new();
-            let _ = stream.read_to_end(&mut bytes);
+            let _ = match &tls {
+                None => {
+                    let mut stream = stream;
+                    stream.read_to_end(&mut bytes)
+                }
+                Some(config) => {
+                    let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                    rustls::StreamOwned::new(conn, stream).read_to_end(&mut bytes)
+                }
+            };
             let mut rest = bytes.as_slice();
             while let Some(space) = rest.iter().position(|b| *b == b' ') {
                 let Some(len) = std::str::from_utf8(&rest[..space]).ok().and_then(|n| n.parse::<usize>().ok()) else {
@@ -335,6 +347,10 @@ fn syslog_listener() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
         }
     });
     (port, got)
+}
+
+fn syslog_listener() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    syslog_listener_on(None)
 }
 
 #[test]
@@ -456,4 +472,68 @@ fn every_security_relevant_action_is_an_audit_record_shipped_in_order_to_syslog_
     wait_for("the next record", || received.lock().unwrap().len() > before);
     let after = received.lock().unwrap().clone();
     assert_eq!(action(&after[before]), "sign_in", "only what is new: {:?}", &after[before..]);
+}
+
+/// `[audit] ca_file` is read relative to the home, like every path of its config.toml (it was
+/// read relative to the server's working directory, so the README's `ca_file = "siem-ca.pem"`
+/// never shipped a record); one that does not read stops the server at start, naming it.
+#[test]
+fn the_audit_trail_goes_to_syslog_over_tls_checked_against_a_ca_file_in_the_home() {
+    use rustls::pki_types::pem::PemObject;
+    let fleet = Fleet::new(0);
+    let (ca, cert, key) = slipway_tests::pg::server_tls();
+    let certs: Vec<_> =
+        rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes()).map(Result::unwrap).collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let server_config = rustls::ServerConfig::builder_with_provider(slipway_common::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let (port, received) = syslog_listener_on(Some(std::sync::Arc::new(server_config)));
+    let config = fleet.home.join("config.toml");
+    let base = std::fs::read_to_string(&config).unwrap_or_default();
+    let with = |ca_file: &str| {
+        std::fs::write(
+            &config,
+            format!("{base}\n[audit]\nsyslog = \"tls://127.0.0.1:{port}\"\nca_file = \"{ca_file}\"\n"),
+        )
+        .unwrap()
+    };
+
+    // In the home, named relative to it: records arrive over TLS.
+    with("siem-ca.pem");
+    let in_home = fleet.home.join("siem-ca.pem");
+    std::fs::write(&in_home, &ca).unwrap();
+    slipway_tests::add_admin(&fleet, "ops");
+    let mut server = Server::start(&fleet);
+    let bad = json!({"user": "ops", "password": "not-it"}).to_string();
+    assert_eq!(server.call("POST", "/api/v1/session", &[("Content-Type", "application/json")], Some(&bad)).0, 401);
+    wait_for("the failed sign-in at the syslog server over TLS", || {
+        received.lock().unwrap().iter().any(|m| m.contains("sign_in_failed") && m.contains("who=\"ops\""))
+    });
+    server.stop();
+
+    // A CA file that is not there: the server does not start, and says which file.
+    with("gone-ca.pem");
+    let mut serve = slipway_tests::Proc(
+        std::process::Command::new(slipway_tests::bin("slipctl"))
+            .arg("--home")
+            .arg(&fleet.home)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut status = None;
+    wait_for("serve to refuse a CA file that is not there", || {
+        status = serve.0.try_wait().unwrap();
+        status.is_some()
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut serve.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.unwrap().code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("[audit] ca_file {}", fleet.home.join("gone-ca.pem").display())), "{stderr}");
 }
