@@ -13,6 +13,8 @@
 #
 #   bench/scale.sh [-n "16 64 256"] [-o "direct s3"] [-f FILES] [-b BLOB_MIB]
 # (root: namespaces, many ports). -b adds one incompressible file of that size to the tree.
+# PROFILE=1 records each phase system-wide with perf (<dir>/n<N>-<origin>/<phase>.json.perf;
+# `perf report -i FILE --sort comm,dso,sym`). BENCH_DIR=/dev/shm/… puts the hosts on tmpfs.
 set -euo pipefail
 export LC_ALL=C
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,7 +23,7 @@ NS="16 64 256"; ORIGINS="direct s3"; FILES=300; BLOB=0
 while [ $# -gt 0 ]; do
   case $1 in
     -n) NS=$2; shift 2 ;; -o) ORIGINS=$2; shift 2 ;; -f) FILES=$2; shift 2 ;; -b) BLOB=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;; *) echo "unknown option $1" >&2; exit 2 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;; *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 command -v /usr/bin/time >/dev/null || apt-get install -y -qq time >/dev/null
@@ -72,7 +74,9 @@ phase() {
   local lo0 lo1 t0 t1 u s rss m0 m1 c0 c1
   lo0=$(tx); m0=$(busy); c0=$(store_cpu)
   t0=$(date +%s.%N)
-  timeout 1800 /usr/bin/time -f "%U %S %M" -o "$out.time" ip netns exec slipbench "$SLIPCTL" --home "$home" --output json "$@" > "$out" 2> "$out.err" || true
+  local prof=()
+  [ -n "${PROFILE:-}" ] && prof=(perf record -q -a -g -e cpu-clock -F 499 -o "$out.perf" --)
+  timeout 1800 "${prof[@]}" /usr/bin/time -f "%U %S %M" -o "$out.time" ip netns exec slipbench "$SLIPCTL" --home "$home" --output json "$@" > "$out" 2> "$out.err" || true
   t1=$(date +%s.%N)
   lo1=$(tx); m1=$(busy); c1=$(store_cpu)
   read -r u s rss < "$out.time"
@@ -142,6 +146,8 @@ except Exception as e: print('error', 0)" "$top/$ph.json" "$ph")
   done
   git -C "$repo" reset -q --hard HEAD~1
   cleanup; PIDS=(); S3_PID=
+  # The hosts' releases are done with (256 hosts of a large tree fill a disk): KEEP=1 keeps them.
+  [ -n "${KEEP:-}" ] || rm -rf "$top/hosts" "$top/s3"
 done
 done
 echo "(results in $BENCH_DIR/results.txt)"
