@@ -33,21 +33,33 @@ pub(crate) enum Carry {
 /// Where each host of a deploy is, by its journal: flipped hosts are `Activated` (to be
 /// checked again), failed ones `Failed`; staged ones start over (staging again is answered
 /// from what the host holds), as do the others.
-fn from_journal(events: &[(u32, serde_json::Value)]) -> BTreeMap<String, HostState> {
-    let mut out = BTreeMap::new();
+/// Where each host of a deploy taken over stands, from its journal, with why it failed. A host
+/// that failed once its activation had begun counts as (possibly) activated: a `post_release`
+/// that failed after the flip says only `failed`, and the rollback that follows relinks a host
+/// only if it runs the new release.
+fn from_journal(events: &[(u32, serde_json::Value)]) -> BTreeMap<String, (HostState, Option<String>)> {
+    let mut out: BTreeMap<String, (HostState, Option<String>)> = BTreeMap::new();
+    let mut activating = std::collections::BTreeSet::new();
     for (_, e) in events {
         if e["event"] != "host" {
             continue;
         }
         let Some(host) = e["host"].as_str() else { continue };
-        let now = out.get(host).cloned().unwrap_or(HostState::Pending);
-        let state = match (e["kind"].as_str(), now) {
-            (Some("activated"), _) => HostState::Activated,
-            (Some("failed"), now) => HostState::Failed { activated: now == HostState::Activated },
-            (Some(_), now) => now,
+        let (now, error) = out.get(host).cloned().unwrap_or((HostState::Pending, None));
+        let restored = match (e["kind"].as_str(), now) {
+            (Some("activating"), now) => {
+                activating.insert(host.to_owned());
+                (now, error)
+            }
+            (Some("activated"), _) => (HostState::Activated, None),
+            (Some("failed"), now) => (
+                HostState::Failed { activated: now == HostState::Activated || activating.contains(host) },
+                Some(e["error"].as_str().unwrap_or("failed").to_owned()),
+            ),
+            (Some(_), now) => (now, error),
             (None, _) => continue,
         };
-        out.insert(host.to_owned(), state);
+        out.insert(host.to_owned(), restored);
     }
     out
 }
@@ -120,9 +132,14 @@ pub(crate) async fn run_deploy(
         if plan.batches.iter().skip(1).flatten().any(|h| restored.contains_key(h)) {
             plan.pause_after_canary = false;
         }
-        for (host, state) in restored {
+        for (host, (state, error)) in restored {
             if !states.contains_key(&host) {
                 continue;
+            }
+            if let (Some(error), Some(result)) = (error, results.get_mut(&host)) {
+                result.ok = false;
+                result.activated = state == HostState::Failed { activated: true };
+                result.error = Some(format!("{error} (before the leader changed)"));
             }
             // Flipped hosts are checked again (health, when the env has a check) with a
             // connection of this process.
@@ -717,4 +734,39 @@ async fn to_store(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(host: &str, kind: &str, error: Option<&str>) -> (u32, serde_json::Value) {
+        let mut e = serde_json::json!({"event": "host", "host": host, "kind": kind});
+        if let Some(error) = error {
+            e["error"] = serde_json::json!(error);
+        }
+        (0, e)
+    }
+
+    #[test]
+    fn a_host_that_failed_after_its_activation_began_is_carried_on_as_activated_with_its_error() {
+        let journal = [
+            host("web-1", "staged", None),
+            host("web-1", "activating", None),
+            host("web-1", "activated", None),
+            host("web-2", "staged", None),
+            host("web-2", "activating", None),
+            host("web-2", "failed", Some("post_release hook `x` timed out after 300s")),
+            host("web-3", "failed", Some("stage: disk full")),
+            host("web-4", "staged", None),
+        ];
+        let restored = from_journal(&journal);
+        assert_eq!(restored["web-1"], (HostState::Activated, None));
+        assert_eq!(
+            restored["web-2"],
+            (HostState::Failed { activated: true }, Some("post_release hook `x` timed out after 300s".into()))
+        );
+        assert_eq!(restored["web-3"], (HostState::Failed { activated: false }, Some("stage: disk full".into())));
+        assert_eq!(restored["web-4"], (HostState::Pending, None));
+    }
 }

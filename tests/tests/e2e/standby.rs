@@ -102,17 +102,17 @@ fn the_standby_carries_on_the_deploy_of_a_leader_killed_mid_deploy() {
     assert!(id > first);
     let mut watcher =
         SseReader::open(leader.port, &format!("/api/v1/deploys/{id}/events"), &[("Authorization", &auth)]);
+    // The watcher reads up to web-2's activation (its hook runs in it, and says nothing until it
+    // ends: reading on would block until then); the hook itself is seen by its file.
     let mut last_seen = 0;
-    wait_for("web-2's hook to start", || {
-        while !started.exists() {
-            match watcher.next_event() {
-                Some(e) => last_seen = e.id.unwrap_or(last_seen),
-                None => break,
-            }
+    while let Some(e) = watcher.next_event() {
+        last_seen = e.id.unwrap_or(last_seen);
+        if e.data["host"] == "web-2" && e.data["kind"] == "activating" {
+            break;
         }
-        started.exists()
-    });
+    }
     assert!(last_seen > 0);
+    wait_for("web-2's hook to start", || started.exists());
     leader.child.kill().unwrap(); // SIGKILL
     let killed = Instant::now();
     leader.child.wait().unwrap();
