@@ -139,7 +139,7 @@ pub struct Shipping {
 impl Shipping {
     /// Read `[audit]`: a syslog URL that is neither `tcp://` nor `tls://`, or a `ca_file` that
     /// does not read (relative to the home, like every path of its `config.toml`), stops the
-    /// server at start with the fix, rather than leave records unshipped with a warning a day.
+    /// server at start with the fix, rather than leave records unshipped behind a warning every 2 s.
     pub fn prepare(config: AuditConfig, home: &std::path::Path) -> Result<Shipping> {
         let fix =
             || format!("write syslog = \"tls://HOST:PORT\" (or tcp://) in [audit] of {}/config.toml", home.display());
