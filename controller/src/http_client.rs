@@ -14,16 +14,11 @@ use crate::error::{CtlError, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A TLS client config trusting the CA of `ca_file` (PEM; `key` names the setting in
-/// errors), else the public roots: for the servers the controller's config names (a syslog
-/// collector, the company directory).
-pub fn tls_trusting(ca_file: Option<&std::path::Path>, key: &str) -> Result<Arc<rustls::ClientConfig>> {
-    Ok(match ca_file {
-        Some(path) => {
-            let pem =
-                std::fs::read_to_string(path).map_err(|e| CtlError::bad(format!("{key} {}: {e}", path.display())))?;
-            slipway_common::tls::https_client_config(&pem)?
-        }
+/// A TLS client config trusting the CA certificates of `ca_pem`, else the public roots: for
+/// the servers the controller's config names (a syslog collector, the company directory).
+pub fn tls_trusting(ca_pem: Option<&str>) -> Result<Arc<rustls::ClientConfig>> {
+    Ok(match ca_pem {
+        Some(pem) => slipway_common::tls::https_client_config(pem)?,
         None => slipway_common::tls::https_public_client_config()?,
     })
 }

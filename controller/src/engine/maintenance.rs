@@ -3,11 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use slipway_common::config::EnvSettings;
 use slipway_proto::pb;
 
-use crate::engine::client::{self, Timeouts};
+use crate::engine::client::{self, AgentClient, Timeouts};
+use crate::engine::events::Emitter;
 use crate::engine::fanout::ask_all;
 use crate::engine::host_error::HostError;
+use crate::engine::planner::HostState;
 use crate::engine::scope::{load_scope, pb_target};
 use crate::error::Result;
 use crate::state::home::Home;
@@ -73,8 +76,8 @@ pub async fn set(
 /// `[target] maintenance = "during_migrate"`: the page up (`on`) or down on `hosts` through
 /// the deploy's own connections. What each host answered: whether its page was up before.
 pub(crate) async fn through_deploy(
-    settings: &slipway_common::config::EnvSettings,
-    clients: &BTreeMap<String, crate::engine::client::AgentClient>,
+    settings: &EnvSettings,
+    clients: &BTreeMap<String, AgentClient>,
     hosts: &[String],
     on: bool,
     timeouts: Timeouts,
@@ -99,16 +102,16 @@ pub(crate) async fn through_deploy(
 /// True when every one put it up; else the ones that did take it down again and the migrate
 /// does not run (so nothing flips).
 pub(crate) async fn up_for_migrate(
-    settings: &slipway_common::config::EnvSettings,
-    clients: &BTreeMap<String, crate::engine::client::AgentClient>,
-    states: &BTreeMap<String, crate::engine::planner::HostState>,
+    settings: &EnvSettings,
+    clients: &BTreeMap<String, AgentClient>,
+    states: &BTreeMap<String, HostState>,
     paged: &mut Vec<String>,
     timeouts: Timeouts,
-    reporter: &crate::engine::events::Emitter,
+    reporter: &Emitter,
 ) -> bool {
     let hosts: Vec<String> = states
         .iter()
-        .filter(|(h, s)| **s == crate::engine::planner::HostState::Staged && clients.contains_key(*h))
+        .filter(|(h, s)| **s == HostState::Staged && clients.contains_key(*h))
         .map(|(h, _)| h.clone())
         .collect();
     let answers = through_deploy(settings, clients, &hosts, true, timeouts).await;
@@ -133,11 +136,11 @@ pub(crate) async fn up_for_migrate(
 
 /// The page this deploy put up comes down (a page an operator had up before stays).
 pub(crate) async fn down_after(
-    settings: &slipway_common::config::EnvSettings,
-    clients: &BTreeMap<String, crate::engine::client::AgentClient>,
+    settings: &EnvSettings,
+    clients: &BTreeMap<String, AgentClient>,
     paged: &mut Vec<String>,
     timeouts: Timeouts,
-    reporter: &crate::engine::events::Emitter,
+    reporter: &Emitter,
 ) {
     if paged.is_empty() {
         return;

@@ -148,8 +148,12 @@ impl Shipping {
             Some(url) => match (url.strip_prefix("tcp://"), url.strip_prefix("tls://")) {
                 (Some(addr), _) if !addr.is_empty() => Some((addr.to_owned(), None)),
                 (_, Some(addr)) if !addr.is_empty() => {
-                    let ca_file = config.ca_file.as_deref().map(|p| crate::state::home::in_home(home, p));
-                    let tls = crate::http_client::tls_trusting(ca_file.as_deref(), "[audit] ca_file")?;
+                    let ca_pem = config
+                        .ca_file
+                        .as_deref()
+                        .map(|p| crate::state::home::read_in_home(home, p, "[audit] ca_file"))
+                        .transpose()?;
+                    let tls = crate::http_client::tls_trusting(ca_pem.as_deref())?;
                     Some((addr.to_owned(), Some(tls)))
                 }
                 _ => {

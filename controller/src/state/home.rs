@@ -123,6 +123,13 @@ pub fn in_home(home: &Path, path: &Path) -> PathBuf {
     if path.is_relative() { home.join(path) } else { path.to_owned() }
 }
 
+/// The text of a file the home's `config.toml` names under `key` (a CA, a secret): an error
+/// names the setting and the path it was read at.
+pub fn read_in_home(home: &Path, path: &Path, key: &str) -> Result<String> {
+    let path = in_home(home, path);
+    std::fs::read_to_string(&path).map_err(|e| CtlError::bad(format!("{key} {}: {e}", path.display())))
+}
+
 /// `[state] key_file` of this home (relative to it), if set.
 pub fn key_file_of(home: &Path) -> Result<Option<PathBuf>> {
     Ok(HomeConfig::load(home)?.state.key_file.map(|p| in_home(home, &p)))

@@ -138,9 +138,7 @@ fn secret(inline: &Option<String>, file: &Option<PathBuf>, home: &Path, what: &s
             .fix(format!("keep one of them in [sign_in] of {}/config.toml", home.display()))),
         (Some(s), None) => Ok(Some(s.clone())),
         (None, Some(path)) => {
-            let path = crate::state::home::in_home(home, path);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| CtlError::bad(format!("{what}_file {}: {e}", path.display())))?;
+            let text = crate::state::home::read_in_home(home, path, &format!("{what}_file"))?;
             Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
         }
         (None, None) => Ok(None),

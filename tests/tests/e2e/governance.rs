@@ -349,10 +349,6 @@ fn syslog_listener_on(
     (port, got)
 }
 
-fn syslog_listener() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    syslog_listener_on(None)
-}
-
 #[test]
 fn every_security_relevant_action_is_an_audit_record_shipped_in_order_to_syslog_and_otlp() {
     let fleet = Fleet::new(1);
@@ -360,7 +356,7 @@ fn every_security_relevant_action_is_an_audit_record_shipped_in_order_to_syslog_
     repo.write("index.html", "v1\n");
     repo.commit("v1");
     project(&fleet, &repo, "", "");
-    let (syslog_port, received) = syslog_listener();
+    let (syslog_port, received) = syslog_listener_on(None);
     let (otlp_port, otlp) = slipway_tests::sink();
     let config = fleet.home.join("config.toml");
     let mut text = std::fs::read_to_string(&config).unwrap_or_default();

@@ -15,6 +15,7 @@ use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry, ldap_escape};
 
 use super::{Account, fill};
 use crate::error::{CtlError, Result};
+use crate::state::home::read_in_home;
 use crate::state::sign_in::LdapConfig;
 
 /// How long the directory has to answer each step.
@@ -107,8 +108,8 @@ fn first(entry: &SearchEntry, attr: &str) -> Option<String> {
 
 /// TLS to the directory: the CA of `ca_file`, else the public roots; no ALPN.
 fn tls_config(config: &LdapConfig, home: &Path) -> Result<Arc<rustls::ClientConfig>> {
-    let ca_file = config.ca_file.as_deref().map(|p| crate::state::home::in_home(home, p));
-    let base = crate::http_client::tls_trusting(ca_file.as_deref(), "[sign_in.ldap] ca_file")?;
+    let ca_pem = config.ca_file.as_deref().map(|p| read_in_home(home, p, "[sign_in.ldap] ca_file")).transpose()?;
+    let base = crate::http_client::tls_trusting(ca_pem.as_deref())?;
     let mut config = (*base).clone();
     config.alpn_protocols.clear();
     Ok(Arc::new(config))

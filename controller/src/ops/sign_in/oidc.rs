@@ -65,13 +65,11 @@ pub enum Refused {
 impl Provider {
     pub fn new(config: OidcConfig, home: &Path) -> Result<Provider> {
         let secret = config.secret(home)?;
-        let ca_pem = match config.ca_file.as_deref().map(|p| crate::state::home::in_home(home, p)) {
-            Some(path) => Some(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| CtlError::bad(format!("[sign_in.oidc] ca_file {}: {e}", path.display())))?,
-            ),
-            None => None,
-        };
+        let ca_pem = config
+            .ca_file
+            .as_deref()
+            .map(|p| crate::state::home::read_in_home(home, p, "[sign_in.oidc] ca_file"))
+            .transpose()?;
         IssuerUrl::new(config.issuer.clone())
             .map_err(|e| CtlError::bad(format!("[sign_in.oidc] issuer '{}': {e}", config.issuer)))?;
         Ok(Provider { config, secret, ca_pem, metadata: tokio::sync::Mutex::default(), flows: Mutex::default() })
