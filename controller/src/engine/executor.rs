@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use crate::engine::client::{self, AgentClient, Timeouts};
 use crate::engine::events::Emitter;
 use crate::engine::host_error::HostError;
+use crate::engine::maintenance;
 use crate::engine::planner::{Action, HostState, Migrate, Outcome, Plan, batches, next, set};
 use crate::error::{CtlError, Result};
 use crate::state::store::{AgentRecord, Decision, DeployKind, DeployRecord, DeployStatus, HostResult};
@@ -221,8 +222,7 @@ pub(crate) async fn run_deploy(
                     // The waiting process stops; the deploy stays paused (and its lock held).
                     None => {
                         // (Paused, the canary is there to be tried: the page comes down.)
-                        crate::engine::maintenance::down_after(settings, &clients, &mut paged, timeouts, reporter)
-                            .await;
+                        maintenance::down_after(settings, &clients, &mut paged, timeouts, reporter).await;
                         record.hosts = results.into_values().collect();
                         record.status = DeployStatus::Paused;
                         reporter.finish();
@@ -367,10 +367,7 @@ pub(crate) async fn run_deploy(
             Action::Migrate => {
                 let first = plan.batches[0].clone();
                 let page_up = !settings.target.maintenance_during_migrate
-                    || crate::engine::maintenance::up_for_migrate(
-                        settings, &clients, &states, &mut paged, timeouts, reporter,
-                    )
-                    .await;
+                    || maintenance::up_for_migrate(settings, &clients, &states, &mut paged, timeouts, reporter).await;
                 let ran = page_up
                     && migrate_once(
                         settings,
@@ -530,7 +527,7 @@ pub(crate) async fn run_deploy(
     };
     // The page this deploy put up comes down, whatever the outcome (a page an operator had up
     // before stays).
-    crate::engine::maintenance::down_after(settings, &clients, &mut paged, timeouts, reporter).await;
+    maintenance::down_after(settings, &clients, &mut paged, timeouts, reporter).await;
     // Only a rollout that went through prunes: until then every retained release may be needed.
     if matches!(outcome, Outcome::Succeeded | Outcome::Partial) {
         let took: Vec<String> = results
